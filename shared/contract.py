@@ -1,0 +1,762 @@
+"""The send request, version 1: what an app puts on the queue (see "The send request" in DESIGN.md).
+
+The pydantic models below are the single source of the contract. The JSON Schema shipped at
+shared/schemas/send-request.v1.json is generated from them (`python -m shared.contract --write-schema`),
+so apps in other languages validate against the same rules, except the few cross-field rules a JSON
+Schema cannot express (listed in the schema's description).
+
+Use `parse_request` on anything that comes from outside: it refuses Python attribute names in the JSON
+("sender" instead of "from"), collects every violation, and words each one for a developer.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import difflib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal, NoReturn
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic.fields import ComputedFieldInfo, FieldInfo
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError
+from pydantic_core import ErrorDetails as PydanticErrorDetails
+
+MAX_RECIPIENTS: Final = 500  # Exchange Online's recipients per message, to + cc + bcc
+MAX_ID_LENGTH: Final = 128
+MAX_INLINE_ATTACHMENT_BYTES: Final = 3 * 1024 * 1024  # Graph's limit for attachments sent inline
+# base64 turns every 3 bytes into 4 characters; 3 MB is a multiple of 3, so this bound is exact.
+_MAX_INLINE_ATTACHMENT_CHARS: Final = 4 * -(-MAX_INLINE_ATTACHMENT_BYTES // 3)
+_MAX_ADDRESS_LENGTH: Final = 254  # RFC 5321: a 256-octet path, less the angle brackets
+_MAX_LOCAL_PART_LENGTH: Final = 64
+
+SCHEMA_ID: Final = "urn:graph-mail-relay:send-request:v1"
+SCHEMA_PATH: Final = Path(__file__).parent / "schemas" / "send-request.v1.json"
+MESSAGE_FIELD: Final = "(message)"  # the field name of violations about the message as a whole
+RECIPIENTS_FIELD: Final = "to/cc/bcc"  # the field name of violations about the three lists together
+
+# --- Regular expressions -------------------------------------------------------------------------
+# Written in the subset that Python's `re` and ECMA-262 (the JSON Schema dialect) read the same way,
+# because the very same patterns go into the JSON Schema.
+
+# A dot-atom addr-spec (RFC 5322) with a DNS domain: quoted local parts, IP literals and
+# internationalized (non-ASCII) addresses are left out: they are rare, and a sane check is the aim.
+_ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~-"
+_LOCAL_PART = rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*"
+_DOMAIN_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_TOP_LEVEL_DOMAIN = r"[A-Za-z][A-Za-z0-9-]{0,61}[A-Za-z0-9]"  # "com", "xn--p1ai": at least 2 characters
+_ADDRESS = rf"{_LOCAL_PART}@(?:{_DOMAIN_LABEL}\.)+{_TOP_LEVEL_DOMAIN}"
+ADDRESS_PATTERN: Final = rf"^{_ADDRESS}$"
+
+# A recipient written as a string: "a@contoso.com", "Ada Lovelace <a@contoso.com>" or
+# "\"Lovelace, Ada\" <a@contoso.com>". An unquoted display name may not hold a comma or semicolon,
+# which would make "Lovelace, Ada <a@contoso.com>" look like two recipients.
+_QUOTED_NAME = r'"(?:[^"\\\r\n]|\\[^\r\n])*"'
+_PLAIN_NAME = r'[^"<>,;\r\n]*'
+RECIPIENT_STRING_PATTERN: Final = rf"^(?:{_ADDRESS}|(?:{_QUOTED_NAME}|{_PLAIN_NAME})[ \t]*<{_ADDRESS}>)$"
+# The same grammar with groups, to take a string apart; Python's (?P<name>...) is no ECMA-262 syntax.
+_NAMED_RECIPIENT_RE: Final = re.compile(
+    rf'(?:"(?P<quoted>(?:[^"\\\r\n]|\\[^\r\n])*)"|(?P<plain>{_PLAIN_NAME}))[ \t]*<(?P<address>[^<>]*)>'
+)
+
+# RFC 7230 token characters; Graph accepts custom headers only, whose names start with "X-".
+_TCHAR = r"!#$%&'*+.^_`|~0-9A-Za-z-"
+HEADER_NAME_PATTERN: Final = rf"^[Xx]-[{_TCHAR}]+$"
+
+# Standard base64 with its padding, as `base64.b64decode(s, validate=True)` reads it; that function also
+# lets a few non-canonical forms through ("YWJj="), which other languages' decoders refuse.
+BASE64_PATTERN: Final = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+
+_ADDRESS_RE: Final = re.compile(_ADDRESS)
+_RECIPIENT_STRING_RE: Final = re.compile(RECIPIENT_STRING_PATTERN[1:-1])
+_HEADER_NAME_RE: Final = re.compile(HEADER_NAME_PATTERN[1:-1])
+_BASE64_RE: Final = re.compile(BASE64_PATTERN[1:-1])
+
+# "Must not contain CR or LF" as JSON Schema: `not` + an unanchored pattern is exact in every regex
+# engine, whereas "^[^\r\n]*$" lets a trailing "\n" through in Python, Java and .NET (their "$"
+# also matches before a final newline).
+_SINGLE_LINE_SCHEMA: Final[dict[str, Any]] = {"type": "string", "not": {"pattern": "[\\r\\n]"}}
+
+# Headers that Graph sets from message fields: a request that tries to set one gets pointed there.
+_FIELD_FOR_HEADER: Final = {
+    "from": "from",
+    "sender": "from",
+    "to": "to",
+    "cc": "cc",
+    "bcc": "bcc",
+    "reply-to": "replyTo",
+    "subject": "subject",
+    "importance": "importance",
+    "content-type": "body.contentType",
+}
+
+_RULE_ERROR: Final = "send_request_rule"  # the pydantic error type of the rules written here
+
+
+# --- Violations ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One broken rule: `field` is a JSON path ("to[2]", "attachments[0].contentBytes", "(message)")."""
+
+    field: str
+    rule: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.rule}"
+
+
+class ContractError(ValueError):
+    """A send request that breaks the contract; `violations` lists every broken rule, in input order."""
+
+    def __init__(self, violations: Sequence[Violation]) -> None:
+        self.violations = list(violations)
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return "\n".join(str(v) for v in self.violations)
+
+    def __reduce__(self) -> tuple[type[ContractError], tuple[list[Violation]]]:
+        # ValueError pickles its args, which hold the joined text; rebuild from the violations instead.
+        return (type(self), (self.violations,))
+
+
+def _fail(rule: str, *, field: str | None = None) -> NoReturn:
+    """Raise a rule violation inside pydantic validation; `field` overrides pydantic's location."""
+    context = {"rule": rule} if field is None else {"rule": rule, "field": field}
+    # The template only echoes the context, so braces in `rule` are never read as placeholders.
+    raise PydanticCustomError(_RULE_ERROR, "{rule}", context)
+
+
+def _quote(value: object, limit: int = 60) -> str:
+    """A value as it looks in JSON, shortened: for rule texts."""
+    text = json.dumps(value, ensure_ascii=False, default=repr)
+    return text if len(text) <= limit else text[: limit - 4] + '..."'
+
+
+def _describe(value: object) -> str:
+    """What a JSON value is, in words: "a number (1)", "a string ("true")", "null"."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({_quote(value)})"
+    if isinstance(value, int | float):
+        return f"a number ({_quote(value)})"
+    if isinstance(value, str):
+        return f"a string ({_quote(value)})"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, Mapping):
+        return "an object"
+    return f"a Python {type(value).__name__}"  # only Python callers can pass these
+
+
+# --- Field rules ---------------------------------------------------------------------------------
+
+
+def _address_problem(value: str) -> str | None:
+    """Why `value` is not an email address the relay accepts, or None if it is one."""
+    if _ADDRESS_RE.fullmatch(value):
+        if len(value) > _MAX_ADDRESS_LENGTH:
+            return f"is {len(value)} characters long; an email address has at most {_MAX_ADDRESS_LENGTH}"
+        if len(value.rpartition("@")[0]) > _MAX_LOCAL_PART_LENGTH:
+            return f"has more than {_MAX_LOCAL_PART_LENGTH} characters before the @"
+        return None
+    shown = _quote(value)
+    if not value:
+        return "must be an email address such as mailbox@contoso.com, not an empty string"
+    if any(c.isspace() for c in value):
+        return f"{shown} is not an email address: it contains whitespace"
+    if not value.isascii():
+        return (
+            f"{shown} is not an email address the relay accepts: it contains non-ASCII characters "
+            "(write an internationalized domain in its xn-- form)"
+        )
+    if value.count("@") != 1:
+        return f"{shown} is not an email address: it must contain exactly one @ (local@domain.tld)"
+    local, _, domain = value.partition("@")
+    if not _ADDRESS_RE.fullmatch(f"{local}@contoso.com"):
+        return f"{shown} is not an email address: the part before the @ is not valid"
+    if "." not in domain:
+        return f"{shown} is not an email address: the domain needs a top-level domain (local@domain.tld)"
+    return f"{shown} is not an email address: the domain after the @ is not valid"
+
+
+def _check_mailbox(value: str) -> str:
+    """`from`: a bare address; Graph sends as the mailbox, so a display name has no place here."""
+    if "<" in value or ">" in value:
+        _fail(f"{_quote(value)} must be a bare address such as relay@contoso.com, without a display name")
+    problem = _address_problem(value)
+    if problem:
+        _fail(problem)
+    return value
+
+
+def _check_address(value: str) -> str:
+    problem = _address_problem(value)
+    if problem:
+        _fail(problem)
+    return value
+
+
+def _line_break_problem(value: str) -> str | None:
+    for position, char in enumerate(value):
+        if char in "\r\n":
+            name = "a carriage return (CR)" if char == "\r" else "a line feed (LF)"
+            return (
+                f"must not contain CR or LF: found {name} at character {position + 1}; "
+                "a line break in a mail header would let the text inject headers of its own"
+            )
+    return None
+
+
+def _check_single_line(value: str) -> str:
+    problem = _line_break_problem(value)
+    if problem:
+        _fail(problem)
+    return value
+
+
+def _check_base64(value: str) -> str:
+    if not _BASE64_RE.fullmatch(value):
+        _fail(_base64_problem(value))
+    size = len(base64.b64decode(value, validate=True))
+    if size > MAX_INLINE_ATTACHMENT_BYTES:
+        _fail(
+            f"decodes to {size} bytes, over the {MAX_INLINE_ATTACHMENT_BYTES} bytes (3 MB) Graph takes "
+            "inline; a larger attachment needs an upload session (draft, upload, send), which version 1 "
+            "of the send request does not offer"
+        )
+    return value
+
+
+def _base64_problem(value: str) -> str:
+    start = "is not valid base64 (standard alphabet A-Z a-z 0-9 + /, padded with =)"
+    stray = re.search(r"[^A-Za-z0-9+/=]", value)
+    if stray is None:
+        try:
+            base64.b64decode(value, validate=True)
+        except binascii.Error as exc:
+            return f"{start}: {str(exc).lower()}"
+        return f"{start}: the = padding is wrong"
+    char = stray.group()
+    where = f"character {stray.start() + 1}"
+    if char in "\r\n":
+        return f"{start}: a line break at {where}; join wrapped (MIME-style) base64 into one line"
+    if char.isspace():
+        return f"{start}: whitespace at {where}"
+    if char in "-_":
+        return f"{start}: {_quote(char)} at {where} belongs to URL-safe base64; use the standard alphabet"
+    return f"{start}: {_quote(char)} at {where}"
+
+
+def _check_header_name(value: str) -> str:
+    if not value.lower().startswith("x-"):
+        field = _FIELD_FOR_HEADER.get(value.lower())
+        instead = f"; set it with the {_quote(field)} field instead" if field else ""
+        _fail(
+            f"{_quote(value)} is not allowed: Graph accepts only custom headers, whose names start with "
+            f'"X-" (for example "X-Correlation-Id"){instead}'
+        )
+    if not _HEADER_NAME_RE.fullmatch(value):
+        if value.lower() == "x-":
+            _fail('a header name needs a name after "X-" (for example "X-Correlation-Id")')
+        _fail(
+            f"{_quote(value)} is not a valid header name: it may hold only letters, digits and "
+            "!#$%&'*+-.^_`|~ (no spaces, colons or non-ASCII characters)"
+        )
+    return value
+
+
+# --- Field types ---------------------------------------------------------------------------------
+# Each validated string type carries its JSON Schema, so the schema follows from the models.
+
+Mailbox = Annotated[
+    str,
+    AfterValidator(_check_mailbox),
+    WithJsonSchema(
+        {"type": "string", "format": "email", "pattern": ADDRESS_PATTERN, "maxLength": _MAX_ADDRESS_LENGTH}
+    ),
+]
+Address = Annotated[
+    str,
+    AfterValidator(_check_address),
+    WithJsonSchema(
+        {"type": "string", "format": "email", "pattern": ADDRESS_PATTERN, "maxLength": _MAX_ADDRESS_LENGTH}
+    ),
+]
+SingleLine = Annotated[str, AfterValidator(_check_single_line), WithJsonSchema(_SINGLE_LINE_SCHEMA)]
+Base64Content = Annotated[
+    str,
+    AfterValidator(_check_base64),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "contentEncoding": "base64",
+            "pattern": BASE64_PATTERN,
+            "maxLength": _MAX_INLINE_ATTACHMENT_CHARS,
+        }
+    ),
+]
+HeaderName = Annotated[str, AfterValidator(_check_header_name)]
+# pydantic would describe a dict with constrained keys by `patternProperties`, which lets every other key
+# through; `propertyNames` says what is meant.
+Headers = Annotated[
+    dict[HeaderName, SingleLine],
+    WithJsonSchema(
+        {
+            "type": "object",
+            "propertyNames": {"pattern": HEADER_NAME_PATTERN},
+            "additionalProperties": _SINGLE_LINE_SCHEMA,
+        }
+    ),
+]
+IdempotencyKey = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
+
+
+def _json_name(name: str, info: FieldInfo | ComputedFieldInfo) -> str:
+    """Schema titles are the JSON names, not pydantic's "Savetosentitems"."""
+    return info.alias or name
+
+
+class _ContractModel(BaseModel):
+    """The settings every part of the request shares.
+
+    Unknown fields are refused (they are typos) and nothing is coerced ("true" is no bool). Aliases are
+    the JSON names, attribute names the Python ones: Python code may build models by attribute name,
+    while parse_request accepts JSON names only. (The config is spelled out here, in a class body,
+    because that is where pydantic's mypy plugin reads it.)
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        field_title_generator=_json_name,
+        strict=True,
+        frozen=True,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+    )
+
+
+# --- Models --------------------------------------------------------------------------------------
+
+
+class Recipient(_ContractModel):
+    """A recipient: "a@contoso.com", "Name <a@contoso.com>" or {"address": ..., "name": ...}."""
+
+    address: Address
+    name: SingleLine | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, data: Any) -> Any:
+        """The two string forms become the object form; anything else is left to field validation."""
+        if isinstance(data, str):
+            name, address = _split_recipient(data)
+            return {"address": address} if name is None else {"address": address, "name": name}
+        return data
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        # The string forms are accepted by `_from_string`, which pydantic cannot see; say so in the schema.
+        object_form = handler.resolve_ref_schema(handler(core_schema))
+        string_form = {
+            "type": "string",
+            "pattern": RECIPIENT_STRING_PATTERN,
+            "description": 'an address, or a display name and an address: "Ada Lovelace <ada@contoso.com>"',
+        }
+        description = object_form.pop("description", None)
+        schema: JsonSchemaValue = {"anyOf": [string_form, object_form]}
+        return schema if description is None else {"description": description, **schema}
+
+
+def _split_recipient(text: str) -> tuple[str | None, str]:
+    """(display name or None, address) of a recipient string, or a violation that says what is wrong."""
+    if _RECIPIENT_STRING_RE.fullmatch(text):
+        named = _NAMED_RECIPIENT_RE.fullmatch(text)
+        if named is None:
+            return None, text
+        if named.group("quoted") is not None:
+            name = re.sub(r"\\(.)", r"\1", named.group("quoted"))  # "\"" and "\\" are escapes
+        else:
+            name = named.group("plain").strip()
+        return (name or None), named.group("address")
+    # Not accepted: find the most useful thing to say.
+    problem = _line_break_problem(text)
+    if problem:
+        _fail(problem)
+    named = _NAMED_RECIPIENT_RE.fullmatch(text)
+    if named:
+        _fail(_address_problem(named.group("address")) or f"{_quote(text)} is not a valid recipient")
+    forms = '"a@contoso.com", "Ada Lovelace <a@contoso.com>" or {"address": "a@contoso.com", "name": "Ada"}'
+    if re.search(r"[,;]", text):
+        _fail(
+            f"{_quote(text)} is not one recipient: give each recipient its own list item, and quote a "
+            'display name that holds a comma or semicolon ("\\"Lovelace, Ada\\" <ada@contoso.com>")'
+        )
+    if "<" in text or ">" in text or '"' in text:
+        _fail(f"{_quote(text)} is not a valid recipient; write {forms}")
+    _fail(_address_problem(text) or f"{_quote(text)} is not a valid recipient; write {forms}")
+
+
+RecipientList = Annotated[list[Recipient], Field(json_schema_extra={"maxItems": MAX_RECIPIENTS})]
+
+
+class Body(_ContractModel):
+    """The message body: plain text or HTML."""
+
+    content_type: Literal["text", "html"] = Field(alias="contentType")
+    content: str
+
+
+class Attachment(_ContractModel):
+    """A file attachment sent inline: its bytes in standard base64, at most 3 MB once decoded."""
+
+    name: str = Field(min_length=1)
+    content_type: str = Field(
+        alias="contentType", min_length=1, description='a MIME type, e.g. "application/pdf"'
+    )
+    content_bytes: Base64Content = Field(alias="contentBytes")
+
+
+class SendRequest(_ContractModel):
+    """A request to send one message: the queue message's JSON, version 1."""
+
+    model_config = ConfigDict(
+        # "At least one recipient in to, cc or bcc" can be said in JSON Schema (500 in total cannot).
+        json_schema_extra={
+            "anyOf": [
+                {"required": [name], "properties": {name: {"minItems": 1}}} for name in ("to", "cc", "bcc")
+            ]
+        },
+    )
+
+    sender: Mailbox = Field(
+        alias="from", description="the sending mailbox; must be on the relay's allow-list"
+    )
+    to: RecipientList = Field(default_factory=list)
+    cc: RecipientList = Field(default_factory=list)
+    bcc: RecipientList = Field(default_factory=list)
+    reply_to: list[Recipient] = Field(default_factory=list, alias="replyTo")
+    subject: SingleLine
+    body: Body
+    importance: Literal["low", "normal", "high"] = "normal"
+    attachments: list[Attachment] = Field(default_factory=list)
+    headers: Headers = Field(
+        default_factory=dict, description='custom Internet message headers; names start with "X-"'
+    )
+    save_to_sent_items: bool = Field(default=True, alias="saveToSentItems")
+    id: IdempotencyKey | None = Field(
+        default=None, description="idempotency key: one key is sent at most once"
+    )
+
+    def recipient_count(self) -> int:
+        """Recipients as Exchange counts them for its per-message limit: to + cc + bcc."""
+        return len(self.to) + len(self.cc) + len(self.bcc)
+
+    @model_validator(mode="after")
+    def _check_recipient_count(self) -> SendRequest:
+        rule = _recipient_count_problem(self.recipient_count())
+        if rule:
+            _fail(rule, field=RECIPIENTS_FIELD)
+        return self
+
+
+def _recipient_count_problem(count: int) -> str | None:
+    if count == 0:
+        return "at least one recipient is required in to, cc or bcc"
+    if count > MAX_RECIPIENTS:
+        return (
+            f"{count} recipients in to, cc and bcc together; Exchange Online takes at most {MAX_RECIPIENTS} "
+            "per message: split the message"
+        )
+    return None
+
+
+# The model behind each JSON object in a request, by the field that holds it: to name allowed fields.
+_NESTED_MODELS: Final[dict[str, type[BaseModel]]] = {
+    "body": Body,
+    "to": Recipient,
+    "cc": Recipient,
+    "bcc": Recipient,
+    "replyTo": Recipient,
+    "attachments": Attachment,
+}
+
+
+# --- Parsing -------------------------------------------------------------------------------------
+
+
+def parse_request(raw: bytes | bytearray | str | Mapping[str, Any]) -> SendRequest:
+    """A valid send request from JSON (UTF-8 bytes or text) or an already parsed object.
+
+    Raises ContractError listing every violation found.
+    """
+    data = _load_object(raw)
+    try:
+        return SendRequest.model_validate(data, by_alias=True, by_name=False)
+    except ValidationError as exc:
+        violations = [_violation(error) for error in exc.errors(include_url=False)]
+        if not any(v.field == RECIPIENTS_FIELD for v in violations):
+            # The recipient count is checked after the fields, so it was not reached: count the raw lists.
+            rule = _raw_recipient_count_problem(data)
+            if rule:
+                violations.append(Violation(RECIPIENTS_FIELD, rule))
+        raise ContractError(violations) from exc
+
+
+def _raw_recipient_count_problem(data: Mapping[str, Any]) -> str | None:
+    lists = [data.get(name, []) for name in ("to", "cc", "bcc")]
+    if not all(isinstance(value, list) for value in lists):
+        return None  # a list that is not a list has its own violation; a count would only add noise
+    return _recipient_count_problem(sum(len(value) for value in lists))
+
+
+def _message_error(rule: str) -> ContractError:
+    return ContractError([Violation(MESSAGE_FIELD, rule)])
+
+
+def _load_object(raw: bytes | bytearray | str | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(raw, Mapping):
+        return dict(raw)
+    if isinstance(raw, bytes | bytearray):
+        text = _decode_utf8(bytes(raw))
+    elif isinstance(raw, str):
+        text = raw
+    else:
+        raise TypeError(f"parse_request takes bytes, str or a mapping, not {type(raw).__name__}")
+    # RFC 8259 lets a parser ignore a byte order mark; Windows tools write one often.
+    text = text.removeprefix("\ufeff")
+    if not text.strip():
+        raise _message_error("is empty; a send request is a JSON object")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _message_error(_not_json_rule(text, exc)) from None
+    if isinstance(value, str) and _json_object_or_none(value) is not None:
+        raise _message_error(
+            "is a JSON string that holds a JSON object: the request seems JSON-encoded twice; "
+            "serialize the object once"
+        )
+    if not isinstance(value, dict):
+        raise _message_error(f"must be a JSON object ({{...}}), not {_describe(value)}")
+    return value
+
+
+def _decode_utf8(raw: bytes) -> str:
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in raw[:4]:
+        raise _message_error(
+            "is UTF-16 text (byte order mark or NUL bytes); a send request is JSON encoded as UTF-8"
+        )
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _message_error(
+            f"is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start} is invalid); a send "
+            "request is JSON encoded as UTF-8, so convert text in another encoding (Windows-1252, "
+            "Latin-1) first"
+        ) from None
+
+
+def _not_json_rule(text: str, exc: json.JSONDecodeError) -> str:
+    if _json_object_or_none(_base64_decoded_or_none(text)) is not None:
+        return (
+            "is base64 text, not JSON, and it decodes to a JSON object: the request seems base64-encoded "
+            "twice, or the encoding does not match the queue's messageEncoding (host.json, base64 by "
+            "default); encode the JSON once"
+        )
+    return f"is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+
+
+def _base64_decoded_or_none(text: str) -> str | None:
+    try:
+        return base64.b64decode(text.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+
+
+def _json_object_or_none(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text.removeprefix("\ufeff"))
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+# --- pydantic errors as violations ---------------------------------------------------------------
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    """A pydantic location as a JSON path: ("to", 2, "name") -> "to[2].name"."""
+    path = ""
+    for position, part in enumerate(loc):
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part == "[key]":
+            continue  # pydantic's marker for an error in a dict key: the key is already in the path
+        elif position == 1 and loc[0] == "headers":
+            path += f"[{_quote(part)}]"  # a header name, which may hold dots
+        else:
+            path += f".{part}" if path else part
+    return path or MESSAGE_FIELD
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel]:
+    model: type[BaseModel] = SendRequest
+    for part in loc:
+        if isinstance(part, str):
+            model = _NESTED_MODELS.get(part, model)
+    return model
+
+
+def _unknown_field_rule(loc: tuple[int | str, ...]) -> str:
+    unknown = str(loc[-1])
+    model = _model_at(loc[:-1])
+    allowed = {name: field.alias or name for name, field in model.model_fields.items()}
+    json_names = list(allowed.values())
+    if unknown in allowed and allowed[unknown] != unknown:
+        return f"unknown field; in JSON this field is called {_quote(allowed[unknown])}"
+
+    def squashed(name: str) -> str:
+        return name.replace("_", "").replace("-", "").lower()
+
+    close = [name for name in json_names if squashed(name) == squashed(unknown)]
+    close = close or difflib.get_close_matches(unknown, json_names, n=1, cutoff=0.7)
+    if close:
+        return f"unknown field (did you mean {_quote(close[0])}?)"
+    return f"unknown field; allowed here: {', '.join(json_names)}"
+
+
+_REQUIRED_HINTS: Final = {
+    "from": "the sending mailbox, e.g. relay@contoso.com",
+    "subject": 'use "" for a message without a subject',
+    "body": '{"contentType": "text" or "html", "content": "..."}',
+    "body.contentType": '"text" or "html"',
+    "address": "the recipient's email address",
+}
+_RECIPIENT_FORMS: Final = (
+    '"a@contoso.com", "Ada Lovelace <a@contoso.com>" or {"address": "a@contoso.com", "name": "Ada"}'
+)
+
+
+def _violation(error: PydanticErrorDetails) -> Violation:
+    loc = error["loc"]
+    ctx = error.get("ctx", {})
+    value = error.get("input")
+    field = _field_path(loc)
+    kind = error["type"]
+    last = loc[-1] if loc else ""
+
+    if kind == _RULE_ERROR:
+        return Violation(ctx.get("field", field), ctx["rule"])
+    if kind == "missing":
+        hint = _REQUIRED_HINTS.get(field) or _REQUIRED_HINTS.get(str(last))
+        return Violation(field, f"is required ({hint})" if hint else "is required")
+    if kind == "extra_forbidden":
+        return Violation(field, _unknown_field_rule(loc))
+    if kind == "string_type":
+        return Violation(field, f"must be a string, not {_describe(value)}")
+    if kind == "bool_type":
+        return Violation(field, f"must be true or false (a JSON boolean), not {_describe(value)}")
+    if kind == "list_type":
+        if last in ("to", "cc", "bcc", "replyTo"):
+            return Violation(
+                field, f'must be a list of recipients, not {_describe(value)}; write ["a@contoso.com"]'
+            )
+        return Violation(field, f"must be a list (JSON array), not {_describe(value)}")
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        if isinstance(last, int) and _model_at(loc) is Recipient:
+            return Violation(field, f"must be a recipient: {_RECIPIENT_FORMS}; not {_describe(value)}")
+        return Violation(field, f"must be a JSON object, not {_describe(value)}")
+    if kind == "literal_error":
+        expected = ctx.get("expected", "").replace("'", '"')
+        rule = f"must be {expected}, not {_describe(value)}"
+        if isinstance(value, str) and value.lower() != value and f'"{value.lower()}"' in expected:
+            rule += " (the values are lower case)"
+        return Violation(field, rule)
+    if kind == "string_too_short" and ctx.get("min_length") == 1:
+        return Violation(field, "must not be empty")
+    if kind == "string_too_long":
+        length = len(value) if isinstance(value, str) else "more"
+        return Violation(field, f"must be at most {ctx.get('max_length')} characters long, not {length}")
+    return Violation(field, error["msg"])  # a case not worded above: pydantic's own words
+
+
+# --- The JSON Schema -----------------------------------------------------------------------------
+
+_SCHEMA_DESCRIPTION: Final = (
+    "A request to the Graph Mail Relay to send one message (version 1): the JSON of one queue message, "
+    "UTF-8, carried base64-encoded in the queue. Field names follow Microsoft Graph's message resource. "
+    'A recipient is "a@contoso.com", "Ada Lovelace <ada@contoso.com>" or '
+    '{"address": "a@contoso.com", "name": "Ada"}. Unknown fields are refused. '
+    "The relay also enforces rules this schema cannot express: at most 500 recipients in to, cc and bcc "
+    "together (the schema limits each list alone to 500); at most 64 characters before the @ of an "
+    "address; 'from' must be on the relay's allow-list; one id is sent at most once. "
+    "Where a regex engine's $ also matches before a final newline (Python, Java, .NET), an address "
+    "followed by a newline passes this schema; the relay refuses it."
+)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of the send request, generated from the models by JSON name."""
+    generated = SendRequest.model_json_schema(by_alias=True, mode="validation")
+    generated.pop("description", None)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": "Graph Mail Relay send request, version 1",
+        "description": _SCHEMA_DESCRIPTION,
+        **{key: value for key, value in generated.items() if key != "title"},
+    }
+
+
+def render_schema() -> str:
+    """The schema file's text: a stable format, so a regenerated file differs only where the schema does."""
+    return json.dumps(json_schema(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m shared.contract", description="The send request's JSON Schema file."
+    )
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--write-schema", action="store_true", help=f"regenerate {SCHEMA_PATH.name}")
+    action.add_argument("--check-schema", action="store_true", help="exit 1 if the file is out of date")
+    args = parser.parse_args(argv)
+    text = render_schema()
+    if args.write_schema:
+        SCHEMA_PATH.parent.mkdir(parents=True, exist_ok=True)
+        SCHEMA_PATH.write_text(text, encoding="utf-8", newline="\n")
+        print(f"wrote {SCHEMA_PATH}")
+        return 0
+    current = SCHEMA_PATH.read_text(encoding="utf-8") if SCHEMA_PATH.exists() else ""
+    if current.replace("\r\n", "\n") != text:
+        print(f"{SCHEMA_PATH} is out of date: run python -m shared.contract --write-schema")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
