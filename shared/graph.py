@@ -1,0 +1,121 @@
+"""Microsoft Graph's sendMail: the request body (a pure function) and one small HTTP client.
+
+Not the Graph SDK: msgraph-sdk is hundreds of MB and over a second of cold import, for one POST.
+`requests` (which MSAL already depends on) with urllib3's Retry does the job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, Protocol
+from urllib.parse import quote
+
+if TYPE_CHECKING:
+    import requests
+
+    from shared.contract import Recipient, SendRequest
+
+FILE_ATTACHMENT: Final = "#microsoft.graph.fileAttachment"
+
+
+def _recipients(recipients: list[Recipient]) -> list[dict[str, Any]]:
+    out = []
+    for r in recipients:
+        address: dict[str, str] = {"address": r.address}
+        if r.name:
+            address["name"] = r.name
+        out.append({"emailAddress": address})
+    return out
+
+
+def build_send_mail_body(req: SendRequest) -> dict[str, Any]:
+    """The JSON body of POST /users/{from}/sendMail for a valid send request (Graph's `message` resource)."""
+    message: dict[str, Any] = {
+        "subject": req.subject,
+        "body": {"contentType": req.body.content_type, "content": req.body.content},
+        "toRecipients": _recipients(req.to),
+    }
+    # Only what the request sets, so the posted JSON stays minimal and readable in `mailrelay validate`.
+    if req.cc:
+        message["ccRecipients"] = _recipients(req.cc)
+    if req.bcc:
+        message["bccRecipients"] = _recipients(req.bcc)
+    if req.reply_to:
+        message["replyTo"] = _recipients(req.reply_to)
+    if req.importance != "normal":
+        message["importance"] = req.importance
+    if req.attachments:
+        message["attachments"] = [
+            {
+                "@odata.type": FILE_ATTACHMENT,
+                "name": a.name,
+                "contentType": a.content_type,
+                "contentBytes": a.content_bytes,
+            }
+            for a in req.attachments
+        ]
+    if req.headers:
+        message["internetMessageHeaders"] = [{"name": k, "value": v} for k, v in req.headers.items()]
+    return {"message": message, "saveToSentItems": req.save_to_sent_items}
+
+
+@dataclass(frozen=True)
+class GraphReply:
+    status: int
+    error: Any  # parsed JSON error body, or None
+    retry_after: str | None
+    request_id: str | None
+
+
+class MailSender(Protocol):
+    def send_mail(self, sender: str, body: Mapping[str, Any], token: str) -> GraphReply: ...
+
+
+class GraphClient:
+    """POSTs sendMail. Connection failures raise `requests` exceptions; HTTP answers come back as replies."""
+
+    def __init__(self, session: requests.Session, base_url: str, timeout: tuple[float, float] = (5.0, 30.0)):
+        self._session = session
+        self._base_url = base_url.rstrip("/")
+        self._timeout = timeout
+
+    def send_mail(self, sender: str, body: Mapping[str, Any], token: str) -> GraphReply:
+        url = f"{self._base_url}/v1.0/users/{quote(sender, safe='@')}/sendMail"
+        response = self._session.post(
+            url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=self._timeout
+        )
+        error: Any = None
+        if response.status_code >= 300 and response.content:
+            try:
+                error = response.json()
+            except ValueError:
+                error = None
+        return GraphReply(
+            status=response.status_code,
+            error=error,
+            retry_after=response.headers.get("Retry-After"),
+            request_id=response.headers.get("request-id"),
+        )
+
+
+def http_session(ca_bundle: str | None) -> requests.Session:
+    """One pooled session for Entra and Graph.
+
+    urllib3 retries connection failures only: nothing reached the server, so a POST is safe to repeat.
+    Read timeouts and 429/5xx are not retried here: a sendMail that timed out may have been accepted,
+    and a long Retry-After must not hold a worker; the queue retries those later instead.
+    """
+    import requests
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
+
+    session = requests.Session()
+    # REQUESTS_CA_BUNDLE (set on many machines) would override `verify` per request; the relay's
+    # trust comes from its own settings only.
+    session.trust_env = False
+    session.verify = ca_bundle or True
+    retry = Retry(total=3, connect=3, read=0, status=0, other=0, backoff_factor=0.5, raise_on_status=False)
+    adapter = HTTPAdapter(max_retries=retry, pool_maxsize=8)
+    session.mount("https://", adapter)
+    return session

@@ -1,0 +1,221 @@
+"""What became of a send request, and what an admin can do about it.
+
+Every answer from Entra ID, Key Vault or Graph is classified once, here, into one of three outcomes:
+- `Sent`: Graph answered 202 Accepted (accepted for delivery, not yet delivered);
+- `Permanent`: sending again cannot help; the request goes to the dead-letter queue with a hint;
+- `Transient`: try again later, honouring Retry-After when the service gave one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+
+@dataclass(frozen=True)
+class Sent:
+    status: int = 202
+
+
+@dataclass(frozen=True)
+class Permanent:
+    code: str
+    message: str
+    hint: str
+
+
+@dataclass(frozen=True)
+class Transient:
+    code: str
+    message: str
+    hint: str
+    retry_after: float | None = None  # seconds, from the service's Retry-After header
+
+
+Failure = Permanent | Transient
+Outcome = Sent | Permanent | Transient
+
+
+@dataclass
+class RelayFailure(Exception):
+    """Raised by the secret, token and Graph layers; carries the classified outcome up to the sender."""
+
+    outcome: Failure
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.outcome.code}: {self.outcome.message}"
+
+
+SCOPE_CHANGE_DELAY: Final = "changes to the scope take 30 minutes to 2 hours, or more, to apply"
+
+# Hints by Graph error code: the fix an admin can make. Codes are Graph's `error.code`, Entra's
+# AADSTS number, Key Vault's error code, or the relay's own codes for checks made before Graph.
+_HINTS: Final[dict[str, str]] = {
+    "ErrorAccessDenied": (
+        "the app's Exchange scope (RBAC for Applications or an application access policy) does not "
+        "include this mailbox, or the app lacks the Mail.Send application permission with admin consent, "
+        f"or EWS/REST access is blocked on the mailbox; {SCOPE_CHANGE_DELAY}. Check with "
+        "Test-ServicePrincipalAuthorization or Test-ApplicationAccessPolicy (infra/exchange)"
+    ),
+    "ErrorSendAsDenied": (
+        "the mailbox in 'from' differs from the one in the URL; the relay sends as 'from', so this "
+        "points at a mailbox that refuses send-as for the app"
+    ),
+    "MailboxNotEnabledForRESTAPI": (
+        "the sending mailbox is not in Exchange Online (on-premises or not migrated) or has no "
+        "Exchange Online licence; send from a licensed cloud mailbox or a shared mailbox"
+    ),
+    "ErrorInvalidUser": (
+        "no such mailbox in the tenant: check the 'from' address for typos and that it is a mailbox, "
+        "not a distribution list or a guest"
+    ),
+    "ResourceNotFound": "no such mailbox in the tenant: check the 'from' address",
+    "ErrorInvalidRecipients": "a recipient address is malformed or cannot be resolved; correct the request",
+    "ErrorInvalidRequest": "Graph refused the message's shape; run `mailrelay validate` on the request",
+    "RequestBodyRead": "Graph could not read the message body; run `mailrelay validate` on the request",
+    "InvalidInternetMessageHeader": "custom headers must start with 'X-'; rename or drop the header",
+    "ErrorMessageSizeExceeded": (
+        "the message is over Graph's size limit: attachments over 3 MB need an upload session"
+    ),
+    "RequestEntityTooLarge": (
+        "the message is over Graph's 4 MB request limit: attachments over 3 MB need an upload session"
+    ),
+    "ErrorQuotaExceeded": "the sending mailbox is full; free space or send with saveToSentItems false",
+    "InvalidAuthenticationToken": (
+        "Graph refused the relay's token even after a new token and a re-read secret: check that "
+        "GRAPH_TENANT_ID and GRAPH_CLIENT_ID name the app registration that holds Mail.Send"
+    ),
+    "ApplicationThrottled": (
+        "Graph is throttling the app (4 concurrent requests, 10,000 per 10 minutes per mailbox); "
+        "the relay retries after Retry-After"
+    ),
+    "MailboxConcurrency": "Graph allows 4 concurrent requests per app; the relay retries after Retry-After",
+    "ServiceUnavailable": "Graph is briefly unavailable; the relay retries",
+    "Timeout": "Graph did not answer in time; the relay retries (a timed-out send may still have been accepted)",
+    "ConnectionError": "the relay could not reach the service; the relay retries",
+    # Entra ID (token requests)
+    "AADSTS7000215": (
+        "Entra ID rejects the client secret: the Key Vault secret probably holds the secret's ID "
+        "instead of its value; store the value (shown once, when the secret is created) as a new version"
+    ),
+    "AADSTS7000222": (
+        "the client secret has expired: create a new secret in the app registration, store it in Key "
+        "Vault as a new version with its expiry date (exp); the relay picks it up without a restart, "
+        "then requeue the dead letters (`mailrelay dead-letters requeue --all`)"
+    ),
+    "AADSTS700016": (
+        "Entra ID does not know this app in this tenant: check GRAPH_CLIENT_ID and GRAPH_TENANT_ID, "
+        "and that the app registration was not deleted"
+    ),
+    "AADSTS90002": "the tenant does not exist: check GRAPH_TENANT_ID",
+    "AADSTS70011": "the relay asked for a scope Entra refuses; it must be https://graph.microsoft.com/.default",
+    # Key Vault (reading the client secret)
+    "SecretNotFound": "Key Vault has no such secret: check GRAPH_CLIENT_SECRET_NAME and KEY_VAULT_URI",
+    "SecretDisabled": "the client secret's Key Vault version is disabled: enable it or add a new version",
+    "Forbidden": (
+        "the relay's identity may not read the secret: grant it 'Key Vault Secrets User' on the vault "
+        "(role assignments take a few minutes to apply)"
+    ),
+    "CredentialUnavailable": (
+        "no managed identity answered: assign the user-assigned identity to the Function App and set "
+        "AZURE_CLIENT_ID to its client id"
+    ),
+    # The relay's own checks, made before Graph is called
+    "InvalidRequest": (
+        "the request does not follow the send-request contract (shared/schemas/send-request.v1.json); "
+        "fix it at the source and validate with `mailrelay validate`"
+    ),
+    "InvalidEncoding": (
+        "the queue message is not base64 text of a JSON request; host.json decodes messages as base64 "
+        "(messageEncoding), so send with the relay's client or encode the JSON as base64 yourself"
+    ),
+    "SenderNotAllowed": (
+        "the 'from' mailbox is not on the relay's allow-list (ALLOWED_SENDERS); add it there and to the "
+        "app's Exchange scope if it should be allowed"
+    ),
+}
+
+_TRANSIENT_STATUS: Final = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def hint_for(code: str, message: str = "") -> str:
+    if code == "ErrorAccessDenied" and "OData is disabled" in message and "AccessPolicy" not in message:
+        return (
+            "REST/EWS access is blocked for the app or the mailbox (EwsApplicationAccessPolicy, the EWS "
+            "block list, or EWS disabled on the mailbox: `Get-CASMailbox <mailbox> | fl EwsEnabled`)"
+        )
+    if code in _HINTS:
+        return _HINTS[code]
+    return "see the code and message; if it persists, check Microsoft Graph's service health"
+
+
+def permanent(code: str, message: str) -> Permanent:
+    return Permanent(code=code, message=message, hint=hint_for(code, message))
+
+
+def transient(code: str, message: str, retry_after: float | None = None) -> Transient:
+    return Transient(code=code, message=message, hint=hint_for(code, message), retry_after=retry_after)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds. Graph sends delta-seconds; an HTTP date is honoured too."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def classify_http(status: int, error: Any, retry_after: str | None = None) -> Outcome:
+    """Classify an HTTP answer from Graph; `error` is the parsed JSON body (or None)."""
+    if 200 <= status < 300:
+        return Sent(status=status)
+    code, message = _graph_error(error, status)
+    if status in _TRANSIENT_STATUS:
+        return transient(code, message, parse_retry_after(retry_after))
+    if status >= 500:
+        return transient(code, message, parse_retry_after(retry_after))
+    return permanent(code, message)
+
+
+def _graph_error(error: Any, status: int) -> tuple[str, str]:
+    if isinstance(error, dict) and isinstance(error.get("error"), dict):
+        body = error["error"]
+        code = str(body.get("code") or f"HTTP{status}")
+        message = str(body.get("message") or "")
+        return code, message
+    defaults = {413: "RequestEntityTooLarge", 429: "ApplicationThrottled", 503: "ServiceUnavailable"}
+    return defaults.get(status, f"HTTP{status}"), f"HTTP {status} with no Graph error body"
+
+
+def classify_entra(result: dict[str, Any]) -> Failure:
+    """Classify an MSAL error result (Entra's token endpoint error JSON)."""
+    codes = result.get("error_codes") or []
+    description = str(result.get("error_description") or result.get("error") or "unknown error")
+    # The first line of the description carries the AADSTS code and text; the rest is trace ids.
+    first_line = description.splitlines()[0] if description else description
+    code = f"AADSTS{codes[0]}" if codes else str(result.get("error") or "EntraError")
+    if result.get("error") in {"temporarily_unavailable", "server_error"}:
+        return transient(code, first_line)
+    return permanent(code, first_line)
+
+
+def dead_letter_envelope(request: Any, failure: Failure, attempts: int, now: datetime | None = None) -> dict[str, Any]:
+    """DESIGN.md's dead-letter envelope: the request as received, why it failed, and how often it was tried."""
+    return {
+        "request": request,
+        "error": {"code": failure.code, "message": failure.message, "hint": failure.hint},
+        "attempts": attempts,
+        "failedAt": (now or datetime.now(UTC)).isoformat(timespec="seconds").replace("+00:00", "Z"),
+    }

@@ -1,0 +1,89 @@
+"""One send request in, one outcome out: validate, allow-list, token, sendMail, classify."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from shared.graph import MailSender, build_send_mail_body
+from shared.outcomes import Outcome, RelayFailure, Sent, classify_http, permanent, transient
+from shared.tokens import TokenSource
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What the sender knows of a request after trying it: the outcome, and the request as received."""
+
+    outcome: Outcome
+    request: Any  # the JSON object if the text parsed, else the raw text: kept whole for the dead letter
+    sender: str | None = None
+
+
+class Relay:
+    def __init__(self, *, allowed_senders: frozenset[str], tokens: TokenSource, graph: MailSender):
+        self._allowed = allowed_senders
+        self._tokens = tokens
+        self._graph = graph
+
+    def send(self, raw: bytes | str) -> Attempt:
+        from shared.contract import ContractError, parse_request
+
+        request = _as_received(raw)
+        try:
+            req = parse_request(raw)
+        except ContractError as e:
+            code = "InvalidEncoding" if any(v.field == "(message)" for v in e.violations) else "InvalidRequest"
+            return Attempt(permanent(code, str(e)), request)
+        if req.sender.lower() not in self._allowed:
+            return Attempt(
+                permanent("SenderNotAllowed", f"{req.sender} is not on the relay's allow-list"), request, req.sender
+            )
+        body = build_send_mail_body(req)
+        try:
+            outcome = self._post(req.sender, body)
+        except RelayFailure as e:
+            outcome = e.outcome
+        return Attempt(outcome, request, req.sender)
+
+    def _post(self, sender: str, body: dict[str, Any]) -> Outcome:
+        import requests
+
+        # A 401 from Graph means the token is no good: try a fresh token once, then a re-read secret
+        # (a rotation Entra already knows about) once. A 401 is a refusal, so re-posting cannot send twice.
+        renewals: list[Callable[[], str]] = [
+            lambda: self._tokens.token(fresh=True),
+            self._renewed_secret_token,
+        ]
+        token = self._tokens.token()
+        while True:
+            try:
+                reply = self._graph.send_mail(sender, body, token)
+            except requests.Timeout:
+                return transient("Timeout", "Graph did not answer sendMail in time")
+            except requests.ConnectionError as e:
+                return transient("ConnectionError", f"Graph unreachable: {type(e).__name__}")
+            if reply.status != 401 or not renewals:
+                outcome = classify_http(reply.status, reply.error, reply.retry_after)
+                if isinstance(outcome, Sent) and reply.status != 202:
+                    log.warning("sendMail answered %s, not 202; counted as sent", reply.status)
+                return outcome
+            log.info("Graph answered 401; renewing the token", extra={"event": "token.renew"})
+            token = renewals.pop(0)()
+
+    def _renewed_secret_token(self) -> str:
+        self._tokens.renew_secret()
+        return self._tokens.token(fresh=True)
+
+
+def _as_received(raw: bytes | str) -> Any:
+    import json
+
+    text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text

@@ -1,0 +1,80 @@
+"""In-memory fakes of the relay's outside services, for unit tests that do no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.graph import GraphReply
+
+
+@dataclass
+class FakeSecret:
+    """A Key Vault secret: `value` is what the vault holds now; reads are counted."""
+
+    value: str
+    reads: int = 0
+    _cached: str | None = None
+
+    def get(self) -> str:
+        if self._cached is None:
+            return self.refresh()
+        return self._cached
+
+    def refresh(self) -> str:
+        self.reads += 1
+        self._cached = self.value
+        return self._cached
+
+
+@dataclass
+class FakeTokens:
+    """Tokens numbered by issue; `renewed_secrets` counts secret re-reads."""
+
+    issued: int = 0
+    renewed_secrets: int = 0
+    failure: Exception | None = None
+    cached: str | None = None
+
+    def token(self, *, fresh: bool = False) -> str:
+        if self.failure:
+            raise self.failure
+        if self.cached is None or fresh:
+            self.issued += 1
+            self.cached = f"token-{self.issued}"
+        return self.cached
+
+    def renew_secret(self) -> None:
+        self.renewed_secrets += 1
+
+
+@dataclass
+class FakeGraph:
+    """Answers sendMail from a script of replies (default 202); records every call."""
+
+    replies: list[GraphReply | Exception] = field(default_factory=list)
+    calls: list[tuple[str, Mapping[str, Any], str]] = field(default_factory=list)
+
+    def send_mail(self, sender: str, body: Mapping[str, Any], token: str) -> GraphReply:
+        self.calls.append((sender, body, token))
+        if self.replies:
+            reply = self.replies.pop(0)
+            if isinstance(reply, Exception):
+                raise reply
+            return reply
+        return GraphReply(status=202, error=None, retry_after=None, request_id="req-1")
+
+
+def graph_error(status: int, code: str, message: str = "", retry_after: str | None = None) -> GraphReply:
+    return GraphReply(
+        status=status, error={"error": {"code": code, "message": message}}, retry_after=retry_after, request_id=None
+    )
+
+
+@dataclass
+class FakeDeadLetters:
+    envelopes: list[dict[str, Any]] = field(default_factory=list)
+
+    def put(self, envelope: dict[str, Any]) -> None:
+        self.envelopes.append(envelope)

@@ -1,0 +1,97 @@
+"""function_app.py as the Functions host calls it: a QueueMessage in, a dead letter or an exception out."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from azure.functions.queue import QueueMessage
+
+from shared import bootstrap
+from shared.bootstrap import Runtime
+from shared.handlers import TransientSendError
+from shared.sending import Relay
+from shared.settings import load_settings
+from tests.fakes import FakeDeadLetters, FakeGraph, FakeTokens, graph_error
+from tests.unit.test_settings import GOOD
+
+
+@pytest.fixture
+def fakes() -> Iterator[tuple[FakeGraph, FakeDeadLetters]]:
+    graph, dead = FakeGraph(), FakeDeadLetters()
+    relay = Relay(allowed_senders=frozenset({"alerts@contoso.com"}), tokens=FakeTokens(), graph=graph)
+    bootstrap._runtime = Runtime(settings=load_settings(GOOD), relay=relay, dead_letters=dead)
+    yield graph, dead
+    bootstrap.reset()
+
+
+def message(payload: dict[str, object] | str, dequeue_count: int = 1) -> QueueMessage:
+    body = payload if isinstance(payload, str) else json.dumps(payload)
+    return QueueMessage(id="msg-1", body=body.encode(), dequeue_count=dequeue_count, pop_receipt="pr")
+
+
+REQUEST = {
+    "from": "alerts@contoso.com",
+    "to": ["ops@contoso.com"],
+    "subject": "Backup done",
+    "body": {"contentType": "text", "content": "secret-body-text 42"},
+}
+
+
+def test_trigger_is_bound_to_the_mail_queue_setting(indexed: dict[str, Any]) -> None:
+    bindings = indexed["send_mail"].trigger
+    assert bindings["type"] == "queueTrigger"
+    assert bindings["queueName"] == "%MAIL_QUEUE_NAME%"
+    assert bindings["connection"] == "AzureWebJobsStorage"
+
+
+def test_sent_request_completes_without_dead_letter(
+    functions: dict[str, Callable[..., None]], fakes: tuple[FakeGraph, FakeDeadLetters]
+) -> None:
+    graph, dead = fakes
+    functions["send_mail"](message(REQUEST))
+    assert len(graph.calls) == 1 and dead.envelopes == []
+
+
+def test_permanent_failure_is_dead_lettered_with_the_request_and_completes(
+    functions: dict[str, Callable[..., None]],
+    fakes: tuple[FakeGraph, FakeDeadLetters],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    graph, dead = fakes
+    graph.replies.append(graph_error(403, "ErrorAccessDenied", "Access is denied. Check credentials and try again."))
+    with caplog.at_level(logging.INFO):
+        functions["send_mail"](message(REQUEST, dequeue_count=2))
+    (envelope,) = dead.envelopes
+    assert envelope["request"] == REQUEST
+    assert envelope["error"]["code"] == "ErrorAccessDenied" and "Exchange scope" in envelope["error"]["hint"]
+    assert envelope["attempts"] == 2
+    assert "secret-body-text" not in caplog.text
+    assert any(getattr(r, "event", None) == "mail.deadlettered" for r in caplog.records)
+
+
+def test_transient_failure_raises_so_the_host_retries(
+    functions: dict[str, Callable[..., None]], fakes: tuple[FakeGraph, FakeDeadLetters]
+) -> None:
+    graph, dead = fakes
+    graph.replies.append(graph_error(429, "ApplicationThrottled", "slow down", retry_after="5"))
+    with pytest.raises(TransientSendError, match="ApplicationThrottled"):
+        functions["send_mail"](message(REQUEST))
+    assert dead.envelopes == []
+
+
+def test_raw_text_that_is_not_json_is_dead_lettered_as_an_encoding_problem(
+    functions: dict[str, Callable[..., None]],
+    fakes: tuple[FakeGraph, FakeDeadLetters],
+) -> None:
+    graph, dead = fakes
+    doubly = base64.b64encode(json.dumps(REQUEST).encode()).decode()
+    functions["send_mail"](message(doubly))
+    (envelope,) = dead.envelopes
+    assert envelope["error"]["code"] == "InvalidEncoding"
+    assert envelope["request"] == doubly
+    assert graph.calls == []

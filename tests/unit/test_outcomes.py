@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import pytest
+
+from shared.outcomes import (
+    Permanent,
+    Sent,
+    Transient,
+    classify_entra,
+    classify_http,
+    dead_letter_envelope,
+    parse_retry_after,
+    permanent,
+)
+
+
+def test_retry_after_in_seconds_and_as_a_date() -> None:
+    assert parse_retry_after("30") == 30.0
+    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
+    later = format_datetime(datetime.now(UTC) + timedelta(seconds=120), usegmt=True)
+    assert 100 < (parse_retry_after(later) or 0) <= 120
+
+
+def test_any_2xx_is_sent_and_unknown_4xx_permanent_5xx_transient() -> None:
+    assert classify_http(202, None) == Sent(202)
+    assert isinstance(classify_http(405, None), Permanent)
+    assert isinstance(classify_http(507, None), Transient)
+    assert classify_http(413, None).code == "RequestEntityTooLarge"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("result", "code", "kind", "hint_part"),
+    [
+        (
+            {
+                "error": "invalid_client",
+                "error_codes": [7000215],
+                "error_description": "AADSTS7000215: Invalid client secret provided.\r\nTrace ID: abc",
+            },
+            "AADSTS7000215",
+            Permanent,
+            "ID instead of its value",
+        ),
+        (
+            {
+                "error": "invalid_client",
+                "error_codes": [7000222],
+                "error_description": "AADSTS7000222: The provided client secret keys for app 'x' are expired.",
+            },
+            "AADSTS7000222",
+            Permanent,
+            "requeue",
+        ),
+        (
+            {"error": "unauthorized_client", "error_codes": [700016], "error_description": "AADSTS700016: not found"},
+            "AADSTS700016",
+            Permanent,
+            "GRAPH_CLIENT_ID",
+        ),
+        (
+            {"error": "temporarily_unavailable", "error_description": "try later"},
+            "temporarily_unavailable",
+            Transient,
+            "",
+        ),
+    ],
+)
+def test_entra_errors(result: dict[str, object], code: str, kind: type, hint_part: str) -> None:
+    outcome = classify_entra(result)
+    assert isinstance(outcome, kind) and outcome.code == code
+    assert "Trace ID" not in outcome.message
+    assert hint_part in outcome.hint
+
+
+def test_envelope_has_designs_shape() -> None:
+    failure = permanent("ErrorAccessDenied", "Access is denied.")
+    env = dead_letter_envelope({"from": "a@b.c"}, failure, attempts=2, now=datetime(2026, 11, 25, 7, 0, tzinfo=UTC))
+    assert env == {
+        "request": {"from": "a@b.c"},
+        "error": {"code": "ErrorAccessDenied", "message": "Access is denied.", "hint": failure.hint},
+        "attempts": 2,
+        "failedAt": "2026-11-25T07:00:00Z",
+    }
