@@ -1,0 +1,77 @@
+// Optional: the Entra ID app registration the relay signs in as, with the Microsoft Graph Bicep
+// extension (bicepconfig.json: microsoftGraphV1 = microsoftgraph/v1.0:1.0.0, Bicep 0.36.1+).
+// Deployed only when main.bicep's deployEntraApp is true.
+//
+// Who can deploy it: Graph resources are created with the deploying user's own directory rights.
+// Creating the app and its service principal needs Application Administrator (or Cloud Application
+// Administrator); the Mail.Send grant to Microsoft Graph (grantMailSend) needs Privileged Role
+// Administrator or Global Administrator. Without them, create the app in the portal instead
+// (infra/README.md, step 1) and leave deployEntraApp false.
+//
+// What it does not do: client secrets cannot be created here (their value could not be kept out of
+// the deployment); create one with `az ad app credential reset` (README step 5). The Exchange Online
+// scope is set by infra/exchange/*.ps1.
+//
+// Note for infra/check.sh: pycep-parser 0.5.1 (the version checkov pins) predates the `extension`
+// keyword; check.sh blanks that one line before parsing. Everything else here is plain Bicep.
+
+extension microsoftGraphV1
+
+@description('Display name of the app registration; also its uniqueName, which makes redeploys idempotent.')
+param displayName string
+
+@description('Grant Mail.Send (application permission) with admin consent, tenant-wide. Only for the ApplicationAccessPolicy model: with RBAC for Applications this consent would add to the Exchange scope and defeat it.')
+param grantMailSend bool = false
+
+// Microsoft Graph's first-party application id, the same in every tenant.
+var microsoftGraphAppId = '00000003-0000-0000-c000-000000000000'
+
+// Id of Microsoft Graph's application role (not the delegated scope) "Mail.Send": "Send mail as any
+// user". Fixed across tenants; checked against the permissions reference
+// (learn.microsoft.com/graph/permissions-reference#mailsend): b633e1c5-b582-4048-a93e-9f11b44c7e96.
+var mailSendAppRoleId = 'b633e1c5-b582-4048-a93e-9f11b44c7e96'
+
+resource app 'Microsoft.Graph/applications@v1.0' = {
+  uniqueName: 'graph-mail-relay-${uniqueString(displayName)}'
+  displayName: displayName
+  signInAudience: 'AzureADMyOrg'
+  notes: 'Graph Mail Relay: sends mail with POST /users/{sender}/sendMail. Exchange Online limits which mailboxes it may send as (infra/exchange).'
+  // Declares Mail.Send as an APPLICATION permission (type Role, not Scope). Declaring it grants
+  // nothing by itself; consent is the appRoleAssignedTo below (or the portal's "Grant admin consent").
+  requiredResourceAccess: [
+    {
+      resourceAppId: microsoftGraphAppId
+      resourceAccess: [
+        {
+          id: mailSendAppRoleId
+          type: 'Role'
+        }
+      ]
+    }
+  ]
+}
+
+resource servicePrincipal 'Microsoft.Graph/servicePrincipals@v1.0' = {
+  appId: app.appId
+}
+
+resource microsoftGraph 'Microsoft.Graph/servicePrincipals@v1.0' existing = {
+  appId: microsoftGraphAppId
+}
+
+// Admin consent of the application permission: an app role assignment from Microsoft Graph's
+// service principal to ours.
+resource mailSendGrant 'Microsoft.Graph/appRoleAssignedTo@v1.0' = if (grantMailSend) {
+  appRoleId: mailSendAppRoleId
+  principalId: servicePrincipal.id
+  resourceId: microsoftGraph.id
+}
+
+@description('Application (client) id: GRAPH_CLIENT_ID.')
+output appId string = app.appId
+
+@description('Object id of the app registration.')
+output applicationObjectId string = app.id
+
+@description('Object id of the service principal (enterprise application); the Exchange scripts need it.')
+output servicePrincipalId string = servicePrincipal.id

@@ -1,0 +1,165 @@
+// Role assignments: what each identity needs and nothing more.
+//
+// Every assignment is named guid(scope, principalId, roleDefinitionId), so a redeploy finds the
+// same assignment instead of failing with RoleAssignmentExists.
+//
+// The relay's identity (user-assigned, shared by the Functions host and the relay's code):
+//   Storage Queue Data Contributor  storage account  queue trigger; dead-letter envelopes to mail-outbox-poison
+//   Storage Table Data Contributor  storage account  tables expirywarnings and sentrequests
+//   Storage Blob Data Owner         storage account  host leases/timers/keys and the Flex deployment container
+//   Key Vault Secrets User          key vault        read the Graph client secret and its exp attribute
+//   Monitoring Metrics Publisher    App Insights     send telemetry with Entra auth (local auth is off)
+// The storage account is dedicated to the relay, so account scope means exactly its queues,
+// tables and containers.
+//
+// Apps that enqueue mail (senderPrincipalIds):
+//   Storage Queue Data Message Sender  the mail-outbox queue only (add messages; no read, no delete)
+//
+// Whoever runs azd (optional, principalId):
+//   Key Vault Secrets Officer          key vault        store/rotate the Graph client secret (README step 5)
+
+@description('Name of the relay\'s storage account.')
+param storageAccountName string
+
+@description('Name of the queue the relay consumes (mail-outbox).')
+param mailQueueName string
+
+@description('Name of the Key Vault.')
+param keyVaultName string
+
+@description('Name of the Application Insights component.')
+param appInsightsName string
+
+@description('Principal id of the relay\'s user-assigned identity.')
+param relayPrincipalId string
+
+@description('Principal ids of the apps allowed to enqueue mail.')
+param senderPrincipalIds array = []
+
+@description('Principal id of whoever runs azd; empty to skip.')
+param deployerPrincipalId string = ''
+
+@description('User, ServicePrincipal or Group.')
+param deployerPrincipalType string = 'User'
+
+// Built-in role definitions (the same ids in every tenant).
+var storageQueueDataContributorRoleId = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', '974c5e8b-45b9-4653-ba55-5f855dd0fb88') // Storage Queue Data Contributor
+var storageTableDataContributorRoleId = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3') // Storage Table Data Contributor
+var storageBlobDataOwnerRoleId = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b') // Storage Blob Data Owner
+var keyVaultSecretsUserRoleId = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', '4633458b-17de-408a-b874-0445c86b69e6') // Key Vault Secrets User
+var monitoringMetricsPublisherRoleId = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', '3913510d-42f4-4e42-8a64-420c390055eb') // Monitoring Metrics Publisher
+var storageQueueDataMessageSenderRoleId = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', 'c6a89b2d-59bc-44d0-9896-0f6e12d7b80a') // Storage Queue Data Message Sender
+var keyVaultSecretsOfficerRoleId = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7') // Key Vault Secrets Officer
+
+resource storageAccount 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: storageAccountName
+}
+
+resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2023-05-01' existing = {
+  parent: storageAccount
+  name: 'default'
+}
+
+resource mailQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' existing = {
+  parent: queueService
+  name: mailQueueName
+}
+
+resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
+  name: keyVaultName
+}
+
+resource appInsights 'Microsoft.Insights/components@2020-02-02' existing = {
+  name: appInsightsName
+}
+
+// --- the relay's identity ---------------------------------------------------------------------
+
+// Storage Queue Data Contributor: the queue trigger reads and deletes mail-outbox messages; the
+// relay (and the host, after maxDequeueCount) writes to mail-outbox-poison.
+resource relayQueueDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storageAccount.id, relayPrincipalId, storageQueueDataContributorRoleId)
+  scope: storageAccount
+  properties: {
+    roleDefinitionId: storageQueueDataContributorRoleId
+    principalId: relayPrincipalId
+    principalType: 'ServicePrincipal'
+    description: 'Graph Mail Relay: consume mail-outbox, dead-letter to mail-outbox-poison.'
+  }
+}
+
+// Storage Table Data Contributor: the relay's tables (expirywarnings, sentrequests).
+resource relayTableDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storageAccount.id, relayPrincipalId, storageTableDataContributorRoleId)
+  scope: storageAccount
+  properties: {
+    roleDefinitionId: storageTableDataContributorRoleId
+    principalId: relayPrincipalId
+    principalType: 'ServicePrincipal'
+    description: 'Graph Mail Relay: expiry warnings sent, idempotency keys of sent requests.'
+  }
+}
+
+// Storage Blob Data Owner: the Functions host's blobs (leases, timer schedule, keys) and the Flex
+// deployment container. Functions documents Owner (not Contributor) for AzureWebJobsStorage.
+resource relayBlobDataOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storageAccount.id, relayPrincipalId, storageBlobDataOwnerRoleId)
+  scope: storageAccount
+  properties: {
+    roleDefinitionId: storageBlobDataOwnerRoleId
+    principalId: relayPrincipalId
+    principalType: 'ServicePrincipal'
+    description: 'Graph Mail Relay: Functions host storage and the Flex deployment package.'
+  }
+}
+
+// Key Vault Secrets User: read the Graph client secret (value and exp); no write, no list of keys.
+resource relaySecretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(keyVault.id, relayPrincipalId, keyVaultSecretsUserRoleId)
+  scope: keyVault
+  properties: {
+    roleDefinitionId: keyVaultSecretsUserRoleId
+    principalId: relayPrincipalId
+    principalType: 'ServicePrincipal'
+    description: 'Graph Mail Relay: read the Graph client secret.'
+  }
+}
+
+// Monitoring Metrics Publisher: telemetry with Entra auth (APPLICATIONINSIGHTS_AUTHENTICATION_STRING).
+resource relayMetricsPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(appInsights.id, relayPrincipalId, monitoringMetricsPublisherRoleId)
+  scope: appInsights
+  properties: {
+    roleDefinitionId: monitoringMetricsPublisherRoleId
+    principalId: relayPrincipalId
+    principalType: 'ServicePrincipal'
+    description: 'Graph Mail Relay: send telemetry to Application Insights (local auth is off).'
+  }
+}
+
+// --- apps that enqueue mail --------------------------------------------------------------------
+
+// Storage Queue Data Message Sender, scoped to the mail-outbox queue: add messages, nothing else.
+resource senderMessageSender 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for senderPrincipalId in senderPrincipalIds: {
+  name: guid(mailQueue.id, senderPrincipalId, storageQueueDataMessageSenderRoleId)
+  scope: mailQueue
+  properties: {
+    roleDefinitionId: storageQueueDataMessageSenderRoleId
+    principalId: senderPrincipalId
+    description: 'Graph Mail Relay: may enqueue send requests on mail-outbox.'
+  }
+}]
+
+// --- whoever runs azd --------------------------------------------------------------------------
+
+// Key Vault Secrets Officer: set and rotate the Graph client secret (az keyvault secret set).
+resource deployerSecretsOfficer 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(deployerPrincipalId)) {
+  name: guid(keyVault.id, deployerPrincipalId, keyVaultSecretsOfficerRoleId)
+  scope: keyVault
+  properties: {
+    roleDefinitionId: keyVaultSecretsOfficerRoleId
+    principalId: deployerPrincipalId
+    principalType: deployerPrincipalType
+    description: 'Graph Mail Relay: the deployer stores and rotates the Graph client secret.'
+  }
+}

@@ -1,0 +1,472 @@
+// Graph Mail Relay: the Azure side, deployed by `azd up` (see infra/README.md for the full order).
+//
+// One resource group holds: a user-assigned identity, a Flex Consumption Function App (Linux,
+// Python 3.11), a storage account (queues mail-outbox and mail-outbox-poison, tables, the Flex
+// deployment container; shared keys off), a Key Vault (RBAC, soft delete, purge protection) for the
+// Graph client secret, Log Analytics + Application Insights (Entra auth only), two log alerts and
+// an optional action group. The Entra app registration is optional (app/entra-app.bicep); the
+// Exchange Online scope is set by the scripts in infra/exchange/, never by this template.
+//
+// Syntax note: infra/check.sh parses every file with pycep-parser (the parser checkov uses), which
+// knows less Bicep than the compiler. Keep expressions on one line, avoid user-defined types,
+// lambdas (map/filter with =>, except filter), fail() and nullable `type?` parameters.
+
+targetScope = 'subscription'
+
+// ---------------------------------------------------------------------------------------------
+// Environment
+// ---------------------------------------------------------------------------------------------
+
+@minLength(1)
+@maxLength(64)
+@description('Name of the azd environment (AZURE_ENV_NAME); names the resource group and seeds the unique suffix of every resource name.')
+param environmentName string
+
+@minLength(1)
+@description('Region for every resource. It must offer the Flex Consumption plan (az functionapp list-flexconsumption-locations).')
+@metadata({
+  azd: {
+    type: 'location'
+  }
+})
+param location string
+
+@description('Object id of whoever runs azd (AZURE_PRINCIPAL_ID). Gets Key Vault Secrets Officer on the vault so it can store the Graph client secret (README step 5). Empty: no assignment.')
+param principalId string = ''
+
+@allowed([
+  'User'
+  'ServicePrincipal'
+  'Group'
+])
+@description('Kind of principal in principalId (AZURE_PRINCIPAL_TYPE): User for a person, ServicePrincipal for a pipeline.')
+param principalType string = 'User'
+
+@description('Resource group name. Empty: rg-<environmentName>.')
+param resourceGroupName string = ''
+
+// ---------------------------------------------------------------------------------------------
+// Entra ID app registration (the identity that calls Microsoft Graph)
+// ---------------------------------------------------------------------------------------------
+
+@description('Tenant of the app registration (GRAPH_TENANT_ID). Defaults to the tenant of the subscription.')
+param graphTenantId string = tenant().tenantId
+
+@description('Application (client) id of the app registration (GRAPH_CLIENT_ID). Ignored when deployEntraApp is true (the new app\'s id is used).')
+param graphClientId string = ''
+
+@description('Create the app registration, its service principal and (ApplicationAccessPolicy model only) the Mail.Send consent with the Microsoft Graph Bicep extension. Needs directory privileges; off by default (README step 1).')
+param deployEntraApp bool = false
+
+@description('Display name (and unique name) of the app registration created when deployEntraApp is true.')
+param entraAppDisplayName string = 'Graph Mail Relay'
+
+@allowed([
+  'RbacForApplications'
+  'ApplicationAccessPolicy'
+])
+@description('How Exchange Online narrows Mail.Send (DESIGN.md, "The Exchange scope"). RbacForApplications: no tenant-wide Entra consent (it would add to the scope and defeat it). ApplicationAccessPolicy: the Entra consent is required and the policy restricts it.')
+param exchangeScopeModel string = 'RbacForApplications'
+
+@minLength(1)
+@maxLength(127)
+@description('Name of the Key Vault secret that holds the Graph client secret (GRAPH_CLIENT_SECRET_NAME).')
+param graphClientSecretName string = 'graph-client-secret'
+
+@secure()
+@description('Optional: the client secret VALUE (not its id) to store in Key Vault. Prefer `az keyvault secret set` (README step 5): azd keeps parameters in plain text in .azure/<env>/.')
+param graphClientSecret string = ''
+
+@description('End date of graphClientSecret, ISO 8601 UTC, e.g. 2027-05-01T00:00:00Z; stored as the secret\'s exp attribute. Required when graphClientSecret is given.')
+param graphClientSecretExpiresOn string = ''
+
+// ---------------------------------------------------------------------------------------------
+// Relay behaviour (app settings, names as in shared/DESIGN.md)
+// ---------------------------------------------------------------------------------------------
+
+@description('Mailboxes the relay may send as, comma-separated (ALLOWED_SENDERS). The Exchange scope must include each of them.')
+param allowedSenders string = ''
+
+@minValue(1)
+@maxValue(100)
+@description('Attempts per send request before a transient failure is dead-lettered (SEND_MAX_ATTEMPTS). 1 = never retry.')
+param sendMaxAttempts int = 8
+
+@description('Age in hours after which a request that still fails transiently is dead-lettered (SEND_MAX_AGE_HOURS), 0.01 to 168.')
+param sendMaxAgeHours string = '24'
+
+@description('NCRONTAB schedule of the secret expiry check (EXPIRY_CHECK_SCHEDULE), in UTC. Default: daily at 07:00.')
+param expiryCheckSchedule string = '0 0 7 * * *'
+
+@description('Days before the secret\'s expiry at which to warn, once each (EXPIRY_WARN_DAYS).')
+param expiryWarnDays string = '30,14,7,3,1'
+
+@description('Mailbox the expiry warning is sent from (EXPIRY_ALERT_SENDER); must be on allowedSenders and inside the Exchange scope.')
+param expiryAlertSender string = ''
+
+@description('Recipients of the expiry warning, comma-separated (EXPIRY_ALERT_RECIPIENTS).')
+param expiryAlertRecipients string = ''
+
+@secure()
+@description('Optional webhook (e.g. a Teams workflow URL) for expiry warnings (EXPIRY_ALERT_WEBHOOK_URL); a channel that does not need the expiring secret.')
+param expiryAlertWebhookUrl string = ''
+
+@description('Principal (object) ids of the apps allowed to enqueue mail: each gets Storage Queue Data Message Sender on the mail-outbox queue only.')
+param senderPrincipalIds array = []
+
+@description('E-mail address that receives the Azure Monitor alerts (dead-lettered mail, expiring secret). Empty: the alerts are still created, without notification.')
+param alertEmail string = ''
+
+// ---------------------------------------------------------------------------------------------
+// Capacity
+// ---------------------------------------------------------------------------------------------
+
+// Graph allows 4 concurrent requests per app (DESIGN.md, "Limits"). host.json makes each instance
+// take one queue message at a time (batchSize 1, newBatchThreshold 0), so each instance has at most
+// one sendMail in flight and the instance cap is the concurrency cap: 4 instances, 4 requests.
+// The cap counts every instance of the app (queue trigger and timer alike), so the expiry timer
+// cannot push the app past 4 either. Raise it only together with a lower per-instance concurrency.
+@minValue(1)
+@maxValue(4)
+@description('Maximum instances of the Flex Consumption app. 4 = Graph\'s limit of 4 concurrent requests per app, with host.json processing one message per instance.')
+param maximumInstanceCount int = 4
+
+@allowed([
+  512
+  2048
+  4096
+])
+@description('Memory per Flex Consumption instance, in MB.')
+param instanceMemoryMB int = 2048
+
+@allowed([
+  'Standard_LRS'
+  'Standard_ZRS'
+  'Standard_GRS'
+  'Standard_GZRS'
+])
+@description('Replication of the storage account that holds the queues.')
+param storageSkuName string = 'Standard_LRS'
+
+@minValue(30)
+@maxValue(730)
+@description('Retention of the Log Analytics workspace, in days.')
+param logRetentionInDays int = 30
+
+// ---------------------------------------------------------------------------------------------
+// Names
+// ---------------------------------------------------------------------------------------------
+
+var abbrs = loadJsonContent('./abbreviations.json')
+var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
+var tags = {
+  'azd-env-name': environmentName
+  application: 'graph-mail-relay'
+}
+var functionAppName = '${abbrs.webSitesFunctions}mailrelay-${resourceToken}'
+var storageAccountName = '${abbrs.storageStorageAccounts}${resourceToken}'
+var keyVaultName = '${abbrs.keyVaultVaults}relay-${resourceToken}'
+// The Flex deployment package lives here (the Functions host also keeps its own blobs in the account).
+var deploymentContainerName = 'app-package-${take(resourceToken, 12)}'
+
+// Queue and table names. The relay reads MAIL_QUEUE_NAME; the poison queue is the Functions host's
+// own name for the dead-letter queue: <queue>-poison.
+var mailQueueName = 'mail-outbox'
+var poisonQueueName = '${mailQueueName}-poison'
+var expiryWarningsTableName = 'expirywarnings'
+var sentRequestsTableName = 'sentrequests'
+
+// Entra consent of Mail.Send only for the legacy model: with RBAC for Applications it would widen
+// the Exchange scope to every mailbox in the tenant.
+var grantMailSendInEntra = exchangeScopeModel == 'ApplicationAccessPolicy'
+
+resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
+  name: !empty(resourceGroupName) ? resourceGroupName : '${abbrs.resourcesResourceGroups}${environmentName}'
+  location: location
+  tags: tags
+}
+
+// ---------------------------------------------------------------------------------------------
+// Identity
+// ---------------------------------------------------------------------------------------------
+
+// The relay's only identity: storage (host and queues), Key Vault, Application Insights.
+module identity 'br/public:avm/res/managed-identity/user-assigned-identity:0.4.1' = {
+  name: 'relay-identity'
+  scope: rg
+  params: {
+    name: '${abbrs.managedIdentityUserAssignedIdentities}mailrelay-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Storage: queues, tables, the Flex deployment container. Entra ID only (no shared key).
+// ---------------------------------------------------------------------------------------------
+
+module storage 'br/public:avm/res/storage/storage-account:0.8.3' = {
+  name: 'relay-storage'
+  scope: rg
+  params: {
+    name: storageAccountName
+    location: location
+    tags: tags
+    kind: 'StorageV2'
+    skuName: storageSkuName
+    allowSharedKeyAccess: false
+    allowBlobPublicAccess: false
+    minimumTlsVersion: 'TLS1_2'
+    supportsHttpsTrafficOnly: true
+    dnsEndpointType: 'Standard'
+    // Flex Consumption without VNet integration reaches storage over its public endpoint;
+    // access is Entra ID only (shared key off), so the endpoint accepts no keys or SAS.
+    publicNetworkAccess: 'Enabled'
+    networkAcls: {
+      defaultAction: 'Allow'
+      bypass: 'AzureServices'
+    }
+    blobServices: {
+      containers: [
+        {
+          name: deploymentContainerName
+          publicAccess: 'None'
+        }
+      ]
+      containerDeleteRetentionPolicyEnabled: true
+      containerDeleteRetentionPolicyDays: 7
+      deleteRetentionPolicyEnabled: true
+      deleteRetentionPolicyDays: 7
+    }
+    queueServices: {
+      queues: [
+        {
+          name: mailQueueName
+        }
+        {
+          name: poisonQueueName
+        }
+      ]
+    }
+    tableServices: {
+      tables: [
+        {
+          name: expiryWarningsTableName
+        }
+        {
+          name: sentRequestsTableName
+        }
+      ]
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Monitoring: Log Analytics + workspace-based Application Insights, Entra auth only.
+// ---------------------------------------------------------------------------------------------
+
+module logAnalytics 'br/public:avm/res/operational-insights/workspace:0.11.1' = {
+  name: 'relay-log-analytics'
+  scope: rg
+  params: {
+    name: '${abbrs.operationalInsightsWorkspaces}mailrelay-${resourceToken}'
+    location: location
+    tags: tags
+    dataRetention: logRetentionInDays
+  }
+}
+
+module appInsights 'br/public:avm/res/insights/component:0.6.0' = {
+  name: 'relay-app-insights'
+  scope: rg
+  params: {
+    name: '${abbrs.insightsComponents}mailrelay-${resourceToken}'
+    location: location
+    tags: tags
+    workspaceResourceId: logAnalytics.outputs.resourceId
+    // No instrumentation-key ingestion: the app sends with its identity
+    // (APPLICATIONINSIGHTS_AUTHENTICATION_STRING + Monitoring Metrics Publisher).
+    disableLocalAuth: true
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Key Vault: the Graph client secret. RBAC only, soft delete, purge protection.
+// ---------------------------------------------------------------------------------------------
+
+module keyVault 'br/public:avm/res/key-vault/vault:0.13.0' = {
+  name: 'relay-key-vault'
+  scope: rg
+  params: {
+    name: keyVaultName
+    location: location
+    tags: tags
+    sku: 'standard'
+    // Set explicitly: older AVM versions defaulted to access policies (false).
+    enableRbacAuthorization: true
+    enableSoftDelete: true
+    softDeleteRetentionInDays: 90
+    enablePurgeProtection: true
+    enableVaultForDeployment: false
+    enableVaultForTemplateDeployment: false
+    enableVaultForDiskEncryption: false
+    // The Flex app has no VNet integration here, so it reads the vault over the public endpoint;
+    // data access is RBAC only (Key Vault Secrets User for the relay's identity).
+    publicNetworkAccess: 'Enabled'
+    networkAcls: {
+      bypass: 'AzureServices'
+      defaultAction: 'Allow'
+    }
+    // Audit log of every secret read and write goes to the workspace.
+    diagnosticSettings: [
+      {
+        workspaceResourceId: logAnalytics.outputs.resourceId
+      }
+    ]
+  }
+}
+
+// Optional: the secret itself, always with an expiry (exp) that the relay's timer watches.
+module graphSecret 'app/secret.bicep' = if (!empty(graphClientSecret)) {
+  name: 'relay-graph-secret'
+  scope: rg
+  params: {
+    keyVaultName: keyVault.outputs.name
+    secretName: graphClientSecretName
+    secretValue: graphClientSecret
+    expiresOn: graphClientSecretExpiresOn
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Optional Entra app registration (Microsoft Graph Bicep extension)
+// ---------------------------------------------------------------------------------------------
+
+module entraApp 'app/entra-app.bicep' = if (deployEntraApp) {
+  name: 'relay-entra-app'
+  scope: rg
+  params: {
+    displayName: entraAppDisplayName
+    grantMailSend: grantMailSendInEntra
+  }
+}
+
+var effectiveGraphClientId = deployEntraApp ? entraApp!.outputs.appId : graphClientId
+
+// ---------------------------------------------------------------------------------------------
+// Compute: Flex Consumption plan + Function App
+// ---------------------------------------------------------------------------------------------
+
+module plan 'br/public:avm/res/web/serverfarm:0.1.1' = {
+  name: 'relay-plan'
+  scope: rg
+  params: {
+    name: '${abbrs.webServerFarms}mailrelay-${resourceToken}'
+    location: location
+    tags: tags
+    sku: {
+      name: 'FC1'
+      tier: 'FlexConsumption'
+    }
+    reserved: true
+  }
+}
+
+module api 'app/api.bicep' = {
+  name: 'relay-function-app'
+  scope: rg
+  params: {
+    name: functionAppName
+    location: location
+    tags: tags
+    serviceName: 'relay'
+    appServicePlanId: plan.outputs.resourceId
+    identityId: identity.outputs.resourceId
+    identityClientId: identity.outputs.clientId
+    storageAccountName: storage.outputs.name
+    deploymentContainerName: deploymentContainerName
+    applicationInsightsConnectionString: appInsights.outputs.connectionString
+    maximumInstanceCount: maximumInstanceCount
+    instanceMemoryMB: instanceMemoryMB
+    appSettings: {
+      GRAPH_TENANT_ID: graphTenantId
+      GRAPH_CLIENT_ID: effectiveGraphClientId
+      KEY_VAULT_URI: keyVault.outputs.uri
+      GRAPH_CLIENT_SECRET_NAME: graphClientSecretName
+      ALLOWED_SENDERS: allowedSenders
+      MAIL_QUEUE_NAME: mailQueueName
+      SEND_MAX_ATTEMPTS: string(sendMaxAttempts)
+      SEND_MAX_AGE_HOURS: sendMaxAgeHours
+      EXPIRY_CHECK_SCHEDULE: expiryCheckSchedule
+      EXPIRY_WARN_DAYS: expiryWarnDays
+      EXPIRY_ALERT_SENDER: expiryAlertSender
+      EXPIRY_ALERT_RECIPIENTS: expiryAlertRecipients
+      EXPIRY_ALERT_WEBHOOK_URL: expiryAlertWebhookUrl
+    }
+  }
+  // Roles first, so the host's first start and azd's first deployment find their access in place.
+  dependsOn: [
+    rbac
+  ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Role assignments (least privilege; see app/rbac.bicep)
+// ---------------------------------------------------------------------------------------------
+
+module rbac 'app/rbac.bicep' = {
+  name: 'relay-rbac'
+  scope: rg
+  params: {
+    storageAccountName: storage.outputs.name
+    mailQueueName: mailQueueName
+    keyVaultName: keyVault.outputs.name
+    appInsightsName: appInsights.outputs.name
+    relayPrincipalId: identity.outputs.principalId
+    senderPrincipalIds: senderPrincipalIds
+    deployerPrincipalId: principalId
+    deployerPrincipalType: principalType
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Alerts: dead-lettered mail, expiring client secret
+// ---------------------------------------------------------------------------------------------
+
+module alerts 'app/alerts.bicep' = {
+  name: 'relay-alerts'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    namePrefix: 'mailrelay-${resourceToken}'
+    appInsightsId: appInsights.outputs.resourceId
+    alertEmail: alertEmail
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outputs (azd writes them to .azure/<env>/.env)
+// ---------------------------------------------------------------------------------------------
+
+output AZURE_LOCATION string = location
+output AZURE_TENANT_ID string = tenant().tenantId
+output RESOURCE_GROUP string = rg.name
+output AZURE_RESOURCE_GROUP string = rg.name
+output AZURE_FUNCTION_APP_NAME string = api.outputs.name
+output RELAY_IDENTITY_CLIENT_ID string = identity.outputs.clientId
+output RELAY_IDENTITY_PRINCIPAL_ID string = identity.outputs.principalId
+output KEY_VAULT_NAME string = keyVault.outputs.name
+output KEY_VAULT_URI string = keyVault.outputs.uri
+output GRAPH_TENANT_ID string = graphTenantId
+output GRAPH_CLIENT_ID string = effectiveGraphClientId
+output GRAPH_CLIENT_SECRET_NAME string = graphClientSecretName
+output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
+output STORAGE_QUEUE_SERVICE_URI string = 'https://${storage.outputs.name}.queue.${environment().suffixes.storage}/'
+output MAIL_QUEUE_NAME string = mailQueueName
+output MAIL_QUEUE_URL string = 'https://${storage.outputs.name}.queue.${environment().suffixes.storage}/${mailQueueName}'
+output MAIL_POISON_QUEUE_NAME string = poisonQueueName
+output APPLICATIONINSIGHTS_NAME string = appInsights.outputs.name
+output LOG_ANALYTICS_WORKSPACE_ID string = logAnalytics.outputs.resourceId
+output EXCHANGE_SCOPE_MODEL string = exchangeScopeModel
+output ENTRA_APP_SERVICE_PRINCIPAL_ID string = deployEntraApp ? entraApp!.outputs.servicePrincipalId : ''
