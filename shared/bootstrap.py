@@ -9,7 +9,8 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from shared.queues import DeadLetters
+from shared.ledger import Ledger
+from shared.queues import DeadLetters, Requeue
 from shared.sending import Relay
 from shared.settings import Settings, load_settings
 
@@ -19,6 +20,8 @@ class Runtime:
     settings: Settings
     relay: Relay
     dead_letters: DeadLetters
+    requeue: Requeue  # the main queue: transient failures go back on it, delayed (shared/retries.py)
+    ledger: Ledger  # requests Graph already accepted: nothing is sent twice (shared/ledger.py)
 
 
 _runtime: Runtime | None = None
@@ -27,7 +30,8 @@ _lock = threading.Lock()
 
 def build_runtime(settings: Settings) -> Runtime:
     from shared.graph import GraphClient, http_session
-    from shared.queues import QueueDeadLetters, queue_client
+    from shared.ledger import TableLedger, table_client
+    from shared.queues import QueueDeadLetters, QueueRequeue, queue_client
     from shared.secrets import KeyVaultSecret, credential, key_vault_client
     from shared.tokens import MsalTokens
 
@@ -51,7 +55,14 @@ def build_runtime(settings: Settings) -> Runtime:
         # The host's identity-based connection names its own identity (AzureWebJobsStorage__clientId).
         storage_identity = credential(settings.storage.client_id or settings.managed_identity_client_id)
     poison = queue_client(settings, settings.poison_queue_name, storage_identity)
-    return Runtime(settings=settings, relay=relay, dead_letters=QueueDeadLetters(poison))
+    main = queue_client(settings, settings.queue_name, storage_identity)
+    return Runtime(
+        settings=settings,
+        relay=relay,
+        dead_letters=QueueDeadLetters(poison),
+        requeue=QueueRequeue(main),
+        ledger=TableLedger(table_client(settings, storage_identity)),
+    )
 
 
 def runtime() -> Runtime:
@@ -68,3 +79,4 @@ def reset() -> None:
     global _runtime
     with _lock:
         _runtime = None
+

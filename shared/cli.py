@@ -82,7 +82,15 @@ def _read_input(source: str) -> bytes | str:
 
 # --- The command ---------------------------------------------------------------------------------
 
-SUBCOMMANDS: Sequence[Callable[[Subparsers], None]] = (_add_validate,)
+def _add_queue_commands(subparsers: Subparsers) -> None:
+    # send, dead-letters and local live in shared/cli_mail.py (it imports this module, hence the late import).
+    from shared.cli_mail import SUBCOMMANDS as queue_commands
+
+    for add_subcommand in queue_commands:
+        add_subcommand(subparsers)
+
+
+SUBCOMMANDS: Sequence[Callable[[Subparsers], None]] = (_add_validate, _add_queue_commands)
 
 
 def build_parser() -> argparse.ArgumentParser:

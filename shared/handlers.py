@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from shared.bootstrap import Runtime
+    from shared.outcomes import Failure
 
 log = logging.getLogger("mailrelay")
 
@@ -23,33 +24,122 @@ class QueueMessageLike(Protocol):
     def get_body(self) -> bytes: ...
 
 
-class TransientSendError(RuntimeError):
-    """Raised so the host makes the message visible again and retries it later."""
-
-
 def handle_mail_message(msg: QueueMessageLike, rt: Runtime | None = None) -> None:
-    """Send one queued request: return when it is sent or dead-lettered; raise to have it retried."""
+    """Handle one queued request and return, so the host completes (deletes) the message.
+
+    Sent: recorded in the idempotency ledger. Permanent: dead-lettered at once. Transient: put back on
+    the queue, delayed, with the attempt count in a retry wrapper (shared/retries.py), or dead-lettered
+    once the retry budget is spent. Each of these writes happens before the return, so a crash in
+    between leaves the original message to be redelivered: a duplicate at worst (which the ledger
+    catches once sent), never a loss. An exception (storage unreachable) leaves the retry to the host.
+    """
     from shared.bootstrap import runtime
-    from shared.outcomes import Permanent, Sent, dead_letter_envelope
+    from shared.ledger import ledger_key
+    from shared.outcomes import Permanent, Sent, Transient, permanent
+    from shared.retries import GiveUp, MalformedWrapper, after_transient, unwrap, wrap
 
     rt = rt or runtime()
-    attempt = rt.relay.send(msg.get_body())
+    raw = msg.get_body()
+    deliveries = msg.dequeue_count or 1  # tries of this very message, a crashed one included
+    fields: dict[str, Any] = {"queueMessageId": msg.id, "dequeueCount": msg.dequeue_count}
+    try:
+        delivery = unwrap(raw)
+    except MalformedWrapper as e:
+        _dead_letter(rt, _as_received(raw), permanent("InvalidRequest", str(e)), deliveries, fields)
+        return
+    state = delivery.state
+    original_id = (state.original_message_id if state else None) or msg.id
+    attempts = (state.attempts if state else 0) + deliveries
+    fields.update(originalMessageId=original_id, attempt=attempts)
+
+    key = ledger_key(_request_id(delivery.body), original_id)
+    if key and rt.ledger.seen(key):
+        log.info(
+            "mail already sent: completing without sending",
+            extra={"event": "mail.duplicate", "keyKind": key.split(":", 1)[0], **fields},
+        )
+        return
+
+    attempt = rt.relay.send(delivery.body)
     outcome = attempt.outcome
-    fields = {"queueMessageId": msg.id, "sender": attempt.sender, "dequeueCount": msg.dequeue_count}
+    fields["sender"] = attempt.sender
     if isinstance(outcome, Sent):
+        if key:
+            try:
+                rt.ledger.record(key)
+            except Exception as e:
+                # The mail is sent; raising now would have the host send it again. Completing is right,
+                # and only a redelivery of this very message (rare) could still duplicate it.
+                log.error(
+                    "mail sent, but the ledger could not record it: %s",
+                    type(e).__name__,
+                    extra={"event": "ledger.error", **fields},
+                )
         log.info("mail sent", extra={"event": "mail.sent", **fields})
         return
     if isinstance(outcome, Permanent):
-        rt.dead_letters.put(dead_letter_envelope(attempt.request, outcome, attempts=msg.dequeue_count or 1))
-        log.error(
-            "mail dead-lettered: %s",
-            outcome.code,
-            extra={"event": "mail.deadlettered", "code": outcome.code, "hint": outcome.hint, **fields},
-        )
+        _dead_letter(rt, attempt.request, outcome, attempts, fields)
         return
-    log.warning(
-        "mail send failed transiently: %s",
-        outcome.code,
-        extra={"event": "mail.transient", "code": outcome.code, "retryAfter": outcome.retry_after, **fields},
+
+    assert isinstance(outcome, Transient)
+    assert isinstance(attempt.request, dict)  # only a parsed, valid request reaches Graph
+    decision = after_transient(
+        rt.settings.retry_policy,
+        state,
+        attempts_now=deliveries,
+        message_id=msg.id,
+        error={"code": outcome.code, "message": outcome.message},
+        retry_after=outcome.retry_after,
     )
-    raise TransientSendError(f"{outcome.code}: {outcome.message}")
+    if isinstance(decision, GiveUp):
+        spent = Transient(outcome.code, f"{outcome.message} ({decision.reason})", outcome.hint, outcome.retry_after)
+        _dead_letter(rt, attempt.request, spent, decision.attempts, fields)
+        return
+    rt.requeue.put(wrap(attempt.request, decision.state), decision.delay)
+    log.warning(
+        "mail send failed transiently: %s; re-queued, next try in %d s",
+        outcome.code,
+        decision.delay,
+        extra={
+            "event": "mail.retry",
+            "code": outcome.code,
+            "retryAfter": outcome.retry_after,
+            "delaySeconds": decision.delay,
+            **fields,
+        },
+    )
+
+
+def _dead_letter(rt: Runtime, request: Any, failure: Failure, attempts: int, fields: dict[str, Any]) -> None:
+    from shared.outcomes import dead_letter_envelope
+
+    rt.dead_letters.put(dead_letter_envelope(request, failure, attempts=attempts))
+    log.error(
+        "mail dead-lettered: %s",
+        failure.code,
+        extra={"event": "mail.deadlettered", "code": failure.code, "hint": failure.hint, **fields},
+    )
+
+
+def _request_id(body: bytes) -> str | None:
+    """The request's `id` (its idempotency key), if the body is a JSON object that has a string one."""
+    import json
+
+    if b'"id"' not in body:  # cheap test first: most requests carry no id
+        return None
+    try:
+        obj = json.loads(body.decode("utf-8").removeprefix("\ufeff"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    value = obj.get("id") if isinstance(obj, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
+def _as_received(raw: bytes) -> Any:
+    import json
+
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text

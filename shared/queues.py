@@ -1,4 +1,8 @@
-"""Storage queues the relay writes to itself: the dead-letter queue (and, later, re-queues)."""
+"""Storage queues the relay writes to itself: the dead-letter queue, and re-queues onto the main queue.
+
+Both send with `time_to_live=-1` (never expires): Azure's default is 7 days, after which a message
+vanishes without a trace, and a dead letter or a delayed retry must wait as long as it takes.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,12 @@ class DeadLetters(Protocol):
     def put(self, envelope: dict[str, Any]) -> None: ...
 
 
+class Requeue(Protocol):
+    def put(self, payload: dict[str, Any], delay_seconds: int) -> None:
+        """Put `payload` on the main queue, invisible for `delay_seconds`."""
+        ...
+
+
 def encode(payload: dict[str, Any]) -> str:
     """Queue text as the Functions host reads it: base64 of UTF-8 JSON (host.json's messageEncoding)."""
     import base64
@@ -29,6 +39,17 @@ class QueueDeadLetters:
     def put(self, envelope: dict[str, Any]) -> None:
         # The relay owns the text: no encode policy, so the host's base64 reading matches byte for byte.
         self._client.send_message(encode(envelope), time_to_live=-1)
+
+
+class QueueRequeue:
+    """The main queue, for putting a request back after a transient failure (shared/retries.py)."""
+
+    def __init__(self, client: QueueClient):
+        self._client = client
+
+    def put(self, payload: dict[str, Any], delay_seconds: int) -> None:
+        # The initial visibility is the retry delay: the message waits in the queue, not in a worker.
+        self._client.send_message(encode(payload), visibility_timeout=max(0, delay_seconds), time_to_live=-1)
 
 
 def queue_client(settings: Settings, queue_name: str, credential: Any = None) -> QueueClient:

@@ -11,7 +11,10 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from shared.retries import RetryPolicy
 
 DEFAULT_QUEUE_NAME: Final = "mail-outbox"
 DEFAULT_GRAPH_BASE_URL: Final = "https://graph.microsoft.com"
@@ -30,6 +33,12 @@ DEPLOYED_SETTINGS: Final = (
     "AzureWebJobsStorage__queueServiceUri",
     "AzureWebJobsStorage__credential",
     "AzureWebJobsStorage__clientId",
+    # The retry budget for transient failures (shared/retries.py). SEND_RETRY_BASE_SECONDS is left out:
+    # a tuning knob with a sound default (the local stack and the tests shorten it).
+    "SEND_MAX_ATTEMPTS",
+    "SEND_MAX_AGE_HOURS",
+    # The idempotency ledger's table (shared/ledger.py).
+    "AzureWebJobsStorage__tableServiceUri",
 )
 
 _ADDRESS = re.compile(r"^[^@\s<>\"(),;:]+@[^@\s<>\"(),;:]+\.[^@\s<>\"(),;:]+$")
@@ -52,6 +61,7 @@ class StorageSettings:
     connection_string: str | None
     queue_service_uri: str | None
     client_id: str | None  # user-assigned identity for the identity-based connection
+    table_service_uri: str | None = None  # identity-based Table endpoint (the idempotency ledger)
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,22 @@ class Settings:
     graph_base_url: str
     authority_host: str
     ca_bundle: str | None  # extra CA to trust (the local emulator, or a TLS-inspecting proxy)
+    # The retry budget and backoff for transient failures (shared/retries.py has the rules).
+    max_attempts: int = 8
+    max_age_hours: float = 24.0
+    retry_base_seconds: float = 30.0
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        from datetime import timedelta
+
+        from shared.retries import RetryPolicy
+
+        return RetryPolicy(
+            max_attempts=self.max_attempts,
+            max_age=timedelta(hours=self.max_age_hours),
+            base_delay=self.retry_base_seconds,
+        )
 
     @property
     def poison_queue_name(self) -> str:
@@ -110,7 +136,23 @@ def _storage(env: Mapping[str, str]) -> StorageSettings:
         connection_string=connection_string,
         queue_service_uri=queue_uri.rstrip("/") if queue_uri else None,
         client_id=env.get("AzureWebJobsStorage__clientId", "").strip() or None,
+        table_service_uri=(env.get("AzureWebJobsStorage__tableServiceUri", "").strip().rstrip("/") or None),
     )
+
+
+def _number(env: Mapping[str, str], name: str, default: float, *, low: float, high: float, whole: bool) -> float:
+    """A numeric setting within [low, high]; blank means the default."""
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = int(value) if whole else float(value)
+    except ValueError:
+        number = None
+    kind = "a whole number" if whole else "a number"
+    if number is None or not low <= number <= high:
+        raise SettingsError(f"Setting {name} must be {kind} from {low:g} to {high:g}, got {value!r}.")
+    return number
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -154,4 +196,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             env, "GRAPH_AUTHORITY_HOST", env.get("GRAPH_AUTHORITY_HOST", "").strip() or DEFAULT_AUTHORITY_HOST
         ),
         ca_bundle=ca_bundle,
+        # A budget of 1 attempt means "never retry"; 100 attempts or 7 days is beyond any mail's use.
+        max_attempts=int(_number(env, "SEND_MAX_ATTEMPTS", 8, low=1, high=100, whole=True)),
+        max_age_hours=_number(env, "SEND_MAX_AGE_HOURS", 24.0, low=0.01, high=168, whole=False),
+        retry_base_seconds=_number(env, "SEND_RETRY_BASE_SECONDS", 30.0, low=0.0, high=3600, whole=False),
     )
+

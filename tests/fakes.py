@@ -78,3 +78,13 @@ class FakeDeadLetters:
 
     def put(self, envelope: dict[str, Any]) -> None:
         self.envelopes.append(envelope)
+
+
+@dataclass
+class FakeRequeue:
+    """The main queue, for re-queued requests: (payload, delay in seconds) in order."""
+
+    puts: list[tuple[dict[str, Any], int]] = field(default_factory=list)
+
+    def put(self, payload: dict[str, Any], delay_seconds: int) -> None:
+        self.puts.append((payload, delay_seconds))

@@ -13,10 +13,10 @@ from azure.functions.queue import QueueMessage
 
 from shared import bootstrap
 from shared.bootstrap import Runtime
-from shared.handlers import TransientSendError
+from shared.ledger import MemoryLedger
 from shared.sending import Relay
 from shared.settings import load_settings
-from tests.fakes import FakeDeadLetters, FakeGraph, FakeTokens, graph_error
+from tests.fakes import FakeDeadLetters, FakeGraph, FakeRequeue, FakeTokens, graph_error
 from tests.unit.test_settings import GOOD
 
 
@@ -24,7 +24,9 @@ from tests.unit.test_settings import GOOD
 def fakes() -> Iterator[tuple[FakeGraph, FakeDeadLetters]]:
     graph, dead = FakeGraph(), FakeDeadLetters()
     relay = Relay(allowed_senders=frozenset({"alerts@contoso.com"}), tokens=FakeTokens(), graph=graph)
-    bootstrap._runtime = Runtime(settings=load_settings(GOOD), relay=relay, dead_letters=dead)
+    bootstrap._runtime = Runtime(
+        settings=load_settings(GOOD), relay=relay, dead_letters=dead, requeue=FakeRequeue(), ledger=MemoryLedger()
+    )
     yield graph, dead
     bootstrap.reset()
 
@@ -74,14 +76,20 @@ def test_permanent_failure_is_dead_lettered_with_the_request_and_completes(
     assert any(getattr(r, "event", None) == "mail.deadlettered" for r in caplog.records)
 
 
-def test_transient_failure_raises_so_the_host_retries(
+def test_transient_failure_is_requeued_with_its_attempt_count_and_completes(
     functions: dict[str, Callable[..., None]], fakes: tuple[FakeGraph, FakeDeadLetters]
 ) -> None:
     graph, dead = fakes
     graph.replies.append(graph_error(429, "ApplicationThrottled", "slow down", retry_after="5"))
-    with pytest.raises(TransientSendError, match="ApplicationThrottled"):
-        functions["send_mail"](message(REQUEST))
+    functions["send_mail"](message(REQUEST))  # returns: the host deletes the original
     assert dead.envelopes == []
+    requeue = bootstrap.runtime().requeue
+    assert isinstance(requeue, FakeRequeue)
+    ((payload, delay),) = requeue.puts
+    assert payload["request"] == REQUEST
+    assert payload["$retry"]["attempts"] == 1 and payload["$retry"]["originalMessageId"] == "msg-1"
+    assert payload["$retry"]["lastError"]["code"] == "ApplicationThrottled"
+    assert delay >= 5  # Retry-After is a floor
 
 
 def test_raw_text_that_is_not_json_is_dead_lettered_as_an_encoding_problem(

@@ -1,0 +1,439 @@
+"""A small local stand-in for the Azure Functions host: runs function_app.py's queue triggers on Azurite.
+
+It reads host.json's `extensions.queues` and gives each queue-triggered function the host's semantics
+(Microsoft.Azure.WebJobs.Extensions.Storage.Queues v5), so the relay meets locally what it meets in Azure:
+
+- receive up to `batchSize` messages under a lease (the real host: 10 minutes, renewed while the function
+  runs; here `lease_seconds`, also renewed), run them in parallel, and fetch again once no more than
+  `newBatchThreshold` are in flight; an empty queue is polled with exponential back-off up to
+  `maxPollingInterval`;
+- decode each message per `messageEncoding`; text that is not base64 goes to `<queue>-poison` at once,
+  without calling the function (as the v5 extension does);
+- call the function with an `azure.functions.queue.QueueMessage` (the one with `dequeue_count`);
+- success: delete the message. Exception: once `dequeue_count` reaches `maxDequeueCount`, copy the raw
+  message text to `<queue>-poison` and delete it (the host's poison move), else make it visible again
+  after `visibilityTimeout`.
+
+Queue names may hold `%SETTING%`, resolved from the environment; the connection named by the binding
+(`AzureWebJobsStorage`) must be a connection string. The queues and their poison queues are created
+if missing. One log line per message outcome, with ids and counts, never a body.
+
+Only queue triggers run here; other triggers (timers) are listed and skipped.
+
+    host = LocalHost(lease_seconds=5)   # env: os.environ; host_json: the repository's host.json
+    host.start()                        # polls in background threads
+    host.stop()                         # no new receives; waits for the messages in flight
+
+`python -m devstack.host [--host-json PATH] [--lease-seconds N]` runs until SIGTERM or SIGINT, stops
+gracefully and exits 0. Settings come from the environment, as in Azure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from azure.storage.queue import QueueClient, QueueMessage
+
+ROOT = Path(__file__).resolve().parents[1]
+HOST_JSON = ROOT / "host.json"
+DEFAULT_LEASE_SECONDS = 600  # the real host's lease on a message it runs (renewed while it runs)
+MIN_POLLING_INTERVAL = 0.1  # the real host's first back-off step on an empty queue
+
+log = logging.getLogger("devstack.host")
+
+
+class HostError(RuntimeError):
+    pass
+
+
+# --- host.json -----------------------------------------------------------------------------------
+
+_TIMESPAN = re.compile(r"^(?:(?P<d>\d+)\.)?(?P<h>\d{1,2}):(?P<m>\d{2}):(?P<s>\d{2}(?:\.\d+)?)$")
+
+
+def timespan_seconds(value: Any, *, numbers_are_ms: bool = False) -> float:
+    """A .NET TimeSpan from host.json ("00:00:02", "1.00:00:00") in seconds; a bare number is ms or s."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value / 1000 if numbers_are_ms else float(value)
+    match = _TIMESPAN.match(str(value).strip())
+    if not match:
+        raise HostError(f"host.json: {value!r} is not a TimeSpan (hh:mm:ss)")
+    days = int(match["d"] or 0)
+    return days * 86400 + int(match["h"]) * 3600 + int(match["m"]) * 60 + float(match["s"])
+
+
+@dataclass(frozen=True)
+class QueueOptions:
+    """host.json's extensions.queues, with the v5 extension's defaults."""
+
+    batch_size: int = 16
+    new_batch_threshold: int = 8 * (os.cpu_count() or 1)  # batchSize / 2 times the cores
+    visibility_timeout: float = 0.0
+    max_dequeue_count: int = 5
+    max_polling_interval: float = 60.0
+    message_encoding: str = "base64"
+
+    @classmethod
+    def from_host_json(cls, host_json: Mapping[str, Any]) -> QueueOptions:
+        queues = host_json.get("extensions", {}).get("queues", {})
+        batch_size = int(queues.get("batchSize", 16))
+        threshold = queues.get("newBatchThreshold")
+        encoding = str(queues.get("messageEncoding", "base64")).lower()
+        if encoding not in ("base64", "none"):
+            raise HostError(f"host.json: messageEncoding must be base64 or none, got {encoding!r}")
+        if not 1 <= batch_size <= 32:
+            raise HostError(f"host.json: batchSize must be 1 to 32 (Storage's limit), got {batch_size}")
+        return cls(
+            batch_size=batch_size,
+            new_batch_threshold=int(threshold) if threshold is not None else batch_size // 2 * (os.cpu_count() or 1),
+            visibility_timeout=timespan_seconds(queues.get("visibilityTimeout", 0)),
+            max_dequeue_count=int(queues.get("maxDequeueCount", 5)),
+            # Older host.json files give this one in milliseconds.
+            max_polling_interval=timespan_seconds(queues.get("maxPollingInterval", 60000), numbers_are_ms=True),
+            message_encoding=encoding,
+        )
+
+
+def resolve(value: str, env: Mapping[str, str]) -> str:
+    """Replace each %SETTING% with its value, as the host does in binding expressions."""
+
+    def setting(match: re.Match[str]) -> str:
+        name = match[1]
+        if not env.get(name):
+            raise HostError(f"the binding refers to %{name}%, and no setting {name} is set")
+        return env[name]
+
+    return re.sub(r"%([^%]+)%", setting, value)
+
+
+# --- One queue, one function ---------------------------------------------------------------------
+
+
+class _Lease:
+    """A message being run: its current pop receipt (renewing changes it) and whether it is settled."""
+
+    def __init__(self, message: QueueMessage, lease_seconds: float) -> None:
+        self.message = message
+        self.pop_receipt: str = message.pop_receipt or ""
+        self.renew_at = time.monotonic() + lease_seconds / 2
+        self.lock = threading.Lock()
+        self.settled = False
+
+
+class QueueListener:
+    """Polls one queue for one function with the host's semantics."""
+
+    def __init__(
+        self,
+        function_name: str,
+        call: Callable[[Any], Any],
+        queue: QueueClient,
+        poison: QueueClient,
+        options: QueueOptions,
+        lease_seconds: float,
+    ) -> None:
+        self.function_name = function_name
+        self.call = call
+        self.queue = queue
+        self.poison = poison
+        self.options = options
+        self.lease_seconds = lease_seconds
+        self._stopping = threading.Event()  # no new receives
+        self._drained = threading.Event()  # nothing in flight any more: stop renewing
+        self._in_flight: dict[str, _Lease] = {}
+        self._changed = threading.Condition()
+        self._pool = ThreadPoolExecutor(options.batch_size, thread_name_prefix=f"fn-{function_name}")
+        self._threads: list[threading.Thread] = []
+        self.counts: dict[str, int] = {"completed": 0, "failed": 0, "poisoned": 0}
+
+    @property
+    def queue_name(self) -> str:
+        return str(self.queue.queue_name)
+
+    def start(self) -> None:
+        for queue in (self.queue, self.poison):
+            _create_if_missing(queue)
+        for target, name in ((self._poll, "poll"), (self._renew, "renew")):
+            thread = threading.Thread(target=target, name=f"{name}-{self.queue_name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info("polling queue %s for function %s", self.queue_name, self.function_name)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Receive nothing more, let the messages in flight finish, then stop renewing."""
+        self._stopping.set()
+        with self._changed:
+            self._changed.notify_all()
+        self._threads[0].join(timeout)  # the poller: after this no new message is submitted
+        self._pool.shutdown(wait=True)
+        self._drained.set()
+        self._threads[1].join(timeout)
+
+    # The poll loop ------------------------------------------------------------------------------
+
+    def _poll(self) -> None:
+        delay = MIN_POLLING_INTERVAL
+        while not self._stopping.is_set():
+            with self._changed:
+                # Like the host: fetch a new batch only once in-flight work is down to newBatchThreshold.
+                self._changed.wait_for(
+                    lambda: self._stopping.is_set() or len(self._in_flight) <= self.options.new_batch_threshold
+                )
+            if self._stopping.is_set():
+                break
+            try:
+                batch = list(
+                    self.queue.receive_messages(
+                        max_messages=self.options.batch_size, visibility_timeout=int(self.lease_seconds)
+                    )
+                )
+            except Exception as e:
+                log.warning("receiving from %s failed: %s; backing off", self.queue_name, type(e).__name__)
+                batch = []
+            if not batch:
+                self._stopping.wait(delay)
+                delay = min(delay * 2, self.options.max_polling_interval)
+                continue
+            delay = MIN_POLLING_INTERVAL
+            for message in batch:
+                lease = _Lease(message, self.lease_seconds)
+                with self._changed:
+                    self._in_flight[message.id] = lease
+                self._pool.submit(self._run, lease)
+
+    def _renew(self) -> None:
+        # The host keeps its lease while the function runs, so a slow function is not run twice at once.
+        interval = max(self.lease_seconds / 4, 0.25)
+        while not self._drained.wait(interval):
+            with self._changed:
+                leases = list(self._in_flight.values())
+            for lease in leases:
+                if time.monotonic() < lease.renew_at:
+                    continue
+                with lease.lock:
+                    if lease.settled:
+                        continue
+                    try:
+                        updated = self.queue.update_message(
+                            lease.message.id, pop_receipt=lease.pop_receipt, visibility_timeout=int(self.lease_seconds)
+                        )
+                    except Exception as e:
+                        log.warning("renewing the lease on message %s failed: %s", lease.message.id, type(e).__name__)
+                        continue
+                    lease.pop_receipt = updated.pop_receipt or lease.pop_receipt
+                    lease.renew_at = time.monotonic() + self.lease_seconds / 2
+
+    # One message ---------------------------------------------------------------------------------
+
+    def _count(self, outcome: str) -> None:
+        with self._changed:
+            self.counts[outcome] += 1
+
+    def _run(self, lease: _Lease) -> None:
+        try:
+            self._process(lease)
+        except Exception as e:  # storage trouble while settling: the lease runs out and it comes back
+            log.error("settling message %s failed: %s", lease.message.id, type(e).__name__)
+        finally:
+            with self._changed:
+                self._in_flight.pop(lease.message.id, None)
+                self._changed.notify_all()
+
+    def _process(self, lease: _Lease) -> None:
+        from azure.functions.queue import QueueMessage as FunctionQueueMessage
+
+        message = lease.message
+        text = message.content if isinstance(message.content, str) else str(message.content or "")
+        ids = f"message {message.id} (dequeue count {message.dequeue_count})"
+        if self.options.message_encoding == "base64":
+            try:
+                body = base64.b64decode(text, validate=True)
+            except (binascii.Error, ValueError):
+                # The v5 extension moves undecodable text to the poison queue at once: no retry can fix it.
+                self._settle(lease, poison=text)
+                log.error(
+                    "%s: not base64; moved to %s without calling %s", ids, self.poison.queue_name, self.function_name
+                )
+                self._count("poisoned")
+                return
+        else:
+            body = text.encode("utf-8")
+        msg = FunctionQueueMessage(
+            id=message.id,
+            body=body,
+            dequeue_count=message.dequeue_count,
+            pop_receipt=lease.pop_receipt,
+            insertion_time=message.inserted_on,
+            expiration_time=message.expires_on,
+            time_next_visible=message.next_visible_on,
+        )
+        started = time.monotonic()
+        try:
+            self.call(msg)
+        except Exception as e:
+            # The type and first line only: the relay's own errors carry no message content.
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            if (message.dequeue_count or 0) >= self.options.max_dequeue_count:
+                self._settle(lease, poison=text)
+                log.error(
+                    "%s: %s failed (%s); moved to %s after %d tries",
+                    ids,
+                    self.function_name,
+                    reason,
+                    self.poison.queue_name,
+                    message.dequeue_count,
+                )
+                self._count("poisoned")
+            else:
+                self._settle(lease, retry=True)
+                log.warning(
+                    "%s: %s failed (%s); visible again in %g s",
+                    ids,
+                    self.function_name,
+                    reason,
+                    self.options.visibility_timeout,
+                )
+                self._count("failed")
+            return
+        self._settle(lease)
+        log.info("%s: %s completed in %.0f ms", ids, self.function_name, (time.monotonic() - started) * 1000)
+        self._count("completed")
+
+    def _settle(self, lease: _Lease, *, poison: str | None = None, retry: bool = False) -> None:
+        with lease.lock:
+            lease.settled = True
+            if retry:
+                self.queue.update_message(
+                    lease.message.id,
+                    pop_receipt=lease.pop_receipt,
+                    visibility_timeout=int(self.options.visibility_timeout),
+                )
+                return
+            if poison is not None:
+                # Copy before delete: a crash in between leaves a duplicate in the poison queue, never a loss.
+                self.poison.send_message(poison, time_to_live=-1)
+            self.queue.delete_message(lease.message.id, lease.pop_receipt)
+
+
+def _bind(function: Callable[..., Any], arg_name: str) -> Callable[[Any], Any]:
+    """The user function called as the host calls it: the message passed by its binding's name."""
+
+    def call(message: Any) -> Any:
+        return function(**{arg_name: message})
+
+    return call
+
+
+def _create_if_missing(queue: QueueClient) -> None:
+    from azure.core.exceptions import ResourceExistsError
+
+    with contextlib.suppress(ResourceExistsError):
+        queue.create_queue()
+
+
+# --- The host ------------------------------------------------------------------------------------
+
+
+class LocalHost:
+    def __init__(
+        self,
+        env: Mapping[str, str] | None = None,
+        host_json: Mapping[str, Any] | str | Path | None = None,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    ) -> None:
+        """`env`: where queue names and connections are resolved (default os.environ; the functions
+        themselves read os.environ, as in Azure). `host_json`: a dict or a path (default the repo's)."""
+        self.env = os.environ if env is None else env
+        if host_json is None or isinstance(host_json, str | Path):
+            host_json = dict(json.loads(Path(host_json or HOST_JSON).read_text(encoding="utf-8")))
+        assert isinstance(host_json, Mapping)
+        self.options = QueueOptions.from_host_json(host_json)
+        if lease_seconds < 1:
+            raise HostError("lease_seconds must be at least 1 (Storage's unit is the second)")
+        self.lease_seconds = lease_seconds
+        self.listeners: list[QueueListener] = []
+
+    def start(self) -> LocalHost:
+        from azure.storage.queue import QueueClient
+
+        from devstack.functions import indexed
+
+        for fn in indexed().values():
+            if fn.trigger["type"] != "queueTrigger":
+                log.info("function %s has a %s: not run by the local host", fn.name, fn.trigger["type"])
+                continue
+            queue_name = resolve(fn.trigger["queueName"], self.env)
+            connection = fn.trigger.get("connection") or "AzureWebJobsStorage"
+            conn_str = self.env.get(connection, "")
+            if not conn_str:
+                raise HostError(f"the local host needs a connection string in {connection} (Azurite's)")
+            listener = QueueListener(
+                fn.name,
+                _bind(fn.call, fn.trigger["name"]),
+                QueueClient.from_connection_string(conn_str, queue_name),
+                QueueClient.from_connection_string(conn_str, f"{queue_name}-poison"),
+                self.options,
+                self.lease_seconds,
+            )
+            listener.start()
+            self.listeners.append(listener)
+        return self
+
+    def stop(self, timeout: float | None = None) -> None:
+        for listener in self.listeners:
+            listener.stop(timeout)
+        self.listeners = []
+
+    def __enter__(self) -> LocalHost:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devstack.host", description=__doc__.split("\n")[0])
+    parser.add_argument("--host-json", type=Path, default=HOST_JSON)
+    parser.add_argument("--lease-seconds", type=float, default=DEFAULT_LEASE_SECONDS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The SDKs' HTTP logging would print every request: keep it to warnings.
+    logging.getLogger("azure").setLevel(logging.WARNING)
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    host = LocalHost(host_json=args.host_json, lease_seconds=args.lease_seconds).start()
+    log.info("local host ready (pid %d)", os.getpid())
+    while not stop.wait(0.5):  # a timed wait, so the signal handler runs promptly
+        pass
+    log.info("stopping: finishing the messages in flight")
+    host.stop()
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,467 @@
+"""The local stack: Azurite, the emulator of Entra ID / Graph / Key Vault, and the local Functions host.
+
+    with LocalStack(allowed_senders=["alerts@contoso.com"], mailboxes=["hr@contoso.com"]) as stack:
+        stack.storage_connection_string, stack.queue_name, stack.emulator_url, stack.ca_cert_path
+
+Three processes, started in dependency order and stopped in reverse (host first, so it never works
+against a storage or emulator that is going away):
+- Azurite (devstack.azurite), on free loopback ports, in memory;
+- the emulator, `python -m devstack.emulator --port 0 --seed … --ready-file …`, seeded with a throwaway
+  app registration (random tenant, client id and secret), the secret in its Key Vault, and mailboxes;
+- the local host, `python -m devstack.host`, with the relay's settings pointing at both.
+
+The emulator and the host run in their own sessions, so a Ctrl-C in the terminal reaches only the
+parent, which then stops them in order. On Linux they also get SIGTERM if the parent dies without
+cleaning up (PR_SET_PDEATHSIG), so a killed test run leaves nothing behind.
+
+`run_foreground` is `mailrelay local`: it writes the state file the other `mailrelay` commands read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import IO, Any
+
+from devstack.azurite import Azurite
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET_NAME = "graph-client-secret"
+DEFAULT_QUEUE = "mail-outbox"
+HOST_READY = "local host ready"  # devstack.host logs this once its listeners poll
+
+# Environment the host must not inherit: it would point the relay's identity or settings elsewhere.
+_INHERITED_BUT_DROPPED = (
+    "AZURE_CLIENT_ID",
+    "MSI_ENDPOINT",
+    "MSI_SECRET",
+    "AzureWebJobsStorage__queueServiceUri",
+    "AzureWebJobsStorage__tableServiceUri",
+)
+
+
+class StackError(RuntimeError):
+    """A part of the stack did not start or died; the message names it and ends with its output."""
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: have the kernel send SIGTERM to this child when the parent exits, however it exits."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+class LocalStack:
+    """Start and stop the three parts; expose their endpoints. Not reusable once stopped."""
+
+    def __init__(
+        self,
+        allowed_senders: Sequence[str] = ("alerts@contoso.com",),
+        exchange_scope: Sequence[str] | None = None,
+        mailboxes: Sequence[str] = (),
+        queue_name: str = DEFAULT_QUEUE,
+        host_env: Mapping[str, str] | None = None,
+        inherit_output: bool = False,
+        startup_timeout: float = 30.0,
+        lease_seconds: float = 5.0,
+    ) -> None:
+        """`exchange_scope`: mailboxes inside the app's Exchange scope (default: the allowed senders not
+        named in `mailboxes`); `mailboxes`: mailboxes that exist but are outside it. `lease_seconds`: the
+        host's lease on a running message; short, because the host renews it on that rhythm and
+        finishes its renewals before it exits. `host_env` adds to or overrides the host's
+        settings. The emulator's and host's output is kept in files (see `log_tail`), and with
+        `inherit_output` also echoed to this process's standard error."""
+        self.allowed_senders = list(allowed_senders)
+        outside = {m.lower() for m in mailboxes}
+        if exchange_scope is None:
+            exchange_scope = [s for s in allowed_senders if s.lower() not in outside]
+        self.exchange_scope = list(exchange_scope)
+        inside = {s.lower() for s in self.exchange_scope}
+        self.mailboxes = [m for m in mailboxes if m.lower() not in inside]
+        self._lease_seconds = lease_seconds
+        self.queue_name = queue_name
+        self._host_env = dict(host_env or {})
+        self._inherit_output = inherit_output
+        self._startup_timeout = startup_timeout
+        self._workdir: Path | None = None
+        self._azurite: Azurite | None = None
+        self._emulator: subprocess.Popen[bytes] | None = None
+        self._host: subprocess.Popen[bytes] | None = None
+        self._logs: list[IO[bytes]] = []
+        self._readers: list[threading.Thread] = []
+        self._host_ready = threading.Event()
+        self._ready: dict[str, Any] = {}
+        self._stopped = False
+        # A throwaway app registration, new for every stack: nothing here is a real credential.
+        self.tenant_id = str(uuid.uuid4())
+        self.client_id = str(uuid.uuid4())
+        self._client_secret = secrets.token_urlsafe(24)
+
+    # --- endpoints -------------------------------------------------------------------------------
+
+    @property
+    def storage_connection_string(self) -> str:
+        return self._running_azurite().connection_string
+
+    @property
+    def emulator_url(self) -> str:
+        return str(self._ready_value("url"))
+
+    @property
+    def ca_cert_path(self) -> str:
+        return str(self._ready_value("caCertPath"))
+
+    @property
+    def queue_endpoint(self) -> str:
+        azurite = self._running_azurite()
+        return f"http://127.0.0.1:{azurite.queue_port}/devstoreaccount1"
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """The process id of each part that was started (for checks that nothing is left behind)."""
+        found = {
+            "azurite": self._azurite.pid if self._azurite else None,
+            "emulator": self._emulator.pid if self._emulator else None,
+            "host": self._host.pid if self._host else None,
+        }
+        return {name: pid for name, pid in found.items() if pid is not None}
+
+    def state(self) -> dict[str, str]:
+        """The state file's content (what `mailrelay` commands need to reach the stack)."""
+        return {
+            "storageConnectionString": self.storage_connection_string,
+            "queueName": self.queue_name,
+            "emulatorUrl": self.emulator_url,
+            "caCertPath": self.ca_cert_path,
+        }
+
+    def host_settings(self) -> dict[str, str]:
+        """The relay's settings for this stack, as the local host gets them."""
+        return {
+            "GRAPH_TENANT_ID": self.tenant_id,
+            "GRAPH_CLIENT_ID": self.client_id,
+            "KEY_VAULT_URI": self.emulator_url,
+            "GRAPH_CLIENT_SECRET_NAME": SECRET_NAME,
+            "ALLOWED_SENDERS": ",".join(self.allowed_senders),
+            "MAIL_QUEUE_NAME": self.queue_name,
+            "AzureWebJobsStorage": self.storage_connection_string,
+            "GRAPH_BASE_URL": self.emulator_url,
+            "GRAPH_AUTHORITY_HOST": self.emulator_url,
+            "MAILRELAY_CA_BUNDLE": self.ca_cert_path,
+            # azure-identity's ManagedIdentityCredential finds App Service's endpoint through these two.
+            "IDENTITY_ENDPOINT": str(self._ready_value("msiEndpoint")),
+            "IDENTITY_HEADER": str(self._ready_value("identityHeader")),
+            **self._host_env,
+        }
+
+    def emulator_get(self, path: str) -> Any:
+        """GET one of the emulator's admin endpoints (`outbox`, `stats`) and return its JSON."""
+        return self._emulator_call("GET", path)
+
+    def emulator_post(self, path: str, body: Mapping[str, Any]) -> Any:
+        """POST to one of the emulator's admin endpoints (`scope`, `mailboxes`, `faults`, ...)."""
+        return self._emulator_call("POST", path, body)
+
+    def set_exchange_scope(self, address: str, in_scope: bool) -> None:
+        self.emulator_post("scope", {"address": address, "inScope": in_scope})
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> LocalStack:
+        if self._stopped:
+            raise StackError("a stopped stack cannot be started again; create a new one")
+        try:
+            self._workdir = Path(tempfile.mkdtemp(prefix="mailrelay-local-"))
+            self._azurite = Azurite().start()
+            self._create_queues()
+            self._start_emulator()
+            self._start_host()
+        except BaseException:
+            # Ctrl-C or a failure half-way: stop what did start, then report.
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop the host, the emulator, then Azurite; remove the working directory. Safe to repeat."""
+        self._stopped = True
+        for name in ("_host", "_emulator"):
+            process: subprocess.Popen[bytes] | None = getattr(self, name)
+            if process is not None:
+                _terminate(process)
+        if self._azurite is not None:
+            self._azurite.stop()
+        for reader in self._readers:
+            reader.join(timeout=5)  # the parts have exited: their pipes are at EOF
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def dead_part(self) -> str | None:
+        """The name of a part that has exited while the stack runs, or None."""
+        # Azurite's class keeps its Popen private; reading it here beats a second way to watch a pid.
+        azurite_process = getattr(self._azurite, "_process", None)
+        if azurite_process is not None and azurite_process.poll() is not None:
+            return "azurite"
+        for name, process in (("emulator", self._emulator), ("host", self._host)):
+            if process is not None and process.poll() is not None:
+                return name
+        return None
+
+    def log_tail(self, part: str, lines: int = 30) -> str:
+        """The last lines a part wrote (when its output goes to files)."""
+        if self._workdir is None:
+            return ""
+        path = self._workdir / f"{part}.log"
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    # --- the parts -------------------------------------------------------------------------------
+
+    def _create_queues(self) -> None:
+        # The host creates its queues too, but an app (or the demo) may send before the host's first
+        # poll: create them here so the first send never meets QueueNotFound.
+        from azure.core.exceptions import ResourceExistsError
+        from azure.storage.queue import QueueServiceClient
+
+        service = QueueServiceClient.from_connection_string(self.storage_connection_string)
+        for name in (self.queue_name, f"{self.queue_name}-poison"):
+            with contextlib.suppress(ResourceExistsError):
+                service.create_queue(name)
+
+    def _seed(self) -> dict[str, Any]:
+        expires = (datetime.now(UTC) + timedelta(days=365)).isoformat()
+        mailboxes = [{"address": a, "inExchangeScope": True} for a in _unique(self.exchange_scope)]
+        mailboxes += [{"address": a, "inExchangeScope": False} for a in _unique(self.mailboxes)]
+        return {
+            "apps": [{"tenantId": self.tenant_id, "clientId": self.client_id, "secret": self._client_secret}],
+            "mailboxes": mailboxes,
+            "secrets": [{"name": SECRET_NAME, "value": self._client_secret, "expiresOn": expires}],
+        }
+
+    def _start_emulator(self) -> None:
+        assert self._workdir is not None
+        seed = self._workdir / "seed.json"
+        # The seed holds the throwaway secret: readable by this user only, and removed by stop().
+        fd = os.open(seed, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            json.dump(self._seed(), file)
+        ready = self._workdir / "emulator-ready.json"
+        command = [
+            sys.executable, "-m", "devstack.emulator", "--port", "0",
+            "--seed", str(seed), "--ready-file", str(ready), "--log-level", "WARNING",
+        ]
+        self._emulator = self._spawn("emulator", command, dict(os.environ))
+        deadline = time.monotonic() + self._startup_timeout
+        while not ready.exists():
+            if self._emulator.poll() is not None:
+                raise StackError(f"the emulator exited with {self._emulator.returncode}:\n{self.log_tail('emulator')}")
+            if time.monotonic() > deadline:
+                raise StackError(f"the emulator did not start within {self._startup_timeout:.0f} s")
+            time.sleep(0.05)
+        self._ready = json.loads(ready.read_text(encoding="utf-8"))
+
+    def _start_host(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k not in _INHERITED_BUT_DROPPED}
+        env.update(self.host_settings())
+        env["PYTHONUNBUFFERED"] = "1"  # its ready line must reach the pipe at once
+        command = [sys.executable, "-m", "devstack.host", "--lease-seconds", str(self._lease_seconds)]
+        self._host = self._spawn("host", command, env, ready_marker=HOST_READY)
+        deadline = time.monotonic() + self._startup_timeout
+        while not self._host_ready.wait(0.05):
+            if self._host.poll() is not None:
+                raise StackError(f"the local host exited with {self._host.returncode}:\n{self.log_tail('host')}")
+            if time.monotonic() > deadline:
+                raise StackError(f"the local host did not start within {self._startup_timeout:.0f} s")
+
+    def _spawn(
+        self, part: str, command: list[str], env: dict[str, str], ready_marker: str | None = None
+    ) -> subprocess.Popen[bytes]:
+        assert self._workdir is not None
+        log = open(self._workdir / f"{part}.log", "wb")  # noqa: SIM115 - closed by stop()
+        self._logs.append(log)
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,  # `-m devstack.…` and function_app.py are found from the checkout's root
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches the parent only; it stops the parts in order
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
+        # One reader per part: keeps its log file, echoes it to this terminal if asked, spots the ready line.
+        reader = threading.Thread(
+            target=self._pump, args=(process, log, part, ready_marker), name=f"log-{part}", daemon=True
+        )
+        reader.start()
+        self._readers.append(reader)
+        return process
+
+    def _pump(self, process: subprocess.Popen[bytes], log: IO[bytes], part: str, ready_marker: str | None) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            with contextlib.suppress(ValueError):  # the log was closed by stop()
+                log.write(line)
+                log.flush()
+            # Only the host's lines: the emulator's ready line holds the managed-identity header value.
+            if self._inherit_output and part == "host":
+                sys.stderr.write(f"[{part}] {line.decode('utf-8', errors='replace')}")
+                sys.stderr.flush()
+            if ready_marker is not None and ready_marker.encode() in line:
+                self._host_ready.set()
+        process.stdout.close()
+
+    def _running_azurite(self) -> Azurite:
+        if self._azurite is None or self._azurite.pid is None:
+            raise StackError("the stack is not running: call start() first")
+        return self._azurite
+
+    def _ready_value(self, key: str) -> Any:
+        if key not in self._ready:
+            raise StackError("the stack is not running: call start() first")
+        return self._ready[key]
+
+    def _emulator_call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
+        import requests
+
+        response = requests.request(
+            method, f"{self.emulator_url}/_emulator/{path}", json=body, verify=self.ca_cert_path, timeout=10
+        )
+        response.raise_for_status()
+        return response.json() if response.content else None
+
+
+def _unique(addresses: Sequence[str]) -> list[str]:
+    seen: dict[str, str] = {}
+    for address in addresses:
+        seen.setdefault(address.lower(), address)
+    return list(seen.values())
+
+
+def _terminate(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)
+
+
+# --- mailrelay local -----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def sigterm_as_keyboard_interrupt() -> Iterator[None]:
+    """SIGTERM stops the stack the way Ctrl-C does (a `with` block's exit runs, in order)."""
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def write_state(path: Path, state: Mapping[str, str]) -> None:
+    """Atomically, readable by this user only (it holds a connection string)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        json.dump(state, file, indent=2)
+        file.write("\n")
+    os.replace(tmp, path)
+
+
+def _remove_state(path: Path, state: Mapping[str, str]) -> None:
+    # Only if it is still ours: another `mailrelay local` may have written its own since.
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(path.read_text(encoding="utf-8")) == dict(state):
+            path.unlink()
+
+
+def run_foreground(
+    *,
+    allowed_senders: Sequence[str],
+    exchange_scope: Sequence[str],
+    mailboxes: Sequence[str],
+    queue_name: str = DEFAULT_QUEUE,
+    state_file: Path = Path(".mailrelay/local.json"),
+) -> int:
+    """`mailrelay local`: start the stack, write the state file, serve until Ctrl-C or SIGTERM."""
+    out = sys.stdout
+    with sigterm_as_keyboard_interrupt():
+        stack = LocalStack(allowed_senders, exchange_scope, mailboxes, queue_name, inherit_output=True)
+        state: dict[str, str] = {}
+        try:
+            print("mailrelay local: starting Azurite, the emulator and the local host...", file=out, flush=True)
+            stack.start()
+            state = stack.state()
+            write_state(state_file, state)
+            pids = ", ".join(f"{name} {pid}" for name, pid in stack.pids.items())
+            print(
+                f"mailrelay local: ready\n"
+                f"  queue            {stack.queue_endpoint}/{queue_name} (dead letters: {queue_name}-poison)\n"
+                f"  emulator         {stack.emulator_url} (outbox: {stack.emulator_url}/_emulator/outbox)\n"
+                f"  emulator CA      {stack.ca_cert_path}\n"
+                f"  allowed senders  {', '.join(stack.allowed_senders)}\n"
+                f"  Exchange scope   {', '.join(stack.exchange_scope)}\n"
+                f"  outside scope    {', '.join(stack.mailboxes) or '-'}\n"
+                f"  state file       {state_file} (read by `mailrelay send` and `mailrelay dead-letters`)\n"
+                f"  processes        {pids}\n"
+                "Ctrl-C stops everything.",
+                file=out,
+                flush=True,
+            )
+            while True:
+                dead = stack.dead_part()
+                if dead is not None:
+                    print(f"mailrelay local: the {dead} exited; stopping the stack", file=sys.stderr, flush=True)
+                    return 1
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            print("mailrelay local: stopping", file=out, flush=True)
+            return 0
+        except StackError as exc:
+            print(f"mailrelay local: {exc}", file=sys.stderr, flush=True)
+            return 1
+        finally:
+            stack.stop()
+            if state:
+                _remove_state(state_file, state)

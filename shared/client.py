@@ -1,0 +1,138 @@
+"""The relay's client library: put a send request on the relay's queue, encoded as the relay reads it.
+
+    from shared.client import MailClient
+
+    mail = MailClient.from_connection_string(conn_str)                 # or MailClient(queue_url, credential)
+    message_id = mail.send({"from": "alerts@contoso.com", "to": ["ops@contoso.com"],
+                            "subject": "Disk almost full", "body": {"contentType": "text", "content": "97%"}})
+
+Why use it rather than the Storage SDK directly:
+- it checks the request against the same contract the relay applies (`ContractError` lists every broken
+  rule), so a bad request fails in the app, at once, instead of in the dead-letter queue later;
+- it base64-encodes the JSON, as host.json's `messageEncoding` expects. The Python queue SDK sends text
+  unencoded by default, and the host then refuses the message: the classic pitfall;
+- it refuses a request too large for one queue message (64 KiB) with `RequestTooLarge`, instead of the
+  service's bare 413;
+- messages never expire (time-to-live -1): a mail waiting out an outage must not vanish after 7 days.
+
+Importing this module is cheap (standard library only): pydantic and the Azure SDK load on first use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+if TYPE_CHECKING:
+    from shared.contract import ContractError, SendRequest
+
+__all__ = ["MAX_MESSAGE_BYTES", "ContractError", "MailClient", "QueueNotFound", "RequestTooLarge"]
+
+DEFAULT_QUEUE_NAME: Final = "mail-outbox"
+# Azure Storage queues hold at most 64 KiB per message. The relay's messages are base64 (ASCII), so
+# characters and bytes agree: 65,536 characters of base64, about 48 KiB of JSON.
+MAX_MESSAGE_BYTES: Final = 64 * 1024
+
+
+class RequestTooLarge(ValueError):
+    """The encoded request does not fit in one queue message. Says the size, never the content."""
+
+    def __init__(self, size: int, limit: int = MAX_MESSAGE_BYTES) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"the request is {size:,} bytes once base64-encoded; a queue message holds at most {limit:,} "
+            f"(about {limit * 3 // 4 // 1024} KiB of JSON). Large attachments and bodies will travel by claim "
+            "check (stored as a blob that the request names), which the relay does not offer yet: send "
+            "smaller attachments, or a link to the content"
+        )
+
+
+class QueueNotFound(RuntimeError):
+    """The relay's queue does not exist on this storage account (wrong account or queue name)."""
+
+
+class _QueueSender(Protocol):
+    """The part of azure.storage.queue.QueueClient that the client uses."""
+
+    def send_message(self, content: Any, **kwargs: Any) -> Any: ...
+
+
+class MailClient:
+    """Sends requests to the relay's queue. Thread-safe as the underlying QueueClient is."""
+
+    def __init__(self, queue_url: str, credential: Any = None) -> None:
+        """`queue_url`: https://<account>.queue.core.windows.net/<queue>; `credential`: e.g.
+        azure.identity.DefaultAzureCredential(), or a SAS token / account key the SDK accepts."""
+        from azure.storage.queue import QueueClient
+
+        self._queue: _QueueSender = QueueClient.from_queue_url(queue_url, credential=credential)
+
+    @classmethod
+    def from_connection_string(cls, conn_str: str, queue_name: str = DEFAULT_QUEUE_NAME) -> MailClient:
+        from azure.storage.queue import QueueClient
+
+        return cls.from_queue_client(QueueClient.from_connection_string(conn_str, queue_name))
+
+    @classmethod
+    def from_queue_client(cls, queue_client: _QueueSender) -> MailClient:
+        """Wrap a QueueClient the app configured itself (retry policy, proxies, ...)."""
+        client = cls.__new__(cls)
+        client._queue = queue_client
+        return client
+
+    def send(self, request: Mapping[str, Any] | SendRequest) -> str:
+        """Validate, encode and enqueue one request; return the queue message id.
+
+        Raises ContractError (the request breaks the contract), RequestTooLarge, QueueNotFound, or the
+        Azure SDK's errors for anything the service refuses.
+        """
+        text = encode_request(request)
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            # time_to_live=-1: never expires; the service default (7 days) would drop mail silently.
+            message = self._queue.send_message(text, time_to_live=-1)
+        except ResourceNotFoundError as exc:
+            if getattr(exc, "error_code", None) == "QueueNotFound":
+                raise QueueNotFound(
+                    "the relay's queue does not exist on this storage account: check the queue name "
+                    "(MAIL_QUEUE_NAME, default mail-outbox) and the account"
+                ) from None
+            raise
+        return str(message.id)
+
+
+def request_payload(request: Mapping[str, Any] | SendRequest) -> dict[str, Any]:
+    """The JSON object for a request, checked against the contract (raises ContractError)."""
+    from shared.contract import SendRequest, parse_request
+
+    if isinstance(request, SendRequest):
+        # Defaults and empty names are left out: what goes on the queue is what an app would write.
+        payload: dict[str, Any] = request.model_dump(mode="json", by_alias=True, exclude_none=True)
+        parse_request(payload)  # a model built in Python skipped parse_request's JSON-name checks
+        return payload
+    if not isinstance(request, Mapping):
+        raise TypeError(f"send takes a mapping or a SendRequest, not {type(request).__name__}")
+    parse_request(request)
+    # As the app wrote it (validated), not re-serialized: the relay sees exactly the app's fields.
+    return dict(request)
+
+
+def encode_request(request: Mapping[str, Any] | SendRequest) -> str:
+    """The queue message text for a request: base64 of its UTF-8 JSON, checked and size-limited."""
+    from shared.queues import encode
+
+    text = encode(request_payload(request))
+    if len(text) > MAX_MESSAGE_BYTES:
+        raise RequestTooLarge(len(text))
+    return text
+
+
+def __getattr__(name: str) -> Any:
+    # `from shared.client import ContractError` without importing pydantic when the module is imported.
+    if name == "ContractError":
+        from shared.contract import ContractError
+
+        return ContractError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,407 @@
+"""The dead-letter queue `<queue>-poison`: read it, show one message, put requests back on the queue.
+
+Two kinds of message end up there (DESIGN.md, "Outcomes"):
+- the relay's envelopes, base64 of `{"request", "error": {"code", "message", "hint"}, "attempts", "failedAt"}`,
+  written for a permanent failure;
+- raw messages the Functions host (or the local host) moved there itself: the message text exactly as it
+  was on the main queue, after `maxDequeueCount` failed tries (base64 of a request, or of the relay's
+  retry wrapper `{"$retry": {...}, "request": {...}}`), or at once when the text is not base64 at all.
+`parse_dead_letter` turns either into one `DeadLetter`, with an error code and a hint in both cases.
+
+Reading without taking: Storage's peek returns at most 32 messages and no way to page further. Beyond
+that, `DeadLetterQueue.scan` receives messages in pages of 32 (which hides each for `SCAN_VISIBILITY`
+seconds and adds one to its dequeue count, the only way the Storage API offers to reach the next page),
+then makes every one visible again at once. Nothing consumes the poison queue, so the dequeue count
+there means nothing, and a scan cut short (Ctrl-C) only hides messages until the timeout runs out.
+
+Requeue puts the plain request (envelope or retry wrapper stripped, so the attempt count starts again)
+on the main queue first, and deletes the dead letter only after that succeeded: a failure in between
+leaves a duplicate, never a loss (and the request's `id`, if it has one, keeps the duplicate from being
+sent twice once the relay's idempotency ledger lands).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final, Literal, Protocol
+
+PEEK_LIMIT: Final = 32  # Storage's maximum for peek and for one receive
+SCAN_VISIBILITY: Final = 60  # seconds a scanned message stays hidden if the scan dies before restoring it
+
+Form = Literal["envelope", "raw"]
+
+# Codes for raw messages, which carry no error of the relay's own.
+MAX_DEQUEUE: Final = "MaxDequeueCountExceeded"
+_MAX_DEQUEUE_HINT: Final = (
+    "the Functions host moved this message here after maxDequeueCount (host.json) failed tries: the "
+    "relay failed transiently each time (throttling, an outage of Graph, Entra or Key Vault) or the "
+    "function crashed; look up the message id in the function's logs, fix the cause, then requeue"
+)
+_INVALID_ENCODING_HINT: Final = (
+    "the queue message is not base64 text, so the host could not decode it: host.json's messageEncoding "
+    "is base64 (the Functions default). Send with the relay's client (shared.client.MailClient or "
+    "`mailrelay send`), which encodes for you, or base64-encode the UTF-8 JSON yourself"
+)
+
+
+class NotRequeueable(ValueError):
+    """The dead letter holds nothing that could be sent: the reason says why."""
+
+
+class DeadLetterNotFound(LookupError):
+    """No message with that id in the dead-letter queue (requeued or deleted meanwhile, or a typo)."""
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One message of the dead-letter queue, whichever form it came in."""
+
+    id: str
+    form: Form
+    code: str
+    message: str
+    hint: str
+    request: Any  # the request's JSON object when one could be read; else the text as found (or None)
+    attempts: int | None = None
+    failed_at: str | None = None  # the envelope's failedAt; for raw messages, when the host moved it
+    inserted_on: datetime | None = None
+    dequeue_count: int | None = None  # of the poison queue; scans add one
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. the retry wrapper's lastError
+
+    @property
+    def sender(self) -> str | None:
+        sender = self.request.get("from") if isinstance(self.request, dict) else None
+        return sender if isinstance(sender, str) else None
+
+    def requeue_payload(self) -> dict[str, Any]:
+        """The plain request to put back on the main queue; NotRequeueable says why there is none."""
+        from shared.contract import ContractError, parse_request
+
+        if not isinstance(self.request, dict):
+            raise NotRequeueable(
+                f"dead letter {self.id} holds no JSON request ({self.code}): there is nothing to send; "
+                "fix the sender and send the mail again"
+            )
+        try:
+            parse_request(self.request)
+        except ContractError as exc:
+            broken = "; ".join(str(v) for v in exc.violations[:3])
+            more = f" (and {len(exc.violations) - 3} more)" if len(exc.violations) > 3 else ""
+            raise NotRequeueable(
+                f"dead letter {self.id} is not a valid send request, so the relay would refuse it again: "
+                f"{broken}{more}"
+            ) from None
+        return dict(self.request)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "form": self.form,
+            "error": {"code": self.code, "message": self.message, "hint": self.hint},
+            "attempts": self.attempts,
+            "failedAt": self.failed_at,
+            "insertedOn": _iso(self.inserted_on),
+            "dequeueCount": self.dequeue_count,
+            "sender": self.sender,
+            "request": self.request,
+            **({"extra": self.extra} if self.extra else {}),
+        }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat(timespec="seconds").replace("+00:00", "Z") if value else None
+
+
+def parse_dead_letter(
+    message_id: str, text: str, inserted_on: datetime | None = None, dequeue_count: int | None = None
+) -> DeadLetter:
+    """Read one poison-queue message text, in either form. Never raises on content: anything unreadable
+    is itself the finding."""
+    common: dict[str, Any] = {"id": message_id, "inserted_on": inserted_on, "dequeue_count": dequeue_count}
+    moved_at = _iso(inserted_on)
+    decoded = _base64_text(text)
+    if decoded is None:
+        # The host moves text it cannot base64-decode straight here, untouched.
+        plain = _json_object(text)
+        message = (
+            "the message is plain JSON, not base64: it was sent without the queue's base64 encoding"
+            if plain is not None
+            else "the message is not base64 text"
+        )
+        return DeadLetter(
+            form="raw",
+            code="InvalidEncoding",
+            message=message,
+            hint=_INVALID_ENCODING_HINT,
+            # Plain JSON keeps its object: requeue can then send it properly encoded.
+            request=plain if plain is not None else text,
+            failed_at=moved_at,
+            **common,
+        )
+    obj = _json_object(decoded)
+    if obj is None:
+        from shared.outcomes import hint_for
+
+        return DeadLetter(
+            form="raw",
+            code="InvalidRequest",
+            message="the message is base64, but of something that is not a JSON object",
+            hint=hint_for("InvalidRequest"),
+            request=decoded,
+            failed_at=moved_at,
+            **common,
+        )
+    if isinstance(obj.get("error"), dict) and "request" in obj:
+        error = obj["error"]
+        return DeadLetter(
+            form="envelope",
+            code=str(error.get("code") or "Unknown"),
+            message=str(error.get("message") or ""),
+            hint=str(error.get("hint") or ""),
+            request=obj.get("request"),
+            attempts=obj.get("attempts") if isinstance(obj.get("attempts"), int) else None,
+            failed_at=str(obj["failedAt"]) if obj.get("failedAt") else moved_at,
+            **common,
+        )
+    retry = obj.get("$retry")
+    if isinstance(retry, dict) and "request" in obj:
+        # The relay's retry wrapper, moved here by the host after maxDequeueCount: unwrap it.
+        last_error = retry.get("lastError")
+        attempts = retry.get("attempts")
+        extra = {k: retry[k] for k in ("firstAttemptAt", "originalMessageId", "lastError") if k in retry}
+        return DeadLetter(
+            form="raw",
+            code=MAX_DEQUEUE,
+            message=_last_error_text(last_error) or "failed on every try",
+            hint=_MAX_DEQUEUE_HINT,
+            request=obj["request"],
+            attempts=attempts if isinstance(attempts, int) else None,
+            failed_at=moved_at,
+            extra=extra,
+            **common,
+        )
+    return DeadLetter(
+        form="raw",
+        code=MAX_DEQUEUE,
+        message="failed on every try; the host moved the message as it was",
+        hint=_MAX_DEQUEUE_HINT,
+        request=obj,
+        attempts=None,  # the host does not record how often it tried: unknown rather than a guess
+        failed_at=moved_at,
+        **common,
+    )
+
+
+def _last_error_text(last_error: Any) -> str:
+    if isinstance(last_error, dict):
+        code, message = last_error.get("code"), last_error.get("message")
+        return ": ".join(str(part) for part in (code, message) if part)
+    return str(last_error) if last_error else ""
+
+
+def _base64_text(text: str) -> str | None:
+    """The UTF-8 text that `text` is the base64 of, or None if it is not base64 (as the host decodes)."""
+    stripped = text.strip()
+    if not stripped:
+        return None
+    try:
+        return base64.b64decode(stripped, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text.removeprefix("\ufeff"))
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+# --- The queues ----------------------------------------------------------------------------------
+
+
+class PoisonQueueClient(Protocol):
+    """The parts of azure.storage.queue.QueueClient used on the poison queue."""
+
+    def peek_messages(self, max_messages: int | None = None, **kwargs: Any) -> Sequence[Any]: ...
+
+    def receive_messages(self, **kwargs: Any) -> Any: ...
+
+    def update_message(self, message: Any, pop_receipt: str | None = None, **kwargs: Any) -> Any: ...
+
+    def delete_message(self, message: Any, pop_receipt: str | None = None, **kwargs: Any) -> None: ...
+
+
+class MainQueueClient(Protocol):
+    def send_message(self, content: Any, **kwargs: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Requeued:
+    dead_letter_id: str
+    message_id: str  # the new message's id on the main queue
+
+
+Visit = tuple[bool, bool]  # (consumed: deleted, so not to be made visible again; stop scanning)
+
+
+@contextlib.contextmanager
+def _missing_queue_is_empty() -> Iterator[None]:
+    """No poison queue yet means nothing was ever dead-lettered: an empty list, not an error."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        yield
+    except ResourceNotFoundError as exc:
+        if getattr(exc, "error_code", None) != "QueueNotFound":
+            raise
+
+
+def _text(content: Any) -> str:
+    # No decode policy is set on the client, so content is the text as stored.
+    return content.decode("utf-8", errors="replace") if isinstance(content, bytes) else str(content)
+
+
+def _parse(message: Any) -> DeadLetter:
+    return parse_dead_letter(
+        str(message.id), _text(message.content), getattr(message, "inserted_on", None),
+        getattr(message, "dequeue_count", None),
+    )
+
+
+class DeadLetterQueue:
+    """The poison queue, and the main queue that requeue puts requests back on."""
+
+    def __init__(self, poison: PoisonQueueClient, main: MainQueueClient) -> None:
+        self._poison = poison
+        self._main = main
+
+    def peek(self, limit: int = PEEK_LIMIT) -> list[DeadLetter]:
+        """The oldest `limit` (at most 32) dead letters, without changing anything."""
+        count = max(1, min(limit, PEEK_LIMIT))
+        with _missing_queue_is_empty():
+            return [_parse(m) for m in self._poison.peek_messages(max_messages=count)]
+        return []
+
+    def scan(self, visit: Callable[[Any], Visit] | None = None) -> list[DeadLetter]:
+        """Every dead letter, beyond peek's 32 (see the module docstring for the cost).
+
+        `visit(message)` is called with each received message while it is hidden, and says whether it
+        consumed (deleted) the message, which is then not made visible again, and whether to stop.
+        """
+        found: list[DeadLetter] = []
+        held: dict[str, Any] = {}  # every received message not consumed: all are made visible again
+        seen: set[str] = set()
+        try:
+            with _missing_queue_is_empty():
+                while True:
+                    page = list(
+                        self._poison.receive_messages(
+                            messages_per_page=PEEK_LIMIT, max_messages=PEEK_LIMIT, visibility_timeout=SCAN_VISIBILITY
+                        )
+                    )
+                    # A message seen before means the visibility timeout ran out and the queue came round.
+                    fresh = [m for m in page if m.id not in seen]
+                    seen.update(m.id for m in page)
+                    held.update((m.id, m) for m in page)
+                    if not fresh:
+                        break
+                    if self._visit_page(fresh, found, held, visit):
+                        break
+        finally:
+            self._restore(list(held.values()))
+        return found
+
+    @staticmethod
+    def _visit_page(
+        page: list[Any], found: list[DeadLetter], held: dict[str, Any], visit: Callable[[Any], Visit] | None
+    ) -> bool:
+        """Read one received page; True when `visit` asked to stop."""
+        for message in page:
+            found.append(_parse(message))
+            if visit is None:
+                continue
+            consumed, stop = visit(message)
+            if consumed:
+                del held[message.id]
+            if stop:
+                return True
+        return False
+
+    def _restore(self, held: list[Any]) -> None:
+        for message in held:
+            try:
+                self._poison.update_message(message, pop_receipt=message.pop_receipt, visibility_timeout=0)
+            except Exception:  # noqa: S112 - it reappears on its own when the visibility timeout runs out
+                continue
+
+    def get(self, message_id: str) -> DeadLetter:
+        for letter in self.peek():
+            if letter.id == message_id:
+                return letter
+        for letter in self.scan():
+            if letter.id == message_id:
+                return letter
+        raise DeadLetterNotFound(f"no dead letter with id {message_id} in the poison queue")
+
+    def requeue(self, message_id: str) -> Requeued:
+        """Put one dead letter's request back on the main queue, then delete the dead letter."""
+        results = self._requeue_where(lambda letter: letter.id == message_id, stop_after_first=True)
+        if not results:
+            raise DeadLetterNotFound(f"no dead letter with id {message_id} in the poison queue")
+        outcome = results[0]
+        if isinstance(outcome, NotRequeueable):
+            raise outcome
+        return outcome
+
+    def requeue_all(self) -> list[Requeued | NotRequeueable]:
+        """Requeue every dead letter that holds a valid request; the others stay, each with its reason."""
+        return self._requeue_where(lambda _letter: True)
+
+    def _requeue_where(
+        self, wanted: Callable[[DeadLetter], bool], stop_after_first: bool = False
+    ) -> list[Requeued | NotRequeueable]:
+        from shared.queues import encode
+
+        results: list[Requeued | NotRequeueable] = []
+
+        def visit(message: Any) -> Visit:
+            letter = _parse(message)
+            if not wanted(letter):
+                return False, False
+            try:
+                payload = letter.requeue_payload()
+            except NotRequeueable as exc:
+                results.append(exc)
+                return False, stop_after_first
+            # Enqueue first, delete second: a failure in between leaves a duplicate, never a loss.
+            sent = self._main.send_message(encode(payload), time_to_live=-1)
+            self._poison.delete_message(message, pop_receipt=message.pop_receipt)
+            results.append(Requeued(letter.id, str(sent.id)))
+            return True, stop_after_first
+
+        self.scan(visit)
+        return results
+
+
+def open_queues(
+    queue_name: str, *, connection_string: str | None = None, queue_url: str | None = None, credential: Any = None
+) -> DeadLetterQueue:
+    """The dead-letter queue of `queue_name` (`<queue_name>-poison`) on a storage account."""
+    from azure.storage.queue import QueueClient
+
+    if connection_string:
+        main = QueueClient.from_connection_string(connection_string, queue_name)
+        poison = QueueClient.from_connection_string(connection_string, f"{queue_name}-poison")
+    else:
+        assert queue_url is not None
+        main = QueueClient.from_queue_url(queue_url, credential=credential)
+        poison = QueueClient.from_queue_url(queue_url.rstrip("/") + "-poison", credential=credential)
+    return DeadLetterQueue(poison, main)

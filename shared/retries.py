@@ -1,0 +1,186 @@
+"""Transient failures: the retry wrapper carried in the queue message, the backoff, and the budget.
+
+A request that failed transiently (429, 5xx, timeouts) goes back on the main queue, hidden for a while,
+instead of being left to the host's own retry: the host retries after a fixed `visibilityTimeout` and
+moves the message to the poison queue after `maxDequeueCount` tries, neither of which knows about
+Retry-After or gives throttling time to pass. The attempt count travels in the message itself, wrapped
+around the request as received (the contract refuses unknown fields, so it cannot go inside it):
+
+    {"$retry": {"attempts": 2, "firstAttemptAt": "2025-01-01T10:00:00Z",
+                "originalMessageId": "…", "lastError": {"code": "ApplicationThrottled", "message": "…"}},
+     "request": {…the send request, unchanged…}}
+
+`"$retry"` is no field of the send request (no field name starts with "$"), so a wrapper can never be
+mistaken for a request, nor the other way round.
+
+Everything here is pure: the clock and the random source are parameters, so the rules are unit-tested
+without I/O or sleeping.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+RETRY_KEY: Final = "$retry"
+REQUEST_KEY: Final = "request"
+
+DEFAULT_MAX_ATTEMPTS: Final = 8
+DEFAULT_MAX_AGE_HOURS: Final = 24.0
+DEFAULT_BASE_DELAY_SECONDS: Final = 30.0
+MAX_BACKOFF_SECONDS: Final = 3600.0  # the exponential part stops growing at an hour
+# Azure Storage refuses a visibility timeout beyond 7 days; keep a margin below it.
+MAX_VISIBILITY_SECONDS: Final = 7 * 24 * 3600 - 60
+
+
+class MalformedWrapper(ValueError):
+    """A message that has the "$retry" key but not the wrapper's shape (hand-made, or truncated)."""
+
+
+@dataclass(frozen=True)
+class RetryState:
+    """What the wrapper carries: attempts made so far, since when, and the last failure."""
+
+    attempts: int
+    first_attempt_at: datetime
+    original_message_id: str | None
+    last_error: dict[str, str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "attempts": self.attempts,
+            "firstAttemptAt": _iso(self.first_attempt_at),
+            "originalMessageId": self.original_message_id,
+            "lastError": self.last_error,
+        }
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One queue message, unwrapped: the request's bytes as the relay parses them, and any retry state."""
+
+    body: bytes
+    state: RetryState | None  # None on a request's first delivery
+
+
+def unwrap(raw: bytes) -> Delivery:
+    """Split a retry wrapper into the request and its state; anything else is a first delivery, unchanged.
+
+    Raises MalformedWrapper when the message claims to be a wrapper ("$retry" at the top) but is not one.
+    """
+    if b'"$retry"' not in raw:  # cheap test first: most messages are first deliveries
+        return Delivery(raw, None)
+    try:
+        obj = json.loads(raw.decode("utf-8").removeprefix("\ufeff"))
+    except (UnicodeDecodeError, ValueError):
+        return Delivery(raw, None)  # not JSON: the contract reports it
+    if not isinstance(obj, dict) or RETRY_KEY not in obj:
+        return Delivery(raw, None)  # "$retry" inside a string or a nested object: an ordinary request
+    meta, request = obj.get(RETRY_KEY), obj.get(REQUEST_KEY)
+    if set(obj) != {RETRY_KEY, REQUEST_KEY} or not isinstance(meta, dict) or not isinstance(request, dict):
+        raise MalformedWrapper('a retry wrapper holds exactly "$retry" (an object) and "request" (an object)')
+    attempts = meta.get("attempts")
+    if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
+        raise MalformedWrapper('"$retry.attempts" must be a whole number of at least 1')
+    try:
+        first = datetime.fromisoformat(str(meta.get("firstAttemptAt")).replace("Z", "+00:00"))
+    except ValueError:
+        raise MalformedWrapper('"$retry.firstAttemptAt" must be an ISO 8601 time') from None
+    if first.tzinfo is None:
+        first = first.replace(tzinfo=UTC)
+    original = meta.get("originalMessageId")
+    last_error = meta.get("lastError")
+    state = RetryState(
+        attempts=attempts,
+        first_attempt_at=first,
+        original_message_id=original if isinstance(original, str) and original else None,
+        last_error={k: str(v) for k, v in last_error.items()} if isinstance(last_error, dict) else {},
+    )
+    return Delivery(json.dumps(request, ensure_ascii=False).encode("utf-8"), state)
+
+
+def wrap(request: dict[str, Any], state: RetryState) -> dict[str, Any]:
+    """The message that puts `request` back on the queue, carrying `state`."""
+    return {RETRY_KEY: state.to_json(), REQUEST_KEY: request}
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """The budget and backoff for transient failures (settings SEND_MAX_ATTEMPTS, SEND_MAX_AGE_HOURS,
+    SEND_RETRY_BASE_SECONDS)."""
+
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    max_age: timedelta = timedelta(hours=DEFAULT_MAX_AGE_HOURS)
+    base_delay: float = DEFAULT_BASE_DELAY_SECONDS
+    max_backoff: float = MAX_BACKOFF_SECONDS
+
+    def backoff(self, attempts: int, rand: Callable[[], float] = random.random) -> float:
+        """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2^(attempts-1))].
+
+        Full jitter spreads a burst of failures (a 429 storm hits every message at once) over the
+        whole window, so they do not come back together and meet the same throttle again.
+        """
+        exponent = min(max(attempts - 1, 0), 32)  # 2^32 times any base is far past the cap already
+        ceiling = min(self.max_backoff, self.base_delay * (2.0**exponent))
+        return rand() * ceiling
+
+    def delay(self, attempts: int, retry_after: float | None, rand: Callable[[], float] = random.random) -> int:
+        """Seconds to hide the re-queued message: the service's Retry-After if longer than the backoff."""
+        seconds = max(retry_after or 0.0, self.backoff(attempts, rand))
+        # Whole seconds (the queue's unit), rounded up so Retry-After is never undercut.
+        return min(MAX_VISIBILITY_SECONDS, int(-(-seconds // 1)))
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Put the request back on the queue with this state, hidden for `delay` seconds."""
+
+    state: RetryState
+    delay: int
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    """The budget is spent: dead-letter the request. `reason` says which budget, for the dead letter."""
+
+    attempts: int
+    reason: str
+
+
+def after_transient(
+    policy: RetryPolicy,
+    previous: RetryState | None,
+    *,
+    attempts_now: int,
+    message_id: str | None,
+    error: dict[str, str],
+    retry_after: float | None,
+    now: datetime | None = None,
+    rand: Callable[[], float] = random.random,
+) -> Retry | GiveUp:
+    """Decide what follows a transient failure.
+
+    `attempts_now` is how many tries this delivery stands for (the host's dequeue count: a delivery
+    that crashed before finishing counts too). The budget is spent when the attempts reach
+    SEND_MAX_ATTEMPTS, or when SEND_MAX_AGE_HOURS have passed since the first attempt: mail that old
+    is likely no longer useful, and an admin should see the cause rather than have it retried forever.
+    """
+    now = now or datetime.now(UTC)
+    attempts = (previous.attempts if previous else 0) + max(attempts_now, 1)
+    first = previous.first_attempt_at if previous else now
+    original = (previous.original_message_id if previous else None) or message_id
+    if attempts >= policy.max_attempts:
+        return GiveUp(attempts, f"gave up after {attempts} attempts (SEND_MAX_ATTEMPTS={policy.max_attempts})")
+    if now - first >= policy.max_age:
+        hours = policy.max_age.total_seconds() / 3600
+        return GiveUp(attempts, f"gave up after {hours:g} hours of retrying (SEND_MAX_AGE_HOURS)")
+    state = RetryState(attempts=attempts, first_attempt_at=first, original_message_id=original, last_error=error)
+    return Retry(state, policy.delay(attempts, retry_after, rand))
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -1,0 +1,196 @@
+"""The client library, `mailrelay send` / `dead-letters` / `local`, and the demo, against real Azurite."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from azure.storage.queue import QueueClient
+
+from devstack.azurite import Azurite
+from devstack.host import LocalHost
+from shared.cli import main
+from shared.client import MAX_MESSAGE_BYTES, MailClient, RequestTooLarge
+from shared.queues import encode
+from tests.e2e.conftest import OUT_OF_SCOPE, RelayEnv, wait_for
+
+
+def request(subject: str, sender: str = "alerts@contoso.com", **extra: Any) -> dict[str, Any]:
+    return {
+        "from": sender,
+        "to": ["Ada Lovelace <ada@contoso.com>"],
+        "subject": subject,
+        "body": {"contentType": "text", "content": "e2e body"},
+        **extra,
+    }
+
+
+def fresh_queue(azurite: Azurite) -> QueueClient:
+    queue = QueueClient.from_connection_string(azurite.connection_string, f"client-{uuid.uuid4().hex[:12]}")
+    queue.create_queue()
+    return queue
+
+
+def test_client_round_trip_decodes_to_the_request_and_never_expires(azurite: Azurite) -> None:
+    queue = fresh_queue(azurite)
+    sent = request("round trip \u00e9", id="rt-1")
+    message_id = MailClient.from_connection_string(azurite.connection_string, queue.queue_name).send(sent)
+    (message,) = queue.receive_messages(max_messages=32)
+    assert message.id == message_id
+    assert json.loads(base64.b64decode(message.content, validate=True).decode("utf-8")) == sent
+    assert message.expires_on.year == 9999  # time-to-live -1
+
+
+def test_the_size_limit_is_the_services(azurite: Azurite) -> None:
+    """The largest request the client lets through is one Azurite takes; one byte more, the client refuses."""
+    queue = fresh_queue(azurite)
+    client = MailClient.from_connection_string(azurite.connection_string, queue.queue_name)
+
+    def sized(n: int) -> dict[str, Any]:
+        return request("big", body={"contentType": "text", "content": "x" * n})
+
+    low, high = 0, MAX_MESSAGE_BYTES
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if len(encode(sized(mid))) <= MAX_MESSAGE_BYTES else (low, mid)
+    client.send(sized(low))
+    with pytest.raises(RequestTooLarge):
+        client.send(sized(low + 3))  # base64 grows in steps of 3 bytes
+    # Without the client, the service itself refuses the larger one: the limits agree.
+    from azure.core.exceptions import HttpResponseError
+
+    with pytest.raises(HttpResponseError):
+        queue.send_message(encode(sized(low + 3)))
+
+
+def test_cli_send_then_requeue_after_the_scope_is_fixed_delivers(
+    relay_env: RelayEnv, local_host: Callable[..., LocalHost], capsys: pytest.CaptureFixture[str]
+) -> None:
+    conn = ["--connection-string", relay_env.env["AzureWebJobsStorage"], "--queue", relay_env.queue_name]
+    local_host()
+    subject = f"requeue {uuid.uuid4().hex[:6]}"
+    code = main(["send", *conn, "--from", OUT_OF_SCOPE, "--to", "ada@contoso.com", "--subject", subject,
+                 "--text", "payslip", "--id", f"id-{subject}"])
+    assert code == 0, capsys.readouterr().err
+    wait_for(lambda: len(relay_env.poison_messages()) == 1, 15, "the dead letter")
+    capsys.readouterr()
+
+    assert main(["dead-letters", "list", "--json", *conn]) == 0
+    (letter,) = json.loads(capsys.readouterr().out)
+    assert letter["error"]["code"] == "ErrorAccessDenied" and letter["sender"] == OUT_OF_SCOPE
+    assert main(["dead-letters", "list", *conn]) == 0
+    assert "ErrorAccessDenied" in capsys.readouterr().out
+
+    # The admin fixes the Exchange scope, then requeues.
+    relay_env.emulator.set_exchange_scope(OUT_OF_SCOPE, True)
+    assert main(["dead-letters", "requeue", letter["id"], *conn]) == 0
+    assert capsys.readouterr().out.startswith(f"requeued {letter['id']} as ")
+    wait_for(lambda: relay_env.subjects_sent()[subject] == 1, 15, "the requeued mail to be sent")
+    assert relay_env.poison_messages() == []
+    assert main(["dead-letters", "show", letter["id"], *conn]) == 1  # gone from the poison queue
+
+
+def test_requeue_all_leaves_what_cannot_be_sent_and_says_why(
+    relay_env: RelayEnv, local_host: Callable[..., LocalHost], capsys: pytest.CaptureFixture[str]
+) -> None:
+    conn = ["--connection-string", relay_env.env["AzureWebJobsStorage"], "--queue", relay_env.queue_name]
+    local_host()
+    relay_env.enqueue_raw("plain text, not base64")
+    relay_env.enqueue(relay_env.request("scope", sender=OUT_OF_SCOPE))
+    wait_for(lambda: len(relay_env.poison_messages()) == 2, 15, "two dead letters")
+    capsys.readouterr()
+    relay_env.emulator.set_exchange_scope(OUT_OF_SCOPE, True)
+    assert main(["dead-letters", "requeue", "--all", *conn]) == 1
+    err = capsys.readouterr().err
+    assert "InvalidEncoding" in err and "1 requeued, 1 left" in err
+    wait_for(lambda: relay_env.subjects_sent()["scope"] == 1, 15, "the requeued mail to be sent")
+    assert relay_env.poison_messages() == ["plain text, not base64"]
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of `pid`, from /proc (no psutil in the dependencies)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # The command name is in parentheses and may hold spaces: the ppid is the 2nd field after it.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_mailrelay_local_serves_and_stops_on_sigterm_leaving_nothing(tmp_path: Path) -> None:
+    state_file = tmp_path / ".mailrelay" / "local.json"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "local", "--allowed-senders", "alerts@contoso.com,hr@contoso.com",
+         "--mailbox", "hr@contoso.com", "--state-file", str(state_file)],
+        cwd=tmp_path,  # not the checkout: `mailrelay local` finds devstack beside the shared package
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(lambda: state_file.exists() or process.poll() is not None, 40, "the state file")
+        assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
+        state = json.loads(state_file.read_text())
+        assert set(state) == {"storageConnectionString", "queueName", "emulatorUrl", "caCertPath"}
+        assert oct(state_file.stat().st_mode & 0o777) == "0o600"
+        children = _children(process.pid)
+        assert len(children) == 3  # Azurite, the emulator, the host
+
+        # It serves: a send through the state file reaches the emulator's Graph.
+        assert main(["send", "--state-file", str(state_file), "--from", "alerts@contoso.com",
+                     "--to", "ada@contoso.com", "--subject", "via local", "--text", "hi"]) == 0
+
+        def delivered() -> bool:
+            outbox = requests.get(f"{state['emulatorUrl']}/_emulator/outbox", verify=state["caCertPath"], timeout=5)
+            return any(e["message"]["message"]["subject"] == "via local" for e in outbox.json())
+
+        wait_for(delivered, 15, "the mail in the emulator's outbox")
+
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        output = process.stdout.read().decode() if process.stdout else ""
+        assert "mailrelay local: ready" in output and "stopping" in output
+        assert not any(_alive(pid) for pid in children), output
+        assert not state_file.exists()
+        assert "Eby8vdM02xNO" not in output  # the state file holds the account key; the terminal does not
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_the_demo_runs_green(capsys: pytest.CaptureFixture[str]) -> None:
+    from devstack import demo
+
+    started = time.monotonic()
+    assert demo.main() == 0, capsys.readouterr()
+    out = capsys.readouterr().out
+    assert "5 of 5 cases as expected" in out
+    assert "FAIL" not in out
+    assert time.monotonic() - started < 60

@@ -1,0 +1,122 @@
+"""shared.client: validation, encoding as host.json reads it, the 64 KiB limit, time-to-live."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from shared.client import MAX_MESSAGE_BYTES, MailClient, RequestTooLarge, encode_request
+from shared.contract import ContractError, parse_request
+
+REQUEST: dict[str, Any] = {
+    "from": "alerts@contoso.com",
+    "to": ["Ada Lovelace <ada@contoso.com>"],
+    "subject": "Disk almost full \u00e0 97 %",  # non-ASCII: UTF-8 inside the base64
+    "body": {"contentType": "text", "content": "97% used on /var"},
+}
+
+
+@dataclass
+class Sent:
+    id: str
+
+
+class FakeQueue:
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, dict[str, Any]]] = []
+
+    def send_message(self, content: Any, **kwargs: Any) -> Sent:
+        self.calls.append((content, kwargs))
+        return Sent(f"msg-{len(self.calls)}")
+
+
+def decode(text: str) -> Any:
+    return json.loads(base64.b64decode(text, validate=True).decode("utf-8"))
+
+
+def test_send_encodes_base64_of_utf8_json_and_never_expires() -> None:
+    queue = FakeQueue()
+    assert MailClient.from_queue_client(queue).send(REQUEST) == "msg-1"
+    ((content, kwargs),) = queue.calls
+    assert isinstance(content, str) and content.isascii()
+    assert decode(content) == REQUEST
+    assert kwargs == {"time_to_live": -1}
+
+
+def test_a_pydantic_request_goes_out_in_its_json_names() -> None:
+    queue = FakeQueue()
+    MailClient.from_queue_client(queue).send(parse_request(REQUEST))
+    sent = decode(queue.calls[0][0])
+    assert sent["from"] == "alerts@contoso.com"
+    assert sent["to"] == [{"address": "ada@contoso.com", "name": "Ada Lovelace"}]
+    assert "sender" not in sent and "content_type" not in json.dumps(sent)
+    assert parse_request(sent) == parse_request(REQUEST)
+
+
+def test_an_invalid_request_raises_the_contract_error_and_sends_nothing() -> None:
+    queue = FakeQueue()
+    bad = {**REQUEST, "subject": "two\nlines", "priority": "high"}
+    with pytest.raises(ContractError) as caught:
+        MailClient.from_queue_client(queue).send(bad)
+    fields = [v.field for v in caught.value.violations]
+    assert "subject" in fields and "priority" in fields
+    assert queue.calls == []
+
+
+def test_contract_error_is_importable_from_the_client() -> None:
+    from shared import client
+
+    assert client.ContractError is ContractError
+
+
+def test_a_request_over_64_kib_encoded_is_refused_with_its_size_and_the_claim_check_advice() -> None:
+    queue = FakeQueue()
+    secret_words = "confidential-7f3a "
+    big = {**REQUEST, "body": {"contentType": "text", "content": secret_words * 3000}}
+    with pytest.raises(RequestTooLarge) as caught:
+        MailClient.from_queue_client(queue).send(big)
+    text = str(caught.value)
+    assert f"{caught.value.size:,}" in text and "65,536" in text
+    assert "claim check" in text
+    assert "confidential" not in text  # the error never carries the content
+    assert queue.calls == []
+
+
+def test_the_limit_is_on_the_encoded_text_exactly() -> None:
+    # Find a body that encodes to exactly the limit, then one byte of JSON more.
+    def sized(n: int) -> dict[str, Any]:
+        return {**REQUEST, "body": {"contentType": "text", "content": "x" * n}}
+
+    def size(n: int) -> int:
+        from shared.queues import encode
+
+        return len(encode(sized(n)))
+
+    low, high = 0, MAX_MESSAGE_BYTES  # size(low) fits, size(high) does not
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if size(mid) <= MAX_MESSAGE_BYTES else (low, mid)
+    n = low
+    assert len(encode_request(sized(n))) <= MAX_MESSAGE_BYTES
+    with pytest.raises(RequestTooLarge):
+        encode_request(sized(n + 1))
+
+
+def test_send_rejects_what_is_not_a_request_object() -> None:
+    with pytest.raises(TypeError):
+        MailClient.from_queue_client(FakeQueue()).send(json.dumps(REQUEST))  # type: ignore[arg-type]
+
+
+def test_importing_the_client_loads_neither_pydantic_nor_the_azure_sdk() -> None:
+    code = (
+        "import sys, shared.client; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pydantic', 'azure')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -1,0 +1,225 @@
+"""shared.deadletters: both forms of dead letter, and requeue's order (enqueue, then delete)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from shared.deadletters import (
+    MAX_DEQUEUE,
+    DeadLetterNotFound,
+    DeadLetterQueue,
+    NotRequeueable,
+    Requeued,
+    parse_dead_letter,
+)
+from shared.outcomes import dead_letter_envelope, permanent
+from shared.queues import encode
+
+REQUEST: dict[str, Any] = {
+    "from": "hr@contoso.com",
+    "to": ["ada@contoso.com"],
+    "subject": "Payslip",
+    "body": {"contentType": "text", "content": "hello"},
+}
+WHEN = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def envelope(request: Any = REQUEST, code: str = "ErrorAccessDenied", message: str = "Access denied") -> str:
+    return encode(dead_letter_envelope(request, permanent(code, message), attempts=1, now=WHEN))
+
+
+# --- parsing -------------------------------------------------------------------------------------
+
+
+def test_the_relays_envelope_is_read_with_its_error_and_request() -> None:
+    letter = parse_dead_letter("m1", envelope())
+    assert letter.form == "envelope"
+    assert letter.code == "ErrorAccessDenied"
+    assert "Exchange scope" in letter.hint
+    assert letter.request == REQUEST and letter.sender == "hr@contoso.com"
+    assert letter.attempts == 1 and letter.failed_at == "2025-03-01T12:00:00Z"
+    assert letter.requeue_payload() == REQUEST
+
+
+def test_a_raw_request_moved_after_max_dequeue_count() -> None:
+    letter = parse_dead_letter("m2", encode(REQUEST), inserted_on=WHEN, dequeue_count=1)
+    assert letter.form == "raw"
+    assert letter.code == MAX_DEQUEUE
+    assert "maxDequeueCount" in letter.hint
+    assert letter.request == REQUEST
+    assert letter.failed_at == "2025-03-01T12:00:00Z"  # when the host moved it
+    assert letter.attempts is None
+    assert letter.requeue_payload() == REQUEST
+
+
+def test_a_retry_wrapper_moved_raw_is_unwrapped() -> None:
+    wrapper = {
+        "$retry": {
+            "attempts": 5,
+            "firstAttemptAt": "2025-03-01T11:00:00Z",
+            "originalMessageId": "orig-1",
+            "lastError": {"code": "ApplicationThrottled", "message": "over its MailboxConcurrency limit"},
+        },
+        "request": REQUEST,
+    }
+    letter = parse_dead_letter("m3", encode(wrapper))
+    assert letter.form == "raw" and letter.code == MAX_DEQUEUE
+    assert letter.attempts == 5
+    assert letter.message.startswith("ApplicationThrottled")
+    assert letter.extra["originalMessageId"] == "orig-1"
+    # Requeue sends the plain request: the attempt count starts again.
+    assert letter.requeue_payload() == REQUEST
+
+
+def test_text_that_is_not_base64_gives_invalid_encoding_with_the_messageencoding_hint() -> None:
+    letter = parse_dead_letter("m4", "hello, this is not base64!")
+    assert letter.form == "raw"
+    assert letter.code == "InvalidEncoding"
+    assert "messageEncoding" in letter.hint and "base64" in letter.hint
+    assert letter.request == "hello, this is not base64!"
+    with pytest.raises(NotRequeueable, match="no JSON request"):
+        letter.requeue_payload()
+
+
+def test_plain_json_sent_without_base64_is_named_and_can_be_requeued_encoded() -> None:
+    letter = parse_dead_letter("m5", json.dumps(REQUEST))
+    assert letter.code == "InvalidEncoding"
+    assert "plain JSON" in letter.message
+    assert letter.sender == "hr@contoso.com"
+    assert letter.requeue_payload() == REQUEST
+
+
+def test_base64_of_something_that_is_not_json() -> None:
+    letter = parse_dead_letter("m6", base64.b64encode(b"just text").decode())
+    assert letter.code == "InvalidRequest"
+    assert letter.request == "just text"
+    with pytest.raises(NotRequeueable):
+        letter.requeue_payload()
+
+
+def test_an_envelope_holding_an_invalid_request_cannot_be_requeued_and_says_which_field() -> None:
+    bad = {**REQUEST, "subject": "two\nlines"}
+    letter = parse_dead_letter("m7", envelope(bad, "InvalidRequest", "subject: must not contain CR or LF"))
+    with pytest.raises(NotRequeueable, match="subject"):
+        letter.requeue_payload()
+
+
+def test_to_json_carries_everything_a_tool_needs() -> None:
+    data = parse_dead_letter("m1", envelope(), inserted_on=WHEN, dequeue_count=2).to_json()
+    assert data["error"]["code"] == "ErrorAccessDenied"
+    assert data["insertedOn"] == "2025-03-01T12:00:00Z" and data["dequeueCount"] == 2
+    assert data["request"] == REQUEST and data["sender"] == "hr@contoso.com"
+    json.dumps(data)
+
+
+# --- the queue, with a fake that keeps Storage's rules -------------------------------------------
+
+
+@dataclass
+class Message:
+    id: str
+    content: str
+    inserted_on: datetime = WHEN
+    dequeue_count: int = 0
+    pop_receipt: str | None = None
+    hidden: bool = False
+
+
+@dataclass
+class FakeQueue:
+    messages: list[Message] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)  # the order of writes across queues
+    name: str = "q"
+
+    def send_message(self, content: Any, **kwargs: Any) -> Message:
+        assert kwargs.get("time_to_live") == -1
+        message = Message(str(uuid.uuid4()), content)
+        self.messages.append(message)
+        self.log.append(f"send {self.name}")
+        return message
+
+    def peek_messages(self, max_messages: int | None = None, **kwargs: Any) -> list[Message]:
+        assert max_messages is not None and max_messages <= 32  # Storage refuses more
+        return [m for m in self.messages if not m.hidden][:max_messages]
+
+    def receive_messages(self, **kwargs: Any) -> list[Message]:
+        page = [m for m in self.messages if not m.hidden][: kwargs.get("max_messages", 32)]
+        for m in page:
+            m.hidden, m.dequeue_count, m.pop_receipt = True, m.dequeue_count + 1, str(uuid.uuid4())
+        return page
+
+    def update_message(self, message: Any, pop_receipt: str | None = None, **kwargs: Any) -> None:
+        assert message.pop_receipt == pop_receipt and kwargs["visibility_timeout"] == 0
+        message.hidden = False
+
+    def delete_message(self, message: Any, pop_receipt: str | None = None, **kwargs: Any) -> None:
+        assert message.pop_receipt == pop_receipt
+        self.messages.remove(message)
+        self.log.append(f"delete {self.name}")
+
+
+def queues(texts: list[str]) -> tuple[DeadLetterQueue, FakeQueue, FakeQueue]:
+    log: list[str] = []
+    poison = FakeQueue([Message(f"id-{i}", t) for i, t in enumerate(texts)], log, "poison")
+    main = FakeQueue([], log, "main")
+    return DeadLetterQueue(poison, main), poison, main
+
+
+def test_peek_reads_at_most_32_and_scan_reads_all_then_makes_them_visible_again() -> None:
+    dlq, poison, _ = queues([envelope()] * 40)
+    assert len(dlq.peek()) == 32
+    letters = dlq.scan()
+    assert [x.id for x in letters] == [f"id-{i}" for i in range(40)]
+    assert not any(m.hidden for m in poison.messages)
+    assert len(poison.messages) == 40
+
+
+def test_get_finds_a_message_beyond_the_first_32() -> None:
+    dlq, _, _ = queues([envelope()] * 35)
+    assert dlq.get("id-34").id == "id-34"
+    with pytest.raises(DeadLetterNotFound):
+        dlq.get("nope")
+
+
+def test_requeue_enqueues_the_plain_request_before_deleting_the_dead_letter() -> None:
+    dlq, poison, main = queues([envelope(), "not base64 at all!"])
+    done = dlq.requeue("id-0")
+    assert isinstance(done, Requeued) and done.dead_letter_id == "id-0"
+    assert poison.log == ["send main", "delete poison"]
+    (sent,) = main.messages
+    assert json.loads(base64.b64decode(sent.content)) == REQUEST  # envelope stripped
+    assert [m.id for m in poison.messages] == ["id-1"] and not poison.messages[0].hidden
+
+
+def test_requeue_of_a_message_that_holds_no_request_says_why_and_keeps_it() -> None:
+    dlq, poison, main = queues(["not base64 at all!"])
+    with pytest.raises(NotRequeueable, match="InvalidEncoding"):
+        dlq.requeue("id-0")
+    assert main.messages == [] and len(poison.messages) == 1 and not poison.messages[0].hidden
+
+
+def test_requeue_all_moves_the_valid_ones_and_reports_the_rest() -> None:
+    dlq, poison, main = queues([envelope(), "garbage!", encode(REQUEST), envelope()])
+    results = dlq.requeue_all()
+    assert sum(isinstance(r, Requeued) for r in results) == 3
+    assert [type(r) for r in results].count(NotRequeueable) == 1
+    assert len(main.messages) == 3 and [m.id for m in poison.messages] == ["id-1"]
+
+
+def test_a_send_failure_leaves_the_dead_letter_in_place() -> None:
+    dlq, poison, main = queues([envelope()])
+
+    def broken(content: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("queue unreachable")
+
+    main.send_message = broken  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError):
+        dlq.requeue("id-0")
+    assert len(poison.messages) == 1 and not poison.messages[0].hidden
