@@ -2,6 +2,7 @@
 
 import azure.functions as func
 
+from shared.expiry import handle_expiry_timer
 from shared.handlers import handle_mail_message
 
 app = func.FunctionApp()
@@ -10,3 +11,11 @@ app = func.FunctionApp()
 @app.queue_trigger(arg_name="msg", queue_name="%MAIL_QUEUE_NAME%", connection="AzureWebJobsStorage")
 def send_mail(msg: func.QueueMessage) -> None:
     handle_mail_message(msg)
+
+
+# Once a day by default (EXPIRY_CHECK_SCHEDULE, NCRONTAB with six fields: "0 0 7 * * *" is 07:00 UTC).
+# The setting must exist: the host refuses to index a %NAME% it cannot resolve. Not on start-up (every
+# cold start would check, and alert); use_monitor so a run missed while the app was down happens late.
+@app.timer_trigger(arg_name="timer", schedule="%EXPIRY_CHECK_SCHEDULE%", run_on_startup=False, use_monitor=True)
+def check_secret_expiry(timer: func.TimerRequest) -> None:
+    handle_expiry_timer(timer)

@@ -25,11 +25,15 @@ the admin API's bodies below.
 Admin API (no auth, JSON in and out), under ``{url}/_emulator/``:
 
 - ``GET outbox``, ``GET stats``; ``POST reset``, ``POST expire-tokens``
-- ``POST apps`` ``{"tenantId", "clientId", "secret", "roles"?: [...], "secretExpired"?: bool}``
-- ``POST app-secret`` ``{"clientId", "secret", "expired"?: bool}``
+- ``POST apps`` ``{"tenantId", "clientId", "secret", "roles"?: [...], "secretExpired"?: bool,
+  "secretEnd"?: iso}``
+- ``POST app-secret`` ``{"clientId", "secret", "expired"?: bool, "secretEnd"?: iso}``
+- ``POST app-credentials`` ``{"clientId", "endDateTime": iso, "displayName"?}`` -> ``{"keyId"}`` (listed only)
 - ``POST mailboxes`` ``{"address", "inExchangeScope"?: bool, "restEnabled"?: bool}``
 - ``POST scope`` ``{"address", "inScope": bool}``
 - ``POST secrets`` ``{"name", "value", "expiresOn"?: iso | null, "enabled"?: bool}`` -> ``{"version"}``
+- ``POST secret-properties`` ``{"name", "version"?, "expiresOn"?: iso | null, "enabled"?: bool}`` (update a
+  version's attributes, the current one by default, as ``az keyvault secret set-attributes`` does)
 - ``POST faults`` ``{"service", "status"?: int | null, "retryAfter"?, "count"?, "delay"?, "code"?,
   "message"?}``
 
@@ -37,7 +41,8 @@ Emulated endpoints: ``GET /{tenant}/v2.0/.well-known/openid-configuration``, ``G
 /{tenant}/discovery/v2.0/keys``, ``POST /{tenant}/oauth2/v2.0/token`` (client credentials), ``GET
 /msi/token`` (App Service managed identity, api-version 2019-08-01), ``GET /secrets/{name}[/{version}]``
 and ``GET /secrets/{name}/versions`` (Key Vault; the vault URL is the emulator's URL), ``POST
-/v1.0/users/{id or upn}/sendMail`` (Graph).
+/v1.0/users/{id or upn}/sendMail`` and ``GET /v1.0/applications(appId='{id}')[?$select=...]`` (Graph; the
+latter needs the application role Application.Read.All, as the real one does app-only).
 """
 
 from __future__ import annotations
@@ -63,7 +68,7 @@ import uuid
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -86,10 +91,15 @@ SERVICES: tuple[str, ...] = (
     "msi.token",
     "keyvault.getSecret",
     "graph.sendMail",
+    "graph.applications",
 )
 
 GRAPH_RESOURCE = "https://graph.microsoft.com"
 GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
+# Graph's addPassword: a client secret without an endDateTime lives two years.
+DEFAULT_SECRET_LIFETIME = timedelta(days=730)
+_APPLICATION_BY_APP_ID = re.compile(r"^applications\(appId='([^']+)'\)$", re.IGNORECASE)
+_UNSET: Any = object()
 VAULT_RESOURCE = "https://vault.azure.net"
 # Key Vault's first-party app id; the real service names it in its AKV10022 audience errors.
 VAULT_APP_ID = "cfa8b339-82a2-471a-a3c9-0fc0be7a4093"
@@ -197,12 +207,29 @@ class EmulatorError(RuntimeError):
 
 
 @dataclass
+class _PasswordCredential:
+    """A client secret as Graph lists it in passwordCredentials (never with its value: secretText is null)."""
+
+    key_id: str
+    display_name: str | None
+    start: datetime
+    end: datetime
+    hint: str | None  # Graph shows the value's first three characters
+
+
+@dataclass
 class _App:
     tenant_id: str
     client_id: str
     secret: str
     roles: tuple[str, ...]
     secret_expired: bool
+    # The current secret's entry first; then any added with add_password_credential (listed only).
+    credentials: list[_PasswordCredential] = field(default_factory=list)
+
+    @property
+    def secret_end(self) -> datetime | None:
+        return self.credentials[0].end if self.credentials else None
 
 
 @dataclass
@@ -417,16 +444,24 @@ class Emulator:
         secret: str,
         roles: Sequence[str] = ("Mail.Send",),
         secret_expired: bool = False,
+        secret_end: datetime | None = None,
     ) -> None:
-        """Register an app in a tenant, with its one valid client secret and its application roles."""
+        """Register an app in a tenant, with its one valid client secret and its application roles.
+
+        ``secret_end`` is the secret's endDateTime in Entra (default: two years from now, as addPassword);
+        once it has passed, Entra refuses the secret with AADSTS7000222, as ``secret_expired`` does.
+        """
         if isinstance(roles, str):
             raise TypeError("roles must be a sequence of role names, not a string")
         app = _App(tenant_id, client_id, secret, tuple(roles), bool(secret_expired))
+        app.credentials = [_password_credential(secret, secret_end)]
         with self._lock:
             self._apps[(tenant_id.lower(), client_id.lower())] = app
 
-    def set_app_secret(self, client_id: str, secret: str, expired: bool = False) -> None:
-        """Rotate the app's secret in Entra: the old one stops working at once."""
+    def set_app_secret(
+        self, client_id: str, secret: str, expired: bool = False, secret_end: datetime | None = None
+    ) -> None:
+        """Rotate the app's secret in Entra: the old one stops working at once (and is no longer listed)."""
         with self._lock:
             apps = [app for app in self._apps.values() if app.client_id.lower() == client_id.lower()]
             if not apps:
@@ -434,6 +469,24 @@ class Emulator:
             for app in apps:
                 app.secret = secret
                 app.secret_expired = bool(expired)
+                app.credentials[:1] = [_password_credential(secret, secret_end)]
+
+    def add_password_credential(
+        self, client_id: str, end: datetime, display_name: str | None = None
+    ) -> str:
+        """List a further client secret in the app registration (an old one not yet deleted, say).
+
+        Graph lists it in passwordCredentials; tokens are still issued for the app's current secret only.
+        Returns its keyId.
+        """
+        credential = _password_credential(None, end, display_name)
+        with self._lock:
+            apps = [app for app in self._apps.values() if app.client_id.lower() == client_id.lower()]
+            if not apps:
+                raise KeyError(f"no app with client id {client_id!r}")
+            for app in apps:
+                app.credentials.append(copy.copy(credential))
+        return credential.key_id
 
     def add_mailbox(self, address: str, in_exchange_scope: bool = True, rest_enabled: bool = True) -> None:
         """Create a mailbox. Graph answers 404 for addresses never added."""
@@ -479,6 +532,31 @@ class Emulator:
         with self._lock:
             self._secrets.setdefault(name.lower(), []).append(version)
         return version.version
+
+    def update_secret(
+        self,
+        name: str,
+        version: str | None = None,
+        *,
+        expires_on: datetime | None = _UNSET,
+        enabled: bool | None = None,
+    ) -> str:
+        """Change a version's attributes (the current one by default): exp (None clears it), enabled.
+
+        As ``az keyvault secret set-attributes``: the value and the version id stay. Returns the version id.
+        """
+        with self._lock:
+            versions = self._secrets.get(name.lower(), [])
+            found = versions[-1] if versions and version is None else next(
+                (v for v in versions if v.version == version), None
+            )
+            if found is None:
+                raise KeyError(f"no secret {name!r}" + (f" version {version!r}" if version else ""))
+            if expires_on is not _UNSET:
+                found.expires_on = _epoch(expires_on) if expires_on is not None else None
+            if enabled is not None:
+                found.enabled = bool(enabled)
+            return found.version
 
     def add_fault(
         self,
@@ -567,6 +645,7 @@ class Emulator:
             _required_str(entry, "secret"),
             roles=tuple(roles),
             secret_expired=_optional_bool(entry, "secretExpired", False),
+            secret_end=_optional_datetime(entry, "secretEnd"),
         )
 
     def _apply_app_secret(self, entry: Mapping[str, Any]) -> None:
@@ -574,6 +653,28 @@ class Emulator:
             _required_str(entry, "clientId"),
             _required_str(entry, "secret"),
             _optional_bool(entry, "expired", False),
+            _optional_datetime(entry, "secretEnd"),
+        )
+
+    def _apply_app_credential(self, entry: Mapping[str, Any]) -> str:
+        end = _optional_datetime(entry, "endDateTime")
+        if end is None:
+            raise ValueError("endDateTime is required")
+        display_name = entry.get("displayName")
+        return self.add_password_credential(
+            _required_str(entry, "clientId"), end, display_name if isinstance(display_name, str) else None
+        )
+
+    def _apply_secret_properties(self, entry: Mapping[str, Any]) -> str:
+        enabled = entry.get("enabled")
+        if enabled is not None and not isinstance(enabled, bool):
+            raise ValueError("enabled must be true or false")
+        version = entry.get("version")
+        return self.update_secret(
+            _required_str(entry, "name"),
+            version if isinstance(version, str) and version else None,
+            expires_on=_optional_datetime(entry, "expiresOn") if "expiresOn" in entry else _UNSET,
+            enabled=enabled,
         )
 
     def _apply_mailbox(self, entry: Mapping[str, Any]) -> None:
@@ -701,6 +802,10 @@ class Emulator:
         if len(parts) == 4 and lowered[:2] == ["v1.0", "users"] and lowered[3] == "sendmail":
             self._count("graph.sendMail")
             return self._graph_send_mail(request, parts[2])
+        application = _APPLICATION_BY_APP_ID.match(parts[1]) if len(parts) == 2 and lowered[0] == "v1.0" else None
+        if application is not None:
+            self._count("graph.applications")
+            return self._graph_application(request, application.group(1))
         if lowered[:1] == ["v1.0"]:
             message = f"Resource not found for the segment '{parts[-1]}'."
             return self._graph_error(_GraphIds.of(request), 400, "BadRequest", message)
@@ -738,6 +843,10 @@ class Emulator:
                 self._apply_app(_json_object(payload))
             elif route[1] == "app-secret":
                 self._apply_app_secret(_json_object(payload))
+            elif route[1] == "app-credentials":
+                return _json_response(200, {"keyId": self._apply_app_credential(_json_object(payload))})
+            elif route[1] == "secret-properties":
+                return _json_response(200, {"version": self._apply_secret_properties(_json_object(payload))})
             elif route[1] == "mailboxes":
                 self._apply_mailbox(_json_object(payload))
             elif route[1] == "scope":
@@ -969,7 +1078,7 @@ class Emulator:
                 "Invalid client secret provided. Ensure the secret being sent in the request is the client "
                 f"secret value, not the client secret ID, for a secret added to app '{app.client_id}'.",
             )
-        if app.secret_expired:
+        if app.secret_expired or (app.secret_end is not None and app.secret_end <= _utcnow()):
             return self._entra_error(
                 request,
                 401,
@@ -1291,6 +1400,102 @@ class Emulator:
                 {"sender": mailbox.address, "message": parsed, "receivedAt": _utcnow().isoformat()}
             )
         return _Response(202, b"", ids.headers())
+
+    def _graph_application(self, request: _Request, app_id: str) -> _Response:
+        """GET /v1.0/applications(appId='{id}'): the app registration, passwordCredentials included.
+
+        App-only, Graph wants Application.Read.All (or Application.ReadWrite.*/Directory.Read.All) in
+        the token's roles, and answers 403 Authorization_RequestDenied without it.
+        """
+        ids = _GraphIds.of(request)
+        if request.method != "GET":
+            return self._graph_error(
+                ids, 405, "Request_BadRequest", f"The HTTP method '{request.method}' is not allowed."
+            )
+        token = _bearer(request)
+        if not token:
+            return self._graph_unauthorized(ids, "Access token is empty.")
+        outcome, claims = self._check_token(token)
+        if outcome in ("expired", "revoked"):
+            return self._graph_unauthorized(ids, "Lifetime validation failed, the token is expired.")
+        if outcome != "ok" or claims.get("aud") not in _GRAPH_AUDIENCES:
+            return self._graph_unauthorized(ids, "Access token validation failure.")
+        readers = {"Application.Read.All", "Application.ReadWrite.All", "Directory.Read.All"}
+        if not readers & set(claims.get("roles") or []):
+            return self._graph_error(
+                ids, 403, "Authorization_RequestDenied", "Insufficient privileges to complete the operation."
+            )
+        fault = self._next_fault("graph.applications")
+        if fault is not None:
+            assert fault.status is not None
+            code, message = _DEFAULT_FAULT_ERRORS.get(
+                fault.status, (HTTPStatus(fault.status).phrase.replace(" ", ""), HTTPStatus(fault.status).phrase)
+            )
+            return self._graph_error(
+                ids, fault.status, fault.code or code, fault.message or message, _retry_after_headers(fault.retry_after)
+            )
+        with self._lock:
+            app = next((a for a in self._apps.values() if a.client_id.lower() == app_id.lower()), None)
+            app = copy.deepcopy(app) if app is not None else None
+        if app is None:
+            return self._graph_error(
+                ids,
+                404,
+                "Request_ResourceNotFound",
+                f"Resource '{app_id}' does not exist or one of its queried reference-property objects are not "
+                "present.",
+            )
+        resource: dict[str, Any] = {
+            "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"app:{app.client_id}".lower())),
+            "appId": app.client_id,
+            "displayName": "Graph Mail Relay",
+            "passwordCredentials": [
+                {
+                    "customKeyIdentifier": None,
+                    "displayName": c.display_name,
+                    "endDateTime": _graph_datetime(c.end),
+                    "hint": c.hint,
+                    "keyId": c.key_id,
+                    "secretText": None,
+                    "startDateTime": _graph_datetime(c.start),
+                }
+                for c in app.credentials
+            ],
+        }
+        select = [f.strip() for f in (request.param("$select") or "").split(",") if f.strip()]
+        if select:
+            resource = {k: v for k, v in resource.items() if k in select}
+        context = f"https://graph.microsoft.com/v1.0/$metadata#applications({','.join(select)})/$entity"
+        return _json_response(200, {"@odata.context": context, **resource}, ids.headers())
+
+
+def _password_credential(
+    secret: str | None, end: datetime | None, display_name: str | None = "mailrelay"
+) -> _PasswordCredential:
+    start = _utcnow().replace(microsecond=0)
+    if end is not None and end.tzinfo is None:
+        raise ValueError("secret_end must be timezone-aware")
+    return _PasswordCredential(
+        key_id=str(uuid.uuid4()),
+        display_name=display_name,
+        start=start,
+        end=end if end is not None else start + DEFAULT_SECRET_LIFETIME,
+        hint=secret[:3] if secret else None,
+    )
+
+
+def _graph_datetime(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _optional_datetime(entry: Mapping[str, Any], key: str) -> datetime | None:
+    value = entry.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{key} must be an ISO 8601 string or null")
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 @dataclass

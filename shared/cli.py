@@ -80,6 +80,45 @@ def _read_input(source: str) -> bytes | str:
         return file.read()
 
 
+# --- expiry check --------------------------------------------------------------------------------
+
+
+def _add_expiry(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "expiry",
+        help="the Graph client secret's expiry",
+        description="Commands about the expiry of the client secret the relay keeps in Key Vault.",
+    )
+    commands = parser.add_subparsers(title="expiry commands", metavar="COMMAND", required=True)
+    check = commands.add_parser(
+        "check",
+        help="check the client secret's expiry now, and warn as the daily timer does",
+        description=(
+            "Read the current version of the client secret's Key Vault secret (its properties, never its "
+            "value), compare its exp with the thresholds in EXPIRY_WARN_DAYS, and warn through the "
+            "configured channels exactly as the daily timer function does (once per threshold and secret "
+            "version). Settings come from the environment. Exit code: 0 fine, 1 warning, 2 critical "
+            "(expired, disabled or missing secret) or the check could not run (a setting is wrong)."
+        ),
+    )
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.add_argument("--dry-run", action="store_true", help="notify nobody and record nothing; show who would be")
+    check.set_defaults(handler=_run_expiry_check)
+
+
+def _run_expiry_check(args: argparse.Namespace) -> int:
+    from shared.expiry import EXIT_CODES, run_cli
+    from shared.settings import SettingsError
+
+    try:
+        code, text = run_cli(as_json=args.json, dry_run=args.dry_run)
+    except SettingsError as exc:
+        print(f"mailrelay expiry check: {exc}", file=sys.stderr)
+        return EXIT_CODES["critical"]
+    print(text)
+    return code
+
+
 # --- The command ---------------------------------------------------------------------------------
 
 def _add_queue_commands(subparsers: Subparsers) -> None:
@@ -90,7 +129,7 @@ def _add_queue_commands(subparsers: Subparsers) -> None:
         add_subcommand(subparsers)
 
 
-SUBCOMMANDS: Sequence[Callable[[Subparsers], None]] = (_add_validate, _add_queue_commands)
+SUBCOMMANDS: Sequence[Callable[[Subparsers], None]] = (_add_validate, _add_queue_commands, _add_expiry)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -37,8 +37,14 @@ DEPLOYED_SETTINGS: Final = (
     # a tuning knob with a sound default (the local stack and the tests shorten it).
     "SEND_MAX_ATTEMPTS",
     "SEND_MAX_AGE_HOURS",
-    # The idempotency ledger's table (shared/ledger.py).
+    # The secret-expiry check (shared/expiry.py). EXPIRY_COMPARE_ENTRA is left out on purpose: it is
+    # off by default and needs an extra Graph permission (Application.Read.All) the infra does not grant.
     "AzureWebJobsStorage__tableServiceUri",
+    "EXPIRY_CHECK_SCHEDULE",
+    "EXPIRY_WARN_DAYS",
+    "EXPIRY_ALERT_SENDER",
+    "EXPIRY_ALERT_RECIPIENTS",
+    "EXPIRY_ALERT_WEBHOOK_URL",
 )
 
 _ADDRESS = re.compile(r"^[^@\s<>\"(),;:]+@[^@\s<>\"(),;:]+\.[^@\s<>\"(),;:]+$")
@@ -202,3 +208,111 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         retry_base_seconds=_number(env, "SEND_RETRY_BASE_SECONDS", 30.0, low=0.0, high=3600, whole=False),
     )
 
+
+# --- The secret-expiry check (shared/expiry.py) ---------------------------------------------------
+
+DEFAULT_EXPIRY_CHECK_SCHEDULE: Final = "0 0 7 * * *"  # NCRONTAB, six fields: every day at 07:00 (UTC by default)
+DEFAULT_EXPIRY_WARN_DAYS: Final = (30, 14, 7, 3, 1)
+_LOOPBACK_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "[::1]"})
+
+
+@dataclass(frozen=True)
+class ExpirySettings:
+    """What the expiry check reads on top of the relay's own settings.
+
+    Each alert channel is configured on its own: mail when EXPIRY_ALERT_RECIPIENTS is set, the webhook
+    when EXPIRY_ALERT_WEBHOOK_URL is set; the log channel is always on.
+    """
+
+    relay: Settings
+    schedule: str
+    warn_days: tuple[int, ...]  # descending, e.g. (30, 14, 7, 3, 1)
+    alert_sender: str | None
+    alert_recipients: tuple[str, ...]
+    webhook_url: str | None  # holds a signature in Teams and Slack URLs: never log it
+    compare_entra: bool
+    table_service_uri: str | None  # identity-based Table endpoint (in Azure); else the connection string
+
+
+def parse_warn_days(value: str, name: str = "EXPIRY_WARN_DAYS") -> tuple[int, ...]:
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    if not parts or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise SettingsError(
+            f"Setting {name} must be a comma-separated list of whole days above 0, like 30,14,7,3,1; got {value!r}."
+        )
+    return tuple(sorted({int(p) for p in parts}, reverse=True))
+
+
+def _webhook_url(env: Mapping[str, str]) -> str | None:
+    from urllib.parse import urlsplit
+
+    value = env.get("EXPIRY_ALERT_WEBHOOK_URL", "").strip()
+    if not value:
+        return None
+    parts = urlsplit(value)
+    # Plain http only to this machine (a local receiver in tests); anything else carries the alert,
+    # and the URL's own signature, over the network and must be https. The value is never echoed.
+    loopback = parts.scheme == "http" and (parts.hostname or "") in {h.strip("[]") for h in _LOOPBACK_HOSTS}
+    if not parts.hostname or not (parts.scheme == "https" or loopback):
+        raise SettingsError("Setting EXPIRY_ALERT_WEBHOOK_URL must be an https:// URL (its value is not shown).")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    value = env.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise SettingsError(f"Setting {name} must be true or false, got {value!r}.")
+
+
+def load_expiry_settings(env: Mapping[str, str] | None = None, relay: Settings | None = None) -> ExpirySettings:
+    """Read and check the expiry check's settings (and the relay's, unless given); raise SettingsError naming one."""
+    env = os.environ if env is None else env
+    relay = relay or load_settings(env)
+    schedule = env.get("EXPIRY_CHECK_SCHEDULE", "").strip() or DEFAULT_EXPIRY_CHECK_SCHEDULE
+    if len(schedule.split()) != 6:
+        raise SettingsError(
+            "Setting EXPIRY_CHECK_SCHEDULE must be an NCRONTAB expression with six fields "
+            f"(second minute hour day month weekday), like {DEFAULT_EXPIRY_CHECK_SCHEDULE!r}; got {schedule!r}."
+        )
+    warn_days_text = env.get("EXPIRY_WARN_DAYS", "").strip()
+    warn_days = parse_warn_days(warn_days_text) if warn_days_text else DEFAULT_EXPIRY_WARN_DAYS
+    recipients_text = env.get("EXPIRY_ALERT_RECIPIENTS", "").strip()
+    recipients = (
+        tuple(sorted(parse_senders(recipients_text, "EXPIRY_ALERT_RECIPIENTS"))) if recipients_text else ()
+    )
+    sender = env.get("EXPIRY_ALERT_SENDER", "").strip().lower() or None
+    if recipients and not sender:
+        raise SettingsError(
+            "Setting EXPIRY_ALERT_SENDER is missing: EXPIRY_ALERT_RECIPIENTS is set, so name the mailbox "
+            "the expiry alerts are sent from (one on ALLOWED_SENDERS)."
+        )
+    if sender:
+        (sender,) = parse_senders(sender, "EXPIRY_ALERT_SENDER")
+        if sender not in relay.allowed_senders:
+            # The relay itself would refuse it (SenderNotAllowed): say so now, not on the day it matters.
+            raise SettingsError(f"Setting EXPIRY_ALERT_SENDER must be one of ALLOWED_SENDERS, got {sender!r}.")
+        if not recipients:
+            raise SettingsError(
+                "Setting EXPIRY_ALERT_RECIPIENTS is missing: EXPIRY_ALERT_SENDER is set, so list who gets the alerts."
+            )
+    table_uri = env.get("AzureWebJobsStorage__tableServiceUri", "").strip() or None
+    if not relay.storage.connection_string and not table_uri:
+        raise SettingsError(
+            "Setting AzureWebJobsStorage__tableServiceUri is missing: the expiry check records the warnings "
+            "it sent in Table storage (or set the AzureWebJobsStorage connection string, locally)."
+        )
+    return ExpirySettings(
+        relay=relay,
+        schedule=schedule,
+        warn_days=warn_days,
+        alert_sender=sender,
+        alert_recipients=recipients,
+        webhook_url=_webhook_url(env),
+        compare_entra=_bool(env, "EXPIRY_COMPARE_ENTRA", False),
+        table_service_uri=table_uri.rstrip("/") if table_uri else None,
+    )
