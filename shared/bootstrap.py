@@ -1,22 +1,48 @@
 """Builds the relay's real clients once per process and hands them out.
 
 Every SDK import happens here, on first use, not when the Functions host indexes function_app.py.
-Unit tests build `Relay` with fakes instead and never come here.
+The two triggers share one set of clients (`Clients`): one cached secret, one MSAL token cache, one
+HTTP pool, so the expiry check's mail fails or succeeds exactly as the relay's own sends do.
+Unit tests build `Relay`, `Runtime` or `ExpiryCheck` with fakes instead and never come here.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from shared.ledger import Ledger
 from shared.queues import DeadLetters, Requeue
 from shared.sending import Relay
-from shared.settings import Settings, load_settings
+from shared.settings import ExpirySettings, Settings, load_expiry_settings, load_settings
+
+if TYPE_CHECKING:
+    import requests
+    from azure.keyvault.secrets import SecretClient
+
+    from shared.expiry import ExpiryCheck
+    from shared.tokens import MsalTokens
+
+
+@dataclass(frozen=True)
+class Clients:
+    """The outside services, built once per process."""
+
+    settings: Settings
+    vault: SecretClient
+    session: requests.Session  # Entra and Graph, trusting MAILRELAY_CA_BUNDLE when set
+    tokens: MsalTokens
+    relay: Relay
+    storage_identity: Any  # the host's storage identity; None with a connection string
 
 
 @dataclass(frozen=True)
 class Runtime:
+    """What the queue function needs."""
+
     settings: Settings
     relay: Relay
     dead_letters: DeadLetters
@@ -24,24 +50,24 @@ class Runtime:
     ledger: Ledger  # requests Graph already accepted: nothing is sent twice (shared/ledger.py)
 
 
-_runtime: Runtime | None = None
-_lock = threading.Lock()
+@dataclass(frozen=True)
+class ExpiryRuntime:
+    """What the expiry timer and `mailrelay expiry check` need."""
+
+    settings: ExpirySettings
+    check: ExpiryCheck
 
 
-def build_runtime(settings: Settings) -> Runtime:
+def build_clients(settings: Settings) -> Clients:
     from shared.graph import GraphClient, http_session
-    from shared.ledger import TableLedger, table_client
-    from shared.queues import QueueDeadLetters, QueueRequeue, queue_client
     from shared.secrets import KeyVaultSecret, credential, key_vault_client
     from shared.tokens import MsalTokens
 
     identity = credential(settings.managed_identity_client_id, settings.ca_bundle)
-    secret = KeyVaultSecret(
-        key_vault_client(settings.key_vault_uri, identity, settings.ca_bundle), settings.secret_name
-    )
+    vault = key_vault_client(settings.key_vault_uri, identity, settings.ca_bundle)
     session = http_session(settings.ca_bundle)
     tokens = MsalTokens(
-        secret,
+        KeyVaultSecret(vault, settings.secret_name),
         tenant_id=settings.tenant_id,
         client_id=settings.client_id,
         authority_host=settings.authority_host,
@@ -54,57 +80,31 @@ def build_runtime(settings: Settings) -> Runtime:
     if not settings.storage.connection_string:
         # The host's identity-based connection names its own identity (AzureWebJobsStorage__clientId).
         storage_identity = credential(settings.storage.client_id or settings.managed_identity_client_id)
-    poison = queue_client(settings, settings.poison_queue_name, storage_identity)
-    main = queue_client(settings, settings.queue_name, storage_identity)
+    return Clients(settings, vault, session, tokens, relay, storage_identity)
+
+
+def build_runtime(settings: Settings, clients: Clients | None = None) -> Runtime:
+    from shared.ledger import TABLE_NAME, TableLedger
+    from shared.queues import QueueDeadLetters, QueueRequeue
+    from shared.storage import queue_client, table_client
+
+    clients = clients or build_clients(settings)
+    identity = clients.storage_identity
     return Runtime(
         settings=settings,
-        relay=relay,
-        dead_letters=QueueDeadLetters(poison),
-        requeue=QueueRequeue(main),
-        ledger=TableLedger(table_client(settings, storage_identity)),
+        relay=clients.relay,
+        dead_letters=QueueDeadLetters(queue_client(settings, settings.poison_queue_name, identity)),
+        requeue=QueueRequeue(queue_client(settings, settings.queue_name, identity)),
+        ledger=TableLedger(table_client(settings, TABLE_NAME, identity)),
     )
 
 
-def runtime() -> Runtime:
-    """The process-wide runtime, built on first use from the environment's settings."""
-    global _runtime
-    with _lock:
-        if _runtime is None:
-            _runtime = build_runtime(load_settings())
-        return _runtime
-
-
-def reset() -> None:
-    """Forget the runtime (tests; a settings change in a long-lived local host)."""
-    global _runtime
-    with _lock:
-        _runtime = None
-
-
-# --- The secret-expiry check (shared/expiry.py) ---------------------------------------------------
-
-import typing  # noqa: E402  (this section's own type-only imports, kept out of the send path's)
-
-if typing.TYPE_CHECKING:
-    from collections.abc import Callable
-    from datetime import datetime
-
-    from shared.expiry import ExpiryCheck
-    from shared.settings import ExpirySettings
-
-
-@dataclass(frozen=True)
-class ExpiryRuntime:
-    settings: ExpirySettings
-    check: ExpiryCheck
-
-
-_expiry_runtime: ExpiryRuntime | None = None
-
-
-def build_expiry_runtime(settings: ExpirySettings, clock: Callable[[], datetime] | None = None) -> ExpiryRuntime:
+def build_expiry_runtime(
+    settings: ExpirySettings, clients: Clients | None = None, clock: Callable[[], datetime] | None = None
+) -> ExpiryRuntime:
     """The expiry check with its real clients: Key Vault (properties only), Table storage, the channels."""
     from shared.expiry import (
+        TABLE_NAME,
         Channel,
         ExpiryCheck,
         GraphApplicationCredentials,
@@ -113,48 +113,38 @@ def build_expiry_runtime(settings: ExpirySettings, clock: Callable[[], datetime]
         MailChannel,
         TableWarningRecords,
         WebhookChannel,
-        table_client,
     )
-    from shared.graph import GraphClient, http_session
-    from shared.secrets import KeyVaultSecret, credential, key_vault_client
-    from shared.tokens import MsalTokens
+    from shared.graph import http_session
+    from shared.storage import table_client
 
     relay_settings = settings.relay
-    identity = credential(relay_settings.managed_identity_client_id, relay_settings.ca_bundle)
-    vault = key_vault_client(relay_settings.key_vault_uri, identity, relay_settings.ca_bundle)
-    session = http_session(relay_settings.ca_bundle)
-    # The relay's own token source and send path: the mail channel and the Entra comparison use exactly
-    # what the relay uses, so they fail exactly when the relay would.
-    tokens = MsalTokens(
-        KeyVaultSecret(vault, relay_settings.secret_name),
-        tenant_id=relay_settings.tenant_id,
-        client_id=relay_settings.client_id,
-        authority_host=relay_settings.authority_host,
-        http_client=session,
-    )
+    clients = clients or build_clients(relay_settings)
     channels: list[Channel] = []
     if settings.alert_recipients and settings.alert_sender:
-        relay = Relay(
-            allowed_senders=relay_settings.allowed_senders,
-            tokens=tokens,
-            graph=GraphClient(session, relay_settings.graph_base_url),
-        )
-        channels.append(MailChannel(relay, settings.alert_sender, settings.alert_recipients))
+        channels.append(MailChannel(clients.relay, settings.alert_sender, settings.alert_recipients))
     if settings.webhook_url:
         # Public CAs for the webhook: MAILRELAY_CA_BUNDLE (the local emulator's CA) would refuse Teams or Slack.
         channels.append(WebhookChannel(http_session(None), settings.webhook_url))
     channels.append(LogChannel())
-    storage_identity = None
-    if not relay_settings.storage.connection_string:
-        storage_identity = credential(relay_settings.storage.client_id or relay_settings.managed_identity_client_id)
     entra = (
-        GraphApplicationCredentials(session, relay_settings.graph_base_url, relay_settings.client_id, tokens)
+        GraphApplicationCredentials(
+            clients.session, relay_settings.graph_base_url, relay_settings.client_id, clients.tokens
+        )
         if settings.compare_entra
         else None
     )
+    # Few retries: an unreachable record store must not hold the daily check for minutes; it warns anyway.
+    records = table_client(
+        relay_settings,
+        TABLE_NAME,
+        clients.storage_identity,
+        retry_total=2,
+        retry_backoff_factor=0.5,
+        connection_timeout=10,
+    )
     check = ExpiryCheck(
-        secret=KeyVaultSecretProperties(vault, relay_settings.secret_name, relay_settings.key_vault_uri),
-        records=TableWarningRecords(table_client(settings, storage_identity)),
+        secret=KeyVaultSecretProperties(clients.vault, relay_settings.secret_name, relay_settings.key_vault_uri),
+        records=TableWarningRecords(records),
         channels=channels,
         warn_days=settings.warn_days,
         client_id=relay_settings.client_id,
@@ -165,19 +155,41 @@ def build_expiry_runtime(settings: ExpirySettings, clock: Callable[[], datetime]
     return ExpiryRuntime(settings=settings, check=check)
 
 
-def expiry_runtime() -> ExpiryRuntime:
-    """The process-wide expiry runtime, built on first use from the environment's settings."""
-    global _expiry_runtime
-    from shared.settings import load_expiry_settings
+_clients: Clients | None = None
+_runtime: Runtime | None = None
+_expiry_runtime: ExpiryRuntime | None = None
+_lock = threading.Lock()
 
+
+def _shared_clients(settings: Settings) -> Clients:
+    global _clients
+    if _clients is None:
+        _clients = build_clients(settings)
+    return _clients
+
+
+def runtime() -> Runtime:
+    """The queue function's runtime, built on first use from the environment's settings."""
+    global _runtime
+    with _lock:
+        if _runtime is None:
+            settings = load_settings()
+            _runtime = build_runtime(settings, _shared_clients(settings))
+        return _runtime
+
+
+def expiry_runtime() -> ExpiryRuntime:
+    """The expiry check's runtime, built on first use from the environment's settings."""
+    global _expiry_runtime
     with _lock:
         if _expiry_runtime is None:
-            _expiry_runtime = build_expiry_runtime(load_expiry_settings())
+            settings = load_expiry_settings()
+            _expiry_runtime = build_expiry_runtime(settings, _shared_clients(settings.relay))
         return _expiry_runtime
 
 
-def reset_expiry() -> None:
-    """Forget the expiry runtime (tests; a settings change in a long-lived local host)."""
-    global _expiry_runtime
+def reset() -> None:
+    """Forget everything built (tests; as after a cold start)."""
+    global _clients, _runtime, _expiry_runtime
     with _lock:
-        _expiry_runtime = None
+        _clients = _runtime = _expiry_runtime = None

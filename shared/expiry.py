@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from azure.keyvault.secrets import SecretClient
 
     from shared.sending import Attempt
-    from shared.settings import ExpirySettings
     from shared.tokens import TokenSource
 
 log = logging.getLogger("mailrelay.expiry")
@@ -781,19 +780,11 @@ class TableWarningRecords:
         self._table_checked = False
 
     def _ensure_table(self) -> None:
-        if self._table_checked:
-            return
-        from azure.core.exceptions import HttpResponseError, ResourceExistsError
+        if not self._table_checked:
+            from shared.storage import create_table
 
-        try:
-            self._client.create_table()
-        except ResourceExistsError:
-            pass
-        except HttpResponseError as e:
-            # In Azure, infra creates the table and the identity may not be allowed to: carry on.
-            if e.status_code != 403:
-                raise
-        self._table_checked = True
+            create_table(self._client)
+            self._table_checked = True
 
     def delivered(self, secret_name: str, version: str, key: str) -> frozenset[str]:
         from azure.core.exceptions import ResourceNotFoundError
@@ -854,19 +845,6 @@ class MemoryWarningRecords:
         if self.down:
             raise self.down
         self.rows[(secret_name, version, key)] = frozenset(channels)
-
-
-def table_client(settings: ExpirySettings, credential: Any = None) -> TableClient:
-    """The `expirywarnings` table on the Functions host's storage account, as shared.queues.queue_client does."""
-    from azure.data.tables import TableClient
-
-    # Few retries: an unreachable store must not hold the daily check for minutes; it warns anyway.
-    options: dict[str, Any] = {"retry_total": 2, "retry_backoff_factor": 0.5, "connection_timeout": 10}
-    storage = settings.relay.storage
-    if storage.connection_string:
-        return TableClient.from_connection_string(storage.connection_string, TABLE_NAME, **options)
-    assert settings.table_service_uri is not None
-    return TableClient(settings.table_service_uri, TABLE_NAME, credential=credential, **options)
 
 
 # --- Entry points ---------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ queues: a connection string locally, the identity-based `AzureWebJobsStorage__ta
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import threading
 from datetime import UTC, datetime
@@ -25,7 +24,6 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
 
-    from shared.settings import Settings
 
 TABLE_NAME: Final = "sentrequests"
 
@@ -99,7 +97,9 @@ class TableLedger:
             "kind": key.split(":", 1)[0],  # "id" or "msg": which identity the key came from
             "sentAt": datetime.now(UTC),
         }
-        from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+        from azure.core.exceptions import ResourceNotFoundError
+
+        from shared.storage import create_table
 
         # Upsert: a second record of the same key (a redelivery racing this one) is no error.
         try:
@@ -107,23 +107,6 @@ class TableLedger:
         except ResourceNotFoundError:
             # The table is created on the first record, not when the runtime is built: building it
             # makes no network call, and a relay that never sent anything needs no table.
-            with contextlib.suppress(ResourceExistsError):
-                self._client.create_table()
+            create_table(self._client)
             self._client.upsert_entity(entity)
 
-
-def table_client(settings: Settings, credential: Any = None, table_name: str = TABLE_NAME) -> TableClient:
-    """A client for the ledger's table on the host's storage account (mirrors shared.queues.queue_client)."""
-    from azure.data.tables import TableClient
-
-    storage = settings.storage
-    if storage.connection_string:
-        return TableClient.from_connection_string(storage.connection_string, table_name)
-    if not storage.table_service_uri:
-        from shared.settings import SettingsError
-
-        raise SettingsError(
-            "Setting AzureWebJobsStorage__tableServiceUri is missing: the idempotency ledger needs the "
-            "storage account's table endpoint, https://<account>.table.core.windows.net."
-        )
-    return TableClient(storage.table_service_uri, table_name, credential=credential)

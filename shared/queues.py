@@ -12,8 +12,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from azure.storage.queue import QueueClient
 
-    from shared.settings import Settings
-
 
 class DeadLetters(Protocol):
     def put(self, envelope: dict[str, Any]) -> None: ...
@@ -51,13 +49,3 @@ class QueueRequeue:
         # The initial visibility is the retry delay: the message waits in the queue, not in a worker.
         self._client.send_message(encode(payload), visibility_timeout=max(0, delay_seconds), time_to_live=-1)
 
-
-def queue_client(settings: Settings, queue_name: str, credential: Any = None) -> QueueClient:
-    """A client for one queue on the Functions host's storage account (AzureWebJobsStorage)."""
-    from azure.storage.queue import QueueClient
-
-    storage = settings.storage
-    if storage.connection_string:
-        return QueueClient.from_connection_string(storage.connection_string, queue_name)
-    assert storage.queue_service_uri is not None
-    return QueueClient(storage.queue_service_uri, queue_name, credential=credential)

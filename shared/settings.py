@@ -231,7 +231,6 @@ class ExpirySettings:
     alert_recipients: tuple[str, ...]
     webhook_url: str | None  # holds a signature in Teams and Slack URLs: never log it
     compare_entra: bool
-    table_service_uri: str | None  # identity-based Table endpoint (in Azure); else the connection string
 
 
 def parse_warn_days(value: str, name: str = "EXPIRY_WARN_DAYS") -> tuple[int, ...]:
@@ -300,8 +299,7 @@ def load_expiry_settings(env: Mapping[str, str] | None = None, relay: Settings |
             raise SettingsError(
                 "Setting EXPIRY_ALERT_RECIPIENTS is missing: EXPIRY_ALERT_SENDER is set, so list who gets the alerts."
             )
-    table_uri = env.get("AzureWebJobsStorage__tableServiceUri", "").strip() or None
-    if not relay.storage.connection_string and not table_uri:
+    if not relay.storage.connection_string and not relay.storage.table_service_uri:
         raise SettingsError(
             "Setting AzureWebJobsStorage__tableServiceUri is missing: the expiry check records the warnings "
             "it sent in Table storage (or set the AzureWebJobsStorage connection string, locally)."
@@ -314,5 +312,4 @@ def load_expiry_settings(env: Mapping[str, str] | None = None, relay: Settings |
         alert_recipients=recipients,
         webhook_url=_webhook_url(env),
         compare_entra=_bool(env, "EXPIRY_COMPARE_ENTRA", False),
-        table_service_uri=table_uri.rstrip("/") if table_uri else None,
     )

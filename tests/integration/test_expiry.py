@@ -131,9 +131,9 @@ def stack(emulator: Emulator, webhook: Webhook, monkeypatch: pytest.MonkeyPatch)
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    bootstrap.reset_expiry()
+    bootstrap.reset()
     yield Stack(emulator, env, webhook)
-    bootstrap.reset_expiry()
+    bootstrap.reset()
 
 
 def outputs(stack: Stack, caplog: pytest.LogCaptureFixture, *more: str) -> str:
@@ -173,7 +173,7 @@ def test_timer_function_warns_by_mail_webhook_and_log(
     (record,) = [r for r in caplog.records if getattr(r, "event", None) == "secret.expiry"]
     assert record.levelno == logging.WARNING and record.__dict__["threshold"] == 14
     # Run again the same day: recorded in Table storage, so nothing is repeated.
-    bootstrap.reset_expiry()  # a new process, as after a cold start: only the table remembers
+    bootstrap.reset()  # a new process, as after a cold start: only the table remembers
     run_timer("check_secret_expiry")
     assert len(stack.emulator.outbox) == 1 and len(stack.webhook.posts) == 1
     assert_no_secret(outputs(stack, caplog))

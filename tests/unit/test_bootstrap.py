@@ -1,0 +1,38 @@
+"""The process-wide runtimes: built on first use, from one set of clients. Building makes no network call."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from shared import bootstrap
+from shared.expiry import MailChannel
+from tests.unit.test_settings import GOOD
+
+
+@pytest.fixture
+def environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name, value in GOOD.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("EXPIRY_ALERT_SENDER", "alerts@contoso.com")
+    monkeypatch.setenv("EXPIRY_ALERT_RECIPIENTS", "it-ops@contoso.com")
+    bootstrap.reset()
+    yield
+    bootstrap.reset()
+
+
+def test_both_triggers_share_one_relay_so_one_secret_and_token_cache(environment: None) -> None:
+    queue_side = bootstrap.runtime()
+    timer_side = bootstrap.expiry_runtime()
+    (mail,) = [c for c in timer_side.check._channels if isinstance(c, MailChannel)]
+    # The expiry mail goes through the very relay the queue function uses: when the secret has
+    # expired it fails exactly as the relay's sends do, and a rotation re-read serves both.
+    assert mail._relay is queue_side.relay
+    assert bootstrap.runtime() is queue_side and bootstrap.expiry_runtime() is timer_side
+
+
+def test_reset_builds_afresh(environment: None) -> None:
+    first = bootstrap.runtime()
+    bootstrap.reset()
+    assert bootstrap.runtime() is not first
