@@ -2,8 +2,7 @@
 
 import azure.functions as func
 
-from shared.expiry import handle_expiry_timer
-from shared.handlers import handle_mail_message
+from shared.handlers import handle_expiry_timer, handle_mail_message
 
 app = func.FunctionApp()
 

@@ -850,34 +850,6 @@ class MemoryWarningRecords:
 # --- Entry points ---------------------------------------------------------------------------------
 
 
-class TimerRequestLike(Protocol):
-    """The part of azure.functions.TimerRequest the check reads."""
-
-    @property
-    def past_due(self) -> bool: ...
-
-
-def handle_expiry_timer(timer: TimerRequestLike | None = None) -> Report:
-    """What function_app.py's timer calls: run the check with the process's expiry runtime."""
-    from shared.bootstrap import expiry_runtime
-    from shared.settings import SettingsError
-
-    if timer is not None and timer.past_due:
-        log.info("the expiry check runs late (the timer was past due)")
-    try:
-        check = expiry_runtime().check
-    except SettingsError as e:
-        # No channel can be built; the log still can say that nothing is watching the secret.
-        log.critical(
-            "%s: the expiry check cannot run: %s",
-            EVENT,
-            e,
-            extra={"event": EVENT, "state": "critical", "kind": "misconfigured"},
-        )
-        raise
-    return check.run()
-
-
 def format_table(report: Report) -> str:
     """The CLI's table: one row per finding."""
     s = report.secret

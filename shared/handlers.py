@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from shared.bootstrap import Runtime
+    from shared.expiry import Report
     from shared.outcomes import Failure
 
 log = logging.getLogger("mailrelay")
@@ -22,6 +23,13 @@ class QueueMessageLike(Protocol):
     def dequeue_count(self) -> int | None: ...
 
     def get_body(self) -> bytes: ...
+
+
+class TimerRequestLike(Protocol):
+    """The part of azure.functions.TimerRequest the expiry check reads."""
+
+    @property
+    def past_due(self) -> bool: ...
 
 
 def handle_mail_message(msg: QueueMessageLike, rt: Runtime | None = None) -> None:
@@ -54,9 +62,12 @@ def handle_mail_message(msg: QueueMessageLike, rt: Runtime | None = None) -> Non
 
     key = ledger_key(_request_id(delivery.body), original_id)
     if key and rt.ledger.seen(key):
-        log.info(
-            "mail already sent: completing without sending",
-            extra={"event": "mail.duplicate", "keyKind": key.split(":", 1)[0], **fields},
+        _log(
+            logging.INFO,
+            "mail.duplicate",
+            "already sent; completed without sending",
+            keyKind=key.split(":", 1)[0],
+            **fields,
         )
         return
 
@@ -70,12 +81,13 @@ def handle_mail_message(msg: QueueMessageLike, rt: Runtime | None = None) -> Non
             except Exception as e:
                 # The mail is sent; raising now would have the host send it again. Completing is right,
                 # and only a redelivery of this very message (rare) could still duplicate it.
-                log.error(
-                    "mail sent, but the ledger could not record it: %s",
-                    type(e).__name__,
-                    extra={"event": "ledger.error", **fields},
+                _log(
+                    logging.ERROR,
+                    "ledger.error",
+                    f"sent, but the ledger could not record it: {type(e).__name__}",
+                    **fields,
                 )
-        log.info("mail sent", extra={"event": "mail.sent", **fields})
+        _log(logging.INFO, "mail.sent", "Graph accepted the message (202)", **fields)
         return
     if isinstance(outcome, Permanent):
         _dead_letter(rt, attempt.request, outcome, attempts, fields)
@@ -96,17 +108,14 @@ def handle_mail_message(msg: QueueMessageLike, rt: Runtime | None = None) -> Non
         _dead_letter(rt, attempt.request, spent, decision.attempts, fields)
         return
     rt.requeue.put(wrap(attempt.request, decision.state), decision.delay)
-    log.warning(
-        "mail send failed transiently: %s; re-queued, next try in %d s",
-        outcome.code,
-        decision.delay,
-        extra={
-            "event": "mail.retry",
-            "code": outcome.code,
-            "retryAfter": outcome.retry_after,
-            "delaySeconds": decision.delay,
-            **fields,
-        },
+    _log(
+        logging.WARNING,
+        "mail.retry",
+        f"{outcome.code}; re-queued, next try in {decision.delay} s",
+        code=outcome.code,
+        retryAfter=outcome.retry_after,
+        delaySeconds=decision.delay,
+        **fields,
     )
 
 
@@ -114,11 +123,19 @@ def _dead_letter(rt: Runtime, request: Any, failure: Failure, attempts: int, fie
     from shared.outcomes import dead_letter_envelope
 
     rt.dead_letters.put(dead_letter_envelope(request, failure, attempts=attempts))
-    log.error(
-        "mail dead-lettered: %s",
-        failure.code,
-        extra={"event": "mail.deadlettered", "code": failure.code, "hint": failure.hint, **fields},
-    )
+    _log(logging.ERROR, "mail.deadlettered", failure.code, code=failure.code, hint=failure.hint, **fields)
+
+
+def _log(level: int, event: str, text: str, **fields: Any) -> None:
+    """One line per outcome: the event name first, then the fields, also as `extra` for structured sinks.
+
+    The Functions Python worker forwards only a record's message text to Application Insights (`extra`
+    stays behind unless OpenTelemetry is configured), so the text itself carries what an alert rule or
+    an operator searches for: "mail.deadlettered: ErrorAccessDenied [queueMessageId=… sender=…]".
+    Fields never hold a request's subject, body, a secret or a token.
+    """
+    shown = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None and k != "hint")
+    log.log(level, "%s: %s [%s]", event, text, shown, extra={"event": event, **fields})
 
 
 def _request_id(body: bytes) -> str | None:
@@ -143,3 +160,25 @@ def _as_received(raw: bytes) -> Any:
         return json.loads(text)
     except ValueError:
         return text
+
+
+def handle_expiry_timer(timer: TimerRequestLike | None = None) -> Report:
+    """Run the secret-expiry check with the process's runtime; what function_app.py's timer calls."""
+    from shared.bootstrap import expiry_runtime
+    from shared.expiry import EVENT
+    from shared.settings import SettingsError
+
+    if timer is not None and timer.past_due:
+        log.info("the expiry check runs late (the timer was past due)")
+    try:
+        check = expiry_runtime().check
+    except SettingsError as e:
+        # No channel can be built; the log still can say that nothing is watching the secret.
+        log.critical(
+            "%s: the expiry check cannot run: %s",
+            EVENT,
+            e,
+            extra={"event": EVENT, "state": "critical", "kind": "misconfigured"},
+        )
+        raise
+    return check.run()

@@ -3,8 +3,8 @@
 // The relay logs with `extra={"event": ...}` (shared/handlers.py and the expiry check). Where those
 // fields reach Application Insights (OpenTelemetry logging) they are customDimensions.event; with the
 // Functions host's default Python log forwarding only the message text arrives. Each query therefore
-// matches the field OR the event name in the message text (and, for dead letters, the message the
-// relay writes today: "mail dead-lettered: <code>"). infra/README.md lists these names.
+// matches the field OR the event name, which leads the relay's message text
+// ("mail.deadlettered: <code> [queueMessageId=… sender=…]"). infra/README.md lists these names.
 //
 //   relay event          severity   alert
 //   mail.deadlettered    error      (a) a request went to mail-outbox-poison
@@ -24,7 +24,7 @@ param alertEmail string = ''
 
 var deadLetterQuery = '''
 traces
-| where tostring(customDimensions.event) == "mail.deadlettered" or message has "mail.deadlettered" or message startswith "mail dead-lettered"
+| where tostring(customDimensions.event) == "mail.deadlettered" or message has "mail.deadlettered"
 | project timestamp, message, code = tostring(customDimensions.code), sender = tostring(customDimensions.sender), hint = tostring(customDimensions.hint)
 '''
 
