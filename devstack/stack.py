@@ -38,10 +38,11 @@ from types import FrameType, TracebackType
 from typing import IO, Any
 
 from devstack.azurite import Azurite
+from shared.settings import DEFAULT_QUEUE_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET_NAME = "graph-client-secret"
-DEFAULT_QUEUE = "mail-outbox"
+DEFAULT_QUEUE = DEFAULT_QUEUE_NAME
 HOST_READY = "local host ready"  # devstack.host logs this once its listeners poll
 
 # Environment the host must not inherit: it would point the relay's identity or settings elsewhere.
@@ -80,6 +81,7 @@ class LocalStack:
         inherit_output: bool = False,
         startup_timeout: float = 30.0,
         lease_seconds: float = 5.0,
+        secret_expires_in_days: float = 365.0,
     ) -> None:
         """`exchange_scope`: mailboxes inside the app's Exchange scope (default: the allowed senders not
         named in `mailboxes`); `mailboxes`: mailboxes that exist but are outside it. `lease_seconds`: the
@@ -95,6 +97,7 @@ class LocalStack:
         inside = {s.lower() for s in self.exchange_scope}
         self.mailboxes = [m for m in mailboxes if m.lower() not in inside]
         self._lease_seconds = lease_seconds
+        self._secret_expires_in = timedelta(days=secret_expires_in_days)
         self.queue_name = queue_name
         self._host_env = dict(host_env or {})
         self._inherit_output = inherit_output
@@ -142,13 +145,19 @@ class LocalStack:
         }
         return {name: pid for name, pid in found.items() if pid is not None}
 
-    def state(self) -> dict[str, str]:
-        """The state file's content (what `mailrelay` commands need to reach the stack)."""
+    def state(self) -> dict[str, Any]:
+        """The state file's content (what `mailrelay` commands need to reach the stack).
+
+        `relaySettings` are the settings the local host runs with, so that `mailrelay expiry check`
+        checks this stack's secret. They hold no secret value: the client secret stays in the
+        emulator's Key Vault, read through its managed-identity endpoint as in Azure.
+        """
         return {
             "storageConnectionString": self.storage_connection_string,
             "queueName": self.queue_name,
             "emulatorUrl": self.emulator_url,
             "caCertPath": self.ca_cert_path,
+            "relaySettings": self.host_settings(),
         }
 
     def host_settings(self) -> dict[str, str]:
@@ -225,9 +234,7 @@ class LocalStack:
 
     def dead_part(self) -> str | None:
         """The name of a part that has exited while the stack runs, or None."""
-        # Azurite's class keeps its Popen private; reading it here beats a second way to watch a pid.
-        azurite_process = getattr(self._azurite, "_process", None)
-        if azurite_process is not None and azurite_process.poll() is not None:
+        if self._azurite is not None and not self._azurite.running:
             return "azurite"
         for name, process in (("emulator", self._emulator), ("host", self._host)):
             if process is not None and process.poll() is not None:
@@ -259,7 +266,7 @@ class LocalStack:
                 service.create_queue(name)
 
     def _seed(self) -> dict[str, Any]:
-        expires = (datetime.now(UTC) + timedelta(days=365)).isoformat()
+        expires = (datetime.now(UTC) + self._secret_expires_in).isoformat()
         mailboxes = [{"address": a, "inExchangeScope": True} for a in _unique(self.exchange_scope)]
         mailboxes += [{"address": a, "inExchangeScope": False} for a in _unique(self.mailboxes)]
         return {
@@ -398,7 +405,7 @@ def sigterm_as_keyboard_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def write_state(path: Path, state: Mapping[str, str]) -> None:
+def write_state(path: Path, state: Mapping[str, Any]) -> None:
     """Atomically, readable by this user only (it holds a connection string)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -409,7 +416,7 @@ def write_state(path: Path, state: Mapping[str, str]) -> None:
     os.replace(tmp, path)
 
 
-def _remove_state(path: Path, state: Mapping[str, str]) -> None:
+def _remove_state(path: Path, state: Mapping[str, Any]) -> None:
     # Only if it is still ours: another `mailrelay local` may have written its own since.
     with contextlib.suppress(OSError, ValueError):
         if json.loads(path.read_text(encoding="utf-8")) == dict(state):
@@ -423,12 +430,20 @@ def run_foreground(
     mailboxes: Sequence[str],
     queue_name: str = DEFAULT_QUEUE,
     state_file: Path = Path(".mailrelay/local.json"),
+    secret_expires_in_days: float = 365.0,
 ) -> int:
     """`mailrelay local`: start the stack, write the state file, serve until Ctrl-C or SIGTERM."""
     out = sys.stdout
     with sigterm_as_keyboard_interrupt():
-        stack = LocalStack(allowed_senders, exchange_scope, mailboxes, queue_name, inherit_output=True)
-        state: dict[str, str] = {}
+        stack = LocalStack(
+            allowed_senders,
+            exchange_scope,
+            mailboxes,
+            queue_name,
+            inherit_output=True,
+            secret_expires_in_days=secret_expires_in_days,
+        )
+        state: dict[str, Any] = {}
         try:
             print("mailrelay local: starting Azurite, the emulator and the local host...", file=out, flush=True)
             stack.start()
@@ -443,7 +458,7 @@ def run_foreground(
                 f"  allowed senders  {', '.join(stack.allowed_senders)}\n"
                 f"  Exchange scope   {', '.join(stack.exchange_scope)}\n"
                 f"  outside scope    {', '.join(stack.mailboxes) or '-'}\n"
-                f"  state file       {state_file} (read by `mailrelay send` and `mailrelay dead-letters`)\n"
+                f"  state file       {state_file} (read by `mailrelay send`, `dead-letters` and `expiry check`)\n"
                 f"  processes        {pids}\n"
                 "Ctrl-C stops everything.",
                 file=out,

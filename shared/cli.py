@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -97,26 +98,59 @@ def _add_expiry(subparsers: Subparsers) -> None:
             "Read the current version of the client secret's Key Vault secret (its properties, never its "
             "value), compare its exp with the thresholds in EXPIRY_WARN_DAYS, and warn through the "
             "configured channels exactly as the daily timer function does (once per threshold and secret "
-            "version). Settings come from the environment. Exit code: 0 fine, 1 warning, 2 critical "
+            "version). Settings come from the environment, or else from the stack `mailrelay local` runs. "
+            "Exit code: 0 fine, 1 warning, 2 critical "
             "(expired, disabled or missing secret) or the check could not run (a setting is wrong)."
         ),
     )
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.add_argument("--dry-run", action="store_true", help="notify nobody and record nothing; show who would be")
+    check.add_argument(
+        "--state-file",
+        metavar="PATH",
+        type=Path,
+        default=None,
+        help="with no relay settings in the environment, check the stack `mailrelay local` runs "
+        "(default .mailrelay/local.json)",
+    )
     check.set_defaults(handler=_run_expiry_check)
 
 
 def _run_expiry_check(args: argparse.Namespace) -> int:
+    import os
+
     from shared.expiry import EXIT_CODES, run_cli
     from shared.settings import SettingsError
 
     try:
-        code, text = run_cli(as_json=args.json, dry_run=args.dry_run)
+        env = _expiry_env(args.state_file, os.environ)
+        code, text = run_cli(as_json=args.json, dry_run=args.dry_run, env=env)
     except SettingsError as exc:
         print(f"mailrelay expiry check: {exc}", file=sys.stderr)
         return EXIT_CODES["critical"]
     print(text)
     return code
+
+
+def _expiry_env(state_file: Path | None, environ: MutableMapping[str, str]) -> Mapping[str, str]:
+    """The settings to check with: the environment's, or else those of the stack `mailrelay local` runs.
+
+    With no relay settings in the environment (GRAPH_CLIENT_ID unset) and a state file present, the
+    local stack's settings apply, and the environment still overrides them (e.g. EXPIRY_ALERT_RECIPIENTS).
+    """
+    from shared.cli_mail import DEFAULT_STATE_FILE, read_state
+
+    if environ.get("GRAPH_CLIENT_ID", "").strip():
+        return environ
+    state = read_state(state_file or DEFAULT_STATE_FILE)
+    local = state.get("relaySettings") if state else None
+    if not isinstance(local, dict):
+        return environ
+    # azure-identity reads its managed-identity endpoint from os.environ itself, not from our mapping.
+    for name in ("IDENTITY_ENDPOINT", "IDENTITY_HEADER"):
+        if name in local:
+            environ.setdefault(name, str(local[name]))
+    return {**{k: str(v) for k, v in local.items()}, **environ}
 
 
 # --- The command ---------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 from shared.cli import EXIT_INVALID, EXIT_OK, EXIT_USAGE, _read_input
+from shared.settings import DEFAULT_QUEUE_NAME
 
 if TYPE_CHECKING:
     from shared.cli import Subparsers
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
 EXIT_UNAVAILABLE: Final = 3  # the queue could not be reached, or refused the operation
 
-DEFAULT_QUEUE: Final = "mail-outbox"
+DEFAULT_QUEUE: Final = DEFAULT_QUEUE_NAME
 DEFAULT_STATE_FILE: Final = Path(".mailrelay") / "local.json"
 
 
@@ -564,6 +565,11 @@ def _add_local(subparsers: Subparsers) -> None:
     )
     parser.add_argument("--queue", metavar="NAME", default=DEFAULT_QUEUE, help="queue name (default mail-outbox)")
     parser.add_argument(
+        "--secret-expires-in", metavar="DAYS", type=float, default=365.0,
+        help="the emulated client secret's exp, in days from now (default 365); e.g. 10 to see "
+        "`mailrelay expiry check` warn",
+    )
+    parser.add_argument(
         "--state-file", metavar="PATH", type=Path, default=DEFAULT_STATE_FILE,
         help=f"where to write the endpoints for the other commands (default {DEFAULT_STATE_FILE})",
     )
@@ -606,7 +612,7 @@ def _run_local(args: argparse.Namespace) -> int:
     scope = split_addresses(args.exchange_scope) or [a for a in allowed if a.lower() not in outside_lower]
     result: int = stack_module.run_foreground(
         allowed_senders=allowed, exchange_scope=scope, mailboxes=outside,
-        queue_name=args.queue, state_file=args.state_file,
+        queue_name=args.queue, state_file=args.state_file, secret_expires_in_days=args.secret_expires_in,
     )
     return result
 

@@ -23,12 +23,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from shared.settings import DEFAULT_QUEUE_NAME  # standard library only: importing it stays cheap
+
 if TYPE_CHECKING:
     from shared.contract import ContractError, SendRequest
 
 __all__ = ["MAX_MESSAGE_BYTES", "ContractError", "MailClient", "QueueNotFound", "RequestTooLarge"]
 
-DEFAULT_QUEUE_NAME: Final = "mail-outbox"
 # Azure Storage queues hold at most 64 KiB per message. The relay's messages are base64 (ASCII), so
 # characters and bytes agree: 65,536 characters of base64, about 48 KiB of JSON.
 MAX_MESSAGE_BYTES: Final = 64 * 1024

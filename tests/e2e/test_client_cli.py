@@ -147,7 +147,7 @@ def test_mailrelay_local_serves_and_stops_on_sigterm_leaving_nothing(tmp_path: P
     state_file = tmp_path / ".mailrelay" / "local.json"
     process = subprocess.Popen(
         [sys.executable, "-m", "shared.cli", "local", "--allowed-senders", "alerts@contoso.com,hr@contoso.com",
-         "--mailbox", "hr@contoso.com", "--state-file", str(state_file)],
+         "--mailbox", "hr@contoso.com", "--secret-expires-in", "10", "--state-file", str(state_file)],
         cwd=tmp_path,  # not the checkout: `mailrelay local` finds devstack beside the shared package
         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
         stdout=subprocess.PIPE,
@@ -157,7 +157,7 @@ def test_mailrelay_local_serves_and_stops_on_sigterm_leaving_nothing(tmp_path: P
         wait_for(lambda: state_file.exists() or process.poll() is not None, 40, "the state file")
         assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
         state = json.loads(state_file.read_text())
-        assert set(state) == {"storageConnectionString", "queueName", "emulatorUrl", "caCertPath"}
+        assert set(state) == {"storageConnectionString", "queueName", "emulatorUrl", "caCertPath", "relaySettings"}
         assert oct(state_file.stat().st_mode & 0o777) == "0o600"
         children = _children(process.pid)
         assert len(children) == 3  # Azurite, the emulator, the host
@@ -171,6 +171,22 @@ def test_mailrelay_local_serves_and_stops_on_sigterm_leaving_nothing(tmp_path: P
             return any(e["message"]["message"]["subject"] == "via local" for e in outbox.json())
 
         wait_for(delivered, 15, "the mail in the emulator's outbox")
+
+        # `mailrelay expiry check` checks this stack's secret (exp in 10 days: past the 14-day threshold),
+        # with no relay settings in its environment, only the state file.
+        bare_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "GRAPH_CLIENT_ID")}
+        bare_env = {k: v for k, v in bare_env.items() if not k.startswith(("IDENTITY_", "EXPIRY_"))}
+        check = subprocess.run(
+            [sys.executable, "-m", "shared.cli", "expiry", "check", "--json", "--dry-run",
+             "--state-file", str(state_file)],
+            cwd=tmp_path, env=bare_env, capture_output=True, text=True, timeout=60,
+        )
+        assert check.returncode == 1, check.stderr  # a warning
+        report = json.loads(check.stdout)
+        assert report["state"] == "warning", report
+        assert report["daysLeft"] == 9  # 10 days less the seconds since the stack started, rounded down
+        assert [f["threshold"] for f in report["findings"]] == [14]
+        assert report["findings"][0]["wouldNotify"] == ["log"]
 
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
