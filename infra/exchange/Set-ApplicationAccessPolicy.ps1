@@ -62,26 +62,7 @@ param(
 
 Set-StrictMode -Version 3.0
 $ErrorActionPreference = 'Stop'
-
-function Get-Prop {
-    param($Object, [string] $Name)
-    if ($null -eq $Object) { return $null }
-    $p = $Object.PSObject.Properties[$Name]
-    if ($null -eq $p) { return $null }
-    return $p.Value
-}
-
-function Connect-ExchangeIfNeeded {
-    param([string] $UserPrincipalName)
-    $sessions = @(Get-ConnectionInformation -ErrorAction SilentlyContinue | Where-Object {
-            (Get-Prop $_ 'State') -eq 'Connected' -and "$(Get-Prop $_ 'ConnectionUri')" -notmatch 'compliance'
-        })
-    if ($sessions.Count -gt 0) { return }
-    Write-Host 'Connecting to Exchange Online...'
-    $connect = @{ ShowBanner = $false }
-    if ($UserPrincipalName) { $connect.UserPrincipalName = $UserPrincipalName }
-    Connect-ExchangeOnline @connect
-}
+. (Join-Path $PSScriptRoot 'ExchangeScope.Common.ps1')  # Get-Prop, Connect-ExchangeIfNeeded
 
 Write-Warning 'Application Access Policies are the legacy model; Microsoft advises against new ones. Prefer Set-RbacApplicationScope.ps1 (RBAC for Applications).'
 

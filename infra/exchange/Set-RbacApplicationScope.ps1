@@ -102,40 +102,17 @@ param(
 
 Set-StrictMode -Version 3.0
 $ErrorActionPreference = 'Stop'
+. (Join-Path $PSScriptRoot 'ExchangeScope.Common.ps1')  # Get-Prop, Connect-ExchangeIfNeeded
 
 $RoleName = 'Application Mail.Send'
 $GraphAppId = '00000003-0000-0000-c000-000000000000'     # Microsoft Graph, every tenant
 $MailSendAppRoleId = 'b633e1c5-b582-4048-a93e-9f11b44c7e96' # Graph application role Mail.Send
-
-function Get-Prop {
-    # Property value or $null, without tripping StrictMode on objects that lack it.
-    param($Object, [string] $Name)
-    if ($null -eq $Object) { return $null }
-    $p = $Object.PSObject.Properties[$Name]
-    if ($null -eq $p) { return $null }
-    return $p.Value
-}
 
 function Get-NormalizedFilter {
     # Exchange may store a filter with other spacing or parentheses; compare what it means.
     param([string] $Filter)
     if (-not $Filter) { return '' }
     return ($Filter -replace '[\s()]', '').ToLowerInvariant()
-}
-
-function Connect-ExchangeIfNeeded {
-    param([string] $UserPrincipalName)
-    $sessions = @(Get-ConnectionInformation -ErrorAction SilentlyContinue | Where-Object {
-            (Get-Prop $_ 'State') -eq 'Connected' -and "$(Get-Prop $_ 'ConnectionUri')" -notmatch 'compliance'
-        })
-    if ($sessions.Count -gt 0) {
-        Write-Verbose "Using the open Exchange Online session of $(Get-Prop $sessions[0] 'UserPrincipalName')."
-        return
-    }
-    Write-Host 'Connecting to Exchange Online...'
-    $connect = @{ ShowBanner = $false }
-    if ($UserPrincipalName) { $connect.UserPrincipalName = $UserPrincipalName }
-    Connect-ExchangeOnline @connect
 }
 
 function Test-ServicePrincipalMatch {

@@ -59,28 +59,9 @@ param(
 
 Set-StrictMode -Version 3.0
 $ErrorActionPreference = 'Stop'
+. (Join-Path $PSScriptRoot 'ExchangeScope.Common.ps1')  # Get-Prop, Connect-ExchangeIfNeeded
 
 $RoleName = 'Application Mail.Send'
-
-function Get-Prop {
-    param($Object, [string] $Name)
-    if ($null -eq $Object) { return $null }
-    $p = $Object.PSObject.Properties[$Name]
-    if ($null -eq $p) { return $null }
-    return $p.Value
-}
-
-function Connect-ExchangeIfNeeded {
-    param([string] $UserPrincipalName)
-    $sessions = @(Get-ConnectionInformation -ErrorAction SilentlyContinue | Where-Object {
-            (Get-Prop $_ 'State') -eq 'Connected' -and "$(Get-Prop $_ 'ConnectionUri')" -notmatch 'compliance'
-        })
-    if ($sessions.Count -gt 0) { return }
-    Write-Host 'Connecting to Exchange Online...'
-    $connect = @{ ShowBanner = $false }
-    if ($UserPrincipalName) { $connect.UserPrincipalName = $UserPrincipalName }
-    Connect-ExchangeOnline @connect
-}
 
 $cases = @()
 $cases += @($AllowedAddress | Where-Object { $_ } | ForEach-Object { [pscustomobject]@{ Address = $_; Expected = 'Allowed' } })
