@@ -6,6 +6,7 @@ vanishes without a trace, and a dead letter or a delayed retry must wait as long
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -35,8 +36,18 @@ class QueueDeadLetters:
         self._client = client
 
     def put(self, envelope: dict[str, Any]) -> None:
+        from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+
         # The relay owns the text: no encode policy, so the host's base64 reading matches byte for byte.
-        self._client.send_message(encode(envelope), time_to_live=-1)
+        text = encode(envelope)
+        try:
+            self._client.send_message(text, time_to_live=-1)
+        except ResourceNotFoundError:
+            # The host creates <queue>-poison only when it first poisons a message, and infra/ may not have
+            # run: the relay's first dead letter creates it rather than losing its envelope and hint.
+            with contextlib.suppress(ResourceExistsError):
+                self._client.create_queue()
+            self._client.send_message(text, time_to_live=-1)
 
 
 class QueueRequeue:
@@ -48,4 +59,3 @@ class QueueRequeue:
     def put(self, payload: dict[str, Any], delay_seconds: int) -> None:
         # The initial visibility is the retry delay: the message waits in the queue, not in a worker.
         self._client.send_message(encode(payload), visibility_timeout=max(0, delay_seconds), time_to_live=-1)
-

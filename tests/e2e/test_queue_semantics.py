@@ -264,3 +264,15 @@ def test_a_slow_function_keeps_its_lease_and_runs_once(relay_env: RelayEnv) -> N
         stand_in.stop()
     assert len(calls) == 1
     assert relay_env.queue_length() == 0
+
+
+def test_the_first_dead_letter_creates_the_poison_queue(relay_env: RelayEnv) -> None:
+    from azure.core.exceptions import ResourceNotFoundError
+
+    from shared.queues import QueueDeadLetters
+
+    with pytest.raises(ResourceNotFoundError):
+        relay_env.poison.get_queue_properties()  # the fixture creates the mail queue only
+    envelope = {"request": {"from": "a@contoso.com"}, "error": {"code": "X", "message": "m", "hint": "h"}}
+    QueueDeadLetters(relay_env.poison).put(envelope)
+    assert relay_env.poison_messages() == [envelope]
