@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from azure.keyvault.secrets import SecretClient
 
     from shared.expiry import ExpiryCheck
+    from shared.secrets import KeyVaultSecret
     from shared.tokens import MsalTokens
 
 
@@ -33,6 +34,7 @@ class Clients:
 
     settings: Settings
     vault: SecretClient
+    secret: KeyVaultSecret  # the client secret, cached: read once, re-read when Entra rejects it
     session: requests.Session  # Entra and Graph, trusting MAILRELAY_CA_BUNDLE when set
     tokens: MsalTokens
     relay: Relay
@@ -65,9 +67,10 @@ def build_clients(settings: Settings) -> Clients:
 
     identity = credential(settings.managed_identity_client_id, settings.ca_bundle)
     vault = key_vault_client(settings.key_vault_uri, identity, settings.ca_bundle)
+    secret = KeyVaultSecret(vault, settings.secret_name)
     session = http_session(settings.ca_bundle)
     tokens = MsalTokens(
-        KeyVaultSecret(vault, settings.secret_name),
+        secret,
         tenant_id=settings.tenant_id,
         client_id=settings.client_id,
         authority_host=settings.authority_host,
@@ -80,7 +83,7 @@ def build_clients(settings: Settings) -> Clients:
     if not settings.storage.connection_string:
         # The host's identity-based connection names its own identity (AzureWebJobsStorage__clientId).
         storage_identity = credential(settings.storage.client_id or settings.managed_identity_client_id)
-    return Clients(settings, vault, session, tokens, relay, storage_identity)
+    return Clients(settings, vault, secret, session, tokens, relay, storage_identity)
 
 
 def build_runtime(settings: Settings, clients: Clients | None = None) -> Runtime:

@@ -123,7 +123,7 @@ def _run_expiry_check(args: argparse.Namespace) -> int:
     from shared.settings import SettingsError
 
     try:
-        env = _expiry_env(args.state_file, os.environ)
+        env = _settings_env(args.state_file, os.environ)
         code, text = run_cli(as_json=args.json, dry_run=args.dry_run, env=env)
     except SettingsError as exc:
         print(f"mailrelay expiry check: {exc}", file=sys.stderr)
@@ -132,8 +132,8 @@ def _run_expiry_check(args: argparse.Namespace) -> int:
     return code
 
 
-def _expiry_env(state_file: Path | None, environ: MutableMapping[str, str]) -> Mapping[str, str]:
-    """The settings to check with: the environment's, or else those of the stack `mailrelay local` runs.
+def _settings_env(state_file: Path | None, environ: MutableMapping[str, str]) -> Mapping[str, str]:
+    """The settings `expiry check` and `doctor` use: the environment's, or else the local stack's.
 
     With no relay settings in the environment (GRAPH_CLIENT_ID unset) and a state file present, the
     local stack's settings apply, and the environment still overrides them (e.g. EXPIRY_ALERT_RECIPIENTS).
@@ -153,7 +153,46 @@ def _expiry_env(state_file: Path | None, environ: MutableMapping[str, str]) -> M
     return {**{k: str(v) for k, v in local.items()}, **environ}
 
 
+# --- doctor --------------------------------------------------------------------------------------
+
+
+def _add_doctor(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "doctor",
+        help="check the relay's settings, Key Vault secret, Entra token, queues and tables; send nothing",
+        description=(
+            "Check each piece a send needs, in order: the settings (a missing or malformed one is named), "
+            "the client secret in Key Vault, an app-only token from Entra ID and the application permissions "
+            "it carries, the mail and dead-letter queues, and the tables. Nothing is sent or written; no secret "
+            "or token is shown. The Exchange scope has no dry run: check it with "
+            "infra/exchange/Test-ExchangeScope.ps1. Settings come from the environment, or else from the stack "
+            "`mailrelay local` runs. Exit code 0: nothing failed; 1: something failed."
+        ),
+    )
+    parser.add_argument("--offline", action="store_true", help="check the settings only; contact no service")
+    parser.add_argument("--json", action="store_true", help="print the checks as JSON")
+    parser.add_argument(
+        "--state-file",
+        metavar="PATH",
+        type=Path,
+        default=None,
+        help="with no relay settings in the environment, check the stack `mailrelay local` runs",
+    )
+    parser.set_defaults(handler=_run_doctor)
+
+
+def _run_doctor(args: argparse.Namespace) -> int:
+    import os
+
+    from shared.doctor import diagnose, exit_code, render
+
+    checks = diagnose(_settings_env(args.state_file, os.environ), offline=args.offline)
+    print(render(checks, as_json=args.json))
+    return exit_code(checks)
+
+
 # --- The command ---------------------------------------------------------------------------------
+
 
 def _add_queue_commands(subparsers: Subparsers) -> None:
     # send, dead-letters and local live in shared/cli_mail.py (it imports this module, hence the late import).
@@ -163,7 +202,7 @@ def _add_queue_commands(subparsers: Subparsers) -> None:
         add_subcommand(subparsers)
 
 
-SUBCOMMANDS: Sequence[Callable[[Subparsers], None]] = (_add_validate, _add_queue_commands, _add_expiry)
+SUBCOMMANDS: Sequence[Callable[[Subparsers], None]] = (_add_validate, _add_queue_commands, _add_expiry, _add_doctor)
 
 
 def build_parser() -> argparse.ArgumentParser:

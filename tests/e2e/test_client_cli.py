@@ -188,6 +188,14 @@ def test_mailrelay_local_serves_and_stops_on_sigterm_leaving_nothing(tmp_path: P
         assert [f["threshold"] for f in report["findings"]] == [14]
         assert report["findings"][0]["wouldNotify"] == ["log"]
 
+        # `mailrelay doctor` finds the same stack set up to send: secret, token with Mail.Send, queues.
+        doctor = subprocess.run(
+            [sys.executable, "-m", "shared.cli", "doctor", "--json", "--state-file", str(state_file)],
+            cwd=tmp_path, env=bare_env, capture_output=True, text=True, timeout=60,
+        )
+        assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+        assert {c["name"]: c["status"] for c in json.loads(doctor.stdout)["checks"]}["entra token"] == "ok"
+
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
         output = process.stdout.read().decode() if process.stdout else ""
