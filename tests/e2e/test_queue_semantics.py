@@ -174,7 +174,7 @@ def test_a_host_killed_mid_run_loses_nothing(
     record_property("kill_test_duplicates", duplicates)
     print(
         f"\nkill test: SIGKILL after {killed_at}/{total} sends; after restart all {total} delivered, "
-        f"{duplicates} duplicate(s); ledger hits: {log_text.count('mail already sent')}"
+        f"{duplicates} duplicate(s); ledger hits: {log_text.count('mail.duplicate:')}"
     )
     # A duplicate needs the kill to land between Graph's 202 and the ledger's record: at most one per
     # message in flight (host.json's batchSize 1 + newBatchThreshold 0).
