@@ -1677,7 +1677,12 @@ def _read_attachment(attachment: Any) -> _Problem | None:
 
 def _exchange_checks(message: dict[str, Any], mailbox: _Mailbox) -> _Problem | None:
     """What Exchange refuses once the message is read: headers, attachments, recipients, send-as."""
-    for header in message.get("internetMessageHeaders") or []:
+    headers = message.get("internetMessageHeaders") or []
+    if len(headers) > 5:
+        # Graph's answer as reported by SDK users (msgraph-sdk-dotnet#2208) and in production use.
+        message_text = "The number of internet message headers is invalid: it should be less or equal to 5."
+        return 400, "InvalidInternetMessageHeaderCollection", message_text
+    for header in headers:
         name = header.get("name")
         if not isinstance(name, str) or not name.lower().startswith("x-"):
             message_text = f"The internet message header name '{name}' should start with 'x-' or 'X-'."

@@ -38,6 +38,9 @@ from pydantic_core import ErrorDetails as PydanticErrorDetails
 
 MAX_RECIPIENTS: Final = 500  # Exchange Online's recipients per message, to + cc + bcc
 MAX_ID_LENGTH: Final = 128
+# Graph refuses a message with more custom headers (400 InvalidInternetMessageHeaderCollection, "should be
+# less or equal to 5"); not in Graph's reference, but reported alike by SDK users and in production.
+MAX_HEADERS: Final = 5
 MAX_INLINE_ATTACHMENT_BYTES: Final = 3 * 1024 * 1024  # Graph's limit for attachments sent inline
 # base64 turns every 3 bytes into 4 characters; 3 MB is a multiple of 3, so this bound is exact.
 _MAX_INLINE_ATTACHMENT_CHARS: Final = 4 * -(-MAX_INLINE_ATTACHMENT_BYTES // 3)
@@ -314,13 +317,23 @@ Base64Content = Annotated[
     ),
 ]
 HeaderName = Annotated[str, AfterValidator(_check_header_name)]
+
+
+def _check_header_count(headers: dict[str, str]) -> dict[str, str]:
+    if len(headers) > MAX_HEADERS:
+        _fail(f"{len(headers)} headers; Graph takes at most {MAX_HEADERS} custom headers per message")
+    return headers
+
+
 # pydantic would describe a dict with constrained keys by `patternProperties`, which lets every other key
 # through; `propertyNames` says what is meant.
 Headers = Annotated[
     dict[HeaderName, SingleLine],
+    AfterValidator(_check_header_count),
     WithJsonSchema(
         {
             "type": "object",
+            "maxProperties": MAX_HEADERS,
             "propertyNames": {"pattern": HEADER_NAME_PATTERN},
             "additionalProperties": _SINGLE_LINE_SCHEMA,
         }

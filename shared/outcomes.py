@@ -76,6 +76,7 @@ _HINTS: Final[dict[str, str]] = {
     "ErrorInvalidRequest": "Graph refused the message's shape; run `mailrelay validate` on the request",
     "RequestBodyRead": "Graph could not read the message body; run `mailrelay validate` on the request",
     "InvalidInternetMessageHeader": "custom headers must start with 'X-'; rename or drop the header",
+    "InvalidInternetMessageHeaderCollection": "Graph takes at most 5 custom headers per message; drop some",
     "ErrorMessageSizeExceeded": (
         "the message is over Graph's size limit: attachments over 3 MB need an upload session"
     ),

@@ -575,6 +575,12 @@ def test_send_mail_auth_and_mailbox_errors(
             "The internet message header name 'Relay-Id' should start with 'x-' or 'X-'.",
         ),
         (
+            mail(internetMessageHeaders=[{"name": f"X-H{i}", "value": "1"} for i in range(6)]),
+            400,
+            "InvalidInternetMessageHeaderCollection",
+            "The number of internet message headers is invalid",
+        ),
+        (
             mail(attachments=[{"name": "a.txt", "contentBytes": "aGk="}]),
             400,
             "RequestBodyRead",
@@ -613,6 +619,7 @@ def test_send_mail_auth_and_mailbox_errors(
         "bad-address",
         "send-as",
         "non-x-header",
+        "six-headers",
         "attachment-without-type",
         "bad-base64",
         "attachment-without-content",

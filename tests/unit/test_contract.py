@@ -569,6 +569,13 @@ def test_header_values_refuse_cr_and_lf(value: str) -> None:
     assert "must not contain CR or LF" in v.rule
 
 
+def test_five_headers_at_most_as_graph_takes() -> None:
+    five = {f"X-H{i}": "v" for i in range(5)}
+    assert len(parse_request(request(headers=five)).headers) == 5
+    v = only_violation(request(headers={**five, "X-H5": "v"}))
+    assert v == Violation("headers", "6 headers; Graph takes at most 5 custom headers per message")
+
+
 def test_every_bad_header_is_reported() -> None:
     found = violations(request(headers={"Subject": "x", "X-Ok": "fine", "X-Bad": "a\nb", "To": "y"}))
     assert set(found) == {'headers["Subject"]', 'headers["X-Bad"]', 'headers["To"]'}

@@ -87,6 +87,8 @@ CASES: list[tuple[str, dict[str, Any], bool, bool]] = [
     ("attachment of 3 MB", request(attachments=[attachment(LIMIT)]), True, True),
     ("X- headers", request(headers={"X-Order-Id": "4711", "x-trace": "a b"}), True, True),
     ("id of 128", request(id="k" * 128), True, True),
+    ("5 headers", request(headers={f"X-H{i}": "v" for i in range(5)}), True, True),
+    ("6 headers", request(headers={f"X-H{i}": "v" for i in range(6)}), False, False),
     ("all optional fields", request(cc=[], importance="low", saveToSentItems=False, replyTo=[]), True, True),
     # invalid for both
     ("unknown top-level field", request(priority="high"), False, False),
