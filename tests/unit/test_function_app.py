@@ -106,3 +106,29 @@ def test_raw_text_that_is_not_json_is_dead_lettered_as_an_encoding_problem(
     assert envelope["error"]["code"] == "InvalidEncoding"
     assert envelope["request"] == doubly
     assert graph.calls == []
+
+
+def test_the_host_indexes_both_functions_with_no_settings_at_all() -> None:
+    """Importing function_app.py must never need a setting: an error there hides every function."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    probe = (
+        "import sys, function_app; fns = function_app.app.get_functions(); "
+        "print(sorted(f.get_function_name() for f in fns)); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('msal', 'requests', 'pydantic') "
+        "or m.startswith(('azure.identity', 'azure.keyvault', 'azure.storage', 'azure.data'))))"
+    )
+    bare = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "SYSTEMROOT")}
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=Path(__file__).resolve().parents[2],
+        env=bare,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert out[0] == "['check_secret_expiry', 'send_mail']"
+    assert out[1] == "[]", f"heavy SDKs loaded at indexing: {out[1]}"
