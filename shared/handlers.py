@@ -43,7 +43,7 @@ def handle_mail_message(msg: QueueMessageLike, rt: Runtime | None = None) -> Non
     """
     from shared.bootstrap import runtime
     from shared.ledger import ledger_key
-    from shared.outcomes import Permanent, Sent, Transient, permanent
+    from shared.outcomes import Permanent, Sent, Transient, as_received, permanent
     from shared.retries import GiveUp, MalformedWrapper, after_transient, unwrap, wrap
 
     rt = rt or runtime()
@@ -53,7 +53,7 @@ def handle_mail_message(msg: QueueMessageLike, rt: Runtime | None = None) -> Non
     try:
         delivery = unwrap(raw)
     except MalformedWrapper as e:
-        _dead_letter(rt, _as_received(raw), permanent("InvalidRequest", str(e)), deliveries, fields)
+        _dead_letter(rt, as_received(raw), permanent("InvalidRequest", str(e)), deliveries, fields)
         return
     state = delivery.state
     original_id = (state.original_message_id if state else None) or msg.id
@@ -151,15 +151,6 @@ def _request_id(body: bytes) -> str | None:
     value = obj.get("id") if isinstance(obj, dict) else None
     return value if isinstance(value, str) and value else None
 
-
-def _as_received(raw: bytes) -> Any:
-    import json
-
-    text = raw.decode("utf-8", errors="replace")
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
 
 
 def handle_expiry_timer(timer: TimerRequestLike | None = None) -> Report:

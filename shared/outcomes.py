@@ -212,6 +212,17 @@ def classify_entra(result: dict[str, Any]) -> Failure:
     return permanent(code, first_line)
 
 
+def as_received(raw: bytes | str) -> Any:
+    """A request as the dead letter keeps it: the JSON value if the text parses, else the text itself."""
+    import json
+
+    text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def dead_letter_envelope(request: Any, failure: Failure, attempts: int, now: datetime | None = None) -> dict[str, Any]:
     """DESIGN.md's dead-letter envelope: the request as received, why it failed, and how often it was tried."""
     return {

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.graph import MailSender, build_send_mail_body
-from shared.outcomes import Outcome, RelayFailure, Sent, classify_http, permanent, transient
+from shared.outcomes import Outcome, RelayFailure, Sent, as_received, classify_http, permanent, transient
 from shared.tokens import TokenSource
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ class Relay:
     def send(self, raw: bytes | str) -> Attempt:
         from shared.contract import ContractError, parse_request
 
-        request = _as_received(raw)
+        request = as_received(raw)
         try:
             req = parse_request(raw)
         except ContractError as e:
@@ -77,13 +77,3 @@ class Relay:
     def _renewed_secret_token(self) -> str:
         self._tokens.renew_secret()
         return self._tokens.token(fresh=True)
-
-
-def _as_received(raw: bytes | str) -> Any:
-    import json
-
-    text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
