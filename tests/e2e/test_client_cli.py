@@ -153,6 +153,7 @@ def test_mailrelay_local_serves_and_stops_on_sigterm_leaving_nothing(tmp_path: P
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
+    children: list[int] = []
     try:
         wait_for(lambda: state_file.exists() or process.poll() is not None, 40, "the state file")
         assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
@@ -204,9 +205,18 @@ def test_mailrelay_local_serves_and_stops_on_sigterm_leaving_nothing(tmp_path: P
         assert not state_file.exists()
         assert "Eby8vdM02xNO" not in output  # the state file holds the account key; the terminal does not
     finally:
+        # Even when an assertion failed: SIGTERM lets `mailrelay local` stop its three parts; a SIGKILL
+        # would orphan them.
         if process.poll() is None:
-            process.kill()
-            process.wait()
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for pid in children:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_the_demo_runs_green(capsys: pytest.CaptureFixture[str]) -> None:
