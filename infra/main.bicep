@@ -463,6 +463,7 @@ output GRAPH_CLIENT_ID string = effectiveGraphClientId
 output GRAPH_CLIENT_SECRET_NAME string = graphClientSecretName
 output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
 output STORAGE_QUEUE_SERVICE_URI string = 'https://${storage.outputs.name}.queue.${environment().suffixes.storage}/'
+output STORAGE_TABLE_SERVICE_URI string = 'https://${storage.outputs.name}.table.${environment().suffixes.storage}/'
 output MAIL_QUEUE_NAME string = mailQueueName
 output MAIL_QUEUE_URL string = 'https://${storage.outputs.name}.queue.${environment().suffixes.storage}/${mailQueueName}'
 output MAIL_POISON_QUEUE_NAME string = poisonQueueName
