@@ -75,6 +75,20 @@ def confidential_app(
     )
 
 
+def token_reply(
+    url: str,
+    http: requests.Session,
+    scope: str = GRAPH_SCOPE,
+    client_id: str = CLIENT,
+    secret: str = SECRET,
+) -> requests.Response:
+    """Entra's answer to a client-credentials request, on the wire (MSAL would hide the status)."""
+    return http.post(
+        f"{url}/{TENANT}/oauth2/v2.0/token",
+        data={"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret, "scope": scope},
+    )
+
+
 def token_for(
     emu: Emulator,
     http: requests.Session,
@@ -82,15 +96,7 @@ def token_for(
     client_id: str = CLIENT,
     secret: str = SECRET,
 ) -> str:
-    reply = http.post(
-        f"{emu.url}/{TENANT}/oauth2/v2.0/token",
-        data={
-            "grant_type": "client_credentials",
-            "client_id": client_id,
-            "client_secret": secret,
-            "scope": scope,
-        },
-    )
+    reply = token_reply(emu.url, http, scope, client_id, secret)
     assert reply.status_code == 200, reply.text
     token: str = reply.json()["access_token"]
     return token
@@ -156,15 +162,7 @@ def test_msal_gets_a_graph_token_and_serves_the_second_call_from_its_cache(
 
 
 def test_the_token_response_has_entras_fields(emu: Emulator, http: requests.Session) -> None:
-    reply = http.post(
-        f"{emu.url}/{TENANT}/oauth2/v2.0/token",
-        data={
-            "grant_type": "client_credentials",
-            "client_id": CLIENT,
-            "client_secret": SECRET,
-            "scope": GRAPH_SCOPE,
-        },
-    )
+    reply = token_reply(emu.url, http)
     assert reply.status_code == 200
     assert set(reply.json()) == {"token_type", "expires_in", "ext_expires_in", "access_token"}
     assert reply.json()["expires_in"] == reply.json()["ext_expires_in"] == 3599
@@ -191,9 +189,7 @@ def test_msal_sees_entras_errors(
 ) -> None:
     if setup == "expired":
         emu.set_app_secret(CLIENT, SECRET, expired=True)
-    result = confidential_app(emu, http, client_id=client_id, secret=secret).acquire_token_for_client(
-        [GRAPH_SCOPE]
-    )
+    result = confidential_app(emu, http, client_id=client_id, secret=secret).acquire_token_for_client([GRAPH_SCOPE])
 
     assert "access_token" not in result
     assert result["error"] == error
@@ -203,15 +199,7 @@ def test_msal_sees_entras_errors(
         assert f"\r\n{line}" in result["error_description"]
     assert {"timestamp", "trace_id", "correlation_id", "error_uri"} <= set(result)
     # The status code too, seen from the wire.
-    reply = http.post(
-        f"{emu.url}/{TENANT}/oauth2/v2.0/token",
-        data={
-            "grant_type": "client_credentials",
-            "client_id": client_id,
-            "client_secret": secret,
-            "scope": GRAPH_SCOPE,
-        },
-    )
+    reply = token_reply(emu.url, http, client_id=client_id, secret=secret)
     assert reply.status_code == status
 
 
@@ -249,15 +237,7 @@ def test_unknown_tenant_answers_aadsts90002(emu: Emulator, http: requests.Sessio
 def test_scopes_must_be_a_known_resources_default(
     emu: Emulator, http: requests.Session, scope: str, error: str, code: int
 ) -> None:
-    reply = http.post(
-        f"{emu.url}/{TENANT}/oauth2/v2.0/token",
-        data={
-            "grant_type": "client_credentials",
-            "client_id": CLIENT,
-            "client_secret": SECRET,
-            "scope": scope,
-        },
-    )
+    reply = token_reply(emu.url, http, scope=scope)
     assert reply.status_code == 400
     assert reply.json()["error"] == error and reply.json()["error_codes"] == [code]
 
@@ -366,9 +346,7 @@ def test_key_vault_refuses_a_graph_token(emu: Emulator, http: requests.Session) 
     assert reply.json()["error"]["message"].startswith("AKV10022: Invalid audience.")
 
 
-def test_key_vault_answers_a_revoked_token_with_a_cae_claims_challenge(
-    emu: Emulator, http: requests.Session
-) -> None:
+def test_key_vault_answers_a_revoked_token_with_a_cae_claims_challenge(emu: Emulator, http: requests.Session) -> None:
     token = token_for(emu, http, scope="https://vault.azure.net/.default")
     emu.expire_tokens()
     reply = http.get(
@@ -427,10 +405,7 @@ def test_managed_identity_endpoint_shapes(emu: Emulator, http: requests.Session)
         "Bearer",
         "mi-7",
     )
-    assert (
-        jwt.decode(body["access_token"], options={"verify_signature": False})["aud"]
-        == "https://vault.azure.net"
-    )
+    assert jwt.decode(body["access_token"], options={"verify_signature": False})["aud"] == "https://vault.azure.net"
 
     missing = http.get(emu.msi_endpoint, params=params)
     wrong = http.get(emu.msi_endpoint, params=params, headers={"X-IDENTITY-HEADER": "guess"})
@@ -501,8 +476,7 @@ def test_send_mail_by_object_id_and_from_the_same_mailbox(emu: Emulator, http: r
             "out-of-scope",
             403,
             "ErrorAccessDenied",
-            "Access to OData is disabled: [RAOP] : Blocked by tenant configured AppOnly AccessPolicy "
-            "settings.",
+            "Access to OData is disabled: [RAOP] : Blocked by tenant configured AppOnly AccessPolicy settings.",
         ),
         ("rest-disabled", 403, "ErrorAccessDenied", "Access to OData is disabled."),
     ],
@@ -553,8 +527,7 @@ def test_send_mail_auth_and_mailbox_errors(
             mail(toRecipients=[]),
             400,
             "ErrorInvalidRecipients",
-            "At least one recipient is not valid., A message can't be sent because it contains no "
-            "recipients.",
+            "At least one recipient is not valid., A message can't be sent because it contains no recipients.",
         ),
         (
             mail(ccRecipients=[{"emailAddress": {"address": "not an address"}}]),
@@ -587,11 +560,7 @@ def test_send_mail_auth_and_mailbox_errors(
             "The property 'contentBytes' does not exist on type 'microsoft.graph.attachment'.",
         ),
         (
-            mail(
-                attachments=[
-                    {"@odata.type": "#microsoft.graph.fileAttachment", "name": "a", "contentBytes": "%%%"}
-                ]
-            ),
+            mail(attachments=[{"@odata.type": "#microsoft.graph.fileAttachment", "name": "a", "contentBytes": "%%%"}]),
             400,
             "RequestBodyRead",
             "Cannot convert the literal '%%%' to the expected type 'Edm.Binary'.",
@@ -644,9 +613,7 @@ def test_send_mail_needs_a_json_content_type(emu: Emulator, http: requests.Sessi
 def test_send_mail_refuses_bodies_over_4_mb(emu: Emulator, http: requests.Session) -> None:
     big = base64.b64encode(b"\0" * (3 * 1024 * 1024 + 200_000)).decode()
     body = mail(
-        attachments=[
-            {"@odata.type": "#microsoft.graph.fileAttachment", "name": "big.bin", "contentBytes": big}
-        ]
+        attachments=[{"@odata.type": "#microsoft.graph.fileAttachment", "name": "big.bin", "contentBytes": big}]
     )
     assert graph_error(send(emu, http, body, token_for(emu, http))) == (
         413,
@@ -708,15 +675,7 @@ def test_a_delay_fault_provokes_a_client_timeout(emu: Emulator, http: requests.S
 
 def test_faults_reach_every_service(emu: Emulator, http: requests.Session) -> None:
     emu.add_fault("entra.token", status=503, retry_after=1)
-    reply = http.post(
-        f"{emu.url}/{TENANT}/oauth2/v2.0/token",
-        data={
-            "grant_type": "client_credentials",
-            "client_id": CLIENT,
-            "client_secret": SECRET,
-            "scope": GRAPH_SCOPE,
-        },
-    )
+    reply = token_reply(emu.url, http)
     assert reply.status_code == 503 and reply.json()["error_codes"] and reply.headers["Retry-After"] == "1"
     emu.add_fault("keyvault.getSecret", status=429, retry_after=3)
     vault_token = token_for(emu, http, scope="https://vault.azure.net/.default")
@@ -766,15 +725,7 @@ def test_reset_clears_everything(emu: Emulator, http: requests.Session) -> None:
     send(emu, http, mail(), token_for(emu, http))
     emu.reset()
     assert emu.outbox == [] and emu.stats == dict.fromkeys(SERVICES, 0)
-    reply = http.post(
-        f"{emu.url}/{TENANT}/oauth2/v2.0/token",
-        data={
-            "grant_type": "client_credentials",
-            "client_id": CLIENT,
-            "client_secret": SECRET,
-            "scope": GRAPH_SCOPE,
-        },
-    )
+    reply = token_reply(emu.url, http)
     assert reply.json()["error"] == "invalid_tenant"  # the app and its tenant are gone
 
 
@@ -852,15 +803,7 @@ def test_the_process_writes_its_ready_line_and_stops_on_sigterm(tmp_path: Path) 
         session = requests.Session()
         session.trust_env = False
         session.verify = ready["caCertPath"]
-        reply = session.post(
-            f"{ready['url']}/{TENANT}/oauth2/v2.0/token",
-            data={
-                "grant_type": "client_credentials",
-                "client_id": CLIENT,
-                "client_secret": SECRET,
-                "scope": GRAPH_SCOPE,
-            },
-        )
+        reply = token_reply(ready["url"], session)
         assert reply.status_code == 200
         session.close()
 

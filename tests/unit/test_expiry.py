@@ -30,7 +30,7 @@ from shared.outcomes import RelayFailure, permanent
 from shared.sending import Relay
 from shared.settings import SettingsError, load_expiry_settings
 from tests.fakes import FakeGraph, FakeTokens
-from tests.unit.test_settings import GOOD
+from tests.unit.test_settings import GOOD, env
 
 START = datetime(2025, 3, 1, 7, 0, tzinfo=UTC)
 CLIENT = "66666666-7777-8888-9999-000000000000"
@@ -393,13 +393,11 @@ def test_report_json_and_table_carry_the_columns() -> None:
 
 
 def expiry_env(**changes: str | None) -> dict[str, str]:
-    out = {**GOOD, "EXPIRY_ALERT_SENDER": "alerts@contoso.com", "EXPIRY_ALERT_RECIPIENTS": "ops@contoso.com"}
-    for k, v in changes.items():
-        if v is None:
-            out.pop(k, None)
-        else:
-            out[k] = v
-    return out
+    alerts: dict[str, str | None] = {
+        "EXPIRY_ALERT_SENDER": "alerts@contoso.com",
+        "EXPIRY_ALERT_RECIPIENTS": "ops@contoso.com",
+    }
+    return env(**{**alerts, **changes})
 
 
 def test_expiry_settings_defaults() -> None:
