@@ -9,6 +9,7 @@ import pytest
 import requests
 
 from devstack.emulator import Emulator
+from tests.emulator.test_emulator import token_reply
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 CLIENT = "0d1f4a5c-2b3e-4c6d-8e9f-a0b1c2d3e4f5"
@@ -21,19 +22,17 @@ def emu() -> Iterator[Emulator]:
         yield emulator
 
 
+def session(emu: Emulator) -> requests.Session:
+    http = requests.Session()
+    http.trust_env = False  # REQUESTS_CA_BUNDLE would override verify
+    http.verify = emu.ca_cert_path
+    return http
+
+
 def token(emu: Emulator) -> str:
-    reply = requests.post(
-        f"{emu.url}/{TENANT}/oauth2/v2.0/token",
-        data={
-            "grant_type": "client_credentials",
-            "client_id": CLIENT,
-            "client_secret": SECRET,
-            "scope": "https://graph.microsoft.com/.default",
-        },
-        verify=emu.ca_cert_path,
-        timeout=10,
+    return str(
+        token_reply(emu.url, session(emu), client_id=CLIENT, secret=SECRET, tenant=TENANT).json()["access_token"]
     )
-    return str(reply.json()["access_token"])
 
 
 def get_app(emu: Emulator) -> requests.Response:
@@ -78,17 +77,7 @@ def test_without_application_read_all_graph_answers_403(emu: Emulator) -> None:
 
 def test_a_secret_past_its_end_date_is_expired_in_entra(emu: Emulator) -> None:
     emu.add_app(TENANT, CLIENT, SECRET, secret_end=datetime.now(UTC) - timedelta(minutes=1))
-    reply = requests.post(
-        f"{emu.url}/{TENANT}/oauth2/v2.0/token",
-        data={
-            "grant_type": "client_credentials",
-            "client_id": CLIENT,
-            "client_secret": SECRET,
-            "scope": "https://graph.microsoft.com/.default",
-        },
-        verify=emu.ca_cert_path,
-        timeout=10,
-    )
+    reply = token_reply(emu.url, session(emu), client_id=CLIENT, secret=SECRET, tenant=TENANT)
     assert reply.status_code == 401 and 7000222 in reply.json()["error_codes"]
 
 

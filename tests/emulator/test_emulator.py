@@ -81,10 +81,11 @@ def token_reply(
     scope: str = GRAPH_SCOPE,
     client_id: str = CLIENT,
     secret: str = SECRET,
+    tenant: str = TENANT,
 ) -> requests.Response:
     """Entra's answer to a client-credentials request, on the wire (MSAL would hide the status)."""
     return http.post(
-        f"{url}/{TENANT}/oauth2/v2.0/token",
+        f"{url}/{tenant}/oauth2/v2.0/token",
         data={"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret, "scope": scope},
     )
 
