@@ -36,6 +36,8 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError
 from pydantic_core import ErrorDetails as PydanticErrorDetails
 
+from shared.queues import decode, json_object
+
 MAX_RECIPIENTS: Final = 500  # Exchange Online's recipients per message, to + cc + bcc
 MAX_ID_LENGTH: Final = 128
 # Graph refuses a message with more custom headers (400 InvalidInternetMessageHeaderCollection, "should be
@@ -564,7 +566,7 @@ def _load_object(raw: bytes | bytearray | str | Mapping[str, Any]) -> dict[str, 
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise _message_error(_not_json_rule(text, exc)) from None
-    if isinstance(value, str) and _json_object_or_none(value) is not None:
+    if isinstance(value, str) and json_object(value) is not None:
         raise _message_error(
             "is a JSON string that holds a JSON object: the request seems JSON-encoded twice; "
             "serialize the object once"
@@ -590,30 +592,13 @@ def _decode_utf8(raw: bytes) -> str:
 
 
 def _not_json_rule(text: str, exc: json.JSONDecodeError) -> str:
-    if _json_object_or_none(_base64_decoded_or_none(text)) is not None:
+    if json_object(decode(text)) is not None:
         return (
             "is base64 text, not JSON, and it decodes to a JSON object: the request seems base64-encoded "
             "twice, or the encoding does not match the queue's messageEncoding (host.json, base64 by "
             "default); encode the JSON once"
         )
     return f"is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
-
-
-def _base64_decoded_or_none(text: str) -> str | None:
-    try:
-        return base64.b64decode(text.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-
-
-def _json_object_or_none(text: str | None) -> dict[str, Any] | None:
-    if text is None:
-        return None
-    try:
-        value = json.loads(text.removeprefix("\ufeff"))
-    except json.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 # --- pydantic errors as violations ---------------------------------------------------------------

@@ -22,14 +22,13 @@ sent twice once the relay's idempotency ledger lands).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal, Protocol
+
+from shared.queues import decode, json_object
 
 PEEK_LIMIT: Final = 32  # Storage's maximum for peek and for one receive
 SCAN_VISIBILITY: Final = 60  # seconds a scanned message stays hidden if the scan dies before restoring it
@@ -125,10 +124,10 @@ def parse_dead_letter(
     is itself the finding."""
     common: dict[str, Any] = {"id": message_id, "inserted_on": inserted_on, "dequeue_count": dequeue_count}
     moved_at = _iso(inserted_on)
-    decoded = _base64_text(text)
+    decoded = decode(text)
     if decoded is None:
         # The host moves text it cannot base64-decode straight here, untouched.
-        plain = _json_object(text)
+        plain = json_object(text)
         message = (
             "the message is plain JSON, not base64: it was sent without the queue's base64 encoding"
             if plain is not None
@@ -144,7 +143,7 @@ def parse_dead_letter(
             failed_at=moved_at,
             **common,
         )
-    obj = _json_object(decoded)
+    obj = json_object(decoded)
     if obj is None:
         from shared.outcomes import hint_for
 
@@ -203,25 +202,6 @@ def _last_error_text(last_error: Any) -> str:
         code, message = last_error.get("code"), last_error.get("message")
         return ": ".join(str(part) for part in (code, message) if part)
     return str(last_error) if last_error else ""
-
-
-def _base64_text(text: str) -> str | None:
-    """The UTF-8 text that `text` is the base64 of, or None if it is not base64 (as the host decodes)."""
-    stripped = text.strip()
-    if not stripped:
-        return None
-    try:
-        return base64.b64decode(stripped, validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        return None
-
-
-def _json_object(text: str) -> dict[str, Any] | None:
-    try:
-        value = json.loads(text.removeprefix("\ufeff"))
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 # --- The queues ----------------------------------------------------------------------------------

@@ -31,6 +31,31 @@ def encode(payload: dict[str, Any]) -> str:
     return base64.b64encode(json.dumps(payload, ensure_ascii=False).encode("utf-8")).decode("ascii")
 
 
+def decode(text: str) -> str | None:
+    """The UTF-8 text that queue text is the base64 of, as the host decodes it; None if it is not base64."""
+    import base64
+    import binascii
+
+    stripped = text.strip()
+    if not stripped:
+        return None
+    try:
+        return base64.b64decode(stripped, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+
+
+def json_object(text: str | None) -> dict[str, Any] | None:
+    """`text` as a JSON object (a UTF-8 byte order mark allowed), or None if it is none."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text.removeprefix("\ufeff"))
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 class QueueDeadLetters:
     def __init__(self, client: QueueClient):
         self._client = client
