@@ -4,7 +4,7 @@ The Functions host imports function_app.py to index it at every cold start, so e
 at module level is paid before the first message. Each sample is a fresh interpreter timing only the
 import statement (not interpreter start-up); the two imports alternate so machine noise hits both.
 
-    python benchmarks/import_cost.py [--runs 30] [--max-ratio 1.5]
+    python bench/import_cost.py [--runs 30] [--max-ratio 1.5]
 """
 
 from __future__ import annotations
