@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from shared import cli_mail
-from shared.cli import build_parser, main
-from shared.cli_mail import UsageError, dead_letter_table, request_from_args, resolve_connection
+from shared.cli import build_parser, main, send
+from shared.cli.common import UsageError, resolve_connection
+from shared.cli.dead_letters import dead_letter_table
+from shared.cli.send import request_from_args
 from shared.contract import parse_request
 from shared.deadletters import parse_dead_letter
 from shared.outcomes import dead_letter_envelope, permanent
@@ -143,7 +144,7 @@ def test_send_prints_the_message_id(capsys: pytest.CaptureFixture[str], monkeypa
             sent.append(request)
             return "id-42"
 
-    monkeypatch.setattr(cli_mail, "_mail_client", lambda conn: Client())
+    monkeypatch.setattr(send, "_mail_client", lambda conn: Client())
     code = main(["send", "--connection-string", AZURITE, "--from", "a@contoso.com", "--to", "b@contoso.com",
                  "--subject", "s", "--text", "t"])
     assert code == 0
