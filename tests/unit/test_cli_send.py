@@ -1,4 +1,4 @@
-"""`mailrelay send` flags to request, where the queue is, and the dead-letter table: no I/O beyond tmp files."""
+"""`mailrelay send`: flags to request, usage errors, the exit codes; no I/O beyond tmp files."""
 
 from __future__ import annotations
 
@@ -12,18 +12,11 @@ from typing import Any
 
 import pytest
 
-from shared import cli_mail
-from shared.cli import build_parser, main
-from shared.cli_mail import UsageError, dead_letter_table, request_from_args, resolve_connection
+from shared.cli import build_parser, main, send
+from shared.cli.common import UsageError
+from shared.cli.send import request_from_args
 from shared.contract import parse_request
-from shared.deadletters import parse_dead_letter
-from shared.outcomes import dead_letter_envelope, permanent
-from shared.queues import encode
-
-AZURITE = (
-    "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=c2VjcmV0LWtleQ==;"
-    "QueueEndpoint=http://127.0.0.1:10001/devstoreaccount1;"
-)
+from tests.unit.test_cli_common import AZURITE
 
 
 def args(*argv: str) -> argparse.Namespace:
@@ -143,7 +136,7 @@ def test_send_prints_the_message_id(capsys: pytest.CaptureFixture[str], monkeypa
             sent.append(request)
             return "id-42"
 
-    monkeypatch.setattr(cli_mail, "_mail_client", lambda conn: Client())
+    monkeypatch.setattr(send, "_mail_client", lambda conn: Client())
     code = main(["send", "--connection-string", AZURITE, "--from", "a@contoso.com", "--to", "b@contoso.com",
                  "--subject", "s", "--text", "t"])
     assert code == 0
@@ -157,74 +150,3 @@ def test_a_too_large_request_exits_1_without_its_content(capsys: pytest.CaptureF
     assert code == 1
     err = capsys.readouterr().err
     assert "claim check" in err and "secret-words" not in err
-
-
-# --- where the queue is --------------------------------------------------------------------------
-
-
-def conn_args(*argv: str) -> argparse.Namespace:
-    return build_parser().parse_args(["dead-letters", "list", *argv])
-
-
-def test_flags_win_over_the_environment_and_the_state_file(tmp_path: Path) -> None:
-    env = {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "MAIL_QUEUE_NAME": "env-queue"}
-    conn = resolve_connection(conn_args("--connection-string", AZURITE, "--queue", "flag-queue"), env)
-    assert (conn.connection_string, conn.queue_name, conn.source) == (AZURITE, "flag-queue", "--connection-string")
-    conn = resolve_connection(conn_args(), env)
-    assert (conn.connection_string, conn.queue_name) == ("UseDevelopmentStorage=true", "env-queue")
-    assert conn.poison_queue_name == "env-queue-poison"
-
-
-def test_the_state_file_is_the_last_resort(tmp_path: Path) -> None:
-    state = tmp_path / "local.json"
-    state.write_text(json.dumps({"storageConnectionString": AZURITE, "queueName": "local-q",
-                                 "emulatorUrl": "https://127.0.0.1:1", "caCertPath": "/x"}))
-    conn = resolve_connection(conn_args("--state-file", str(state)), {})
-    assert (conn.connection_string, conn.queue_name, conn.source) == (AZURITE, "local-q", str(state))
-    with pytest.raises(UsageError, match="mailrelay local"):
-        resolve_connection(conn_args("--state-file", str(tmp_path / "missing.json")), {})
-
-
-def test_queue_url_forms() -> None:
-    conn = resolve_connection(conn_args("--queue-url", "https://acct.queue.core.windows.net/"), {})
-    assert (conn.queue_url, conn.queue_name) == ("https://acct.queue.core.windows.net/mail-outbox", "mail-outbox")
-    conn = resolve_connection(conn_args("--queue-url", "https://acct.queue.core.windows.net/relay"), {})
-    assert conn.queue_name == "relay" and conn.connection_string is None
-    with pytest.raises(UsageError, match="--queue says"):
-        resolve_connection(conn_args("--queue-url", "https://acct.queue.core.windows.net/relay", "--queue", "x"), {})
-    with pytest.raises(UsageError, match="not both"):
-        resolve_connection(conn_args("--queue-url", "https://a/q", "--connection-string", AZURITE), {})
-
-
-def test_no_connection_anywhere_is_a_usage_error_naming_the_options(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("AzureWebJobsStorage", raising=False)
-    assert main(["dead-letters", "list"]) == 2
-    err = capsys.readouterr().err
-    assert "--connection-string" in err and "mailrelay local" in err
-
-
-def test_a_malformed_connection_string_is_not_echoed(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["dead-letters", "list", "--connection-string", "AccountKey=hunter2-secret"]) == 2
-    err = capsys.readouterr().err
-    assert "malformed" in err and "hunter2" not in err
-
-
-# --- dead-letter output --------------------------------------------------------------------------
-
-
-def test_the_table_has_one_line_per_dead_letter_and_no_body() -> None:
-    request = {"from": "hr@contoso.com", "to": ["a@contoso.com"], "subject": "s",
-               "body": {"contentType": "text", "content": "private body text"}}
-    letters = [
-        parse_dead_letter("id-1", encode(dead_letter_envelope(request, permanent("ErrorAccessDenied", "denied"), 1))),
-        parse_dead_letter("id-2", "not base64!"),
-    ]
-    table = dead_letter_table(letters, hint_width=40)
-    lines = table.splitlines()
-    assert lines[0].split() == ["ID", "FAILED", "AT", "CODE", "SENDER", "HINT"]
-    assert "ErrorAccessDenied" in lines[1] and "hr@contoso.com" in lines[1] and lines[1].endswith("…")
-    assert "InvalidEncoding" in lines[2]
-    assert "private body text" not in table

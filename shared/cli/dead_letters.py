@@ -1,0 +1,184 @@
+"""`mailrelay dead-letters list|show|requeue`: the dead-letter queue (<queue>-poison), for people."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from shared.cli.common import (
+    EXIT_INVALID,
+    EXIT_OK,
+    Connection,
+    add_connection_args,
+    credential,
+    fail,
+    run_with_queue,
+)
+
+if TYPE_CHECKING:
+    from shared.cli.common import Subparsers
+    from shared.deadletters import DeadLetter, DeadLetterQueue
+
+
+def register(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "dead-letters",
+        help="list, show and requeue the dead-letter queue (<queue>-poison)",
+        description=(
+            "The dead-letter queue holds the relay's envelopes (request, error code, message, hint) and raw "
+            "messages the Functions host moved there. Fix the cause (the hint says how), then requeue."
+        ),
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    listing = commands.add_parser(
+        "list",
+        help="the dead letters, oldest first",
+        description=(
+            "Lists the oldest 32 dead letters with Storage's peek, which changes nothing. --all reads beyond "
+            "32: Storage has no paged peek, so it receives the messages in pages of 32 (hiding each for up to "
+            "a minute and adding one to its dequeue count on the poison queue, which nothing consumes) and "
+            "makes them all visible again when done."
+        ),
+    )
+    listing.add_argument("--all", action="store_true", help="every dead letter, beyond peek's 32 (see above)")
+    listing.add_argument("--json", action="store_true", help="JSON, with each request in full")
+    add_connection_args(listing)
+    listing.set_defaults(handler=run_list)
+
+    show = commands.add_parser("show", help="one dead letter in full: error, hint, and the request")
+    show.add_argument("id", metavar="ID", help="the dead letter's message id (from list)")
+    show.add_argument("--json", action="store_true", help="as JSON")
+    add_connection_args(show)
+    show.set_defaults(handler=run_show)
+
+    requeue = commands.add_parser(
+        "requeue",
+        help="put requests back on the queue after the cause is fixed",
+        description=(
+            "Puts the plain request (envelope stripped, so the relay's attempt count starts again) on the main "
+            "queue, then deletes the dead letter: enqueue before delete, so nothing is lost. A dead letter that "
+            "holds no valid request stays where it is, and the reason is printed. Exit 1 if any stayed."
+        ),
+    )
+    which = requeue.add_mutually_exclusive_group(required=True)
+    which.add_argument("id", metavar="ID", nargs="?", help="the dead letter's message id")
+    which.add_argument("--all", action="store_true", help="every dead letter that holds a valid request")
+    add_connection_args(requeue)
+    requeue.set_defaults(handler=run_requeue)
+
+
+def shorten(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def dead_letter_table(letters: Sequence[DeadLetter], hint_width: int = 60) -> str:
+    """The human list: one line per dead letter, no request content beyond the sender."""
+    rows = [("ID", "FAILED AT", "CODE", "SENDER", "HINT")]
+    for letter in letters:
+        rows.append(
+            (letter.id, letter.failed_at or "-", letter.code, letter.sender or "-", shorten(letter.hint, hint_width))
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join(
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4] for row in rows
+    )
+
+
+def dead_letter_details(letter: DeadLetter) -> str:
+    lines = [
+        f"id:           {letter.id}",
+        f"form:         {letter.form}"
+        + (" (the relay's envelope)" if letter.form == "envelope" else " (moved by the host as it was)"),
+        f"code:         {letter.code}",
+        f"message:      {letter.message}",
+        f"hint:         {letter.hint}",
+        f"attempts:     {letter.attempts if letter.attempts is not None else 'unknown'}",
+        f"failed at:    {letter.failed_at or '-'}",
+        f"sender:       {letter.sender or '-'}",
+    ]
+    for key, value in letter.extra.items():
+        lines.append(f"{key + ':':<13} {json.dumps(value) if not isinstance(value, str) else value}")
+    try:
+        letter.requeue_payload()
+        lines.append("requeue:      possible (`mailrelay dead-letters requeue " + letter.id + "`)")
+    except ValueError as exc:
+        lines.append(f"requeue:      not possible: {exc}")
+    lines.append("request:")
+    request = letter.request
+    shown = json.dumps(request, indent=2, ensure_ascii=False) if not isinstance(request, str) else request
+    lines.extend("  " + line for line in shown.splitlines())
+    return "\n".join(lines)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from shared.deadletters import PEEK_LIMIT
+
+    def run(conn: Connection) -> int:
+        queue = _dead_letter_queue(conn)
+        letters = queue.scan() if args.all else queue.peek()
+        if args.json:
+            print(json.dumps([letter.to_json() for letter in letters], indent=2, ensure_ascii=False))
+        elif not letters:
+            print(f"no dead letters in {conn.poison_queue_name}")
+        else:
+            print(dead_letter_table(letters))
+        if not args.all and len(letters) == PEEK_LIMIT:
+            print(f"(the oldest {PEEK_LIMIT}; --all lists every one)", file=sys.stderr)
+        return EXIT_OK
+
+    return run_with_queue("dead-letters list", args, run)
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from shared.deadletters import DeadLetterNotFound
+
+    def run(conn: Connection) -> int:
+        try:
+            letter = _dead_letter_queue(conn).get(args.id)
+        except DeadLetterNotFound as exc:
+            return fail("dead-letters show", str(exc), EXIT_INVALID)
+        print(json.dumps(letter.to_json(), indent=2, ensure_ascii=False) if args.json else dead_letter_details(letter))
+        return EXIT_OK
+
+    return run_with_queue("dead-letters show", args, run)
+
+
+def run_requeue(args: argparse.Namespace) -> int:
+    from shared.deadletters import DeadLetterNotFound, NotRequeueable, Requeued
+
+    def run(conn: Connection) -> int:
+        queue = _dead_letter_queue(conn)
+        if not args.all:
+            try:
+                done = queue.requeue(args.id)
+            except (DeadLetterNotFound, NotRequeueable) as exc:
+                return fail("dead-letters requeue", str(exc), EXIT_INVALID)
+            print(f"requeued {done.dead_letter_id} as {done.message_id} on {conn.queue_name}")
+            return EXIT_OK
+        results = queue.requeue_all()
+        requeued = [r for r in results if isinstance(r, Requeued)]
+        refused = [r for r in results if isinstance(r, NotRequeueable)]
+        for r in requeued:
+            print(f"requeued {r.dead_letter_id} as {r.message_id} on {conn.queue_name}")
+        for reason in refused:
+            print(f"not requeued: {reason}", file=sys.stderr)
+        print(f"{len(requeued)} requeued, {len(refused)} left in {conn.poison_queue_name}", file=sys.stderr)
+        return EXIT_INVALID if refused else EXIT_OK
+
+    return run_with_queue("dead-letters requeue", args, run)
+
+
+def _dead_letter_queue(conn: Connection) -> DeadLetterQueue:
+    from shared.deadletters import open_queues
+
+    return open_queues(
+        conn.queue_name,
+        connection_string=conn.connection_string,
+        queue_url=conn.queue_url,
+        credential=credential() if conn.queue_url else None,
+    )

@@ -1,0 +1,64 @@
+"""`mailrelay expiry check`: the client secret's expiry, checked and warned about as the daily timer does.
+
+The check itself is shared.expiry's (imported when the command runs); this module is its command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from shared.cli.common import settings_env
+
+if TYPE_CHECKING:
+    from shared.cli.common import Subparsers
+
+
+def register(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "expiry",
+        help="the Graph client secret's expiry",
+        description="Commands about the expiry of the client secret the relay keeps in Key Vault.",
+    )
+    commands = parser.add_subparsers(title="expiry commands", metavar="COMMAND", required=True)
+    check = commands.add_parser(
+        "check",
+        help="check the client secret's expiry now, and warn as the daily timer does",
+        description=(
+            "Read the current version of the client secret's Key Vault secret (its properties, never its "
+            "value), compare its exp with the thresholds in EXPIRY_WARN_DAYS, and warn through the "
+            "configured channels exactly as the daily timer function does (once per threshold and secret "
+            "version). Settings come from the environment, or else from the stack `mailrelay local` runs. "
+            "Exit code: 0 fine, 1 warning, 2 critical "
+            "(expired, disabled or missing secret) or the check could not run (a setting is wrong)."
+        ),
+    )
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.add_argument("--dry-run", action="store_true", help="notify nobody and record nothing; show who would be")
+    check.add_argument(
+        "--state-file",
+        metavar="PATH",
+        type=Path,
+        default=None,
+        help="with no relay settings in the environment, check the stack `mailrelay local` runs "
+        "(default .mailrelay/local.json)",
+    )
+    check.set_defaults(handler=run_check)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    import os
+
+    from shared.expiry import EXIT_CODES, run_cli
+    from shared.settings import SettingsError
+
+    try:
+        env = settings_env(args.state_file, os.environ)
+        code, text = run_cli(as_json=args.json, dry_run=args.dry_run, env=env)
+    except SettingsError as exc:
+        print(f"mailrelay expiry check: {exc}", file=sys.stderr)
+        return EXIT_CODES["critical"]
+    print(text)
+    return code

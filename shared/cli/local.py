@@ -1,0 +1,93 @@
+"""`mailrelay local`: run the local stack (devstack/, from a checkout of the repository) in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from shared.cli.common import DEFAULT_QUEUE, DEFAULT_STATE_FILE, EXIT_USAGE, fail
+
+if TYPE_CHECKING:
+    from shared.cli.common import Subparsers
+
+
+def register(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "local",
+        help="run the relay locally: Azurite, the Entra/Graph/Key Vault emulator, and the local host",
+        description=(
+            "Starts the local stack from a checkout of the repository (devstack/ is never deployed): Azurite, "
+            "the HTTPS emulator of Entra ID, Graph and Key Vault, and the local stand-in for the Functions host "
+            "running function_app.py. Writes the state file that the other commands read, prints the endpoints, "
+            "and runs until Ctrl-C or SIGTERM, then stops all three."
+        ),
+        epilog="example: mailrelay local --allowed-senders alerts@contoso.com,hr@contoso.com --mailbox hr@contoso.com",
+    )
+    parser.add_argument(
+        "--allowed-senders", action="append", default=[], metavar="ADDR[,ADDR]",
+        help="the relay's allow-list (default alerts@contoso.com); repeatable",
+    )
+    parser.add_argument(
+        "--exchange-scope", action="append", default=[], metavar="ADDR[,ADDR]",
+        help="mailboxes inside the app's Exchange scope (default: the allowed senders not given to --mailbox)",
+    )
+    parser.add_argument(
+        "--mailbox", action="append", default=[], metavar="ADDR[,ADDR]",
+        help="mailboxes that exist but are outside the Exchange scope; repeatable",
+    )
+    parser.add_argument("--queue", metavar="NAME", default=DEFAULT_QUEUE, help="queue name (default mail-outbox)")
+    parser.add_argument(
+        "--secret-expires-in", metavar="DAYS", type=float, default=365.0,
+        help="the emulated client secret's exp, in days from now (default 365); e.g. 10 to see "
+        "`mailrelay expiry check` warn",
+    )
+    parser.add_argument(
+        "--state-file", metavar="PATH", type=Path, default=DEFAULT_STATE_FILE,
+        help=f"where to write the endpoints for the other commands (default {DEFAULT_STATE_FILE})",
+    )
+    parser.set_defaults(handler=run)
+
+
+def split_addresses(values: Sequence[str]) -> list[str]:
+    return [a.strip() for value in values for a in value.split(",") if a.strip()]
+
+
+def _import_devstack() -> Any:
+    """devstack.stack from the checkout this `shared` package lives in; None when there is none."""
+    import importlib
+
+    try:
+        return importlib.import_module("devstack.stack")
+    except ImportError:
+        pass
+    # An editable install puts only `shared` on the path; the checkout's root (above shared/cli/)
+    # holds devstack beside it.
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "devstack" / "stack.py").is_file():
+        return None
+    sys.path.insert(0, str(root))
+    return importlib.import_module("devstack.stack")
+
+
+def run(args: argparse.Namespace) -> int:
+    stack_module = _import_devstack()
+    if stack_module is None:
+        return fail(
+            "local",
+            "the local stack runs only from a checkout of the repository (devstack/ is never deployed or "
+            "installed): clone it and run `scripts/demo` or `.venv/bin/mailrelay local` there",
+            EXIT_USAGE,
+        )
+    allowed = split_addresses(args.allowed_senders) or ["alerts@contoso.com"]
+    outside = split_addresses(args.mailbox)
+    # By default the allowed senders are inside the Exchange scope, except those named by --mailbox.
+    outside_lower = {m.lower() for m in outside}
+    scope = split_addresses(args.exchange_scope) or [a for a in allowed if a.lower() not in outside_lower]
+    result: int = stack_module.run_foreground(
+        allowed_senders=allowed, exchange_scope=scope, mailboxes=outside,
+        queue_name=args.queue, state_file=args.state_file, secret_expires_in_days=args.secret_expires_in,
+    )
+    return result

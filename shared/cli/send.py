@@ -1,0 +1,195 @@
+"""`mailrelay send`: build a send request from flags (or --json), check it, put it on the relay's queue."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import mimetypes
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from shared.cli.common import (
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_USAGE,
+    Connection,
+    UsageError,
+    add_connection_args,
+    credential,
+    fail,
+    read_input,
+    run_with_queue,
+)
+
+if TYPE_CHECKING:
+    from shared.cli.common import Subparsers
+
+_FIELD_FLAGS: Final = (
+    "sender", "to", "cc", "bcc", "reply_to", "subject", "text", "html", "body_file", "attach", "header",
+    "importance", "id", "no_save",
+)
+
+
+def register(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "send",
+        help="put a send request on the relay's queue; print the queue message id",
+        description=(
+            "Build a send request from flags (or read one with --json), check it against the contract, "
+            "and put it on the relay's queue, base64-encoded as the Functions host reads it. Prints the "
+            "queue message id. Exit 1: the request breaks the contract or is too large; 2: usage; "
+            "3: the queue could not be reached."
+        ),
+        epilog=(
+            "example: mailrelay send --from alerts@contoso.com --to 'Ada <ada@contoso.com>' "
+            "--subject 'Disk almost full' --text '97%% used' --attach df.txt --header X-Alert-Id=4711"
+        ),
+    )
+    parser.add_argument("--json", metavar="FILE", help="the whole request as JSON (- for standard input)")
+    parser.add_argument("--from", dest="sender", metavar="MAILBOX", help="the sending mailbox")
+    for flag, dest in (("--to", "to"), ("--cc", "cc"), ("--bcc", "bcc"), ("--reply-to", "reply_to")):
+        parser.add_argument(
+            flag, dest=dest, action="append", default=[], metavar="RECIPIENT",
+            help="'a@contoso.com' or 'Name <a@contoso.com>'; repeatable",
+        )
+    parser.add_argument("--subject")
+    body = parser.add_mutually_exclusive_group()
+    body.add_argument("--text", help="a plain-text body")
+    body.add_argument("--html", help="an HTML body")
+    body.add_argument("--body-file", metavar="FILE", type=Path, help="the body from a file (.html/.htm: HTML)")
+    parser.add_argument(
+        "--attach", action="append", default=[], metavar="FILE", type=Path,
+        help="attach a file (content type guessed from its name); repeatable",
+    )
+    parser.add_argument(
+        "--header", action="append", default=[], metavar="X-NAME=VALUE", help="a custom header; repeatable"
+    )
+    parser.add_argument("--importance", choices=("low", "normal", "high"))
+    parser.add_argument("--id", metavar="KEY", help="idempotency key: one key is sent at most once")
+    parser.add_argument("--no-save", action="store_true", help="do not keep a copy in Sent Items")
+    add_connection_args(parser)
+    parser.set_defaults(handler=run)
+
+
+def request_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The send request the flags describe (not yet validated). UsageError for what flags cannot say."""
+    if args.json is not None:
+        given = [name for name in _FIELD_FLAGS if getattr(args, name, None) not in (None, [], False)]
+        if given:
+            flags = ", ".join("--" + ("from" if n == "sender" else n.replace("_", "-")) for n in given)
+            raise UsageError(f"--json takes the whole request; drop {flags} or leave out --json")
+        return _read_json_request(args.json)
+    missing = [flag for flag, value in (("--from", args.sender), ("--subject", args.subject)) if value is None]
+    if args.text is None and args.html is None and args.body_file is None:
+        missing.append("--text, --html or --body-file")
+    if missing:
+        raise UsageError(f"missing {', '.join(missing)} (or give the whole request with --json)")
+    request: dict[str, Any] = {"from": args.sender}
+    for key, values in (("to", args.to), ("cc", args.cc), ("bcc", args.bcc), ("replyTo", args.reply_to)):
+        if values:
+            request[key] = list(values)
+    request["subject"] = args.subject
+    request["body"] = _body(args)
+    if args.importance:
+        request["importance"] = args.importance
+    if args.attach:
+        request["attachments"] = [_attachment(path) for path in args.attach]
+    if args.header:
+        request["headers"] = _headers(args.header)
+    if args.no_save:
+        request["saveToSentItems"] = False
+    if args.id is not None:
+        request["id"] = args.id
+    return request
+
+
+def _read_json_request(source: str) -> dict[str, Any]:
+    name = "standard input" if source == "-" else source
+    try:
+        raw = read_input(source)
+    except OSError as exc:
+        raise UsageError(f"cannot read {name}: {exc.strerror or exc}") from None
+    text = raw.decode("utf-8-sig", errors="strict") if isinstance(raw, bytes) else raw
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"{name} is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{name} must hold one JSON object, the send request")
+    return value
+
+
+def _body(args: argparse.Namespace) -> dict[str, str]:
+    if args.text is not None:
+        return {"contentType": "text", "content": args.text}
+    if args.html is not None:
+        return {"contentType": "html", "content": args.html}
+    path: Path = args.body_file
+    try:
+        content = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read --body-file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--body-file {path} is not UTF-8 text") from None
+    kind = "html" if path.suffix.lower() in (".html", ".htm") else "text"
+    return {"contentType": kind, "content": content}
+
+
+def _attachment(path: Path) -> dict[str, str]:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read --attach {path}: {exc.strerror or exc}") from None
+    content_type, _encoding = mimetypes.guess_type(path.name)
+    return {
+        "name": path.name,
+        "contentType": content_type or "application/octet-stream",
+        "contentBytes": base64.b64encode(data).decode("ascii"),
+    }
+
+
+def _headers(items: Sequence[str]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise UsageError(f"--header takes X-NAME=VALUE, got {item.split('=')[0][:40]!r} with no '='")
+        headers[name.strip()] = value
+    return headers
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        request = request_from_args(args)
+    except UsageError as exc:
+        return fail("send", str(exc), EXIT_USAGE)
+    from shared.client import RequestTooLarge, encode_request
+    from shared.contract import ContractError
+
+    # Checked before the connection is resolved: a bad request is reported even with no stack running.
+    try:
+        encode_request(request)
+    except ContractError as exc:
+        for violation in exc.violations:
+            print(violation, file=sys.stderr)
+        return EXIT_INVALID
+    except RequestTooLarge as exc:
+        return fail("send", str(exc), EXIT_INVALID)
+
+    def send(conn: Connection) -> int:
+        print(_mail_client(conn).send(request))
+        return EXIT_OK
+
+    return run_with_queue("send", args, send)
+
+
+def _mail_client(conn: Connection) -> Any:
+    from shared.client import MailClient
+
+    if conn.connection_string:
+        return MailClient.from_connection_string(conn.connection_string, conn.queue_name)
+    assert conn.queue_url is not None
+    return MailClient(conn.queue_url, credential())

@@ -1,0 +1,54 @@
+"""`mailrelay validate`: check a send request against the contract; print the Graph body it makes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import TYPE_CHECKING
+
+from shared.cli.common import EXIT_INVALID, EXIT_OK, EXIT_USAGE, read_input
+
+if TYPE_CHECKING:
+    from shared.cli.common import Subparsers
+
+
+def register(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "validate",
+        help="check a send request against the contract; show the Graph request it makes",
+        description=(
+            "Check a send request (the JSON an app puts on the queue) against the contract. "
+            "If it is valid, print the JSON body the relay would POST to Graph's sendMail; "
+            "if not, print each violation as 'field: rule' on standard error and exit 1."
+        ),
+    )
+    parser.add_argument(
+        "file",
+        nargs="?",
+        default="-",
+        metavar="FILE",
+        help="the request's JSON file; - or none: standard input",
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from shared.contract import ContractError, parse_request
+    from shared.graph import build_send_mail_body
+
+    source: str = args.file
+    try:
+        raw = read_input(source)
+    except OSError as exc:
+        name = "standard input" if source == "-" else source
+        print(f"mailrelay validate: cannot read {name}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        request = parse_request(raw)
+    except ContractError as exc:
+        for violation in exc.violations:
+            print(violation, file=sys.stderr)
+        return EXIT_INVALID
+    print(json.dumps(build_send_mail_body(request), indent=2))
+    return EXIT_OK
