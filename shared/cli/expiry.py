@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,7 +52,7 @@ def register(subparsers: Subparsers) -> None:
 def run_check(args: argparse.Namespace) -> int:
     import os
 
-    from shared.expiry import EXIT_CODES, run_cli
+    from shared.expiry import EXIT_CODES
     from shared.settings import SettingsError
 
     try:
@@ -62,3 +63,20 @@ def run_check(args: argparse.Namespace) -> int:
         return EXIT_CODES["critical"]
     print(text)
     return code
+
+
+def run_cli(*, as_json: bool, dry_run: bool, env: Mapping[str, str] | None = None) -> tuple[int, str]:
+    """`mailrelay expiry check`: (exit code, text to print). Settings come from the environment.
+
+    Here, not in shared.expiry: bootstrap builds the check, so the expiry package never imports it back.
+    """
+    import json
+
+    from shared.bootstrap import build_expiry_runtime
+    from shared.expiry import format_table
+    from shared.settings import load_expiry_settings
+
+    settings = load_expiry_settings(env)  # a SettingsError names the setting; the CLI prints it
+    report = build_expiry_runtime(settings).check.run(dry_run=dry_run)
+    text = json.dumps(report.to_json(), indent=2) if as_json else format_table(report)
+    return report.exit_code, text

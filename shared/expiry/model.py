@@ -1,0 +1,256 @@
+"""The expiry check's vocabulary: what a secret looks like, what was found, what is reported, and the
+interfaces of the outside services (Key Vault, Entra, the warning records, the channels)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
+
+if TYPE_CHECKING:
+
+    pass
+
+EVENT: Final = "secret.expiry"  # infra/app/alerts.bicep matches on this (customDimensions.event and message text)
+TABLE_NAME: Final = "expirywarnings"  # created by infra/main.bicep; created on first use locally
+# Key Vault's exp and Entra's endDateTime are typed in by hand, in different portals and time zones.
+ENTRA_TOLERANCE: Final = timedelta(days=1)
+
+State = Literal["ok", "warning", "critical"]
+_RANK: Final[dict[str, int]] = {"ok": 0, "warning": 1, "critical": 2}
+EXIT_CODES: Final[dict[str, int]] = {"ok": 0, "warning": 1, "critical": 2}
+
+
+class ExpiryReadError(RuntimeError):
+    """Key Vault or Graph could not be read. The message is safe to show: no secret value, no token."""
+
+
+class ChannelError(RuntimeError):
+    """A channel could not deliver. The message is safe to show (no URL: webhook URLs carry a signature)."""
+
+
+# --- What is read ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SecretInfo:
+    """The current version of the Key Vault secret, as properties only: the value is never read here."""
+
+    name: str
+    vault_uri: str
+    version: str | None  # None: the secret has no version at all
+    enabled: bool = True
+    expires_on: datetime | None = None
+    created_on: datetime | None = None
+
+
+@dataclass(frozen=True)
+class EntraCredential:
+    """One of the app registration's passwordCredentials. Graph's `hint` (the value's first three
+    characters) is deliberately not kept: it is part of the secret."""
+
+    key_id: str
+    display_name: str | None
+    end: datetime | None
+
+
+class SecretProperties(Protocol):
+    def current(self) -> SecretInfo:
+        """The current version's properties; raise ExpiryReadError when Key Vault cannot be read."""
+        ...
+
+
+class EntraCredentials(Protocol):
+    def password_credentials(self) -> list[EntraCredential]:
+        """The app registration's password credentials; raise ExpiryReadError when Graph cannot be read."""
+        ...
+
+
+class WarningRecords(Protocol):
+    """Which channels already got a warning, keyed by secret (name, version) and warning key.
+
+    Any exception means "the store is down": the check then warns anyway.
+    """
+
+    def delivered(self, secret_name: str, version: str, key: str) -> frozenset[str]: ...
+
+    def record(
+        self,
+        secret_name: str,
+        version: str,
+        key: str,
+        channels: Iterable[str],
+        *,
+        at: datetime,
+        expires_on: datetime | None,
+    ) -> None: ...
+
+
+class Channel(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    def send(self, alert: Alert) -> None:
+        """Deliver the alert; raise (ChannelError preferably) when it could not be delivered."""
+        ...
+
+
+# --- What is decided ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One warning, with everything a channel renders. Never holds the secret's value."""
+
+    state: State
+    kind: str  # threshold | no-exp | expired | disabled | not-found | unreadable | entra-*
+    summary: str  # one line, no CR/LF (a mail subject)
+    details: tuple[str, ...]
+    secret: SecretInfo
+    client_id: str
+    tenant_id: str
+    days_left: int | None
+    threshold: int | None
+    at: datetime
+
+    @property
+    def log_level(self) -> int:
+        if self.state == "critical":
+            return logging.CRITICAL
+        if self.days_left is not None and self.days_left <= 7:
+            return logging.ERROR
+        return logging.WARNING
+
+    @property
+    def steps(self) -> tuple[str, ...]:
+        return renewal_steps(self.secret, self.client_id)
+
+    def text(self) -> str:
+        """Plain text: the mail body, and the webhook's fallback text."""
+        lines = [self.summary, "", *self.details, "", "To renew the client secret:"]
+        lines += [f"{i}. {step}" for i, step in enumerate(self.steps, 1)]
+        lines += ["", f"Checked at {iso(self.at)} by Graph Mail Relay (event {EVENT})."]
+        return "\n".join(lines)
+
+
+@dataclass
+class Finding:
+    """One decision of a run and what became of it."""
+
+    state: State
+    kind: str
+    message: str
+    threshold: int | None = None
+    key: str | None = None  # record key; None: sent on every run
+    alert: Alert | None = None
+    notified: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # channel -> safe reason
+    previously: list[str] = field(default_factory=list)  # channels that got it on an earlier run
+    would_notify: list[str] = field(default_factory=list)  # --dry-run: who would get it now
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "kind": self.kind,
+            "message": self.message,
+            "threshold": self.threshold,
+            "recordKey": self.key,
+            "notified": self.notified,
+            "failed": self.failed,
+            "previouslyNotified": self.previously,
+            "wouldNotify": self.would_notify,
+        }
+
+
+@dataclass
+class Report:
+    secret: SecretInfo | None
+    checked_at: datetime
+    days_left: int | None
+    findings: list[Finding]
+    dry_run: bool = False
+    store_error: str | None = None
+
+    @property
+    def state(self) -> State:
+        worst: State = "ok"
+        for f in self.findings:
+            if _RANK[f.state] > _RANK[worst]:
+                worst = f.state
+        return worst
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.state]
+
+    def to_json(self) -> dict[str, Any]:
+        s = self.secret
+        return {
+            "state": self.state,
+            "checkedAt": iso(self.checked_at),
+            "secretName": s.name if s else None,
+            "secretVersion": s.version if s else None,
+            "enabled": s.enabled if s else None,
+            "expiresOn": iso(s.expires_on) if s and s.expires_on else None,
+            "daysLeft": self.days_left,
+            "dryRun": self.dry_run,
+            "recordStoreError": self.store_error,
+            "findings": [f.to_json() for f in self.findings],
+        }
+
+
+def iso(value: datetime | None) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else ""
+
+
+def day(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def safe_reason(e: BaseException) -> str:
+    """A one-line reason without URLs (a webhook's signature, a SAS) or anything after them."""
+    if isinstance(e, (ChannelError, ExpiryReadError)):
+        return str(e)
+    message = getattr(e, "message", None) or str(e)
+    first = (message or "").strip().splitlines()[0] if (message or "").strip() else ""
+    if "://" in first or "?" in first or not first:
+        return type(e).__name__
+    return f"{type(e).__name__}: {first[:200]}"
+
+
+def log_fields(secret: SecretInfo, left: int | None, threshold: int | None, state: str, kind: str) -> dict[str, Any]:
+    # The fields infra's alert rule and dashboards read; the secret's name and version are not secret.
+    return {
+        "event": "secret.expiry",  # EVENT, spelt out: infra's wiring test looks for this very text
+        "secretName": secret.name,
+        "secretVersion": secret.version,
+        "daysLeft": left,
+        "threshold": threshold,
+        "state": state,
+        "kind": kind,
+        "expiresOn": iso(secret.expires_on) if secret.expires_on else None,
+    }
+
+
+def renewal_steps(secret: SecretInfo, client_id: str) -> tuple[str, ...]:
+    vault = vault_name(secret.vault_uri)
+    return (
+        f"Create a new client secret in the app registration {client_id} (Entra admin center > App "
+        "registrations > Certificates & secrets > New client secret, or "
+        f"`az ad app credential reset --id {client_id} --append --years 1`). Copy its Value, not its Secret ID.",
+        f"Store it as a new version of the Key Vault secret '{secret.name}', with exp set to the new secret's "
+        f"end date: `az keyvault secret set --vault-name {vault} --name {secret.name} --file <file holding "
+        "the value> --expires <end date, UTC>` (a file keeps the value out of the shell history).",
+        "Nothing to restart: the relay re-reads Key Vault when Entra rejects the secret it holds, and this "
+        "check watches the new version from its next run (`mailrelay expiry check` shows it at once). "
+        "Delete the old client secret from the app registration once mail flows with the new one.",
+    )
+
+
+def vault_name(vault_uri: str) -> str:
+    from urllib.parse import urlsplit
+
+    host = urlsplit(vault_uri).hostname or "<vault>"
+    return host.split(".")[0] if host.endswith(".vault.azure.net") else "<vault>"
