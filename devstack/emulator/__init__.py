@@ -1,0 +1,51 @@
+"""Local emulator of Microsoft Entra ID, Microsoft Graph (sendMail) and Azure Key Vault (secrets).
+
+One HTTPS server on loopback plays all three services well enough that the real Microsoft SDKs
+(MSAL, azure-identity's ManagedIdentityCredential, azure-keyvault-secrets) work against it
+unchanged, errors included. The error bodies copy the shapes the real services answer with;
+the module's docstrings and the project's report say where each shape was confirmed.
+
+This is local-only tooling (the ``devstack`` folder is never deployed). It logs request paths and
+status codes only: never a secret value, a client secret or a token.
+
+Python use::
+
+    emu = Emulator()            # host 127.0.0.1, a free port
+    emu.start()
+    emu.add_app(tenant, client_id, "s3cret")
+    emu.add_mailbox("relay@contoso.com")
+    ...
+    emu.stop()
+
+Process use: ``python -m devstack.emulator --port 0 [--seed seed.json] [--ready-file PATH]`` prints (and
+writes) ``{"url", "caCertPath", "identityHeader", "msiEndpoint"}`` once ready, and serves until SIGTERM or
+SIGINT. The seed file has the lists ``apps``, ``mailboxes``, ``secrets`` (and ``faults``), entries shaped as
+the admin API's bodies below.
+
+Admin API (no auth, JSON in and out), under ``{url}/_emulator/``:
+
+- ``GET outbox``, ``GET stats``; ``POST reset``, ``POST expire-tokens``
+- ``POST apps`` ``{"tenantId", "clientId", "secret", "roles"?: [...], "secretExpired"?: bool,
+  "secretEnd"?: iso}``
+- ``POST app-secret`` ``{"clientId", "secret", "expired"?: bool, "secretEnd"?: iso}``
+- ``POST app-credentials`` ``{"clientId", "endDateTime": iso, "displayName"?}`` -> ``{"keyId"}`` (listed only)
+- ``POST mailboxes`` ``{"address", "inExchangeScope"?: bool, "restEnabled"?: bool}``
+- ``POST scope`` ``{"address", "inScope": bool}``
+- ``POST secrets`` ``{"name", "value", "expiresOn"?: iso | null, "enabled"?: bool}`` -> ``{"version"}``
+- ``POST secret-properties`` ``{"name", "version"?, "expiresOn"?: iso | null, "enabled"?: bool}`` (update a
+  version's attributes, the current one by default, as ``az keyvault secret set-attributes`` does)
+- ``POST faults`` ``{"service", "status"?: int | null, "retryAfter"?, "count"?, "delay"?, "code"?,
+  "message"?}``
+
+Emulated endpoints: ``GET /{tenant}/v2.0/.well-known/openid-configuration``, ``GET
+/{tenant}/discovery/v2.0/keys``, ``POST /{tenant}/oauth2/v2.0/token`` (client credentials), ``GET
+/msi/token`` (App Service managed identity, api-version 2019-08-01), ``GET /secrets/{name}[/{version}]``
+and ``GET /secrets/{name}/versions`` (Key Vault; the vault URL is the emulator's URL), ``POST
+/v1.0/users/{id or upn}/sendMail`` and ``GET /v1.0/applications(appId='{id}')[?$select=...]`` (Graph; the
+latter needs the application role Application.Read.All, as the real one does app-only).
+"""
+
+from devstack.emulator.common import SERVICES, EmulatorError
+from devstack.emulator.server import Emulator
+
+__all__ = ["SERVICES", "Emulator", "EmulatorError"]

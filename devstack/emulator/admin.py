@@ -1,0 +1,116 @@
+"""The admin and inspection API under /_emulator/, seeds, and the state readers (outbox, stats)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+# A fixed name: under `python -m` __name__ would be "__main__".
+from devstack.emulator.common import SERVICES, _json_object, _json_response, _Request, _required_str, _Response
+
+logger = logging.getLogger("devstack.emulator")
+
+
+class AdminAPI:
+    """The admin and inspection API under /_emulator/, seeds, and the state readers (outbox, stats)..
+
+    A part of `Emulator`, whose `__init__` holds the state.
+    """
+
+    _lock: threading.RLock
+
+    def expire_tokens(self) -> None:
+        """Make every token issued so far count as expired (Graph and Key Vault answer 401)."""
+        with self._lock:
+            self._expired_token_ids |= self._issued_token_ids
+
+    @property
+    def outbox(self) -> list[dict[str, Any]]:
+        """Accepted messages: ``{"sender": address, "message": the posted JSON body, "receivedAt": iso}``."""
+        with self._lock:
+            return copy.deepcopy(self._outbox)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Calls per endpoint (keys: :data:`SERVICES`).
+
+        Every request counts, except for Key Vault, which counts requests that passed authentication:
+        the SDK's unauthenticated challenge probe and its CAE retry are left out (see :meth:`_keyvault`).
+        """
+        with self._lock:
+            return dict(self._stats)
+
+    def reset(self) -> None:
+        """Clear apps, mailboxes, secrets, faults, outbox and stats. Issued tokens stay valid."""
+        with self._lock:
+            self._apps.clear()
+            self._mailboxes.clear()
+            self._secrets.clear()
+            self._faults.clear()
+            self._outbox.clear()
+            self._stats = dict.fromkeys(SERVICES, 0)
+
+    def load_seed(self, seed: Mapping[str, Any]) -> None:
+        """Apply a seed document: ``{"apps": [...], "mailboxes": [...], "secrets": [...], "faults": [...]}``.
+
+        Entries use the admin API's camelCase fields (see the module docstring).
+        """
+        unknown = set(seed) - {"apps", "mailboxes", "secrets", "faults"}
+        if unknown:
+            raise ValueError(f"unknown seed keys: {', '.join(sorted(unknown))}")
+        for entry in seed.get("apps", []):
+            self._apply_app(entry)
+        for entry in seed.get("mailboxes", []):
+            self._apply_mailbox(entry)
+        for entry in seed.get("secrets", []):
+            self._apply_secret(entry)
+        for entry in seed.get("faults", []):
+            self._apply_fault(entry)
+
+    # ------------------------------------------------------------------ JSON (admin / seed) parsing
+
+    def _admin(self, request: _Request, parts: list[str]) -> _Response:
+        route = (request.method, "/".join(parts))
+        try:
+            if route == ("GET", "outbox"):
+                return _json_response(200, self.outbox)
+            if route == ("GET", "stats"):
+                return _json_response(200, self.stats)
+            if request.method != "POST":
+                return _json_response(404, {"error": f"no admin endpoint {request.method} /_emulator/{route[1]}"})
+            payload = json.loads(request.body or b"{}")
+            if route[1] == "reset":
+                self.reset()
+            elif route[1] == "expire-tokens":
+                self.expire_tokens()
+            elif route[1] == "apps":
+                self._apply_app(_json_object(payload))
+            elif route[1] == "app-secret":
+                self._apply_app_secret(_json_object(payload))
+            elif route[1] == "app-credentials":
+                return _json_response(200, {"keyId": self._apply_app_credential(_json_object(payload))})
+            elif route[1] == "secret-properties":
+                return _json_response(200, {"version": self._apply_secret_properties(_json_object(payload))})
+            elif route[1] == "mailboxes":
+                self._apply_mailbox(_json_object(payload))
+            elif route[1] == "scope":
+                body = _json_object(payload)
+                if not isinstance(body.get("inScope"), bool):
+                    raise ValueError("inScope is required and must be true or false")
+                self.set_exchange_scope(_required_str(body, "address"), body["inScope"])
+            elif route[1] == "secrets":
+                return _json_response(200, {"version": self._apply_secret(_json_object(payload))})
+            elif route[1] == "faults":
+                self._apply_fault(_json_object(payload))
+            else:
+                return _json_response(404, {"error": f"no admin endpoint POST /_emulator/{route[1]}"})
+        except (ValueError, TypeError, KeyError) as exc:
+            # json.JSONDecodeError is a ValueError. Messages name fields, never secret values.
+            return _json_response(400, {"error": str(exc)})
+        return _json_response(200, {"ok": True})
+
+    # ------------------------------------------------------------------ Entra ID

@@ -1,0 +1,430 @@
+"""Entra ID: app registrations and their secrets, the token endpoint (client credentials), OIDC
+configuration and JWKS, and Entra's error shapes; token issuing and checking for every service."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+from urllib.parse import parse_qs
+
+import jwt
+from jwt.algorithms import RSAAlgorithm
+
+# A fixed name: under `python -m` __name__ would be "__main__".
+from devstack.emulator.common import (
+    _KNOWN_RESOURCES,
+    DEFAULT_TENANT_ID,
+    GRAPH_RESOURCE,
+    _App,
+    _basic_credentials,
+    _Fault,
+    _json_response,
+    _optional_bool,
+    _optional_datetime,
+    _password_credential,
+    _Request,
+    _required_str,
+    _Response,
+    _retry_after_headers,
+    _utcnow,
+)
+
+logger = logging.getLogger("devstack.emulator")
+
+TOKEN_LIFETIME_SECONDS = 3599
+
+
+class EntraID:
+    """Entra ID: app registrations and their secrets, the token endpoint (client credentials), OIDC.
+
+    A part of `Emulator`, whose `__init__` holds the state.
+    """
+
+    _lock: threading.RLock
+
+    def add_app(
+        self,
+        tenant_id: str,
+        client_id: str,
+        secret: str,
+        roles: Sequence[str] = ("Mail.Send",),
+        secret_expired: bool = False,
+        secret_end: datetime | None = None,
+    ) -> None:
+        """Register an app in a tenant, with its one valid client secret and its application roles.
+
+        ``secret_end`` is the secret's endDateTime in Entra (default: two years from now, as addPassword);
+        once it has passed, Entra refuses the secret with AADSTS7000222, as ``secret_expired`` does.
+        """
+        if isinstance(roles, str):
+            raise TypeError("roles must be a sequence of role names, not a string")
+        app = _App(tenant_id, client_id, secret, tuple(roles), bool(secret_expired))
+        app.credentials = [_password_credential(secret, secret_end)]
+        with self._lock:
+            self._apps[(tenant_id.lower(), client_id.lower())] = app
+
+    def set_app_secret(
+        self, client_id: str, secret: str, expired: bool = False, secret_end: datetime | None = None
+    ) -> None:
+        """Rotate the app's secret in Entra: the old one stops working at once (and is no longer listed)."""
+        with self._lock:
+            apps = [app for app in self._apps.values() if app.client_id.lower() == client_id.lower()]
+            if not apps:
+                raise KeyError(f"no app with client id {client_id!r}")
+            for app in apps:
+                app.secret = secret
+                app.secret_expired = bool(expired)
+                app.credentials[:1] = [_password_credential(secret, secret_end)]
+
+    def add_password_credential(self, client_id: str, end: datetime, display_name: str | None = None) -> str:
+        """List a further client secret in the app registration (an old one not yet deleted, say).
+
+        Graph lists it in passwordCredentials; tokens are still issued for the app's current secret only.
+        Returns its keyId.
+        """
+        credential = _password_credential(None, end, display_name)
+        with self._lock:
+            apps = [app for app in self._apps.values() if app.client_id.lower() == client_id.lower()]
+            if not apps:
+                raise KeyError(f"no app with client id {client_id!r}")
+            for app in apps:
+                app.credentials.append(copy.copy(credential))
+        return credential.key_id
+
+    def _apply_app(self, entry: Mapping[str, Any]) -> None:
+        roles = entry.get("roles", ["Mail.Send"])
+        if not isinstance(roles, list) or not all(isinstance(role, str) for role in roles):
+            raise ValueError("roles must be a list of strings")
+        self.add_app(
+            _required_str(entry, "tenantId"),
+            _required_str(entry, "clientId"),
+            _required_str(entry, "secret"),
+            roles=tuple(roles),
+            secret_expired=_optional_bool(entry, "secretExpired", False),
+            secret_end=_optional_datetime(entry, "secretEnd"),
+        )
+
+    def _apply_app_secret(self, entry: Mapping[str, Any]) -> None:
+        self.set_app_secret(
+            _required_str(entry, "clientId"),
+            _required_str(entry, "secret"),
+            _optional_bool(entry, "expired", False),
+            _optional_datetime(entry, "secretEnd"),
+        )
+
+    def _apply_app_credential(self, entry: Mapping[str, Any]) -> str:
+        end = _optional_datetime(entry, "endDateTime")
+        if end is None:
+            raise ValueError("endDateTime is required")
+        display_name = entry.get("displayName")
+        return self.add_password_credential(
+            _required_str(entry, "clientId"), end, display_name if isinstance(display_name, str) else None
+        )
+
+    def _issue_token(self, audience: str, tenant_id: str, app_id: str, roles: Sequence[str]) -> tuple[str, int]:
+        """An RS256 access token shaped like Entra's v1 app-only tokens. Returns (token, exp)."""
+        now = int(time.time())
+        expires = now + TOKEN_LIFETIME_SECONDS
+        token_id = uuid.uuid4().hex
+        claims: dict[str, Any] = {
+            "aud": audience,
+            "iss": f"https://sts.windows.net/{tenant_id}/",
+            "iat": now,
+            "nbf": now,
+            "exp": expires,
+            "appid": app_id,
+            "appidacr": "1",
+            "idp": f"https://sts.windows.net/{tenant_id}/",
+            "idtyp": "app",
+            "oid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"sp:{tenant_id}:{app_id}".lower())),
+            "sub": str(uuid.uuid5(uuid.NAMESPACE_URL, f"sp:{tenant_id}:{app_id}".lower())),
+            "tid": tenant_id,
+            "uti": token_id,
+            "ver": "1.0",
+        }
+        if roles:
+            claims["roles"] = list(roles)
+        token = jwt.encode(
+            claims, self._signing_key, algorithm="RS256", headers={"kid": self._key_id, "x5t": self._key_id}
+        )
+        with self._lock:
+            self._issued_token_ids.add(token_id)
+        return token, expires
+
+    def _check_token(self, token: str) -> tuple[str, dict[str, Any]]:
+        """Validate signature and lifetime.
+
+        Returns (outcome, claims); outcome is one of ok, malformed, invalid, expired, revoked.
+
+        "revoked" is a token that expire_tokens() cut short while its own exp is still ahead.
+        """
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token, self._public_key, algorithms=["RS256"], options={"verify_aud": False}
+            )
+        except jwt.ExpiredSignatureError:
+            return "expired", {}
+        except jwt.InvalidSignatureError:
+            return "invalid", {}
+        except jwt.DecodeError:
+            return "malformed", {}
+        except jwt.InvalidTokenError:
+            return "invalid", {}
+        with self._lock:
+            if claims.get("uti") in self._expired_token_ids:
+                return "revoked", claims
+        return "ok", claims
+
+    # ------------------------------------------------------------------ dispatch
+
+    def _known_tenant(self, tenant: str) -> bool:
+        with self._lock:
+            return tenant.lower() == DEFAULT_TENANT_ID or any(t == tenant.lower() for t, _ in self._apps)
+
+    def _entra_error(
+        self,
+        request: _Request,
+        status: int,
+        error: str,
+        code: int,
+        description: str,
+        headers: Iterable[tuple[str, str]] = (),
+    ) -> _Response:
+        """Entra's OAuth error JSON: error, "AADSTSnnn: ..." description, error_codes, timestamp, ids."""
+        now = _utcnow()
+        stamp = now.strftime("%Y-%m-%d %H:%M:%SZ")
+        trace_id = str(uuid.uuid4())
+        # Entra echoes the client's correlation id (MSAL sends client-request-id).
+        correlation_id = request.header("client-request-id") or str(uuid.uuid4())
+        payload = {
+            "error": error,
+            "error_description": f"AADSTS{code}: {description}\r\nTrace ID: {trace_id}\r\n"
+            f"Correlation ID: {correlation_id}\r\nTimestamp: {stamp}",
+            "error_codes": [code],
+            "timestamp": stamp,
+            "trace_id": trace_id,
+            "correlation_id": correlation_id,
+            "error_uri": f"https://login.microsoftonline.com/error?code={code}",
+        }
+        return _json_response(status, payload, [("client-request-id", correlation_id), *headers])
+
+    def _entra_fault(self, request: _Request, fault: _Fault) -> _Response:
+        assert fault.status is not None
+        return self._entra_error(
+            request,
+            fault.status,
+            fault.code or "temporarily_unavailable",
+            90033,
+            fault.message or "A transient error has occurred. Please try again.",
+            _retry_after_headers(fault.retry_after),
+        )
+
+    def _tenant_not_found(self, request: _Request, tenant: str) -> _Response:
+        return self._entra_error(
+            request,
+            400,
+            "invalid_tenant",
+            90002,
+            f"Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing "
+            "into the correct cloud. Check with your subscription administrator, this may happen if there "
+            "are no active subscriptions for the tenant.",
+        )
+
+    def _openid_configuration(self, request: _Request, tenant: str) -> _Response:
+        fault = self._next_fault("entra.openid")
+        if fault is not None:
+            return self._entra_fault(request, fault)
+        if not self._known_tenant(tenant):
+            return self._tenant_not_found(request, tenant)
+        base = f"{self.url}/{tenant}"
+        config = {
+            "token_endpoint": f"{base}/oauth2/v2.0/token",
+            "token_endpoint_auth_methods_supported": [
+                "client_secret_post",
+                "private_key_jwt",
+                "client_secret_basic",
+            ],
+            "jwks_uri": f"{base}/discovery/v2.0/keys",
+            "response_modes_supported": ["query", "fragment", "form_post"],
+            "subject_types_supported": ["pairwise"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+            "scopes_supported": ["openid", "profile", "email", "offline_access"],
+            "issuer": f"{base}/v2.0",
+            "request_uri_parameter_supported": False,
+            "userinfo_endpoint": "https://graph.microsoft.com/oidc/userinfo",
+            "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+            "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode",
+            "http_logout_supported": True,
+            "frontchannel_logout_supported": True,
+            "end_session_endpoint": f"{base}/oauth2/v2.0/logout",
+            "claims_supported": [
+                "sub",
+                "iss",
+                "aud",
+                "exp",
+                "iat",
+                "auth_time",
+                "acr",
+                "nonce",
+                "tid",
+                "ver",
+                "oid",
+                "roles",
+            ],
+            "tenant_region_scope": "EU",
+            "cloud_instance_name": "microsoftonline.com",
+            "cloud_graph_host_name": "graph.windows.net",
+            "msgraph_host": "graph.microsoft.com",
+            "rbac_url": "https://pas.windows.net",
+        }
+        return _json_response(200, config)
+
+    def _jwks(self, request: _Request, tenant: str) -> _Response:
+        if not self._known_tenant(tenant):
+            return self._tenant_not_found(request, tenant)
+        jwk = json.loads(RSAAlgorithm.to_jwk(self._public_key))
+        jwk.update({"kid": self._key_id, "x5t": self._key_id, "use": "sig", "issuer": f"{self.url}/{tenant}/v2.0"})
+        return _json_response(200, {"keys": [jwk]})
+
+    def _token(self, request: _Request, tenant: str) -> _Response:
+        """Client credentials grant, with Entra's status codes and AADSTS errors."""
+        if request.method != "POST":
+            return self._entra_error(
+                request,
+                405,
+                "invalid_request",
+                900561,
+                f"The endpoint only accepts POST, OPTIONS requests. Received a {request.method} request.",
+            )
+        fault = self._next_fault("entra.token")
+        if fault is not None:
+            return self._entra_fault(request, fault)
+        if not self._known_tenant(tenant):
+            return self._tenant_not_found(request, tenant)
+        form = {key: values[0] for key, values in parse_qs(request.body.decode("utf-8", "replace")).items()}
+        basic_id, basic_secret = _basic_credentials(request)
+        client_id = form.get("client_id") or basic_id
+        client_secret = form.get("client_secret") or basic_secret
+        grant_type = form.get("grant_type")
+        scope = form.get("scope")
+
+        for name, value in (("grant_type", grant_type), ("client_id", client_id), ("scope", scope)):
+            if not value:
+                return self._entra_error(
+                    request,
+                    400,
+                    "invalid_request",
+                    900144,
+                    f"The request body must contain the following parameter: '{name}'.",
+                )
+        assert grant_type is not None and client_id is not None and scope is not None
+        if grant_type != "client_credentials":
+            return self._entra_error(
+                request,
+                400,
+                "unsupported_grant_type",
+                70003,
+                f"The app requested an unsupported grant type '{grant_type}'. The emulator supports "
+                "client_credentials only.",
+            )
+        scopes = scope.split()
+        not_default = [s for s in scopes if not s.endswith("/.default")]
+        if not_default:
+            # Today's Entra answers client-credential scopes without /.default with AADSTS1002012.
+            return self._entra_error(
+                request,
+                400,
+                "invalid_scope",
+                1002012,
+                f"The provided value for scope {not_default[0]} is not valid. Client credential flows must "
+                "have a scope value with /.default suffixed to the resource identifier (application ID URI).",
+            )
+        resources = {s[: -len("/.default")] for s in scopes}
+        if len(resources) != 1 or not next(iter(resources)):
+            return self._entra_error(
+                request,
+                400,
+                "invalid_scope",
+                70011,
+                "The provided request must include a 'scope' input parameter. The provided value for the "
+                f"input parameter 'scope' is not valid. The scope {scope} is not valid. The scope format is "
+                "invalid. Scope must be in a valid URI form <https://example/scope> or a valid Guid "
+                "<guid/scope>.",
+            )
+        resource = next(iter(resources))
+
+        with self._lock:
+            app = self._apps.get((tenant.lower(), client_id.lower()))
+            app = copy.copy(app) if app is not None else None
+        if app is None:
+            return self._entra_error(
+                request,
+                400,
+                "unauthorized_client",
+                700016,
+                f"Application with identifier '{client_id}' was not found in the directory '{tenant}'. This "
+                "can happen if the application has not been installed by the administrator of the tenant or "
+                "consented to by any user in the tenant. You may have sent your authentication request to "
+                "the wrong tenant.",
+            )
+        if not client_secret:
+            return self._entra_error(
+                request,
+                401,
+                "invalid_client",
+                7000216,
+                "'client_assertion', 'client_secret' or 'request' is required for the 'client_credentials' grant type.",
+            )
+        if client_secret != app.secret:
+            return self._entra_error(
+                request,
+                401,
+                "invalid_client",
+                7000215,
+                "Invalid client secret provided. Ensure the secret being sent in the request is the client "
+                f"secret value, not the client secret ID, for a secret added to app '{app.client_id}'.",
+            )
+        if app.secret_expired or (app.secret_end is not None and app.secret_end <= _utcnow()):
+            return self._entra_error(
+                request,
+                401,
+                "invalid_client",
+                7000222,
+                f"The provided client secret keys for app '{app.client_id}' are expired. Visit the Azure "
+                "portal to create new keys for your app: https://aka.ms/NewClientSecret, or consider using "
+                "certificate credentials for added security: https://aka.ms/certCreds.",
+            )
+        audience = _KNOWN_RESOURCES.get(resource)
+        if audience is None:
+            return self._entra_error(
+                request,
+                400,
+                "invalid_resource",
+                500011,
+                f"The resource principal named {resource} was not found in the tenant named {tenant}. This "
+                "can happen if the application has not been installed by the administrator of the tenant or "
+                "consented to by any user in the tenant. You might have sent your authentication request to "
+                "the wrong tenant.",
+            )
+        # Only Graph reads app roles here; Key Vault authorizes by its own access policies / RBAC.
+        roles = app.roles if audience == GRAPH_RESOURCE else ()
+        token, _ = self._issue_token(audience, app.tenant_id, app.client_id, roles)
+        return _json_response(
+            200,
+            {
+                "token_type": "Bearer",
+                "expires_in": TOKEN_LIFETIME_SECONDS,
+                "ext_expires_in": TOKEN_LIFETIME_SECONDS,
+                "access_token": token,
+            },
+        )
+
+    # ------------------------------------------------------------------ managed identity (App Service)

@@ -1,0 +1,77 @@
+"""Fault injection: queued errors and delays per service, taken in order."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+# A fixed name: under `python -m` __name__ would be "__main__".
+from devstack.emulator.common import SERVICES, _Fault
+
+logger = logging.getLogger("devstack.emulator")
+
+
+class Faults:
+    """Fault injection: queued errors and delays per service, taken in order..
+
+    A part of `Emulator`, whose `__init__` holds the state.
+    """
+
+    _lock: threading.RLock
+
+    def add_fault(
+        self,
+        service: str = "graph.sendMail",
+        status: int | None = 429,
+        retry_after: float | None = 2,
+        count: int = 1,
+        delay: float = 0.0,
+        code: str | None = None,
+        message: str | None = None,
+    ) -> None:
+        """Answer the next ``count`` calls to ``service`` with ``status``.
+
+        ``delay`` > 0 sleeps before answering (to provoke client timeouts). ``status=None`` only
+        delays, then the call is served normally. ``code``/``message`` override the error body's
+        defaults. Faults apply after authentication, as a real service throttles an
+        authenticated caller; queued faults for one service are used in order.
+        """
+        if service not in SERVICES:
+            raise ValueError(f"unknown service {service!r}; expected one of {', '.join(SERVICES)}")
+        if count < 1:
+            raise ValueError("count must be at least 1")
+        if status is not None and not 400 <= status <= 599:
+            raise ValueError("status must be an HTTP error status (400-599) or None")
+        fault = _Fault(service, status, retry_after, int(count), float(delay), code, message)
+        with self._lock:
+            self._faults.append(fault)
+
+    def _apply_fault(self, entry: Mapping[str, Any]) -> None:
+        self.add_fault(
+            service=str(entry.get("service", "graph.sendMail")),
+            status=entry.get("status", 429),
+            retry_after=entry.get("retryAfter", 2),
+            count=int(entry.get("count", 1)),
+            delay=float(entry.get("delay", 0.0)),
+            code=entry.get("code"),
+            message=entry.get("message"),
+        )
+
+    # ------------------------------------------------------------------ tokens
+
+    def _next_fault(self, service: str) -> _Fault | None:
+        """Take the next queued fault for ``service``, sleeping its delay. None: serve normally."""
+        with self._lock:
+            fault = next((f for f in self._faults if f.service == service), None)
+            if fault is None:
+                return None
+            fault.remaining -= 1
+            if fault.remaining <= 0:
+                self._faults.remove(fault)
+            taken = copy.copy(fault)
+        if taken.delay > 0:
+            self._stopping.wait(taken.delay)
+        return taken if taken.status is not None else None

@@ -1,0 +1,521 @@
+"""Microsoft Graph: sendMail with its documented checks and errors, mailboxes, and the applications
+endpoint the expiry check reads."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import json
+import logging
+import re
+import threading
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+# A fixed name: under `python -m` __name__ would be "__main__".
+from devstack.emulator.common import (
+    _DEFAULT_FAULT_ERRORS,
+    GRAPH_APP_ID,
+    GRAPH_RESOURCE,
+    _bearer,
+    _graph_datetime,
+    _json_response,
+    _Mailbox,
+    _optional_bool,
+    _Request,
+    _required_str,
+    _Response,
+    _retry_after_headers,
+    _utcnow,
+)
+
+logger = logging.getLogger("devstack.emulator")
+
+# Graph refuses request bodies over 4 MB (sendMail included); larger content needs an upload session.
+GRAPH_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+
+_GRAPH_AUDIENCES = frozenset({GRAPH_RESOURCE, GRAPH_RESOURCE + "/", GRAPH_APP_ID})
+
+# Deliberately loose: Exchange resolves anything shaped local@domain; it refuses what it cannot parse.
+_SMTP_ADDRESS = re.compile(r"^[^@\s<>()\[\],;:\"]+@[^@\s<>()\[\],;:\"]+$")
+
+# Writable and read-only properties of Graph's microsoft.graph.message resource (v1.0). Graph's OData
+# reader refuses any other property name with RequestBodyRead.
+_MESSAGE_PROPERTIES = frozenset(
+    {
+        "@odata.type",
+        "id",
+        "createdDateTime",
+        "lastModifiedDateTime",
+        "changeKey",
+        "categories",
+        "receivedDateTime",
+        "sentDateTime",
+        "hasAttachments",
+        "internetMessageId",
+        "internetMessageHeaders",
+        "subject",
+        "body",
+        "bodyPreview",
+        "importance",
+        "parentFolderId",
+        "sender",
+        "from",
+        "toRecipients",
+        "ccRecipients",
+        "bccRecipients",
+        "replyTo",
+        "conversationId",
+        "conversationIndex",
+        "uniqueBody",
+        "isDeliveryReceiptRequested",
+        "isReadReceiptRequested",
+        "isRead",
+        "isDraft",
+        "webLink",
+        "inferenceClassification",
+        "flag",
+        "attachments",
+        "extensions",
+        "singleValueExtendedProperties",
+        "multiValueExtendedProperties",
+    }
+)
+
+_FILE_ATTACHMENT_PROPERTIES = frozenset(
+    {
+        "@odata.type",
+        "id",
+        "name",
+        "contentType",
+        "size",
+        "isInline",
+        "lastModifiedDateTime",
+        "contentBytes",
+        "contentId",
+        "contentLocation",
+    }
+)
+
+_FILE_ATTACHMENT_TYPE = "#microsoft.graph.fileattachment"
+
+_RECIPIENT_LISTS = ("toRecipients", "ccRecipients", "bccRecipients", "replyTo")
+
+
+class GraphMail:
+    """Microsoft Graph: sendMail with its documented checks and errors, mailboxes, and the applications.
+
+    A part of `Emulator`, whose `__init__` holds the state.
+    """
+
+    _lock: threading.RLock
+
+    def add_mailbox(self, address: str, in_exchange_scope: bool = True, rest_enabled: bool = True) -> None:
+        """Create a mailbox. Graph answers 404 for addresses never added."""
+        if not _SMTP_ADDRESS.match(address):
+            raise ValueError(f"not a mailbox address: {address!r}")
+        # A stable object id, so /users/{id}/sendMail works as well as /users/{upn}/sendMail.
+        object_id = str(uuid.uuid5(uuid.NAMESPACE_URL, "mailbox:" + address.lower()))
+        with self._lock:
+            self._mailboxes[address.lower()] = _Mailbox(address, object_id, bool(in_exchange_scope), bool(rest_enabled))
+
+    def mailbox_id(self, address: str) -> str:
+        """The mailbox's object id, for /users/{id}/sendMail (Graph takes the id or the UPN)."""
+        with self._lock:
+            mailbox = self._mailboxes.get(address.lower())
+            if mailbox is None:
+                raise KeyError(f"no mailbox {address!r}")
+            return mailbox.object_id
+
+    def set_exchange_scope(self, address: str, in_scope: bool) -> None:
+        """Put the mailbox inside or outside the app's Exchange scope (access policy / RBAC)."""
+        with self._lock:
+            mailbox = self._mailboxes.get(address.lower())
+            if mailbox is None:
+                raise KeyError(f"no mailbox {address!r}")
+            mailbox.in_exchange_scope = bool(in_scope)
+
+    def _apply_mailbox(self, entry: Mapping[str, Any]) -> None:
+        self.add_mailbox(
+            _required_str(entry, "address"),
+            in_exchange_scope=_optional_bool(entry, "inExchangeScope", True),
+            rest_enabled=_optional_bool(entry, "restEnabled", True),
+        )
+
+    def _graph_error(
+        self, ids: _GraphIds, status: int, code: str, message: str, headers: Iterable[tuple[str, str]] = ()
+    ) -> _Response:
+        """Graph's error envelope, with innerError date and request ids."""
+        payload = {
+            "error": {
+                "code": code,
+                "message": message,
+                "innerError": {
+                    "date": _utcnow().strftime("%Y-%m-%dT%H:%M:%S"),
+                    "request-id": ids.request_id,
+                    "client-request-id": ids.client_request_id,
+                },
+            }
+        }
+        return _json_response(status, payload, [*ids.headers(), *headers])
+
+    def _graph_unauthorized(self, ids: _GraphIds, message: str) -> _Response:
+        challenge = (
+            "WWW-Authenticate",
+            'Bearer realm="", authorization_uri='
+            f'"https://login.microsoftonline.com/common/oauth2/authorize", client_id="{GRAPH_APP_ID}"',
+        )
+        return self._graph_error(ids, 401, "InvalidAuthenticationToken", message, [challenge])
+
+    def _graph_send_mail(self, request: _Request, user: str) -> _Response:
+        ids = _GraphIds.of(request)
+        if request.method != "POST":
+            return self._graph_error(
+                ids,
+                405,
+                "Request_BadRequest",
+                f"The HTTP method '{request.method}' is not allowed for sendMail.",
+            )
+        token = _bearer(request)
+        if not token:
+            return self._graph_unauthorized(ids, "Access token is empty.")
+        outcome, claims = self._check_token(token)
+        if outcome == "malformed":
+            return self._graph_unauthorized(ids, "CompactToken parsing failed with error code: 80049217")
+        if outcome in ("expired", "revoked"):
+            return self._graph_unauthorized(ids, "Lifetime validation failed, the token is expired.")
+        if outcome != "ok":
+            return self._graph_unauthorized(ids, "Access token validation failure.")
+        if claims.get("aud") not in _GRAPH_AUDIENCES:
+            return self._graph_unauthorized(ids, "Access token validation failure. Invalid audience.")
+        roles = claims.get("roles") or []
+        if "Mail.Send" not in roles:
+            return self._graph_error(
+                ids, 403, "ErrorAccessDenied", "Access is denied. Check credentials and try again."
+            )
+        with self._lock:
+            mailbox = self._mailboxes.get(user.lower()) or next(
+                (m for m in self._mailboxes.values() if m.object_id == user.lower()), None
+            )
+            mailbox = copy.copy(mailbox) if mailbox is not None else None
+        if mailbox is None:
+            return self._graph_error(ids, 404, "ErrorInvalidUser", f"The requested user '{user}' is invalid.")
+        if not mailbox.in_exchange_scope:
+            # The "[RAOP]" wording is what tenants with an application access policy or RBAC for
+            # Applications report; Graph's own docs show the shorter "Access to OData is disabled.".
+            return self._graph_error(
+                ids,
+                403,
+                "ErrorAccessDenied",
+                "Access to OData is disabled: [RAOP] : Blocked by tenant configured AppOnly AccessPolicy settings.",
+            )
+        if not mailbox.rest_enabled:
+            return self._graph_error(ids, 403, "ErrorAccessDenied", "Access to OData is disabled.")
+        fault = self._next_fault("graph.sendMail")
+        if fault is not None:
+            assert fault.status is not None
+            code, message = _DEFAULT_FAULT_ERRORS.get(
+                fault.status,
+                (HTTPStatus(fault.status).phrase.replace(" ", ""), HTTPStatus(fault.status).phrase),
+            )
+            return self._graph_error(
+                ids,
+                fault.status,
+                fault.code or code,
+                fault.message or message,
+                _retry_after_headers(fault.retry_after),
+            )
+        problem, parsed = _validate_send_mail(request, mailbox)
+        if problem is not None:
+            status, code, message = problem
+            return self._graph_error(ids, status, code, message)
+        assert parsed is not None
+        with self._lock:
+            self._outbox.append({"sender": mailbox.address, "message": parsed, "receivedAt": _utcnow().isoformat()})
+        return _Response(202, b"", ids.headers())
+
+    def _graph_application(self, request: _Request, app_id: str) -> _Response:
+        """GET /v1.0/applications(appId='{id}'): the app registration, passwordCredentials included.
+
+        App-only, Graph wants Application.Read.All (or Application.ReadWrite.*/Directory.Read.All) in
+        the token's roles, and answers 403 Authorization_RequestDenied without it.
+        """
+        ids = _GraphIds.of(request)
+        if request.method != "GET":
+            return self._graph_error(
+                ids, 405, "Request_BadRequest", f"The HTTP method '{request.method}' is not allowed."
+            )
+        token = _bearer(request)
+        if not token:
+            return self._graph_unauthorized(ids, "Access token is empty.")
+        outcome, claims = self._check_token(token)
+        if outcome in ("expired", "revoked"):
+            return self._graph_unauthorized(ids, "Lifetime validation failed, the token is expired.")
+        if outcome != "ok" or claims.get("aud") not in _GRAPH_AUDIENCES:
+            return self._graph_unauthorized(ids, "Access token validation failure.")
+        readers = {"Application.Read.All", "Application.ReadWrite.All", "Directory.Read.All"}
+        if not readers & set(claims.get("roles") or []):
+            return self._graph_error(
+                ids, 403, "Authorization_RequestDenied", "Insufficient privileges to complete the operation."
+            )
+        fault = self._next_fault("graph.applications")
+        if fault is not None:
+            assert fault.status is not None
+            code, message = _DEFAULT_FAULT_ERRORS.get(
+                fault.status, (HTTPStatus(fault.status).phrase.replace(" ", ""), HTTPStatus(fault.status).phrase)
+            )
+            return self._graph_error(
+                ids, fault.status, fault.code or code, fault.message or message, _retry_after_headers(fault.retry_after)
+            )
+        with self._lock:
+            app = next((a for a in self._apps.values() if a.client_id.lower() == app_id.lower()), None)
+            app = copy.deepcopy(app) if app is not None else None
+        if app is None:
+            return self._graph_error(
+                ids,
+                404,
+                "Request_ResourceNotFound",
+                f"Resource '{app_id}' does not exist or one of its queried reference-property objects are not present.",
+            )
+        resource: dict[str, Any] = {
+            "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"app:{app.client_id}".lower())),
+            "appId": app.client_id,
+            "displayName": "Graph Mail Relay",
+            "passwordCredentials": [
+                {
+                    "customKeyIdentifier": None,
+                    "displayName": c.display_name,
+                    "endDateTime": _graph_datetime(c.end),
+                    "hint": c.hint,
+                    "keyId": c.key_id,
+                    "secretText": None,
+                    "startDateTime": _graph_datetime(c.start),
+                }
+                for c in app.credentials
+            ],
+        }
+        select = [f.strip() for f in (request.param("$select") or "").split(",") if f.strip()]
+        if select:
+            resource = {k: v for k, v in resource.items() if k in select}
+        context = f"https://graph.microsoft.com/v1.0/$metadata#applications({','.join(select)})/$entity"
+        return _json_response(200, {"@odata.context": context, **resource}, ids.headers())
+
+
+@dataclass
+class _GraphIds:
+    request_id: str
+    client_request_id: str
+
+    @classmethod
+    def of(cls, request: _Request) -> _GraphIds:
+        request_id = str(uuid.uuid4())
+        # Graph echoes the caller's client-request-id, or reuses its own request id.
+        return cls(request_id, request.header("client-request-id") or request_id)
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [("request-id", self.request_id), ("client-request-id", self.client_request_id)]
+
+
+_Problem = tuple[int, str, str]
+
+_UNREADABLE: _Problem = (
+    400,
+    "BadRequest",
+    "Unable to read JSON request payload. Please ensure Content-Type header is set and payload is of valid "
+    "JSON format.",
+)
+
+
+def _unreadable_value(where: str, expected: str) -> _Problem:
+    return 400, "RequestBodyRead", f"An unexpected value was found for {where}; {expected} was expected."
+
+
+def _unknown_property(name: str, type_name: str) -> _Problem:
+    message = (
+        f"The property '{name}' does not exist on type '{type_name}'. Make sure to only use property names "
+        "that are defined by the type or mark the type as open type."
+    )
+    return 400, "RequestBodyRead", message
+
+
+def _validate_send_mail(request: _Request, mailbox: _Mailbox) -> tuple[_Problem | None, dict[str, Any] | None]:
+    """Validate a sendMail body as Graph does: OData reading first, then Exchange's checks.
+
+    Returns (problem, None) or (None, the posted JSON body).
+    """
+    if len(request.body) > GRAPH_MAX_REQUEST_BYTES:
+        return (413, "BadRequest", "The maximum request length supported is 4MB."), None
+    content_type = (request.header("Content-Type") or "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        return _UNREADABLE, None
+    try:
+        payload = json.loads(request.body)
+    except ValueError:
+        return _UNREADABLE, None
+    if not isinstance(payload, dict):
+        return _UNREADABLE, None
+    for key in payload:
+        if key not in ("message", "saveToSentItems"):
+            message = (
+                f"The parameter '{key}' in the request payload is not a valid parameter for the operation 'sendMail'."
+            )
+            return (400, "RequestBodyRead", message), None
+    if payload.get("message") is None:
+        return (400, "ErrorInvalidParameter", "The value of the parameter 'Message' is empty."), None
+    if not isinstance(payload.get("saveToSentItems", True), bool):
+        message = (
+            "Cannot convert a primitive value to the expected type 'Edm.Boolean'. See the inner exception "
+            "for more details."
+        )
+        return (400, "RequestBodyRead", message), None
+    problem = _read_message(payload["message"]) or _exchange_checks(payload["message"], mailbox)
+    if problem is not None:
+        return problem, None
+    return None, payload
+
+
+def _read_message(message: Any) -> _Problem | None:
+    """OData deserialization of microsoft.graph.message: property names, types, enums, binary."""
+    if not isinstance(message, dict):
+        return _unreadable_value("the parameter 'Message'", "an object")
+    for key in message:
+        if key not in _MESSAGE_PROPERTIES:
+            return _unknown_property(key, "microsoft.graph.message")
+    body = message.get("body")
+    if body is not None:
+        if not isinstance(body, dict):
+            return _unreadable_value("the property 'body'", "an object")
+        content_type = body.get("contentType", "text")
+        if not isinstance(content_type, str) or content_type.lower() not in ("text", "html"):
+            return 400, "RequestBodyRead", f"Requested value '{content_type}' was not found."
+    importance = message.get("importance")
+    if importance is not None and (
+        not isinstance(importance, str) or importance.lower() not in ("low", "normal", "high")
+    ):
+        return 400, "RequestBodyRead", f"Requested value '{importance}' was not found."
+    for key in (*_RECIPIENT_LISTS, "from", "sender"):
+        problem = _read_recipients(key, message.get(key))
+        if problem is not None:
+            return problem
+    headers = message.get("internetMessageHeaders")
+    if headers is not None:
+        if not isinstance(headers, list) or not all(isinstance(h, dict) for h in headers):
+            return _unreadable_value("the property 'internetMessageHeaders'", "a collection of objects")
+        for header in headers:
+            for name in header:
+                if name not in ("name", "value"):
+                    return _unknown_property(name, "microsoft.graph.internetMessageHeader")
+    attachments = message.get("attachments")
+    if attachments is not None:
+        if not isinstance(attachments, list):
+            return _unreadable_value("the property 'attachments'", "a collection")
+        for attachment in attachments:
+            problem = _read_attachment(attachment)
+            if problem is not None:
+                return problem
+    return None
+
+
+def _read_recipients(key: str, value: Any) -> _Problem | None:
+    if value is None:
+        return None
+    single = key in ("from", "sender")
+    if not single and not isinstance(value, list):
+        return _unreadable_value(f"the property '{key}'", "a collection")
+    for item in [value] if single else value:
+        if not isinstance(item, dict):
+            return _unreadable_value(f"the property '{key}'", "an object of type 'microsoft.graph.recipient'")
+        for name in item:
+            if name != "emailAddress":
+                return _unknown_property(name, "microsoft.graph.recipient")
+        address = item.get("emailAddress")
+        if address is None:
+            continue
+        if not isinstance(address, dict):
+            return _unreadable_value("the property 'emailAddress'", "an object")
+        for name in address:
+            if name not in ("address", "name"):
+                return _unknown_property(name, "microsoft.graph.emailAddress")
+    return None
+
+
+def _read_attachment(attachment: Any) -> _Problem | None:
+    if not isinstance(attachment, dict):
+        return _unreadable_value("the property 'attachments'", "an object")
+    odata_type = attachment.get("@odata.type")
+    if odata_type is None:
+        # Without @odata.type Graph reads the abstract base type, which has no contentBytes.
+        base_properties = ("id", "name", "contentType", "size", "isInline", "lastModifiedDateTime")
+        extra = next((key for key in attachment if key not in base_properties), None)
+        if extra is not None:
+            return _unknown_property(extra, "microsoft.graph.attachment")
+        return 422, "UnprocessableType", "Cannot process input of abstract type 'microsoft.graph.attachment'"
+    if not isinstance(odata_type, str) or odata_type.lower().lstrip("#") != _FILE_ATTACHMENT_TYPE.lstrip("#"):
+        message = (
+            f'Invalid OData type specified: "{odata_type}". The emulator accepts #microsoft.graph.fileAttachment only.'
+        )
+        return 400, "RequestBodyRead", message
+    for key in attachment:
+        if key not in _FILE_ATTACHMENT_PROPERTIES:
+            return _unknown_property(key, "microsoft.graph.fileAttachment")
+    content = attachment.get("contentBytes")
+    if content is not None:
+        try:
+            if not isinstance(content, str):
+                raise ValueError("contentBytes is not a string")
+            base64.b64decode(content, validate=True)
+        except (ValueError, binascii.Error):
+            shown = content if isinstance(content, str) and len(content) <= 40 else str(content)[:40] + "..."
+            return (
+                400,
+                "RequestBodyRead",
+                f"Cannot convert the literal '{shown}' to the expected type 'Edm.Binary'.",
+            )
+    return None
+
+
+def _exchange_checks(message: dict[str, Any], mailbox: _Mailbox) -> _Problem | None:
+    """What Exchange refuses once the message is read: headers, attachments, recipients, send-as."""
+    headers = message.get("internetMessageHeaders") or []
+    if len(headers) > 5:
+        # Graph's answer as reported by SDK users (msgraph-sdk-dotnet#2208) and in production use.
+        message_text = "The number of internet message headers is invalid: it should be less or equal to 5."
+        return 400, "InvalidInternetMessageHeaderCollection", message_text
+    for header in headers:
+        name = header.get("name")
+        if not isinstance(name, str) or not name.lower().startswith("x-"):
+            message_text = f"The internet message header name '{name}' should start with 'x-' or 'X-'."
+            return 400, "InvalidInternetMessageHeader", message_text
+    for attachment in message.get("attachments") or []:
+        if not attachment.get("name") or attachment.get("contentBytes") is None:
+            return 400, "ErrorRequiredPropertyMissing", "Required property is missing."
+    count = 0
+    for key in _RECIPIENT_LISTS:
+        for recipient in message.get(key) or []:
+            address = (recipient.get("emailAddress") or {}).get("address")
+            if not isinstance(address, str) or not _SMTP_ADDRESS.match(address.strip()):
+                message_text = (
+                    f"At least one recipient is not valid., Recipient '{address or ''}' is not resolved. All "
+                    "recipients must be resolved before a message can be submitted."
+                )
+                return 400, "ErrorInvalidRecipients", message_text
+            if key != "replyTo":
+                count += 1
+    if count == 0:
+        message_text = (
+            "At least one recipient is not valid., A message can't be sent because it contains no recipients."
+        )
+        return 400, "ErrorInvalidRecipients", message_text
+    for key in ("from", "sender"):
+        address = ((message.get(key) or {}).get("emailAddress") or {}).get("address")
+        if address is not None and str(address).strip().lower() != mailbox.address.lower():
+            message_text = (
+                "The user account which was used to submit this request does not have the right to send mail "
+                "on behalf of the specified sending account., Cannot submit message."
+            )
+            return 403, "ErrorSendAsDenied", message_text
+    return None

@@ -1,0 +1,253 @@
+"""Azure Key Vault secrets: versions, attributes, the challenge, and Key Vault's error shapes."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from http import HTTPStatus
+from typing import Any
+
+# A fixed name: under `python -m` __name__ would be "__main__".
+from devstack.emulator.common import (
+    _UNSET,
+    VAULT_APP_ID,
+    VAULT_RESOURCE,
+    _bearer,
+    _epoch,
+    _json_response,
+    _optional_bool,
+    _optional_datetime,
+    _Request,
+    _required_str,
+    _Response,
+    _retry_after_headers,
+    _revocation_claims,
+    _SecretVersion,
+)
+
+logger = logging.getLogger("devstack.emulator")
+
+# Key Vault is strict: "https://vault.azure.net/" (trailing slash) is rejected with AKV10022.
+_VAULT_AUDIENCES = frozenset({VAULT_RESOURCE, VAULT_APP_ID})
+
+_SECRET_NAME = re.compile(r"^[0-9A-Za-z-]{1,127}$")
+
+
+class KeyVault:
+    """Azure Key Vault secrets: versions, attributes, the challenge, and Key Vault's error shapes..
+
+    A part of `Emulator`, whose `__init__` holds the state.
+    """
+
+    _lock: threading.RLock
+
+    def set_secret(self, name: str, value: str, expires_on: datetime | None = None, enabled: bool = True) -> str:
+        """Add a new version of a Key Vault secret; it becomes the current one. Returns its version id."""
+        if not _SECRET_NAME.match(name):
+            raise ValueError(f"invalid Key Vault secret name: {name!r}")
+        version = _SecretVersion(
+            name=name,
+            version=uuid.uuid4().hex,
+            value=value,
+            created=int(time.time()),
+            expires_on=_epoch(expires_on) if expires_on is not None else None,
+            enabled=bool(enabled),
+        )
+        with self._lock:
+            self._secrets.setdefault(name.lower(), []).append(version)
+        return version.version
+
+    def update_secret(
+        self,
+        name: str,
+        version: str | None = None,
+        *,
+        expires_on: datetime | None = _UNSET,
+        enabled: bool | None = None,
+    ) -> str:
+        """Change a version's attributes (the current one by default): exp (None clears it), enabled.
+
+        As ``az keyvault secret set-attributes``: the value and the version id stay. Returns the version id.
+        """
+        with self._lock:
+            versions = self._secrets.get(name.lower(), [])
+            found = (
+                versions[-1]
+                if versions and version is None
+                else next((v for v in versions if v.version == version), None)
+            )
+            if found is None:
+                raise KeyError(f"no secret {name!r}" + (f" version {version!r}" if version else ""))
+            if expires_on is not _UNSET:
+                found.expires_on = _epoch(expires_on) if expires_on is not None else None
+            if enabled is not None:
+                found.enabled = bool(enabled)
+            return found.version
+
+    def _apply_secret(self, entry: Mapping[str, Any]) -> str:
+        expires = entry.get("expiresOn")
+        expires_on: datetime | None = None
+        if expires is not None:
+            if not isinstance(expires, str):
+                raise ValueError("expiresOn must be an ISO 8601 string or null")
+            expires_on = datetime.fromisoformat(expires)
+            if expires_on.tzinfo is None:
+                expires_on = expires_on.replace(tzinfo=UTC)
+        return self.set_secret(
+            _required_str(entry, "name"),
+            _required_str(entry, "value"),
+            expires_on=expires_on,
+            enabled=_optional_bool(entry, "enabled", True),
+        )
+
+    def _apply_secret_properties(self, entry: Mapping[str, Any]) -> str:
+        enabled = entry.get("enabled")
+        if enabled is not None and not isinstance(enabled, bool):
+            raise ValueError("enabled must be true or false")
+        version = entry.get("version")
+        return self.update_secret(
+            _required_str(entry, "name"),
+            version if isinstance(version, str) and version else None,
+            expires_on=_optional_datetime(entry, "expiresOn") if "expiresOn" in entry else _UNSET,
+            enabled=enabled,
+        )
+
+    def _keyvault(self, request: _Request, parts: list[str]) -> _Response:
+        request_id = str(uuid.uuid4())
+        base_headers = [
+            ("x-ms-request-id", request_id),
+            ("x-ms-keyvault-service-version", "1.9.0.0"),
+            ("x-ms-keyvault-region", "local-emulator"),
+        ]
+        challenge = (
+            "WWW-Authenticate",
+            f'Bearer authorization="https://login.microsoftonline.com/{self.default_tenant_id}", '
+            f'resource="{VAULT_RESOURCE}"',
+        )
+
+        def error(
+            status: int,
+            code: str,
+            message: str,
+            inner: str | None = None,
+            extra: Iterable[tuple[str, str]] = (),
+        ) -> _Response:
+            body: dict[str, Any] = {"code": code, "message": message}
+            if inner:
+                body["innerError"] = {"code": inner}
+            return _json_response(status, {"error": body}, [*base_headers, *extra])
+
+        # The SDK's first request carries no token on purpose: the 401 challenge tells it the tenant
+        # and resource to ask a token for.
+        token = _bearer(request)
+        if not token:
+            return error(401, "Unauthorized", "AKV10000: Request is missing a Bearer or PoP token.", extra=[challenge])
+        outcome, claims = self._check_token(token)
+        if outcome == "revoked":
+            # Key Vault evaluates revocation continuously (CAE): the challenge carries claims, and the
+            # SDK answers it with a token fetched past its cache. A plain 401 would leave MSAL's cached,
+            # revoked token in use for good.
+            return error(
+                401,
+                "Unauthorized",
+                "Continuous access evaluation resulted in challenge with result: InteractionRequired and "
+                "code: "
+                "TokenIssuedBeforeRevocationTimestamp",
+                extra=[
+                    (
+                        challenge[0],
+                        challenge[1] + ', error="insufficient_claims", claims="' + _revocation_claims() + '"',
+                    )
+                ],
+            )
+        if outcome == "expired":
+            return error(401, "Unauthorized", "Error validating token: IDX10223", extra=[challenge])
+        if outcome != "ok":
+            return error(401, "Unauthorized", "Error validating token: IDX10511", extra=[challenge])
+        if claims.get("aud") not in _VAULT_AUDIENCES:
+            return error(
+                401,
+                "Unauthorized",
+                f"AKV10022: Invalid audience. Expected {VAULT_RESOURCE}, found: {claims.get('aud')}.",
+                extra=[challenge],
+            )
+        # Counted once authenticated: the SDK's bare challenge probe and its CAE retry are protocol
+        # overhead, and whether they happen depends on process-wide SDK caches, not on the caller.
+        self._count("keyvault.getSecret")
+        if not request.param("api-version"):
+            return error(400, "BadParameter", "The api-version query parameter is missing.")
+        fault = self._next_fault("keyvault.getSecret")
+        if fault is not None:
+            assert fault.status is not None
+            default = (
+                ("Throttled", "Request was not processed because too many requests were received.")
+                if fault.status == 429
+                else (HTTPStatus(fault.status).phrase.replace(" ", ""), HTTPStatus(fault.status).phrase + ".")
+            )
+            return error(
+                fault.status,
+                fault.code or default[0],
+                fault.message or default[1],
+                extra=_retry_after_headers(fault.retry_after),
+            )
+        if request.method != "GET":
+            return error(405, "BadParameter", f"The emulator serves GET on secrets only, not {request.method}.")
+        if not parts or len(parts) > 2:
+            return error(404, "BadParameter", "The emulator serves /secrets/{name}[/{version}|/versions] only.")
+        name = parts[0]
+        if not _SECRET_NAME.match(name):
+            return error(400, "BadParameter", f"The request URI contains an invalid name: {name}")
+        with self._lock:
+            versions = list(self._secrets.get(name.lower(), []))
+        if len(parts) == 2 and parts[1].lower() == "versions":
+            items = [
+                {
+                    "id": f"{self.url}/secrets/{v.name}/{v.version}",
+                    "attributes": self._secret_attributes(v),
+                    "tags": {},
+                }
+                for v in versions
+            ]
+            return _json_response(200, {"value": items, "nextLink": None}, base_headers)
+        wanted = parts[1] if len(parts) == 2 else None
+        found = (
+            versions[-1] if versions and wanted is None else next((v for v in versions if v.version == wanted), None)
+        )
+        if found is None:
+            shown = name if wanted is None else f"{name}/{wanted}"
+            return error(
+                404,
+                "SecretNotFound",
+                f"A secret with (name/id) {shown} was not found in this key vault. If you recently deleted "
+                "this secret you may be able to recover it using the correct recovery command. For help "
+                "resolving this issue, please see https://go.microsoft.com/fwlink/?linkid=2125182",
+            )
+        if not found.enabled:
+            return error(403, "Forbidden", "Operation get is not allowed on a disabled secret.", inner="SecretDisabled")
+        bundle = {
+            "value": found.value,
+            "id": f"{self.url}/secrets/{found.name}/{found.version}",
+            "attributes": self._secret_attributes(found),
+            "tags": {},
+        }
+        return _json_response(200, bundle, base_headers)
+
+    @staticmethod
+    def _secret_attributes(version: _SecretVersion) -> dict[str, Any]:
+        attributes: dict[str, Any] = {
+            "enabled": version.enabled,
+            "created": version.created,
+            "updated": version.created,
+            "recoveryLevel": "Recoverable+Purgeable",
+            "recoverableDays": 90,
+        }
+        if version.expires_on is not None:
+            attributes["exp"] = version.expires_on
+        return attributes
+
+    # ------------------------------------------------------------------ Microsoft Graph
