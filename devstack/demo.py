@@ -62,8 +62,8 @@ def _short(text: str, width: int = 90) -> str:
 def run(stack: LocalStack, out: Callable[[str], None] = print) -> list[Case]:
     """Send the five requests on a running stack and collect their outcomes."""
     from azure.storage.queue import QueueClient
+    from mailrelay_client import MailClient
 
-    from shared.client import MailClient
     from shared.deadletters import open_queues
     from shared.queues import encode
 

@@ -51,6 +51,10 @@ _MAX_LOCAL_PART_LENGTH: Final = 64
 
 SCHEMA_ID: Final = "urn:graph-mail-relay:send-request:v1"
 SCHEMA_PATH: Final = Path(__file__).parent / "schemas" / "send-request.v1.json"
+# The client library ships a copy (client/ is its own distribution and cannot read the relay's package).
+# Both are written from this module; the schema tests fail when either drifts.
+CLIENT_SCHEMA_PATH: Final = Path(__file__).parent.parent / "client" / "mailrelay_client" / "send-request.v1.json"
+SCHEMA_PATHS: Final = (SCHEMA_PATH, CLIENT_SCHEMA_PATH)
 MESSAGE_FIELD: Final = "(message)"  # the field name of violations about the message as a whole
 RECIPIENTS_FIELD: Final = "to/cc/bcc"  # the field name of violations about the three lists together
 
@@ -740,20 +744,21 @@ def _main(argv: Sequence[str] | None = None) -> int:
         prog="python -m shared.contract", description="The send request's JSON Schema file."
     )
     action = parser.add_mutually_exclusive_group(required=True)
-    action.add_argument("--write-schema", action="store_true", help=f"regenerate {SCHEMA_PATH.name}")
+    action.add_argument("--write-schema", action="store_true", help=f"regenerate {SCHEMA_PATH.name} (both copies)")
     action.add_argument("--check-schema", action="store_true", help="exit 1 if the file is out of date")
     args = parser.parse_args(argv)
     text = render_schema()
+    paths = [p for p in SCHEMA_PATHS if p == SCHEMA_PATH or p.parent.is_dir()]  # no client/ when deployed
     if args.write_schema:
-        SCHEMA_PATH.parent.mkdir(parents=True, exist_ok=True)
-        SCHEMA_PATH.write_text(text, encoding="utf-8", newline="\n")
-        print(f"wrote {SCHEMA_PATH}")
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8", newline="\n")
+            print(f"wrote {path}")
         return 0
-    current = SCHEMA_PATH.read_text(encoding="utf-8") if SCHEMA_PATH.exists() else ""
-    if current.replace("\r\n", "\n") != text:
-        print(f"{SCHEMA_PATH} is out of date: run python -m shared.contract --write-schema")
-        return 1
-    return 0
+    stale = [p for p in paths if (p.read_text(encoding="utf-8") if p.exists() else "").replace("\r\n", "\n") != text]
+    for path in stale:
+        print(f"{path} is out of date: run python -m shared.contract --write-schema")
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ _MAX_DEQUEUE_HINT: Final = (
 )
 _INVALID_ENCODING_HINT: Final = (
     "the queue message is not base64 text, so the host could not decode it: host.json's messageEncoding "
-    "is base64 (the Functions default). Send with the relay's client (shared.client.MailClient or "
+    "is base64 (the Functions default). Send with the relay's client (mailrelay_client.MailClient or "
     "`mailrelay send`), which encodes for you, or base64-encode the UTF-8 JSON yourself"
 )
 

@@ -37,7 +37,7 @@ DEPLOYED_SETTINGS: Final = (
     # a tuning knob with a sound default (the local stack and the tests shorten it).
     "SEND_MAX_ATTEMPTS",
     "SEND_MAX_AGE_HOURS",
-    # The secret-expiry check (shared/expiry.py). EXPIRY_COMPARE_ENTRA is left out on purpose: it is
+    # The secret-expiry check (shared/expiry/). EXPIRY_COMPARE_ENTRA is left out on purpose: it is
     # off by default and needs an extra Graph permission (Application.Read.All) the infra does not grant.
     "AzureWebJobsStorage__tableServiceUri",
     "EXPIRY_CHECK_SCHEDULE",
@@ -209,7 +209,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     )
 
 
-# --- The secret-expiry check (shared/expiry.py) ---------------------------------------------------
+# --- The secret-expiry check (shared/expiry/) ---------------------------------------------------
 
 DEFAULT_EXPIRY_CHECK_SCHEDULE: Final = "0 0 7 * * *"  # NCRONTAB, six fields: every day at 07:00 (UTC by default)
 DEFAULT_EXPIRY_WARN_DAYS: Final = (30, 14, 7, 3, 1)

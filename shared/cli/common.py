@@ -208,7 +208,7 @@ def fail(command: str, message: str, code: int) -> int:
 
 def run_with_queue(command: str, args: argparse.Namespace, body: Any) -> int:
     """Resolve the connection, run `body(conn)`, and turn the common failures into exit codes."""
-    from shared.client import QueueNotFound
+    from mailrelay_client import QueueNotFound
 
     try:
         conn = resolve_connection(args)

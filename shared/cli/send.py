@@ -166,8 +166,7 @@ def run(args: argparse.Namespace) -> int:
         request = request_from_args(args)
     except UsageError as exc:
         return fail("send", str(exc), EXIT_USAGE)
-    from shared.client import RequestTooLarge, encode_request
-    from shared.contract import ContractError
+    from mailrelay_client import ContractError, RequestTooLarge, encode_request
 
     # Checked before the connection is resolved: a bad request is reported even with no stack running.
     try:
@@ -187,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _mail_client(conn: Connection) -> Any:
-    from shared.client import MailClient
+    from mailrelay_client import MailClient
 
     if conn.connection_string:
         return MailClient.from_connection_string(conn.connection_string, conn.queue_name)

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 import requests
 from azure.storage.queue import QueueClient
+from mailrelay_client import MAX_MESSAGE_BYTES, MailClient, RequestTooLarge
 
 from devstack.azurite import Azurite
 from devstack.host import LocalHost
 from shared.cli import main
-from shared.client import MAX_MESSAGE_BYTES, MailClient, RequestTooLarge
 from shared.queues import encode
 from tests.e2e.conftest import OUT_OF_SCOPE, RelayEnv, wait_for
 

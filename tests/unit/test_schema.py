@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 from jsonschema import Draft202012Validator
+from mailrelay_client import violations as client_violations
 
-from shared.contract import SCHEMA_PATH, ContractError, json_schema, parse_request, render_schema
+from shared.contract import CLIENT_SCHEMA_PATH, SCHEMA_PATH, ContractError, json_schema, parse_request, render_schema
 
 DATA = Path(__file__).parent.parent / "data"
 REGENERATE = "regenerate it with: python -m shared.contract --write-schema (and commit the file)"
@@ -25,6 +26,13 @@ def test_committed_schema_is_the_generated_one() -> None:
     # A checkout with CRLF line endings is still the same file.
     assert committed.replace("\r\n", "\n") == render_schema(), (
         f"{SCHEMA_PATH.name} is not formatted; {REGENERATE}"
+    )
+
+
+def test_the_client_ships_the_same_schema() -> None:
+    assert CLIENT_SCHEMA_PATH.exists(), f"{CLIENT_SCHEMA_PATH} is missing; {REGENERATE}"
+    assert CLIENT_SCHEMA_PATH.read_text(encoding="utf-8").replace("\r\n", "\n") == render_schema(), (
+        f"the client's copy of {SCHEMA_PATH.name} is out of date; {REGENERATE}"
     )
 
 
@@ -166,3 +174,39 @@ def test_committed_file_validates_like_the_generated_schema() -> None:
     validator = Draft202012Validator(json.loads(SCHEMA_PATH.read_text(encoding="utf-8")))
     assert validator.is_valid(request())
     assert not validator.is_valid(request(priority="high"))
+
+
+# --- The client library validates as the relay does ----------------------------------------------
+
+# More cases where a schema alone could differ from the relay: the client adds the cross-field rules.
+CLIENT_CASES: list[tuple[str, dict[str, Any], bool]] = [(c[0], c[1], c[2]) for c in CASES] + [
+    ("500 across to, cc and bcc", request(to=addresses(200), cc=addresses(200), bcc=addresses(100)), True),
+    ("501 across cc and bcc", request(to=[], cc=addresses(300), bcc=addresses(201)), False),
+    ("local part of 64", request(from_="x" * 64 + "@contoso.com"), True),
+    ("recipient local part over 64", request(to=["x" * 65 + "@contoso.com"]), False),
+    ("named recipient local part over 64", request(to=["Ada <" + "x" * 65 + "@contoso.com>"]), False),
+    ("object recipient local part over 64", request(to=[{"address": "x" * 65 + "@contoso.com"}]), False),
+    ("reply-to local part over 64", request(replyTo=["x" * 65 + "@contoso.com"]), False),
+    ("recipient with whitespace", request(to=["ada @contoso.com"]), False),
+    ("recipient without a domain dot", request(to=["ada@contoso"]), False),
+    ("non-ASCII address", request(to=["ad\u00e1@contoso.com"]), False),
+    ("non-ASCII display name", request(to=["\u00c1da <ada@contoso.com>"]), True),
+    ("html body", request(body={"contentType": "html", "content": "<p>hi</p>"}), True),
+    ("empty subject", request(subject=""), True),
+    ("subject a number", request(subject=7), False),
+    ("body content missing", request(body={"contentType": "text"}), False),
+    ("attachments not a list", request(attachments={"name": "a"}), False),
+    ("attachment of 0 bytes", request(attachments=[attachment("")]), True),
+    ("attachment without contentType", request(attachments=[attachment("", contentType="")]), False),
+    ("cc as null", request(cc=None), True),
+    ("id a number", request(id=17), False),
+    ("saveToSentItems false", request(saveToSentItems=False), True),
+    ("importance null", request(importance=None), True),
+]
+
+
+@pytest.mark.parametrize(("document", "relay_ok"), [c[1:] for c in CLIENT_CASES], ids=[c[0] for c in CLIENT_CASES])
+def test_the_client_and_the_relay_agree(document: dict[str, Any], relay_ok: bool) -> None:
+    assert model_accepts(document) is relay_ok
+    found = client_violations(document)
+    assert (not found) is relay_ok, [str(v) for v in found]

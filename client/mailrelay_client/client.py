@@ -1,35 +1,23 @@
-"""The relay's client library: put a send request on the relay's queue, encoded as the relay reads it.
-
-    from shared.client import MailClient
-
-    mail = MailClient.from_connection_string(conn_str)                 # or MailClient(queue_url, credential)
-    message_id = mail.send({"from": "alerts@contoso.com", "to": ["ops@contoso.com"],
-                            "subject": "Disk almost full", "body": {"contentType": "text", "content": "97%"}})
+"""MailClient: put a send request on the relay's queue, encoded as the relay reads it.
 
 Why use it rather than the Storage SDK directly:
-- it checks the request against the same contract the relay applies (`ContractError` lists every broken
-  rule), so a bad request fails in the app, at once, instead of in the dead-letter queue later;
-- it base64-encodes the JSON, as host.json's `messageEncoding` expects. The Python queue SDK sends text
-  unencoded by default, and the host then refuses the message: the classic pitfall;
-- it refuses a request too large for one queue message (64 KiB) with `RequestTooLarge`, instead of the
-  service's bare 413;
+- it checks the request against the relay's contract (`ContractError` lists every broken rule), so a bad
+  request fails in the app, at once, instead of in the dead-letter queue later;
+- it base64-encodes the JSON, as the relay's host.json (`messageEncoding`) expects. The Python queue SDK
+  sends text unencoded by default, and the host then refuses the message: the classic pitfall;
+- it refuses a request too large for one queue message with `RequestTooLarge`, instead of the service's
+  bare 413;
 - messages never expire (time-to-live -1): a mail waiting out an outage must not vanish after 7 days.
-
-Importing this module is cheap (standard library only): pydantic and the Azure SDK load on first use.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import Any, Final, Protocol
 
-from shared.settings import DEFAULT_QUEUE_NAME  # standard library only: importing it stays cheap
-
-if TYPE_CHECKING:
-    from shared.contract import ContractError, SendRequest
-
-__all__ = ["MAX_MESSAGE_BYTES", "ContractError", "MailClient", "QueueNotFound", "RequestTooLarge"]
-
+DEFAULT_QUEUE_NAME: Final = "mail-outbox"
 # Azure Storage queues hold at most 64 KiB per message. The relay's messages are base64 (ASCII), so
 # characters and bytes agree: 65,536 characters of base64, about 48 KiB of JSON.
 MAX_MESSAGE_BYTES: Final = 64 * 1024
@@ -82,7 +70,7 @@ class MailClient:
         client._queue = queue_client
         return client
 
-    def send(self, request: Mapping[str, Any] | SendRequest) -> str:
+    def send(self, request: Mapping[str, Any]) -> str:
         """Validate, encode and enqueue one request; return the queue message id.
 
         Raises ContractError (the request breaks the contract), RequestTooLarge, QueueNotFound, or the
@@ -104,36 +92,16 @@ class MailClient:
         return str(message.id)
 
 
-def request_payload(request: Mapping[str, Any] | SendRequest) -> dict[str, Any]:
-    """The JSON object for a request, checked against the contract (raises ContractError)."""
-    from shared.contract import SendRequest, parse_request
-
-    if isinstance(request, SendRequest):
-        # Defaults and empty names are left out: what goes on the queue is what an app would write.
-        payload: dict[str, Any] = request.model_dump(mode="json", by_alias=True, exclude_none=True)
-        parse_request(payload)  # a model built in Python skipped parse_request's JSON-name checks
-        return payload
-    if not isinstance(request, Mapping):
-        raise TypeError(f"send takes a mapping or a SendRequest, not {type(request).__name__}")
-    parse_request(request)
-    # As the app wrote it (validated), not re-serialized: the relay sees exactly the app's fields.
-    return dict(request)
-
-
-def encode_request(request: Mapping[str, Any] | SendRequest) -> str:
+def encode_request(request: Mapping[str, Any]) -> str:
     """The queue message text for a request: base64 of its UTF-8 JSON, checked and size-limited."""
-    from shared.queues import encode
+    from mailrelay_client.validation import validate
 
-    text = encode(request_payload(request))
+    if not isinstance(request, Mapping):
+        raise TypeError(f"send takes a mapping (the request's JSON object), not {type(request).__name__}")
+    validate(request)
+    # As the app wrote it (validated), not re-serialized: the relay sees exactly the app's fields.
+    data = json.dumps(dict(request), ensure_ascii=False).encode("utf-8")
+    text = base64.b64encode(data).decode("ascii")
     if len(text) > MAX_MESSAGE_BYTES:
         raise RequestTooLarge(len(text))
     return text
-
-
-def __getattr__(name: str) -> Any:
-    # `from shared.client import ContractError` without importing pydantic when the module is imported.
-    if name == "ContractError":
-        from shared.contract import ContractError
-
-        return ContractError
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
