@@ -42,9 +42,10 @@ def handle_mail_message(msg: QueueMessageLike, rt: Runtime | None = None) -> Non
     catches once sent), never a loss. An exception (storage unreachable) leaves the retry to the host.
     """
     from shared.bootstrap import runtime
-    from shared.ledger import ledger_key
+    from shared.ledger import fingerprint, ledger_key
     from shared.outcomes import Permanent, Sent, Transient, as_received, permanent
     from shared.retries import GiveUp, MalformedWrapper, after_transient, unwrap, wrap
+    from shared.sending import Attempt
 
     rt = rt or runtime()
     raw = msg.get_body()
@@ -60,24 +61,33 @@ def handle_mail_message(msg: QueueMessageLike, rt: Runtime | None = None) -> Non
     attempts = (state.attempts if state else 0) + deliveries
     fields.update(originalMessageId=original_id, attempt=attempts)
 
-    key = ledger_key(_request_id(delivery.body), original_id)
-    if key and rt.ledger.seen(key):
-        _log(
-            logging.INFO,
-            "mail.duplicate",
-            "already sent; completed without sending",
-            keyKind=key.split(":", 1)[0],
-            **fields,
-        )
+    checked = rt.relay.check(delivery.body)
+    if isinstance(checked, Attempt):  # the contract or the allow-list refused it: no ledger, no Graph
+        fields["sender"] = checked.sender
+        assert isinstance(checked.outcome, Permanent)
+        _dead_letter(rt, checked.request, checked.outcome, attempts, fields)
         return
+    # Only a valid request is looked up: a broken one reusing a sent id is dead-lettered above, not dropped.
+    key = ledger_key(checked.request.id, original_id)
+    content = fingerprint(checked.received)
+    if key:
+        recorded = rt.ledger.lookup(key)
+        if recorded is not None and recorded in ("", content):
+            kind = key.split(":", 1)[0]
+            _log(logging.INFO, "mail.duplicate", "already sent; completed without sending", keyKind=kind, **fields)
+            return
+        if recorded is not None:
+            # Same key, other content: never a redelivery. Refuse it with a reason rather than drop it.
+            _dead_letter(rt, checked.received, _key_reused(key), attempts, {**fields, "sender": checked.request.sender})
+            return
 
-    attempt = rt.relay.send(delivery.body)
+    attempt = rt.relay.deliver(checked)
     outcome = attempt.outcome
     fields["sender"] = attempt.sender
     if isinstance(outcome, Sent):
         if key:
             try:
-                rt.ledger.record(key)
+                rt.ledger.record(key, content)
             except Exception as e:
                 # The mail is sent; raising now would have the host send it again. Completing is right,
                 # and only a redelivery of this very message (rare) could still duplicate it.
@@ -127,30 +137,20 @@ def _dead_letter(rt: Runtime, request: Any, failure: Failure, attempts: int, fie
 
 
 def _log(level: int, event: str, text: str, **fields: Any) -> None:
-    """One line per outcome: the event name first, then the fields, also as `extra` for structured sinks.
+    from shared.logs import log_event
 
-    The Functions Python worker forwards only a record's message text to Application Insights (`extra`
-    stays behind unless OpenTelemetry is configured), so the text itself carries what an alert rule or
-    an operator searches for: "mail.deadlettered: ErrorAccessDenied [queueMessageId=… sender=…]".
-    Fields never hold a request's subject, body, a secret or a token.
-    """
-    shown = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None and k != "hint")
-    log.log(level, "%s: %s [%s]", event, text, shown, extra={"event": event, **fields})
+    log_event(log, level, event, text, **fields)
 
 
-def _request_id(body: bytes) -> str | None:
-    """The request's `id` (its idempotency key), if the body is a JSON object that has a string one."""
-    import json
+def _key_reused(key: str) -> Failure:
+    from shared.outcomes import permanent
 
-    if b'"id"' not in body:  # cheap test first: most requests carry no id
-        return None
-    try:
-        obj = json.loads(body.decode("utf-8").removeprefix("\ufeff"))
-    except (UnicodeDecodeError, ValueError):
-        return None
-    value = obj.get("id") if isinstance(obj, dict) else None
-    return value if isinstance(value, str) and value else None
-
+    kind, _, value = key.partition(":")
+    if kind == "id":
+        what = f"the id {value!r} was already sent with other content; one id is sent at most once"
+    else:
+        what = "a retry names a queue message whose request was already sent with other content"
+    return permanent("DuplicateKey", what)
 
 
 def handle_expiry_timer(timer: TimerRequestLike | None = None) -> Report:

@@ -37,13 +37,26 @@ def ledger_key(request_id: str | None, original_message_id: str | None) -> str |
     return None
 
 
+def fingerprint(request: Any) -> str:
+    """A digest of a request's content (its JSON object), the same whatever the key order or spacing.
+
+    Recorded with the key, so that a second request under a key already sent is told apart from a
+    redelivery of the same request: the first is refused with a reason, never dropped as a duplicate.
+    ASCII escapes keep a lone surrogate hashable.
+    """
+    import json
+
+    canonical = json.dumps(request, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
 class Ledger(Protocol):
-    def seen(self, key: str) -> bool:
-        """True if a request with this key was already accepted by Graph."""
+    def lookup(self, key: str) -> str | None:
+        """The fingerprint recorded for a key Graph already accepted ("" if none was kept), else None."""
         ...
 
-    def record(self, key: str) -> None:
-        """Remember that Graph accepted the request with this key."""
+    def record(self, key: str, fingerprint: str) -> None:
+        """Remember that Graph accepted the request with this key and content."""
         ...
 
 
@@ -51,16 +64,16 @@ class MemoryLedger:
     """The ledger in a dict: unit tests, and nothing else (it forgets everything with the process)."""
 
     def __init__(self) -> None:
-        self._keys: set[str] = set()
+        self._keys: dict[str, str] = {}
         self._lock = threading.Lock()
 
-    def seen(self, key: str) -> bool:
+    def lookup(self, key: str) -> str | None:
         with self._lock:
-            return key in self._keys
+            return self._keys.get(key)
 
-    def record(self, key: str) -> None:
+    def record(self, key: str, fingerprint: str) -> None:
         with self._lock:
-            self._keys.add(key)
+            self._keys[key] = fingerprint
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -79,22 +92,23 @@ class TableLedger:
         digest = hashlib.sha256(key.encode("utf-8")).hexdigest()
         return digest[:2], digest
 
-    def seen(self, key: str) -> bool:
+    def lookup(self, key: str) -> str | None:
         from azure.core.exceptions import ResourceNotFoundError
 
         partition, row = self._entity_keys(key)
         try:
-            self._client.get_entity(partition, row, select=["RowKey"])
+            entity = self._client.get_entity(partition, row, select=["RowKey", "fingerprint"])
         except ResourceNotFoundError:
-            return False  # no such entity, or no table yet (nothing was ever sent)
-        return True
+            return None  # no such entity, or no table yet (nothing was ever sent)
+        return str(entity.get("fingerprint") or "")  # rows written before fingerprints: ""
 
-    def record(self, key: str) -> None:
+    def record(self, key: str, fingerprint: str) -> None:
         partition, row = self._entity_keys(key)
         entity: dict[str, Any] = {
             "PartitionKey": partition,
             "RowKey": row,
             "kind": key.split(":", 1)[0],  # "id" or "msg": which identity the key came from
+            "fingerprint": fingerprint,  # a digest of the content, never the content itself
             "sentAt": datetime.now(UTC),
         }
         from azure.core.exceptions import ResourceNotFoundError

@@ -132,6 +132,10 @@ _HINTS: Final[dict[str, str]] = {
         "the queue message is not base64 text of a JSON request; host.json decodes messages as base64 "
         "(messageEncoding), so send with the relay's client or encode the JSON as base64 yourself"
     ),
+    "DuplicateKey": (
+        "the request's key was already used by a request the relay sent, with different content; give each "
+        "new message its own id (requeueing this one will not send it while the first is on record)"
+    ),
     "SenderNotAllowed": (
         "the 'from' mailbox is not on the relay's allow-list (ALLOWED_SENDERS); add it there and to the "
         "app's Exchange scope if it should be allowed"

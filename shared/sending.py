@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.graph import MailSender, build_send_mail_body
 from shared.outcomes import Outcome, RelayFailure, Sent, as_received, classify_http, permanent, transient
 from shared.tokens import TokenSource
+
+if TYPE_CHECKING:
+    from shared.contract import SendRequest
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +26,14 @@ class Attempt:
     sender: str | None = None
 
 
+@dataclass(frozen=True)
+class Checked:
+    """A request that passed the contract and the allow-list: ready for Graph."""
+
+    request: SendRequest
+    received: dict[str, Any]  # the JSON object as the app wrote it: kept whole for a dead letter
+
+
 class Relay:
     def __init__(self, *, allowed_senders: frozenset[str], tokens: TokenSource, graph: MailSender):
         self._allowed = allowed_senders
@@ -30,6 +41,11 @@ class Relay:
         self._graph = graph
 
     def send(self, raw: bytes | str) -> Attempt:
+        checked = self.check(raw)
+        return checked if isinstance(checked, Attempt) else self.deliver(checked)
+
+    def check(self, raw: bytes | str) -> Checked | Attempt:
+        """The request if the contract and the allow-list accept it, else the permanent failure that says why."""
         from shared.contract import ContractError, parse_request
 
         request = as_received(raw)
@@ -42,12 +58,18 @@ class Relay:
             return Attempt(
                 permanent("SenderNotAllowed", f"{req.sender} is not on the relay's allow-list"), request, req.sender
             )
+        assert isinstance(request, dict)  # parse_request accepted it, so it is a JSON object
+        return Checked(req, request)
+
+    def deliver(self, checked: Checked) -> Attempt:
+        """Send a checked request through Graph and classify the answer."""
+        req = checked.request
         body = build_send_mail_body(req)
         try:
             outcome = self._post(req.sender, body)
         except RelayFailure as e:
             outcome = e.outcome
-        return Attempt(outcome, request, req.sender)
+        return Attempt(outcome, checked.received, req.sender)
 
     def _post(self, sender: str, body: dict[str, Any]) -> Outcome:
         import requests

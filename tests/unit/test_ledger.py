@@ -45,6 +45,12 @@ def graph_of(rt: Runtime) -> FakeGraph:
     return graph
 
 
+def dead_of(rt: Runtime) -> FakeDeadLetters:
+    dead = rt.dead_letters
+    assert isinstance(dead, FakeDeadLetters)
+    return dead
+
+
 def deliver(rt: Runtime, payload: dict[str, Any], msg_id: str, dequeue_count: int = 1) -> None:
     body = json.dumps(payload).encode()
     handle_mail_message(QueueMessage(id=msg_id, body=body, dequeue_count=dequeue_count, pop_receipt="p"), rt)
@@ -73,6 +79,34 @@ def test_one_id_is_sent_at_most_once_whichever_message_carries_it(rt: Runtime) -
     assert len(graph_of(rt).calls) == 2
 
 
+def test_another_request_under_a_sent_id_is_dead_lettered_not_dropped(rt: Runtime) -> None:
+    deliver(rt, {**REQUEST, "id": "invoice-17"}, "m1")
+    deliver(rt, {**REQUEST, "id": "invoice-17", "subject": "Another mail"}, "m2")
+    assert len(graph_of(rt).calls) == 1
+    [envelope] = dead_of(rt).envelopes
+    assert envelope["error"]["code"] == "DuplicateKey" and "invoice-17" in envelope["error"]["message"]
+    assert envelope["request"]["subject"] == "Another mail"
+
+
+def test_an_invalid_request_reusing_a_sent_id_is_dead_lettered_for_its_rule(rt: Runtime) -> None:
+    deliver(rt, {**REQUEST, "id": "invoice-17"}, "m1")
+    deliver(rt, {**REQUEST, "id": "invoice-17", "to": ["not an address"]}, "m2")
+    [envelope] = dead_of(rt).envelopes
+    assert envelope["error"]["code"] == "InvalidRequest" and "to[0]" in envelope["error"]["message"]
+
+
+def test_a_forged_origin_cannot_make_another_mail_a_duplicate(rt: Runtime) -> None:
+    # An app writes a wrapper that names the victim's queue message as its origin, with other content.
+    forged = {
+        "$retry": {"attempts": 1, "firstAttemptAt": "2026-01-01T00:00:00Z", "originalMessageId": "victim"},
+        "request": {**REQUEST, "subject": "Forged"},
+    }
+    deliver(rt, forged, "m-attacker")
+    deliver(rt, REQUEST, "victim")
+    assert len(graph_of(rt).calls) + len(dead_of(rt).envelopes) == 2  # the victim's mail is not dropped
+    assert all(e["error"]["code"] == "DuplicateKey" for e in dead_of(rt).envelopes)
+
+
 def test_requests_without_an_id_are_distinct_per_message(rt: Runtime) -> None:
     deliver(rt, REQUEST, "m1")
     deliver(rt, REQUEST, "m2")
@@ -82,11 +116,11 @@ def test_requests_without_an_id_are_distinct_per_message(rt: Runtime) -> None:
 def test_failures_are_not_recorded(rt: Runtime) -> None:
     graph_of(rt).replies.append(graph_error(403, "ErrorAccessDenied", "Access is denied."))
     deliver(rt, {**REQUEST, "id": "x-1"}, "m1")
-    assert not rt.ledger.seen("id:x-1")
+    assert rt.ledger.lookup("id:x-1") is None
 
 
 class BrokenLedger(MemoryLedger):
-    def record(self, key: str) -> None:
+    def record(self, key: str, fingerprint: str) -> None:
         raise ConnectionError("table unreachable")
 
 
@@ -126,12 +160,13 @@ class FakeTable:
 def test_table_ledger_creates_its_table_on_the_first_record_and_stores_no_request_data() -> None:
     table = FakeTable()
     ledger = TableLedger(table)  # type: ignore[arg-type]
-    assert not ledger.seen("id:invoice/17#a?")
-    ledger.record("id:invoice/17#a?")
-    ledger.record("msg:m1")
+    assert ledger.lookup("id:invoice/17#a?") is None
+    ledger.record("id:invoice/17#a?", "f1")
+    ledger.record("msg:m1", "f2")
     assert table.creates == 1
-    assert ledger.seen("id:invoice/17#a?") and ledger.seen("msg:m1") and not ledger.seen("id:other")
+    assert ledger.lookup("id:invoice/17#a?") == "f1" and ledger.lookup("msg:m1") == "f2"
+    assert ledger.lookup("id:other") is None
     for (partition, row), entity in table.entities.items():
         # Hashed keys: always valid Table keys ("/", "#", "?" are not), and the id is not stored.
         assert len(row) == 64 and row.startswith(partition)
-        assert set(entity) == {"PartitionKey", "RowKey", "kind", "sentAt"}
+        assert set(entity) == {"PartitionKey", "RowKey", "kind", "sentAt", "fingerprint"}

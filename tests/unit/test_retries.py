@@ -258,7 +258,7 @@ def test_a_retry_that_succeeds_is_sent_once_and_recorded_under_the_original_id(r
     payload, _ = requeue.puts[0]
     deliver(rt, payload, "m2")
     assert len(graph.calls) == 2 and dead.envelopes == []
-    assert rt.ledger.seen("msg:m1")
+    assert rt.ledger.lookup("msg:m1")
     # The original, redelivered after a crash between re-queue and completion, is not sent again.
     deliver(rt, REQUEST, "m1", dequeue_count=2)
     assert len(graph.calls) == 2
