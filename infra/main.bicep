@@ -173,6 +173,9 @@ var deploymentContainerName = 'app-package-${take(resourceToken, 12)}'
 // own name for the dead-letter queue: <queue>-poison.
 var mailQueueName = 'mail-outbox'
 var poisonQueueName = '${mailQueueName}-poison'
+// What the relay writes that does not fit in a 64 KiB queue message (a dead letter's request, a retry
+// copy): only the relay's identity reaches it (Storage Blob Data Owner on the account); apps get no role.
+var overflowContainerName = 'mail-relay-overflow'
 var expiryWarningsTableName = 'expirywarnings'
 var sentRequestsTableName = 'sentrequests'
 
@@ -230,6 +233,10 @@ module storage 'br/public:avm/res/storage/storage-account:0.8.3' = {
       containers: [
         {
           name: deploymentContainerName
+          publicAccess: 'None'
+        }
+        {
+          name: overflowContainerName
           publicAccess: 'None'
         }
       ]

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from shared.ledger import Ledger
-from shared.queues import DeadLetters, Requeue
+from shared.queues import DeadLetters, Overflow, Requeue
 from shared.sending import Relay
 from shared.settings import ExpirySettings, Settings, load_expiry_settings, load_settings
 
@@ -50,6 +50,7 @@ class Runtime:
     dead_letters: DeadLetters
     requeue: Requeue  # the main queue: transient failures go back on it, delayed (shared/retries.py)
     ledger: Ledger  # requests Graph already accepted: nothing is sent twice (shared/ledger.py)
+    overflow: Overflow | None = None  # what does not fit in a queue message (shared/queues.py)
 
 
 @dataclass(frozen=True)
@@ -88,17 +89,19 @@ def build_clients(settings: Settings) -> Clients:
 
 def build_runtime(settings: Settings, clients: Clients | None = None) -> Runtime:
     from shared.ledger import TABLE_NAME, TableLedger
-    from shared.queues import QueueDeadLetters, QueueRequeue
-    from shared.storage import queue_client, table_client
+    from shared.queues import OVERFLOW_CONTAINER, BlobOverflow, QueueDeadLetters, QueueRequeue
+    from shared.storage import container_client, queue_client, table_client
 
     clients = clients or build_clients(settings)
     identity = clients.storage_identity
+    overflow = BlobOverflow(container_client(settings, OVERFLOW_CONTAINER, identity))
     return Runtime(
         settings=settings,
         relay=clients.relay,
-        dead_letters=QueueDeadLetters(queue_client(settings, settings.poison_queue_name, identity)),
+        dead_letters=QueueDeadLetters(queue_client(settings, settings.poison_queue_name, identity), overflow),
         requeue=QueueRequeue(queue_client(settings, settings.queue_name, identity)),
         ledger=TableLedger(table_client(settings, TABLE_NAME, identity)),
+        overflow=overflow,
     )
 
 

@@ -98,7 +98,22 @@ _BASE64_RE: Final = re.compile(BASE64_PATTERN[1:-1])
 # "Must not contain CR or LF" as JSON Schema: `not` + an unanchored pattern is exact in every regex
 # engine, whereas "^[^\r\n]*$" lets a trailing "\n" through in Python, Java and .NET (their "$"
 # also matches before a final newline).
-_SINGLE_LINE_SCHEMA: Final[dict[str, Any]] = {"type": "string", "not": {"pattern": "[\\r\\n]"}}
+# CR and LF end a header line; NEL (U+0085) and the line and paragraph separators (U+2028, U+2029) are
+# line breaks to Unicode-aware software (mail clients, log viewers) and have no place in a header either.
+_LINE_BREAKS: Final = {
+    "\r": "a carriage return (CR)",
+    "\n": "a line feed (LF)",
+    "\u0085": "a next line (U+0085)",
+    "\u2028": "a line separator (U+2028)",
+    "\u2029": "a paragraph separator (U+2029)",
+}
+_SINGLE_LINE_SCHEMA: Final[dict[str, Any]] = {
+    "type": "string",
+    "not": {"pattern": "[\\r\\n\u0085\u2028\u2029]"},
+}
+# An idempotency key is an identifier: no control characters (C0, DEL, C1) nor line separators.
+ID_PATTERN: Final = "^[^\\u0000-\\u001f\\u007f-\\u009f\u2028\u2029]+$"
+MAX_DEPTH: Final = 8  # a valid request nests 4 levels (attachments[0].name); deeper is not a request
 
 # Headers that Graph sets from message fields: a request that tries to set one gets pointed there.
 _FIELD_FOR_HEADER: Final = {
@@ -225,13 +240,23 @@ def _check_address(value: str) -> str:
 
 def _line_break_problem(value: str) -> str | None:
     for position, char in enumerate(value):
-        if char in "\r\n":
-            name = "a carriage return (CR)" if char == "\r" else "a line feed (LF)"
+        if char in _LINE_BREAKS:
             return (
-                f"must not contain CR or LF: found {name} at character {position + 1}; "
+                f"must not contain CR, LF or another line break: found {_LINE_BREAKS[char]} at character "
+                f"{position + 1}; "
                 "a line break in a mail header would let the text inject headers of its own"
             )
     return None
+
+
+def _check_id(value: str) -> str:
+    for position, char in enumerate(value):
+        if ord(char) < 0x20 or 0x7F <= ord(char) <= 0x9F or char in "\u2028\u2029":
+            _fail(
+                f"must not contain control characters: found U+{ord(char):04X} at character "
+                f"{position + 1}; an idempotency key is an identifier such as invoice-17"
+            )
+    return value
 
 
 def _check_single_line(value: str) -> str:
@@ -310,6 +335,12 @@ Address = Annotated[
     ),
 ]
 SingleLine = Annotated[str, AfterValidator(_check_single_line), WithJsonSchema(_SINGLE_LINE_SCHEMA)]
+NonEmptyLine = Annotated[
+    str,
+    Field(min_length=1),
+    AfterValidator(_check_single_line),
+    WithJsonSchema({**_SINGLE_LINE_SCHEMA, "minLength": 1}),
+]
 Base64Content = Annotated[
     str,
     AfterValidator(_check_base64),
@@ -345,7 +376,12 @@ Headers = Annotated[
         }
     ),
 ]
-IdempotencyKey = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
+IdempotencyKey = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_ID_LENGTH),
+    AfterValidator(_check_id),
+    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH, "pattern": ID_PATTERN}),
+]
 
 
 def _json_name(name: str, info: FieldInfo | ComputedFieldInfo) -> str:
@@ -449,10 +485,8 @@ class Body(_ContractModel):
 class Attachment(_ContractModel):
     """A file attachment sent inline: its bytes in standard base64, at most 3 MB once decoded."""
 
-    name: str = Field(min_length=1)
-    content_type: str = Field(
-        alias="contentType", min_length=1, description='a MIME type, e.g. "application/pdf"'
-    )
+    name: NonEmptyLine
+    content_type: NonEmptyLine = Field(alias="contentType", description='a MIME type, e.g. "application/pdf"')
     content_bytes: Base64Content = Field(alias="contentBytes")
 
 
@@ -570,6 +604,17 @@ def _load_object(raw: bytes | bytearray | str | Mapping[str, Any]) -> dict[str, 
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise _message_error(_not_json_rule(text, exc)) from None
+    except (ValueError, RecursionError) as exc:
+        # Python refuses integers of more than 4,300 digits (a ValueError that is no JSONDecodeError), and
+        # its parser recurses once per level of nesting: neither may escape as anything but a violation.
+        if isinstance(exc, RecursionError):
+            rule = f"nests arrays or objects too deeply; a send request nests {MAX_DEPTH} levels at most"
+        else:
+            rule = "holds a number of more than 4,300 digits; no field of a send request is such a number"
+        raise _message_error(rule) from None
+    problem = structure_problem(value)
+    if problem:
+        raise ContractError([Violation(*problem)])
     if isinstance(value, str) and json_object(value) is not None:
         raise _message_error(
             "is a JSON string that holds a JSON object: the request seems JSON-encoded twice; "
@@ -578,6 +623,33 @@ def _load_object(raw: bytes | bytearray | str | Mapping[str, Any]) -> dict[str, 
     if not isinstance(value, dict):
         raise _message_error(f"must be a JSON object ({{...}}), not {_describe(value)}")
     return value
+
+
+def structure_problem(value: Any) -> tuple[str, str] | None:
+    """(field, rule) of what makes a parsed JSON value unfit to be a request before any field is read:
+    nesting deeper than MAX_DEPTH, or a lone UTF-16 surrogate ("\\ud800") in a string or a key, which
+    no UTF-8 text can hold (Graph, the queue and the logs would all choke on it). Iterative: a value nested
+    a thousand levels deep must not exhaust the stack here either."""
+    stack: list[tuple[Any, int, str]] = [(value, 1, "")]
+    while stack:
+        item, depth, path = stack.pop()
+        if isinstance(item, dict | list) and depth > MAX_DEPTH:
+            rule = f"nests arrays or objects more than {MAX_DEPTH} levels deep; a request is flat"
+            return path or MESSAGE_FIELD, rule
+        if isinstance(item, str):
+            position = next((i for i, c in enumerate(item) if 0xD800 <= ord(c) <= 0xDFFF), None)
+            if position is not None:
+                return path or MESSAGE_FIELD, (
+                    f"holds a lone UTF-16 surrogate (U+{ord(item[position]):04X}) at character {position + 1}; "
+                    "text must be valid Unicode (a character outside the BMP is written as one surrogate pair)"
+                )
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                stack.append((key, depth, path))
+                stack.append((child, depth + 1, f"{path}.{key}" if path else str(key)))
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1, f"{path}[{i}]") for i, child in enumerate(item))
+    return None
 
 
 def _decode_utf8(raw: bytes) -> str:

@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Final, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 from shared.queues import decode, json_object
+
+if TYPE_CHECKING:
+    from shared.queues import Overflow
 
 PEEK_LIMIT: Final = 32  # Storage's maximum for peek and for one receive
 SCAN_VISIBILITY: Final = 60  # seconds a scanned message stays hidden if the scan dies before restoring it
@@ -166,6 +169,8 @@ def parse_dead_letter(
             request=obj.get("request"),
             attempts=obj.get("attempts") if isinstance(obj.get("attempts"), int) else None,
             failed_at=str(obj["failedAt"]) if obj.get("failedAt") else moved_at,
+            # An envelope too large for the queue: its request and full error are in the overflow store.
+            extra={"stored": obj["stored"]} if isinstance(obj.get("stored"), dict) else {},
             **common,
         )
     retry = obj.get("$retry")
@@ -249,25 +254,58 @@ def _text(content: Any) -> str:
     return content.decode("utf-8", errors="replace") if isinstance(content, bytes) else str(content)
 
 
+UNREADABLE: Final = "Unreadable"
+
+
 def _parse(message: Any) -> DeadLetter:
-    return parse_dead_letter(
-        str(message.id), _text(message.content), getattr(message, "inserted_on", None),
-        getattr(message, "dequeue_count", None),
-    )
+    """One poison message as a DeadLetter, whatever its bytes: a letter that cannot be read is shown as
+    unreadable, with its id, rather than failing the whole listing (and hiding every other letter)."""
+    message_id = str(getattr(message, "id", "?"))
+    inserted_on = getattr(message, "inserted_on", None)
+    try:
+        return parse_dead_letter(
+            message_id, _text(message.content), inserted_on, getattr(message, "dequeue_count", None)
+        )
+    except Exception as exc:  # any content at all must not hide the other letters
+        return DeadLetter(
+            id=message_id,
+            form="raw",
+            code=UNREADABLE,
+            message=f"the message could not be read ({type(exc).__name__}); it is left as it is",
+            hint="inspect it with Azure Storage Explorer or delete it; nothing the relay can send is in it",
+            request=None,
+            inserted_on=inserted_on if isinstance(inserted_on, datetime) else None,
+        )
 
 
 class DeadLetterQueue:
     """The poison queue, and the main queue that requeue puts requests back on."""
 
-    def __init__(self, poison: PoisonQueueClient, main: MainQueueClient) -> None:
+    def __init__(self, poison: PoisonQueueClient, main: MainQueueClient, overflow: Overflow | None = None) -> None:
         self._poison = poison
         self._main = main
+        self._overflow = overflow  # where the relay stored the request of an envelope too large for the queue
+
+    def _read(self, message: Any) -> DeadLetter:
+        letter = _parse(message)
+        ref = letter.extra.get("stored")
+        if not isinstance(ref, dict) or self._overflow is None:
+            return letter
+        try:
+            full = json_object(self._overflow.get(ref).decode("utf-8"))
+        except Exception as exc:  # the store unreachable, the blob gone or altered: show what is on the queue
+            return replace(letter, extra={**letter.extra, "storedError": f"{type(exc).__name__}: {exc}"})
+        if full is None:
+            return letter
+        error = full.get("error")
+        message = str(error.get("message") or letter.message) if isinstance(error, dict) else letter.message
+        return replace(letter, request=full.get("request"), message=message)
 
     def peek(self, limit: int = PEEK_LIMIT) -> list[DeadLetter]:
         """The oldest `limit` (at most 32) dead letters, without changing anything."""
         count = max(1, min(limit, PEEK_LIMIT))
         with _missing_queue_is_empty():
-            return [_parse(m) for m in self._poison.peek_messages(max_messages=count)]
+            return [self._read(m) for m in self._poison.peek_messages(max_messages=count)]
         return []
 
     def scan(self, visit: Callable[[Any], Visit] | None = None) -> list[DeadLetter]:
@@ -299,13 +337,12 @@ class DeadLetterQueue:
             self._restore(list(held.values()))
         return found
 
-    @staticmethod
     def _visit_page(
-        page: list[Any], found: list[DeadLetter], held: dict[str, Any], visit: Callable[[Any], Visit] | None
+        self, page: list[Any], found: list[DeadLetter], held: dict[str, Any], visit: Callable[[Any], Visit] | None
     ) -> bool:
         """Read one received page; True when `visit` asked to stop."""
         for message in page:
-            found.append(_parse(message))
+            found.append(self._read(message))
             if visit is None:
                 continue
             consumed, stop = visit(message)
@@ -353,7 +390,7 @@ class DeadLetterQueue:
         results: list[Requeued | NotRequeueable] = []
 
         def visit(message: Any) -> Visit:
-            letter = _parse(message)
+            letter = self._read(message)
             if not wanted(letter):
                 return False, False
             try:
@@ -375,13 +412,20 @@ def open_queues(
     queue_name: str, *, connection_string: str | None = None, queue_url: str | None = None, credential: Any = None
 ) -> DeadLetterQueue:
     """The dead-letter queue of `queue_name` (`<queue_name>-poison`) on a storage account."""
+    from azure.storage.blob import ContainerClient
     from azure.storage.queue import QueueClient
+
+    from shared.queues import OVERFLOW_CONTAINER, BlobOverflow
 
     if connection_string:
         main = QueueClient.from_connection_string(connection_string, queue_name)
         poison = QueueClient.from_connection_string(connection_string, f"{queue_name}-poison")
+        container = ContainerClient.from_connection_string(connection_string, OVERFLOW_CONTAINER)
     else:
         assert queue_url is not None
         main = QueueClient.from_queue_url(queue_url, credential=credential)
         poison = QueueClient.from_queue_url(queue_url.rstrip("/") + "-poison", credential=credential)
-    return DeadLetterQueue(poison, main)
+        # The same account's blob endpoint: https://<account>.queue.core... -> https://<account>.blob.core...
+        account = queue_url.rstrip("/").rsplit("/", 1)[0]
+        container = ContainerClient(account.replace(".queue.", ".blob.", 1), OVERFLOW_CONTAINER, credential=credential)
+    return DeadLetterQueue(poison, main, BlobOverflow(container))

@@ -9,6 +9,7 @@ if TYPE_CHECKING:
     from shared.bootstrap import Runtime
     from shared.expiry import Report
     from shared.outcomes import Failure
+    from shared.retries import Delivery
 
 log = logging.getLogger("mailrelay")
 
@@ -42,20 +43,31 @@ def handle_mail_message(msg: QueueMessageLike, rt: Runtime | None = None) -> Non
     catches once sent), never a loss. An exception (storage unreachable) leaves the retry to the host.
     """
     from shared.bootstrap import runtime
-    from shared.ledger import fingerprint, ledger_key
-    from shared.outcomes import Permanent, Sent, Transient, as_received, permanent
-    from shared.retries import GiveUp, MalformedWrapper, after_transient, unwrap, wrap
-    from shared.sending import Attempt
+    from shared.outcomes import as_received, permanent
+    from shared.retries import MalformedWrapper, unwrap
 
     rt = rt or runtime()
     raw = msg.get_body()
     deliveries = msg.dequeue_count or 1  # tries of this very message, a crashed one included
     fields: dict[str, Any] = {"queueMessageId": msg.id, "dequeueCount": msg.dequeue_count}
     try:
-        delivery = unwrap(raw)
+        delivery = unwrap(raw, rt.overflow.get if rt.overflow else None)
     except MalformedWrapper as e:
         _dead_letter(rt, as_received(raw), permanent("InvalidRequest", str(e)), deliveries, fields)
         return
+    _handle(rt, msg, delivery, deliveries, fields)
+    if delivery.stored and rt.overflow:
+        # Its outcome is written (sent, dead-lettered or re-queued, each with its own copy): the stored
+        # request of this retry is no longer needed. Only after the writes: a crash before leaves it.
+        rt.overflow.delete(delivery.stored)
+
+
+def _handle(rt: Runtime, msg: QueueMessageLike, delivery: Delivery, deliveries: int, fields: dict[str, Any]) -> None:
+    from shared.ledger import fingerprint, ledger_key
+    from shared.outcomes import Permanent, Sent, Transient
+    from shared.retries import GiveUp, after_transient, fit_on_queue, wrap
+    from shared.sending import Attempt
+
     state = delivery.state
     original_id = (state.original_message_id if state else None) or msg.id
     attempts = (state.attempts if state else 0) + deliveries
@@ -117,7 +129,7 @@ def handle_mail_message(msg: QueueMessageLike, rt: Runtime | None = None) -> Non
         spent = Transient(outcome.code, f"{outcome.message} ({decision.reason})", outcome.hint, outcome.retry_after)
         _dead_letter(rt, attempt.request, spent, decision.attempts, fields)
         return
-    rt.requeue.put(wrap(attempt.request, decision.state), decision.delay)
+    rt.requeue.put(fit_on_queue(wrap(attempt.request, decision.state), rt.overflow), decision.delay)
     _log(
         logging.WARNING,
         "mail.retry",

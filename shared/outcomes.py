@@ -217,14 +217,21 @@ def classify_entra(result: dict[str, Any]) -> Failure:
 
 
 def as_received(raw: bytes | str) -> Any:
-    """A request as the dead letter keeps it: the JSON value if the text parses, else the text itself."""
+    """A request as the dead letter keeps it: the JSON value if the text parses, else the text itself.
+
+    Text that nests too deeply, or holds a number Python refuses (over 4,300 digits), is kept as text:
+    the envelope must be writable whatever an app enqueued.
+    """
     import json
+
+    from shared.queues import MAX_NESTING, nesting_at_most
 
     text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
     try:
-        return json.loads(text)
-    except ValueError:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
         return text
+    return value if nesting_at_most(value, MAX_NESTING) else text
 
 
 def dead_letter_envelope(request: Any, failure: Failure, attempts: int, now: datetime | None = None) -> dict[str, Any]:

@@ -24,10 +24,17 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from shared.queues import Overflow
 
 RETRY_KEY: Final = "$retry"
 REQUEST_KEY: Final = "request"
+# A request too large for its retry copy to fit on the queue is stored in the relay's overflow container
+# (shared/queues.py) and the wrapper carries its reference here instead of "request".
+STORED_KEY: Final = "requestStored"
+MAX_LAST_ERROR: Final = 200  # characters of the last error's message a wrapper carries
 
 DEFAULT_MAX_ATTEMPTS: Final = 8
 DEFAULT_MAX_AGE_HOURS: Final = 24.0
@@ -65,24 +72,31 @@ class Delivery:
 
     body: bytes
     state: RetryState | None  # None on a request's first delivery
+    stored: dict[str, Any] | None = None  # the overflow reference the body was read from, if any
 
 
-def unwrap(raw: bytes) -> Delivery:
+def unwrap(raw: bytes, load: Callable[[dict[str, Any]], bytes] | None = None) -> Delivery:
     """Split a retry wrapper into the request and its state; anything else is a first delivery, unchanged.
 
-    Raises MalformedWrapper when the message claims to be a wrapper ("$retry" at the top) but is not one.
+    `load` reads a stored request (the overflow store's `get`). Raises MalformedWrapper when the message
+    claims to be a wrapper ("$retry" at the top) but is not one, or its stored request cannot be read.
     """
     if b'"$retry"' not in raw:  # cheap test first: most messages are first deliveries
         return Delivery(raw, None)
     try:
         obj = json.loads(raw.decode("utf-8").removeprefix("\ufeff"))
-    except (UnicodeDecodeError, ValueError):
-        return Delivery(raw, None)  # not JSON: the contract reports it
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return Delivery(raw, None)  # not JSON (or nested past the parser): the contract reports it
     if not isinstance(obj, dict) or RETRY_KEY not in obj:
         return Delivery(raw, None)  # "$retry" inside a string or a nested object: an ordinary request
-    meta, request = obj.get(RETRY_KEY), obj.get(REQUEST_KEY)
-    if set(obj) != {RETRY_KEY, REQUEST_KEY} or not isinstance(meta, dict) or not isinstance(request, dict):
-        raise MalformedWrapper('a retry wrapper holds exactly "$retry" (an object) and "request" (an object)')
+    meta, request, stored = obj.get(RETRY_KEY), obj.get(REQUEST_KEY), obj.get(STORED_KEY)
+    shape_ok = (set(obj) == {RETRY_KEY, REQUEST_KEY} and isinstance(request, dict)) or (
+        set(obj) == {RETRY_KEY, STORED_KEY} and isinstance(stored, dict)
+    )
+    if not shape_ok or not isinstance(meta, dict):
+        raise MalformedWrapper(
+            'a retry wrapper holds exactly "$retry" (an object) and "request" (an object) or "requestStored"'
+        )
     attempts = meta.get("attempts")
     if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
         raise MalformedWrapper('"$retry.attempts" must be a whole number of at least 1')
@@ -100,7 +114,18 @@ def unwrap(raw: bytes) -> Delivery:
         original_message_id=original if isinstance(original, str) and original else None,
         last_error={k: str(v) for k, v in last_error.items()} if isinstance(last_error, dict) else {},
     )
-    return Delivery(json.dumps(request, ensure_ascii=False).encode("utf-8"), state)
+    if isinstance(stored, dict):
+        if load is None:
+            raise MalformedWrapper("the retry's request is stored, and this relay has no overflow store to read it")
+        from shared.queues import StoredPayloadError
+
+        try:
+            return Delivery(load(stored), state, stored)
+        except StoredPayloadError as e:  # gone or altered: permanent. The store unreachable: the host retries.
+            raise MalformedWrapper(f"the retry's stored request cannot be read: {e}") from None
+    from shared.queues import json_bytes
+
+    return Delivery(json_bytes(request), state)
 
 
 def wrap(request: dict[str, Any], state: RetryState) -> dict[str, Any]:
@@ -178,9 +203,25 @@ def after_transient(
     if now - first >= policy.max_age:
         hours = policy.max_age.total_seconds() / 3600
         return GiveUp(attempts, f"gave up after {hours:g} hours of retrying (SEND_MAX_AGE_HOURS)")
+    # The last error's message is Graph's or Entra's text: capped, so the wrapper's size stays bounded.
+    error = {k: v[:MAX_LAST_ERROR] for k, v in error.items()}
     state = RetryState(attempts=attempts, first_attempt_at=first, original_message_id=original, last_error=error)
     return Retry(state, policy.delay(attempts, retry_after, rand))
 
 
 def _iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def fit_on_queue(wrapper: dict[str, Any], overflow: Overflow | None) -> dict[str, Any]:
+    """A retry wrapper as it goes back on the main queue: the request inline if it fits, else stored in
+    the overflow container and referenced (`requestStored`), so the retry keeps its Retry-After delay
+    instead of failing to enqueue and falling back on the host's blind redelivery."""
+    from shared.queues import MAX_QUEUE_TEXT, encode, json_bytes
+
+    if len(encode(wrapper)) <= MAX_QUEUE_TEXT:
+        return wrapper
+    if overflow is None:
+        raise RuntimeError("a retry does not fit in a queue message and no overflow store is configured")
+    ref = overflow.put(json_bytes(wrapper[REQUEST_KEY]))
+    return {RETRY_KEY: wrapper[RETRY_KEY], STORED_KEY: ref}

@@ -40,6 +40,8 @@ DEPLOYED_SETTINGS: Final = (
     # The secret-expiry check (shared/expiry/). EXPIRY_COMPARE_ENTRA is left out on purpose: it is
     # off by default and needs an extra Graph permission (Application.Read.All) the infra does not grant.
     "AzureWebJobsStorage__tableServiceUri",
+    # The overflow store: what does not fit in a queue message (shared/queues.py).
+    "AzureWebJobsStorage__blobServiceUri",
     "EXPIRY_CHECK_SCHEDULE",
     "EXPIRY_WARN_DAYS",
     "EXPIRY_ALERT_SENDER",
@@ -68,6 +70,7 @@ class StorageSettings:
     queue_service_uri: str | None
     client_id: str | None  # user-assigned identity for the identity-based connection
     table_service_uri: str | None = None  # identity-based Table endpoint (the idempotency ledger)
+    blob_service_uri: str | None = None  # identity-based Blob endpoint (the overflow store)
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,7 @@ def _storage(env: Mapping[str, str]) -> StorageSettings:
         queue_service_uri=queue_uri.rstrip("/") if queue_uri else None,
         client_id=env.get("AzureWebJobsStorage__clientId", "").strip() or None,
         table_service_uri=(env.get("AzureWebJobsStorage__tableServiceUri", "").strip().rstrip("/") or None),
+        blob_service_uri=(env.get("AzureWebJobsStorage__blobServiceUri", "").strip().rstrip("/") or None),
     )
 
 
@@ -159,6 +163,9 @@ def _number(env: Mapping[str, str], name: str, default: float, *, low: float, hi
     if number is None or not low <= number <= high:
         raise SettingsError(f"Setting {name} must be {kind} from {low:g} to {high:g}, got {value!r}.")
     return number
+
+
+MAX_QUEUE_NAME_LENGTH: Final = 63 - len("-poison")
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -182,6 +189,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError(
             f"Setting MAIL_QUEUE_NAME must be a valid queue name (3-63 lower-case letters, digits, "
             f"single hyphens), got {queue_name!r}."
+        )
+    if len(queue_name) > MAX_QUEUE_NAME_LENGTH:
+        # Storage's names stop at 63 characters, and the dead letters go to "<name>-poison" (7 more).
+        raise SettingsError(
+            f"Setting MAIL_QUEUE_NAME is {len(queue_name)} characters long; at most {MAX_QUEUE_NAME_LENGTH}, "
+            f"because dead letters go to {queue_name}-poison and a queue name has at most 63 characters."
         )
     ca_bundle = env.get("MAILRELAY_CA_BUNDLE", "").strip() or None
     if ca_bundle and not os.path.isfile(ca_bundle):

@@ -1,4 +1,4 @@
-"""The Functions host's storage account (AzureWebJobsStorage): clients for the relay's queues and tables.
+"""The Functions host's storage account (AzureWebJobsStorage): clients for the relay's queues, tables, blobs.
 
 One place turns the settings into clients, so the dead-letter queue, the re-queue, the idempotency
 ledger and the expiry records all use the account the host itself uses: a connection string locally
@@ -14,6 +14,7 @@ from shared.settings import SettingsError
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
+    from azure.storage.blob import ContainerClient
     from azure.storage.queue import QueueClient
 
     from shared.settings import Settings
@@ -42,6 +43,21 @@ def table_client(settings: Settings, table_name: str, credential: Any = None, **
             "its expiry records in Table storage, https://<account>.table.core.windows.net."
         )
     return TableClient(storage.table_service_uri, table_name, credential=credential, **options)
+
+
+def container_client(settings: Settings, container: str, credential: Any = None) -> ContainerClient:
+    """A client for one blob container: the relay's overflow store (shared/queues.py)."""
+    from azure.storage.blob import ContainerClient
+
+    storage = settings.storage
+    if storage.connection_string:
+        return ContainerClient.from_connection_string(storage.connection_string, container)
+    if not storage.blob_service_uri:
+        raise SettingsError(
+            "Setting AzureWebJobsStorage__blobServiceUri is missing: the relay keeps what does not fit in a queue "
+            "message (a large dead letter or retry) in Blob storage, https://<account>.blob.core.windows.net."
+        )
+    return ContainerClient(storage.blob_service_uri, container, credential=credential)
 
 
 def create_table(client: TableClient) -> None:

@@ -88,3 +88,27 @@ class FakeRequeue:
 
     def put(self, payload: dict[str, Any], delay_seconds: int) -> None:
         self.puts.append((payload, delay_seconds))
+
+
+@dataclass
+class MemoryOverflow:
+    """The overflow store in a dict (shared/queues.py's Overflow), checking references as the blob one does."""
+
+    blobs: dict[str, bytes] = field(default_factory=dict)
+
+    def put(self, data: bytes) -> dict[str, Any]:
+        from shared.queues import reference
+
+        name = f"blob-{len(self.blobs) + 1}.json"
+        self.blobs[name] = data
+        return reference("overflow", name, data)
+
+    def get(self, ref: Mapping[str, Any]) -> bytes:
+        from shared.queues import StoredPayloadError, check_stored
+
+        if ref.get("blob") not in self.blobs:
+            raise StoredPayloadError(f"the stored payload {ref.get('blob')!r} is gone")
+        return check_stored(ref, self.blobs[str(ref["blob"])])
+
+    def delete(self, ref: Mapping[str, Any]) -> None:
+        self.blobs.pop(str(ref.get("blob")), None)

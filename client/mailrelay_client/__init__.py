@@ -12,6 +12,7 @@ Importing it is cheap (standard library only): the Storage SDK and jsonschema lo
 from mailrelay_client.client import (
     DEFAULT_QUEUE_NAME,
     MAX_MESSAGE_BYTES,
+    MAX_REQUEST_BYTES,
     MailClient,
     QueueNotFound,
     RequestTooLarge,
@@ -22,6 +23,7 @@ from mailrelay_client.validation import ContractError, Violation, schema, valida
 __all__ = [
     "DEFAULT_QUEUE_NAME",
     "MAX_MESSAGE_BYTES",
+    "MAX_REQUEST_BYTES",
     "ContractError",
     "MailClient",
     "QueueNotFound",

@@ -58,6 +58,7 @@ def violations(request: Mapping[str, Any]) -> list[Violation]:
     """Every rule `request` breaks, or [] if the relay will accept it (the allow-list aside)."""
     found = [v for error in _validator().iter_errors(dict(request)) for v in _violations(error)]
     found += _cross_field_rules(request)
+    found += _surrogates(request)
     return found
 
 
@@ -93,6 +94,21 @@ def _cross_field_rules(request: Mapping[str, Any]) -> list[Violation]:
                 if len(local) > MAX_LOCAL_PART:
                     found.append(Violation(f"{name}[{i}]", f"has more than {MAX_LOCAL_PART} characters before the @"))
     return found
+
+
+def _surrogates(request: Mapping[str, Any]) -> list[Violation]:
+    """A lone UTF-16 surrogate ("\\ud800") fits in a Python str but in no UTF-8 text: the relay refuses it."""
+    stack: list[tuple[Any, str]] = [(request, "")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str) and any(0xD800 <= ord(c) <= 0xDFFF for c in item):
+            return [Violation(path or "(message)", "holds a lone UTF-16 surrogate; text must be valid Unicode")]
+        if isinstance(item, Mapping):
+            stack.extend((v, f"{path}.{k}" if path else str(k)) for k, v in item.items())
+            stack.extend((k, path) for k in item)
+        elif isinstance(item, list):
+            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(item))
+    return []
 
 
 def _violations(error: ValidationError) -> list[Violation]:

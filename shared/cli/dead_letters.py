@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shared.cli.common import (
     EXIT_INVALID,
@@ -72,8 +72,22 @@ def register(subparsers: Subparsers) -> None:
 
 
 def shorten(text: str, width: int) -> str:
-    text = " ".join(text.split())
+    """One table cell: on one line, controls escaped (an app wrote the sender: no terminal escapes), cut."""
+    from shared.logs import safe
+
+    text = safe(" ".join(text.split()), limit=10_000)
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _json(value: Any) -> str:
+    """JSON for the terminal: characters as they are, unless a lone surrogate forces ASCII escapes (it
+    cannot be printed as UTF-8); an app's text can never stop the listing."""
+    try:
+        text = json.dumps(value, indent=2, ensure_ascii=False)
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return json.dumps(value, indent=2, ensure_ascii=True)
 
 
 def dead_letter_table(letters: Sequence[DeadLetter], hint_width: int = 60) -> str:
@@ -81,7 +95,13 @@ def dead_letter_table(letters: Sequence[DeadLetter], hint_width: int = 60) -> st
     rows = [("ID", "FAILED AT", "CODE", "SENDER", "HINT")]
     for letter in letters:
         rows.append(
-            (letter.id, letter.failed_at or "-", letter.code, letter.sender or "-", shorten(letter.hint, hint_width))
+            (
+                shorten(letter.id, 64),
+                shorten(letter.failed_at or "-", 32),
+                shorten(letter.code, 48),
+                shorten(letter.sender or "-", 64),
+                shorten(letter.hint, hint_width),
+            )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     return "\n".join(
@@ -90,27 +110,30 @@ def dead_letter_table(letters: Sequence[DeadLetter], hint_width: int = 60) -> st
 
 
 def dead_letter_details(letter: DeadLetter) -> str:
+    from shared.logs import safe
+
     lines = [
-        f"id:           {letter.id}",
+        f"id:           {safe(letter.id)}",
         f"form:         {letter.form}"
         + (" (the relay's envelope)" if letter.form == "envelope" else " (moved by the host as it was)"),
-        f"code:         {letter.code}",
-        f"message:      {letter.message}",
-        f"hint:         {letter.hint}",
+        f"code:         {safe(letter.code)}",
+        # A contract error lists one violation a line: keep those lines, escape anything else.
+        "message:      " + "\n              ".join(safe(line, limit=2_000) for line in letter.message.splitlines()),
+        f"hint:         {safe(letter.hint, limit=10_000)}",
         f"attempts:     {letter.attempts if letter.attempts is not None else 'unknown'}",
-        f"failed at:    {letter.failed_at or '-'}",
-        f"sender:       {letter.sender or '-'}",
+        f"failed at:    {safe(letter.failed_at or '-')}",
+        f"sender:       {safe(letter.sender or '-')}",
     ]
     for key, value in letter.extra.items():
-        lines.append(f"{key + ':':<13} {json.dumps(value) if not isinstance(value, str) else value}")
+        lines.append(f"{key + ':':<13} {safe(json.dumps(value) if not isinstance(value, str) else value, 1000)}")
     try:
         letter.requeue_payload()
         lines.append("requeue:      possible (`mailrelay dead-letters requeue " + letter.id + "`)")
     except ValueError as exc:
-        lines.append(f"requeue:      not possible: {exc}")
+        lines.append(f"requeue:      not possible: {safe(str(exc), 2000)}")
     lines.append("request:")
     request = letter.request
-    shown = json.dumps(request, indent=2, ensure_ascii=False) if not isinstance(request, str) else request
+    shown = _json(request) if not isinstance(request, str) else safe(request, limit=100_000)
     lines.extend("  " + line for line in shown.splitlines())
     return "\n".join(lines)
 
@@ -122,7 +145,7 @@ def run_list(args: argparse.Namespace) -> int:
         queue = _dead_letter_queue(conn)
         letters = queue.scan() if args.all else queue.peek()
         if args.json:
-            print(json.dumps([letter.to_json() for letter in letters], indent=2, ensure_ascii=False))
+            print(_json([letter.to_json() for letter in letters]))
         elif not letters:
             print(f"no dead letters in {conn.poison_queue_name}")
         else:
@@ -142,7 +165,7 @@ def run_show(args: argparse.Namespace) -> int:
             letter = _dead_letter_queue(conn).get(args.id)
         except DeadLetterNotFound as exc:
             return fail("dead-letters show", str(exc), EXIT_INVALID)
-        print(json.dumps(letter.to_json(), indent=2, ensure_ascii=False) if args.json else dead_letter_details(letter))
+        print(_json(letter.to_json()) if args.json else dead_letter_details(letter))
         return EXIT_OK
 
     return run_with_queue("dead-letters show", args, run)

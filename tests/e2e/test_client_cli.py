@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import requests
 from azure.storage.queue import QueueClient
-from mailrelay_client import MAX_MESSAGE_BYTES, MailClient, RequestTooLarge
+from mailrelay_client import MAX_MESSAGE_BYTES, MAX_REQUEST_BYTES, MailClient, RequestTooLarge
 
 from devstack.azurite import Azurite
 from devstack.host import LocalHost
@@ -52,26 +52,32 @@ def test_client_round_trip_decodes_to_the_request_and_never_expires(azurite: Azu
     assert message.expires_on.year == 9999  # time-to-live -1
 
 
-def test_the_size_limit_is_the_services(azurite: Azurite) -> None:
-    """The largest request the client lets through is one Azurite takes; one byte more, the client refuses."""
-    queue = fresh_queue(azurite)
-    client = MailClient.from_connection_string(azurite.connection_string, queue.queue_name)
-
-    def sized(n: int) -> dict[str, Any]:
-        return request("big", body={"contentType": "text", "content": "x" * n})
-
-    low, high = 0, MAX_MESSAGE_BYTES
+def largest(limit: int) -> int:
+    """The longest body content whose request encodes to at most `limit` characters."""
+    low, high = 0, limit
     while high - low > 1:
         mid = (low + high) // 2
-        low, high = (mid, high) if len(encode(sized(mid))) <= MAX_MESSAGE_BYTES else (low, mid)
-    client.send(sized(low))
+        low, high = (mid, high) if len(encode(sized(mid))) <= limit else (low, mid)
+    return low
+
+
+def sized(n: int) -> dict[str, Any]:
+    return request("big", body={"contentType": "text", "content": "x" * n})
+
+
+def test_the_size_limit_is_the_services_less_the_relays_room(azurite: Azurite) -> None:
+    """The client lets through requests up to the queue's limit less the room the relay keeps for its retry
+    state; Azurite takes a message of exactly the limit and refuses one more (the limits agree)."""
+    queue = fresh_queue(azurite)
+    client = MailClient.from_connection_string(azurite.connection_string, queue.queue_name)
+    client.send(sized(largest(MAX_REQUEST_BYTES)))
     with pytest.raises(RequestTooLarge):
-        client.send(sized(low + 3))  # base64 grows in steps of 3 bytes
-    # Without the client, the service itself refuses the larger one: the limits agree.
+        client.send(sized(largest(MAX_REQUEST_BYTES) + 3))  # base64 grows in steps of 3 bytes
+    queue.send_message(encode(sized(largest(MAX_MESSAGE_BYTES))))  # what the relay may write: fits
     from azure.core.exceptions import HttpResponseError
 
     with pytest.raises(HttpResponseError):
-        queue.send_message(encode(sized(low + 3)))
+        queue.send_message(encode(sized(largest(MAX_MESSAGE_BYTES) + 3)))
 
 
 def test_cli_send_then_requeue_after_the_scope_is_fixed_delivers(

@@ -50,7 +50,7 @@ def test_invalid_file_prints_each_violation_to_stderr(capsys: pytest.CaptureFixt
     lines = err.splitlines()
     assert len(lines) == 11
     assert 'from: "Relay <relay@contoso.com>" must be a bare address' in lines[0]
-    assert any(line.startswith("subject: must not contain CR or LF") for line in lines)
+    assert any(line.startswith("subject: must not contain CR, LF or another line break") for line in lines)
     assert any(line.startswith('headers["Reply-To"]: "Reply-To" is not allowed') for line in lines)
     assert any(line.startswith("priority: unknown field") for line in lines)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from mailrelay_client import MAX_MESSAGE_BYTES, ContractError, MailClient, RequestTooLarge, encode_request
+from mailrelay_client import MAX_REQUEST_BYTES, ContractError, MailClient, RequestTooLarge, encode_request
 
 REQUEST: dict[str, Any] = {
     "from": "alerts@contoso.com",
@@ -80,12 +80,12 @@ def test_the_limit_is_on_the_encoded_text_exactly() -> None:
 
         return len(encode(sized(n)))
 
-    low, high = 0, MAX_MESSAGE_BYTES  # size(low) fits, size(high) does not
+    low, high = 0, MAX_REQUEST_BYTES  # size(low) fits, size(high) does not
     while high - low > 1:
         mid = (low + high) // 2
-        low, high = (mid, high) if size(mid) <= MAX_MESSAGE_BYTES else (low, mid)
+        low, high = (mid, high) if size(mid) <= MAX_REQUEST_BYTES else (low, mid)
     n = low
-    assert len(encode_request(sized(n))) <= MAX_MESSAGE_BYTES
+    assert len(encode_request(sized(n))) <= MAX_REQUEST_BYTES
     with pytest.raises(RequestTooLarge):
         encode_request(sized(n + 1))
 

@@ -223,3 +223,67 @@ def test_a_send_failure_leaves_the_dead_letter_in_place() -> None:
     with pytest.raises(ConnectionError):
         dlq.requeue("id-0")
     assert len(poison.messages) == 1 and not poison.messages[0].hidden
+
+
+# --- any bytes in the poison queue: one bad letter never hides the others --------------------------
+
+HOSTILE_TEXTS = [
+    base64.b64encode(("[" * 100_000 + "]" * 100_000).encode()).decode(),  # nested past the parser
+    base64.b64encode(b'{"request": {"subject": "' + b"\\ud800" + b'"}, "error": {"code": "X"}}').decode(),
+    base64.b64encode(b'{"n": ' + b"9" * 5000 + b"}").decode(),  # a number Python refuses
+    base64.b64encode(b"\xff\xfe not utf-8").decode(),
+    base64.b64encode(
+        json.dumps({"error": {"code": "X\x1b[2J"}, "request": {"from": "a\nCRITICAL forged"}}).encode()
+    ).decode(),
+    "\x00\x01 plain junk",
+]
+
+
+def test_every_hostile_letter_is_listed_shown_and_left_and_the_valid_one_requeued(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from shared.cli.dead_letters import _json, dead_letter_details, dead_letter_table
+
+    dead, poison, _main = queues([*HOSTILE_TEXTS, envelope()])
+    letters = dead.peek()
+    assert len(letters) == len(HOSTILE_TEXTS) + 1
+    assert [letter.id for letter in dead.scan()] == [letter.id for letter in letters]
+    table = dead_letter_table(letters)
+    print(table, _json([letter.to_json() for letter in letters]), *map(dead_letter_details, letters))
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\nCRITICAL" not in table  # no terminal escapes, no forged lines
+    assert len(table.splitlines()) == len(letters) + 1
+    results = dead.requeue_all()
+    assert sum(1 for r in results if isinstance(r, Requeued)) == 1  # the valid envelope
+    assert len(poison.messages) == len(HOSTILE_TEXTS)  # the others stay, each with its reason
+
+
+def test_a_letter_that_cannot_be_parsed_at_all_is_shown_as_unreadable(monkeypatch: pytest.MonkeyPatch) -> None:
+    import shared.deadletters as module
+
+    def broken(*_: Any, **__: Any) -> Any:
+        raise MemoryError("boom")
+
+    dead, _, _ = queues([envelope(), envelope()])
+    monkeypatch.setattr(module, "parse_dead_letter", broken)
+    letters = dead.peek()
+    assert [letter.code for letter in letters] == [module.UNREADABLE] * 2
+
+
+def test_a_stored_envelope_is_shown_and_requeued_whole() -> None:
+    from shared.queues import QueueDeadLetters
+    from tests.fakes import MemoryOverflow
+
+    overflow = MemoryOverflow()
+    poison = FakeQueue([], [], "poison")
+    big = {**REQUEST, "to": [f"user{i}@contoso.com" for i in range(400)], "subject": "x" * 45_000}
+    QueueDeadLetters(poison, overflow).put(  # type: ignore[arg-type]
+        json.loads(base64.b64decode(envelope(big, "ServiceUnavailable", "Graph is down")))
+    )
+    assert len(poison.messages[0].content) <= 64 * 1024 and overflow.blobs
+    main = FakeQueue([], [], "main")
+    dead = DeadLetterQueue(poison, main, overflow)
+    [letter] = dead.peek()
+    assert letter.request == big and letter.code == "ServiceUnavailable"
+    dead.requeue(letter.id)
+    assert json.loads(base64.b64decode(main.messages[0].content)) == big
