@@ -94,8 +94,27 @@ _HINTS: Final[dict[str, str]] = {
     ),
     "MailboxConcurrency": "Graph allows 4 concurrent requests per app; the relay retries after Retry-After",
     "ServiceUnavailable": "Graph is briefly unavailable; the relay retries",
+    # Outages of the services before Graph: transient, retried with the relay's backoff and budget. If one
+    # never clears, the dead letter names the service; requeue once its status page shows it healthy.
+    "EntraUnavailable": (
+        "Entra ID (the token endpoint) is unavailable or throttling; the relay retries. If it lasts, check "
+        "https://status.azure.com and the tenant's service health, then requeue the dead letters"
+    ),
+    "ManagedIdentityUnavailable": (
+        "the managed identity endpoint of the Function App is failing (not a missing assignment: it answered "
+        "with a server error); the relay retries. If it lasts, restart the Function App or check App Service "
+        "health, then requeue the dead letters"
+    ),
+    "KeyVaultUnavailable": (
+        "Key Vault is unavailable; the relay retries. If it lasts, check the vault's Resource health, then "
+        "requeue the dead letters"
+    ),
+    "KeyVaultThrottled": (
+        "Key Vault is throttling reads of the client secret (per vault); the relay caches the secret and "
+        "retries after Retry-After. Check what else reads this vault often"
+    ),
     "Timeout": "Graph did not answer in time; the relay retries (a timed-out send may still have been accepted)",
-    "ConnectionError": "the relay could not reach the service; the relay retries",
+    "ConnectionError": "the relay could not reach Graph; the relay retries",
     # Entra ID (token requests)
     "AADSTS7000215": (
         "Entra ID rejects the client secret: the Key Vault secret probably holds the secret's ID "
@@ -211,8 +230,10 @@ def classify_entra(result: dict[str, Any]) -> Failure:
     # The first line of the description carries the AADSTS code and text; the rest is trace ids.
     first_line = description.splitlines()[0] if description else description
     code = f"AADSTS{codes[0]}" if codes else str(result.get("error") or "EntraError")
+    # RFC 6749 section 5.2 and OpenID's "temporarily_unavailable" / "server_error": the token endpoint cannot
+    # answer now (Entra uses AADSTS90033 and 50001-style codes with them). Retry; name the service.
     if result.get("error") in {"temporarily_unavailable", "server_error"}:
-        return transient(code, first_line)
+        return transient("EntraUnavailable", f"{code}: {first_line}")
     return permanent(code, first_line)
 
 

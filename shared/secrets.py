@@ -7,6 +7,7 @@ rejects the cached value (rotated or expired), which is how a rotation is picked
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -64,12 +65,27 @@ class KeyVaultSecret:
         except ResourceNotFoundError as e:
             raise RelayFailure(permanent("SecretNotFound", _first_line(e.message))) from None
         except CredentialUnavailableError as e:
+            # No identity at all (none assigned, AZURE_CLIENT_ID wrong) is configuration, not an outage. But
+            # azure-identity raises this same error when the App Service identity endpoint answers an error:
+            # MSAL turns its {"statusCode", "message"} body into {"error": "invalid_scope", "error_description":
+            # "503, Service Unavailable"} (msal/managed_identity.py, _obtain_token_on_app_service), and
+            # azure-identity into CredentialUnavailableError("... Token request error: (invalid_scope) 503,
+            # ...") (azure/identity/_internal/msal_managed_identity_client.py, _request_token). The status in
+            # that text is the only trace of an outage, after azure-identity's own retries of 5xx and 429.
+            status = _identity_endpoint_status(str(e))
+            if status is not None and (status >= 500 or status == 429):
+                message = f"the managed identity endpoint answered HTTP {status} (after azure-identity's retries)"
+                raise RelayFailure(transient("ManagedIdentityUnavailable", message)) from None
             raise RelayFailure(permanent("CredentialUnavailable", _first_line(str(e)))) from None
         except ClientAuthenticationError as e:
-            # The identity could not get a token for Key Vault, or Key Vault refused it.
-            status = getattr(e, "status_code", None)
-            if status is not None and status >= 500:
-                raise RelayFailure(transient("KeyVaultUnavailable", _first_line(str(e)))) from None
+            # Raised by the identity (its endpoint answered an error) or by Key Vault (401: it refused the
+            # token). The identity endpoint answering 5xx or 429 after azure-identity's own retries is an
+            # outage of the endpoint, not a missing assignment: transient, and named so.
+            status = e.status_code if e.status_code is not None else getattr(e.response, "status_code", None)
+            status = status if status is not None else _identity_endpoint_status(str(e))  # the chain's text
+            if status is not None and (status >= 500 or status == 429):
+                message = f"the managed identity endpoint answered HTTP {status}: {_first_line(str(e))[:300]}"
+                raise RelayFailure(transient("ManagedIdentityUnavailable", message)) from None
             raise RelayFailure(permanent("CredentialUnavailable", _first_line(str(e)))) from None
         except HttpResponseError as e:
             code = (e.error.code if e.error else None) or f"HTTP{e.status_code}"
@@ -77,12 +93,19 @@ class KeyVaultSecret:
             if inner == "SecretDisabled" or "disabled" in (e.message or "").lower():
                 code = "SecretDisabled"
             if e.status_code in (429,) or (e.status_code or 0) >= 500:
+                # Key Vault throttles per vault (429, Retry-After) and can be briefly unavailable (5xx):
+                # https://learn.microsoft.com/azure/key-vault/general/overview-throttling. Its own error
+                # code ("Throttled", "ServiceUnavailable") is kept in the message; the outcome's code names
+                # the service, so the dead letter says which one failed.
                 headers = getattr(e.response, "headers", None) or {}
                 retry_after = parse_retry_after(headers.get("Retry-After"))
-                raise RelayFailure(transient(code, _first_line(e.message), retry_after)) from None
+                outage = "KeyVaultThrottled" if e.status_code == 429 else "KeyVaultUnavailable"
+                message = f"Key Vault answered HTTP {e.status_code} ({code}): {_first_line(e.message)[:300]}"
+                raise RelayFailure(transient(outage, message, retry_after)) from None
             raise RelayFailure(permanent(code, _first_line(e.message))) from None
         except (ServiceRequestError, ServiceResponseError) as e:
-            raise RelayFailure(transient("ConnectionError", f"Key Vault unreachable: {_first_line(str(e))}")) from None
+            message = f"Key Vault unreachable: {_first_line(str(e))[:300]}"
+            raise RelayFailure(transient("KeyVaultUnavailable", message)) from None
         if secret.value is None:
             raise RelayFailure(permanent("SecretNotFound", f"secret {self._name!r} has no value"))
         changed = self.version is not None and secret.properties.version != self.version
@@ -93,6 +116,14 @@ class KeyVaultSecret:
             "client secret read from Key Vault",
             extra={"event": "secret.read", "secretName": self._name, "secretVersion": self.version, "rotated": changed},
         )
+
+
+_ENDPOINT_STATUS = re.compile(r"Token request error: \(\w+\) (\d{3}),")
+
+
+def _identity_endpoint_status(text: str) -> int | None:
+    match = _ENDPOINT_STATUS.search(text)
+    return int(match.group(1)) if match else None
 
 
 def _first_line(text: str | None) -> str:

@@ -78,10 +78,17 @@ class MsalTokens:
         app = self._application(secret)
         if fresh:
             app.remove_tokens_for_client()
+        import msal
+
         try:
             return app.acquire_token_for_client(GRAPH_SCOPES)  # type: ignore[no-any-return]
         except (requests.ConnectionError, requests.Timeout) as e:
-            raise RelayFailure(transient("ConnectionError", f"Entra ID unreachable: {type(e).__name__}")) from None
+            raise RelayFailure(transient("EntraUnavailable", f"Entra ID unreachable: {type(e).__name__}")) from None
+        except msal.exceptions.MsalServiceError as e:
+            # MSAL raises (rather than returning an error result) when the token endpoint answers 5xx with
+            # no OAuth error body: an outage of Entra ID, to retry, never a verdict on the app.
+            message = f"Entra ID's token endpoint failed: {str(e).splitlines()[0][:300]}"
+            raise RelayFailure(transient("EntraUnavailable", message)) from None
 
     def token(self, *, fresh: bool = False) -> str:
         with self._lock:

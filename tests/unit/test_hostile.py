@@ -282,3 +282,69 @@ def test_the_client_leaves_room_for_what_the_relay_adds() -> None:
     )
     overhead = len(encode(wrap({}, state))) - len(encode({}))
     assert overhead < RELAY_OVERHEAD_BYTES
+
+
+# --- Log lines: one physical line, whatever an app or a service put in a field ----------------------
+
+NASTY = "a\rb\nc\u0085d\u2028e\u2029f\x1b[31mg\x00h"
+
+
+def test_every_logged_field_is_escaped(rt: Runtime, caplog: pytest.LogCaptureFixture) -> None:
+    from tests.fakes import graph_error
+
+    wrapper = {
+        "$retry": {"attempts": 1, "firstAttemptAt": "2026-01-01T00:00:00Z", "originalMessageId": f"orig{NASTY}"},
+        "request": {**REQUEST, "id": "ok-id"},
+    }
+    graph_of(rt).replies.extend(
+        [graph_error(503, f"Code{NASTY}", f"message{NASTY}", retry_after="1"), graph_error(400, f"Bad{NASTY}")]
+    )
+    with caplog.at_level(logging.DEBUG):
+        deliver(rt, json.dumps(wrapper), f"queue{NASTY}")  # retried: code, retryAfter, originalMessageId
+        deliver(rt, json.dumps({**REQUEST, "id": "id-2"}), "m2")  # dead-lettered: code and hint from Graph
+        deliver(rt, json.dumps({**REQUEST, "from": f"x{NASTY}@contoso.com"}), "m3")  # sender an app wrote
+        deliver(rt, "1" * 5000, "m4")
+    texts = [r.getMessage() for r in caplog.records if r.name.startswith("mailrelay")]
+    assert len(texts) >= 4
+    for text in texts:
+        assert not set(text) & set("\r\n\u0085\u2028\u2029\x1b\x00"), repr(text)
+    assert any("orig\\x0da\\x0ab" in t or "orig" in t for t in texts)
+    # Structured fields (`extra`) are escaped too: a sink that renders them cannot be forged either.
+    for record in caplog.records:
+        for key in ("originalMessageId", "sender", "code", "hint"):
+            value = getattr(record, key, "")
+            assert not isinstance(value, str) or not set(value) & set("\r\n\u0085\u2028\u2029\x1b")
+
+
+def test_fields_are_capped() -> None:
+    from shared.logs import MAX_FIELD_CHARS, safe
+
+    assert len(safe("x" * 10_000)) == MAX_FIELD_CHARS + 1  # the cut is marked with an ellipsis
+    assert safe("\ud800") == "\\ud800"
+
+
+# --- Outages end, if they never clear, in a dead letter that names the service ----------------------
+
+
+@pytest.mark.parametrize("code", ["EntraUnavailable", "ManagedIdentityUnavailable", "KeyVaultUnavailable"])
+def test_an_outage_that_never_clears_is_dead_lettered_naming_the_service(rt: Runtime, code: str) -> None:
+    from shared.outcomes import RelayFailure, transient
+
+    tokens = rt.relay._tokens
+    assert isinstance(tokens, FakeTokens)
+    tokens.failure = RelayFailure(transient(code, "down"))
+    deliver(rt, json.dumps(REQUEST))
+    [(text, _)] = queue_of(rt.requeue).messages  # first: retried by the relay, with its backoff
+    wrapper = json.loads(base64.b64decode(text))
+    assert wrapper["$retry"]["lastError"]["code"] == code
+    spent = {**wrapper, "$retry": {**wrapper["$retry"], "attempts": rt.settings.retry_policy.max_attempts}}
+    deliver(rt, json.dumps(spent), "m2")
+    envelope = the_dead_letter_after_retries(rt)
+    assert envelope["error"]["code"] == code
+    service = {"EntraUnavailable": "Entra ID", "ManagedIdentityUnavailable": "managed identity"}
+    assert service.get(code, "Key Vault") in envelope["error"]["hint"]
+
+
+def the_dead_letter_after_retries(rt: Runtime) -> dict[str, Any]:
+    [envelope] = queue_of(rt.dead_letters).decoded()
+    return envelope

@@ -62,9 +62,15 @@ def test_any_2xx_is_sent_and_unknown_4xx_permanent_5xx_transient() -> None:
         ),
         (
             {"error": "temporarily_unavailable", "error_description": "try later"},
-            "temporarily_unavailable",
+            "EntraUnavailable",
             Transient,
-            "",
+            "Entra ID",
+        ),
+        (
+            {"error": "server_error", "error_codes": [90033], "error_description": "AADSTS90033: A transient error"},
+            "EntraUnavailable",
+            Transient,
+            "Entra ID",
         ),
     ],
 )
