@@ -148,8 +148,11 @@ class Violation:
 class ContractError(ValueError):
     """A send request that breaks the contract; `violations` lists every broken rule, in input order."""
 
-    def __init__(self, violations: Sequence[Violation]) -> None:
+    def __init__(self, violations: Sequence[Violation], *, encoding: bool = False) -> None:
         self.violations = list(violations)
+        # True when the text itself could not be read as a JSON request (not UTF-8, not JSON, encoded twice):
+        # the dead letter's code is then InvalidEncoding, whose hint is about the queue's base64 encoding.
+        self.encoding = encoding
         super().__init__(str(self))
 
     def __str__(self) -> str:
@@ -583,12 +586,15 @@ def _raw_recipient_count_problem(data: Mapping[str, Any]) -> str | None:
     return _recipient_count_problem(sum(len(value) for value in lists))
 
 
-def _message_error(rule: str) -> ContractError:
-    return ContractError([Violation(MESSAGE_FIELD, rule)])
+def _message_error(rule: str, *, encoding: bool = False) -> ContractError:
+    return ContractError([Violation(MESSAGE_FIELD, rule)], encoding=encoding)
 
 
 def _load_object(raw: bytes | bytearray | str | Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(raw, Mapping):
+        problem = structure_problem(raw)  # a Python caller (requeue, the client) may hold a lone surrogate too
+        if problem:
+            raise ContractError([Violation(*problem)])
         return dict(raw)
     if isinstance(raw, bytes | bytearray):
         text = _decode_utf8(bytes(raw))
@@ -599,11 +605,11 @@ def _load_object(raw: bytes | bytearray | str | Mapping[str, Any]) -> dict[str, 
     # RFC 8259 lets a parser ignore a byte order mark; Windows tools write one often.
     text = text.removeprefix("\ufeff")
     if not text.strip():
-        raise _message_error("is empty; a send request is a JSON object")
+        raise _message_error("is empty; a send request is a JSON object", encoding=True)
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise _message_error(_not_json_rule(text, exc)) from None
+        raise _message_error(_not_json_rule(text, exc), encoding=True) from None
     except (ValueError, RecursionError) as exc:
         # Python refuses integers of more than 4,300 digits (a ValueError that is no JSONDecodeError), and
         # its parser recurses once per level of nesting: neither may escape as anything but a violation.
@@ -618,7 +624,8 @@ def _load_object(raw: bytes | bytearray | str | Mapping[str, Any]) -> dict[str, 
     if isinstance(value, str) and json_object(value) is not None:
         raise _message_error(
             "is a JSON string that holds a JSON object: the request seems JSON-encoded twice; "
-            "serialize the object once"
+            "serialize the object once",
+            encoding=True,
         )
     if not isinstance(value, dict):
         raise _message_error(f"must be a JSON object ({{...}}), not {_describe(value)}")
@@ -655,7 +662,7 @@ def structure_problem(value: Any) -> tuple[str, str] | None:
 def _decode_utf8(raw: bytes) -> str:
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in raw[:4]:
         raise _message_error(
-            "is UTF-16 text (byte order mark or NUL bytes); a send request is JSON encoded as UTF-8"
+            "is UTF-16 text (byte order mark or NUL bytes); a send request is JSON encoded as UTF-8", encoding=True
         )
     try:
         return raw.decode("utf-8")
@@ -663,7 +670,8 @@ def _decode_utf8(raw: bytes) -> str:
         raise _message_error(
             f"is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start} is invalid); a send "
             "request is JSON encoded as UTF-8, so convert text in another encoding (Windows-1252, "
-            "Latin-1) first"
+            "Latin-1) first",
+            encoding=True,
         ) from None
 
 

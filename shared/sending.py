@@ -52,7 +52,7 @@ class Relay:
         try:
             req = parse_request(raw)
         except ContractError as e:
-            code = "InvalidEncoding" if any(v.field == "(message)" for v in e.violations) else "InvalidRequest"
+            code = "InvalidEncoding" if e.encoding else "InvalidRequest"
             return Attempt(permanent(code, str(e)), request)
         if req.sender.lower() not in self._allowed:
             return Attempt(
