@@ -270,7 +270,18 @@ class LocalStack:
         mailboxes = [{"address": a, "inExchangeScope": True} for a in _unique(self.exchange_scope)]
         mailboxes += [{"address": a, "inExchangeScope": False} for a in _unique(self.mailboxes)]
         return {
-            "apps": [{"tenantId": self.tenant_id, "clientId": self.client_id, "secret": self._client_secret}],
+            # RBAC for Applications, as infra/ sets it up: no Entra consent; Exchange grants Mail.Send (and
+            # Mail.ReadBasic, so `mailrelay doctor --allowed/--denied` can probe without sending) over the scope.
+            "apps": [
+                {
+                    "tenantId": self.tenant_id,
+                    "clientId": self.client_id,
+                    "secret": self._client_secret,
+                    "roles": [],
+                    "scopeModel": "rbac",
+                    "exchangeRoles": ["Application Mail.Send", "Application Mail.ReadBasic"],
+                }
+            ],
             "mailboxes": mailboxes,
             "secrets": [{"name": SECRET_NAME, "value": self._client_secret, "expiresOn": expires}],
         }

@@ -404,6 +404,8 @@ module api 'app/api.bicep' = {
       MAIL_QUEUE_NAME: mailQueueName
       SEND_MAX_ATTEMPTS: string(sendMaxAttempts)
       SEND_MAX_AGE_HOURS: sendMaxAgeHours
+      // The relay's hints and `mailrelay doctor` depend on the model the scripts in infra/exchange set up.
+      EXCHANGE_SCOPE_MODEL: exchangeScopeModel == 'ApplicationAccessPolicy' ? 'policy' : 'rbac'
       EXPIRY_CHECK_SCHEDULE: expiryCheckSchedule
       EXPIRY_WARN_DAYS: expiryWarnDays
       EXPIRY_ALERT_SENDER: expiryAlertSender

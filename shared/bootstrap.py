@@ -78,7 +78,10 @@ def build_clients(settings: Settings) -> Clients:
         http_client=session,
     )
     relay = Relay(
-        allowed_senders=settings.allowed_senders, tokens=tokens, graph=GraphClient(session, settings.graph_base_url)
+        allowed_senders=settings.allowed_senders,
+        tokens=tokens,
+        graph=GraphClient(session, settings.graph_base_url),
+        scope_model=settings.exchange_scope_model,
     )
     storage_identity = None
     if not settings.storage.connection_string:

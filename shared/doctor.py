@@ -1,8 +1,11 @@
 """`mailrelay doctor`: is the relay set up to send? Checks each piece in the order a send needs it.
 
-Nothing is sent and nothing is written: settings, then the client secret in Key Vault, then a token
-from Entra ID (and the application permissions it carries), then the queues and tables. Graph's
-sendMail has no dry run, so the Exchange scope is checked with infra/exchange/Test-ExchangeScope.ps1.
+Nothing is written: settings, then the client secret in Key Vault, then a token from Entra ID (and the
+application permissions it carries, read against EXCHANGE_SCOPE_MODEL), then the queues and tables.
+With `--allowed` and `--denied` it verifies the Exchange scope, the usual second check after setting it
+up: without sending, by reading each mailbox's inbox id when the app may read mail (Exchange scopes that
+as it scopes Mail.Send); else, with `--send-test-to`, by a real test mail from each address. A denied
+address that Exchange lets through is the most important finding: the scope does not restrict.
 No line shows a secret value or a token.
 """
 
@@ -10,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Final, Literal
 
@@ -43,7 +46,14 @@ def token_roles(token: str) -> list[str]:
     return [str(r) for r in roles] if isinstance(roles, list) else []
 
 
-def diagnose(env: Mapping[str, str], *, offline: bool = False) -> list[Check]:
+def diagnose(
+    env: Mapping[str, str],
+    *,
+    offline: bool = False,
+    allowed: Sequence[str] = (),
+    denied: Sequence[str] = (),
+    send_test_to: str | None = None,
+) -> list[Check]:
     from shared.settings import SettingsError, load_expiry_settings, load_settings
 
     checks: list[Check] = []
@@ -70,6 +80,17 @@ def diagnose(env: Mapping[str, str], *, offline: bool = False) -> list[Check]:
     if checks[-1].status == "ok":
         checks.append(_token(clients))
     checks.extend(_storage(settings, clients))
+    token = next((c for c in checks if c.name == "entra token"), None)
+    if allowed or denied:
+        if token is None or token.status == "fail":
+            checks.append(Check("exchange scope", "skip", "not verified: no working token (see above)"))
+        else:
+            from shared.outcomes import RelayFailure
+
+            try:
+                checks.extend(scope_checks(clients, allowed, denied, send_test_to))
+            except RelayFailure as e:
+                checks.append(Check("exchange scope", "fail", f"{e.outcome.code}: {e.outcome.message}", e.outcome.hint))
     return checks
 
 
@@ -92,20 +113,163 @@ def _secret(clients: Clients) -> Check:
 
 
 def _token(clients: Clients) -> Check:
+    """The token's roles read against the scope model: the same role is right under one, a hole under the other."""
+    model = clients.settings.exchange_scope_model
+
     def acquire() -> Check:
         roles = token_roles(clients.tokens.token())
+        shown = ", ".join(roles) or "none"
+        if model == "rbac" and MAIL_SEND_ROLE in roles:
+            return Check(
+                "entra token",
+                "warn",
+                f"app-only token WITH the Entra consent {MAIL_SEND_ROLE} (roles: {shown}), under RBAC for Applications",
+                "this consent lets the app send as anyone: Entra consent and RBAC for Applications add up, so the "
+                "Exchange scope restricts nothing. Remove it (infra/exchange/Set-RbacApplicationScope.ps1 "
+                "-RemoveEntraConsent); Exchange's role assignment alone should grant Mail.Send",
+            )
+        if model == "rbac":
+            return Check(
+                "entra token",
+                "ok",
+                f"app-only token without Entra's {MAIL_SEND_ROLE} (roles: {shown}): "
+                "Exchange's RBAC for Applications scope alone authorises, as it should",
+            )
         if MAIL_SEND_ROLE in roles:
-            return Check("entra token", "ok", f"app-only token with roles: {', '.join(roles)}")
+            return Check("entra token", "ok", f"app-only token with roles: {shown} (scoped by the access policy)")
         return Check(
             "entra token",
-            "warn",
-            f"app-only token without {MAIL_SEND_ROLE} (roles: {', '.join(roles) or 'none'})",
-            "right for RBAC for Applications, where Exchange grants Mail.Send and a tenant-wide consent would "
-            "defeat the scope; with an application access policy, grant Mail.Send as an Application permission "
-            "(not Delegated) with admin consent",
+            "fail",
+            f"app-only token without {MAIL_SEND_ROLE} (roles: {shown}), under an application access policy",
+            "an access policy only narrows a consent: grant Mail.Send as an Application permission (not "
+            'Delegated) with admin consent ("the token contains no permissions" is this case)',
         )
 
     return _outcome_check("entra token", acquire)
+
+
+# --- The Exchange scope, verified ----------------------------------------------------------------
+
+NON_RESTRICTING_CAUSES: Final = (
+    "likely causes: a tenant-wide Mail.Send consent in Entra beside RBAC for Applications (the two add up: remove "
+    "it with Set-RbacApplicationScope.ps1 -RemoveEntraConsent); no management scope or access policy at all; the "
+    "scope or policy on the wrong group (or, for an access policy, DenyAccess where RestrictAccess was meant). Fix "
+    "it, then check again: changes take 30 minutes to 2 hours, or more, to apply"
+)
+NOT_ALLOWED_CAUSES: Final = (
+    "likely causes: the mailbox is not in the mail-enabled group or the management scope; the change has not "
+    "replicated yet (30 minutes to 2 hours, or more); EWS disabled on the mailbox (`Get-CASMailbox <mailbox> | "
+    "fl EwsEnabled`); no Exchange Online mailbox (on-premises or unlicensed user; a shared mailbox needs no licence)"
+)
+
+
+def _verdict(reply_status: int, error: object) -> tuple[str, str]:
+    """("allowed" | "denied" | "blocked" | "missing" | "error", detail) of one probe or send."""
+    code = ""
+    message = ""
+    if isinstance(error, dict) and isinstance(error.get("error"), dict):
+        code = str(error["error"].get("code") or "")
+        message = str(error["error"].get("message") or "")
+    if 200 <= reply_status < 300:
+        return "allowed", f"HTTP {reply_status}"
+    if code == "ErrorAccessDenied" and message.strip() == "Access to OData is disabled.":
+        return "blocked", "ErrorAccessDenied: Access to OData is disabled (EWS/REST blocked on the mailbox)"
+    if code == "ErrorAccessDenied":
+        return "denied", f"ErrorAccessDenied: {message[:120]}"
+    if code in ("MailboxNotEnabledForRESTAPI", "ErrorInvalidUser", "ResourceNotFound"):
+        return "missing", f"{code}: no Exchange Online mailbox by that address"
+    return "error", f"HTTP {reply_status} {code}: {message[:120]}"
+
+
+def scope_checks(
+    clients: Clients, allowed: Sequence[str], denied: Sequence[str], send_test_to: str | None = None
+) -> list[Check]:
+    """Exchange's scope, address by address: allowed ones must work, denied ones must be refused."""
+    from shared.graph import GraphClient
+
+    settings = clients.settings
+    checks = [
+        Check(
+            f"allow-list {a}",
+            "fail",
+            f"{a} is not on ALLOWED_SENDERS",
+            "add it there too: the relay refuses it before Graph whatever Exchange allows",
+        )
+        for a in allowed
+        if a.lower() not in settings.allowed_senders
+    ]
+    graph = GraphClient(clients.session, settings.graph_base_url)
+    token = clients.tokens.token()
+    probes = {a: _verdict(*_reply(graph.read_inbox(a, token))) for a in (*allowed, *denied)}
+    # Reading is conclusive once one allowed mailbox answers: the app does hold a read permission.
+    conclusive = any(v[0] == "allowed" for a, v in probes.items() if a in allowed) or any(
+        v[0] == "allowed" for a, v in probes.items() if a in denied
+    )
+    if conclusive:
+        method = "read probe (GET mailFolders/inbox)"
+        results = probes
+    elif send_test_to:
+        method = f"test mail to {send_test_to}"
+        results = {a: _send_test(clients, a, send_test_to) for a in (*allowed, *denied)}
+    else:
+        return [
+            *checks,
+            Check(
+                "exchange scope",
+                "warn",
+                "not verified: every read probe was refused, so either the app may not read mail or no allowed "
+                "address is in its scope; Exchange's scope cannot be told apart from that without sending",
+                'grant the app a read role in the same scope (RBAC: "Application Mail.ReadBasic"), or run again '
+                "with --send-test-to ADDRESS: a real test mail from each address",
+            ),
+        ]
+    for address in allowed:
+        verdict, detail = results[address]
+        if verdict == "allowed":
+            checks.append(Check(f"scope allows {address}", "ok", f"{detail} ({method})"))
+        else:
+            checks.append(Check(f"scope allows {address}", "fail", f"refused: {detail} ({method})", NOT_ALLOWED_CAUSES))
+    for address in denied:
+        verdict, detail = results[address]
+        if verdict == "allowed":
+            checks.append(
+                Check(
+                    f"scope denies {address}",
+                    "fail",
+                    f"NOT RESTRICTED: the app can act on {address} ({method}); the scope does not restrict",
+                    NON_RESTRICTING_CAUSES,
+                )
+            )
+        elif verdict in ("denied", "blocked", "missing"):
+            checks.append(Check(f"scope denies {address}", "ok", f"refused as it should be: {detail} ({method})"))
+        else:
+            checks.append(Check(f"scope denies {address}", "warn", f"could not tell: {detail} ({method})"))
+    return checks
+
+
+def _reply(reply: object) -> tuple[int, object]:
+    return int(getattr(reply, "status", 0)), getattr(reply, "error", None)
+
+
+def _send_test(clients: Clients, sender: str, recipient: str) -> tuple[str, str]:
+    from shared.outcomes import Permanent, Sent
+
+    request = {
+        "from": sender,
+        "to": [recipient],
+        "subject": f"mailrelay doctor: Exchange scope test from {sender}",
+        "body": {"contentType": "text", "content": "A test of the relay's Exchange scope. No action needed."},
+        "saveToSentItems": False,
+    }
+    outcome = clients.relay.send_as(sender, request)
+    if isinstance(outcome, Sent):
+        return "allowed", "HTTP 202 (test mail sent)"
+    if isinstance(outcome, Permanent):
+        return _verdict(
+            403 if outcome.code == "ErrorAccessDenied" else 404,
+            {"error": {"code": outcome.code, "message": outcome.message}},
+        )
+    return "error", f"{outcome.code}: {outcome.message[:120]}"
 
 
 def _storage(settings: Settings, clients: Clients) -> list[Check]:

@@ -98,6 +98,23 @@ class GraphClient:
             request_id=response.headers.get("request-id"),
         )
 
+    def read_inbox(self, mailbox: str, token: str) -> GraphReply:
+        """GET the mailbox's inbox id: needs a read permission, and Exchange scopes it as it scopes sendMail,
+        so `mailrelay doctor` probes the scope with it without sending anything."""
+        url = f"{self._base_url}/v1.0/users/{quote(mailbox, safe='@')}/mailFolders/inbox"
+        response = self._session.get(
+            url, params={"$select": "id"}, headers={"Authorization": f"Bearer {token}"}, timeout=self._timeout
+        )
+        error: Any = None
+        if response.status_code >= 300 and response.content:
+            try:
+                error = response.json()
+            except ValueError:
+                error = None
+        return GraphReply(
+            response.status_code, error, response.headers.get("Retry-After"), response.headers.get("request-id")
+        )
+
 
 def http_session(ca_bundle: str | None) -> requests.Session:
     """One pooled session for Entra and Graph.

@@ -52,13 +52,27 @@ SCOPE_CHANGE_DELAY: Final = "changes to the scope take 30 minutes to 2 hours, or
 
 # Hints by Graph error code: the fix an admin can make. Codes are Graph's `error.code`, Entra's
 # AADSTS number, Key Vault's error code, or the relay's own codes for checks made before Graph.
-_HINTS: Final[dict[str, str]] = {
-    "ErrorAccessDenied": (
-        "the app's Exchange scope (RBAC for Applications or an application access policy) does not "
-        "include this mailbox, or the app lacks the Mail.Send application permission with admin consent, "
-        f"or EWS/REST access is blocked on the mailbox; {SCOPE_CHANGE_DELAY}. Check with "
-        "Test-ServicePrincipalAuthorization or Test-ApplicationAccessPolicy (infra/exchange)"
+# ErrorAccessDenied on send, by the Exchange scope model in use (EXCHANGE_SCOPE_MODEL). Under RBAC for
+# Applications the usual advice, "grant Mail.Send with admin consent", is exactly what defeats the scope:
+# Entra consent and RBAC for Applications add up, and the consent reaches every mailbox.
+ACCESS_DENIED_HINTS: Final[dict[str, str]] = {
+    "rbac": (
+        "this mailbox is outside the app's Exchange scope (RBAC for Applications): not in the management scope of "
+        "the app's \"Application Mail.Send\" role assignment, the scope's group is not mail-enabled, or the "
+        "assignment is missing. Add the mailbox to the scope (infra/exchange/Set-RbacApplicationScope.ps1) and "
+        "check with `mailrelay doctor --allowed <mailbox>` or Test-ServicePrincipalAuthorization. Do not grant "
+        f"Mail.Send consent in Entra instead: it would let the app send as anyone; {SCOPE_CHANGE_DELAY}"
     ),
+    "policy": (
+        "this mailbox is outside the app's Exchange scope: its application access policy does not include it "
+        "(add it to the policy's mail-enabled security group), or the app lacks the Mail.Send application "
+        "permission with admin consent. Check with `mailrelay doctor --allowed <mailbox>` or "
+        f"Test-ApplicationAccessPolicy (infra/exchange); {SCOPE_CHANGE_DELAY}"
+    ),
+}
+
+_HINTS: Final[dict[str, str]] = {
+    "ErrorAccessDenied": ACCESS_DENIED_HINTS["rbac"],
     "ErrorSendAsDenied": (
         "the mailbox in 'from' differs from the one in the URL; the relay sends as 'from', so this "
         "points at a mailbox that refuses send-as for the app"
@@ -164,19 +178,21 @@ _HINTS: Final[dict[str, str]] = {
 _TRANSIENT_STATUS: Final = frozenset({408, 429, 500, 502, 503, 504})
 
 
-def hint_for(code: str, message: str = "") -> str:
+def hint_for(code: str, message: str = "", scope_model: str = "rbac") -> str:
     if code == "ErrorAccessDenied" and "OData is disabled" in message and "AccessPolicy" not in message:
         return (
             "REST/EWS access is blocked for the app or the mailbox (EwsApplicationAccessPolicy, the EWS "
             "block list, or EWS disabled on the mailbox: `Get-CASMailbox <mailbox> | fl EwsEnabled`)"
         )
+    if code == "ErrorAccessDenied":
+        return ACCESS_DENIED_HINTS["policy" if "AccessPolicy" in message else scope_model]
     if code in _HINTS:
         return _HINTS[code]
     return "see the code and message; if it persists, check Microsoft Graph's service health"
 
 
-def permanent(code: str, message: str) -> Permanent:
-    return Permanent(code=code, message=message, hint=hint_for(code, message))
+def permanent(code: str, message: str, scope_model: str = "rbac") -> Permanent:
+    return Permanent(code=code, message=message, hint=hint_for(code, message, scope_model))
 
 
 def transient(code: str, message: str, retry_after: float | None = None) -> Transient:
@@ -201,7 +217,7 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
-def classify_http(status: int, error: Any, retry_after: str | None = None) -> Outcome:
+def classify_http(status: int, error: Any, retry_after: str | None = None, scope_model: str = "rbac") -> Outcome:
     """Classify an HTTP answer from Graph; `error` is the parsed JSON body (or None)."""
     if 200 <= status < 300:
         return Sent(status=status)
@@ -210,7 +226,7 @@ def classify_http(status: int, error: Any, retry_after: str | None = None) -> Ou
         return transient(code, message, parse_retry_after(retry_after))
     if status >= 500:
         return transient(code, message, parse_retry_after(retry_after))
-    return permanent(code, message)
+    return permanent(code, message, scope_model)
 
 
 def _graph_error(error: Any, status: int) -> tuple[str, str]:

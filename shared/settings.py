@@ -37,6 +37,8 @@ DEPLOYED_SETTINGS: Final = (
     # a tuning knob with a sound default (the local stack and the tests shorten it).
     "SEND_MAX_ATTEMPTS",
     "SEND_MAX_AGE_HOURS",
+    # Which Exchange scope model infra/ set up: the hints and the doctor read it.
+    "EXCHANGE_SCOPE_MODEL",
     # The secret-expiry check (shared/expiry/). EXPIRY_COMPARE_ENTRA is left out on purpose: it is
     # off by default and needs an extra Graph permission (Application.Read.All) the infra does not grant.
     "AzureWebJobsStorage__tableServiceUri",
@@ -90,6 +92,9 @@ class Settings:
     max_attempts: int = 8
     max_age_hours: float = 24.0
     retry_base_seconds: float = 30.0
+    # How Exchange restricts the app's mailboxes: RBAC for Applications (infra's default) or an application
+    # access policy. The hints for ErrorAccessDenied and `mailrelay doctor` depend on it.
+    exchange_scope_model: str = "rbac"
 
     @property
     def retry_policy(self) -> RetryPolicy:
@@ -219,7 +224,21 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_attempts=int(_number(env, "SEND_MAX_ATTEMPTS", 8, low=1, high=100, whole=True)),
         max_age_hours=_number(env, "SEND_MAX_AGE_HOURS", 24.0, low=0.01, high=168, whole=False),
         retry_base_seconds=_number(env, "SEND_RETRY_BASE_SECONDS", 30.0, low=0.0, high=3600, whole=False),
+        exchange_scope_model=_scope_model(env),
     )
+
+
+EXCHANGE_SCOPE_MODELS: Final = ("rbac", "policy")
+
+
+def _scope_model(env: Mapping[str, str]) -> str:
+    model = env.get("EXCHANGE_SCOPE_MODEL", "").strip().lower() or "rbac"
+    if model not in EXCHANGE_SCOPE_MODELS:
+        raise SettingsError(
+            f"Setting EXCHANGE_SCOPE_MODEL must be rbac (RBAC for Applications) or policy (an application access "
+            f"policy), got {model!r}."
+        )
+    return model
 
 
 # --- The secret-expiry check (shared/expiry/) ---------------------------------------------------

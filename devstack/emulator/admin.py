@@ -53,6 +53,8 @@ class AdminAPI:
             self._faults.clear()
             self._outbox.clear()
             self._stats = dict.fromkeys(SERVICES, 0)
+            self._vault_denied.clear()
+            self.scope_delay, self.scope_group_mail_enabled = 0.0, True
 
     def load_seed(self, seed: Mapping[str, Any]) -> None:
         """Apply a seed document: ``{"apps": [...], "mailboxes": [...], "secrets": [...], "faults": [...]}``.
@@ -101,7 +103,17 @@ class AdminAPI:
                 body = _json_object(payload)
                 if not isinstance(body.get("inScope"), bool):
                     raise ValueError("inScope is required and must be true or false")
-                self.set_exchange_scope(_required_str(body, "address"), body["inScope"])
+                delay = body.get("delaySeconds")
+                if delay is not None and (not isinstance(delay, int | float) or isinstance(delay, bool) or delay < 0):
+                    raise ValueError("delaySeconds must be a number of seconds, at least 0")
+                self.set_exchange_scope(_required_str(body, "address"), body["inScope"], delay)
+            elif route[1] == "exchange":
+                self.configure_exchange(_json_object(payload))
+            elif route[1] == "vault-access":
+                body = _json_object(payload)
+                if not isinstance(body.get("canReadSecrets"), bool):
+                    raise ValueError("canReadSecrets is required and must be true or false")
+                self.set_vault_access(_required_str(body, "clientId"), body["canReadSecrets"])
             elif route[1] == "secrets":
                 return _json_response(200, {"version": self._apply_secret(_json_object(payload))})
             elif route[1] == "faults":

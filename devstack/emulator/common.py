@@ -28,6 +28,7 @@ SERVICES: tuple[str, ...] = (
     "keyvault.getSecret",
     "graph.sendMail",
     "graph.applications",
+    "graph.mailFolders",
 )
 
 GRAPH_RESOURCE = "https://graph.microsoft.com"
@@ -84,10 +85,16 @@ class _App:
     tenant_id: str
     client_id: str
     secret: str
-    roles: tuple[str, ...]
+    roles: tuple[str, ...]  # Entra consent: the application permissions granted tenant-wide (token roles)
     secret_expired: bool
     # The current secret's entry first; then any added with add_password_credential (listed only).
     credentials: list[_PasswordCredential] = field(default_factory=list)
+    # Exchange's scope on the app (devstack/emulator/exchange.py): "rbac" (RBAC for Applications, the
+    # relay's default), "policy" (an application access policy) or "none".
+    scope_model: str = "rbac"
+    policy_access: str = "RestrictAccess"
+    # RBAC for Applications: the Exchange application roles assigned to the app over its scope.
+    exchange_roles: frozenset[str] = frozenset({"Application Mail.Send"})
 
     @property
     def secret_end(self) -> datetime | None:
@@ -98,8 +105,10 @@ class _App:
 class _Mailbox:
     address: str
     object_id: str
-    in_exchange_scope: bool
-    rest_enabled: bool
+    in_exchange_scope: bool  # in the app's management scope (RBAC) or the policy's group
+    rest_enabled: bool  # EWS/REST not blocked on the mailbox (Get-CASMailbox ... EwsEnabled)
+    exchange_online: bool = True  # has an Exchange Online mailbox (else MailboxNotEnabledForRESTAPI)
+    pending_scope: tuple[float, bool] | None = None  # (applies at, in scope): a change not yet applied
 
 
 @dataclass

@@ -17,7 +17,6 @@ from urllib.parse import parse_qs
 import jwt
 from jwt.algorithms import RSAAlgorithm
 
-# A fixed name: under `python -m` __name__ would be "__main__".
 from devstack.emulator.common import (
     _KNOWN_RESOURCES,
     DEFAULT_TENANT_ID,
@@ -35,6 +34,9 @@ from devstack.emulator.common import (
     _retry_after_headers,
     _utcnow,
 )
+
+# A fixed name: under `python -m` __name__ would be "__main__".
+from devstack.emulator.exchange import POLICY_ACCESS, SCOPE_MODELS
 
 logger = logging.getLogger("devstack.emulator")
 
@@ -54,18 +56,27 @@ class EntraID:
         tenant_id: str,
         client_id: str,
         secret: str,
-        roles: Sequence[str] = ("Mail.Send",),
+        roles: Sequence[str] = (),
         secret_expired: bool = False,
         secret_end: datetime | None = None,
+        scope_model: str = "rbac",
+        policy_access: str = "RestrictAccess",
+        exchange_roles: Sequence[str] = ("Application Mail.Send",),
     ) -> None:
         """Register an app in a tenant, with its one valid client secret and its application roles.
+
+        ``roles`` is the tenant-wide Entra consent (the token's roles): none by default, as under RBAC for
+        Applications, where ``exchange_roles`` over the scope ``scope_model`` grant what the app may do.
 
         ``secret_end`` is the secret's endDateTime in Entra (default: two years from now, as addPassword);
         once it has passed, Entra refuses the secret with AADSTS7000222, as ``secret_expired`` does.
         """
         if isinstance(roles, str):
             raise TypeError("roles must be a sequence of role names, not a string")
+        if scope_model not in SCOPE_MODELS or policy_access not in POLICY_ACCESS:
+            raise ValueError(f"scope_model is one of {SCOPE_MODELS}, policy_access one of {POLICY_ACCESS}")
         app = _App(tenant_id, client_id, secret, tuple(roles), bool(secret_expired))
+        app.scope_model, app.policy_access, app.exchange_roles = scope_model, policy_access, frozenset(exchange_roles)
         app.credentials = [_password_credential(secret, secret_end)]
         with self._lock:
             self._apps[(tenant_id.lower(), client_id.lower())] = app
@@ -99,9 +110,11 @@ class EntraID:
         return credential.key_id
 
     def _apply_app(self, entry: Mapping[str, Any]) -> None:
-        roles = entry.get("roles", ["Mail.Send"])
-        if not isinstance(roles, list) or not all(isinstance(role, str) for role in roles):
-            raise ValueError("roles must be a list of strings")
+        roles = entry.get("roles", [])
+        exchange_roles = entry.get("exchangeRoles", ["Application Mail.Send"])
+        for name, value in (("roles", roles), ("exchangeRoles", exchange_roles)):
+            if not isinstance(value, list) or not all(isinstance(role, str) for role in value):
+                raise ValueError(f"{name} must be a list of strings")
         self.add_app(
             _required_str(entry, "tenantId"),
             _required_str(entry, "clientId"),
@@ -109,6 +122,9 @@ class EntraID:
             roles=tuple(roles),
             secret_expired=_optional_bool(entry, "secretExpired", False),
             secret_end=_optional_datetime(entry, "secretEnd"),
+            scope_model=str(entry.get("scopeModel", "rbac")),
+            policy_access=str(entry.get("policyAccess", "RestrictAccess")),
+            exchange_roles=tuple(exchange_roles),
         )
 
     def _apply_app_secret(self, entry: Mapping[str, Any]) -> None:

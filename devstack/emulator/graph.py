@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
-# A fixed name: under `python -m` __name__ would be "__main__".
 from devstack.emulator.common import (
     _DEFAULT_FAULT_ERRORS,
     GRAPH_APP_ID,
@@ -32,6 +31,9 @@ from devstack.emulator.common import (
     _retry_after_headers,
     _utcnow,
 )
+
+# A fixed name: under `python -m` __name__ would be "__main__".
+from devstack.emulator.exchange import READ_PERMISSIONS
 
 logger = logging.getLogger("devstack.emulator")
 
@@ -114,14 +116,19 @@ class GraphMail:
 
     _lock: threading.RLock
 
-    def add_mailbox(self, address: str, in_exchange_scope: bool = True, rest_enabled: bool = True) -> None:
-        """Create a mailbox. Graph answers 404 for addresses never added."""
+    def add_mailbox(
+        self, address: str, in_exchange_scope: bool = True, rest_enabled: bool = True, exchange_online: bool = True
+    ) -> None:
+        """Create a mailbox. Graph answers 404 for addresses never added; `exchange_online=False` is a user
+        with no Exchange Online mailbox (on-premises, or not licensed)."""
         if not _SMTP_ADDRESS.match(address):
             raise ValueError(f"not a mailbox address: {address!r}")
         # A stable object id, so /users/{id}/sendMail works as well as /users/{upn}/sendMail.
         object_id = str(uuid.uuid5(uuid.NAMESPACE_URL, "mailbox:" + address.lower()))
         with self._lock:
-            self._mailboxes[address.lower()] = _Mailbox(address, object_id, bool(in_exchange_scope), bool(rest_enabled))
+            self._mailboxes[address.lower()] = _Mailbox(
+                address, object_id, bool(in_exchange_scope), bool(rest_enabled), bool(exchange_online)
+            )
 
     def mailbox_id(self, address: str) -> str:
         """The mailbox's object id, for /users/{id}/sendMail (Graph takes the id or the UPN)."""
@@ -131,19 +138,38 @@ class GraphMail:
                 raise KeyError(f"no mailbox {address!r}")
             return mailbox.object_id
 
-    def set_exchange_scope(self, address: str, in_scope: bool) -> None:
-        """Put the mailbox inside or outside the app's Exchange scope (access policy / RBAC)."""
+    def _find_mailbox(self, user: str) -> _Mailbox | None:
+        """The mailbox by UPN or object id (Graph takes either), as a copy to read outside the lock."""
         with self._lock:
-            mailbox = self._mailboxes.get(address.lower())
-            if mailbox is None:
-                raise KeyError(f"no mailbox {address!r}")
-            mailbox.in_exchange_scope = bool(in_scope)
+            mailbox = self._mailboxes.get(user.lower()) or next(
+                (m for m in self._mailboxes.values() if m.object_id == user.lower()), None
+            )
+            return mailbox
+
+    def _graph_inbox(self, request: _Request, user: str) -> _Response:
+        """GET /users/{id}/mailFolders/inbox: reading a folder needs a read permission, scoped by Exchange
+        exactly as sending is, so `mailrelay doctor` probes the scope with it without sending anything."""
+        ids = _GraphIds.of(request)
+        token = _bearer(request)
+        outcome, claims = self._check_token(token) if token else ("missing", {})
+        if outcome != "ok" or claims.get("aud") not in _GRAPH_AUDIENCES:
+            return self._graph_unauthorized(ids, "Access token validation failure.")
+        mailbox = self._find_mailbox(user)
+        if mailbox is None:
+            return self._graph_error(ids, 404, "ErrorInvalidUser", f"The requested user '{user}' is invalid.")
+        denial = self._exchange_denial(claims, mailbox, READ_PERMISSIONS)
+        if denial is not None:
+            return self._graph_error(ids, *denial)
+        folder_id = str(uuid.uuid5(uuid.NAMESPACE_URL, "inbox:" + mailbox.object_id))
+        context = f"https://graph.microsoft.com/v1.0/$metadata#users('{user}')/mailFolders(id)/$entity"
+        return _json_response(200, {"@odata.context": context, "id": folder_id}, ids.headers())
 
     def _apply_mailbox(self, entry: Mapping[str, Any]) -> None:
         self.add_mailbox(
             _required_str(entry, "address"),
             in_exchange_scope=_optional_bool(entry, "inExchangeScope", True),
             rest_enabled=_optional_bool(entry, "restEnabled", True),
+            exchange_online=_optional_bool(entry, "exchangeOnline", True),
         )
 
     def _graph_error(
@@ -192,29 +218,13 @@ class GraphMail:
             return self._graph_unauthorized(ids, "Access token validation failure.")
         if claims.get("aud") not in _GRAPH_AUDIENCES:
             return self._graph_unauthorized(ids, "Access token validation failure. Invalid audience.")
-        roles = claims.get("roles") or []
-        if "Mail.Send" not in roles:
-            return self._graph_error(
-                ids, 403, "ErrorAccessDenied", "Access is denied. Check credentials and try again."
-            )
-        with self._lock:
-            mailbox = self._mailboxes.get(user.lower()) or next(
-                (m for m in self._mailboxes.values() if m.object_id == user.lower()), None
-            )
-            mailbox = copy.copy(mailbox) if mailbox is not None else None
+        mailbox = self._find_mailbox(user)
         if mailbox is None:
             return self._graph_error(ids, 404, "ErrorInvalidUser", f"The requested user '{user}' is invalid.")
-        if not mailbox.in_exchange_scope:
-            # The "[RAOP]" wording is what tenants with an application access policy or RBAC for
-            # Applications report; Graph's own docs show the shorter "Access to OData is disabled.".
-            return self._graph_error(
-                ids,
-                403,
-                "ErrorAccessDenied",
-                "Access to OData is disabled: [RAOP] : Blocked by tenant configured AppOnly AccessPolicy settings.",
-            )
-        if not mailbox.rest_enabled:
-            return self._graph_error(ids, 403, "ErrorAccessDenied", "Access to OData is disabled.")
+        # Exchange decides, per mailbox, from the scope model and the Entra consent (exchange.py).
+        denial = self._exchange_denial(claims, mailbox, ("Mail.Send",))
+        if denial is not None:
+            return self._graph_error(ids, *denial)
         fault = self._next_fault("graph.sendMail")
         if fault is not None:
             assert fault.status is not None

@@ -45,6 +45,7 @@ class KeyVault:
     """
 
     _lock: threading.RLock
+    _vault_denied: set[str]
 
     def set_secret(self, name: str, value: str, expires_on: datetime | None = None, enabled: bool = True) -> str:
         """Add a new version of a Key Vault secret; it becomes the current one. Returns its version id."""
@@ -117,6 +118,11 @@ class KeyVault:
             enabled=enabled,
         )
 
+    def set_vault_access(self, client_id: str, can_read_secrets: bool) -> None:
+        """Give or take the identity's secrets-reading role on the vault ("Key Vault Secrets User")."""
+        with self._lock:
+            (self._vault_denied.discard if can_read_secrets else self._vault_denied.add)(client_id.lower())
+
     def _keyvault(self, request: _Request, parts: list[str]) -> _Response:
         request_id = str(uuid.uuid4())
         base_headers = [
@@ -179,6 +185,23 @@ class KeyVault:
         # Counted once authenticated: the SDK's bare challenge probe and its CAE retry are protocol
         # overhead, and whether they happen depends on process-wide SDK caches, not on the caller.
         self._count("keyvault.getSecret")
+        with self._lock:
+            denied = str(claims.get("appid", "")).lower() in self._vault_denied
+        if denied:
+            # Key Vault's RBAC refusal (a vault with enableRbacAuthorization and no "Key Vault Secrets User"
+            # for the caller), as users quote it: 403, code Forbidden, innererror ForbiddenByRbac, the
+            # message naming caller, action and DecisionReason (hashicorp/terraform-provider-azurerm#27817,
+            # piyushsachdeva/Terraform_AKS#2).
+            caller = f"appid={claims.get('appid')};oid={claims.get('oid')};iss={claims.get('iss')}"
+            message = (
+                "Caller is not authorized to perform action on resource.\r\nIf role assignments, deny assignments "
+                "or role definitions were changed recently, please observe propagation time.\r\n"
+                f"Caller: {caller}\r\nAction: 'Microsoft.KeyVault/vaults/secrets/getSecret/action'\r\n"
+                "Assignment: (not found)\r\nDenyAssignmentId: null\r\nDecisionReason: 'DeniedWithNoValidRBAC' \r\n"
+            )
+            return _json_response(
+                403, {"error": {"code": "Forbidden", "message": message, "innererror": {"code": "ForbiddenByRbac"}}}
+            )
         if not request.param("api-version"):
             return error(400, "BadParameter", "The api-version query parameter is missing.")
         fault = self._next_fault("keyvault.getSecret")

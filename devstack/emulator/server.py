@@ -36,6 +36,7 @@ from devstack.emulator.common import (
     _SecretVersion,
 )
 from devstack.emulator.entra import EntraID
+from devstack.emulator.exchange import ExchangeScope
 from devstack.emulator.faults import Faults
 from devstack.emulator.graph import GraphMail, _GraphIds
 from devstack.emulator.identity import ManagedIdentity
@@ -49,7 +50,7 @@ _APPLICATION_BY_APP_ID = re.compile(r"^applications\(appId='([^']+)'\)$", re.IGN
 _MAX_READ_BYTES = 64 * 1024 * 1024
 
 
-class Emulator(AdminAPI, Faults, EntraID, ManagedIdentity, KeyVault, GraphMail):
+class Emulator(AdminAPI, Faults, EntraID, ManagedIdentity, KeyVault, GraphMail, ExchangeScope):
     """Entra ID, Microsoft Graph and Key Vault on one loopback HTTPS server.
 
     All state methods are thread-safe, and may be called before or after :meth:`start`.
@@ -87,6 +88,12 @@ class Emulator(AdminAPI, Faults, EntraID, ManagedIdentity, KeyVault, GraphMail):
         self._secrets: dict[str, list[_SecretVersion]] = {}
         self._faults: list[_Fault] = []
         self._outbox: list[dict[str, Any]] = []
+        # Exchange's scope (exchange.py): the delay before a scope change applies (time-scaled), and
+        # whether the scope's group is one Exchange recognises (mail-enabled) or an Entra-only group.
+        self.scope_delay = 0.0
+        self.scope_group_mail_enabled = True
+        # Key Vault RBAC (keyvault.py): the identities (client ids) with no secrets-reading role on the vault.
+        self._vault_denied: set[str] = set()
         self._stats: dict[str, int] = dict.fromkeys(SERVICES, 0)
         # Every token id (uti) handed out, and those expire_tokens() has since invalidated.
         self._issued_token_ids: set[str] = set()
@@ -178,6 +185,9 @@ class Emulator(AdminAPI, Faults, EntraID, ManagedIdentity, KeyVault, GraphMail):
         if len(parts) == 4 and lowered[:2] == ["v1.0", "users"] and lowered[3] == "sendmail":
             self._count("graph.sendMail")
             return self._graph_send_mail(request, parts[2])
+        if len(parts) == 5 and lowered[:2] == ["v1.0", "users"] and lowered[3:] == ["mailfolders", "inbox"]:
+            self._count("graph.mailFolders")
+            return self._graph_inbox(request, parts[2])
         application = _APPLICATION_BY_APP_ID.match(parts[1]) if len(parts) == 2 and lowered[0] == "v1.0" else None
         if application is not None:
             self._count("graph.applications")

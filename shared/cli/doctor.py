@@ -20,12 +20,33 @@ def register(subparsers: Subparsers) -> None:
             "Check each piece a send needs, in order: the settings (a missing or malformed one is named), "
             "the client secret in Key Vault, an app-only token from Entra ID and the application permissions "
             "it carries, the mail and dead-letter queues, and the tables. Nothing is sent or written; no secret "
-            "or token is shown. The Exchange scope has no dry run: check it with "
-            "infra/exchange/Test-ExchangeScope.ps1. Settings come from the environment, or else from the stack "
-            "`mailrelay local` runs. Exit code 0: nothing failed; 1: something failed."
+            "or token is shown. With --allowed and --denied it verifies Exchange's scope: by reading each mailbox's "
+            "inbox id when the app may read mail, else (--send-test-to) by a real test mail from each address; a "
+            "denied address that Exchange allows fails: the scope does not restrict. Settings come from the "
+            "environment, or else from the stack `mailrelay local` runs. Exit code 0: nothing failed; 1: something "
+            "failed; 2: the command line is wrong."
         ),
     )
     parser.add_argument("--offline", action="store_true", help="check the settings only; contact no service")
+    parser.add_argument(
+        "--allowed",
+        nargs="+",
+        default=[],
+        metavar="ADDRESS",
+        help="mailboxes the app must be able to send as: on ALLOWED_SENDERS and inside Exchange's scope",
+    )
+    parser.add_argument(
+        "--denied",
+        nargs="+",
+        default=[],
+        metavar="ADDRESS",
+        help="mailboxes Exchange must refuse to the app (the CEO's, say); one allowed: the scope restricts nothing",
+    )
+    parser.add_argument(
+        "--send-test-to",
+        metavar="ADDRESS",
+        help="when the app may not read mail, verify the scope by a real test mail from each address to ADDRESS",
+    )
     parser.add_argument("--json", action="store_true", help="print the checks as JSON")
     parser.add_argument(
         "--state-file",
@@ -42,6 +63,12 @@ def run(args: argparse.Namespace) -> int:
 
     from shared.doctor import diagnose, exit_code, render
 
-    checks = diagnose(settings_env(args.state_file, os.environ), offline=args.offline)
+    checks = diagnose(
+        settings_env(args.state_file, os.environ),
+        offline=args.offline,
+        allowed=args.allowed,
+        denied=args.denied,
+        send_test_to=args.send_test_to,
+    )
     print(render(checks, as_json=args.json))
     return exit_code(checks)

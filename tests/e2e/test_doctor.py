@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import pytest
 
 from shared.cli import main
 from shared.doctor import diagnose, exit_code, token_roles
-from tests.e2e.conftest import CLIENT, SECRET, TENANT, RelayEnv
+from tests.e2e.conftest import ALERTS, CLIENT, NOT_ALLOWED, SECRET, TENANT, RelayEnv
 
 
 def by_name(env: RelayEnv) -> dict[str, tuple[str, str, str]]:
@@ -47,15 +48,24 @@ def test_an_expired_secret_fails_with_the_renewal_hint(relay_env: RelayEnv) -> N
     assert "new version" in hint
 
 
-def test_a_token_without_mail_send_is_a_warning_not_a_failure(relay_env: RelayEnv) -> None:
-    relay_env.emulator.reset()
-    relay_env.emulator.add_app(TENANT, CLIENT, SECRET, roles=())  # RBAC for Applications: no Entra consent
-    relay_env.emulator.set_secret("graph-client-secret", SECRET)
-    checks = diagnose(os.environ)
-    status, detail, hint = next((c.status, c.detail, c.hint) for c in checks if c.name == "entra token")
-    assert status == "warn" and "without Mail.Send" in detail
-    assert "RBAC for Applications" in hint and "Delegated" in hint
-    assert exit_code(checks) == 0
+@pytest.mark.parametrize(
+    ("model", "roles", "status", "words"),
+    [
+        ("rbac", (), "ok", "scope alone authorises"),
+        ("rbac", ("Mail.Send",), "warn", "WITH the Entra consent"),
+        ("policy", ("Mail.Send",), "ok", "scoped by the access policy"),
+        ("policy", (), "fail", "without Mail.Send"),
+    ],
+)
+def test_the_token_check_reads_the_scope_model(
+    relay_env: RelayEnv, monkeypatch: pytest.MonkeyPatch, model: str, roles: tuple[str, ...], status: str, words: str
+) -> None:
+    monkeypatch.setenv("EXCHANGE_SCOPE_MODEL", model)
+    relay_env.emulator.add_app(TENANT, CLIENT, SECRET, roles=roles, scope_model=model)
+    check = next(c for c in diagnose(os.environ) if c.name == "entra token")
+    assert check.status == status and words in check.detail
+    if status == "warn":
+        assert "lets the app send as anyone" in check.hint
 
 
 def test_a_missing_queue_fails(relay_env: RelayEnv, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -71,3 +81,53 @@ def test_token_roles_reads_the_claim_and_survives_garbage() -> None:
     payload = base64.urlsafe_b64encode(json.dumps({"roles": ["Mail.Send"]}).encode()).decode().rstrip("=")
     assert token_roles(f"h.{payload}.s") == ["Mail.Send"]
     assert token_roles("not-a-jwt") == [] and token_roles("a.!!!.c") == []
+
+
+# --- The Exchange scope, verified (mailrelay doctor --allowed ... --denied ...) --------------------
+
+
+def scope(relay_env: RelayEnv, _to: str | None = None, **app: Any) -> list[tuple[str, str, str]]:
+    relay_env.emulator.add_app(TENANT, CLIENT, SECRET, **app)
+    checks = diagnose(os.environ, allowed=[ALERTS], denied=[NOT_ALLOWED], send_test_to=_to)
+    return [(c.name, c.status, c.detail + " " + c.hint) for c in checks if "scope" in c.name]
+
+
+READS = ("Application Mail.Send", "Application Mail.ReadBasic")
+
+
+def test_a_restricting_rbac_scope_is_green(relay_env: RelayEnv) -> None:
+    found = scope(relay_env, exchange_roles=READS)
+    assert [(n, s) for n, s, _ in found] == [(f"scope allows {ALERTS}", "ok"), (f"scope denies {NOT_ALLOWED}", "ok")]
+
+
+def test_a_consent_beside_rbac_defeats_the_scope_and_the_doctor_says_so(relay_env: RelayEnv) -> None:
+    found = scope(relay_env, exchange_roles=READS, roles=("Mail.Send", "Mail.ReadBasic"))
+    [denied] = [f for f in found if f[0].startswith("scope denies")]
+    assert denied[1] == "fail" and "NOT RESTRICTED" in denied[2]
+    assert "-RemoveEntraConsent" in denied[2] and "30 minutes to 2 hours" in denied[2]
+    assert exit_code(diagnose(os.environ, allowed=[ALERTS], denied=[NOT_ALLOWED])) == 1
+
+
+def test_a_mailbox_outside_the_scope_lists_the_causes(relay_env: RelayEnv) -> None:
+    relay_env.emulator.set_exchange_scope(ALERTS, False)
+    # Nothing answers a read probe now: inconclusive (no read role, or nothing in scope); a test mail tells.
+    assert [s for _, s, _ in scope(relay_env, exchange_roles=READS)] == ["warn"]
+    found = scope(relay_env, _to="it@contoso.com", exchange_roles=READS)
+    [allowed] = [f for f in found if f[0].startswith("scope allows")]
+    assert allowed[1] == "fail" and "EwsEnabled" in allowed[2] and "replicated" in allowed[2]
+
+
+def test_without_read_access_the_doctor_says_so_and_can_send_a_test(relay_env: RelayEnv) -> None:
+    found = scope(relay_env)  # Application Mail.Send only: no read role
+    assert [(n, s) for n, s, _ in found] == [("exchange scope", "warn")]
+    assert "--send-test-to" in found[0][2]
+    sent_before = len(relay_env.emulator.outbox)
+    found = scope(relay_env, _to="it@contoso.com")
+    assert [(n, s) for n, s, _ in found] == [(f"scope allows {ALERTS}", "ok"), (f"scope denies {NOT_ALLOWED}", "ok")]
+    assert len(relay_env.emulator.outbox) == sent_before + 1  # the allowed address's test mail, and only it
+
+
+def test_an_allowed_address_off_the_allow_list_fails(relay_env: RelayEnv) -> None:
+    relay_env.emulator.add_app(TENANT, CLIENT, SECRET, exchange_roles=READS)
+    checks = diagnose(os.environ, allowed=[NOT_ALLOWED], denied=[])
+    assert (f"allow-list {NOT_ALLOWED}", "fail") in {(c.name, c.status) for c in checks}

@@ -48,7 +48,8 @@ def running() -> Iterator[Emulator]:
 @pytest.fixture
 def emu(running: Emulator) -> Emulator:
     running.reset()
-    running.add_app(TENANT, CLIENT, SECRET)
+    # The legacy model with its Entra consent: the token carries Mail.Send, a policy scopes it.
+    running.add_app(TENANT, CLIENT, SECRET, roles=("Mail.Send",), scope_model="policy")
     running.add_mailbox(MAILBOX)
     return running
 
@@ -500,7 +501,9 @@ def test_send_mail_auth_and_mailbox_errors(
     elif case == "vault-token":
         token = token_for(emu, http, scope="https://vault.azure.net/.default")
     elif case == "no-mail-send":
-        emu.add_app(TENANT, "3d5f7b9c-2e4a-4c6d-8f0b-1a3c5e7d9f20", "other", roles=("User.Read.All",))
+        emu.add_app(
+            TENANT, "3d5f7b9c-2e4a-4c6d-8f0b-1a3c5e7d9f20", "other", roles=("User.Read.All",), exchange_roles=()
+        )
         token = token_for(emu, http, client_id="3d5f7b9c-2e4a-4c6d-8f0b-1a3c5e7d9f20", secret="other")
     elif case == "unknown-mailbox":
         mailbox = "nobody@contoso.com"
