@@ -79,3 +79,16 @@ def test_configuration_errors_stay_permanent(
     outcome = rt.relay.send(request()).outcome
     assert isinstance(outcome, Permanent), outcome
     assert outcome.code == code
+
+
+def test_an_identity_without_a_role_on_the_vault_is_permanent_with_the_role_to_grant(
+    emu_rt: tuple[Emulator, Runtime],
+) -> None:
+    from devstack.emulator.identity import SYSTEM_IDENTITY_CLIENT_ID
+
+    emu, rt = emu_rt
+    emu.set_vault_access(SYSTEM_IDENTITY_CLIENT_ID, False)  # the Function App's identity, no Secrets User
+    outcome = rt.relay.send(request()).outcome
+    assert isinstance(outcome, Permanent) and outcome.code == "Forbidden"
+    assert "Key Vault Secrets User" in outcome.hint
+    assert emu.stats["graph.sendMail"] == 0
