@@ -29,7 +29,7 @@
 
     Who runs it: a member of Exchange's Organization Management role group (Entra role: Exchange
     Administrator). The Entra consent check also needs Microsoft Graph PowerShell with
-    Application.Read.All (removal: AppRoleAssignment.ReadWrite.All).
+    Application.Read.All (removal: Application.Read.All and AppRoleAssignment.ReadWrite.All).
 
 .PARAMETER AppId
     Application (client) id of the app registration: GRAPH_CLIENT_ID.
@@ -39,7 +39,8 @@
     Object ID; or `az ad sp show --id <AppId> --query id -o tsv`). Not the app registration's object id.
 
 .PARAMETER GroupIdentity
-    The mail-enabled security group whose members the relay may send as: address, name or DN.
+    The mail-enabled security group whose members the relay may send as: address, name or DN. It must be
+    mail-enabled: a MemberOfGroup scope matches only groups Exchange recognises (an Entra-only group, none).
     Membership is direct (MemberOfGroup does not expand nested groups). Add EXPIRY_ALERT_SENDER too.
 
 .PARAMETER ScopeName
@@ -136,8 +137,11 @@ if ($null -eq $group) {
     throw "Group '$GroupIdentity' not found in Exchange Online. Create a mail-enabled security group with the sending mailboxes as members first."
 }
 $groupType = "$(Get-Prop $group 'RecipientTypeDetails')"
-if ($groupType -ne 'MailUniversalSecurityGroup') {
-    Write-Warning "'$GroupIdentity' is a $groupType, not a mail-enabled security group. RBAC scopes accept it, but the Application Access Policy model (and this repository's docs) expect a mail-enabled security group."
+if ($groupType -notin @('MailUniversalSecurityGroup', 'MailUniversalDistributionGroup')) {
+    # A management scope's MemberOfGroup filter matches members of groups Exchange recognises, i.e.
+    # mail-enabled ones; an Entra-only security group is not an Exchange recipient, so the scope would
+    # match nobody and every send would be denied (learn.microsoft.com/exchange/permissions-exo/application-rbac).
+    throw "'$GroupIdentity' is a $groupType. A MemberOfGroup scope works only with a group Exchange recognises: use a mail-enabled security group."
 }
 $groupDn = "$(Get-Prop $group 'DistinguishedName')"
 # OPATH: a single quote inside the quoted value is doubled.
@@ -217,8 +221,10 @@ if (-not $assignmentMatches) {
         }
     }
     elseif ($PSCmdlet.ShouldProcess("app $AppId", "New-ManagementRoleAssignment -Role '$RoleName' -CustomResourceScope '$ScopeName'")) {
-        # -App takes the Exchange service principal (its identity; the app id also resolves).
-        $appIdentity = if ($null -ne $sp -and (Get-Prop $sp 'Identity')) { "$(Get-Prop $sp 'Identity')" } else { $AppId }
+        # -App takes the Exchange service principal's ServiceId, the GUID Get-ServicePrincipal returns
+        # (New-ManagementRoleAssignment, office-docs-powershell): not the Entra object id, not the app id.
+        $appIdentity = "$(Get-Prop $sp 'ServiceId')"
+        if (-not $appIdentity) { throw "Get-ServicePrincipal returned no ServiceId for app $AppId; run New-ServicePrincipal first." }
         New-ManagementRoleAssignment -Name $AssignmentName -App $appIdentity -Role $RoleName -CustomResourceScope $ScopeName | Out-Null
         Write-Host "Created role assignment '$AssignmentName'."
     }
@@ -233,7 +239,9 @@ if (-not $SkipEntraConsentCheck) {
             "and look for appRoleId $MailSendAppRoleId. If present, remove it (Entra ID > Enterprise applications > the app > Permissions), or the scope above has no effect.")
     }
     else {
-        $scopes = if ($RemoveEntraConsent) { @('AppRoleAssignment.ReadWrite.All') } else { @('Application.Read.All') }
+        # Get-MgServicePrincipal and the assignment listing need Application.Read.All; removing a
+        # consent needs AppRoleAssignment.ReadWrite.All as well (Remove-MgServicePrincipalAppRoleAssignment).
+        $scopes = if ($RemoveEntraConsent) { @('Application.Read.All', 'AppRoleAssignment.ReadWrite.All') } else { @('Application.Read.All') }
         Write-Host 'Checking Entra ID for a tenant-wide consent of Mail.Send (Microsoft Graph PowerShell)...'
         Connect-MgGraph -Scopes $scopes -NoWelcome
         $graphSp = Get-MgServicePrincipal -Filter "appId eq '$GraphAppId'"

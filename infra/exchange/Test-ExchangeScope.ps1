@@ -138,7 +138,10 @@ $results = foreach ($case in $cases) {
             Model    = $m
             Expected = $case.Expected
             Actual   = $actual
-            Result   = if ($actual -eq $case.Expected) { 'OK' } else { 'MISMATCH' }
+            # The same verdict words as `mailrelay doctor --allowed ... --denied ...`.
+            Result   = if ($actual -eq $case.Expected) { 'ok' }
+                       elseif ($case.Expected -eq 'Denied' -and $actual -eq 'Allowed') { 'fail: NOT RESTRICTED' }
+                       else { 'fail' }
             Detail   = $detail
         }
     }
@@ -146,11 +149,20 @@ $results = foreach ($case in $cases) {
 
 $results | Format-Table -AutoSize Address, Model, Expected, Actual, Result, Detail | Out-String -Width 200 | Write-Host
 
-$bad = @($results | Where-Object { $_.Result -ne 'OK' })
+$bad = @($results | Where-Object { $_.Result -ne 'ok' })
+if (@($results | Where-Object { $_.Result -eq 'fail: NOT RESTRICTED' }).Count -gt 0) {
+    Write-Warning ('The scope does not restrict: a denied address is allowed. Likely causes: a tenant-wide Mail.Send ' +
+        'consent in Entra beside RBAC for Applications (the two add up: Set-RbacApplicationScope.ps1 -RemoveEntraConsent); ' +
+        'no management scope or access policy at all; the scope or policy on the wrong group.')
+}
+if (@($results | Where-Object { $_.Result -eq 'fail' -and $_.Expected -eq 'Allowed' }).Count -gt 0) {
+    Write-Warning ('An allowed address is denied. Likely causes: not in the mail-enabled group or scope; replication ' +
+        'pending; EWS disabled (Get-CASMailbox <mailbox> | fl EwsEnabled); no Exchange Online mailbox.')
+}
 if ($models -contains 'RbacForApplications') {
     Write-Host 'Note: a tenant-wide Entra consent of Mail.Send would allow every mailbox regardless of this table; Set-RbacApplicationScope.ps1 checks for it.'
 }
-Write-Host 'Changes take 30 minutes to 2 hours, sometimes longer, to apply: a fresh change can show MISMATCH for a while.'
+Write-Host 'Changes take 30 minutes to 2 hours, sometimes longer, to apply: a fresh change can show fail for a while.'
 if ($bad.Count -gt 0) {
     Write-Error "$($bad.Count) of $(@($results).Count) check(s) did not match the expectation." -ErrorAction Continue
     exit 1
