@@ -266,7 +266,9 @@ class LocalStack:
                 service.create_queue(name)
 
     def _seed(self) -> dict[str, Any]:
-        expires = (datetime.now(UTC) + self._secret_expires_in).isoformat()
+        # A minute's margin: "expires in 10 days", checked a moment after start, must still read 10 days
+        # (whole days left, rounded down), not 9.
+        expires = (datetime.now(UTC) + self._secret_expires_in + timedelta(minutes=1)).isoformat()
         mailboxes = [{"address": a, "inExchangeScope": True} for a in _unique(self.exchange_scope)]
         mailboxes += [{"address": a, "inExchangeScope": False} for a in _unique(self.mailboxes)]
         return {

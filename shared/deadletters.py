@@ -170,7 +170,10 @@ def parse_dead_letter(
             attempts=obj.get("attempts") if isinstance(obj.get("attempts"), int) else None,
             failed_at=str(obj["failedAt"]) if obj.get("failedAt") else moved_at,
             # An envelope too large for the queue: its request and full error are in the overflow store.
-            extra={"stored": obj["stored"]} if isinstance(obj.get("stored"), dict) else {},
+            extra={
+                **({"stored": obj["stored"]} if isinstance(obj.get("stored"), dict) else {}),
+                **({"queueMessageId": str(obj["queueMessageId"])} if obj.get("queueMessageId") else {}),
+            },
             **common,
         )
     retry = obj.get("$retry")
@@ -226,6 +229,8 @@ class PoisonQueueClient(Protocol):
 
 class MainQueueClient(Protocol):
     def send_message(self, content: Any, **kwargs: Any) -> Any: ...
+
+    def get_queue_properties(self, **kwargs: Any) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -301,6 +306,16 @@ class DeadLetterQueue:
         message = str(error.get("message") or letter.message) if isinstance(error, dict) else letter.message
         return replace(letter, request=full.get("request"), message=message)
 
+    def main_queue_exists(self) -> bool:
+        """Whether the main queue exists (its poison queue may not, until a first dead letter)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            self._main.get_queue_properties()
+        except ResourceNotFoundError:
+            return False
+        return True
+
     def peek(self, limit: int = PEEK_LIMIT) -> list[DeadLetter]:
         """The oldest `limit` (at most 32) dead letters, without changing anything."""
         count = max(1, min(limit, PEEK_LIMIT))
@@ -360,17 +375,21 @@ class DeadLetterQueue:
                 continue
 
     def get(self, message_id: str) -> DeadLetter:
+        """The dead letter by its own id, or by the id of the queue message that carried the request (the id
+        `mailrelay send` printed)."""
         for letter in self.peek():
-            if letter.id == message_id:
+            if message_id in (letter.id, letter.extra.get("queueMessageId")):
                 return letter
         for letter in self.scan():
-            if letter.id == message_id:
+            if message_id in (letter.id, letter.extra.get("queueMessageId")):
                 return letter
         raise DeadLetterNotFound(f"no dead letter with id {message_id} in the poison queue")
 
     def requeue(self, message_id: str) -> Requeued:
         """Put one dead letter's request back on the main queue, then delete the dead letter."""
-        results = self._requeue_where(lambda letter: letter.id == message_id, stop_after_first=True)
+        results = self._requeue_where(
+            lambda letter: message_id in (letter.id, letter.extra.get("queueMessageId")), stop_after_first=True
+        )
         if not results:
             raise DeadLetterNotFound(f"no dead letter with id {message_id} in the poison queue")
         outcome = results[0]

@@ -144,7 +144,8 @@ def _handle(rt: Runtime, msg: QueueMessageLike, delivery: Delivery, deliveries: 
 def _dead_letter(rt: Runtime, request: Any, failure: Failure, attempts: int, fields: dict[str, Any]) -> None:
     from shared.outcomes import dead_letter_envelope
 
-    rt.dead_letters.put(dead_letter_envelope(request, failure, attempts=attempts))
+    origin = fields.get("originalMessageId") or fields.get("queueMessageId")
+    rt.dead_letters.put(dead_letter_envelope(request, failure, attempts=attempts, queue_message_id=origin))
     _log(logging.ERROR, "mail.deadlettered", failure.code, code=failure.code, hint=failure.hint, **fields)
 
 

@@ -271,11 +271,19 @@ def as_received(raw: bytes | str) -> Any:
     return value if nesting_at_most(value, MAX_NESTING) else text
 
 
-def dead_letter_envelope(request: Any, failure: Failure, attempts: int, now: datetime | None = None) -> dict[str, Any]:
-    """DESIGN.md's dead-letter envelope: the request as received, why it failed, and how often it was tried."""
-    return {
+def dead_letter_envelope(
+    request: Any, failure: Failure, attempts: int, now: datetime | None = None, queue_message_id: str | None = None
+) -> dict[str, Any]:
+    """DESIGN.md's dead-letter envelope: the request as received, why it failed, and how often it was tried.
+
+    `queueMessageId` is the id of the queue message that first carried the request: the id `mailrelay send`
+    and the client print, so `mailrelay dead-letters show <that id>` finds the letter."""
+    envelope = {
         "request": request,
         "error": {"code": failure.code, "message": failure.message, "hint": failure.hint},
         "attempts": attempts,
         "failedAt": (now or datetime.now(UTC)).isoformat(timespec="seconds").replace("+00:00", "Z"),
     }
+    if queue_message_id:
+        envelope["queueMessageId"] = queue_message_id
+    return envelope

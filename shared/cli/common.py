@@ -122,22 +122,47 @@ def resolve_connection(args: argparse.Namespace, env: Mapping[str, str] | None =
     return Connection(queue or state_queue or DEFAULT_QUEUE, connection_string=conn, source=str(state_file))
 
 
+# Azurite's well-known development account (public: github.com/Azure/Azurite, "Default Storage Account").
+AZURITE_ACCOUNT: Final = "devstoreaccount1"
+AZURITE_KEY: Final = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+_LOOPBACK: Final = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
 def _from_queue_url(url: str, queue: str | None) -> Connection:
     parts = urlsplit(url)
     if parts.scheme not in ("https", "http") or not parts.netloc:
         raise UsageError(f"--queue-url must be an https:// URL, got {parts.scheme or 'no scheme'}")
+    if parts.scheme == "http" and (parts.hostname or "") in _LOOPBACK:
+        # The URL `mailrelay local` prints: Azurite over http. The Azure SDK sends token credentials over
+        # https only, and Azurite's account is the well-known development one: sign with its shared key.
+        segments = [s for s in parts.path.split("/") if s]
+        if not segments or segments[0] != AZURITE_ACCOUNT:
+            raise UsageError(f"a local --queue-url is http://127.0.0.1:PORT/{AZURITE_ACCOUNT}/QUEUE (Azurite's)")
+        name = segments[1] if len(segments) > 1 else (queue or DEFAULT_QUEUE)
+        if queue and queue != name:
+            raise UsageError(f"--queue-url names queue {name!r} but --queue says {queue!r}")
+        endpoint = f"http://{parts.netloc}/{AZURITE_ACCOUNT}"
+        conn = (
+            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+            f"QueueEndpoint={endpoint};"
+        )
+        return Connection(name, connection_string=conn, source="--queue-url (Azurite)")
+    if parts.scheme != "https":
+        raise UsageError("--queue-url must be an https:// URL (http only for the local stack on 127.0.0.1)")
     path = parts.path.strip("/")
     if not path:  # the queue service's URL: the queue name comes from --queue
         name = queue or DEFAULT_QUEUE
-        return Connection(name, queue_url=urlunsplit((parts.scheme, parts.netloc, "/" + name, "", "")),
-                          source="--queue-url")
+        return Connection(
+            name, queue_url=urlunsplit((parts.scheme, parts.netloc, "/" + name, "", "")), source="--queue-url"
+        )
     # Azurite's URLs carry the account as the first path segment: the queue is the last one.
     name = path.rsplit("/", 1)[-1]
     if queue and queue != name:
         raise UsageError(f"--queue-url names queue {name!r} but --queue says {queue!r}")
     # A SAS query string is a secret: it stays in the URL the SDK gets, and out of every message.
-    return Connection(name, queue_url=urlunsplit((parts.scheme, parts.netloc, parts.path, parts.query, "")),
-                      source="--queue-url")
+    return Connection(
+        name, queue_url=urlunsplit((parts.scheme, parts.netloc, parts.path, parts.query, "")), source="--queue-url"
+    )
 
 
 def read_state(path: Path) -> dict[str, Any] | None:
@@ -172,9 +197,75 @@ def settings_env(state_file: Path | None, environ: MutableMapping[str, str]) -> 
 
 
 def credential() -> Any:
-    from azure.identity import DefaultAzureCredential
+    """An operator's credential: the environment's service principal, then `az login`, then a managed
+    identity only where one is configured (App Service / Functions set IDENTITY_ENDPOINT). Not
+    DefaultAzureCredential: on a workstation its managed-identity probe of the IMDS address times out,
+    and each tool in its chain prints a paragraph, so a missing `az login` took 88 s and 50 lines to say."""
+    from azure.identity import AzureCliCredential, ChainedTokenCredential, EnvironmentCredential
 
-    return DefaultAzureCredential()
+    chain: list[Any] = [EnvironmentCredential(), AzureCliCredential(process_timeout=10)]
+    if os.environ.get("IDENTITY_ENDPOINT") or os.environ.get("MSI_ENDPOINT"):
+        from azure.identity import ManagedIdentityCredential
+
+        chain.append(ManagedIdentityCredential(client_id=os.environ.get("AZURE_CLIENT_ID") or None))
+    return ChainedTokenCredential(*chain)
+
+
+def has_credential() -> bool:
+    """Whether any credential of the chain can sign in, asked once up front: the Storage SDK would retry a
+    failed sign-in with its backoff (about 90 s) before saying anything."""
+    from azure.core.exceptions import ClientAuthenticationError
+
+    try:
+        credential().get_token("https://storage.azure.com/.default")
+    except ClientAuthenticationError:
+        return False
+    return True
+
+
+NO_CREDENTIAL: Final = (
+    "no Azure credential found to reach the queue: run `az login` (with a user that holds Storage Queue Data "
+    "Message Sender on the queue), or set AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET for a "
+    "service principal; against the local stack, use the URL or connection string `mailrelay local` prints"
+)
+
+
+def unreachable_local_endpoint(connection_string: str | None = None, url: str | None = None) -> str | None:
+    """ "host:port" of a loopback endpoint that nothing listens on, else None.
+
+    A stopped local stack otherwise looks like a hang: the Azure SDK retries a refused connection for
+    about 80 s before it gives up. A loopback port answers or refuses at once.
+    """
+    import socket
+
+    targets: list[tuple[str, int]] = []
+    if connection_string:
+        fields = dict(part.split("=", 1) for part in connection_string.split(";") if "=" in part)
+        if fields.get("UseDevelopmentStorage", "").lower() == "true":
+            targets.append(("127.0.0.1", 10001))
+        for key in ("QueueEndpoint", "TableEndpoint", "BlobEndpoint"):
+            if key in fields:
+                targets.append(_host_port(fields[key]))
+    if url:
+        targets.append(_host_port(url))
+    for host, port in targets:
+        if host not in _LOOPBACK or not port:
+            continue
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                pass
+        except OSError:
+            return f"{host}:{port}"
+    return None
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def not_listening(where: str) -> str:
+    return f"nothing is listening on {where}; is `mailrelay local` running? (start it, or pass --state-file)"
 
 
 def _storage_error(exc: BaseException, conn: Connection) -> str | None:
@@ -184,9 +275,14 @@ def _storage_error(exc: BaseException, conn: Connection) -> str | None:
     the connection string, a SAS token, or the request.
     """
     from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError
+    from azure.identity import CredentialUnavailableError
 
     if not isinstance(exc, AzureError):
         return None
+    if isinstance(exc, CredentialUnavailableError) or (
+        isinstance(exc, ClientAuthenticationError) and "failed to retrieve a token" in (exc.message or "")
+    ):
+        return NO_CREDENTIAL
     where = f"queue {conn.queue_name!r} (storage from {conn.source})"
     if isinstance(exc, ClientAuthenticationError):
         return f"the storage account refused the credential for {where}: {_first_line(exc.message)}"
@@ -214,6 +310,11 @@ def run_with_queue(command: str, args: argparse.Namespace, body: Any) -> int:
         conn = resolve_connection(args)
     except UsageError as exc:
         return fail(command, str(exc), EXIT_USAGE)
+    down = unreachable_local_endpoint(conn.connection_string, conn.queue_url)
+    if down:
+        return fail(command, not_listening(down), EXIT_UNAVAILABLE)
+    if conn.queue_url and not has_credential():
+        return fail(command, NO_CREDENTIAL, EXIT_UNAVAILABLE)
     try:
         result: int = body(conn)
         return result

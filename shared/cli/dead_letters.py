@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from shared.cli.common import (
     EXIT_INVALID,
     EXIT_OK,
+    EXIT_USAGE,
     Connection,
     add_connection_args,
     credential,
@@ -104,9 +105,7 @@ def dead_letter_table(letters: Sequence[DeadLetter], hint_width: int = 60) -> st
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    return "\n".join(
-        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4] for row in rows
-    )
+    return "\n".join("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4] for row in rows)
 
 
 def dead_letter_details(letter: DeadLetter) -> str:
@@ -143,6 +142,14 @@ def run_list(args: argparse.Namespace) -> int:
 
     def run(conn: Connection) -> int:
         queue = _dead_letter_queue(conn)
+        if not queue.main_queue_exists():
+            # A typo in --queue would otherwise read as "no dead letters": say the queue is not there.
+            return fail(
+                "dead-letters list",
+                f"queue {conn.queue_name!r} does not exist on this storage account "
+                f"(from {conn.source}); check --queue or MAIL_QUEUE_NAME",
+                EXIT_USAGE,
+            )
         letters = queue.scan() if args.all else queue.peek()
         if args.json:
             print(_json([letter.to_json() for letter in letters]))

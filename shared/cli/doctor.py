@@ -61,10 +61,19 @@ def register(subparsers: Subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from shared.doctor import diagnose, exit_code, render
+    from shared.cli.common import not_listening, unreachable_local_endpoint
+    from shared.doctor import Check, diagnose, exit_code, render
 
+    env = settings_env(args.state_file, os.environ)
+    down = (
+        None if args.offline else unreachable_local_endpoint(env.get("AzureWebJobsStorage"), env.get("KEY_VAULT_URI"))
+    )
+    if down:
+        checks = [Check("local stack", "fail", not_listening(down), "start it with `mailrelay local`")]
+        print(render(checks, as_json=args.json))
+        return exit_code(checks)
     checks = diagnose(
-        settings_env(args.state_file, os.environ),
+        env,
         offline=args.offline,
         allowed=args.allowed,
         denied=args.denied,

@@ -57,6 +57,13 @@ def run_check(args: argparse.Namespace) -> int:
 
     try:
         env = settings_env(args.state_file, os.environ)
+        from shared.cli.common import not_listening, unreachable_local_endpoint
+
+        # Key Vault only: with the record store down the check still warns (a duplicate beats silence).
+        down = unreachable_local_endpoint(url=env.get("KEY_VAULT_URI"))
+        if down:
+            print(f"mailrelay expiry check: {not_listening(down)}", file=sys.stderr)
+            return EXIT_CODES["critical"]
         code, text = run_cli(as_json=args.json, dry_run=args.dry_run, env=env)
     except SettingsError as exc:
         print(f"mailrelay expiry check: {exc}", file=sys.stderr)

@@ -27,28 +27,76 @@ def register(subparsers: Subparsers) -> None:
         epilog="example: mailrelay local --allowed-senders alerts@contoso.com,hr@contoso.com --mailbox hr@contoso.com",
     )
     parser.add_argument(
-        "--allowed-senders", action="append", default=[], metavar="ADDR[,ADDR]",
+        "--allowed-senders",
+        action="append",
+        default=[],
+        metavar="ADDR[,ADDR]",
         help="the relay's allow-list (default alerts@contoso.com); repeatable",
     )
     parser.add_argument(
-        "--exchange-scope", action="append", default=[], metavar="ADDR[,ADDR]",
+        "--exchange-scope",
+        action="append",
+        default=[],
+        metavar="ADDR[,ADDR]",
         help="mailboxes inside the app's Exchange scope (default: the allowed senders not given to --mailbox)",
     )
     parser.add_argument(
-        "--mailbox", action="append", default=[], metavar="ADDR[,ADDR]",
+        "--mailbox",
+        action="append",
+        default=[],
+        metavar="ADDR[,ADDR]",
         help="mailboxes that exist but are outside the Exchange scope; repeatable",
     )
     parser.add_argument("--queue", metavar="NAME", default=DEFAULT_QUEUE, help="queue name (default mail-outbox)")
     parser.add_argument(
-        "--secret-expires-in", metavar="DAYS", type=float, default=365.0,
+        "--secret-expires-in",
+        metavar="DAYS",
+        type=float,
+        default=365.0,
         help="the emulated client secret's exp, in days from now (default 365); e.g. 10 to see "
         "`mailrelay expiry check` warn",
     )
     parser.add_argument(
-        "--state-file", metavar="PATH", type=Path, default=DEFAULT_STATE_FILE,
+        "--state-file",
+        metavar="PATH",
+        type=Path,
+        default=DEFAULT_STATE_FILE,
         help=f"where to write the endpoints for the other commands (default {DEFAULT_STATE_FILE})",
     )
+    parser.add_argument(
+        "action",
+        nargs="?",
+        choices=["run", "env"],
+        default="run",
+        help="run (default): start the stack; env: print the running stack's relay settings as shell exports "
+        '(`eval "$(mailrelay local env)"`, then `python -m devstack.timers check_secret_expiry` and the like)',
+    )
     parser.set_defaults(handler=run)
+
+
+def print_env(state_file: Path) -> int:
+    """The running stack's relay settings as `export NAME='value'` lines, for tools that read the environment."""
+    import shlex
+
+    from shared.cli.common import UsageError, read_state
+
+    try:
+        state = read_state(state_file)
+    except UsageError as exc:
+        return fail("local env", str(exc), EXIT_USAGE)
+    settings = state.get("relaySettings") if state else None
+    if not isinstance(settings, dict):
+        return fail("local env", f"no running stack: {state_file} is missing; start one with `mailrelay local`", 3)
+    for name, value in settings.items():
+        if not str(name).replace("_", "").isalnum():
+            continue  # only names a shell can export
+        print(f"export {name}={shlex.quote(str(value))}")
+    return 0
+
+
+def _looks_like_address(value: str) -> bool:
+    local, _, domain = value.partition("@")
+    return bool(local) and "." in domain and not any(c.isspace() or c in "<>,;@" for c in local + domain)
 
 
 def split_addresses(values: Sequence[str]) -> list[str]:
@@ -73,6 +121,8 @@ def _import_devstack() -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "env":
+        return print_env(args.state_file)
     stack_module = _import_devstack()
     if stack_module is None:
         return fail(
@@ -83,11 +133,19 @@ def run(args: argparse.Namespace) -> int:
         )
     allowed = split_addresses(args.allowed_senders) or ["alerts@contoso.com"]
     outside = split_addresses(args.mailbox)
+    # Checked before anything starts: a bad address used to surface as a traceback from the stack.
+    bad = [a for a in (*allowed, *outside, *split_addresses(args.exchange_scope)) if not _looks_like_address(a)]
+    if bad:
+        return fail("local", f"not an email address: {', '.join(repr(a) for a in bad)}", EXIT_USAGE)
     # By default the allowed senders are inside the Exchange scope, except those named by --mailbox.
     outside_lower = {m.lower() for m in outside}
     scope = split_addresses(args.exchange_scope) or [a for a in allowed if a.lower() not in outside_lower]
     result: int = stack_module.run_foreground(
-        allowed_senders=allowed, exchange_scope=scope, mailboxes=outside,
-        queue_name=args.queue, state_file=args.state_file, secret_expires_in_days=args.secret_expires_in,
+        allowed_senders=allowed,
+        exchange_scope=scope,
+        mailboxes=outside,
+        queue_name=args.queue,
+        state_file=args.state_file,
+        secret_expires_in_days=args.secret_expires_in,
     )
     return result

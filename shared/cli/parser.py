@@ -30,10 +30,25 @@ SUBCOMMANDS: Sequence[Callable[[Subparsers], None]] = (
 )
 
 
+class _Version(argparse.Action):
+    """--version, looked up only when asked (importlib.metadata is not free at every start)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version("graph-mail-relay")
+        except PackageNotFoundError:
+            found = "unknown (not installed)"
+        print(f"mailrelay {found}")  # to standard output, as --version does everywhere
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mailrelay", description="Graph Mail Relay: send mail through Microsoft Graph from a queue."
     )
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the relay's version and exit")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for add_subcommand in SUBCOMMANDS:
         add_subcommand(subparsers)

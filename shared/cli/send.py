@@ -28,8 +28,20 @@ if TYPE_CHECKING:
     from shared.cli.common import Subparsers
 
 _FIELD_FLAGS: Final = (
-    "sender", "to", "cc", "bcc", "reply_to", "subject", "text", "html", "body_file", "attach", "header",
-    "importance", "id", "no_save",
+    "sender",
+    "to",
+    "cc",
+    "bcc",
+    "reply_to",
+    "subject",
+    "text",
+    "html",
+    "body_file",
+    "attach",
+    "header",
+    "importance",
+    "id",
+    "no_save",
 )
 
 
@@ -45,14 +57,18 @@ def register(subparsers: Subparsers) -> None:
         ),
         epilog=(
             "example: mailrelay send --from alerts@contoso.com --to 'Ada <ada@contoso.com>' "
-            "--subject 'Disk almost full' --text '97%% used' --attach df.txt --header X-Alert-Id=4711"
+            "--subject 'Disk almost full' --text '97% used' --attach df.txt --header X-Alert-Id=4711"
         ),
     )
     parser.add_argument("--json", metavar="FILE", help="the whole request as JSON (- for standard input)")
     parser.add_argument("--from", dest="sender", metavar="MAILBOX", help="the sending mailbox")
     for flag, dest in (("--to", "to"), ("--cc", "cc"), ("--bcc", "bcc"), ("--reply-to", "reply_to")):
         parser.add_argument(
-            flag, dest=dest, action="append", default=[], metavar="RECIPIENT",
+            flag,
+            dest=dest,
+            action="append",
+            default=[],
+            metavar="RECIPIENT",
             help="'a@contoso.com' or 'Name <a@contoso.com>'; repeatable",
         )
     parser.add_argument("--subject")
@@ -61,7 +77,11 @@ def register(subparsers: Subparsers) -> None:
     body.add_argument("--html", help="an HTML body")
     body.add_argument("--body-file", metavar="FILE", type=Path, help="the body from a file (.html/.htm: HTML)")
     parser.add_argument(
-        "--attach", action="append", default=[], metavar="FILE", type=Path,
+        "--attach",
+        action="append",
+        default=[],
+        metavar="FILE",
+        type=Path,
         help="attach a file (content type guessed from its name); repeatable",
     )
     parser.add_argument(

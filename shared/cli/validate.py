@@ -38,6 +38,12 @@ def run(args: argparse.Namespace) -> int:
     from shared.graph import build_send_mail_body
 
     source: str = args.file
+    if source == "-" and sys.stdin.isatty():
+        # Otherwise it waits for input with no word: looks like a hang to someone who forgot the file.
+        print(
+            "mailrelay validate: reading the request from standard input (end with Ctrl-D; or give a FILE)",
+            file=sys.stderr,
+        )
     try:
         raw = read_input(source)
     except OSError as exc:

@@ -191,7 +191,7 @@ def test_mailrelay_local_serves_and_stops_on_sigterm_leaving_nothing(tmp_path: P
         assert check.returncode == 1, check.stderr  # a warning
         report = json.loads(check.stdout)
         assert report["state"] == "warning", report
-        assert report["daysLeft"] == 9  # 10 days less the seconds since the stack started, rounded down
+        assert report["daysLeft"] == 10  # as asked: --secret-expires-in 10 reads 10 days, not 9
         assert [f["threshold"] for f in report["findings"]] == [14]
         assert report["findings"][0]["wouldNotify"] == ["log"]
 

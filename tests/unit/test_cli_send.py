@@ -31,12 +31,33 @@ def test_flags_map_to_the_request_fields(tmp_path: Path) -> None:
     report.write_bytes(b"fs,used\n/var,97%\n")
     request = request_from_args(
         args(
-            "--from", "alerts@contoso.com",
-            "--to", "Ada Lovelace <ada@contoso.com>", "--to", "ops@contoso.com",
-            "--cc", "cc@contoso.com", "--bcc", "audit@contoso.com", "--reply-to", "noreply@contoso.com",
-            "--subject", "Disk almost full", "--text", "97% used",
-            "--attach", str(report), "--header", "X-Alert-Id=4711", "--header", "X-Empty=",
-            "--importance", "high", "--id", "disk-4711", "--no-save",
+            "--from",
+            "alerts@contoso.com",
+            "--to",
+            "Ada Lovelace <ada@contoso.com>",
+            "--to",
+            "ops@contoso.com",
+            "--cc",
+            "cc@contoso.com",
+            "--bcc",
+            "audit@contoso.com",
+            "--reply-to",
+            "noreply@contoso.com",
+            "--subject",
+            "Disk almost full",
+            "--text",
+            "97% used",
+            "--attach",
+            str(report),
+            "--header",
+            "X-Alert-Id=4711",
+            "--header",
+            "X-Empty=",
+            "--importance",
+            "high",
+            "--id",
+            "disk-4711",
+            "--no-save",
         )
     )
     assert request == {
@@ -65,7 +86,9 @@ def test_flags_map_to_the_request_fields(tmp_path: Path) -> None:
 def test_minimal_flags_leave_defaults_out() -> None:
     request = request_from_args(args(*BASE, "--html", "<p>x</p>"))
     assert request == {
-        "from": "a@contoso.com", "to": ["b@contoso.com"], "subject": "s",
+        "from": "a@contoso.com",
+        "to": ["b@contoso.com"],
+        "subject": "s",
         "body": {"contentType": "html", "content": "<p>x</p>"},
     }
 
@@ -137,16 +160,121 @@ def test_send_prints_the_message_id(capsys: pytest.CaptureFixture[str], monkeypa
             return "id-42"
 
     monkeypatch.setattr(send, "_mail_client", lambda conn: Client())
-    code = main(["send", "--connection-string", AZURITE, "--from", "a@contoso.com", "--to", "b@contoso.com",
-                 "--subject", "s", "--text", "t"])
+    remote = AZURITE.replace("http://127.0.0.1:10001", "https://account.queue.core.windows.net")  # never dialled
+    code = main(
+        [
+            "send",
+            "--connection-string",
+            remote,
+            "--from",
+            "a@contoso.com",
+            "--to",
+            "b@contoso.com",
+            "--subject",
+            "s",
+            "--text",
+            "t",
+        ]
+    )
     assert code == 0
     assert capsys.readouterr().out == "id-42\n"
     assert sent[0]["from"] == "a@contoso.com"
 
 
 def test_a_too_large_request_exits_1_without_its_content(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["send", "--connection-string", AZURITE, "--from", "a@contoso.com", "--to", "b@contoso.com",
-                 "--subject", "s", "--text", "secret-words " * 6000])
+    code = main(
+        [
+            "send",
+            "--connection-string",
+            AZURITE,
+            "--from",
+            "a@contoso.com",
+            "--to",
+            "b@contoso.com",
+            "--subject",
+            "s",
+            "--text",
+            "secret-words " * 6000,
+        ]
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert "claim check" in err and "secret-words" not in err
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # closed again when the block ends: nothing listens there
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["send", "--from", "a@contoso.com", "--to", "b@contoso.com", "--subject", "s", "--text", "t"],
+        ["dead-letters", "list"],
+        ["dead-letters", "show", "x"],
+    ],
+)
+def test_a_stopped_local_stack_fails_at_once_saying_what_to_do(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import time
+
+    port = closed_port()
+    conn = AZURITE.replace("10001", str(port))
+    started = time.monotonic()
+    code = main([*command, "--connection-string", conn])
+    assert time.monotonic() - started < 5
+    assert code == 3
+    assert f"nothing is listening on 127.0.0.1:{port}; is `mailrelay local` running?" in capsys.readouterr().err
+
+
+def test_without_an_azure_sign_in_the_queue_url_fails_at_once_with_one_short_message(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    import time
+
+    for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "IDENTITY_ENDPOINT", "MSI_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no `az` on the path
+    started = time.monotonic()
+    code = main(
+        [
+            "send",
+            "--queue-url",
+            "https://account.queue.core.windows.net/mail-outbox",
+            "--from",
+            "a@contoso.com",
+            "--to",
+            "b@contoso.com",
+            "--subject",
+            "s",
+            "--text",
+            "t",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert time.monotonic() - started < 5 and code == 3
+    assert "no Azure credential found" in err and "az login" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_the_local_queue_url_the_stack_prints_uses_azuritess_shared_key() -> None:
+    from shared.cli.common import AZURITE_KEY, UsageError, _from_queue_url
+
+    conn = _from_queue_url("http://127.0.0.1:10001/devstoreaccount1/mail-outbox", None)
+    assert conn.queue_name == "mail-outbox" and conn.queue_url is None
+    assert conn.connection_string and AZURITE_KEY in conn.connection_string
+    assert "QueueEndpoint=http://127.0.0.1:10001/devstoreaccount1;" in conn.connection_string
+    with pytest.raises(UsageError):
+        _from_queue_url("http://example.com/devstoreaccount1/q", None)  # plain http only to the local stack
+
+
+def test_version_and_the_help_example_read_as_meant(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0 and capsys.readouterr().out.startswith("mailrelay ")
+    assert main(["send", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "97% used" in out and "%%" not in out

@@ -1,0 +1,86 @@
+"""Issue 13's edges, as a new user meets them on the local stack (Azurite, the local host, the emulator)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from devstack.host import LocalHost
+from shared.cli import main
+from tests.e2e.conftest import NOT_ALLOWED, RelayEnv, wait_for
+
+
+def conn(relay_env: RelayEnv) -> list[str]:
+    return ["--connection-string", relay_env.env["AzureWebJobsStorage"], "--queue", relay_env.queue_name]
+
+
+def test_the_id_send_prints_finds_the_dead_letter(
+    relay_env: RelayEnv, local_host: Callable[..., LocalHost], capsys: pytest.CaptureFixture[str]
+) -> None:
+    local_host()
+    assert (
+        main(
+            ["send", *conn(relay_env), "--from", NOT_ALLOWED, "--to", "a@contoso.com", "--subject", "s", "--text", "t"]
+        )
+        == 0
+    )
+    sent_id = capsys.readouterr().out.strip()
+    wait_for(lambda: len(relay_env.poison_messages()) == 1, 15, "the dead letter")
+    assert main(["dead-letters", "show", sent_id, "--json", *conn(relay_env)]) == 0
+    letter = json.loads(capsys.readouterr().out)
+    assert letter["error"]["code"] == "SenderNotAllowed" and letter["id"] != sent_id
+
+
+def test_a_queue_name_typo_is_named_not_read_as_no_dead_letters(
+    relay_env: RelayEnv, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        ["dead-letters", "list", "--connection-string", relay_env.env["AzureWebJobsStorage"], "--queue", "mail-outbx"]
+    )
+    assert code == 2 and "'mail-outbx' does not exist" in capsys.readouterr().err
+
+
+def test_the_local_url_the_stack_prints_works_for_send(
+    relay_env: RelayEnv, local_host: Callable[..., LocalHost], capsys: pytest.CaptureFixture[str]
+) -> None:
+    queue_url = relay_env.queue.url  # http://127.0.0.1:PORT/devstoreaccount1/<queue>
+    assert queue_url.startswith("http://127.0.0.1:")
+    local_host()
+    assert (
+        main(
+            [
+                "send",
+                "--queue-url",
+                queue_url,
+                "--from",
+                "alerts@contoso.com",
+                "--to",
+                "a@contoso.com",
+                "--subject",
+                "over the local url",
+                "--text",
+                "t",
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err
+    wait_for(lambda: relay_env.subjects_sent()["over the local url"] == 1, 15, "the send")
+
+
+def test_local_env_prints_the_stacks_settings_as_exports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state = tmp_path / "local.json"
+    state.write_text(json.dumps({"relaySettings": {"GRAPH_TENANT_ID": "t", "ALLOWED_SENDERS": "a@b.c,d@e.f"}}))
+    assert main(["local", "env", "--state-file", str(state)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["export GRAPH_TENANT_ID=t", "export ALLOWED_SENDERS=a@b.c,d@e.f"]
+    assert main(["local", "env", "--state-file", str(tmp_path / "none.json")]) == 3
+    assert "no running stack" in capsys.readouterr().err
+
+
+def test_local_refuses_a_bad_address_without_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["local", "--allowed-senders", "not-an-email"]) == 2
+    err = capsys.readouterr().err
+    assert "not an email address: 'not-an-email'" in err and "Traceback" not in err
