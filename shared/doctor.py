@@ -200,7 +200,8 @@ def scope_checks(
     ]
     graph = GraphClient(clients.session, settings.graph_base_url)
     token = clients.tokens.token()
-    probes = {a: _verdict(*_reply(graph.read_inbox(a, token))) for a in (*allowed, *denied)}
+    replies = {a: graph.read_inbox(a, token) for a in (*allowed, *denied)}
+    probes = {a: _verdict(reply.status, reply.error) for a, reply in replies.items()}
     # Reading is conclusive once one allowed mailbox answers: the app does hold a read permission.
     conclusive = any(v[0] == "allowed" for a, v in probes.items() if a in allowed) or any(
         v[0] == "allowed" for a, v in probes.items() if a in denied
@@ -245,10 +246,6 @@ def scope_checks(
         else:
             checks.append(Check(f"scope denies {address}", "warn", f"could not tell: {detail} ({method})"))
     return checks
-
-
-def _reply(reply: object) -> tuple[int, object]:
-    return int(getattr(reply, "status", 0)), getattr(reply, "error", None)
 
 
 def _send_test(clients: Clients, sender: str, recipient: str) -> tuple[str, str]:

@@ -85,18 +85,7 @@ class GraphClient:
         response = self._session.post(
             url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=self._timeout
         )
-        error: Any = None
-        if response.status_code >= 300 and response.content:
-            try:
-                error = response.json()
-            except ValueError:
-                error = None
-        return GraphReply(
-            status=response.status_code,
-            error=error,
-            retry_after=response.headers.get("Retry-After"),
-            request_id=response.headers.get("request-id"),
-        )
+        return _reply(response)
 
     def read_inbox(self, mailbox: str, token: str) -> GraphReply:
         """GET the mailbox's inbox id: needs a read permission, and Exchange scopes it as it scopes sendMail,
@@ -105,15 +94,23 @@ class GraphClient:
         response = self._session.get(
             url, params={"$select": "id"}, headers={"Authorization": f"Bearer {token}"}, timeout=self._timeout
         )
-        error: Any = None
-        if response.status_code >= 300 and response.content:
-            try:
-                error = response.json()
-            except ValueError:
-                error = None
-        return GraphReply(
-            response.status_code, error, response.headers.get("Retry-After"), response.headers.get("request-id")
-        )
+        return _reply(response)
+
+
+def _reply(response: requests.Response) -> GraphReply:
+    """Graph's answer as the relay reads it: the status, the JSON error body if any, Retry-After, request-id."""
+    error: Any = None
+    if response.status_code >= 300 and response.content:
+        try:
+            error = response.json()
+        except ValueError:
+            error = None
+    return GraphReply(
+        status=response.status_code,
+        error=error,
+        retry_after=response.headers.get("Retry-After"),
+        request_id=response.headers.get("request-id"),
+    )
 
 
 def http_session(ca_bundle: str | None) -> requests.Session:
