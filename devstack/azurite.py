@@ -14,6 +14,7 @@ Its state lives in memory (`--inMemoryPersistence`); it runs in a throwaway dire
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import socket
@@ -32,6 +33,56 @@ AZURITE_BIN = ROOT / "node_modules" / ".bin" / "azurite"
 ACCOUNT_NAME = "devstoreaccount1"
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 HOST = "127.0.0.1"
+
+
+def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: have the kernel send SIGTERM to this child when the parent exits, however it exits."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+OWNER_FILE = "owner.pid"
+WORKDIR_PREFIXES = ("azurite-", "mailrelay-local-")
+
+
+def owned_workdir(prefix: str) -> str:
+    """A new temporary folder that names its owner process, so a later start can tell it is stale."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    (Path(path) / OWNER_FILE).write_text(str(os.getpid()), encoding="ascii")
+    return path
+
+
+def sweep_stale_workdirs(root: Path | None = None) -> list[Path]:
+    """Remove the work folders of local stacks whose owner died without cleaning up (a `kill -9`, a closed
+    terminal): its children die with it (die_with_parent), but only the next start can remove its folders,
+    the seed with the throwaway secret among them. Folders without an owner file, or of a live owner, stay."""
+    removed = []
+    base = root or Path(tempfile.gettempdir())
+    for path in base.iterdir():
+        if not path.name.startswith(WORKDIR_PREFIXES) or not path.is_dir():
+            continue
+        try:
+            owner = int((path / OWNER_FILE).read_text(encoding="ascii").strip())
+        except (OSError, ValueError):
+            continue
+        if _alive(owner):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class AzuriteError(RuntimeError):
@@ -91,7 +142,8 @@ class Azurite:
             self.blob_port, self.queue_port, self.table_port = free_port(), free_port(), free_port()
             if len({self.blob_port, self.queue_port, self.table_port}) < 3:
                 continue
-            self._location = tempfile.mkdtemp(prefix="azurite-")
+            sweep_stale_workdirs()
+            self._location = owned_workdir("azurite-")
             self._log = open(Path(self._location) / "azurite.out", "w+b")  # noqa: SIM115 (closed in stop())
             # fmt: off
             args = [
@@ -105,7 +157,14 @@ class Azurite:
             # the --location option is set"), so the throwaway directory is its working directory instead:
             # whatever it writes there goes with stop().
             self._process = subprocess.Popen(
-                args, cwd=self._location, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log
+                args,
+                cwd=self._location,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=self._log,
+                # node is exec'd directly (the .bin entry is a script with a node shebang), so the death
+                # signal reaches Azurite itself: a `kill -9` of `mailrelay local` no longer orphans it.
+                preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
             )
             if self._wait_ready():
                 return self

@@ -27,7 +27,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -37,7 +36,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, Any
 
-from devstack.azurite import Azurite
+from devstack.azurite import Azurite, die_with_parent, owned_workdir, sweep_stale_workdirs
 from shared.settings import DEFAULT_QUEUE_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,15 +56,6 @@ _INHERITED_BUT_DROPPED = (
 
 class StackError(RuntimeError):
     """A part of the stack did not start or died; the message names it and ends with its output."""
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: have the kernel send SIGTERM to this child when the parent exits, however it exits."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 class LocalStack:
@@ -196,7 +186,8 @@ class LocalStack:
         if self._stopped:
             raise StackError("a stopped stack cannot be started again; create a new one")
         try:
-            self._workdir = Path(tempfile.mkdtemp(prefix="mailrelay-local-"))
+            sweep_stale_workdirs()
+            self._workdir = Path(owned_workdir("mailrelay-local-"))
             self._azurite = Azurite().start()
             self._create_queues()
             self._start_emulator()
@@ -318,6 +309,8 @@ class LocalStack:
                 raise StackError(f"the emulator did not start within {self._startup_timeout:.0f} s")
             time.sleep(0.05)
         self._ready = json.loads(ready.read_text(encoding="utf-8"))
+        # The emulator has read its seed: the throwaway secret need not wait on disk for stop().
+        seed.unlink(missing_ok=True)
 
     def _start_host(self) -> None:
         env = {k: v for k, v in os.environ.items() if k not in _INHERITED_BUT_DROPPED}
@@ -346,7 +339,7 @@ class LocalStack:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches the parent only; it stops the parts in order
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
         )
         # One reader per part: keeps its log file, echoes it to this terminal if asked, spots the ready line.
         reader = threading.Thread(

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -84,3 +87,36 @@ def test_local_refuses_a_bad_address_without_a_traceback(capsys: pytest.CaptureF
     assert main(["local", "--allowed-senders", "not-an-email"]) == 2
     err = capsys.readouterr().err
     assert "not an email address: 'not-an-email'" in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; PR_SET_PDEATHSIG")
+def test_a_killed_stack_leaves_no_process_and_its_folders_go_with_the_next_start(tmp_path: Path) -> None:
+    from devstack.azurite import sweep_stale_workdirs
+    from tests.e2e.test_client_cli import _alive, _children
+
+    state_file = tmp_path / "local.json"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "local", "--state-file", str(state_file)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: state_file.exists() or process.poll() is not None, 40, "the state file")
+        children = _children(process.pid)
+        assert len(children) == 3
+        workdirs = [
+            p
+            for p in Path(tempfile.gettempdir()).iterdir()
+            if p.name.startswith(("azurite-", "mailrelay-local-"))
+            and (p / "owner.pid").is_file()
+            and (p / "owner.pid").read_text() == str(process.pid)
+        ]
+        assert len(workdirs) == 2  # Azurite's and the stack's
+        assert not any(p.name == "seed.json" for d in workdirs for p in d.iterdir())  # the secret left at once
+    finally:
+        process.kill()  # SIGKILL: nothing of `mailrelay local` runs to clean up
+        process.wait()
+    wait_for(lambda: not any(_alive(pid) for pid in children), 10, "the children to die with their parent")
+    assert {p.name for p in sweep_stale_workdirs()} >= {d.name for d in workdirs}
+    assert not any(d.exists() for d in workdirs)
