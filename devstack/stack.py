@@ -143,6 +143,7 @@ class LocalStack:
         emulator's Key Vault, read through its managed-identity endpoint as in Azure.
         """
         return {
+            "pid": os.getpid(),  # whose stack: a second `mailrelay local` refuses to overwrite a live one's
             "storageConnectionString": self.storage_connection_string,
             "queueName": self.queue_name,
             "emulatorUrl": self.emulator_url,
@@ -405,19 +406,21 @@ def _terminate(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
 
 @contextlib.contextmanager
 def sigterm_as_keyboard_interrupt() -> Iterator[None]:
-    """SIGTERM stops the stack the way Ctrl-C does (a `with` block's exit runs, in order)."""
+    """SIGTERM and SIGHUP (a closed terminal) stop the stack the way Ctrl-C does (a `with` block's exit
+    runs, in order: the parts stop, the state file goes)."""
 
-    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+    def on_signal(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def write_state(path: Path, state: Mapping[str, Any]) -> None:
@@ -429,6 +432,26 @@ def write_state(path: Path, state: Mapping[str, Any]) -> None:
         json.dump(state, file, indent=2)
         file.write("\n")
     os.replace(tmp, path)
+
+
+def live_stack(path: Path) -> dict[str, Any] | None:
+    """The state file's content if the `mailrelay local` that wrote it still runs, else None."""
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+        pid = int(state["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return state if pid != os.getpid() and _pid_alive(pid) else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _remove_state(path: Path, state: Mapping[str, Any]) -> None:
@@ -444,11 +467,20 @@ def run_foreground(
     exchange_scope: Sequence[str],
     mailboxes: Sequence[str],
     queue_name: str = DEFAULT_QUEUE,
-    state_file: Path = Path(".mailrelay/local.json"),
+    state_file: Path,
     secret_expires_in_days: float = 365.0,
 ) -> int:
     """`mailrelay local`: start the stack, write the state file, serve until Ctrl-C or SIGTERM."""
     out = sys.stdout
+    running = live_stack(state_file)
+    if running is not None:
+        print(
+            f"mailrelay local: another `mailrelay local` (pid {running.get('pid')}) already runs with the state "
+            f"file {state_file} (emulator {running.get('emulatorUrl')}); stop it first, or give this one its own "
+            "--state-file PATH (and pass that to the other commands)",
+            file=sys.stderr,
+        )
+        return 2
     with sigterm_as_keyboard_interrupt():
         stack = LocalStack(
             allowed_senders,

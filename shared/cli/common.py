@@ -5,7 +5,7 @@ Azure SDK loads inside the functions that need it.
 
 The queue commands find the storage account the same way (`resolve_connection`), first match wins:
 `--connection-string`, `--queue-url` (signs in with DefaultAzureCredential), the environment's
-`AzureWebJobsStorage`, then the state file that `mailrelay local` writes (`.mailrelay/local.json`).
+`AzureWebJobsStorage`, then the state file that `mailrelay local` writes (`default_state_file()`).
 The queue is `--queue`, else `MAIL_QUEUE_NAME`, else the state file's, else `mail-outbox`.
 """
 
@@ -35,7 +35,19 @@ EXIT_USAGE = 2  # the input could not be read, or the command line is wrong (arg
 EXIT_UNAVAILABLE: Final = 3  # the queue could not be reached, or refused the operation
 
 DEFAULT_QUEUE: Final = DEFAULT_QUEUE_NAME
-DEFAULT_STATE_FILE: Final = Path(".mailrelay") / "local.json"
+def default_state_file() -> Path:
+    """Where `mailrelay local` writes its state and every command reads it: one per user, whatever the
+    current folder (MAILRELAY_STATE_FILE, else $XDG_STATE_HOME/mailrelay/local.json, else
+    ~/.local/state/mailrelay/local.json). A path under the current folder made the CLI, run from another
+    folder, say "start the local stack" while it was running."""
+    explicit = os.environ.get("MAILRELAY_STATE_FILE", "").strip()
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_STATE_HOME", "").strip() or str(Path.home() / ".local" / "state")
+    return Path(base) / "mailrelay" / "local.json"
+
+
+DEFAULT_STATE_FILE: Final = "$XDG_STATE_HOME/mailrelay/local.json"  # as shown in help; see default_state_file
 
 
 class UsageError(Exception):
@@ -108,7 +120,7 @@ def resolve_connection(args: argparse.Namespace, env: Mapping[str, str] | None =
         return Connection(
             queue or DEFAULT_QUEUE, connection_string=env["AzureWebJobsStorage"].strip(), source="AzureWebJobsStorage"
         )
-    state_file: Path = args.state_file or DEFAULT_STATE_FILE
+    state_file: Path = args.state_file or default_state_file()
     state = read_state(state_file)
     if state is None:
         raise UsageError(
@@ -185,7 +197,7 @@ def settings_env(state_file: Path | None, environ: MutableMapping[str, str]) -> 
     """
     if environ.get("GRAPH_CLIENT_ID", "").strip():
         return environ
-    state = read_state(state_file or DEFAULT_STATE_FILE)
+    state = read_state(state_file or default_state_file())
     local = state.get("relaySettings") if state else None
     if not isinstance(local, dict):
         return environ

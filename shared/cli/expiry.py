@@ -44,7 +44,7 @@ def register(subparsers: Subparsers) -> None:
         type=Path,
         default=None,
         help="with no relay settings in the environment, check the stack `mailrelay local` runs "
-        "(default .mailrelay/local.json)",
+        "(default $XDG_STATE_HOME/mailrelay/local.json, or MAILRELAY_STATE_FILE)",
     )
     check.set_defaults(handler=run_check)
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.cli.common import DEFAULT_QUEUE, DEFAULT_STATE_FILE, EXIT_USAGE, fail
+from shared.cli.common import DEFAULT_QUEUE, DEFAULT_STATE_FILE, EXIT_USAGE, default_state_file, fail
 
 if TYPE_CHECKING:
     from shared.cli.common import Subparsers
@@ -60,8 +60,9 @@ def register(subparsers: Subparsers) -> None:
         "--state-file",
         metavar="PATH",
         type=Path,
-        default=DEFAULT_STATE_FILE,
-        help=f"where to write the endpoints for the other commands (default {DEFAULT_STATE_FILE})",
+        default=None,
+        help=f"where to write the endpoints for the other commands (default {DEFAULT_STATE_FILE}, or "
+        "MAILRELAY_STATE_FILE)",
     )
     parser.add_argument(
         "action",
@@ -121,8 +122,9 @@ def _import_devstack() -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    state_file: Path = args.state_file or default_state_file()
     if args.action == "env":
-        return print_env(args.state_file)
+        return print_env(state_file)
     stack_module = _import_devstack()
     if stack_module is None:
         return fail(
@@ -145,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
         exchange_scope=scope,
         mailboxes=outside,
         queue_name=args.queue,
-        state_file=args.state_file,
+        state_file=state_file,
         secret_expires_in_days=args.secret_expires_in,
     )
     return result

@@ -86,8 +86,22 @@ def test_cli_send_then_requeue_after_the_scope_is_fixed_delivers(
     conn = ["--connection-string", relay_env.env["AzureWebJobsStorage"], "--queue", relay_env.queue_name]
     local_host()
     subject = f"requeue {uuid.uuid4().hex[:6]}"
-    code = main(["send", *conn, "--from", OUT_OF_SCOPE, "--to", "ada@contoso.com", "--subject", subject,
-                 "--text", "payslip", "--id", f"id-{subject}"])
+    code = main(
+        [
+            "send",
+            *conn,
+            "--from",
+            OUT_OF_SCOPE,
+            "--to",
+            "ada@contoso.com",
+            "--subject",
+            subject,
+            "--text",
+            "payslip",
+            "--id",
+            f"id-{subject}",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     wait_for(lambda: len(relay_env.poison_messages()) == 1, 15, "the dead letter")
     capsys.readouterr()
@@ -152,8 +166,20 @@ def _alive(pid: int) -> bool:
 def test_mailrelay_local_serves_and_stops_on_sigterm_leaving_nothing(tmp_path: Path) -> None:
     state_file = tmp_path / ".mailrelay" / "local.json"
     process = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "local", "--allowed-senders", "alerts@contoso.com,hr@contoso.com",
-         "--mailbox", "hr@contoso.com", "--secret-expires-in", "10", "--state-file", str(state_file)],
+        [
+            sys.executable,
+            "-m",
+            "shared.cli",
+            "local",
+            "--allowed-senders",
+            "alerts@contoso.com,hr@contoso.com",
+            "--mailbox",
+            "hr@contoso.com",
+            "--secret-expires-in",
+            "10",
+            "--state-file",
+            str(state_file),
+        ],
         cwd=tmp_path,  # not the checkout: `mailrelay local` finds devstack beside the shared package
         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
         stdout=subprocess.PIPE,
@@ -164,14 +190,37 @@ def test_mailrelay_local_serves_and_stops_on_sigterm_leaving_nothing(tmp_path: P
         wait_for(lambda: state_file.exists() or process.poll() is not None, 40, "the state file")
         assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
         state = json.loads(state_file.read_text())
-        assert set(state) == {"storageConnectionString", "queueName", "emulatorUrl", "caCertPath", "relaySettings"}
+        assert set(state) == {
+            "pid",
+            "storageConnectionString",
+            "queueName",
+            "emulatorUrl",
+            "caCertPath",
+            "relaySettings",
+        }
         assert oct(state_file.stat().st_mode & 0o777) == "0o600"
         children = _children(process.pid)
         assert len(children) == 3  # Azurite, the emulator, the host
 
         # It serves: a send through the state file reaches the emulator's Graph.
-        assert main(["send", "--state-file", str(state_file), "--from", "alerts@contoso.com",
-                     "--to", "ada@contoso.com", "--subject", "via local", "--text", "hi"]) == 0
+        assert (
+            main(
+                [
+                    "send",
+                    "--state-file",
+                    str(state_file),
+                    "--from",
+                    "alerts@contoso.com",
+                    "--to",
+                    "ada@contoso.com",
+                    "--subject",
+                    "via local",
+                    "--text",
+                    "hi",
+                ]
+            )
+            == 0
+        )
 
         def delivered() -> bool:
             outbox = requests.get(f"{state['emulatorUrl']}/_emulator/outbox", verify=state["caCertPath"], timeout=5)
@@ -184,9 +233,22 @@ def test_mailrelay_local_serves_and_stops_on_sigterm_leaving_nothing(tmp_path: P
         bare_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "GRAPH_CLIENT_ID")}
         bare_env = {k: v for k, v in bare_env.items() if not k.startswith(("IDENTITY_", "EXPIRY_"))}
         check = subprocess.run(
-            [sys.executable, "-m", "shared.cli", "expiry", "check", "--json", "--dry-run",
-             "--state-file", str(state_file)],
-            cwd=tmp_path, env=bare_env, capture_output=True, text=True, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "shared.cli",
+                "expiry",
+                "check",
+                "--json",
+                "--dry-run",
+                "--state-file",
+                str(state_file),
+            ],
+            cwd=tmp_path,
+            env=bare_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert check.returncode == 1, check.stderr  # a warning
         report = json.loads(check.stdout)
@@ -198,7 +260,11 @@ def test_mailrelay_local_serves_and_stops_on_sigterm_leaving_nothing(tmp_path: P
         # `mailrelay doctor` finds the same stack set up to send: secret, token with Mail.Send, queues.
         doctor = subprocess.run(
             [sys.executable, "-m", "shared.cli", "doctor", "--json", "--state-file", str(state_file)],
-            cwd=tmp_path, env=bare_env, capture_output=True, text=True, timeout=60,
+            cwd=tmp_path,
+            env=bare_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert doctor.returncode == 0, doctor.stdout + doctor.stderr
         assert {c["name"]: c["status"] for c in json.loads(doctor.stdout)["checks"]}["entra token"] == "ok"

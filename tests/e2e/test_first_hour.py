@@ -120,3 +120,33 @@ def test_a_killed_stack_leaves_no_process_and_its_folders_go_with_the_next_start
     wait_for(lambda: not any(_alive(pid) for pid in children), 10, "the children to die with their parent")
     assert {p.name for p in sweep_stale_workdirs()} >= {d.name for d in workdirs}
     assert not any(d.exists() for d in workdirs)
+
+
+def test_a_second_stack_does_not_take_over_a_live_ones_state_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+
+    state = tmp_path / "local.json"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])  # the "running" stack
+    try:
+        state.write_text(json.dumps({"pid": sleeper.pid, "emulatorUrl": "https://127.0.0.1:1"}))
+        assert main(["local", "--state-file", str(state)]) == 2
+        assert f"pid {sleeper.pid}" in capsys.readouterr().err
+        assert json.loads(state.read_text())["pid"] == sleeper.pid  # untouched
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert os.path.exists(state)
+
+
+def test_the_state_file_does_not_depend_on_the_current_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from shared.cli.common import default_state_file
+
+    monkeypatch.delenv("MAILRELAY_STATE_FILE", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    first = default_state_file()
+    monkeypatch.chdir(tmp_path)
+    assert default_state_file() == first == tmp_path / "mailrelay" / "local.json"
+    monkeypatch.setenv("MAILRELAY_STATE_FILE", str(tmp_path / "mine.json"))
+    assert default_state_file() == tmp_path / "mine.json"
