@@ -423,6 +423,19 @@ def sigterm_as_keyboard_interrupt() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def start_console(stack: LocalStack) -> Any:
+    """The web console (devstack/console.py) over this stack's emulator and queues, started."""
+    from devstack.console import Console
+    from shared.deadletters import open_queues
+
+    return Console(
+        outbox=lambda: stack.emulator_get("outbox"),
+        faults=lambda: stack.emulator_get("faults"),
+        emulator_post=stack.emulator_post,
+        dead_letters=lambda: open_queues(stack.queue_name, connection_string=stack.storage_connection_string),
+    ).start()
+
+
 def write_state(path: Path, state: Mapping[str, Any]) -> None:
     """Atomically, readable by this user only (it holds a connection string)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -491,14 +504,17 @@ def run_foreground(
             secret_expires_in_days=secret_expires_in_days,
         )
         state: dict[str, Any] = {}
+        console = None
         try:
             print("mailrelay local: starting Azurite, the emulator and the local host...", file=out, flush=True)
             stack.start()
-            state = stack.state()
+            console = start_console(stack)
+            state = {**stack.state(), "consoleUrl": console.url}
             write_state(state_file, state)
             pids = ", ".join(f"{name} {pid}" for name, pid in stack.pids.items())
             print(
                 f"mailrelay local: ready\n"
+                f"  console          {console.url}  (the outbox, dead letters and faults, in a browser)\n"
                 f"  queue            {stack.queue_endpoint}/{queue_name} (dead letters: {queue_name}-poison)\n"
                 f"  emulator         {stack.emulator_url} (outbox: {stack.emulator_url}/_emulator/outbox)\n"
                 f"  emulator CA      {stack.ca_cert_path}\n"
@@ -524,6 +540,8 @@ def run_foreground(
             print(f"mailrelay local: {exc}", file=sys.stderr, flush=True)
             return 1
         finally:
+            if console is not None:
+                console.stop()
             stack.stop()
             if state:
                 _remove_state(state_file, state)

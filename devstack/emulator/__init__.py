@@ -24,7 +24,11 @@ the admin API's bodies below.
 
 Admin API (no auth, JSON in and out), under ``{url}/_emulator/``:
 
-- ``GET outbox``, ``GET stats``; ``POST reset``, ``POST expire-tokens``
+- ``GET outbox``, ``GET stats``, ``GET faults``; ``POST reset``, ``POST expire-tokens``, ``POST faults-clear``
+- ``POST exchange`` ``{"scopeDelaySeconds"?, "groupMailEnabled"?}``; ``POST vault-access`` ``{"clientId",
+  "canReadSecrets": bool}`` (Key Vault RBAC); ``POST scope`` also takes ``"delaySeconds"``; ``POST apps`` also
+  ``"scopeModel"`` (rbac | policy | none), ``"policyAccess"``, ``"exchangeRoles"``; ``POST mailboxes`` also
+  ``"exchangeOnline"``
 - ``POST apps`` ``{"tenantId", "clientId", "secret", "roles"?: [...], "secretExpired"?: bool,
   "secretEnd"?: iso}``
 - ``POST app-secret`` ``{"clientId", "secret", "expired"?: bool, "secretEnd"?: iso}``

@@ -82,6 +82,8 @@ class AdminAPI:
                 return _json_response(200, self.outbox)
             if route == ("GET", "stats"):
                 return _json_response(200, self.stats)
+            if route == ("GET", "faults"):
+                return _json_response(200, self.faults)
             if request.method != "POST":
                 return _json_response(404, {"error": f"no admin endpoint {request.method} /_emulator/{route[1]}"})
             payload = json.loads(request.body or b"{}")
@@ -118,6 +120,8 @@ class AdminAPI:
                 return _json_response(200, {"version": self._apply_secret(_json_object(payload))})
             elif route[1] == "faults":
                 self._apply_fault(_json_object(payload))
+            elif route[1] == "faults-clear":
+                self.clear_faults()
             else:
                 return _json_response(404, {"error": f"no admin endpoint POST /_emulator/{route[1]}"})
         except (ValueError, TypeError, KeyError) as exc:

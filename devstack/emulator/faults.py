@@ -49,6 +49,21 @@ class Faults:
         with self._lock:
             self._faults.append(fault)
 
+    @property
+    def faults(self) -> list[dict[str, Any]]:
+        """The queued faults, in the order they will be used (admin API `GET faults`)."""
+        with self._lock:
+            return [
+                {"service": f.service, "status": f.status, "retryAfter": f.retry_after, "remaining": f.remaining,
+                 "delay": f.delay, "code": f.code, "message": f.message}
+                for f in self._faults
+            ]
+
+    def clear_faults(self) -> None:
+        """Drop every queued fault (admin API `POST faults-clear`)."""
+        with self._lock:
+            self._faults.clear()
+
     def _apply_fault(self, entry: Mapping[str, Any]) -> None:
         self.add_fault(
             service=str(entry.get("service", "graph.sendMail")),

@@ -72,10 +72,17 @@ def register(subparsers: Subparsers) -> None:
         help="run (default): start the stack; env: print the running stack's relay settings as shell exports "
         '(`eval "$(mailrelay local env)"`, then `python -m devstack.timers check_secret_expiry` and the like)',
     )
+    parser.add_argument(
+        "--format",
+        choices=["shell", "local-settings"],
+        default="shell",
+        help="for `env`: shell exports (default), or a local.settings.json for Azure Functions Core Tools "
+        "(`func start` against the stack's emulator), shaped as local.settings.json.example",
+    )
     parser.set_defaults(handler=run)
 
 
-def print_env(state_file: Path) -> int:
+def print_env(state_file: Path, fmt: str = "shell") -> int:
     """The running stack's relay settings as `export NAME='value'` lines, for tools that read the environment."""
     import shlex
 
@@ -88,6 +95,12 @@ def print_env(state_file: Path) -> int:
     settings = state.get("relaySettings") if state else None
     if not isinstance(settings, dict):
         return fail("local env", f"no running stack: {state_file} is missing; start one with `mailrelay local`", 3)
+    if fmt == "local-settings":
+        import json
+
+        values = {"FUNCTIONS_WORKER_RUNTIME": "python", **{str(k): str(v) for k, v in settings.items()}}
+        print(json.dumps({"IsEncrypted": False, "Values": values}, indent=2))
+        return 0
     for name, value in settings.items():
         if not str(name).replace("_", "").isalnum():
             continue  # only names a shell can export
@@ -124,7 +137,7 @@ def _import_devstack() -> Any:
 def run(args: argparse.Namespace) -> int:
     state_file: Path = args.state_file or default_state_file()
     if args.action == "env":
-        return print_env(state_file)
+        return print_env(state_file, args.format)
     stack_module = _import_devstack()
     if stack_module is None:
         return fail(

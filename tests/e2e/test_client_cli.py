@@ -197,6 +197,7 @@ def test_mailrelay_local_serves_and_stops_on_sigterm_leaving_nothing(tmp_path: P
             "emulatorUrl",
             "caCertPath",
             "relaySettings",
+            "consoleUrl",
         }
         assert oct(state_file.stat().st_mode & 0o777) == "0o600"
         children = _children(process.pid)
@@ -299,4 +300,5 @@ def test_the_demo_runs_green(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "5 of 5 cases as expected" in out
     assert "FAIL" not in out
+    assert max(len(line) for line in out.splitlines() if not line.startswith("  storage queue")) <= 100
     assert time.monotonic() - started < 60

@@ -79,6 +79,11 @@ def test_local_env_prints_the_stacks_settings_as_exports(tmp_path: Path, capsys:
     assert main(["local", "env", "--state-file", str(state)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out == ["export GRAPH_TENANT_ID=t", "export ALLOWED_SENDERS=a@b.c,d@e.f"]
+    assert main(["local", "env", "--format", "local-settings", "--state-file", str(state)]) == 0
+    settings = json.loads(capsys.readouterr().out)
+    example = json.loads((Path(__file__).parents[2] / "local.settings.json.example").read_text())
+    assert set(settings) == set(example) and settings["Values"]["GRAPH_TENANT_ID"] == "t"
+    assert settings["Values"]["FUNCTIONS_WORKER_RUNTIME"] == example["Values"]["FUNCTIONS_WORKER_RUNTIME"]
     assert main(["local", "env", "--state-file", str(tmp_path / "none.json")]) == 3
     assert "no running stack" in capsys.readouterr().err
 
