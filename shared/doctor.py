@@ -60,7 +60,11 @@ def diagnose(
     try:
         settings = load_settings(env)
     except SettingsError as e:
-        return [Check("settings", "fail", str(e), "set it in the app settings (locally: local.settings.json)")]
+        hint = (
+            "set it in the Function App's settings; locally, `mailrelay local` provides them (or run "
+            '`eval "$(mailrelay local env)"` to export them)'
+        )
+        return [Check("settings", "fail", str(e), hint)]
     checks.append(
         Check("settings", "ok", f"{len(settings.allowed_senders)} allowed sender(s), queue {settings.queue_name}")
     )

@@ -61,6 +61,13 @@ class MailClient:
         azure.identity.DefaultAzureCredential(), or a SAS token / account key the SDK accepts."""
         from azure.storage.queue import QueueClient
 
+        if queue_url.lower().startswith("http://") and hasattr(credential, "get_token"):
+            # The Azure SDK refuses token credentials over plain http ("Token credential is only supported
+            # with HTTPS"): say what works instead. Azurite (the local stack) takes its connection string.
+            raise ValueError(
+                "a token credential needs an https:// queue URL; against the local stack (Azurite, http://) use "
+                "MailClient.from_connection_string(<the connection string `mailrelay local` prints>)"
+            )
         self._queue: _QueueSender = QueueClient.from_queue_url(queue_url, credential=credential)
 
     @classmethod

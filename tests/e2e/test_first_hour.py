@@ -155,3 +155,36 @@ def test_the_state_file_does_not_depend_on_the_current_folder(monkeypatch: pytes
     assert default_state_file() == first == tmp_path / "mailrelay" / "local.json"
     monkeypatch.setenv("MAILRELAY_STATE_FILE", str(tmp_path / "mine.json"))
     assert default_state_file() == tmp_path / "mine.json"
+
+
+def test_doctor_and_expiry_fail_at_once_when_the_stack_is_down(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed when the block ends: nothing listens there
+    state = tmp_path / "local.json"
+    settings = {
+        "AzureWebJobsStorage": f"UseDevelopmentStorage=false;QueueEndpoint=http://127.0.0.1:{port}/devstoreaccount1",
+        "KEY_VAULT_URI": f"https://127.0.0.1:{port}/",
+        "GRAPH_CLIENT_ID": "",
+    }
+    state.write_text(json.dumps({"relaySettings": settings}))
+    monkeypatch.delenv("GRAPH_CLIENT_ID", raising=False)
+    for command in (["doctor"], ["expiry", "check"]):
+        started = time.monotonic()
+        code = main([*command, "--state-file", str(state)])
+        assert time.monotonic() - started < 5 and code != 0
+        out = capsys.readouterr()
+        assert f"nothing is listening on 127.0.0.1:{port}" in out.out + out.err
+
+
+def test_indexing_the_app_no_longer_prints_the_auth_level_notice() -> None:
+    code = "import logging; logging.basicConfig(); from devstack.functions import indexed; print(sorted(indexed()))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).parents[2]
+    )
+    assert "send_mail" in done.stdout and "Auth level" not in done.stderr

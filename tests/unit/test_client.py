@@ -108,3 +108,11 @@ def test_the_client_encodes_exactly_as_the_relay_does() -> None:
     from shared.queues import encode
 
     assert encode_request(REQUEST) == encode(REQUEST)
+
+
+def test_a_token_credential_over_plain_http_says_what_works_instead() -> None:
+    class Token:
+        def get_token(self, *scopes: str) -> None: ...
+
+    with pytest.raises(ValueError, match="from_connection_string"):
+        MailClient("http://127.0.0.1:10001/devstoreaccount1/mail-outbox", Token())
