@@ -68,14 +68,15 @@ def sweep_stale_workdirs(root: Path | None = None) -> list[Path]:
             owner = int((path / OWNER_FILE).read_text(encoding="ascii").strip())
         except (OSError, ValueError):
             continue
-        if _alive(owner):
+        if pid_alive(owner):
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs (one of another user counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -36,7 +36,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, Any
 
-from devstack.azurite import Azurite, die_with_parent, owned_workdir, sweep_stale_workdirs
+from devstack.azurite import Azurite, die_with_parent, owned_workdir, pid_alive, sweep_stale_workdirs
 from shared.settings import DEFAULT_QUEUE_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -454,17 +454,7 @@ def live_stack(path: Path) -> dict[str, Any] | None:
         pid = int(state["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return state if pid != os.getpid() and _pid_alive(pid) else None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return state if pid != os.getpid() and pid_alive(pid) else None
 
 
 def _remove_state(path: Path, state: Mapping[str, Any]) -> None:

@@ -160,12 +160,11 @@ def test_the_state_file_does_not_depend_on_the_current_folder(monkeypatch: pytes
 def test_doctor_and_expiry_fail_at_once_when_the_stack_is_down(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import socket
     import time
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed when the block ends: nothing listens there
+    from tests.unit.test_cli_send import closed_port
+
+    port = closed_port()
     state = tmp_path / "local.json"
     settings = {
         "AzureWebJobsStorage": f"UseDevelopmentStorage=false;QueueEndpoint=http://127.0.0.1:{port}/devstoreaccount1",
