@@ -99,6 +99,16 @@ class Console:
 
     def _serve(self, request: BaseHTTPRequestHandler, method: str) -> None:
         path = urlsplit(request.path).path.rstrip("/") or "/"
+        port = self._server.server_address[1]
+        if request.headers.get("Host") not in (f"127.0.0.1:{port}", f"localhost:{port}"):
+            # DNS rebinding: a page of another site whose name now points at 127.0.0.1 reaches this port,
+            # but its requests carry that site's Host. Only the console's own names are served.
+            status, body, location = 403, self._page("Refused", "<p>Refused: unknown Host.</p>"), None
+        else:
+            status, body, location = self._route(request, method, path)
+        self._respond(request, path, status, body, location)
+
+    def _route(self, request: BaseHTTPRequestHandler, method: str, path: str) -> tuple[int, str, str | None]:
         try:
             if method == "POST":
                 status, body, location = self._post(request, path)
@@ -106,6 +116,11 @@ class Console:
                 status, body, location = self._get(path)
         except Exception as exc:  # a page must say what failed (Azurite stopped, say), not drop the socket
             status, body, location = 500, self._page("Error", f"<p>{esc(type(exc).__name__)}: {esc(exc)}</p>"), None
+        return status, body, location
+
+    def _respond(
+        self, request: BaseHTTPRequestHandler, path: str, status: int, body: str, location: str | None
+    ) -> None:
         request.send_response(status)
         if location:
             request.send_header("Location", location)

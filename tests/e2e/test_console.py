@@ -71,6 +71,12 @@ def test_hostile_content_is_escaped_and_the_body_renders_only_in_the_sandbox(
     assert frame.headers["Content-Security-Policy"].startswith("default-src 'none'; img-src data: cid:")
 
 
+def test_a_request_for_another_host_name_is_refused(console: object) -> None:
+    url = console.url  # type: ignore[attr-defined]
+    assert requests.get(url, headers={"Host": "rebound.example:80"}, timeout=5).status_code == 403  # DNS rebinding
+    assert requests.get(url, timeout=5).status_code == 200
+
+
 def test_a_post_without_the_token_or_from_another_origin_is_refused(stack: LocalStack, console: object) -> None:
     url = console.url  # type: ignore[attr-defined]
     token = console.token  # type: ignore[attr-defined]
