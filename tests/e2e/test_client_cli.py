@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import requests
 from azure.storage.queue import QueueClient
-from mailrelay_client import MAX_MESSAGE_BYTES, MAX_REQUEST_BYTES, MailClient, RequestTooLarge
+from mailrelay_client import MAX_MESSAGE_BYTES, MAX_REQUEST_BYTES, MailClient, QueueNotFound, RequestTooLarge
 
 from devstack.azurite import Azurite
 from devstack.host import LocalHost
@@ -51,6 +51,12 @@ def test_client_round_trip_decodes_to_the_request_and_never_expires(azurite: Azu
     assert json.loads(base64.b64decode(message.content, validate=True).decode("utf-8")) == sent
     assert message.expires_on.year == 9999  # time-to-live -1
 
+
+
+def test_a_queue_that_does_not_exist_is_named_not_a_bare_404(azurite: Azurite) -> None:
+    client = MailClient.from_connection_string(azurite.connection_string, f"missing-{uuid.uuid4().hex[:12]}")
+    with pytest.raises(QueueNotFound, match="MAIL_QUEUE_NAME"):
+        client.send(request("nowhere"))
 
 def largest(limit: int) -> int:
     """The longest body content whose request encodes to at most `limit` characters."""
