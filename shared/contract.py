@@ -73,13 +73,15 @@ ADDRESS_PATTERN: Final = rf"^{_ADDRESS}$"
 
 # A recipient written as a string: "a@contoso.com", "Ada Lovelace <a@contoso.com>" or
 # "\"Lovelace, Ada\" <a@contoso.com>". An unquoted display name may not hold a comma or semicolon,
-# which would make "Lovelace, Ada <a@contoso.com>" look like two recipients.
-_QUOTED_NAME = r'"(?:[^"\\\r\n]|\\[^\r\n])*"'
-_PLAIN_NAME = r'[^"<>,;\r\n]*'
+# which would make "Lovelace, Ada <a@contoso.com>" look like two recipients. No name holds a line break of
+# any kind (CR, LF, NEL, U+2028, U+2029), at its edges either (where str.strip would quietly drop NEL).
+_QUOTED_TEXT = r'(?:[^"\\\r\n\u0085\u2028\u2029]|\\[^\r\n\u0085\u2028\u2029])*'
+_QUOTED_NAME = rf'"{_QUOTED_TEXT}"'
+_PLAIN_NAME = r'[^"<>,;\r\n\u0085\u2028\u2029]*'
 RECIPIENT_STRING_PATTERN: Final = rf"^(?:{_ADDRESS}|(?:{_QUOTED_NAME}|{_PLAIN_NAME})[ \t]*<{_ADDRESS}>)$"
 # The same grammar with groups, to take a string apart; Python's (?P<name>...) is no ECMA-262 syntax.
 _NAMED_RECIPIENT_RE: Final = re.compile(
-    rf'(?:"(?P<quoted>(?:[^"\\\r\n]|\\[^\r\n])*)"|(?P<plain>{_PLAIN_NAME}))[ \t]*<(?P<address>[^<>]*)>'
+    rf'(?:"(?P<quoted>{_QUOTED_TEXT})"|(?P<plain>{_PLAIN_NAME}))[ \t]*<(?P<address>[^<>]*)>'
 )
 
 # RFC 7230 token characters; Graph accepts custom headers only, whose names start with "X-".
@@ -89,6 +91,20 @@ HEADER_NAME_PATTERN: Final = rf"^[Xx]-[{_TCHAR}]+$"
 # Standard base64 with its padding, as `base64.b64decode(s, validate=True)` reads it; that function also
 # lets a few non-canonical forms through ("YWJj="), which other languages' decoders refuse.
 BASE64_PATTERN: Final = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+
+# The same rules as the JSON Schema states them. The relay checks the lengths in Python, to say which limit
+# a value breaks; a schema validator has only the pattern, so lookaheads (read alike by every engine) carry
+# them: at most 64 characters before the @, and 254 in an address written inside a recipient string.
+_SCHEMA_ADDRESS = rf"(?=[^@]{{1,{_MAX_LOCAL_PART_LENGTH}}}@){_ADDRESS}"
+_SCHEMA_ADDRESS_PATTERN: Final = rf"^{_SCHEMA_ADDRESS}$"
+_SCHEMA_RECIPIENT_STRING_PATTERN: Final = (
+    rf"^(?:(?=[^<>]{{1,{_MAX_ADDRESS_LENGTH}}}$){_SCHEMA_ADDRESS}"
+    rf"|(?:{_QUOTED_NAME}|{_PLAIN_NAME})[ \t]*<(?=[^<>]{{1,{_MAX_ADDRESS_LENGTH}}}>){_SCHEMA_ADDRESS}>)$"
+)
+_ADDRESS_WORDS: Final = (
+    f"an email address such as mailbox@contoso.com (ASCII, at most {_MAX_LOCAL_PART_LENGTH} characters "
+    f"before the @ and {_MAX_ADDRESS_LENGTH} in all; an internationalized domain in its xn-- form)"
+)
 
 _ADDRESS_RE: Final = re.compile(_ADDRESS)
 _RECIPIENT_STRING_RE: Final = re.compile(RECIPIENT_STRING_PATTERN[1:-1])
@@ -327,14 +343,25 @@ Mailbox = Annotated[
     str,
     AfterValidator(_check_mailbox),
     WithJsonSchema(
-        {"type": "string", "format": "email", "pattern": ADDRESS_PATTERN, "maxLength": _MAX_ADDRESS_LENGTH}
+        {
+            "type": "string",
+            "format": "email",
+            "pattern": _SCHEMA_ADDRESS_PATTERN,
+            "maxLength": _MAX_ADDRESS_LENGTH,
+        }
     ),
 ]
 Address = Annotated[
     str,
     AfterValidator(_check_address),
     WithJsonSchema(
-        {"type": "string", "format": "email", "pattern": ADDRESS_PATTERN, "maxLength": _MAX_ADDRESS_LENGTH}
+        {
+            "type": "string",
+            "format": "email",
+            "pattern": _SCHEMA_ADDRESS_PATTERN,
+            "maxLength": _MAX_ADDRESS_LENGTH,
+            "description": _ADDRESS_WORDS,
+        }
     ),
 ]
 SingleLine = Annotated[str, AfterValidator(_check_single_line), WithJsonSchema(_SINGLE_LINE_SCHEMA)]
@@ -353,6 +380,10 @@ Base64Content = Annotated[
             "contentEncoding": "base64",
             "pattern": BASE64_PATTERN,
             "maxLength": _MAX_INLINE_ATTACHMENT_CHARS,
+            "description": (
+                "standard base64 on one line (A-Z a-z 0-9 + /, padded with =; no whitespace, no URL-safe - _), "
+                "at most 3 MB once decoded"
+            ),
         }
     ),
 ]
@@ -374,7 +405,11 @@ Headers = Annotated[
         {
             "type": "object",
             "maxProperties": MAX_HEADERS,
-            "propertyNames": {"pattern": HEADER_NAME_PATTERN},
+            "propertyNames": {
+                "pattern": HEADER_NAME_PATTERN,
+                "description": 'a custom header name: "X-" and then letters, digits and !#$%&\'*+-.^_`|~ '
+                "(no spaces or colons); Graph sets the standard headers from the request's fields",
+            },
             "additionalProperties": _SINGLE_LINE_SCHEMA,
         }
     ),
@@ -383,7 +418,16 @@ IdempotencyKey = Annotated[
     str,
     Field(min_length=1, max_length=MAX_ID_LENGTH),
     AfterValidator(_check_id),
-    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH, "pattern": ID_PATTERN}),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_ID_LENGTH,
+            "pattern": ID_PATTERN,
+            "description": f"an identifier such as invoice-17: 1 to {MAX_ID_LENGTH} characters, no control "
+            "characters or line separators",
+        }
+    ),
 ]
 
 
@@ -438,8 +482,12 @@ class Recipient(_ContractModel):
         object_form = handler.resolve_ref_schema(handler(core_schema))
         string_form = {
             "type": "string",
-            "pattern": RECIPIENT_STRING_PATTERN,
-            "description": 'an address, or a display name and an address: "Ada Lovelace <ada@contoso.com>"',
+            "pattern": _SCHEMA_RECIPIENT_STRING_PATTERN,
+            "description": (
+                'one recipient: an address, or a display name and an address ("Ada Lovelace <ada@contoso.com>"; '
+                'quote a name holding a comma or semicolon: "\\"Lovelace, Ada\\" <ada@contoso.com>"), '
+                f"with {_ADDRESS_WORDS}, and no line breaks"
+            ),
         }
         description = object_form.pop("description", None)
         schema: JsonSchemaValue = {"anyOf": [string_form, object_form]}
@@ -792,11 +840,30 @@ _SCHEMA_DESCRIPTION: Final = (
     'A recipient is "a@contoso.com", "Ada Lovelace <ada@contoso.com>" or '
     '{"address": "a@contoso.com", "name": "Ada"}. Unknown fields are refused. '
     "The relay also enforces rules this schema cannot express: at most 500 recipients in to, cc and bcc "
-    "together (the schema limits each list alone to 500); at most 64 characters before the @ of an "
-    "address; 'from' must be on the relay's allow-list; one id is sent at most once. "
-    "Where a regex engine's $ also matches before a final newline (Python, Java, .NET), an address "
-    "followed by a newline passes this schema; the relay refuses it."
+    "together (the schema limits each list alone to 500); 'from' must be on the relay's allow-list; "
+    "one id is sent at most once."
 )
+
+
+def _exact_end(schema: Any) -> Any:
+    """`schema` with each pattern's final "$" made exact in every regex engine.
+
+    In Python, Java and .NET, "$" also matches before a final newline, so "^...$" alone would let
+    "mailbox@contoso.com\n" or "YWJj\n" pass a schema validator there while the relay refuses them.
+    "$(?!\n)" reads the same in ECMA-262 (the JSON Schema dialect) and refuses the newline elsewhere.
+    """
+    if isinstance(schema, dict):
+        return {
+            key: (
+                value + "(?!\\n)"
+                if key == "pattern" and isinstance(value, str) and value.endswith("$") and not value.endswith("\\$")
+                else _exact_end(value)
+            )
+            for key, value in schema.items()
+        }
+    if isinstance(schema, list):
+        return [_exact_end(item) for item in schema]
+    return schema
 
 
 def json_schema() -> dict[str, Any]:
@@ -808,7 +875,7 @@ def json_schema() -> dict[str, Any]:
         "$id": SCHEMA_ID,
         "title": "Graph Mail Relay send request, version 1",
         "description": _SCHEMA_DESCRIPTION,
-        **{key: value for key, value in generated.items() if key != "title"},
+        **{key: _exact_end(value) for key, value in generated.items() if key != "title"},
     }
 
 

@@ -1,4 +1,4 @@
-"""The send request checked as the relay checks it: the relay's JSON Schema, plus the rules it cannot express.
+"""The send request checked as the relay checks it: the relay's JSON Schema, plus the one rule it cannot express.
 
 `send-request.v1.json` beside this module is generated from the relay's own contract
 (`python -m shared.contract --write-schema` writes both copies), and the relay's test suite runs one corpus
@@ -8,6 +8,7 @@ of valid and invalid requests through this module and through the relay to prove
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -19,8 +20,11 @@ if TYPE_CHECKING:
 
 SCHEMA_FILE: Final = "send-request.v1.json"
 MAX_RECIPIENTS: Final = 500  # Exchange Online's per message limit, over to, cc and bcc together
-MAX_LOCAL_PART: Final = 64  # RFC 5321's limit on the part before the @
 RECIPIENTS_FIELD: Final = "to/cc/bcc"
+_RECIPIENT_LISTS: Final = [["to"], ["cc"], ["bcc"]]
+
+
+_IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -56,10 +60,15 @@ def _validator() -> Draft202012Validator:
 
 def violations(request: Mapping[str, Any]) -> list[Violation]:
     """Every rule `request` breaks, or [] if the relay will accept it (the allow-list aside)."""
-    found = [v for error in _validator().iter_errors(dict(request)) for v in _violations(error)]
-    found += _cross_field_rules(request)
-    found += _surrogates(request)
-    return found
+    surrogate = _surrogates(request)
+    if surrogate:
+        return surrogate  # the relay refuses such text before it reads a field, and says only that
+    total = _cross_field_rules(request)
+    errors = _validator().iter_errors(dict(request))
+    if total:
+        # One list over 500 is also over 500 in all: say that once, as the relay does.
+        errors = (e for e in errors if not (e.validator == "maxItems" and list(e.absolute_path) in _RECIPIENT_LISTS))
+    return [v for error in errors for v in _violations(error)] + total
 
 
 def validate(request: Mapping[str, Any]) -> None:
@@ -70,30 +79,19 @@ def validate(request: Mapping[str, Any]) -> None:
 
 
 def _cross_field_rules(request: Mapping[str, Any]) -> list[Violation]:
-    """The rules the schema's description names as the relay's own: JSON Schema cannot say them."""
-    found: list[Violation] = []
+    """The rule the schema's description names as the relay's own that JSON Schema cannot say."""
     lists = [request.get(name, []) for name in ("to", "cc", "bcc")]
     if all(isinstance(value, list) for value in lists):
         count = sum(len(value) for value in lists)
         if count > MAX_RECIPIENTS:
-            found.append(
+            return [
                 Violation(
                     RECIPIENTS_FIELD,
                     f"{count} recipients in to, cc and bcc together; Exchange Online takes at most "
                     f"{MAX_RECIPIENTS} per message: split the message",
                 )
-            )
-    sender = request.get("from")
-    if isinstance(sender, str) and len(sender.rpartition("@")[0]) > MAX_LOCAL_PART:
-        found.append(Violation("from", f"has more than {MAX_LOCAL_PART} characters before the @"))
-    for name in ("to", "cc", "bcc", "replyTo"):
-        for i, recipient in enumerate(request.get(name) or [] if isinstance(request.get(name), list) else []):
-            address = recipient.get("address") if isinstance(recipient, Mapping) else recipient
-            if isinstance(address, str):
-                local = address.rpartition("<")[2].rpartition("@")[0]
-                if len(local) > MAX_LOCAL_PART:
-                    found.append(Violation(f"{name}[{i}]", f"has more than {MAX_LOCAL_PART} characters before the @"))
-    return found
+            ]
+    return []
 
 
 def _surrogates(request: Mapping[str, Any]) -> list[Violation]:
@@ -104,32 +102,140 @@ def _surrogates(request: Mapping[str, Any]) -> list[Violation]:
         if isinstance(item, str) and any(0xD800 <= ord(c) <= 0xDFFF for c in item):
             return [Violation(path or "(message)", "holds a lone UTF-16 surrogate; text must be valid Unicode")]
         if isinstance(item, Mapping):
-            stack.extend((v, f"{path}.{k}" if path else str(k)) for k, v in item.items())
+            stack.extend((v, _join(path, str(k))) for k, v in item.items())
             stack.extend((k, path) for k in item)
         elif isinstance(item, list):
             stack.extend((v, f"{path}[{i}]") for i, v in enumerate(item))
     return []
 
 
+def _join(path: str, part: str | int) -> str:
+    """A JSON path as the relay writes it: to[0].address, headers["X-Order-Id"].
+
+    The contract's field names are identifiers; any other key is a map's (a header name) and is quoted.
+    """
+    if isinstance(part, int):
+        return f"{path}[{part}]"
+    if not _IDENTIFIER.fullmatch(part):
+        return f"{path}[{json.dumps(part, ensure_ascii=False)}]"
+    return f"{path}.{part}" if path else part
+
+
 def _violations(error: ValidationError) -> list[Violation]:
     path = ""
     for part in error.absolute_path:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        path = _join(path, part)
     if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
         # One violation per unknown field, named by its own path, as the relay names them.
         allowed = set(error.schema.get("properties", {}))
         return [
-            Violation(f"{path}.{name}" if path else str(name), "unknown field (fields are case-sensitive)")
+            Violation(_join(path, str(name)), "unknown field (fields are case-sensitive)")
             for name in error.instance
             if name not in allowed
         ]
+    if error.validator == "required" and isinstance(error.validator_value, list):
+        present = error.instance if isinstance(error.instance, Mapping) else {}
+        return [Violation(_join(path, name), "is required") for name in error.validator_value if name not in present]
+    if "propertyNames" in error.relative_schema_path:
+        # A bad key: named as the relay names it, headers["Subject"].
+        return [Violation(f"{path}[{json.dumps(error.instance, ensure_ascii=False)}]", _rule(error))]
+    if error.validator == "not" and not isinstance(error.instance, str):
+        return []  # `not` holds a string pattern; a value of another type has its own type error
+    if error.validator in ("anyOf", "oneOf") and error.context:
+        return _form_violations(path, error)
     return [Violation(path or "(message)", _rule(error))]
 
 
+def _form_violations(path: str, error: ValidationError) -> list[Violation]:
+    """What is wrong with a value that matches none of its forms (anyOf), in the form it has."""
+    branches = list(error.validator_value)
+    context = error.context or []
+    wrong_type = {e.relative_schema_path[0] for e in context if e.validator == "type" and not e.relative_path}
+    fitting = [i for i in range(len(branches)) if i not in wrong_type]
+    if not fitting:
+        # A recipient is a string or an object, an id a string or null: neither fits.
+        forms = " or ".join(_type_words(b.get("type")) for b in branches if isinstance(b, Mapping))
+        return [Violation(path or "(message)", f"must be {forms}, not {_describe(error.instance)}")]
+    if len(fitting) == 1:
+        # Say what is wrong with the form the value has, not that it matches no form.
+        return [v for e in context if e.relative_schema_path[0] == fitting[0] for v in _violations(e)]
+    required = [name for b in branches if isinstance(b, Mapping) for name in b.get("required", [])]
+    if len(required) == len(branches):
+        # The schema's "at least one of to, cc, bcc, not empty".
+        names = ", ".join(required[:-1]) + f" or {required[-1]}"
+        return [Violation("/".join(required), f"at least one recipient is required in {names}")]
+    return [Violation(path or "(message)", str(error.message)[:300])]
+
+
+_TYPE_WORDS: Final = {
+    "string": "a string",
+    "array": "an array",
+    "object": "an object",
+    "boolean": "true or false",
+    "null": "null",
+    "integer": "an integer",
+    "number": "a number",
+}
+
+
+def _type_words(types: Any) -> str:
+    names = types if isinstance(types, list) else [types]
+    return " or ".join(_TYPE_WORDS.get(str(name), str(name)) for name in names)
+
+
+def _describe(value: Any) -> str:
+    """What a JSON value is, in words, without echoing a long one (it may be a whole body)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({json.dumps(value)})"
+    if isinstance(value, int | float):
+        return f"a number ({_shown(value)})"
+    if isinstance(value, str):
+        return f"a string ({_shown(value)})"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+def _shown(value: Any) -> str:
+    shown = json.dumps(value, ensure_ascii=False)
+    return shown if len(shown) <= 60 else shown[:56] + '..."'
+
+
 def _rule(error: ValidationError) -> str:
-    """The validator's message, without echoing a long value back (it may be a whole body)."""
-    if error.validator in ("pattern", "maxLength", "minLength", "format", "type", "enum", "const"):
-        shown = json.dumps(error.instance, ensure_ascii=False)
-        shown = shown if len(shown) <= 60 else shown[:56] + '..."'
-        return f"{shown} breaks the rule {error.validator}: {json.dumps(error.validator_value)[:120]}"
+    """The broken rule in words; the schema's own description of the value where it has one."""
+    limit = error.validator_value
+    value = error.instance
+    size = len(value) if isinstance(value, str | list | Mapping) else 0
+    if error.validator in ("pattern", "format", "maxLength") and error.schema.get("format") == "email":
+        # A field's own description ("the sending mailbox") replaces the address rule's in the schema.
+        return (
+            f"{_shown(value)} is not an email address the relay accepts: local@domain.tld, ASCII, at most 64 "
+            "characters before the @ and 254 in all (an internationalized domain in its xn-- form)"
+        )
+    if error.validator in ("pattern", "format"):
+        description = error.schema.get("description")
+        if description:
+            return f"{_shown(value)} is not {description}"
+        return f"{_shown(value)} does not match the pattern {json.dumps(error.schema.get('pattern'))[:120]}"
+    if error.validator == "not" and isinstance(value, str) and isinstance(limit, Mapping) and "pattern" in limit:
+        # The schema's one use of `not`: a character class of line breaks (CR, LF, NEL, U+2028, U+2029).
+        found = re.search(str(limit["pattern"]), value)
+        where = f"U+{ord(found.group()):04X} at character {found.start() + 1}" if found else "one"
+        return (
+            f"must not contain CR, LF or another line break: found {where}; a line break in a mail header "
+            "would let the text inject headers of its own"
+        )
+    if error.validator == "type":
+        return f"must be {_type_words(limit)}, not {_describe(value)}"
+    if error.validator == "enum":
+        values = " or ".join(json.dumps(v) for v in limit)
+        return f"must be {values}, not {_describe(value)} (values are case-sensitive)"
+    if error.validator == "minLength":
+        return "must not be empty" if limit == 1 else f"must be at least {limit} characters long, not {size}"
+    if error.validator == "maxLength":
+        return f"must be at most {limit:,} characters long, not {size:,}"
+    if error.validator in ("minItems", "minProperties"):
+        return f"must have at least {limit} entries"
+    if error.validator in ("maxItems", "maxProperties"):
+        return f"has {size} entries; at most {limit} are allowed"
     return str(error.message)[:300]

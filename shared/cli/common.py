@@ -316,8 +316,6 @@ def fail(command: str, message: str, code: int) -> int:
 
 def run_with_queue(command: str, args: argparse.Namespace, body: Any) -> int:
     """Resolve the connection, run `body(conn)`, and turn the common failures into exit codes."""
-    from mailrelay_client import QueueNotFound
-
     try:
         conn = resolve_connection(args)
     except UsageError as exc:
@@ -332,8 +330,6 @@ def run_with_queue(command: str, args: argparse.Namespace, body: Any) -> int:
         return result
     except UsageError as exc:
         return fail(command, str(exc), EXIT_USAGE)
-    except QueueNotFound as exc:
-        return fail(command, str(exc), EXIT_UNAVAILABLE)
     except ValueError as exc:
         if type(exc) is ValueError and "connection string" in str(exc).lower():
             # The SDK's parse error; say so without echoing the string (it holds the account key).

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Final
 from shared.cli.common import (
     EXIT_INVALID,
     EXIT_OK,
+    EXIT_UNAVAILABLE,
     EXIT_USAGE,
     Connection,
     UsageError,
@@ -26,6 +27,14 @@ from shared.cli.common import (
 
 if TYPE_CHECKING:
     from shared.cli.common import Subparsers
+
+# The client library is its own distribution (client/), which the relay's does not depend on: the Function
+# App must not need it, and it is not on a package index yet. scripts/bootstrap installs it; a relay
+# installed another way gets this instead of a traceback.
+CLIENT_MISSING: Final = (
+    "needs the relay's client library (graph-mail-relay-client, import name mailrelay_client), which is not "
+    "installed: pip install ./client from the relay's checkout (scripts/bootstrap installs it)"
+)
 
 _FIELD_FLAGS: Final = (
     "sender",
@@ -186,7 +195,12 @@ def run(args: argparse.Namespace) -> int:
         request = request_from_args(args)
     except UsageError as exc:
         return fail("send", str(exc), EXIT_USAGE)
-    from mailrelay_client import ContractError, RequestTooLarge, encode_request
+    try:
+        from mailrelay_client import ContractError, QueueNotFound, RequestTooLarge, encode_request
+    except ModuleNotFoundError as exc:
+        if exc.name != "mailrelay_client":
+            raise  # the client is installed but broken: its own traceback says more
+        return fail("send", CLIENT_MISSING, EXIT_UNAVAILABLE)
 
     # Checked before the connection is resolved: a bad request is reported even with no stack running.
     try:
@@ -199,7 +213,10 @@ def run(args: argparse.Namespace) -> int:
         return fail("send", str(exc), EXIT_INVALID)
 
     def send(conn: Connection) -> int:
-        print(_mail_client(conn).send(request))
+        try:
+            print(_mail_client(conn).send(request))
+        except QueueNotFound as exc:
+            return fail("send", str(exc), EXIT_UNAVAILABLE)
         return EXIT_OK
 
     return run_with_queue("send", args, send)

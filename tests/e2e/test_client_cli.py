@@ -17,13 +17,15 @@ from typing import Any
 import pytest
 import requests
 from azure.storage.queue import QueueClient
-from mailrelay_client import MAX_MESSAGE_BYTES, MAX_REQUEST_BYTES, MailClient, RequestTooLarge
+from mailrelay_client import MAX_MESSAGE_BYTES, MAX_REQUEST_BYTES, MailClient, QueueNotFound, RequestTooLarge
 
 from devstack.azurite import Azurite
 from devstack.host import LocalHost
 from shared.cli import main
 from shared.queues import encode
 from tests.e2e.conftest import OUT_OF_SCOPE, RelayEnv, wait_for
+
+pytestmark = pytest.mark.e2e
 
 
 def request(subject: str, sender: str = "alerts@contoso.com", **extra: Any) -> dict[str, Any]:
@@ -50,6 +52,23 @@ def test_client_round_trip_decodes_to_the_request_and_never_expires(azurite: Azu
     assert message.id == message_id
     assert json.loads(base64.b64decode(message.content, validate=True).decode("utf-8")) == sent
     assert message.expires_on.year == 9999  # time-to-live -1
+
+
+def test_a_queue_that_does_not_exist_is_named_not_a_bare_404(azurite: Azurite) -> None:
+    client = MailClient.from_connection_string(azurite.connection_string, f"missing-{uuid.uuid4().hex[:12]}")
+    with pytest.raises(QueueNotFound, match="MAIL_QUEUE_NAME"):
+        client.send(request("nowhere"))
+
+
+def test_mailrelay_send_to_a_queue_that_does_not_exist_exits_3_naming_it(
+    azurite: Azurite, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = f"missing-{uuid.uuid4().hex[:12]}"
+    argv = ["--connection-string", azurite.connection_string, "--queue", missing]
+    code = main(["send", *argv, "--from", "a@contoso.com", "--to", "b@contoso.com", "--subject", "s", "--text", "t"])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert "mailrelay send: the relay's queue does not exist" in err and "Traceback" not in err
 
 
 def largest(limit: int) -> int:

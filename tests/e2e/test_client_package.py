@@ -7,6 +7,7 @@ delivers. Slow-ish (a venv and a pip install from the package index), so it runs
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import venv
 from collections.abc import Callable
@@ -16,6 +17,8 @@ import pytest
 
 from devstack.host import LocalHost
 from tests.e2e.conftest import RelayEnv, wait_for
+
+pytestmark = pytest.mark.e2e  # a venv, a pip install and the local stack: -m 'not e2e' skips it
 
 ROOT = Path(__file__).resolve().parents[2]
 RELAY_ONLY = ("azure-functions", "msal", "azure-keyvault-secrets", "pydantic", "azure-data-tables", "requests-oauthlib")
@@ -37,10 +40,16 @@ print("sent:", client.send(request))
 @pytest.fixture(scope="module")
 def client_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("client-venv")
-    venv.create(home, with_pip=True)
-    python = home / "bin" / "python"
+    # A copy as a fresh checkout has it: pip builds in the source folder, where setuptools' build/ of an
+    # earlier build (left by a developer's pip install ./client) would put deleted modules into the wheel,
+    # and a build here would write into the checkout under test.
+    source = shutil.copytree(
+        ROOT / "client", home / "source", ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
+    )
+    venv.create(home / "venv", with_pip=True)
+    python = home / "venv" / "bin" / "python"
     subprocess.run(
-        [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(ROOT / "client")],
+        [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(source)],
         check=True,
         timeout=300,
     )

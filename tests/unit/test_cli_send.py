@@ -232,6 +232,29 @@ def test_a_stopped_local_stack_fails_at_once_saying_what_to_do(
     assert f"nothing is listening on 127.0.0.1:{port}; is `mailrelay local` running?" in capsys.readouterr().err
 
 
+def test_without_the_client_library_send_says_how_to_install_it(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The relay's distribution does not depend on the client's (client/): a relay installed without it.
+    monkeypatch.setitem(sys.modules, "mailrelay_client", None)  # None: `import mailrelay_client` fails
+    code = main(["send", *BASE, "--text", "t", "--connection-string", AZURITE])
+    err = capsys.readouterr().err
+    assert code == 3
+    assert "mailrelay send: needs the relay's client library" in err and "pip install ./client" in err
+
+
+@pytest.mark.parametrize("command", [["dead-letters", "list"], ["dead-letters", "show", "x"]])
+def test_the_dead_letter_commands_do_not_need_the_client_library(
+    command: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "mailrelay_client", None)
+    port = closed_port()
+    code = main([*command, "--connection-string", AZURITE.replace("10001", str(port))])
+    # They get as far as the queue (here: a stopped stack), not an ImportError.
+    assert code == 3
+    assert f"nothing is listening on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
 def test_without_an_azure_sign_in_the_queue_url_fails_at_once_with_one_short_message(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:

@@ -116,3 +116,61 @@ def test_a_token_credential_over_plain_http_says_what_works_instead() -> None:
 
     with pytest.raises(ValueError, match="from_connection_string"):
         MailClient("http://127.0.0.1:10001/devstoreaccount1/mail-outbox", Token())
+
+
+def bad(**fields: Any) -> dict[str, Any]:
+    return {**REQUEST, **fields}
+
+
+# (a broken request, the field the violation names, words of the rule a developer can act on)
+MESSAGES: list[tuple[dict[str, Any], str, str]] = [
+    ({k: v for k, v in REQUEST.items() if k != "from"}, "from", "is required"),
+    (bad(to=[], cc=[]), "to/cc/bcc", "at least one recipient is required in to, cc or bcc"),
+    (bad(to=[f"u{i}@contoso.com" for i in range(501)]), "to/cc/bcc", "501 recipients"),
+    (bad(subject="Hi\r\nBcc: all@contoso.com"), "subject", "found U+000D at character 3"),
+    (bad(subject=7), "subject", "must be a string, not a number (7)"),
+    (bad(headers={"Subject": "x"}), 'headers["Subject"]', 'a custom header name: "X-"'),
+    (bad(headers={"X-A": "a\u2028b"}), 'headers["X-A"]', "found U+2028 at character 2"),
+    (bad(id="a\x01"), "id", "no control characters"),
+    (bad(id=3), "id", "must be a string or null, not a number (3)"),
+    (bad(id="k" * 129), "id", "at most 128 characters long, not 129"),
+    (bad(to=["Ada <ada@contoso>"]), "to[0]", "is not one recipient"),
+    (bad(to=[{"address": "ada@contoso"}]), "to[0].address", "is not an email address the relay accepts"),
+    (bad(to=[7]), "to[0]", "must be a string or an object, not a number (7)"),
+    (bad(from_="x"), "from_", "unknown field"),
+    (bad(**{"from": "x" * 65 + "@contoso.com"}), "from", "at most 64 characters before the @"),
+    (bad(importance="High"), "importance", '"low" or "normal" or "high", not a string ("High")'),
+    (bad(headers={f"X-H{i}": "v" for i in range(6)}), "headers", "has 6 entries; at most 5"),
+    (
+        bad(attachments=[{"name": "a", "contentType": "text/plain", "contentBytes": "YWJj\n"}]),
+        "attachments[0].contentBytes",
+        "is not standard base64 on one line",
+    ),
+    (bad(subject="a\ud800"), "subject", "lone UTF-16 surrogate"),
+]
+
+
+@pytest.mark.parametrize(("document", "field", "words"), MESSAGES, ids=[m[1] + ":" + m[2][:30] for m in MESSAGES])
+def test_each_violation_names_the_field_and_the_rule_in_words(document: dict[str, Any], field: str, words: str) -> None:
+    with pytest.raises(ContractError) as caught:
+        encode_request(document)
+    (violation,) = caught.value.violations  # one broken rule, said once
+    assert violation.field == field
+    assert words in violation.rule
+    assert str(violation) == f"{field}: {violation.rule}"
+    # No validator jargon, no regular expression: a developer reads the rule, not jsonschema's internals.
+    for jargon in ("valid under", "should not be", "(?", "is not of type", "'pattern'"):
+        assert jargon not in violation.rule
+
+
+def test_a_long_value_is_not_echoed_back_whole() -> None:
+    with pytest.raises(ContractError) as caught:
+        encode_request(bad(to=["secret-" + "x" * 500 + " <nobody>"]))
+    assert len(str(caught.value)) < 800 and "x" * 100 not in str(caught.value)
+
+
+def test_the_queue_url_constructor_names_the_queue_in_the_url() -> None:
+    client = MailClient("https://relaystore.queue.core.windows.net/mail-outbox", "account-key")
+    queue = client._queue
+    assert getattr(queue, "queue_name", None) == "mail-outbox"
+    assert getattr(queue, "account_name", None) == "relaystore"

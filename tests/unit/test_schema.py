@@ -47,6 +47,8 @@ def test_description_names_the_rules_only_the_relay_enforces() -> None:
     description = json_schema()["description"]
     assert "500 recipients in to, cc and bcc together" in description
     assert "allow-list" in description
+    # The schema's patterns carry the address lengths and refuse a final newline: not the relay's alone.
+    assert "64 characters" not in description and "newline" not in description
 
 
 # --- The schema and the model agree --------------------------------------------------------------
@@ -79,6 +81,11 @@ def attachment(content_bytes: str, **overrides: Any) -> dict[str, Any]:
         **overrides,
     }
 
+
+# An address of exactly 254 characters (RFC 5321's limit) with 64 before the @, and one of 255.
+ADDRESS_254 = "x" * 64 + "@" + "b" * 63 + "." + "b" * 63 + "." + "c" * 61
+ADDRESS_255 = ADDRESS_254[:-1] + "cc"
+assert len(ADDRESS_254) == 254 and len(ADDRESS_255) == 255
 
 BIG = base64.b64encode(b"x" * (3 * 1024 * 1024 + 1)).decode()
 LIMIT = base64.b64encode(b"x" * (3 * 1024 * 1024)).decode()
@@ -139,9 +146,45 @@ CASES: list[tuple[str, dict[str, Any], bool, bool]] = [
     ("URL-safe base64", request(attachments=[attachment("-_-_")]), False, False),
     ("attachment over 3 MB", request(attachments=[attachment(BIG)]), False, False),
     ("attachment without a name", request(attachments=[attachment("", name="")]), False, False),
+    ("attachment name with CRLF", request(attachments=[attachment("", name="a\r\nb.txt")]), False, False),
+    ("attachment name with U+2028", request(attachments=[attachment("", name="a\u2028b")]), False, False),
+    ("attachment type with LF", request(attachments=[attachment("", contentType="text/plain\nX: y")]), False, False),
+    ("subject with U+2028", request(subject="Hi\u2028Bcc: all@contoso.com"), False, False),
+    ("subject with U+2029", request(subject="Hi\u2029there"), False, False),
+    ("subject with NEL", request(subject="Hi\u0085there"), False, False),
+    ("subject with a tab", request(subject="Hi\tthere"), True, True),
+    ("header value with U+2028", request(headers={"X-A": "x\u2028y"}), False, False),
+    ('header name "X-" alone', request(headers={"X-": "x"}), False, False),
+    ("id with a control character", request(id="a\x01b"), False, False),
+    ("id with DEL", request(id="a\x7fb"), False, False),
+    ("id with U+2028", request(id="a\u2028b"), False, False),
+    ("id with a space and non-ASCII", request(id="r\u00e9f 17"), True, True),
+    ("display name with CRLF", request(to=["Ada\r\nBcc: x <ada@contoso.com>"]), False, False),
+    ("display name with U+2028", request(to=["Ada\u2028Bcc <ada@contoso.com>"]), False, False),
+    ("display name with NEL", request(to=["Ada\u0085 <ada@contoso.com>"]), False, False),
+    ("quoted display name with U+2029", request(to=['"Ada\u2029" <ada@contoso.com>']), False, False),
+    ("object name with U+2028", request(to=[{"address": "ada@contoso.com", "name": "A\u2028B"}]), False, False),
+    # Python's, Java's and .NET's "$" also matches before a final newline; the schema's patterns must not.
+    ("from followed by a newline", request(from_="relay@contoso.com\n"), False, False),
+    ("recipient followed by a newline", request(to=["ada@contoso.com\n"]), False, False),
+    ("named recipient followed by a newline", request(to=["Ada <ada@contoso.com>\n"]), False, False),
+    ("object address followed by a newline", request(to=[{"address": "ada@contoso.com\n"}]), False, False),
+    ("base64 followed by a newline", request(attachments=[attachment("YWJj\n")]), False, False),
+    ("header name followed by a newline", request(headers={"X-A\n": "x"}), False, False),
+    ("id followed by a newline", request(id="k\n"), False, False),
+    # the lengths of an address, in every form a recipient takes
+    ("from of 254, 64 before the @", request(from_=ADDRESS_254), True, True),
+    ("from of 255", request(from_=ADDRESS_255), False, False),
+    ("recipient string of 254", request(to=[ADDRESS_254]), True, True),
+    ("recipient string of 255", request(to=[ADDRESS_255]), False, False),
+    ("named recipient of 254", request(to=[f"Ada <{ADDRESS_254}>"]), True, True),
+    ("named recipient of 255", request(to=[f"Ada <{ADDRESS_255}>"]), False, False),
+    ("object address of 255", request(to=[{"address": ADDRESS_255}]), False, False),
+    ("local part over 64 characters", request(from_="x" * 65 + "@contoso.com"), False, False),
+    ("recipient local part over 64", request(to=["x" * 65 + "@contoso.com"]), False, False),
+    ("named recipient local part over 64", request(to=["Ada <" + "x" * 65 + "@contoso.com>"]), False, False),
     # cross-field rules only the relay enforces (the schema's description lists them)
     ("501 across to, cc and bcc", request(to=addresses(300), cc=addresses(201)), False, True),
-    ("local part over 64 characters", request(from_="x" * 65 + "@contoso.com"), False, True),
 ]
 
 
@@ -183,8 +226,6 @@ CLIENT_CASES: list[tuple[str, dict[str, Any], bool]] = [(c[0], c[1], c[2]) for c
     ("500 across to, cc and bcc", request(to=addresses(200), cc=addresses(200), bcc=addresses(100)), True),
     ("501 across cc and bcc", request(to=[], cc=addresses(300), bcc=addresses(201)), False),
     ("local part of 64", request(from_="x" * 64 + "@contoso.com"), True),
-    ("recipient local part over 64", request(to=["x" * 65 + "@contoso.com"]), False),
-    ("named recipient local part over 64", request(to=["Ada <" + "x" * 65 + "@contoso.com>"]), False),
     ("object recipient local part over 64", request(to=[{"address": "x" * 65 + "@contoso.com"}]), False),
     ("reply-to local part over 64", request(replyTo=["x" * 65 + "@contoso.com"]), False),
     ("recipient with whitespace", request(to=["ada @contoso.com"]), False),
@@ -198,10 +239,27 @@ CLIENT_CASES: list[tuple[str, dict[str, Any], bool]] = [(c[0], c[1], c[2]) for c
     ("attachments not a list", request(attachments={"name": "a"}), False),
     ("attachment of 0 bytes", request(attachments=[attachment("")]), True),
     ("attachment without contentType", request(attachments=[attachment("", contentType="")]), False),
-    ("cc as null", request(cc=None), True),
+    # request(field=None) leaves the field out; a JSON null is written into the document instead.
+    ("cc null", {**request(), "cc": None}, False),
+    ("id null", {**request(), "id": None}, True),
+    ("headers null", {**request(), "headers": None}, False),
+    ("object recipient with a null name", request(to=[{"address": "ada@contoso.com", "name": None}]), True),
     ("id a number", request(id=17), False),
     ("saveToSentItems false", request(saveToSentItems=False), True),
-    ("importance null", request(importance=None), True),
+    ("importance null", {**request(), "importance": None}, False),
+    ("lone surrogate in the subject", request(subject="a\ud800"), False),
+    ("lone surrogate in a field name", {**request(), "\ud800": 1}, False),
+    ("a list nested in a header value", request(headers={"X-A": [[[[1]]]]}), False),
+    ("id a huge number", request(id=10**400), False),
+    ("saveToSentItems 1", request(saveToSentItems=1), False),
+    ("body contentType in capitals", request(body={"contentType": "Text", "content": "x"}), False),
+    ("from with a trailing dot", request(from_="relay@contoso.com."), False),
+    ("from as an IP literal", request(from_="relay@[192.0.2.1]"), False),
+    ("recipient with a leading space", request(to=[" ada@contoso.com"]), False),
+    ("recipient in angle brackets only", request(to=["<ada@contoso.com>"]), True),
+    ("the same recipient twice", request(to=["a@contoso.com", "a@contoso.com"]), True),
+    ("501 replyTo", request(replyTo=addresses(501)), True),
+    ("a display name of 1000", request(to=[{"address": "ada@contoso.com", "name": "n" * 1000}]), True),
 ]
 
 
@@ -210,3 +268,26 @@ def test_the_client_and_the_relay_agree(document: dict[str, Any], relay_ok: bool
     assert model_accepts(document) is relay_ok
     found = client_violations(document)
     assert (not found) is relay_ok, [str(v) for v in found]
+
+
+def test_the_corpus_is_large_and_mixed() -> None:
+    assert len(CLIENT_CASES) >= 60
+    assert sum(ok for _, _, ok in CLIENT_CASES) >= 20 and sum(not ok for _, _, ok in CLIENT_CASES) >= 40
+
+
+def relay_fields(document: dict[str, Any]) -> set[str]:
+    try:
+        parse_request(document)
+    except ContractError as exc:
+        # The relay reads a recipient string as its object form, so a too-long address in "Ada <...>" is
+        # its to[0].address; the client, holding the string, names to[0].
+        return {v.field.removesuffix(".address") for v in exc.violations}
+    return set()
+
+
+@pytest.mark.parametrize(
+    "document", [c[1] for c in CLIENT_CASES if not c[2]], ids=[c[0] for c in CLIENT_CASES if not c[2]]
+)
+def test_the_client_names_the_fields_the_relay_names(document: dict[str, Any]) -> None:
+    client_fields = {v.field.removesuffix(".address") for v in client_violations(document)}
+    assert client_fields == relay_fields(document)
