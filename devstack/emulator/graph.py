@@ -142,7 +142,8 @@ class GraphMail(ExchangeScope, Faults):
             return mailbox.object_id
 
     def _find_mailbox(self, user: str) -> _Mailbox | None:
-        """The mailbox by UPN or object id (Graph takes either), as a copy to read outside the lock."""
+        """The mailbox by UPN or object id (Graph takes either): the record itself, not a copy, so that
+        Exchange's scope check (exchange.py) applies a pending scope change to it, under the lock."""
         with self._lock:
             mailbox = self._mailboxes.get(user.lower()) or next(
                 (m for m in self._mailboxes.values() if m.object_id == user.lower()), None

@@ -8,7 +8,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from http import HTTPStatus
 from typing import Any
 
@@ -86,18 +86,10 @@ class KeyVault(Faults):
             return found.version
 
     def _apply_secret(self, entry: Mapping[str, Any]) -> str:
-        expires = entry.get("expiresOn")
-        expires_on: datetime | None = None
-        if expires is not None:
-            if not isinstance(expires, str):
-                raise ValueError("expiresOn must be an ISO 8601 string or null")
-            expires_on = datetime.fromisoformat(expires)
-            if expires_on.tzinfo is None:
-                expires_on = expires_on.replace(tzinfo=UTC)
         return self.set_secret(
             _required_str(entry, "name"),
             _required_str(entry, "value"),
-            expires_on=expires_on,
+            expires_on=_optional_datetime(entry, "expiresOn"),
             enabled=_optional_bool(entry, "enabled", True),
         )
 
