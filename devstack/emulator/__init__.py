@@ -45,8 +45,16 @@ Emulated endpoints: ``GET /{tenant}/v2.0/.well-known/openid-configuration``, ``G
 /{tenant}/discovery/v2.0/keys``, ``POST /{tenant}/oauth2/v2.0/token`` (client credentials), ``GET
 /msi/token`` (App Service managed identity, api-version 2019-08-01), ``GET /secrets/{name}[/{version}]``
 and ``GET /secrets/{name}/versions`` (Key Vault; the vault URL is the emulator's URL), ``POST
-/v1.0/users/{id or upn}/sendMail`` and ``GET /v1.0/applications(appId='{id}')[?$select=...]`` (Graph; the
-latter needs the application role Application.Read.All, as the real one does app-only).
+/v1.0/users/{id or upn}/sendMail``, ``GET /v1.0/users/{id or upn}/mailFolders/inbox`` (a read, scoped by
+Exchange as sending is) and ``GET /v1.0/applications(appId='{id}')[?$select=...]`` (Graph; the latter needs
+the application role Application.Read.All, as the real one does app-only).
+
+Layout: one module per service it plays, each a part of `Emulator` holding that service's rules and error
+shapes: ``entra`` (token endpoint, OIDC configuration, JWKS), ``identity`` (App Service managed identity),
+``keyvault`` (secrets, the challenge), ``graph`` (sendMail, mailboxes, applications) and ``exchange`` (Exchange
+Online's scope on the app). ``state`` holds what they share (apps, mailboxes, secrets, outbox, stats, and
+the tokens they issue and check), ``faults`` the fault injection, ``admin`` the admin API above and seeds,
+``server`` the HTTPS server and the dispatch, ``common`` requests, responses and small helpers.
 """
 
 from devstack.emulator.common import SERVICES, EmulatorError

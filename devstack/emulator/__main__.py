@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-# A fixed name: under `python -m` __name__ would be "__main__".
 from devstack.emulator.server import Emulator
 
+# A fixed name: under `python -m` __name__ would be "__main__".
 logger = logging.getLogger("devstack.emulator")
 
 

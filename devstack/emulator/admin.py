@@ -1,65 +1,27 @@
-"""The admin and inspection API under /_emulator/, seeds, and the state readers (outbox, stats)."""
+"""The admin and inspection API under /_emulator/ (documented in the package docstring), and seeds."""
 
 from __future__ import annotations
 
-import copy
 import json
-import logging
-import threading
 from collections.abc import Mapping
 from typing import Any
 
-# A fixed name: under `python -m` __name__ would be "__main__".
-from devstack.emulator.common import SERVICES, _json_object, _json_response, _Request, _required_str, _Response
+from devstack.emulator.common import _json_object, _json_response, _Request, _required_str, _Response
+from devstack.emulator.entra import EntraID
+from devstack.emulator.graph import GraphMail
+from devstack.emulator.keyvault import KeyVault
 
-logger = logging.getLogger("devstack.emulator")
 
+class AdminAPI(EntraID, KeyVault, GraphMail):
+    """The admin and inspection API under /_emulator/, and seeds: each entry goes to its service's parser.
 
-class AdminAPI:
-    """The admin and inspection API under /_emulator/, seeds, and the state readers (outbox, stats)..
-
-    A part of `Emulator`, whose `__init__` holds the state.
+    A part of `Emulator`; the state it reads and resets is `TenantState`'s.
     """
-
-    _lock: threading.RLock
-
-    def expire_tokens(self) -> None:
-        """Make every token issued so far count as expired (Graph and Key Vault answer 401)."""
-        with self._lock:
-            self._expired_token_ids |= self._issued_token_ids
-
-    @property
-    def outbox(self) -> list[dict[str, Any]]:
-        """Accepted messages: ``{"sender": address, "message": the posted JSON body, "receivedAt": iso}``."""
-        with self._lock:
-            return copy.deepcopy(self._outbox)
-
-    @property
-    def stats(self) -> dict[str, int]:
-        """Calls per endpoint (keys: :data:`SERVICES`).
-
-        Every request counts, except for Key Vault, which counts requests that passed authentication:
-        the SDK's unauthenticated challenge probe and its CAE retry are left out (see :meth:`_keyvault`).
-        """
-        with self._lock:
-            return dict(self._stats)
-
-    def reset(self) -> None:
-        """Clear apps, mailboxes, secrets, faults, outbox and stats. Issued tokens stay valid."""
-        with self._lock:
-            self._apps.clear()
-            self._mailboxes.clear()
-            self._secrets.clear()
-            self._faults.clear()
-            self._outbox.clear()
-            self._stats = dict.fromkeys(SERVICES, 0)
-            self._vault_denied.clear()
-            self.scope_delay, self.scope_group_mail_enabled = 0.0, True
 
     def load_seed(self, seed: Mapping[str, Any]) -> None:
         """Apply a seed document: ``{"apps": [...], "mailboxes": [...], "secrets": [...], "faults": [...]}``.
 
-        Entries use the admin API's camelCase fields (see the module docstring).
+        Entries use the admin API's camelCase fields (see the package docstring, in __init__.py).
         """
         unknown = set(seed) - {"apps", "mailboxes", "secrets", "faults"}
         if unknown:
@@ -72,8 +34,6 @@ class AdminAPI:
             self._apply_secret(entry)
         for entry in seed.get("faults", []):
             self._apply_fault(entry)
-
-    # ------------------------------------------------------------------ JSON (admin / seed) parsing
 
     def _admin(self, request: _Request, parts: list[str]) -> _Response:
         route = (request.method, "/".join(parts))
@@ -128,5 +88,3 @@ class AdminAPI:
             # json.JSONDecodeError is a ValueError. Messages name fields, never secret values.
             return _json_response(400, {"error": str(exc)})
         return _json_response(200, {"ok": True})
-
-    # ------------------------------------------------------------------ Entra ID

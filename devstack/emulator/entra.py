@@ -1,55 +1,58 @@
 """Entra ID: app registrations and their secrets, the token endpoint (client credentials), OIDC
-configuration and JWKS, and Entra's error shapes; token issuing and checking for every service."""
+configuration and JWKS, and Entra's error shapes. Tokens are signed and checked in state.py."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 import json
-import logging
-import threading
-import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
-import jwt
 from jwt.algorithms import RSAAlgorithm
 
 from devstack.emulator.common import (
-    _KNOWN_RESOURCES,
     DEFAULT_TENANT_ID,
+    GRAPH_APP_ID,
     GRAPH_RESOURCE,
-    _App,
-    _basic_credentials,
-    _Fault,
+    VAULT_APP_ID,
+    VAULT_RESOURCE,
     _json_response,
     _optional_bool,
     _optional_datetime,
-    _password_credential,
     _Request,
     _required_str,
     _Response,
     _retry_after_headers,
     _utcnow,
 )
-
-# A fixed name: under `python -m` __name__ would be "__main__".
 from devstack.emulator.exchange import POLICY_ACCESS, SCOPE_MODELS
+from devstack.emulator.faults import Faults, _Fault
+from devstack.emulator.state import TOKEN_LIFETIME_SECONDS, _App, _PasswordCredential
 
-logger = logging.getLogger("devstack.emulator")
+# Graph's addPassword: a client secret without an endDateTime lives two years.
+DEFAULT_SECRET_LIFETIME = timedelta(days=730)
 
-TOKEN_LIFETIME_SECONDS = 3599
+# Resources the emulated Entra knows, as accepted in a "<resource>/.default" scope, to the token aud.
+_KNOWN_RESOURCES: dict[str, str] = {
+    GRAPH_RESOURCE: GRAPH_RESOURCE,
+    GRAPH_RESOURCE + "/": GRAPH_RESOURCE,
+    GRAPH_APP_ID: GRAPH_RESOURCE,
+    VAULT_RESOURCE: VAULT_RESOURCE,
+    VAULT_RESOURCE + "/": VAULT_RESOURCE,
+    VAULT_APP_ID: VAULT_RESOURCE,
+}
 
 
-class EntraID:
+class EntraID(Faults):
     """Entra ID: app registrations and their secrets, the token endpoint (client credentials), OIDC.
 
-    A part of `Emulator`, whose `__init__` holds the state.
+    A part of `Emulator`; the apps are `TenantState._apps`.
     """
-
-    _lock: threading.RLock
 
     def add_app(
         self,
@@ -143,62 +146,6 @@ class EntraID:
         return self.add_password_credential(
             _required_str(entry, "clientId"), end, display_name if isinstance(display_name, str) else None
         )
-
-    def _issue_token(self, audience: str, tenant_id: str, app_id: str, roles: Sequence[str]) -> tuple[str, int]:
-        """An RS256 access token shaped like Entra's v1 app-only tokens. Returns (token, exp)."""
-        now = int(time.time())
-        expires = now + TOKEN_LIFETIME_SECONDS
-        token_id = uuid.uuid4().hex
-        claims: dict[str, Any] = {
-            "aud": audience,
-            "iss": f"https://sts.windows.net/{tenant_id}/",
-            "iat": now,
-            "nbf": now,
-            "exp": expires,
-            "appid": app_id,
-            "appidacr": "1",
-            "idp": f"https://sts.windows.net/{tenant_id}/",
-            "idtyp": "app",
-            "oid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"sp:{tenant_id}:{app_id}".lower())),
-            "sub": str(uuid.uuid5(uuid.NAMESPACE_URL, f"sp:{tenant_id}:{app_id}".lower())),
-            "tid": tenant_id,
-            "uti": token_id,
-            "ver": "1.0",
-        }
-        if roles:
-            claims["roles"] = list(roles)
-        token = jwt.encode(
-            claims, self._signing_key, algorithm="RS256", headers={"kid": self._key_id, "x5t": self._key_id}
-        )
-        with self._lock:
-            self._issued_token_ids.add(token_id)
-        return token, expires
-
-    def _check_token(self, token: str) -> tuple[str, dict[str, Any]]:
-        """Validate signature and lifetime.
-
-        Returns (outcome, claims); outcome is one of ok, malformed, invalid, expired, revoked.
-
-        "revoked" is a token that expire_tokens() cut short while its own exp is still ahead.
-        """
-        try:
-            claims: dict[str, Any] = jwt.decode(
-                token, self._public_key, algorithms=["RS256"], options={"verify_aud": False}
-            )
-        except jwt.ExpiredSignatureError:
-            return "expired", {}
-        except jwt.InvalidSignatureError:
-            return "invalid", {}
-        except jwt.DecodeError:
-            return "malformed", {}
-        except jwt.InvalidTokenError:
-            return "invalid", {}
-        with self._lock:
-            if claims.get("uti") in self._expired_token_ids:
-                return "revoked", claims
-        return "ok", claims
-
-    # ------------------------------------------------------------------ dispatch
 
     def _known_tenant(self, tenant: str) -> bool:
         with self._lock:
@@ -443,4 +390,30 @@ class EntraID:
             },
         )
 
-    # ------------------------------------------------------------------ managed identity (App Service)
+
+def _password_credential(
+    secret: str | None, end: datetime | None, display_name: str | None = "mailrelay"
+) -> _PasswordCredential:
+    start = _utcnow().replace(microsecond=0)
+    if end is not None and end.tzinfo is None:
+        raise ValueError("secret_end must be timezone-aware")
+    return _PasswordCredential(
+        key_id=str(uuid.uuid4()),
+        display_name=display_name,
+        start=start,
+        end=end if end is not None else start + DEFAULT_SECRET_LIFETIME,
+        hint=secret[:3] if secret else None,
+    )
+
+
+def _basic_credentials(request: _Request) -> tuple[str | None, str | None]:
+    """client_secret_basic: Authorization: Basic base64(client_id:client_secret)."""
+    scheme, _, value = (request.header("Authorization") or "").partition(" ")
+    if scheme.lower() != "basic":
+        return None, None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (ValueError, binascii.Error):
+        return None, None
+    client_id, _, secret = decoded.partition(":")
+    return unquote(client_id) or None, unquote(secret) or None

@@ -22,12 +22,12 @@ to 2 hours in Exchange), played here time-scaled by `scope_delay` seconds.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from devstack.emulator.common import _App, _Mailbox, _optional_bool
+from devstack.emulator.common import _optional_bool
+from devstack.emulator.state import TenantState, _App, _Mailbox
 
 SCOPE_MODELS: Final = ("rbac", "policy", "none")
 POLICY_ACCESS: Final = ("RestrictAccess", "DenyAccess")
@@ -49,17 +49,11 @@ ODATA_DISABLED: Final = "Access to OData is disabled."
 NOT_IN_EXO: Final = "The mailbox is either inactive, soft-deleted, or is hosted on-premise."
 
 
-class ExchangeScope:
+class ExchangeScope(TenantState):
     """Exchange Online's authorization of app-only Graph calls on mailboxes.
 
-    A part of `Emulator`, whose `__init__` holds the state.
+    A part of `Emulator`; its knobs (`scope_delay`, `scope_group_mail_enabled`) are `TenantState`'s.
     """
-
-    _lock: threading.RLock
-    _apps: dict[tuple[str, str], _App]
-    _mailboxes: dict[str, _Mailbox]
-    scope_delay: float
-    scope_group_mail_enabled: bool
 
     def set_exchange_scope(self, address: str, in_scope: bool, delay: float | None = None) -> None:
         """Put the mailbox inside or outside the app's scope (the RBAC management scope, or the access

@@ -3,24 +3,34 @@
 from __future__ import annotations
 
 import copy
-import logging
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-# A fixed name: under `python -m` __name__ would be "__main__".
-from devstack.emulator.common import SERVICES, _Fault
-
-logger = logging.getLogger("devstack.emulator")
+from devstack.emulator.common import SERVICES
+from devstack.emulator.state import TenantState
 
 
-class Faults:
-    """Fault injection: queued errors and delays per service, taken in order..
+@dataclass
+class _Fault:
+    service: str
+    status: int | None
+    retry_after: float | None
+    remaining: int
+    delay: float
+    code: str | None
+    message: str | None
 
-    A part of `Emulator`, whose `__init__` holds the state.
+
+class Faults(TenantState):
+    """Fault injection: queued errors and delays per service, taken in order.
+
+    A part of `Emulator`; the queue is `TenantState._faults`. Each service module answers a fault it takes
+    in that service's own error shape.
     """
 
-    _lock: threading.RLock
+    _stopping: threading.Event  # set by Emulator.stop(): wakes handlers sleeping on a delay fault
 
     def add_fault(
         self,
@@ -74,8 +84,6 @@ class Faults:
             code=entry.get("code"),
             message=entry.get("message"),
         )
-
-    # ------------------------------------------------------------------ tokens
 
     def _next_fault(self, service: str) -> _Fault | None:
         """Take the next queued fault for ``service``, sleeping its delay. None: serve normally."""

@@ -7,23 +7,19 @@ import base64
 import binascii
 import copy
 import json
-import logging
 import re
-import threading
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 
 from devstack.emulator.common import (
-    _DEFAULT_FAULT_ERRORS,
     GRAPH_APP_ID,
     GRAPH_RESOURCE,
     _bearer,
-    _graph_datetime,
     _json_response,
-    _Mailbox,
     _optional_bool,
     _Request,
     _required_str,
@@ -31,11 +27,9 @@ from devstack.emulator.common import (
     _retry_after_headers,
     _utcnow,
 )
-
-# A fixed name: under `python -m` __name__ would be "__main__".
-from devstack.emulator.exchange import READ_PERMISSIONS
-
-logger = logging.getLogger("devstack.emulator")
+from devstack.emulator.exchange import READ_PERMISSIONS, ExchangeScope
+from devstack.emulator.faults import Faults
+from devstack.emulator.state import _Mailbox
 
 # Graph refuses request bodies over 4 MB (sendMail included); larger content needs an upload session.
 GRAPH_MAX_REQUEST_BYTES = 4 * 1024 * 1024
@@ -107,14 +101,23 @@ _FILE_ATTACHMENT_TYPE = "#microsoft.graph.fileattachment"
 
 _RECIPIENT_LISTS = ("toRecipients", "ccRecipients", "bccRecipients", "replyTo")
 
+_DEFAULT_FAULT_ERRORS: dict[int, tuple[str, str]] = {
+    # Outlook's concurrency throttle, as Graph reports it (code and message seen in the field).
+    429: ("ApplicationThrottled", "Application is over its MailboxConcurrency limit."),
+    500: ("InternalServerError", "The service encountered an internal error. Please retry the request."),
+    502: ("BadGateway", "The server received an invalid response from an upstream server."),
+    503: ("ServiceUnavailable", "The service is temporarily unavailable. Please retry the request."),
+    504: ("GatewayTimeout", "The server did not receive a timely response from an upstream server."),
+}
 
-class GraphMail:
-    """Microsoft Graph: sendMail with its documented checks and errors, mailboxes, and the applications.
 
-    A part of `Emulator`, whose `__init__` holds the state.
+class GraphMail(ExchangeScope, Faults):
+    """Microsoft Graph: sendMail with its documented checks and errors, mailboxes, and the applications
+    endpoint the expiry check reads.
+
+    A part of `Emulator`; the mailboxes are `TenantState._mailboxes`, accepted messages `_outbox`, and
+    Exchange's authorization per mailbox is `ExchangeScope`'s (exchange.py).
     """
-
-    _lock: threading.RLock
 
     def add_mailbox(
         self, address: str, in_exchange_scope: bool = True, rest_enabled: bool = True, exchange_online: bool = True
@@ -139,7 +142,8 @@ class GraphMail:
             return mailbox.object_id
 
     def _find_mailbox(self, user: str) -> _Mailbox | None:
-        """The mailbox by UPN or object id (Graph takes either), as a copy to read outside the lock."""
+        """The mailbox by UPN or object id (Graph takes either): the record itself, not a copy, so that
+        Exchange's scope check (exchange.py) applies a pending scope change to it, under the lock."""
         with self._lock:
             mailbox = self._mailboxes.get(user.lower()) or next(
                 (m for m in self._mailboxes.values() if m.object_id == user.lower()), None
@@ -313,6 +317,10 @@ class GraphMail:
             resource = {k: v for k, v in resource.items() if k in select}
         context = f"https://graph.microsoft.com/v1.0/$metadata#applications({','.join(select)})/$entity"
         return _json_response(200, {"@odata.context": context, **resource}, ids.headers())
+
+
+def _graph_datetime(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass

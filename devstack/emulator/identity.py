@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import logging
-import threading
 import uuid
 from collections.abc import Iterable
 from http import HTTPStatus
 
-# A fixed name: under `python -m` __name__ would be "__main__".
 from devstack.emulator.common import (
     _json_response,
     _Request,
     _Response,
     _retry_after_headers,
 )
-
-logger = logging.getLogger("devstack.emulator")
+from devstack.emulator.faults import Faults
 
 #: Client id of the emulated system-assigned managed identity (a request without ``client_id``).
 SYSTEM_IDENTITY_CLIENT_ID = "00000000-0000-4000-8000-0000000005a1"
@@ -24,13 +20,13 @@ SYSTEM_IDENTITY_CLIENT_ID = "00000000-0000-4000-8000-0000000005a1"
 MSI_API_VERSION = "2019-08-01"
 
 
-class ManagedIdentity:
-    """The App Service managed-identity endpoint (api-version 2019-08-01)..
+class ManagedIdentity(Faults):
+    """The App Service managed-identity endpoint (api-version 2019-08-01).
 
-    A part of `Emulator`, whose `__init__` holds the state.
+    A part of `Emulator`; tokens come from `TenantState._issue_token`.
     """
 
-    _lock: threading.RLock
+    identity_header: str  # set by Emulator.__init__ (server.py), and told to clients as IDENTITY_HEADER
 
     def _msi_token(self, request: _Request) -> _Response:
         """App Service's managed identity endpoint (api-version 2019-08-01), as MSAL calls it."""
@@ -75,5 +71,3 @@ class ManagedIdentity:
                 "client_id": client_id,
             },
         )
-
-    # ------------------------------------------------------------------ Key Vault

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import logging
+import base64
+import json
 import re
-import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from http import HTTPStatus
 from typing import Any
 
-# A fixed name: under `python -m` __name__ would be "__main__".
 from devstack.emulator.common import (
-    _UNSET,
     VAULT_APP_ID,
     VAULT_RESOURCE,
     _bearer,
-    _epoch,
     _json_response,
     _optional_bool,
     _optional_datetime,
@@ -26,11 +23,12 @@ from devstack.emulator.common import (
     _required_str,
     _Response,
     _retry_after_headers,
-    _revocation_claims,
-    _SecretVersion,
 )
+from devstack.emulator.faults import Faults
+from devstack.emulator.state import _SecretVersion
 
-logger = logging.getLogger("devstack.emulator")
+# update_secret's "not given": there, expires_on=None clears the expiry.
+_UNSET: Any = object()
 
 # Key Vault is strict: "https://vault.azure.net/" (trailing slash) is rejected with AKV10022.
 _VAULT_AUDIENCES = frozenset({VAULT_RESOURCE, VAULT_APP_ID})
@@ -38,14 +36,11 @@ _VAULT_AUDIENCES = frozenset({VAULT_RESOURCE, VAULT_APP_ID})
 _SECRET_NAME = re.compile(r"^[0-9A-Za-z-]{1,127}$")
 
 
-class KeyVault:
-    """Azure Key Vault secrets: versions, attributes, the challenge, and Key Vault's error shapes..
+class KeyVault(Faults):
+    """Azure Key Vault secrets: versions, attributes, the challenge, and Key Vault's error shapes.
 
-    A part of `Emulator`, whose `__init__` holds the state.
+    A part of `Emulator`; the secrets are `TenantState._secrets`, the RBAC refusals `_vault_denied`.
     """
-
-    _lock: threading.RLock
-    _vault_denied: set[str]
 
     def set_secret(self, name: str, value: str, expires_on: datetime | None = None, enabled: bool = True) -> str:
         """Add a new version of a Key Vault secret; it becomes the current one. Returns its version id."""
@@ -91,18 +86,10 @@ class KeyVault:
             return found.version
 
     def _apply_secret(self, entry: Mapping[str, Any]) -> str:
-        expires = entry.get("expiresOn")
-        expires_on: datetime | None = None
-        if expires is not None:
-            if not isinstance(expires, str):
-                raise ValueError("expiresOn must be an ISO 8601 string or null")
-            expires_on = datetime.fromisoformat(expires)
-            if expires_on.tzinfo is None:
-                expires_on = expires_on.replace(tzinfo=UTC)
         return self.set_secret(
             _required_str(entry, "name"),
             _required_str(entry, "value"),
-            expires_on=expires_on,
+            expires_on=_optional_datetime(entry, "expiresOn"),
             enabled=_optional_bool(entry, "enabled", True),
         )
 
@@ -273,4 +260,17 @@ class KeyVault:
             attributes["exp"] = version.expires_on
         return attributes
 
-    # ------------------------------------------------------------------ Microsoft Graph
+
+def _epoch(value: datetime) -> int:
+    if value.tzinfo is None:
+        raise ValueError("expires_on must be timezone-aware")
+    return int(value.timestamp())
+
+
+def _revocation_claims() -> str:
+    """The base64 claims of a CAE challenge: "a token issued before now is no longer accepted"."""
+    claims = {"access_token": {"nbf": {"essential": True, "value": str(int(time.time()))}}}
+    # A space after each "{" keeps '{"' (base64 "eyJ", the prefix log scanners, ours included, flag as a
+    # JWT) out of the encoding: the SDKs log this header, and it is not a token.
+    text = json.dumps(claims).replace('{"', '{ "')
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")

@@ -18,23 +18,9 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import trustme
-from cryptography.hazmat.primitives.asymmetric import rsa
 
-# A fixed name: under `python -m` __name__ would be "__main__".
 from devstack.emulator.admin import AdminAPI
-from devstack.emulator.common import (
-    DEFAULT_TENANT_ID,
-    SERVICES,
-    EmulatorError,
-    _App,
-    _BodyTooLarge,
-    _Fault,
-    _json_response,
-    _Mailbox,
-    _Request,
-    _Response,
-    _SecretVersion,
-)
+from devstack.emulator.common import EmulatorError, _json_response, _Request, _Response
 from devstack.emulator.entra import EntraID
 from devstack.emulator.exchange import ExchangeScope
 from devstack.emulator.faults import Faults
@@ -42,6 +28,7 @@ from devstack.emulator.graph import GraphMail, _GraphIds
 from devstack.emulator.identity import ManagedIdentity
 from devstack.emulator.keyvault import KeyVault
 
+# A fixed name: under `python -m` __name__ would be "__main__".
 logger = logging.getLogger("devstack.emulator")
 
 _APPLICATION_BY_APP_ID = re.compile(r"^applications\(appId='([^']+)'\)$", re.IGNORECASE)
@@ -50,16 +37,20 @@ _APPLICATION_BY_APP_ID = re.compile(r"^applications\(appId='([^']+)'\)$", re.IGN
 _MAX_READ_BYTES = 64 * 1024 * 1024
 
 
-class Emulator(AdminAPI, Faults, EntraID, ManagedIdentity, KeyVault, GraphMail, ExchangeScope):
+class _BodyTooLarge(Exception):
+    pass
+
+
+class Emulator(AdminAPI, EntraID, ManagedIdentity, KeyVault, GraphMail, ExchangeScope, Faults):
     """Entra ID, Microsoft Graph and Key Vault on one loopback HTTPS server.
 
     All state methods are thread-safe, and may be called before or after :meth:`start`.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__()  # TenantState: the lock, the signing key, the tenant's state
         self.host = host
         self._requested_port = port
-        self._lock = threading.RLock()
         self._stopping = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -77,27 +68,6 @@ class Emulator(AdminAPI, Faults, EntraID, ManagedIdentity, KeyVault, GraphMail, 
 
         # The header value App Service puts in IDENTITY_HEADER: a per-instance random string.
         self.identity_header = uuid.uuid4().hex
-
-        # Token signing key, generated per instance: a token from another run never validates here.
-        self._signing_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self._public_key = self._signing_key.public_key()
-        self._key_id = uuid.uuid4().hex
-
-        self._apps: dict[tuple[str, str], _App] = {}
-        self._mailboxes: dict[str, _Mailbox] = {}
-        self._secrets: dict[str, list[_SecretVersion]] = {}
-        self._faults: list[_Fault] = []
-        self._outbox: list[dict[str, Any]] = []
-        # Exchange's scope (exchange.py): the delay before a scope change applies (time-scaled), and
-        # whether the scope's group is one Exchange recognises (mail-enabled) or an Entra-only group.
-        self.scope_delay = 0.0
-        self.scope_group_mail_enabled = True
-        # Key Vault RBAC (keyvault.py): the identities (client ids) with no secrets-reading role on the vault.
-        self._vault_denied: set[str] = set()
-        self._stats: dict[str, int] = dict.fromkeys(SERVICES, 0)
-        # Every token id (uti) handed out, and those expire_tokens() has since invalidated.
-        self._issued_token_ids: set[str] = set()
-        self._expired_token_ids: set[str] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -159,18 +129,7 @@ class Emulator(AdminAPI, Faults, EntraID, ManagedIdentity, KeyVault, GraphMail, 
     def msi_endpoint(self) -> str:
         return f"{self.url}/msi/token"
 
-    @property
-    def default_tenant_id(self) -> str:
-        """The tenant named in Key Vault's challenge and in managed identity tokens."""
-        with self._lock:
-            first = next(iter(self._apps.values()), None)
-            return first.tenant_id if first else DEFAULT_TENANT_ID
-
-    # ------------------------------------------------------------------ state
-
-    def _count(self, service: str) -> None:
-        with self._lock:
-            self._stats[service] += 1
+    # ------------------------------------------------------------------ dispatch
 
     def _dispatch(self, request: _Request) -> _Response:
         parts = [unquote(segment) for segment in request.path.split("/") if segment]
@@ -206,8 +165,6 @@ class Emulator(AdminAPI, Faults, EntraID, ManagedIdentity, KeyVault, GraphMail, 
             self._count("entra.token")
             return self._token(request, parts[0])
         return _json_response(404, {"error": {"code": "NotFound", "message": "No emulated endpoint here."}})
-
-    # ------------------------------------------------------------------ admin
 
 
 class _Server(ThreadingHTTPServer):

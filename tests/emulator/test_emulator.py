@@ -723,6 +723,20 @@ def test_admin_http_api_mirrors_the_python_api(running: Emulator, http: requests
     assert set(running.stats) == set(SERVICES)
 
 
+def test_admin_secret_expiry_is_iso_8601_read_as_utc_when_naive(emu: Emulator, http: requests.Session) -> None:
+    admin = f"{emu.url}/_emulator/secrets"
+    refused = http.post(admin, json={"name": "s", "value": "v", "expiresOn": 1893456000})
+    assert refused.status_code == 400 and refused.json() == {"error": "expiresOn must be an ISO 8601 string or null"}
+    version = http.post(admin, json={"name": "s", "value": "v", "expiresOn": "2030-01-01T00:00:00"}).json()["version"]
+    vault_token = token_for(emu, http, scope="https://vault.azure.net/.default")
+    reply = http.get(
+        f"{emu.url}/secrets/s/{version}",
+        params={"api-version": "7.5"},
+        headers={"Authorization": f"Bearer {vault_token}"},
+    )
+    assert reply.json()["attributes"]["exp"] == 1893456000  # 2030-01-01T00:00:00Z
+
+
 def test_reset_clears_everything(emu: Emulator, http: requests.Session) -> None:
     emu.set_secret("s", "v")
     emu.add_fault("graph.sendMail")
