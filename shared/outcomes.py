@@ -8,6 +8,7 @@ Every answer from Entra ID, Key Vault or Graph is classified once, here, into on
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -205,9 +206,12 @@ def parse_retry_after(value: str | None) -> float | None:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        # "inf", "nan" and "1e999" parse as floats too, and no delay can be made of them: not a Retry-After.
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     from email.utils import parsedate_to_datetime
 
     try:
