@@ -167,7 +167,8 @@ _HINTS: Final[dict[str, str]] = {
         "(messageEncoding), so send with the relay's client or encode the JSON as base64 yourself"
     ),
     "DuplicateKey": (
-        "the request's key was already used by a request the relay sent, with different content; give each "
+        "the request's key was already used by a request the relay sent, with different content (or before the "
+        "relay recorded content); give each "
         "new message its own id (requeueing this one will not send it while the first is on record)"
     ),
     "SenderNotAllowed": (
