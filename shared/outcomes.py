@@ -121,8 +121,8 @@ _HINTS: Final[dict[str, str]] = {
         "health, then requeue the dead letters"
     ),
     "KeyVaultUnavailable": (
-        "Key Vault is unavailable; the relay retries. If it lasts, check the vault's Resource health, then "
-        "requeue the dead letters"
+        "Key Vault is unavailable or unreachable; the relay retries. If it lasts, check the vault's Resource "
+        "health, and that KEY_VAULT_URI names the vault (a typo fails in DNS), then requeue the dead letters"
     ),
     "KeyVaultThrottled": (
         "Key Vault is throttling reads of the client secret (per vault); the relay caches the secret and "
@@ -155,7 +155,12 @@ _HINTS: Final[dict[str, str]] = {
     "SecretDisabled": "the client secret's Key Vault version is disabled: enable it or add a new version",
     "Forbidden": (
         "the relay's identity may not read the secret: grant it 'Key Vault Secrets User' on the vault "
-        "(role assignments take a few minutes to apply)"
+        "(role assignments take a few minutes to apply), or a Get secret access policy on a vault that uses "
+        "access policies"
+    ),
+    "ForbiddenByFirewall": (
+        "the vault's network rules refuse the Function App: allow its outbound addresses or its virtual network "
+        "in the vault's Networking settings, or reach the vault through a private endpoint (a role does not help)"
     ),
     "CredentialUnavailable": (
         "no managed identity answered: assign the user-assigned identity to the Function App and set "
