@@ -38,6 +38,11 @@ SCAN_VISIBILITY: Final = 60  # seconds a scanned message stays hidden if the sca
 
 Form = Literal["envelope", "raw"]
 
+# Where a dead letter names what it keeps in the overflow store (shared/queues.py): the whole envelope of one
+# too large for the queue, or the request of a retry wrapper too large for it (shared/retries.py).
+STORED: Final = "stored"
+STORED_REQUEST: Final = "requestStored"
+
 # Codes for raw messages, which carry no error of the relay's own.
 MAX_DEQUEUE: Final = "MaxDequeueCountExceeded"
 _MAX_DEQUEUE_HINT: Final = (
@@ -96,10 +101,22 @@ class DeadLetter:
             broken = "; ".join(str(v) for v in exc.violations[:3])
             more = f" (and {len(exc.violations) - 3} more)" if len(exc.violations) > 3 else ""
             raise NotRequeueable(
-                f"dead letter {self.id} is not a valid send request, so the relay would refuse it again: "
-                f"{broken}{more}"
+                f"dead letter {self.id} is not a valid send request, so the relay would refuse it again: {broken}{more}"
             ) from None
+        from shared.queues import MAX_QUEUE_TEXT, encode
+
+        size = len(encode(self.request))
+        if size > MAX_QUEUE_TEXT:
+            # Plain JSON the host moved here as it was can be near 64 KiB; base64 adds a third.
+            raise NotRequeueable(
+                f"dead letter {self.id} holds a request of {size:,} characters once base64-encoded for the queue, "
+                f"over Storage's 64 KiB ({MAX_QUEUE_TEXT:,}): send it again from the app, with less content"
+            )
         return dict(self.request)
+
+    def stored_references(self) -> list[dict[str, Any]]:
+        """What this dead letter keeps in the overflow store: removed with it when it is requeued."""
+        return [ref for key in (STORED, STORED_REQUEST) if isinstance(ref := self.extra.get(key), dict)]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -171,23 +188,27 @@ def parse_dead_letter(
             failed_at=str(obj["failedAt"]) if obj.get("failedAt") else moved_at,
             # An envelope too large for the queue: its request and full error are in the overflow store.
             extra={
-                **({"stored": obj["stored"]} if isinstance(obj.get("stored"), dict) else {}),
+                **({STORED: obj[STORED]} if isinstance(obj.get(STORED), dict) else {}),
                 **({"queueMessageId": str(obj["queueMessageId"])} if obj.get("queueMessageId") else {}),
             },
             **common,
         )
     retry = obj.get("$retry")
-    if isinstance(retry, dict) and "request" in obj:
-        # The relay's retry wrapper, moved here by the host after maxDequeueCount: unwrap it.
+    stored_request = obj.get(STORED_REQUEST)
+    if isinstance(retry, dict) and ("request" in obj or isinstance(stored_request, dict)):
+        # The relay's retry wrapper, moved here by the host after maxDequeueCount: unwrap it. A request too
+        # large for the wrapper is in the overflow store (`requestStored`): DeadLetterQueue reads it back.
         last_error = retry.get("lastError")
         attempts = retry.get("attempts")
         extra = {k: retry[k] for k in ("firstAttemptAt", "originalMessageId", "lastError") if k in retry}
+        if isinstance(stored_request, dict):
+            extra[STORED_REQUEST] = stored_request
         return DeadLetter(
             form="raw",
             code=MAX_DEQUEUE,
             message=_last_error_text(last_error) or "failed on every try",
             hint=_MAX_DEQUEUE_HINT,
-            request=obj["request"],
+            request=obj.get("request"),
             attempts=attempts if isinstance(attempts, int) else None,
             failed_at=moved_at,
             extra=extra,
@@ -293,18 +314,29 @@ class DeadLetterQueue:
 
     def _read(self, message: Any) -> DeadLetter:
         letter = _parse(message)
-        ref = letter.extra.get("stored")
-        if not isinstance(ref, dict) or self._overflow is None:
+        refs = letter.stored_references()
+        if not refs or self._overflow is None:
             return letter
         try:
-            full = json_object(self._overflow.get(ref).decode("utf-8"))
+            full = json_object(self._overflow.get(refs[0]).decode("utf-8"))
         except Exception as exc:  # the store unreachable, the blob gone or altered: show what is on the queue
             return replace(letter, extra={**letter.extra, "storedError": f"{type(exc).__name__}: {exc}"})
         if full is None:
             return letter
+        if STORED_REQUEST in letter.extra:
+            return replace(letter, request=full)  # a retry's stored request: the request itself
         error = full.get("error")
         message = str(error.get("message") or letter.message) if isinstance(error, dict) else letter.message
         return replace(letter, request=full.get("request"), message=message)
+
+    def _forget_stored(self, letter: DeadLetter) -> None:
+        """Remove what a requeued dead letter kept in the overflow store. Its request is back on the queue
+        whole, so a failure here only leaves an unused blob behind, never loses mail."""
+        if self._overflow is None:
+            return
+        for ref in letter.stored_references():
+            with contextlib.suppress(Exception):
+                self._overflow.delete(ref)
 
     def main_queue_exists(self) -> bool:
         """Whether the main queue exists (its poison queue may not, until a first dead letter)."""
@@ -420,6 +452,7 @@ class DeadLetterQueue:
             # Enqueue first, delete second: a failure in between leaves a duplicate, never a loss.
             sent = self._main.send_message(encode(payload), time_to_live=-1)
             self._poison.delete_message(message, pop_receipt=message.pop_receipt)
+            self._forget_stored(letter)
             results.append(Requeued(letter.id, str(sent.id)))
             return True, stop_after_first
 

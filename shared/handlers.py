@@ -84,13 +84,17 @@ def _handle(rt: Runtime, msg: QueueMessageLike, delivery: Delivery, deliveries: 
     content = fingerprint(checked.received)
     if key:
         recorded = rt.ledger.lookup(key)
-        if recorded is not None and recorded in ("", content):
+        if recorded is not None and recorded == content:
+            # The very request already went out (a redelivery, or the app enqueued it twice): complete it,
+            # and say so. Only the same content is dropped: anything else under a sent key gets a dead letter.
             kind = key.split(":", 1)[0]
             _log(logging.INFO, "mail.duplicate", "already sent; completed without sending", keyKind=kind, **fields)
             return
         if recorded is not None:
-            # Same key, other content: never a redelivery. Refuse it with a reason rather than drop it.
-            _dead_letter(rt, checked.received, _key_reused(key), attempts, {**fields, "sender": checked.request.sender})
+            # Same key, other content (or a record too old to hold a fingerprint, so the content is unknown):
+            # not provably a redelivery. Refuse it with a reason rather than drop it or send it twice.
+            failure = _key_reused(key, fingerprinted=bool(recorded))
+            _dead_letter(rt, checked.received, failure, attempts, {**fields, "sender": checked.request.sender})
             return
 
     attempt = rt.relay.deliver(checked)
@@ -155,14 +159,19 @@ def _log(level: int, event: str, text: str, **fields: Any) -> None:
     log_event(log, level, event, text, **fields)
 
 
-def _key_reused(key: str) -> Failure:
+def _key_reused(key: str, fingerprinted: bool = True) -> Failure:
     from shared.outcomes import permanent
 
     kind, _, value = key.partition(":")
+    content = (
+        "with other content"
+        if fingerprinted
+        else "(recorded with no fingerprint of its content, so this may or may not be the same mail)"
+    )
     if kind == "id":
-        what = f"the id {value!r} was already sent with other content; one id is sent at most once"
+        what = f"the id {value!r} was already sent {content}; one id is sent at most once"
     else:
-        what = "a retry names a queue message whose request was already sent with other content"
+        what = f"a retry names a queue message whose request was already sent {content}"
     return permanent("DuplicateKey", what)
 
 

@@ -8,6 +8,7 @@ Every answer from Entra ID, Key Vault or Graph is classified once, here, into on
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -120,8 +121,8 @@ _HINTS: Final[dict[str, str]] = {
         "health, then requeue the dead letters"
     ),
     "KeyVaultUnavailable": (
-        "Key Vault is unavailable; the relay retries. If it lasts, check the vault's Resource health, then "
-        "requeue the dead letters"
+        "Key Vault is unavailable or unreachable; the relay retries. If it lasts, check the vault's Resource "
+        "health, and that KEY_VAULT_URI names the vault (a typo fails in DNS), then requeue the dead letters"
     ),
     "KeyVaultThrottled": (
         "Key Vault is throttling reads of the client secret (per vault); the relay caches the secret and "
@@ -144,13 +145,22 @@ _HINTS: Final[dict[str, str]] = {
         "and that the app registration was not deleted"
     ),
     "AADSTS90002": "the tenant does not exist: check GRAPH_TENANT_ID",
+    "EntraUnexpectedReply": (
+        "the token endpoint answered in a way Entra ID never does (no OAuth error): check GRAPH_AUTHORITY_HOST "
+        "(https://login.microsoftonline.com unless in a national cloud) and any proxy between the relay and Entra ID"
+    ),
     "AADSTS70011": "the relay asked for a scope Entra refuses; it must be https://graph.microsoft.com/.default",
     # Key Vault (reading the client secret)
     "SecretNotFound": "Key Vault has no such secret: check GRAPH_CLIENT_SECRET_NAME and KEY_VAULT_URI",
     "SecretDisabled": "the client secret's Key Vault version is disabled: enable it or add a new version",
     "Forbidden": (
         "the relay's identity may not read the secret: grant it 'Key Vault Secrets User' on the vault "
-        "(role assignments take a few minutes to apply)"
+        "(role assignments take a few minutes to apply), or a Get secret access policy on a vault that uses "
+        "access policies"
+    ),
+    "ForbiddenByFirewall": (
+        "the vault's network rules refuse the Function App: allow its outbound addresses or its virtual network "
+        "in the vault's Networking settings, or reach the vault through a private endpoint (a role does not help)"
     ),
     "CredentialUnavailable": (
         "no managed identity answered: assign the user-assigned identity to the Function App and set "
@@ -166,7 +176,8 @@ _HINTS: Final[dict[str, str]] = {
         "(messageEncoding), so send with the relay's client or encode the JSON as base64 yourself"
     ),
     "DuplicateKey": (
-        "the request's key was already used by a request the relay sent, with different content; give each "
+        "the request's key was already used by a request the relay sent, with different content (or before the "
+        "relay recorded content); give each "
         "new message its own id (requeueing this one will not send it while the first is on record)"
     ),
     "SenderNotAllowed": (
@@ -188,6 +199,12 @@ def hint_for(code: str, message: str = "", scope_model: str = "rbac") -> str:
         return ACCESS_DENIED_HINTS["policy" if "AccessPolicy" in message else scope_model]
     if code in _HINTS:
         return _HINTS[code]
+    if code.startswith("AADSTS") and code[6:].isdigit():
+        return (
+            f"Entra ID refused the relay's token request: look the code up at "
+            f"https://login.microsoftonline.com/error?code={code[6:]} and fix the app registration or the settings "
+            "it names (GRAPH_TENANT_ID, GRAPH_CLIENT_ID, the client secret)"
+        )
     return "see the code and message; if it persists, check Microsoft Graph's service health"
 
 
@@ -205,9 +222,12 @@ def parse_retry_after(value: str | None) -> float | None:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        # "inf", "nan" and "1e999" parse as floats too, and no delay can be made of them: not a Retry-After.
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     from email.utils import parsedate_to_datetime
 
     try:
@@ -239,16 +259,27 @@ def _graph_error(error: Any, status: int) -> tuple[str, str]:
     return defaults.get(status, f"HTTP{status}"), f"HTTP {status} with no Graph error body"
 
 
+# AADSTS codes Entra documents as transient ("Microsoft Entra authentication and authorization error codes",
+# https://learn.microsoft.com/entra/identity-platform/reference-error-codes, MicrosoftDocs/entra-docs
+# docs/identity-platform/reference-error-codes.md): 50033 RetryableError, 90006 ExternalServerRetryableError,
+# 90012 RequestTimeout, 90024 RequestBudgetExceededError ("A transient error has occurred. Try again."),
+# 90033 MsodsServiceUnavailable, 90055 TenantThrottlingError, 90090 GraphRetryableError, 90091
+# GraphServiceUnreachable. The same page lists the configuration errors that stay permanent: 7000215 (invalid
+# client secret), 7000222 (expired client secret), 700016 (application not found in the tenant), 90002
+# (tenant not found), 7000112 (application disabled).
+TRANSIENT_AADSTS: Final = frozenset({50033, 90006, 90012, 90024, 90033, 90055, 90090, 90091})
+
+
 def classify_entra(result: dict[str, Any]) -> Failure:
     """Classify an MSAL error result (Entra's token endpoint error JSON)."""
-    codes = result.get("error_codes") or []
+    codes = [c for c in result.get("error_codes") or [] if isinstance(c, int)]
     description = str(result.get("error_description") or result.get("error") or "unknown error")
     # The first line of the description carries the AADSTS code and text; the rest is trace ids.
-    first_line = description.splitlines()[0] if description else description
+    first_line = description.splitlines()[0] if description.strip() else description
     code = f"AADSTS{codes[0]}" if codes else str(result.get("error") or "EntraError")
-    # RFC 6749 section 5.2 and OpenID's "temporarily_unavailable" / "server_error": the token endpoint cannot
-    # answer now (Entra uses AADSTS90033 and 50001-style codes with them). Retry; name the service.
-    if result.get("error") in {"temporarily_unavailable", "server_error"}:
+    # RFC 6749 section 5.2's "temporarily_unavailable" and "server_error" (the same page's table: "Retry the
+    # request"), or a code documented as transient: the token endpoint cannot answer now. Retry; name Entra.
+    if result.get("error") in {"temporarily_unavailable", "server_error"} or TRANSIENT_AADSTS & set(codes):
         return transient("EntraUnavailable", f"{code}: {first_line}")
     return permanent(code, first_line)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 if TYPE_CHECKING:
@@ -25,6 +26,7 @@ MAX_QUEUE_TEXT: Final = 64 * 1024
 # copy still fits on the queue without the overflow store.
 RELAY_OVERHEAD_BYTES: Final = 2 * 1024
 MAX_ERROR_MESSAGE: Final = 4000  # characters of an error message an envelope on the queue keeps
+MAX_ERROR_FIELD: Final = 1000  # characters of any other text of a stored envelope (code, hint, ids) kept on the queue
 OVERFLOW_CONTAINER: Final = "mail-relay-overflow"
 
 
@@ -46,10 +48,35 @@ class StoredPayloadError(ValueError):
     """A stored payload is missing or not what its reference says."""
 
 
+# The names BlobOverflow.put gives (a random UUID): a reference naming anything else was not written by the
+# relay. Checked before the store is touched: a blob name is a URL path, and "../other-container/x" would
+# reach, with the relay's identity, any blob in the account (the HTTP client folds the dot segments).
+_BLOB_NAME: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.json")
+_SHA256: Final = re.compile(r"[0-9a-f]{64}")
+
+
 def reference(container: str, name: str, data: bytes) -> dict[str, Any]:
     import hashlib
 
     return {"container": container, "blob": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def check_reference(ref: Any) -> Mapping[str, Any]:
+    """`ref` if it has the shape of a reference the relay wrote, else StoredPayloadError naming what is wrong."""
+    from collections.abc import Mapping
+
+    if not isinstance(ref, Mapping):
+        raise StoredPayloadError("a stored payload's reference must be an object")
+    if ref.get("container") != OVERFLOW_CONTAINER:
+        raise StoredPayloadError(f'a stored payload\'s "container" must be {OVERFLOW_CONTAINER!r}')
+    if not isinstance(ref.get("blob"), str) or not _BLOB_NAME.fullmatch(ref["blob"]):
+        raise StoredPayloadError('a stored payload\'s "blob" must be a name the relay gave (<uuid>.json)')
+    size = ref.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise StoredPayloadError('a stored payload\'s "size" must be a whole number of bytes')
+    if not isinstance(ref.get("sha256"), str) or not _SHA256.fullmatch(ref["sha256"]):
+        raise StoredPayloadError('a stored payload\'s "sha256" must be 64 lower-case hex digits')
+    return ref
 
 
 def check_stored(ref: Mapping[str, Any], data: bytes) -> bytes:
@@ -61,18 +88,27 @@ def check_stored(ref: Mapping[str, Any], data: bytes) -> bytes:
 
 
 def fitted_envelope(envelope: dict[str, Any], overflow: Overflow | None) -> dict[str, Any]:
-    """The envelope as it goes on the poison queue: whole if it fits, else with the request and the full
-    error stored in the overflow container and referenced, and the message cut to fit. The code, the hint,
-    the attempts and a readable reason always stay on the queue."""
+    """The envelope as it goes on the poison queue: whole if it fits, else with the whole envelope stored in
+    the overflow container and referenced, the request left out and every other text cut to fit. The code,
+    the hint, the attempts and a readable reason always stay on the queue, whatever size a service's error
+    code or message had."""
     if len(encode(envelope)) <= MAX_QUEUE_TEXT:
         return envelope
     if overflow is None:
         raise RuntimeError("a dead letter does not fit in a queue message and no overflow store is configured")
-    error = dict(envelope.get("error") or {})
-    message = str(error.get("message") or "")
-    if len(message) > MAX_ERROR_MESSAGE:
-        error["message"] = message[:MAX_ERROR_MESSAGE] + f"… ({len(message):,} characters in all: see stored)"
-    return {**envelope, "request": None, "error": error, "stored": overflow.put(json_bytes(envelope))}
+    error = {
+        key: _cut(value, MAX_ERROR_MESSAGE if key == "message" else MAX_ERROR_FIELD)
+        for key, value in dict(envelope.get("error") or {}).items()
+    }
+    fitted = {key: _cut(value, MAX_ERROR_FIELD) for key, value in envelope.items()}
+    return {**fitted, "request": None, "error": error, "stored": overflow.put(json_bytes(envelope))}
+
+
+def _cut(value: Any, limit: int) -> Any:
+    """A text cut to `limit` characters, marked as cut; anything else as it is."""
+    if not isinstance(value, str) or len(value) <= limit:
+        return value
+    return value[:limit] + f"… ({len(value):,} characters in all: see stored)"
 
 
 class BlobOverflow:
@@ -99,17 +135,19 @@ class BlobOverflow:
     def get(self, ref: Mapping[str, Any]) -> bytes:
         from azure.core.exceptions import ResourceNotFoundError
 
+        name = check_reference(ref)["blob"]
         try:
-            data = self._container.download_blob(str(ref.get("blob"))).readall()
+            data = self._container.download_blob(name).readall()
         except ResourceNotFoundError:
-            raise StoredPayloadError(f"the stored payload {ref.get('blob')!r} is gone") from None
+            raise StoredPayloadError(f"the stored payload {name!r} is gone") from None
         return check_stored(ref, data)
 
     def delete(self, ref: Mapping[str, Any]) -> None:
         from azure.core.exceptions import ResourceNotFoundError
 
+        name = check_reference(ref)["blob"]
         with contextlib.suppress(ResourceNotFoundError):
-            self._container.delete_blob(str(ref.get("blob")))
+            self._container.delete_blob(name)
 
 
 class DeadLetters(Protocol):

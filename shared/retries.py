@@ -42,6 +42,9 @@ DEFAULT_BASE_DELAY_SECONDS: Final = 30.0
 MAX_BACKOFF_SECONDS: Final = 3600.0  # the exponential part stops growing at an hour
 # Azure Storage refuses a visibility timeout beyond 7 days; keep a margin below it.
 MAX_VISIBILITY_SECONDS: Final = 7 * 24 * 3600 - 60
+MAX_CLOCK_SKEW: Final = timedelta(minutes=5)  # how far in the future a firstAttemptAt may be, from another instance
+# Storage's message ids are GUIDs (36 characters); the length of a request's `id` leaves room for other hosts.
+MAX_MESSAGE_ID_LENGTH: Final = 128
 
 
 class MalformedWrapper(ValueError):
@@ -75,11 +78,12 @@ class Delivery:
     stored: dict[str, Any] | None = None  # the overflow reference the body was read from, if any
 
 
-def unwrap(raw: bytes, load: Callable[[dict[str, Any]], bytes] | None = None) -> Delivery:
+def unwrap(raw: bytes, load: Callable[[dict[str, Any]], bytes] | None = None, now: datetime | None = None) -> Delivery:
     """Split a retry wrapper into the request and its state; anything else is a first delivery, unchanged.
 
     `load` reads a stored request (the overflow store's `get`). Raises MalformedWrapper when the message
-    claims to be a wrapper ("$retry" at the top) but is not one, or its stored request cannot be read.
+    claims to be a wrapper ("$retry" at the top) but is not one the relay could have written (see
+    `_first_attempt` and `_original_message_id`), or its stored request cannot be read.
     """
     if b'"$retry"' not in raw:  # cheap test first: most messages are first deliveries
         return Delivery(raw, None)
@@ -100,25 +104,22 @@ def unwrap(raw: bytes, load: Callable[[dict[str, Any]], bytes] | None = None) ->
     attempts = meta.get("attempts")
     if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
         raise MalformedWrapper('"$retry.attempts" must be a whole number of at least 1')
-    try:
-        first = datetime.fromisoformat(str(meta.get("firstAttemptAt")).replace("Z", "+00:00"))
-    except ValueError:
-        raise MalformedWrapper('"$retry.firstAttemptAt" must be an ISO 8601 time') from None
-    if first.tzinfo is None:
-        first = first.replace(tzinfo=UTC)
-    original = meta.get("originalMessageId")
     last_error = meta.get("lastError")
     state = RetryState(
         attempts=attempts,
-        first_attempt_at=first,
-        original_message_id=original if isinstance(original, str) and original else None,
+        first_attempt_at=_first_attempt(meta.get("firstAttemptAt"), now or datetime.now(UTC)),
+        original_message_id=_original_message_id(meta.get("originalMessageId")),
         last_error={k: str(v) for k, v in last_error.items()} if isinstance(last_error, dict) else {},
     )
     if isinstance(stored, dict):
+        from shared.queues import StoredPayloadError, check_reference
+
+        try:
+            check_reference(stored)  # before the store is touched: a forged name could reach any blob
+        except StoredPayloadError as e:
+            raise MalformedWrapper(f'"requestStored": {e}') from None
         if load is None:
             raise MalformedWrapper("the retry's request is stored, and this relay has no overflow store to read it")
-        from shared.queues import StoredPayloadError
-
         try:
             return Delivery(load(stored), state, stored)
         except StoredPayloadError as e:  # gone or altered: permanent. The store unreachable: the host retries.
@@ -126,6 +127,35 @@ def unwrap(raw: bytes, load: Callable[[dict[str, Any]], bytes] | None = None) ->
     from shared.queues import json_bytes
 
     return Delivery(json_bytes(request), state)
+
+
+def _first_attempt(value: Any, now: datetime) -> datetime:
+    """`$retry.firstAttemptAt` as an aware UTC time, or MalformedWrapper.
+
+    The relay writes it from its own clock, so it is never in the future (beyond clock skew between
+    instances): a later time would keep SEND_MAX_AGE_HOURS from ever running out, and one past year 9999
+    once in UTC could not even be written back on the next retry.
+    """
+    try:
+        first = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        first = (first if first.tzinfo else first.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise MalformedWrapper('"$retry.firstAttemptAt" must be an ISO 8601 time') from None
+    if first > now + MAX_CLOCK_SKEW:
+        raise MalformedWrapper(f'"$retry.firstAttemptAt" is in the future ({_iso(first)}); the relay never writes one')
+    return first
+
+
+def _original_message_id(value: Any) -> str | None:
+    """`$retry.originalMessageId`: the id Storage gave the first queue message (a GUID), or none."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > MAX_MESSAGE_ID_LENGTH:
+        raise MalformedWrapper(
+            f'"$retry.originalMessageId" must be a queue message id, a string of at most {MAX_MESSAGE_ID_LENGTH} '
+            "characters"
+        )
+    return value
 
 
 def wrap(request: dict[str, Any], state: RetryState) -> dict[str, Any]:
@@ -155,9 +185,9 @@ class RetryPolicy:
 
     def delay(self, attempts: int, retry_after: float | None, rand: Callable[[], float] = random.random) -> int:
         """Seconds to hide the re-queued message: the service's Retry-After if longer than the backoff."""
-        seconds = max(retry_after or 0.0, self.backoff(attempts, rand))
+        seconds = min(float(MAX_VISIBILITY_SECONDS), max(retry_after or 0.0, self.backoff(attempts, rand)))
         # Whole seconds (the queue's unit), rounded up so Retry-After is never undercut.
-        return min(MAX_VISIBILITY_SECONDS, int(-(-seconds // 1)))
+        return int(-(-seconds // 1))
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ import re
 import threading
 from typing import TYPE_CHECKING, Any, Protocol
 
+from azure.core.exceptions import ClientAuthenticationError
+
 from shared.outcomes import RelayFailure, parse_retry_after, permanent, transient
 
 if TYPE_CHECKING:
@@ -52,7 +54,6 @@ class KeyVaultSecret:
 
     def _read(self) -> None:
         from azure.core.exceptions import (
-            ClientAuthenticationError,
             HttpResponseError,
             ResourceNotFoundError,
             ServiceRequestError,
@@ -62,27 +63,17 @@ class KeyVaultSecret:
 
         try:
             secret = self._client.get_secret(self._name)
+        except IdentityEndpointUnavailable as e:
+            # The identity is there; its endpoint failed (RelayCredential tells the two apart): retry.
+            raise RelayFailure(transient("ManagedIdentityUnavailable", _first_line(e.message))) from None
         except ResourceNotFoundError as e:
             raise RelayFailure(permanent("SecretNotFound", _first_line(e.message))) from None
         except CredentialUnavailableError as e:
-            # No identity at all (none assigned, AZURE_CLIENT_ID wrong) is configuration, not an outage. But
-            # azure-identity raises this same error when the App Service identity endpoint answers an error:
-            # MSAL turns its {"statusCode", "message"} body into {"error": "invalid_scope", "error_description":
-            # "503, Service Unavailable"} (msal/managed_identity.py, _obtain_token_on_app_service), and
-            # azure-identity into CredentialUnavailableError("... Token request error: (invalid_scope) 503,
-            # ...") (azure/identity/_internal/msal_managed_identity_client.py, _request_token). The status in
-            # that text is the only trace of an outage, after azure-identity's own retries of 5xx and 429.
-            status = _identity_endpoint_status(str(e))
-            if status is not None and (status >= 500 or status == 429):
-                message = f"the managed identity endpoint answered HTTP {status} (after azure-identity's retries)"
-                raise RelayFailure(transient("ManagedIdentityUnavailable", message)) from None
+            # No identity at all (none assigned, AZURE_CLIENT_ID wrong, no `az login` on a workstation).
             raise RelayFailure(permanent("CredentialUnavailable", _first_line(str(e)))) from None
         except ClientAuthenticationError as e:
-            # Raised by the identity (its endpoint answered an error) or by Key Vault (401: it refused the
-            # token). The identity endpoint answering 5xx or 429 after azure-identity's own retries is an
-            # outage of the endpoint, not a missing assignment: transient, and named so.
+            # The identity refused the request (a 4xx from its endpoint) or Key Vault refused the token (401).
             status = e.status_code if e.status_code is not None else getattr(e.response, "status_code", None)
-            status = status if status is not None else _identity_endpoint_status(str(e))  # the chain's text
             if status is not None and (status >= 500 or status == 429):
                 message = f"the managed identity endpoint answered HTTP {status}: {_first_line(str(e))[:300]}"
                 raise RelayFailure(transient("ManagedIdentityUnavailable", message)) from None
@@ -92,6 +83,11 @@ class KeyVaultSecret:
             inner = getattr(getattr(e.error, "innererror", None), "get", lambda _k: None)("code")
             if inner == "SecretDisabled" or "disabled" in (e.message or "").lower():
                 code = "SecretDisabled"
+            if "ForbiddenByFirewall" in (code, inner):
+                # Key Vault's documented code for its network rules ("Client address isn't authorized and caller
+                # isn't a trusted service", learn.microsoft.com/azure/key-vault/general/common-error-codes):
+                # configuration, and not the missing role that "Forbidden" (ForbiddenByRbac) means.
+                code = "ForbiddenByFirewall"
             if e.status_code in (429,) or (e.status_code or 0) >= 500:
                 # Key Vault throttles per vault (429, Retry-After) and can be briefly unavailable (5xx):
                 # https://learn.microsoft.com/azure/key-vault/general/overview-throttling. Its own error
@@ -130,21 +126,99 @@ def _first_line(text: str | None) -> str:
     return (text or "").strip().splitlines()[0] if (text or "").strip() else ""
 
 
-def credential(client_id: str | None, ca_bundle: str | None = None):  # type: ignore[no-untyped-def]
-    """The identity the relay reads Key Vault with.
+class IdentityEndpointUnavailable(ClientAuthenticationError):
+    """The managed identity endpoint failed: it refused the connection, timed out, or answered 5xx or 429
+    (after azure-identity's own retries). An outage of the endpoint, not a missing identity.
+
+    A ClientAuthenticationError, as what a credential raises: azure-core's retry policy passes those straight
+    through (the relay's own backoff retries), and callers that catch AzureError (mailrelay doctor) catch it."""
+
+
+def _endpoint_outage(status: int | None) -> bool:
+    return status is not None and (status >= 500 or status == 429)
+
+
+class RelayCredential:
+    """Managed identity first, then the Azure CLI: ChainedTokenCredential's order, with one difference.
+
+    ChainedTokenCredential folds whatever a credential raised into one ClientAuthenticationError whose only
+    trace of the cause is text, so an identity endpoint that is down reads like an identity that was never
+    assigned (and a dead letter would tell the admin to assign it). Here a failure of the endpoint itself
+    stops the chain with IdentityEndpointUnavailable, and only "no managed identity here" moves on to the CLI.
 
     Managed identity comes first because in Azure it is the only credential that should answer, and
-    AZURE_CLIENT_ID picks the user-assigned identity (a Function App may carry several). The Azure CLI
-    comes second so that an admin can run `mailrelay` commands from a workstation after `az login`;
-    in Azure there is no CLI, so the chain never reaches it there.
+    AZURE_CLIENT_ID picks the user-assigned identity (a Function App may carry several). The Azure CLI comes
+    second so that an admin can run the relay's code from a workstation after `az login`; in Azure there is no
+    CLI, so the chain never reaches it there.
     """
-    from azure.identity import AzureCliCredential, ChainedTokenCredential, ManagedIdentityCredential
+
+    def __init__(self, managed: Any, cli: Any):
+        self._managed = managed
+        self._cli = cli
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        return self._first(lambda credential: credential.get_token(*scopes, **kwargs))
+
+    def get_token_info(self, *scopes: str, options: Any = None) -> Any:
+        return self._first(lambda credential: credential.get_token_info(*scopes, options=options))
+
+    def _first(self, call: Any) -> Any:
+        from azure.core.exceptions import ServiceRequestError, ServiceResponseError
+        from azure.identity import CredentialUnavailableError
+
+        try:
+            return call(self._managed)
+        except (ServiceRequestError, ServiceResponseError) as e:  # App Service's endpoint refused or timed out
+            raise IdentityEndpointUnavailable(
+                message=f"the managed identity endpoint did not answer: {_first_line(str(e))[:300]}"
+            ) from None
+        except CredentialUnavailableError as e:
+            # azure-identity raises this both for "no identity here" and, on App Service, for an endpoint that
+            # answered an error: MSAL turns its {"statusCode", "message"} body into {"error": "invalid_scope",
+            # "error_description": "503, Service Unavailable"} (msal/managed_identity.py,
+            # _obtain_token_on_app_service), and azure-identity into CredentialUnavailableError("... Token
+            # request error: (invalid_scope) 503, ...") (azure/identity/_internal/msal_managed_identity_client.py,
+            # _request_token). The status in that text is the only trace of an outage.
+            status = _identity_endpoint_status(str(e))
+            if _endpoint_outage(status):
+                raise IdentityEndpointUnavailable(
+                    message=f"the managed identity endpoint answered HTTP {status} (after azure-identity's retries)"
+                ) from None
+            no_identity = _first_line(str(e))
+        except ClientAuthenticationError as e:
+            status = e.status_code if e.status_code is not None else getattr(e.response, "status_code", None)
+            if _endpoint_outage(status):
+                raise IdentityEndpointUnavailable(
+                    message=f"the managed identity endpoint answered HTTP {status}: {_first_line(str(e))[:300]}"
+                ) from None
+            raise
+        try:
+            return call(self._cli)
+        except CredentialUnavailableError as e:
+            raise CredentialUnavailableError(
+                f"no managed identity answered ({no_identity}), and no Azure CLI sign-in ({_first_line(str(e))})"
+            ) from None
+
+    def close(self) -> None:
+        for credential in (self._managed, self._cli):
+            credential.close()
+
+    def __enter__(self) -> RelayCredential:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def credential(client_id: str | None, ca_bundle: str | None = None) -> RelayCredential:
+    """The identity the relay reads Key Vault and its storage with (RelayCredential)."""
+    from azure.identity import AzureCliCredential, ManagedIdentityCredential
 
     kwargs: dict[str, Any] = {"connection_verify": ca_bundle} if ca_bundle else {}
-    return ChainedTokenCredential(ManagedIdentityCredential(client_id=client_id, **kwargs), AzureCliCredential())
+    return RelayCredential(ManagedIdentityCredential(client_id=client_id, **kwargs), AzureCliCredential())
 
 
-def key_vault_client(vault_uri: str, cred, ca_bundle: str | None = None) -> SecretClient:  # type: ignore[no-untyped-def]
+def key_vault_client(vault_uri: str, cred: Any, ca_bundle: str | None = None) -> SecretClient:
     from azure.keyvault.secrets import SecretClient
 
     kwargs: dict[str, Any] = {"connection_verify": ca_bundle} if ca_bundle else {}

@@ -11,7 +11,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from shared.outcomes import RelayFailure, classify_entra, transient
+from shared.outcomes import Failure, RelayFailure, classify_entra, permanent, transient
 
 if TYPE_CHECKING:
     import msal
@@ -37,6 +37,60 @@ class TokenSource(Protocol):
         ...
 
 
+class _RecordingClient:
+    """The HTTP client MSAL talks to Entra through, keeping the last answer: MSAL raises on some answers
+    (5xx, a body that is not JSON, a failed discovery) without saying what came back, and the relay's verdict,
+    outage or configuration error, depends on it. MsalTokens holds its lock around every use."""
+
+    def __init__(self, session: requests.Session):
+        self._session = session
+        self.last: requests.Response | None = None
+
+    def get(self, url: str, **kwargs: Any) -> requests.Response:
+        self.last = self._session.get(url, **kwargs)
+        return self.last
+
+    def post(self, url: str, **kwargs: Any) -> requests.Response:
+        self.last = self._session.post(url, **kwargs)
+        return self.last
+
+    def close(self) -> None:
+        """The session is shared with Graph: MSAL does not get to close it."""
+
+
+def _throttled_or_failed(reply: requests.Response | None) -> bool:
+    return reply is not None and (reply.status_code in (408, 429) or reply.status_code >= 500)
+
+
+def classify_token_reply(reply: requests.Response | None, raised: str) -> Failure:
+    """What an answer of Entra's discovery or token endpoint that MSAL could not use means.
+
+    No answer recorded (MSAL answered from its own throttling cache, which holds only 429s and 5xx), a 408, a
+    429 or a 5xx: Entra is unavailable or throttling, to retry. An OAuth error body otherwise: Entra's own
+    verdict (classify_entra). Any other answer from a host that does answer: not Entra's way of answering,
+    so a configuration error, most likely GRAPH_AUTHORITY_HOST.
+    """
+    import json
+
+    body: Any = None
+    if reply is not None:
+        try:
+            body = json.loads(reply.text)
+        except ValueError:
+            body = None
+    oauth = body if isinstance(body, dict) and isinstance(body.get("error"), str) else None
+    if reply is None or _throttled_or_failed(reply):
+        status = f"HTTP {reply.status_code}" if reply is not None else "no new answer (MSAL's throttling cache)"
+        detail = f": {classify_entra(oauth).message}" if oauth else ""
+        return transient("EntraUnavailable", f"Entra ID's token endpoint answered {status}{detail}")
+    if oauth:
+        return classify_entra(oauth)
+    return permanent(
+        "EntraUnexpectedReply",
+        f"Entra ID's endpoint answered HTTP {reply.status_code} with no OAuth error ({raised} in MSAL)",
+    )
+
+
 class MsalTokens:
     def __init__(
         self,
@@ -50,7 +104,7 @@ class MsalTokens:
         self._secret = secret
         self._authority = f"{authority_host.rstrip('/')}/{tenant_id}"
         self._client_id = client_id
-        self._http = http_client
+        self._http = _RecordingClient(http_client)
         self._app: msal.ConfidentialClientApplication | None = None
         self._app_secret: str | None = None
         self._lock = threading.Lock()
@@ -59,6 +113,8 @@ class MsalTokens:
         if self._app is None or self._app_secret != secret:
             import msal
 
+            # Building the application reads the tenant's OpenID configuration from Entra (a network call):
+            # its failures are classified with the token request's, in _acquire.
             self._app = msal.ConfidentialClientApplication(
                 self._client_id,
                 client_credential=secret,
@@ -73,27 +129,33 @@ class MsalTokens:
         return self._app
 
     def _acquire(self, secret: str, fresh: bool) -> dict[str, Any]:
+        """MSAL's result for a token request: a token, or Entra's OAuth error (a dict). What MSAL raises
+        instead is turned into a classified RelayFailure here, so nothing escapes to the host's blind retry."""
+        import msal
         import requests
 
-        app = self._application(secret)
-        if fresh:
-            app.remove_tokens_for_client()
-        import msal
-
+        self._http.last = None
         try:
+            app = self._application(secret)
+            if fresh:
+                app.remove_tokens_for_client()
             return app.acquire_token_for_client(GRAPH_SCOPES)  # type: ignore[no-any-return]
-        except (requests.ConnectionError, requests.Timeout) as e:
+        except requests.RequestException as e:  # refused, timed out, cut off: nothing or half an answer came
             raise RelayFailure(transient("EntraUnavailable", f"Entra ID unreachable: {type(e).__name__}")) from None
-        except msal.exceptions.MsalServiceError as e:
-            # MSAL raises (rather than returning an error result) when the token endpoint answers 5xx with
-            # no OAuth error body: an outage of Entra ID, to retry, never a verdict on the app.
-            message = f"Entra ID's token endpoint failed: {str(e).splitlines()[0][:300]}"
-            raise RelayFailure(transient("EntraUnavailable", message)) from None
+        except (msal.exceptions.MsalServiceError, ValueError, RuntimeError) as e:
+            # MSAL raises, instead of returning an error result, when an answer is no OAuth reply: a 5xx
+            # (MsalServiceError), a body that is not JSON, a failed discovery (ValueError, RuntimeError).
+            # The answer itself says which: see classify_token_reply.
+            raise RelayFailure(classify_token_reply(self._http.last, type(e).__name__)) from None
 
     def token(self, *, fresh: bool = False) -> str:
         with self._lock:
             secret = self._secret.get()
             result = self._acquire(secret, fresh)
+            if "access_token" not in result and _throttled_or_failed(self._http.last):
+                # An OAuth error body on a 429 or 5xx (MSAL returns those below 500): Entra is throttling or
+                # failing, whatever its error code says.
+                raise RelayFailure(classify_token_reply(self._http.last, "error"))
             if set(result.get("error_codes") or []) & REREAD_SECRET_ON:
                 codes = result.get("error_codes")
                 log.warning(

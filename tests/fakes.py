@@ -97,18 +97,23 @@ class MemoryOverflow:
     blobs: dict[str, bytes] = field(default_factory=dict)
 
     def put(self, data: bytes) -> dict[str, Any]:
-        from shared.queues import reference
+        import uuid
 
-        name = f"blob-{len(self.blobs) + 1}.json"
+        from shared.queues import OVERFLOW_CONTAINER, reference
+
+        name = f"{uuid.uuid4()}.json"
         self.blobs[name] = data
-        return reference("overflow", name, data)
+        return reference(OVERFLOW_CONTAINER, name, data)
 
     def get(self, ref: Mapping[str, Any]) -> bytes:
-        from shared.queues import StoredPayloadError, check_stored
+        from shared.queues import StoredPayloadError, check_reference, check_stored
 
-        if ref.get("blob") not in self.blobs:
-            raise StoredPayloadError(f"the stored payload {ref.get('blob')!r} is gone")
-        return check_stored(ref, self.blobs[str(ref["blob"])])
+        name = check_reference(ref)["blob"]
+        if name not in self.blobs:
+            raise StoredPayloadError(f"the stored payload {name!r} is gone")
+        return check_stored(ref, self.blobs[name])
 
     def delete(self, ref: Mapping[str, Any]) -> None:
-        self.blobs.pop(str(ref.get("blob")), None)
+        from shared.queues import check_reference
+
+        self.blobs.pop(check_reference(ref)["blob"], None)

@@ -92,3 +92,29 @@ def test_an_identity_without_a_role_on_the_vault_is_permanent_with_the_role_to_g
     assert isinstance(outcome, Permanent) and outcome.code == "Forbidden"
     assert "Key Vault Secrets User" in outcome.hint
     assert emu.stats["graph.sendMail"] == 0
+
+
+def test_an_identity_endpoint_that_does_not_answer_is_an_outage_not_a_missing_identity(
+    emu_rt: tuple[Emulator, Runtime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The Function App's identity endpoint refusing connections (the platform's sidecar restarting): the
+    # identity is assigned, so "assign the identity" would send the admin the wrong way.
+    from tests.unit.test_cli_send import closed_port
+
+    emu, rt = emu_rt
+    monkeypatch.setenv("IDENTITY_ENDPOINT", f"http://127.0.0.1:{closed_port()}/msi/token")
+    outcome = rt.relay.send(request()).outcome
+    assert isinstance(outcome, Transient), outcome
+    assert outcome.code == "ManagedIdentityUnavailable" and "managed identity" in outcome.hint
+    assert emu.stats["graph.sendMail"] == 0
+
+
+def test_a_vault_firewall_refusing_the_relay_is_permanent_and_says_so(emu_rt: tuple[Emulator, Runtime]) -> None:
+    # Key Vault's documented code for its firewall (learn.microsoft.com/azure/key-vault/general/common-error-codes):
+    # "ForbiddenByFirewall: Client address isn't authorized and caller isn't a trusted service."
+    emu, rt = emu_rt
+    emu.add_fault("keyvault.getSecret", 403, count=5, code="ForbiddenByFirewall")
+    outcome = rt.relay.send(request()).outcome
+    assert isinstance(outcome, Permanent), outcome
+    assert outcome.code == "ForbiddenByFirewall" and "network" in outcome.hint
+    assert "Key Vault Secrets User" not in outcome.hint

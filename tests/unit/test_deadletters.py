@@ -276,9 +276,11 @@ def test_a_stored_envelope_is_shown_and_requeued_whole() -> None:
 
     overflow = MemoryOverflow()
     poison = FakeQueue([], [], "poison")
-    big = {**REQUEST, "to": [f"user{i}@contoso.com" for i in range(400)], "subject": "x" * 45_000}
+    # A request that fitted on the queue, whose envelope (with a long reason) does not.
+    big = {**REQUEST, "to": [f"user{i}@contoso.com" for i in range(400)], "subject": "x" * 38_000}
+    assert len(encode(big)) <= 64 * 1024
     QueueDeadLetters(poison, overflow).put(  # type: ignore[arg-type]
-        json.loads(base64.b64decode(envelope(big, "ServiceUnavailable", "Graph is down")))
+        json.loads(base64.b64decode(envelope(big, "ServiceUnavailable", "Graph is down. " * 1000)))
     )
     assert len(poison.messages[0].content) <= 64 * 1024 and overflow.blobs
     main = FakeQueue([], [], "main")
@@ -287,3 +289,57 @@ def test_a_stored_envelope_is_shown_and_requeued_whole() -> None:
     assert letter.request == big and letter.code == "ServiceUnavailable"
     dead.requeue(letter.id)
     assert json.loads(base64.b64decode(main.messages[0].content)) == big
+
+
+# --- what the overflow store holds is read back, requeued, and cleaned up --------------------------------
+
+
+def test_a_retry_whose_request_is_stored_moved_raw_by_the_host_is_shown_and_requeued_whole() -> None:
+    # The host poisons a re-queued retry after maxDequeueCount (say the blob store was unreachable five
+    # times): its request is in the overflow store, not in the message.
+    from tests.fakes import MemoryOverflow
+
+    overflow = MemoryOverflow()
+    ref = overflow.put(json.dumps(REQUEST).encode())
+    moved = {"$retry": {"attempts": 2, "firstAttemptAt": "2026-01-01T00:00:00Z"}, "requestStored": ref}
+    poison, main = FakeQueue([Message("id-0", encode(moved))], [], "poison"), FakeQueue([], [], "main")
+    dead = DeadLetterQueue(poison, main, overflow)
+    [letter] = dead.peek()
+    assert letter.code == MAX_DEQUEUE and letter.request == REQUEST and letter.attempts == 2
+    dead.requeue("id-0")
+    assert json.loads(base64.b64decode(main.messages[0].content)) == REQUEST
+    assert poison.messages == [] and overflow.blobs == {}  # the stored copy goes with its dead letter
+
+
+def test_requeue_removes_the_stored_copy_of_an_envelope() -> None:
+    from shared.queues import QueueDeadLetters
+    from tests.fakes import MemoryOverflow
+
+    overflow = MemoryOverflow()
+    poison = FakeQueue([], [], "poison")
+    long_error = permanent("ErrorInvalidRecipients", "x" * 70_000)  # the reason, not the request, is too large
+    QueueDeadLetters(poison, overflow).put(dead_letter_envelope(REQUEST, long_error, attempts=1))  # type: ignore[arg-type]
+    assert overflow.blobs
+    dead = DeadLetterQueue(poison, FakeQueue([], [], "main"), overflow)
+    dead.requeue(poison.messages[0].id)
+    assert overflow.blobs == {}
+
+
+def test_a_request_too_large_to_requeue_stays_with_its_reason_and_the_others_are_requeued() -> None:
+    # Plain JSON (not base64) moved by the host: near 64 KiB as text, a third more once encoded for the queue.
+    big = {**REQUEST, "body": {"contentType": "text", "content": "x" * 60_000}}
+
+    class SizedQueue(FakeQueue):
+        def send_message(self, content: Any, **kwargs: Any) -> Message:
+            if len(content) > 64 * 1024:
+                raise AssertionError("Storage refuses a message over 64 KiB (RequestBodyTooLarge)")
+            return super().send_message(content, **kwargs)
+
+    log: list[str] = []
+    poison = FakeQueue([Message("id-0", json.dumps(big)), Message("id-1", envelope())], log, "poison")
+    main = SizedQueue([], log, "main")
+    results = DeadLetterQueue(poison, main).requeue_all()
+    [refused] = [r for r in results if isinstance(r, NotRequeueable)]
+    assert "64 KiB" in str(refused) and "id-0" in str(refused)
+    assert [r.dead_letter_id for r in results if isinstance(r, Requeued)] == ["id-1"]
+    assert [m.id for m in poison.messages] == ["id-0"]

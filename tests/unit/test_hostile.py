@@ -348,3 +348,119 @@ def test_an_outage_that_never_clears_is_dead_lettered_naming_the_service(rt: Run
 def the_dead_letter_after_retries(rt: Runtime) -> dict[str, Any]:
     [envelope] = queue_of(rt.dead_letters).decoded()
     return envelope
+
+
+# --- What a forged wrapper or an odd service answer could still break (found in a second audit) ------------
+
+
+def wrapper(request: dict[str, Any] | None = None, **meta: Any) -> str:
+    """A retry wrapper as the relay writes it a minute after the first attempt, with `meta` replaced."""
+    from datetime import UTC, datetime, timedelta
+
+    first = (datetime.now(UTC) - timedelta(minutes=1)).isoformat(timespec="seconds")
+    return json.dumps({"$retry": {"attempts": 1, "firstAttemptAt": first, **meta}, "request": request or REQUEST})
+
+
+@pytest.mark.parametrize(
+    ("first_attempt_at", "rule"),
+    [
+        ("9999-12-31T23:00:00-05:00", "firstAttemptAt"),  # past year 9999 in UTC: no datetime can hold it
+        ("2999-01-01T00:00:00Z", "in the future"),  # would keep SEND_MAX_AGE_HOURS from ever running out
+    ],
+)
+def test_a_wrapper_whose_first_attempt_is_out_of_range_is_dead_lettered_not_crashed(
+    rt: Runtime, first_attempt_at: str, rule: str
+) -> None:
+    from tests.fakes import graph_error
+
+    graph_of(rt).replies.append(graph_error(429, "ApplicationThrottled", "slow down", retry_after="1"))
+    deliver(rt, wrapper(firstAttemptAt=first_attempt_at))
+    envelope = the_dead_letter(rt)
+    assert envelope["error"]["code"] == "InvalidRequest" and rule in envelope["error"]["message"]
+
+
+def test_an_overlong_original_message_id_is_refused_and_the_envelope_fits(rt: Runtime) -> None:
+    from tests.fakes import graph_error
+
+    graph_of(rt).replies.append(graph_error(429, "ApplicationThrottled", "slow down", retry_after="1"))
+    deliver(rt, wrapper(originalMessageId="o" * 60_000))  # a queue message id is a GUID: 36 characters
+    envelope = the_dead_letter(rt)
+    assert envelope["error"]["code"] == "InvalidRequest" and "originalMessageId" in envelope["error"]["message"]
+    assert len(envelope.get("queueMessageId") or "") <= 128
+
+
+@pytest.mark.parametrize("retry_after", ["inf", "1e999", "-inf", "nan", "1e300"])
+def test_any_retry_after_a_service_sends_gives_a_bounded_delay(rt: Runtime, retry_after: str) -> None:
+    from shared.retries import MAX_VISIBILITY_SECONDS
+    from tests.fakes import graph_error
+
+    graph_of(rt).replies.append(graph_error(429, "ApplicationThrottled", "slow down", retry_after=retry_after))
+    deliver(rt, json.dumps(REQUEST))
+    [(_, kwargs)] = queue_of(rt.requeue).messages
+    assert 0 <= kwargs["visibility_timeout"] <= MAX_VISIBILITY_SECONDS
+
+
+def test_an_envelope_fits_whatever_size_the_services_error_code_has(rt: Runtime) -> None:
+    from tests.fakes import graph_error
+
+    graph_of(rt).replies.append(graph_error(400, "C" * 70_000, "m" * 70_000))
+    deliver(rt, json.dumps(REQUEST))
+    [envelope] = queue_of(rt.dead_letters).decoded()
+    assert envelope["error"]["code"].startswith("CCCC") and envelope["error"]["hint"]
+    assert rt.overflow is not None
+    stored = json.loads(rt.overflow.get(envelope["stored"]))
+    assert stored["error"]["code"] == "C" * 70_000 and stored["request"] == REQUEST  # kept whole in the store
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        {"container": "mail-relay-overflow", "blob": "../azure-webjobs-secrets/host.json", "size": 2, "sha256": "0"},
+        {"container": "other", "blob": "3f2504e0-4f89-41d3-9a0c-0305e82c3301.json", "size": 2, "sha256": "0" * 64},
+        {"blob": ["x"], "size": "2", "sha256": None},
+    ],
+    ids=["path traversal", "another container", "not a reference"],
+)
+def test_a_stored_reference_the_relay_did_not_write_is_refused_before_the_store_is_read(
+    rt: Runtime, ref: dict[str, Any]
+) -> None:
+    class Untouchable(MemoryOverflow):
+        def get(self, ref: Any) -> bytes:
+            raise AssertionError(f"the store was read for {ref!r}")
+
+        def delete(self, ref: Any) -> None:
+            raise AssertionError(f"the store was asked to delete {ref!r}")
+
+    rt = Runtime(**{**rt.__dict__, "overflow": Untouchable()})
+    deliver(rt, json.dumps({"$retry": {"attempts": 1, "firstAttemptAt": "2026-01-01T00:00:00Z"}, "requestStored": ref}))
+    envelope = the_dead_letter(rt)
+    assert envelope["error"]["code"] == "InvalidRequest" and "requestStored" in envelope["error"]["message"]
+
+
+def test_the_blob_store_reads_and_deletes_only_names_it_gave() -> None:
+    from shared.queues import BlobOverflow, StoredPayloadError
+
+    class Container:
+        container_name = "mail-relay-overflow"
+        calls: list[str] = []
+
+        def __getattr__(self, name: str) -> Any:
+            return lambda *args, **kwargs: self.calls.append(f"{name}{args}")
+
+    container = Container()
+    store = BlobOverflow(container)  # type: ignore[arg-type]
+    forged = {
+        "container": "mail-relay-overflow",
+        "blob": "../app-package-x/released.zip",
+        "size": 1,
+        "sha256": "0" * 64,
+    }
+    with pytest.raises(StoredPayloadError, match="blob"):
+        store.get(forged)
+    with pytest.raises(StoredPayloadError, match="blob"):
+        store.delete(forged)
+    assert container.calls == []
+    ref = store.put(b"{}")
+    assert container.calls == [f"upload_blob('{ref['blob']}', b'{{}}')"]
+    store.delete(ref)  # a name it gave: deleted
+    assert container.calls[-1] == f"delete_blob('{ref['blob']}',)"

@@ -107,6 +107,20 @@ def test_a_forged_origin_cannot_make_another_mail_a_duplicate(rt: Runtime) -> No
     assert all(e["error"]["code"] == "DuplicateKey" for e in dead_of(rt).envelopes)
 
 
+def test_a_key_recorded_without_a_fingerprint_is_no_proof_of_a_duplicate(
+    rt: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A row written before fingerprints (TableLedger.lookup gives ""): which content went out is unknown, so a
+    # request under that key is neither sent again nor dropped as a "duplicate": it is dead-lettered, saying why.
+    rt.ledger.record("id:invoice-17", "")
+    with caplog.at_level(logging.INFO, logger="mailrelay"):
+        deliver(rt, {**REQUEST, "id": "invoice-17", "subject": "Another mail"}, "m2")
+    assert graph_of(rt).calls == []
+    [envelope] = dead_of(rt).envelopes
+    assert envelope["error"]["code"] == "DuplicateKey" and "no fingerprint" in envelope["error"]["message"]
+    assert "mail.duplicate" not in [getattr(r, "event", None) for r in caplog.records]
+
+
 def test_requests_without_an_id_are_distinct_per_message(rt: Runtime) -> None:
     deliver(rt, REQUEST, "m1")
     deliver(rt, REQUEST, "m2")
