@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from shared.retries import RetryPolicy
@@ -49,6 +49,12 @@ DEPLOYED_SETTINGS: Final = (
     "EXPIRY_ALERT_SENDER",
     "EXPIRY_ALERT_RECIPIENTS",
     "EXPIRY_ALERT_WEBHOOK_URL",
+    # Delivery guarantees (shared/status.py, shared/handlers.py): what an unknown send becomes, and how long
+    # status records are kept and when they are cleaned up. The timeouts and leases are tuning knobs with
+    # sound defaults (the local stack and the fault suite shorten them): left out.
+    "SEND_UNKNOWN_OUTCOME",
+    "STATUS_RETENTION_DAYS",
+    "STATUS_CLEANUP_SCHEDULE",
 )
 
 _ADDRESS = re.compile(r"^[^@\s<>\"(),;:]+@[^@\s<>\"(),;:]+\.[^@\s<>\"(),;:]+$")
@@ -95,6 +101,15 @@ class Settings:
     # How Exchange restricts the app's mailboxes: RBAC for Applications (infra's default) or an application
     # access policy. The hints for ErrorAccessDenied and `mailrelay doctor` depend on it.
     exchange_scope_model: str = "rbac"
+    # Delivery guarantees (shared/status.py). Graph's read timeout: a sendMail that has not answered by
+    # then is an unknown send. The claim lease: how long a claim on a key holds before another worker may
+    # take it over (the worker died); it must outlast a whole try, token and Graph call included. The
+    # settling time: how long after an unknown send the sender's Sent Items are trusted to show it.
+    graph_timeout_seconds: float = 30.0
+    claim_lease_seconds: float = 150.0
+    unknown_settle_seconds: float = 120.0
+    unknown_outcome: str = "resend"  # SEND_UNKNOWN_OUTCOME: resend (at least once) or deadletter (at most once)
+    status_retention_days: float = 30.0
 
     @property
     def retry_policy(self) -> RetryPolicy:
@@ -113,6 +128,18 @@ class Settings:
         # The Functions host's own name for the dead-letter queue, so raw messages it moves after
         # maxDequeueCount and the relay's envelopes end up side by side.
         return f"{self.queue_name}-poison"
+
+    @property
+    def retry_queue_name(self) -> str:
+        # The relay's own queue for transient retries and for requests waiting on a claim or a settling time.
+        # Only the relay's identity may write it (infra/ grants apps Message Sender on the outbox alone), so
+        # the retry state it carries cannot be forged. function_app.py binds it as "%MAIL_QUEUE_NAME%-retry".
+        return f"{self.queue_name}{RETRY_QUEUE_SUFFIX}"
+
+    @property
+    def retry_poison_queue_name(self) -> str:
+        # Where the host moves a retry message whose function kept failing (storage down, say).
+        return f"{self.retry_queue_name}-poison"
 
 
 def _required(env: Mapping[str, str], name: str, hint: str) -> str:
@@ -170,7 +197,11 @@ def _number(env: Mapping[str, str], name: str, default: float, *, low: float, hi
     return number
 
 
-MAX_QUEUE_NAME_LENGTH: Final = 63 - len("-poison")
+RETRY_QUEUE_SUFFIX: Final = "-retry"
+# Storage's queue names stop at 63 characters, and the longest name derived from MAIL_QUEUE_NAME is the
+# retry queue's poison queue, "<name>-retry-poison".
+MAX_QUEUE_NAME_LENGTH: Final = 63 - len(RETRY_QUEUE_SUFFIX + "-poison")
+UNKNOWN_OUTCOMES: Final = ("resend", "deadletter")
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -196,10 +227,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             f"single hyphens), got {queue_name!r}."
         )
     if len(queue_name) > MAX_QUEUE_NAME_LENGTH:
-        # Storage's names stop at 63 characters, and the dead letters go to "<name>-poison" (7 more).
         raise SettingsError(
             f"Setting MAIL_QUEUE_NAME is {len(queue_name)} characters long; at most {MAX_QUEUE_NAME_LENGTH}, "
-            f"because dead letters go to {queue_name}-poison and a queue name has at most 63 characters."
+            f"because retries go to {queue_name}-retry, their dead letters to {queue_name}-retry-poison, and a "
+            "queue name has at most 63 characters."
         )
     ca_bundle = env.get("MAILRELAY_CA_BUNDLE", "").strip() or None
     if ca_bundle and not os.path.isfile(ca_bundle):
@@ -225,7 +256,33 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_age_hours=_number(env, "SEND_MAX_AGE_HOURS", 24.0, low=0.01, high=168, whole=False),
         retry_base_seconds=_number(env, "SEND_RETRY_BASE_SECONDS", 30.0, low=0.0, high=3600, whole=False),
         exchange_scope_model=_scope_model(env),
+        **_delivery(env),
     )
+
+
+def _delivery(env: Mapping[str, str]) -> dict[str, Any]:
+    """The delivery-guarantee settings, checked against each other: a claim must outlast a Graph call."""
+    timeout = _number(env, "GRAPH_TIMEOUT_SECONDS", 30.0, low=1, high=300, whole=False)
+    lease = _number(env, "SEND_CLAIM_LEASE_SECONDS", 150.0, low=2, high=3600, whole=False)
+    if lease < 2 * timeout:
+        # A lease shorter than a try would let a second worker take over a send still in flight.
+        raise SettingsError(
+            f"Setting SEND_CLAIM_LEASE_SECONDS ({lease:g}) must be at least twice GRAPH_TIMEOUT_SECONDS ({timeout:g}): "
+            "a claim must outlast the token request and the Graph call it covers."
+        )
+    outcome = env.get("SEND_UNKNOWN_OUTCOME", "").strip().lower() or "resend"
+    if outcome not in UNKNOWN_OUTCOMES:
+        raise SettingsError(
+            "Setting SEND_UNKNOWN_OUTCOME must be resend (send again when Graph may or may not have accepted a "
+            f"message: at least once) or deadletter (at most once), got {outcome!r}."
+        )
+    return {
+        "graph_timeout_seconds": timeout,
+        "claim_lease_seconds": lease,
+        "unknown_settle_seconds": _number(env, "SEND_UNKNOWN_SETTLE_SECONDS", 120.0, low=0, high=3600, whole=False),
+        "unknown_outcome": outcome,
+        "status_retention_days": _number(env, "STATUS_RETENTION_DAYS", 30.0, low=0.01, high=3650, whole=False),
+    }
 
 
 EXCHANGE_SCOPE_MODELS: Final = ("rbac", "policy")
