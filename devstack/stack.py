@@ -253,17 +253,17 @@ class LocalStack:
         from azure.storage.queue import QueueServiceClient
 
         service = QueueServiceClient.from_connection_string(self.storage_connection_string)
-        for name in (self.queue_name, f"{self.queue_name}-poison"):
+        for name in (self.queue_name, f"{self.queue_name}-poison", f"{self.queue_name}-retry"):
             with contextlib.suppress(ResourceExistsError):
                 service.create_queue(name)
         # And the tables, as infra/main.bicep creates them in Azure: `mailrelay doctor` is green at once.
         from azure.data.tables import TableServiceClient
 
         from shared.expiry import TABLE_NAME as EXPIRY_TABLE
-        from shared.ledger import TABLE_NAME as LEDGER_TABLE
+        from shared.status import TABLE_NAME as STATUS_TABLE
 
         tables = TableServiceClient.from_connection_string(self.storage_connection_string)
-        for table in (LEDGER_TABLE, EXPIRY_TABLE):
+        for table in (STATUS_TABLE, EXPIRY_TABLE):
             tables.create_table_if_not_exists(table)
 
     def _seed(self) -> dict[str, Any]:

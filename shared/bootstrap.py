@@ -11,13 +11,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from shared.ledger import Ledger
 from shared.queues import DeadLetters, Overflow, Requeue
 from shared.sending import Relay
 from shared.settings import ExpirySettings, Settings, load_expiry_settings, load_settings
+from shared.status import StatusStore
 
 if TYPE_CHECKING:
     import requests
@@ -41,6 +41,10 @@ class Clients:
     storage_identity: Any  # the host's storage identity; None with a connection string
 
 
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
 @dataclass(frozen=True)
 class Runtime:
     """What the queue function needs."""
@@ -48,9 +52,10 @@ class Runtime:
     settings: Settings
     relay: Relay
     dead_letters: DeadLetters
-    requeue: Requeue  # the main queue: transient failures go back on it, delayed (shared/retries.py)
-    ledger: Ledger  # requests Graph already accepted: nothing is sent twice (shared/ledger.py)
+    retries: Requeue  # the relay's own retry queue: requests that must wait go on it, delayed (shared/retries.py)
+    status: StatusStore  # one record per request, claimed before Graph is called (shared/status.py)
     overflow: Overflow | None = None  # what does not fit in a queue message (shared/queues.py)
+    clock: Callable[[], datetime] = _utcnow  # the claims' leases and schedules; tests move it
 
 
 @dataclass(frozen=True)
@@ -80,7 +85,7 @@ def build_clients(settings: Settings) -> Clients:
     relay = Relay(
         allowed_senders=settings.allowed_senders,
         tokens=tokens,
-        graph=GraphClient(session, settings.graph_base_url),
+        graph=GraphClient(session, settings.graph_base_url, settings.graph_timeout_seconds),
         scope_model=settings.exchange_scope_model,
     )
     storage_identity = None
@@ -91,8 +96,8 @@ def build_clients(settings: Settings) -> Clients:
 
 
 def build_runtime(settings: Settings, clients: Clients | None = None) -> Runtime:
-    from shared.ledger import TABLE_NAME, TableLedger
     from shared.queues import OVERFLOW_CONTAINER, BlobOverflow, QueueDeadLetters, QueueRequeue
+    from shared.status import TABLE_NAME, TableStatusStore
     from shared.storage import container_client, queue_client, table_client
 
     clients = clients or build_clients(settings)
@@ -102,8 +107,8 @@ def build_runtime(settings: Settings, clients: Clients | None = None) -> Runtime
         settings=settings,
         relay=clients.relay,
         dead_letters=QueueDeadLetters(queue_client(settings, settings.poison_queue_name, identity), overflow),
-        requeue=QueueRequeue(queue_client(settings, settings.queue_name, identity)),
-        ledger=TableLedger(table_client(settings, TABLE_NAME, identity)),
+        retries=QueueRequeue(queue_client(settings, settings.retry_queue_name, identity)),
+        status=TableStatusStore(table_client(settings, TABLE_NAME, identity)),
         overflow=overflow,
     )
 

@@ -16,8 +16,8 @@ there means nothing, and a scan cut short (Ctrl-C) only hides messages until the
 
 Requeue puts the plain request (envelope or retry wrapper stripped, so the attempt count starts again)
 on the main queue first, and deletes the dead letter only after that succeeded: a failure in between
-leaves a duplicate, never a loss (and the request's `id`, if it has one, keeps the duplicate from being
-sent twice once the relay's idempotency ledger lands).
+leaves a duplicate, never a loss (and the request's status record keeps the duplicate from being sent
+twice: shared/status.py).
 """
 
 from __future__ import annotations

@@ -277,17 +277,22 @@ def _storage(settings: Settings, clients: Clients) -> list[Check]:
     from azure.core.exceptions import AzureError, ResourceNotFoundError
 
     from shared.expiry import TABLE_NAME as EXPIRY_TABLE
-    from shared.ledger import TABLE_NAME as LEDGER_TABLE
+    from shared.status import TABLE_NAME as STATUS_TABLE
     from shared.storage import queue_client, table_client
 
     checks = []
-    for name, role in ((settings.queue_name, "mail queue"), (settings.poison_queue_name, "dead-letter queue")):
+    queues = (
+        (settings.queue_name, "mail queue"),
+        (settings.retry_queue_name, "retry queue"),
+        (settings.poison_queue_name, "dead-letter queue"),
+    )
+    for name, role in queues:
         try:
             props = queue_client(settings, name, clients.storage_identity).get_queue_properties()
             checks.append(Check(role, "ok", f"{name}: about {props.approximate_message_count} message(s)"))
         except ResourceNotFoundError:
-            if name == settings.poison_queue_name:  # the first dead letter creates it (shared/queues.py)
-                checks.append(Check(role, "warn", f"{name} does not exist yet", "created with the first dead letter"))
+            if name != settings.queue_name:  # the first dead letter or retry creates it (shared/queues.py)
+                checks.append(Check(role, "warn", f"{name} does not exist yet", "created on first use"))
             else:
                 checks.append(
                     Check(role, "fail", f"{name} does not exist", "infra/main.bicep creates it; or create it")
@@ -296,7 +301,7 @@ def _storage(settings: Settings, clients: Clients) -> list[Check]:
             checks.append(
                 Check(role, "fail", f"{name}: {type(e).__name__}", "grant the identity Storage Queue Data Contributor")
             )
-    for table in (LEDGER_TABLE, EXPIRY_TABLE):
+    for table in (STATUS_TABLE, EXPIRY_TABLE):
         try:
             client = table_client(settings, table, clients.storage_identity)
             next(iter(client.list_entities(results_per_page=1, select=["RowKey"])), None)

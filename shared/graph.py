@@ -29,8 +29,12 @@ def _recipients(recipients: list[Recipient]) -> list[dict[str, Any]]:
     return out
 
 
-def build_send_mail_body(req: SendRequest) -> dict[str, Any]:
-    """The JSON body of POST /users/{from}/sendMail for a valid send request (Graph's `message` resource)."""
+def build_send_mail_body(req: SendRequest, mark: str | None = None) -> dict[str, Any]:
+    """The JSON body of POST /users/{from}/sendMail for a valid send request (Graph's `message` resource).
+
+    `mark` (shared/status.py) goes in a single-value extended property, the same on every try of the
+    request, so that the relay can find the message in the sender's Sent Items after an unknown outcome.
+    """
     message: dict[str, Any] = {
         "subject": req.subject,
         "body": {"contentType": req.body.content_type, "content": req.body.content},
@@ -57,6 +61,10 @@ def build_send_mail_body(req: SendRequest) -> dict[str, Any]:
         ]
     if req.headers:
         message["internetMessageHeaders"] = [{"name": k, "value": v} for k, v in req.headers.items()]
+    if mark:
+        from shared.status import MARK_PROPERTY_ID
+
+        message["singleValueExtendedProperties"] = [{"id": MARK_PROPERTY_ID, "value": mark}]
     return {"message": message, "saveToSentItems": req.save_to_sent_items}
 
 
@@ -66,24 +74,55 @@ class GraphReply:
     error: Any  # parsed JSON error body, or None
     retry_after: str | None
     request_id: str | None
+    client_request_id: str | None = None  # the id the relay sent, echoed by Graph: both go in the status record
+    value: Any = None  # a successful GET's JSON body
 
 
 class MailSender(Protocol):
     def send_mail(self, sender: str, body: Mapping[str, Any], token: str) -> GraphReply: ...
 
+    def find_sent(self, sender: str, mark: str, token: str) -> GraphReply: ...
+
 
 class GraphClient:
     """POSTs sendMail. Connection failures raise `requests` exceptions; HTTP answers come back as replies."""
 
-    def __init__(self, session: requests.Session, base_url: str, timeout: tuple[float, float] = (5.0, 30.0)):
+    def __init__(self, session: requests.Session, base_url: str, timeout: float = 30.0):
         self._session = session
         self._base_url = base_url.rstrip("/")
-        self._timeout = timeout
+        # (connect, read): a connect timeout proves nothing was sent; a read timeout (GRAPH_TIMEOUT_SECONDS)
+        # leaves the send's outcome unknown.
+        self._timeout = (min(5.0, timeout), timeout)
+
+    def _headers(self, token: str) -> dict[str, str]:
+        import uuid
+
+        # Graph echoes client-request-id and logs it with its own request-id: the pair is what Microsoft
+        # support asks for (https://learn.microsoft.com/graph/best-practices-concept, "Reliability and support").
+        return {"Authorization": f"Bearer {token}", "client-request-id": str(uuid.uuid4())}
 
     def send_mail(self, sender: str, body: Mapping[str, Any], token: str) -> GraphReply:
         url = f"{self._base_url}/v1.0/users/{quote(sender, safe='@')}/sendMail"
-        response = self._session.post(
-            url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=self._timeout
+        response = self._session.post(url, json=body, headers=self._headers(token), timeout=self._timeout)
+        return _reply(response)
+
+    def find_sent(self, sender: str, mark: str, token: str) -> GraphReply:
+        """Look for the message marked `mark` in the sender's Sent Items.
+
+        The $filter on a single-value extended property is the form of
+        https://learn.microsoft.com/graph/api/singlevaluelegacyextendedproperty-get ; it needs the application
+        permission Mail.Read (Mail.ReadBasic excludes extended properties), scoped by Exchange like Mail.Send.
+        The mark is hex digits, so it needs no escaping inside the quotes.
+        """
+        from shared.status import MARK_PROPERTY_ID
+
+        url = f"{self._base_url}/v1.0/users/{quote(sender, safe='@')}/mailFolders/sentitems/messages"
+        query = f"singleValueExtendedProperties/Any(ep: ep/id eq '{MARK_PROPERTY_ID}' and ep/value eq '{mark}')"
+        response = self._session.get(
+            url,
+            params={"$filter": query, "$select": "id,sentDateTime", "$top": "1"},
+            headers=self._headers(token),
+            timeout=self._timeout,
         )
         return _reply(response)
 
@@ -100,16 +139,24 @@ class GraphClient:
 def _reply(response: requests.Response) -> GraphReply:
     """Graph's answer as the relay reads it: the status, the JSON error body if any, Retry-After, request-id."""
     error: Any = None
-    if response.status_code >= 300 and response.content:
+    value: Any = None
+    if response.content:
         try:
-            error = response.json()
+            parsed = response.json()
         except ValueError:
-            error = None
+            parsed = None
+        if response.status_code >= 300:
+            error = parsed
+        else:
+            value = parsed
     return GraphReply(
         status=response.status_code,
         error=error,
         retry_after=response.headers.get("Retry-After"),
         request_id=response.headers.get("request-id"),
+        client_request_id=response.headers.get("client-request-id")
+        or getattr(getattr(response, "request", None), "headers", {}).get("client-request-id"),
+        value=value,
     )
 
 

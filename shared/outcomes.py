@@ -32,6 +32,9 @@ class Transient:
     message: str
     hint: str
     retry_after: float | None = None  # seconds, from the service's Retry-After header
+    # Graph may have accepted the message anyway (a read timeout, a 5xx, a connection lost after the request
+    # went out): the outcome is unknown, and it is resolved before any second try (shared/delivery.py).
+    maybe_sent: bool = False
 
 
 Failure = Permanent | Transient
@@ -128,7 +131,20 @@ _HINTS: Final[dict[str, str]] = {
         "Key Vault is throttling reads of the client secret (per vault); the relay caches the secret and "
         "retries after Retry-After. Check what else reads this vault often"
     ),
-    "Timeout": "Graph did not answer in time; the relay retries (a timed-out send may still have been accepted)",
+    "Timeout": (
+        "Graph did not answer in time (GRAPH_TIMEOUT_SECONDS); the message may still have been accepted, so the "
+        "relay looks for it in the sender's Sent Items before trying again (or follows SEND_UNKNOWN_OUTCOME)"
+    ),
+    "SendOutcomeUnknown": (
+        "Graph may or may not have accepted this message (a timeout, a server error or a crash during the call), "
+        "and the relay could not look in the sender's Sent Items (no Mail.Read in the app's Exchange scope, or "
+        "saveToSentItems false), so SEND_UNKNOWN_OUTCOME=deadletter kept it from a second send. Check the "
+        "recipients' mailboxes or the sender's Sent Items; requeue only if it did not arrive"
+    ),
+    "RetryWrapperRefused": (
+        "the message on the outbox carries the relay's retry wrapper (\"$retry\"): retries are the relay's own, on "
+        "its internal queue, and an app may not write them. Enqueue the plain send request"
+    ),
     "ConnectionError": "the relay could not reach Graph; the relay retries",
     # Entra ID (token requests)
     "AADSTS7000215": (
@@ -212,8 +228,8 @@ def permanent(code: str, message: str, scope_model: str = "rbac") -> Permanent:
     return Permanent(code=code, message=message, hint=hint_for(code, message, scope_model))
 
 
-def transient(code: str, message: str, retry_after: float | None = None) -> Transient:
-    return Transient(code=code, message=message, hint=hint_for(code, message), retry_after=retry_after)
+def transient(code: str, message: str, retry_after: float | None = None, maybe_sent: bool = False) -> Transient:
+    return Transient(code, message, hint_for(code, message), retry_after, maybe_sent)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -242,10 +258,10 @@ def classify_http(status: int, error: Any, retry_after: str | None = None, scope
     if 200 <= status < 300:
         return Sent(status=status)
     code, message = _graph_error(error, status)
-    if status in _TRANSIENT_STATUS:
-        return transient(code, message, parse_retry_after(retry_after))
-    if status >= 500:
-        return transient(code, message, parse_retry_after(retry_after))
+    if status in _TRANSIENT_STATUS or status >= 500:
+        # A 5xx says nothing about whether the message went out: Graph's front end may answer 502 or 504
+        # after Exchange accepted it. 408 and 429 are refusals: nothing was accepted.
+        return transient(code, message, parse_retry_after(retry_after), maybe_sent=status >= 500)
     return permanent(code, message, scope_model)
 
 

@@ -11,6 +11,9 @@ import json
 import re
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+# Azure Storage refuses a visibility timeout beyond 7 days; keep a margin below it.
+MAX_VISIBILITY_SECONDS: Final = 7 * 24 * 3600 - 60
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -156,7 +159,7 @@ class DeadLetters(Protocol):
 
 class Requeue(Protocol):
     def put(self, payload: dict[str, Any], delay_seconds: int) -> None:
-        """Put `payload` on the main queue, invisible for `delay_seconds`."""
+        """Put `payload` on the relay's retry queue, invisible for `delay_seconds`."""
         ...
 
 
@@ -243,12 +246,22 @@ class QueueDeadLetters:
 
 
 class QueueRequeue:
-    """The main queue, for putting a request back after a transient failure (shared/retries.py)."""
+    """The relay's retry queue, for a request that must wait (shared/retries.py, shared/delivery.py)."""
 
     def __init__(self, client: QueueClient):
         self._client = client
 
     def put(self, payload: dict[str, Any], delay_seconds: int) -> None:
+        from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+
         # The initial visibility is the retry delay: the message waits in the queue, not in a worker.
         # The payload fits: shared.retries.fit_on_queue stored its request in the overflow otherwise.
-        self._client.send_message(encode(payload), visibility_timeout=max(0, delay_seconds), time_to_live=-1)
+        text = encode(payload)
+        delay = min(max(0, delay_seconds), MAX_VISIBILITY_SECONDS)
+        try:
+            self._client.send_message(text, visibility_timeout=delay, time_to_live=-1)
+        except ResourceNotFoundError:
+            # infra/ creates it in Azure; a relay started on a fresh account creates it on its first retry.
+            with contextlib.suppress(ResourceExistsError):
+                self._client.create_queue()
+            self._client.send_message(text, visibility_timeout=delay, time_to_live=-1)

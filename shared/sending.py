@@ -7,8 +7,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from shared.graph import MailSender, build_send_mail_body
-from shared.outcomes import Outcome, RelayFailure, Sent, as_received, classify_http, permanent, transient
+from shared.graph import GraphReply, MailSender, build_send_mail_body
+from shared.outcomes import (
+    Failure,
+    Outcome,
+    Permanent,
+    RelayFailure,
+    Sent,
+    as_received,
+    classify_http,
+    permanent,
+    transient,
+)
 from shared.tokens import TokenSource
 
 if TYPE_CHECKING:
@@ -24,6 +34,21 @@ class Attempt:
     outcome: Outcome
     request: Any  # the JSON object if the text parsed, else the raw text: kept whole for the dead letter
     sender: str | None = None
+    request_id: str | None = None  # Graph's request-id of the sendMail call, if it answered
+    client_request_id: str | None = None  # the relay's client-request-id of that call
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """What the sender's Sent Items say about a mark: found, not there, or no answer (`failure` says why)."""
+
+    found: bool
+    failure: Failure | None = None
+
+    @property
+    def no_access(self) -> bool:
+        """The app may not read the mailbox (no Mail.Read in its Exchange scope): the lookup can never answer."""
+        return isinstance(self.failure, Permanent)
 
 
 @dataclass(frozen=True)
@@ -74,17 +99,45 @@ class Relay:
         except RelayFailure as e:
             return e.outcome
 
-    def deliver(self, checked: Checked) -> Attempt:
-        """Send a checked request through Graph and classify the answer."""
+    def deliver(self, checked: Checked, mark: str | None = None) -> Attempt:
+        """Send a checked request through Graph, marked with `mark` (shared/status.py), and classify the answer."""
         req = checked.request
-        body = build_send_mail_body(req)
+        body = build_send_mail_body(req, mark)
+        replies: list[GraphReply] = []
         try:
-            outcome = self._post(req.sender, body)
+            outcome = self._post(req.sender, body, replies)
         except RelayFailure as e:
             outcome = e.outcome
-        return Attempt(outcome, checked.received, req.sender)
+        last = replies[-1] if replies else None
+        return Attempt(
+            outcome,
+            checked.received,
+            req.sender,
+            last.request_id if last else None,
+            last.client_request_id if last else None,
+        )
 
-    def _post(self, sender: str, body: dict[str, Any]) -> Outcome:
+    def find_sent(self, sender: str, mark: str) -> Lookup:
+        """Is the message marked `mark` in the sender's Sent Items? Needs Mail.Read in the app's Exchange scope."""
+        import requests
+
+        try:
+            reply = self._graph.find_sent(sender, mark, self._tokens.token())
+        except RelayFailure as e:
+            return Lookup(False, e.outcome)
+        except requests.RequestException as e:
+            return Lookup(False, transient("ConnectionError", f"Sent Items lookup failed: {type(e).__name__}"))
+        if reply.status == 200:
+            value = reply.value.get("value") if isinstance(reply.value, dict) else None
+            if not isinstance(value, list):
+                return Lookup(False, transient("UnexpectedReply", "the Sent Items lookup answered 200 without a list"))
+            return Lookup(bool(value))
+        outcome = classify_http(reply.status, reply.error, reply.retry_after, self._scope_model)
+        if isinstance(outcome, Sent):  # another 2xx: no list to read
+            return Lookup(False, transient("UnexpectedReply", f"the Sent Items lookup answered {reply.status}"))
+        return Lookup(False, outcome)
+
+    def _post(self, sender: str, body: dict[str, Any], replies: list[GraphReply] | None = None) -> Outcome:
         import requests
 
         # A 401 from Graph means the token is no good: try a fresh token once, then a re-read secret
@@ -97,10 +150,16 @@ class Relay:
         while True:
             try:
                 reply = self._graph.send_mail(sender, body, token)
+            except requests.ConnectTimeout:
+                return transient("ConnectionError", "Graph unreachable: the connection timed out before sending")
             except requests.Timeout:
-                return transient("Timeout", "Graph did not answer sendMail in time")
+                return transient("Timeout", "Graph did not answer sendMail in time", maybe_sent=True)
             except requests.ConnectionError as e:
-                return transient("ConnectionError", f"Graph unreachable: {type(e).__name__}")
+                # Refused or unresolvable: nothing went out. Lost after the request was written: it may have.
+                maybe = not _before_sending(e)
+                return transient("ConnectionError", f"Graph unreachable: {type(e).__name__}", maybe_sent=maybe)
+            if replies is not None:
+                replies.append(reply)
             if reply.status != 401 or not renewals:
                 outcome = classify_http(reply.status, reply.error, reply.retry_after, self._scope_model)
                 if isinstance(outcome, Sent) and reply.status != 202:
@@ -112,3 +171,21 @@ class Relay:
     def _renewed_secret_token(self) -> str:
         self._tokens.renew_secret()
         return self._tokens.token(fresh=True)
+
+
+def _before_sending(error: Exception) -> bool:
+    """Did a connection error happen before the request was written (no connection at all)? urllib3 wraps a
+    failed connect in NewConnectionError (refused, DNS), inside MaxRetryError once its connect retries are
+    spent; anything else (a reset or an aborted read) may come after Graph received the request."""
+    from urllib3.exceptions import NewConnectionError
+
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, NewConnectionError):
+            return True
+        reason = getattr(current, "reason", None)
+        nested = current.args[0] if current.args and isinstance(current.args[0], BaseException) else None
+        current = reason if isinstance(reason, BaseException) else nested or current.__cause__ or current.__context__
+    return False

@@ -77,7 +77,7 @@ class StorageSettings:
     connection_string: str | None
     queue_service_uri: str | None
     client_id: str | None  # user-assigned identity for the identity-based connection
-    table_service_uri: str | None = None  # identity-based Table endpoint (the idempotency ledger)
+    table_service_uri: str | None = None  # identity-based Table endpoint (the status records)
     blob_service_uri: str | None = None  # identity-based Blob endpoint (the overflow store)
 
 

@@ -1,10 +1,435 @@
 """Status records: what became of each send request, kept where apps cannot write (Table storage).
 
-Placeholder for the names the rest of the relay shares; the records themselves follow.
+Queues deliver at least once and Graph's sendMail takes no idempotency key, so the relay keeps one record
+per request and changes it only under an atomic condition: a record is created if absent (insert), and
+every later change names the ETag it read, so of two workers holding the same request exactly one wins.
+
+The key is the sending mailbox and the request's `id` (one id is sent at most once *per mailbox*: an app
+cannot suppress another mailbox's mail with an id it reuses), or, for a request without an `id`, the id
+of the queue message that first carried it. A record holds states, counts, codes, hints, timestamps and
+Graph's request ids; never a subject, a body or a recipient's address (a count and the domains only).
+
+States (DESIGN.md, "Trust and delivery"):
+- `sending`: a worker holds the claim until `leaseUntil`; after that another may take it over (the worker
+  died), and the try it made is then of unknown outcome;
+- `sent`: Graph accepted it (202), or the relay found its mark in the sender's Sent Items;
+- `retrying`: a try failed in a way that proves nothing was sent (429, Entra down, ...); next not before
+  `notBefore`;
+- `unknown`: a try may or may not have been accepted (a timeout, a 5xx, a crash during the call); it is
+  resolved before any second try (shared/delivery.py);
+- `dead-lettered`: in the dead-letter queue with the reason;
+- `queued`: received, waiting for its turn without having been tried (pacing).
+
+In Azure the records are the Table `mailstatus` on the host's storage account (identity-based,
+`AzureWebJobsStorage__tableServiceUri`); locally Azurite's. Records expire after STATUS_RETENTION_DAYS
+(`delete_expired`, run by the cleanup timer): an `id` is sent at most once within that window.
 """
 
 from __future__ import annotations
 
-from typing import Final
+import hashlib
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+if TYPE_CHECKING:
+    from azure.data.tables import TableClient
 
 TABLE_NAME: Final = "mailstatus"
+
+QUEUED: Final = "queued"
+SENDING: Final = "sending"
+SENT: Final = "sent"
+RETRYING: Final = "retrying"
+UNKNOWN: Final = "unknown"
+DEAD_LETTERED: Final = "dead-lettered"
+STATES: Final = (QUEUED, SENDING, SENT, RETRYING, UNKNOWN, DEAD_LETTERED)
+
+# The extended property that marks every message the relay sends: the same value for every try of one
+# request, so that after an unknown outcome the relay can look for it in the sender's Sent Items. This is
+# how Microsoft's Graph team answers "how do I find the message I just sent" (microsoft-graph-docs issue
+# #3766): a single-value extended property, then a $filter on it. Its id is a string property named in the
+# relay's own property set (a GUID of ours), the form of
+# https://learn.microsoft.com/graph/api/resources/extended-properties-overview ("String {GUID} Name Name").
+MARK_PROPERTY_ID: Final = "String {6c0a2d4e-93b1-4f57-a8e2-5d3f1b7c9e04} Name GraphMailRelayKey"
+MAX_DOMAINS_KEPT: Final = 10  # recipient domains a record lists; the count is always exact
+
+
+@dataclass(frozen=True)
+class StatusKey:
+    """Which request a record is about: the sending mailbox and the request's `id`, or the first queue
+    message's id when the request has none."""
+
+    sender: str  # lower-cased: Exchange addresses are case-insensitive
+    kind: str  # "id" (the app's `id`) or "msg" (the first queue message's id)
+    value: str
+
+    @classmethod
+    def of(cls, sender: str, request_id: str | None, message_id: str | None) -> StatusKey:
+        if request_id:
+            return cls(sender.lower(), "id", request_id)
+        if message_id:
+            return cls(sender.lower(), "msg", message_id)
+        raise ValueError("a request without an id needs the id of the queue message that carried it")
+
+    @property
+    def text(self) -> str:
+        """The key as an operator types it: the request's id, or the queue message id."""
+        return self.value
+
+    def entity_keys(self) -> tuple[str, str]:
+        """(PartitionKey, RowKey). Table keys refuse "/", "\\", "#", "?" and control characters, and an `id`
+        or an address may hold any of them: hashes are always valid keys. One partition per mailbox."""
+        partition = hashlib.sha256(self.sender.encode("utf-8")).hexdigest()[:32]
+        row = hashlib.sha256(f"{self.kind}:{self.value}".encode()).hexdigest()
+        return partition, row
+
+    @property
+    def mark(self) -> str:
+        """The value of the mark property: derived from the key alone, so every try of a request carries it."""
+        return hashlib.sha256(f"{self.sender}\n{self.kind}:{self.value}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class StatusRecord:
+    key: StatusKey
+    state: str
+    fingerprint: str = ""  # a digest of the request's content: a redelivery is told from a reused id
+    attempts: int = 0  # sendMail calls made
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    updated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    first_attempt_at: datetime | None = None
+    last_attempt_at: datetime | None = None  # when the latest sendMail call started
+    lease_until: datetime | None = None  # state sending: the claim holds until then
+    not_before: datetime | None = None  # retrying/unknown/queued: the earliest next step
+    sent_at: datetime | None = None
+    message_id: str | None = None  # the first queue message's id
+    recipients: int = 0
+    recipient_domains: str = ""  # comma-separated, at most MAX_DOMAINS_KEPT
+    last_error_code: str | None = None
+    last_error_hint: str | None = None
+    graph_request_id: str | None = None
+    client_request_id: str | None = None
+    resolution: str | None = None  # how an unknown send was settled: found in Sent Items, resent, dead-lettered
+    etag: str | None = None  # set by the store when read; a change names it
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as `mailrelay status --json` and the client show it."""
+        out: dict[str, Any] = {
+            "sender": self.key.sender,
+            "key": self.key.value,
+            "keyKind": self.key.kind,
+            "state": self.state,
+            "attempts": self.attempts,
+        }
+        for name, value in (
+            ("createdAt", self.created_at),
+            ("updatedAt", self.updated_at),
+            ("firstAttemptAt", self.first_attempt_at),
+            ("lastAttemptAt", self.last_attempt_at),
+            ("leaseUntil", self.lease_until),
+            ("notBefore", self.not_before),
+            ("sentAt", self.sent_at),
+        ):
+            if value is not None:
+                out[name] = _iso(value)
+        for name, text in (
+            ("queueMessageId", self.message_id),
+            ("lastErrorCode", self.last_error_code),
+            ("lastErrorHint", self.last_error_hint),
+            ("graphRequestId", self.graph_request_id),
+            ("clientRequestId", self.client_request_id),
+            ("resolution", self.resolution),
+        ):
+            if text:
+                out[name] = text
+        out["recipients"] = self.recipients
+        if self.recipient_domains:
+            out["recipientDomains"] = self.recipient_domains.split(",")
+        return out
+
+
+def recipient_summary(addresses: list[str]) -> tuple[int, str]:
+    """How many recipients, and their domains (never an address): what a status record may hold."""
+    domains = sorted({a.rsplit("@", 1)[-1].lower() for a in addresses if "@" in a})
+    return len(addresses), ",".join(domains[:MAX_DOMAINS_KEPT])
+
+
+class StatusStore(Protocol):
+    def get(self, key: StatusKey) -> StatusRecord | None:
+        """The record, with its ETag, or None."""
+        ...
+
+    def create(self, record: StatusRecord) -> StatusRecord | None:
+        """Insert if absent: the record with its ETag, or None if one exists (another worker was first)."""
+        ...
+
+    def replace(self, record: StatusRecord) -> StatusRecord | None:
+        """Replace if unchanged since read (`record.etag`): the new record, or None if it changed meanwhile."""
+        ...
+
+    def find(self, value: str, sender: str | None = None) -> list[StatusRecord]:
+        """Records whose key is `value` (an id or a queue message id), of one sender or all."""
+        ...
+
+    def since(self, when: datetime, state: str | None = None) -> Iterator[StatusRecord]:
+        """Records changed since `when`, optionally in one state."""
+        ...
+
+    def delete_expired(self, before: datetime) -> int:
+        """Delete records last changed before `before`; how many."""
+        ...
+
+
+class MemoryStatusStore:
+    """Records in a dict with the Table's semantics (insert-if-absent, ETag conditions): unit tests only."""
+
+    def __init__(self) -> None:
+        self._records: dict[StatusKey, StatusRecord] = {}
+        self._lock = threading.Lock()
+        self._version = 0
+        self.writes = 0  # round trips that change something, for tests that count them
+
+    def _stamp(self, record: StatusRecord) -> StatusRecord:
+        self._version += 1
+        self.writes += 1
+        stored = replace(record, etag=f"W/{self._version}")
+        self._records[record.key] = stored
+        return stored
+
+    def get(self, key: StatusKey) -> StatusRecord | None:
+        with self._lock:
+            return self._records.get(key)
+
+    def create(self, record: StatusRecord) -> StatusRecord | None:
+        with self._lock:
+            if record.key in self._records:
+                return None
+            return self._stamp(record)
+
+    def replace(self, record: StatusRecord) -> StatusRecord | None:
+        with self._lock:
+            current = self._records.get(record.key)
+            if current is None or current.etag != record.etag:
+                return None
+            return self._stamp(record)
+
+    def find(self, value: str, sender: str | None = None) -> list[StatusRecord]:
+        with self._lock:
+            return [
+                r
+                for k, r in self._records.items()
+                if k.value == value and (sender is None or k.sender == sender.lower())
+            ]
+
+    def since(self, when: datetime, state: str | None = None) -> Iterator[StatusRecord]:
+        with self._lock:
+            records = list(self._records.values())
+        return iter(r for r in records if r.updated_at >= when and (state is None or r.state == state))
+
+    def delete_expired(self, before: datetime) -> int:
+        with self._lock:
+            old = [k for k, r in self._records.items() if r.updated_at < before]
+            for k in old:
+                del self._records[k]
+            return len(old)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+
+# --- Table storage -------------------------------------------------------------------------------------
+
+_DATES: Final = (
+    ("createdAt", "created_at"),
+    ("updatedAt", "updated_at"),
+    ("firstAttemptAt", "first_attempt_at"),
+    ("lastAttemptAt", "last_attempt_at"),
+    ("leaseUntil", "lease_until"),
+    ("notBefore", "not_before"),
+    ("sentAt", "sent_at"),
+)
+_TEXTS: Final = (
+    ("fingerprint", "fingerprint"),
+    ("queueMessageId", "message_id"),
+    ("recipientDomains", "recipient_domains"),
+    ("lastErrorCode", "last_error_code"),
+    ("lastErrorHint", "last_error_hint"),
+    ("graphRequestId", "graph_request_id"),
+    ("clientRequestId", "client_request_id"),
+    ("resolution", "resolution"),
+)
+# Table storage caps a string property at 64 KiB; the relay's own texts are far shorter, but an error hint
+# quoting Graph could grow, and a record that cannot be written would stop the request.
+_MAX_TEXT: Final = 1000
+
+
+def to_entity(record: StatusRecord) -> dict[str, Any]:
+    partition, row = record.key.entity_keys()
+    entity: dict[str, Any] = {
+        "PartitionKey": partition,
+        "RowKey": row,
+        "sender": record.key.sender,
+        "keyKind": record.key.kind,
+        "key": record.key.value,
+        "state": record.state,
+        "attempts": record.attempts,
+        "recipients": record.recipients,
+    }
+    for prop, attr in _DATES:
+        value = getattr(record, attr)
+        if value is not None:
+            entity[prop] = value
+    for prop, attr in _TEXTS:
+        value = getattr(record, attr)
+        if value:
+            entity[prop] = str(value)[:_MAX_TEXT]
+    return entity
+
+
+def from_entity(entity: Any) -> StatusRecord:
+    def date(prop: str) -> datetime | None:
+        value = entity.get(prop)
+        if not isinstance(value, datetime):
+            return None
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+    key = StatusKey(str(entity["sender"]), str(entity["keyKind"]), str(entity["key"]))
+    metadata = getattr(entity, "metadata", None) or {}
+    texts: dict[str, Any] = {attr: entity.get(prop) or None for prop, attr in _TEXTS}
+    texts["fingerprint"] = texts["fingerprint"] or ""
+    texts["recipient_domains"] = texts["recipient_domains"] or ""
+    dates: dict[str, Any] = {attr: date(prop) for prop, attr in _DATES}
+    now = datetime.now(UTC)
+    dates["created_at"] = dates["created_at"] or now
+    dates["updated_at"] = dates["updated_at"] or now
+    return StatusRecord(
+        key=key,
+        state=str(entity["state"]),
+        attempts=int(entity.get("attempts") or 0),
+        recipients=int(entity.get("recipients") or 0),
+        etag=metadata.get("etag"),
+        **texts,
+        **dates,
+    )
+
+
+def _odata_string(value: str) -> str:
+    """A string literal in an OData filter: single quotes doubled (the Tables filter grammar)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+class TableStatusStore:
+    """Records in Azure Table storage (Azurite locally): one entity per request, one partition per mailbox."""
+
+    def __init__(self, client: TableClient):
+        self._client = client
+
+    def _call(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        from shared.storage import create_table
+
+        try:
+            return method(*args, **kwargs)
+        except ResourceNotFoundError as e:
+            if getattr(e, "error_code", None) != "TableNotFound":
+                raise
+            # Created on first use, not when the runtime is built (no network call then). In Azure infra/
+            # creates it and this never runs.
+            create_table(self._client)
+            return method(*args, **kwargs)
+
+    def get(self, key: StatusKey) -> StatusRecord | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        partition, row = key.entity_keys()
+        try:
+            entity = self._client.get_entity(partition, row)
+        except ResourceNotFoundError:
+            return None  # no such record, or no table yet
+        return from_entity(entity)
+
+    def create(self, record: StatusRecord) -> StatusRecord | None:
+        from azure.core.exceptions import ResourceExistsError
+
+        try:
+            meta = self._call(self._client.create_entity, to_entity(record))
+        except ResourceExistsError:
+            return None
+        return replace(record, etag=meta.get("etag"))
+
+    def replace(self, record: StatusRecord) -> StatusRecord | None:
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        try:
+            meta = self._client.update_entity(
+                to_entity(record),
+                mode=UpdateMode.REPLACE,
+                etag=record.etag,
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return None  # changed or deleted since it was read: another worker moved first
+        return replace(record, etag=meta.get("etag"))
+
+    def find(self, value: str, sender: str | None = None) -> list[StatusRecord]:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        if sender is not None:
+            found = []
+            for kind in ("id", "msg"):
+                record = self.get(StatusKey(sender.lower(), kind, value))
+                if record is not None:
+                    found.append(record)
+            return found
+        try:
+            entities = self._client.query_entities(f"key eq {_odata_string(value)}")
+            return [from_entity(e) for e in entities]
+        except ResourceNotFoundError:
+            return []
+
+    def since(self, when: datetime, state: str | None = None) -> Iterator[StatusRecord]:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        query = "updatedAt ge @when" + (" and state eq @state" if state else "")
+        parameters: dict[str, Any] = {"when": when}
+        if state:
+            parameters["state"] = state
+        try:
+            for entity in self._client.query_entities(query, parameters=parameters):
+                yield from_entity(entity)
+        except ResourceNotFoundError:
+            return
+
+    def delete_expired(self, before: datetime) -> int:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            old = list(
+                self._client.query_entities(
+                    "updatedAt lt @before", parameters={"before": before}, select=["PartitionKey", "RowKey"]
+                )
+            )
+        except ResourceNotFoundError:
+            return 0
+        # Batches are per partition and hold at most 100 operations (Table storage's entity group rules).
+        by_partition: dict[str, list[Any]] = {}
+        for entity in old:
+            by_partition.setdefault(entity["PartitionKey"], []).append(("delete", entity))
+        for operations in by_partition.values():
+            for start in range(0, len(operations), 100):
+                self._client.submit_transaction(operations[start : start + 100])
+        return len(old)
+
+
+def retention_cutoff(days: float, now: datetime | None = None) -> datetime:
+    return (now or datetime.now(UTC)) - timedelta(days=days)
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -1,7 +1,7 @@
 """The Functions host's storage account (AzureWebJobsStorage): clients for the relay's queues, tables, blobs.
 
 One place turns the settings into clients, so the dead-letter queue, the re-queue, the idempotency
-ledger and the expiry records all use the account the host itself uses: a connection string locally
+status records and the expiry records all use the account the host itself uses: a connection string locally
 (Azurite), identity-based service URIs in Azure.
 """
 
@@ -39,7 +39,7 @@ def table_client(settings: Settings, table_name: str, credential: Any = None, **
         return TableClient.from_connection_string(storage.connection_string, table_name, **options)
     if not storage.table_service_uri:
         raise SettingsError(
-            "Setting AzureWebJobsStorage__tableServiceUri is missing: the relay keeps its idempotency ledger and "
+            "Setting AzureWebJobsStorage__tableServiceUri is missing: the relay keeps its status records and "
             "its expiry records in Table storage, https://<account>.table.core.windows.net."
         )
     return TableClient(storage.table_service_uri, table_name, credential=credential, **options)

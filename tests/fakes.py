@@ -51,19 +51,63 @@ class FakeTokens:
 
 @dataclass
 class FakeGraph:
-    """Answers sendMail from a script of replies (default 202); records every call."""
+    """Answers sendMail from a script of replies (default 202); records every call.
 
-    replies: list[GraphReply | Exception] = field(default_factory=list)
+    A scripted reply may be `accepted(reply_or_exception)`: the message goes out (into Sent Items) and the
+    relay gets that answer anyway, as when Graph accepts and then times out or answers 504. Sent Items hold
+    the mark of each accepted message saved there; `find_sent` answers from them, or with `lookup_replies`.
+    """
+
+    replies: list[GraphReply | Exception | Accepted] = field(default_factory=list)
     calls: list[tuple[str, Mapping[str, Any], str]] = field(default_factory=list)
+    sent_items: dict[str, list[str]] = field(default_factory=dict)  # sender -> marks
+    lookup_replies: list[GraphReply | Exception] = field(default_factory=list)
+    lookups: int = 0
 
     def send_mail(self, sender: str, body: Mapping[str, Any], token: str) -> GraphReply:
         self.calls.append((sender, body, token))
-        if self.replies:
-            reply = self.replies.pop(0)
+        accepted = GraphReply(status=202, error=None, retry_after=None, request_id="req-1")
+        reply: GraphReply | Exception | Accepted = self.replies.pop(0) if self.replies else accepted
+        if isinstance(reply, Accepted):
+            self._file(sender, body)
+            reply = reply.then
+        elif isinstance(reply, GraphReply) and reply.status == 202:
+            self._file(sender, body)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    def _file(self, sender: str, body: Mapping[str, Any]) -> None:
+        if body.get("saveToSentItems", True) is False:
+            return
+        for prop in body["message"].get("singleValueExtendedProperties", []):
+            self.sent_items.setdefault(sender, []).append(prop["value"])
+
+    def find_sent(self, sender: str, mark: str, token: str) -> GraphReply:
+        self.lookups += 1
+        if self.lookup_replies:
+            reply = self.lookup_replies.pop(0)
             if isinstance(reply, Exception):
                 raise reply
             return reply
-        return GraphReply(status=202, error=None, retry_after=None, request_id="req-1")
+        found = [{"id": f"msg-{i}"} for i, m in enumerate(self.sent_items.get(sender, [])) if m == mark]
+        return GraphReply(status=200, error=None, retry_after=None, request_id="req-l", value={"value": found[:1]})
+
+    def copies(self, mark: str) -> int:
+        """How many sendMail calls carried `mark` (the witness for duplicates)."""
+        return sum(
+            1
+            for _, body, _ in self.calls
+            for prop in body["message"].get("singleValueExtendedProperties", [])
+            if prop["value"] == mark
+        )
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A scripted sendMail answer given *after* Graph accepted the message."""
+
+    then: GraphReply | Exception
 
 
 def graph_error(status: int, code: str, message: str = "", retry_after: str | None = None) -> GraphReply:

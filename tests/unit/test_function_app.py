@@ -6,6 +6,7 @@ import base64
 import json
 import logging
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -13,9 +14,9 @@ from azure.functions.queue import QueueMessage
 
 from shared import bootstrap
 from shared.bootstrap import Runtime
-from shared.ledger import MemoryLedger
 from shared.sending import Relay
 from shared.settings import load_settings
+from shared.status import MemoryStatusStore
 from tests.fakes import FakeDeadLetters, FakeGraph, FakeRequeue, FakeTokens, graph_error
 from tests.unit.test_settings import GOOD
 
@@ -25,7 +26,11 @@ def fakes() -> Iterator[tuple[FakeGraph, FakeDeadLetters]]:
     graph, dead = FakeGraph(), FakeDeadLetters()
     relay = Relay(allowed_senders=frozenset({"alerts@contoso.com"}), tokens=FakeTokens(), graph=graph)
     bootstrap._runtime = Runtime(
-        settings=load_settings(GOOD), relay=relay, dead_letters=dead, requeue=FakeRequeue(), ledger=MemoryLedger()
+        settings=load_settings(GOOD),
+        relay=relay,
+        dead_letters=dead,
+        retries=FakeRequeue(),
+        status=MemoryStatusStore(),
     )
     yield graph, dead
     bootstrap.reset()
@@ -51,6 +56,19 @@ def test_trigger_is_bound_to_the_mail_queue_setting(indexed: dict[str, Any]) -> 
     assert bindings["connection"] == "AzureWebJobsStorage"
 
 
+def test_the_retry_trigger_reads_the_queue_the_settings_name(indexed: dict[str, Any]) -> None:
+    from devstack.host import resolve
+
+    bindings = indexed["retry_mail"].trigger
+    assert bindings["type"] == "queueTrigger" and bindings["connection"] == "AzureWebJobsStorage"
+    settings = load_settings({**GOOD, "MAIL_QUEUE_NAME": "relay-out"})
+    assert resolve(bindings["queueName"], {"MAIL_QUEUE_NAME": "relay-out"}) == settings.retry_queue_name
+
+
+def test_the_cleanup_timer_runs_on_its_setting(indexed: dict[str, Any]) -> None:
+    assert indexed["clean_status_records"].trigger["schedule"] == "%STATUS_CLEANUP_SCHEDULE%"
+
+
 def test_sent_request_completes_without_dead_letter(
     functions: dict[str, Callable[..., None]], fakes: tuple[FakeGraph, FakeDeadLetters]
 ) -> None:
@@ -71,7 +89,7 @@ def test_permanent_failure_is_dead_lettered_with_the_request_and_completes(
     (envelope,) = dead.envelopes
     assert envelope["request"] == REQUEST
     assert envelope["error"]["code"] == "ErrorAccessDenied" and "Exchange scope" in envelope["error"]["hint"]
-    assert envelope["attempts"] == 2
+    assert envelope["attempts"] == 1  # one sendMail call was made
     assert "secret-body-text" not in caplog.text
     (line,) = [r for r in caplog.records if getattr(r, "event", None) == "mail.deadlettered"]
     # Application Insights gets only the text from the Python worker: the alert rule matches its start.
@@ -79,20 +97,23 @@ def test_permanent_failure_is_dead_lettered_with_the_request_and_completes(
     assert "queueMessageId=msg-1" in line.getMessage()
 
 
-def test_transient_failure_is_requeued_with_its_attempt_count_and_completes(
+def test_transient_failure_goes_to_the_retry_queue_and_its_function_sends_it(
     functions: dict[str, Callable[..., None]], fakes: tuple[FakeGraph, FakeDeadLetters]
 ) -> None:
     graph, dead = fakes
     graph.replies.append(graph_error(429, "ApplicationThrottled", "slow down", retry_after="5"))
     functions["send_mail"](message(REQUEST))  # returns: the host deletes the original
     assert dead.envelopes == []
-    requeue = bootstrap.runtime().requeue
-    assert isinstance(requeue, FakeRequeue)
-    ((payload, delay),) = requeue.puts
-    assert payload["request"] == REQUEST
-    assert payload["$retry"]["attempts"] == 1 and payload["$retry"]["originalMessageId"] == "msg-1"
-    assert payload["$retry"]["lastError"]["code"] == "ApplicationThrottled"
+    retries = bootstrap.runtime().retries
+    assert isinstance(retries, FakeRequeue)
+    ((payload, delay),) = retries.puts
+    assert payload["request"] == REQUEST and payload["$retry"]["originalMessageId"] == "msg-1"
     assert delay >= 5  # Retry-After is a floor
+    later = bootstrap.runtime()
+    bootstrap._runtime = Runtime(**{**later.__dict__, "clock": lambda: datetime.now(UTC) + timedelta(minutes=5)})
+    body = json.dumps(payload).encode()
+    functions["retry_mail"](QueueMessage(id="r-1", body=body, dequeue_count=1, pop_receipt="p"))
+    assert len(graph.calls) == 2 and dead.envelopes == []
 
 
 def test_raw_text_that_is_not_json_is_dead_lettered_as_an_encoding_problem(
@@ -130,5 +151,5 @@ def test_the_host_indexes_both_functions_with_no_settings_at_all() -> None:
         text=True,
         check=True,
     ).stdout.splitlines()
-    assert out[0] == "['check_secret_expiry', 'send_mail']"
+    assert out[0] == "['check_secret_expiry', 'clean_status_records', 'retry_mail', 'send_mail']"
     assert out[1] == "[]", f"heavy SDKs loaded at indexing: {out[1]}"

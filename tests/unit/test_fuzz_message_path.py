@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 
 from shared.bootstrap import Runtime
 from shared.handlers import handle_mail_message
-from shared.ledger import MemoryLedger
 from shared.queues import QueueDeadLetters, QueueRequeue
 from shared.sending import Relay
 from shared.settings import load_settings
+from shared.status import MemoryStatusStore
 from tests.fakes import FakeGraph, FakeTokens, MemoryOverflow, graph_error
 from tests.unit.test_hostile import REQUEST, StorageQueue
 from tests.unit.test_settings import GOOD
@@ -104,8 +104,8 @@ def runtime(graph: FakeGraph) -> Runtime:
         settings=load_settings(GOOD),
         relay=Relay(allowed_senders=frozenset({"alerts@contoso.com"}), tokens=FakeTokens(), graph=graph),
         dead_letters=QueueDeadLetters(StorageQueue(), overflow),  # type: ignore[arg-type]
-        requeue=QueueRequeue(StorageQueue()),  # type: ignore[arg-type]
-        ledger=MemoryLedger(),
+        retries=QueueRequeue(StorageQueue()),  # type: ignore[arg-type]
+        status=MemoryStatusStore(),
         overflow=overflow,
     )
 
@@ -118,11 +118,11 @@ def test_every_message_ends_sent_retried_or_dead_lettered_with_a_reason(raw: byt
     rt = runtime(graph)
     handle_mail_message(QueueMessage(id="m1", body=raw, dequeue_count=1, pop_receipt="p"), rt)  # never raises
     dead = rt.dead_letters._client.decoded()  # type: ignore[attr-defined]
-    retried = rt.requeue._client.messages  # type: ignore[attr-defined]
+    retried = rt.retries._client.messages  # type: ignore[attr-defined]
     sent = graph_status == 202 and len(graph.calls) == 1
     assert sent + len(dead) + len(retried) == 1, (sent, dead, retried)
     for envelope in dead:
         assert envelope["error"]["code"] and envelope["error"]["hint"]
         assert envelope["error"]["message"] or envelope["error"]["code"]
     for text, _ in retried:
-        assert json.loads(base64.b64decode(text))["$retry"]["attempts"] >= 1
+        assert json.loads(base64.b64decode(text))["$retry"]["originalMessageId"] == "m1"

@@ -10,6 +10,7 @@ import base64
 import json
 import logging
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -17,11 +18,11 @@ from azure.core.exceptions import HttpResponseError
 from azure.functions.queue import QueueMessage
 
 from shared.bootstrap import Runtime
-from shared.handlers import handle_mail_message
-from shared.ledger import MemoryLedger
+from shared.handlers import handle_mail_message, handle_retry_message
 from shared.queues import QueueDeadLetters, QueueRequeue
 from shared.sending import Relay
 from shared.settings import load_settings
+from shared.status import MemoryStatusStore
 from tests.fakes import FakeGraph, FakeTokens, MemoryOverflow
 from tests.unit.test_settings import GOOD
 
@@ -61,8 +62,8 @@ def rt() -> Iterator[Runtime]:
         settings=load_settings(GOOD),
         relay=relay,
         dead_letters=QueueDeadLetters(StorageQueue(), overflow),  # type: ignore[arg-type]
-        requeue=QueueRequeue(StorageQueue()),  # type: ignore[arg-type]
-        ledger=MemoryLedger(),
+        retries=QueueRequeue(StorageQueue()),  # type: ignore[arg-type]
+        status=MemoryStatusStore(),
         overflow=overflow,
     )
 
@@ -80,14 +81,21 @@ def graph_of(rt: Runtime) -> FakeGraph:
 
 
 def deliver(rt: Runtime, body: bytes | str, msg_id: str = "m1") -> None:
+    """A message on the outbox (what an app wrote), or, if it is a retry wrapper, on the relay's retry queue:
+    a wrapper on the outbox is refused outright (tests/unit/test_delivery.py), so the hostile ones are tried
+    where they would be read."""
     raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
-    handle_mail_message(QueueMessage(id=msg_id, body=raw, dequeue_count=1, pop_receipt="p"), rt)
+    message = QueueMessage(id=msg_id, body=raw, dequeue_count=1, pop_receipt="p")
+    if raw.lstrip().startswith(b'{"$retry"'):
+        handle_retry_message(message, rt)
+    else:
+        handle_mail_message(message, rt)
 
 
 def the_dead_letter(rt: Runtime) -> dict[str, Any]:
     [envelope] = queue_of(rt.dead_letters).decoded()
     assert graph_of(rt).calls == []  # refused before Graph
-    assert queue_of(rt.requeue).messages == []
+    assert queue_of(rt.retries).messages == []
     return envelope
 
 
@@ -152,8 +160,7 @@ def test_hostile_json_is_dead_lettered_at_the_first_delivery_naming_the_rule(
     assert envelope["error"]["code"] in ("InvalidRequest", "InvalidEncoding")
     assert words in envelope["error"]["message"]
     assert envelope["error"]["message"].startswith(field) or f"\n{field}" in envelope["error"]["message"]
-    if '"$retry"' not in text:
-        assert envelope["attempts"] == 1
+    assert envelope["attempts"] == 0  # refused before any try
 
 
 def test_a_refused_sender_with_a_surrogate_elsewhere_is_dead_lettered_not_looped(rt: Runtime) -> None:
@@ -243,12 +250,13 @@ def test_a_retry_too_large_for_the_queue_goes_through_the_overflow_and_keeps_its
     request = near_limit_request(rt)
     graph_of(rt).replies.append(graph_error(429, "ApplicationThrottled", "over the limit", retry_after="30"))
     deliver(rt, json.dumps(request))
-    [(text, kwargs)] = queue_of(rt.requeue).messages
+    [(text, kwargs)] = queue_of(rt.retries).messages
     assert kwargs["visibility_timeout"] >= 30  # Retry-After honoured: the relay re-queued, not the host
     wrapper = json.loads(base64.b64decode(text))
     assert set(wrapper) == {"$retry", "requestStored"}
     # The next delivery of that wrapper reads the stored request, sends it, and removes the stored copy.
-    handle_mail_message(QueueMessage(id="m2", body=base64.b64decode(text), dequeue_count=1, pop_receipt="p"), rt)
+    rt = Runtime(**{**rt.__dict__, "clock": lambda: datetime.now(UTC) + timedelta(hours=1)})
+    handle_retry_message(QueueMessage(id="m2", body=base64.b64decode(text), dequeue_count=1, pop_receipt="p"), rt)
     assert len(graph_of(rt).calls) == 2 and graph_of(rt).calls[1][1]["message"]["body"]["content"] == "x" * len(
         request["body"]["content"]
     )
@@ -271,16 +279,11 @@ def test_the_client_leaves_room_for_what_the_relay_adds() -> None:
     from mailrelay_client import MAX_MESSAGE_BYTES, MAX_REQUEST_BYTES
 
     from shared.queues import MAX_QUEUE_TEXT, RELAY_OVERHEAD_BYTES, encode
-    from shared.retries import MAX_LAST_ERROR, RetryState, wrap
+    from shared.retries import MAX_MESSAGE_ID_LENGTH, wrap
 
     assert MAX_MESSAGE_BYTES == MAX_QUEUE_TEXT and MAX_REQUEST_BYTES == MAX_QUEUE_TEXT - RELAY_OVERHEAD_BYTES
     # The largest wrapper the relay writes around a request: every field at its longest.
-    from datetime import UTC, datetime
-
-    state = RetryState(
-        99, datetime.now(UTC), "m" * 64, {"code": "c" * MAX_LAST_ERROR, "message": "\u00e9" * MAX_LAST_ERROR}
-    )
-    overhead = len(encode(wrap({}, state))) - len(encode({}))
+    overhead = len(encode(wrap({}, "m" * MAX_MESSAGE_ID_LENGTH, "r" * 40))) - len(encode({}))
     assert overhead < RELAY_OVERHEAD_BYTES
 
 
@@ -334,13 +337,12 @@ def test_an_outage_that_never_clears_is_dead_lettered_naming_the_service(rt: Run
     assert isinstance(tokens, FakeTokens)
     tokens.failure = RelayFailure(transient(code, "down"))
     deliver(rt, json.dumps(REQUEST))
-    [(text, _)] = queue_of(rt.requeue).messages  # first: retried by the relay, with its backoff
-    wrapper = json.loads(base64.b64decode(text))
-    assert wrapper["$retry"]["lastError"]["code"] == code
-    spent = {**wrapper, "$retry": {**wrapper["$retry"], "attempts": rt.settings.retry_policy.max_attempts}}
-    deliver(rt, json.dumps(spent), "m2")
+    [(text, _)] = queue_of(rt.retries).messages  # first: retried by the relay, with its backoff
+    # A day later (SEND_MAX_AGE_HOURS) the outage still holds: the retry spends the budget.
+    later = Runtime(**{**rt.__dict__, "clock": lambda: datetime.now(UTC) + timedelta(hours=25)})
+    handle_retry_message(QueueMessage(id="r1", body=base64.b64decode(text), dequeue_count=1, pop_receipt="p"), later)
     envelope = the_dead_letter_after_retries(rt)
-    assert envelope["error"]["code"] == code
+    assert envelope["error"]["code"] == code and "SEND_MAX_AGE_HOURS" in envelope["error"]["message"]
     service = {"EntraUnavailable": "Entra ID", "ManagedIdentityUnavailable": "managed identity"}
     assert service.get(code, "Key Vault") in envelope["error"]["hint"]
 
@@ -361,22 +363,10 @@ def wrapper(request: dict[str, Any] | None = None, **meta: Any) -> str:
     return json.dumps({"$retry": {"attempts": 1, "firstAttemptAt": first, **meta}, "request": request or REQUEST})
 
 
-@pytest.mark.parametrize(
-    ("first_attempt_at", "rule"),
-    [
-        ("9999-12-31T23:00:00-05:00", "firstAttemptAt"),  # past year 9999 in UTC: no datetime can hold it
-        ("2999-01-01T00:00:00Z", "in the future"),  # would keep SEND_MAX_AGE_HOURS from ever running out
-    ],
-)
-def test_a_wrapper_whose_first_attempt_is_out_of_range_is_dead_lettered_not_crashed(
-    rt: Runtime, first_attempt_at: str, rule: str
-) -> None:
-    from tests.fakes import graph_error
-
-    graph_of(rt).replies.append(graph_error(429, "ApplicationThrottled", "slow down", retry_after="1"))
-    deliver(rt, wrapper(firstAttemptAt=first_attempt_at))
-    envelope = the_dead_letter(rt)
-    assert envelope["error"]["code"] == "InvalidRequest" and rule in envelope["error"]["message"]
+def test_attempt_counts_written_in_a_wrapper_steer_nothing(rt: Runtime) -> None:
+    """Retry state lives in the status record; whatever a wrapper says about attempts is not read."""
+    deliver(rt, wrapper(attempts=10_000, firstAttemptAt="1970-01-01T00:00:00Z"))
+    assert len(graph_of(rt).calls) == 1 and queue_of(rt.dead_letters).messages == []
 
 
 def test_an_overlong_original_message_id_is_refused_and_the_envelope_fits(rt: Runtime) -> None:
@@ -396,7 +386,7 @@ def test_any_retry_after_a_service_sends_gives_a_bounded_delay(rt: Runtime, retr
 
     graph_of(rt).replies.append(graph_error(429, "ApplicationThrottled", "slow down", retry_after=retry_after))
     deliver(rt, json.dumps(REQUEST))
-    [(_, kwargs)] = queue_of(rt.requeue).messages
+    [(_, kwargs)] = queue_of(rt.retries).messages
     assert 0 <= kwargs["visibility_timeout"] <= MAX_VISIBILITY_SECONDS
 
 

@@ -1,33 +1,23 @@
-"""Transient failures: the retry wrapper, full-jitter backoff, Retry-After, and the retry budget. No I/O."""
+"""Retries: the relay-internal queue's wrapper, full-jitter backoff, Retry-After, and the retry budget. No I/O."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from azure.functions.queue import QueueMessage
 
-from shared import bootstrap
-from shared.bootstrap import Runtime
-from shared.handlers import handle_mail_message
-from shared.ledger import MemoryLedger
 from shared.retries import (
     MAX_VISIBILITY_SECONDS,
-    GiveUp,
     MalformedWrapper,
-    Retry,
     RetryPolicy,
-    RetryState,
-    after_transient,
+    budget_spent,
+    is_wrapper,
     unwrap,
     wrap,
 )
-from shared.sending import Relay
 from shared.settings import SettingsError, load_settings
-from tests.fakes import FakeDeadLetters, FakeGraph, FakeRequeue, FakeTokens, graph_error
 from tests.unit.test_settings import GOOD, env
 
 T0 = datetime(2025, 3, 1, 10, 0, tzinfo=UTC)
@@ -37,50 +27,45 @@ REQUEST: dict[str, Any] = {
     "subject": "Backup done",
     "body": {"contentType": "text", "content": "body text 99"},
 }
-THROTTLED = {"code": "ApplicationThrottled", "message": "slow down"}
-
-
-def state(attempts: int, first: datetime = T0, original: str | None = "orig-1") -> RetryState:
-    return RetryState(attempts=attempts, first_attempt_at=first, original_message_id=original, last_error=THROTTLED)
 
 
 # --- The wrapper ---------------------------------------------------------------------------------
 
 
-def test_wrapper_round_trips_the_request_and_its_state() -> None:
-    wrapped = wrap(REQUEST, state(3))
-    assert set(wrapped) == {"$retry", "request"}
-    assert wrapped["$retry"] == {
-        "attempts": 3,
-        "firstAttemptAt": "2025-03-01T10:00:00Z",
-        "originalMessageId": "orig-1",
-        "lastError": THROTTLED,
-    }
-    delivery = unwrap(json.dumps(wrapped).encode())
-    assert json.loads(delivery.body) == REQUEST
-    assert delivery.state == state(3)
+def test_wrapper_round_trips_the_request_and_its_origin_and_nothing_else() -> None:
+    wrapped = wrap(REQUEST, "orig-1", "retrying")
+    assert wrapped == {"$retry": {"originalMessageId": "orig-1", "reason": "retrying"}, "request": REQUEST}
+    unwrapped = unwrap(json.dumps(wrapped).encode())
+    assert json.loads(unwrapped.body) == REQUEST
+    assert (unwrapped.original_message_id, unwrapped.reason, unwrapped.stored) == ("orig-1", "retrying", None)
 
 
-def test_a_plain_request_is_a_first_delivery_byte_for_byte() -> None:
-    raw = json.dumps({**REQUEST, "subject": 'mentions "$retry" in the text'}).encode()
-    delivery = unwrap(raw)
-    assert delivery.body == raw and delivery.state is None
+def test_only_a_top_level_retry_key_makes_a_wrapper() -> None:
+    assert is_wrapper(json.dumps(wrap(REQUEST, "m", "r")).encode())
+    assert not is_wrapper(json.dumps({**REQUEST, "subject": 'mentions "$retry" in the text'}).encode())
+    assert not is_wrapper(b'["$retry"]') and not is_wrapper(b'{"$retry": ')
 
 
 @pytest.mark.parametrize(
     "payload",
     [
-        {"$retry": {"attempts": 1, "firstAttemptAt": "2025-03-01T10:00:00Z"}},  # no request
-        {"$retry": {"attempts": 1, "firstAttemptAt": "2025-03-01T10:00:00Z"}, "request": REQUEST, "x": 1},
+        {"$retry": {}},  # no request
+        {"$retry": {}, "request": REQUEST, "x": 1},
         {"$retry": "3", "request": REQUEST},
-        {"$retry": {"attempts": 0, "firstAttemptAt": "2025-03-01T10:00:00Z"}, "request": REQUEST},
-        {"$retry": {"attempts": True, "firstAttemptAt": "2025-03-01T10:00:00Z"}, "request": REQUEST},
-        {"$retry": {"attempts": 1, "firstAttemptAt": "yesterday"}, "request": REQUEST},
+        {"$retry": {"originalMessageId": 7}, "request": REQUEST},
+        {"$retry": {"originalMessageId": "o" * 129}, "request": REQUEST},
+        {"request": REQUEST},
+        ["$retry"],
     ],
 )
-def test_a_malformed_wrapper_is_refused(payload: dict[str, Any]) -> None:
+def test_a_malformed_wrapper_is_refused(payload: Any) -> None:
     with pytest.raises(MalformedWrapper):
         unwrap(json.dumps(payload).encode())
+
+
+def test_text_that_is_no_json_is_no_wrapper() -> None:
+    with pytest.raises(MalformedWrapper):
+        unwrap(b"\xff not json")
 
 
 # --- Backoff and Retry-After ---------------------------------------------------------------------
@@ -111,61 +96,21 @@ def test_delay_stays_within_azures_seven_day_visibility_limit() -> None:
 # --- The budget ----------------------------------------------------------------------------------
 
 
-def test_first_transient_failure_starts_the_state() -> None:
-    decision = after_transient(
-        RetryPolicy(), None, attempts_now=1, message_id="m1", error=THROTTLED, retry_after=7, now=T0, rand=lambda: 0
-    )
-    assert decision == Retry(RetryState(1, T0, "m1", THROTTLED), delay=7)
-
-
-def test_later_failures_keep_the_first_time_and_original_id() -> None:
-    later = T0 + timedelta(minutes=5)
-    decision = after_transient(
-        RetryPolicy(), state(2), attempts_now=1, message_id="m9", error=THROTTLED, retry_after=None, now=later
-    )
-    assert isinstance(decision, Retry)
-    assert decision.state.attempts == 3
-    assert decision.state.first_attempt_at == T0 and decision.state.original_message_id == "orig-1"
-
-
-def test_a_crashed_delivery_counts_as_an_attempt() -> None:
-    decision = after_transient(
-        RetryPolicy(), state(2), attempts_now=2, message_id="m9", error=THROTTLED, retry_after=None, now=T0
-    )
-    assert isinstance(decision, Retry) and decision.state.attempts == 4
-
-
-def test_gives_up_when_the_attempts_reach_the_budget() -> None:
+def test_the_budget_is_spent_when_the_attempts_reach_it() -> None:
     policy = RetryPolicy(max_attempts=8)
-    assert isinstance(
-        after_transient(policy, state(6), attempts_now=1, message_id="m", error=THROTTLED, retry_after=None, now=T0),
-        Retry,
-    )
-    decision = after_transient(
-        policy, state(7), attempts_now=1, message_id="m", error=THROTTLED, retry_after=None, now=T0
-    )
-    assert decision == GiveUp(8, "gave up after 8 attempts (SEND_MAX_ATTEMPTS=8)")
+    assert budget_spent(policy, 7, T0, T0) is None
+    assert budget_spent(policy, 8, T0, T0) == "gave up after 8 attempts (SEND_MAX_ATTEMPTS=8)"
 
 
-def test_gives_up_when_the_request_is_too_old() -> None:
+def test_the_budget_is_spent_when_the_request_is_too_old() -> None:
     policy = RetryPolicy(max_attempts=100, max_age=timedelta(hours=24))
-    decision = after_transient(
-        policy,
-        state(2),
-        attempts_now=1,
-        message_id="m",
-        error=THROTTLED,
-        retry_after=None,
-        now=T0 + timedelta(hours=24),
-    )
-    assert isinstance(decision, GiveUp) and "24 hours" in decision.reason
+    assert budget_spent(policy, 2, T0, T0 + timedelta(hours=23, minutes=59)) is None
+    reason = budget_spent(policy, 2, T0, T0 + timedelta(hours=24))
+    assert reason is not None and "24 hours" in reason
 
 
 def test_a_budget_of_one_never_retries() -> None:
-    decision = after_transient(
-        RetryPolicy(max_attempts=1), None, attempts_now=1, message_id="m", error=THROTTLED, retry_after=None
-    )
-    assert isinstance(decision, GiveUp) and decision.attempts == 1
+    assert budget_spent(RetryPolicy(max_attempts=1), 1, T0, T0) is not None
 
 
 # --- Settings ------------------------------------------------------------------------------------
@@ -194,71 +139,3 @@ def test_bad_budget_settings_are_named(name: str, value: str) -> None:
         load_settings(env(**{name: value}))
 
 
-# --- The handler: re-queue, then give up ---------------------------------------------------------
-
-
-@pytest.fixture
-def rt() -> Iterator[Runtime]:
-    relay = Relay(allowed_senders=frozenset({"alerts@contoso.com"}), tokens=FakeTokens(), graph=FakeGraph())
-    settings = load_settings(env(SEND_MAX_ATTEMPTS="3"))
-    yield Runtime(
-        settings=settings, relay=relay, dead_letters=FakeDeadLetters(), requeue=FakeRequeue(), ledger=MemoryLedger()
-    )
-    bootstrap.reset()
-
-
-def deliver(rt: Runtime, payload: dict[str, Any], msg_id: str, dequeue_count: int = 1) -> None:
-    msg = QueueMessage(id=msg_id, body=json.dumps(payload).encode(), dequeue_count=dequeue_count, pop_receipt="p")
-    handle_mail_message(msg, rt)
-
-
-def parts(rt: Runtime) -> tuple[FakeGraph, FakeDeadLetters, FakeRequeue]:
-    graph, dead, requeue = rt.relay._graph, rt.dead_letters, rt.requeue
-    assert isinstance(graph, FakeGraph) and isinstance(dead, FakeDeadLetters) and isinstance(requeue, FakeRequeue)
-    return graph, dead, requeue
-
-
-def test_throttled_request_is_requeued_until_the_budget_then_dead_lettered_with_the_original(rt: Runtime) -> None:
-    graph, dead, requeue = parts(rt)
-    graph.replies.extend([graph_error(429, "ApplicationThrottled", "slow down", retry_after="2")] * 3)
-    deliver(rt, REQUEST, "m1")
-    for n in (2, 3):
-        payload, _ = requeue.puts[-1]
-        deliver(rt, payload, f"m{n}")  # the re-queued copy is a new queue message
-    assert [p["$retry"]["attempts"] for p, _ in requeue.puts] == [1, 2]
-    assert all(p["$retry"]["originalMessageId"] == "m1" for p, _ in requeue.puts)
-    assert all(delay >= 2 for _, delay in requeue.puts)
-    (envelope,) = dead.envelopes
-    assert envelope["request"] == REQUEST  # the request as received, not the wrapper
-    assert envelope["attempts"] == 3
-    assert envelope["error"]["code"] == "ApplicationThrottled" and "SEND_MAX_ATTEMPTS" in envelope["error"]["message"]
-    assert len(graph.calls) == 3
-
-
-def test_permanent_failure_on_a_retry_counts_every_attempt(rt: Runtime) -> None:
-    graph, dead, _ = parts(rt)
-    graph.replies.append(graph_error(403, "ErrorAccessDenied", "Access is denied."))
-    deliver(rt, wrap(REQUEST, state(2)), "m5")
-    (envelope,) = dead.envelopes
-    assert envelope["attempts"] == 3 and envelope["request"] == REQUEST
-
-
-def test_a_malformed_wrapper_is_dead_lettered_without_calling_graph(rt: Runtime) -> None:
-    graph, dead, requeue = parts(rt)
-    deliver(rt, {"$retry": {"attempts": "x"}, "request": REQUEST}, "m1")
-    (envelope,) = dead.envelopes
-    assert envelope["error"]["code"] == "InvalidRequest" and "$retry" in envelope["error"]["message"]
-    assert graph.calls == [] and requeue.puts == []
-
-
-def test_a_retry_that_succeeds_is_sent_once_and_recorded_under_the_original_id(rt: Runtime) -> None:
-    graph, dead, requeue = parts(rt)
-    graph.replies.append(graph_error(503, "ServiceUnavailable", "busy"))
-    deliver(rt, REQUEST, "m1")
-    payload, _ = requeue.puts[0]
-    deliver(rt, payload, "m2")
-    assert len(graph.calls) == 2 and dead.envelopes == []
-    assert rt.ledger.lookup("msg:m1")
-    # The original, redelivered after a crash between re-queue and completion, is not sent again.
-    deliver(rt, REQUEST, "m1", dequeue_count=2)
-    assert len(graph.calls) == 2

@@ -1,0 +1,413 @@
+"""One request, sent at most once per key: the claim, the resolution of unknown sends, and what follows a try.
+
+The steps, for a request that passed the contract and the allow-list (DESIGN.md, "Trust and delivery"):
+
+1. **Claim** its status record (shared/status.py) before Graph is called: insert it if absent, or change
+   it under the ETag just read, from a state that allows a try. Of two workers holding one key, exactly
+   one wins; the other finishes (the request was sent), refuses (the key holds other content), or puts its
+   copy on the retry queue to look again once the winner is done (its claim is `sending` until its lease
+   runs out: a dead worker's claim is taken over after SEND_CLAIM_LEASE_SECONDS).
+2. **Resolve** an unknown outcome before any second try. A try is unknown after a read timeout, a 5xx,
+   a connection lost after the request went out, or a claim taken over from a dead worker. With read
+   access (Mail.Read in the app's Exchange scope) and the request saved to Sent Items, the relay looks
+   for the request's mark there: found, it is `sent`; not found, it waits until Graph's timeout and
+   SEND_UNKNOWN_SETTLE_SECONDS have passed since the try (Exchange files a sent message some time after
+   its 202), then sends. Without read access, SEND_UNKNOWN_OUTCOME decides: `resend` (at least once) or
+   `deadletter` (at most once).
+3. **Send**, counting the try against the budget (SEND_MAX_ATTEMPTS, SEND_MAX_AGE_HOURS).
+4. **Record** the outcome: `sent`; `dead-lettered` with the envelope; `retrying` (nothing was accepted)
+   or `unknown` (it may have been), with the request on the retry queue, hidden until its next step.
+
+Every record write comes before the function returns, so a crash leaves the queue message to be
+delivered again, and the record says what the next delivery must do. Nothing here knows which host runs it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from shared.outcomes import Failure, Permanent, Sent, Transient, permanent
+from shared.status import DEAD_LETTERED, QUEUED, RETRYING, SENDING, SENT, UNKNOWN, StatusKey, StatusRecord
+
+if TYPE_CHECKING:
+    from shared.bootstrap import Runtime
+    from shared.sending import Checked
+
+log = logging.getLogger("mailrelay")
+
+# How long a copy waits, at most, before it looks again at a key another worker is sending: short, so a
+# duplicate enqueued by an app completes soon after the first copy is sent.
+MAX_CLAIM_WAIT_SECONDS = 15
+CLAIM_ROUNDS = 4  # optimistic-concurrency rounds before a contended copy is put back to wait
+# A copy due at `notBefore` may find it a moment ahead on another instance's clock: not worth a round trip.
+CLOCK_TOLERANCE = timedelta(seconds=1)
+
+
+def fingerprint(request: Any) -> str:
+    """A digest of a request's content (its JSON object), the same whatever the key order or spacing.
+
+    Kept in the record, so that a second request under a key in use is told apart from a redelivery of
+    the same request: the first is refused with a reason, never dropped as a duplicate. ASCII escapes keep
+    a lone surrogate hashable.
+    """
+    import hashlib
+    import json
+
+    canonical = json.dumps(request, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    record: StatusRecord
+    unknown: bool  # the previous try's outcome is unknown: resolve it before sending
+
+
+@dataclass(frozen=True)
+class _AlreadySent:
+    record: StatusRecord
+
+
+@dataclass(frozen=True)
+class _Refused:
+    failure: Failure
+
+
+@dataclass(frozen=True)
+class _Wait:
+    seconds: float
+    why: str
+
+
+def deliver(rt: Runtime, checked: Checked, original_message_id: str | None, fields: dict[str, Any]) -> None:
+    """Take one checked request from claim to recorded outcome (the module's steps)."""
+    req = checked.request
+    key = StatusKey.of(req.sender, req.id, original_message_id)
+    fields.update(sender=req.sender, keyKind=key.kind, key=key.value)
+    claim = _claim(rt, key, checked, original_message_id)
+    if isinstance(claim, _AlreadySent):
+        _log(logging.INFO, "mail.duplicate", "already sent; completed without sending", **fields)
+        return
+    if isinstance(claim, _Refused):
+        _dead_letter(rt, checked.received, claim.failure, None, fields)
+        return
+    if isinstance(claim, _Wait):
+        _wait(rt, checked, original_message_id, claim.seconds, claim.why, fields)
+        return
+    record = claim.record
+    if claim.unknown:
+        resolved = _resolve(rt, checked, record, original_message_id, fields)
+        if resolved is None:
+            return
+        record = resolved
+    fields["attempt"] = record.attempts
+    attempt = rt.relay.deliver(checked, key.mark)
+    _settle(rt, checked, record, attempt.outcome, attempt.request_id, attempt.client_request_id, fields)
+
+
+# --- 1. The claim -----------------------------------------------------------------------------------------
+
+
+def _claim(
+    rt: Runtime, key: StatusKey, checked: Checked, original_message_id: str | None
+) -> _Claimed | _AlreadySent | _Refused | _Wait:
+    from shared.status import recipient_summary
+
+    now = rt.clock()
+    lease = timedelta(seconds=rt.settings.claim_lease_seconds)
+    content = fingerprint(checked.received)
+    req = checked.request
+    count, domains = recipient_summary([r.address for r in (*req.to, *req.cc, *req.bcc)])
+    fresh = StatusRecord(
+        key=key,
+        state=SENDING,
+        fingerprint=content,
+        attempts=1,
+        created_at=now,
+        updated_at=now,
+        first_attempt_at=now,
+        last_attempt_at=now,
+        lease_until=now + lease,
+        message_id=original_message_id,
+        recipients=count,
+        recipient_domains=domains,
+    )
+    # Insert first: a request's first delivery (nearly all of them) costs one round trip.
+    created = rt.status.create(fresh)
+    if created is not None:
+        return _Claimed(created, unknown=False)
+    for _ in range(CLAIM_ROUNDS):
+        current = rt.status.get(key)
+        if current is None:  # deleted by the clean-up in between
+            created = rt.status.create(fresh)
+            if created is not None:
+                return _Claimed(created, unknown=False)
+            continue
+        decided = _decide(rt, current, content, now)
+        if decided is not None:
+            return decided
+        # A claim taken over from a dead worker, or an unknown try: what happened must be found out first.
+        unknown = current.state in (UNKNOWN, SENDING)
+        if current.state == DEAD_LETTERED:
+            # Requeued from the dead letters (an operator's decision, or the app sent it again): a new budget.
+            claimed = replace(
+                fresh,
+                created_at=current.created_at,
+                message_id=current.message_id or original_message_id,
+                etag=current.etag,
+            )
+        else:
+            claimed = replace(
+                current,
+                state=SENDING,
+                updated_at=now,
+                lease_until=now + lease,
+                not_before=None,
+                message_id=current.message_id or original_message_id,
+            )
+            if not unknown:  # the try is made right away: count it in the same write
+                claimed = replace(claimed, attempts=current.attempts + 1, last_attempt_at=now)
+        won = rt.status.replace(claimed)
+        if won is not None:
+            return _Claimed(won, unknown=unknown)
+    return _Wait(1, "contended: other workers changed the record meanwhile")
+
+
+def _decide(rt: Runtime, current: StatusRecord, content: str, now: datetime) -> _AlreadySent | _Refused | _Wait | None:
+    """What a record in another worker's hands, or finished, means for this copy; None: it may be claimed."""
+    same = current.fingerprint == content
+    if current.state == SENT:
+        return _AlreadySent(current) if same else _Refused(_key_reused(current.key, sent=True))
+    if current.state != DEAD_LETTERED and not same:
+        return _Refused(_key_reused(current.key, sent=False))
+    if current.state == SENDING and current.lease_until is not None and current.lease_until > now:
+        left = (current.lease_until - now).total_seconds()
+        return _Wait(min(left, MAX_CLAIM_WAIT_SECONDS), "another worker is sending it")
+    due = now + CLOCK_TOLERANCE
+    if current.state in (RETRYING, UNKNOWN, QUEUED) and current.not_before is not None and current.not_before > due:
+        # An early copy (the app enqueued it twice) keeps to the schedule the record holds: Retry-After or
+        # the settling time of an unknown send.
+        return _Wait((current.not_before - now).total_seconds(), f"{current.state} until {current.not_before:%H:%M:%S}")
+    return None
+
+
+def _key_reused(key: StatusKey, *, sent: bool) -> Failure:
+    what = f"the id {key.value!r}" if key.kind == "id" else "a retry of this queue message"
+    if sent:
+        text = f"{what} was already sent from {key.sender} with other content; one id is sent at most once per mailbox"
+    else:
+        text = f"{what} is in use by another request from {key.sender}, still being sent; give each message its own id"
+    return permanent("DuplicateKey", text)
+
+
+# --- 2. Unknown outcomes ----------------------------------------------------------------------------------
+
+
+def _resolve(
+    rt: Runtime, checked: Checked, record: StatusRecord, original_message_id: str | None, fields: dict[str, Any]
+) -> StatusRecord | None:
+    """Settle the previous try's unknown outcome; the record to send with, or None when nothing is to be sent."""
+    from shared.outcomes import permanent as refusal
+    from shared.sending import Lookup
+
+    req = checked.request
+    now = rt.clock()
+    if req.save_to_sent_items:
+        lookup = rt.relay.find_sent(req.sender, record.key.mark)
+    else:
+        lookup = Lookup(False, refusal("SaveToSentItemsOff", "the request is not saved to Sent Items"))
+    if lookup.found:
+        _write(rt, replace(record, state=SENT, sent_at=now, lease_until=None, resolution="found in Sent Items"))
+        _log(logging.INFO, "mail.sent", "the unknown try went out: found in Sent Items; not sent again", **fields)
+        return None
+    if lookup.failure is None:
+        settled = (record.last_attempt_at or now) + timedelta(
+            seconds=rt.settings.graph_timeout_seconds + rt.settings.unknown_settle_seconds
+        )
+        if now < settled:
+            # Exchange may not have filed it yet: look again once the settling time has passed.
+            _reschedule(rt, checked, record, UNKNOWN, settled, original_message_id, "settling", fields, None)
+            return None
+        resolution = "not in Sent Items after the settling time; sent again"
+    elif lookup.no_access:
+        failure = lookup.failure
+        assert failure is not None
+        if rt.settings.unknown_outcome == "deadletter":
+            unknown = permanent(
+                "SendOutcomeUnknown",
+                f"the last try may have been accepted, and the relay cannot look in Sent Items ({failure.code})",
+            )
+            _dead_letter(rt, checked.received, unknown, record, fields, resolution=UNKNOWN)
+            return None
+        resolution = f"sent again without a look in Sent Items ({failure.code}; SEND_UNKNOWN_OUTCOME=resend)"
+        _log(logging.WARNING, "mail.unknown", resolution, code=failure.code, **fields)
+    else:  # the lookup failed for now (Graph or Entra unavailable): stay unknown, look again later
+        failure = lookup.failure
+        assert isinstance(failure, Transient)
+        when = now + timedelta(seconds=rt.settings.retry_policy.delay(record.attempts, failure.retry_after))
+        spent = _budget(rt, record, now)
+        if spent:
+            lost = permanent("SendOutcomeUnknown", f"the Sent Items lookup kept failing ({failure.code}); {spent}")
+            _dead_letter(rt, checked.received, lost, record, fields, resolution=UNKNOWN)
+            return None
+        _reschedule(rt, checked, record, UNKNOWN, when, original_message_id, "lookup failed", fields, failure)
+        return None
+    spent = _budget(rt, record, now)
+    if spent:
+        code = record.last_error_code or "SendOutcomeUnknown"
+        gave_up = Transient(code, f"the last try was not accepted ({spent})", record.last_error_hint or "")
+        _dead_letter(rt, checked.received, gave_up, record, fields)
+        return None
+    counted = replace(
+        record,
+        attempts=record.attempts + 1,
+        last_attempt_at=now,
+        lease_until=now + timedelta(seconds=rt.settings.claim_lease_seconds),
+        resolution=resolution,
+    )
+    won = rt.status.replace(counted)
+    if won is None:  # our lease ran out during the lookup and another worker took over: let it finish
+        _wait(rt, checked, original_message_id, 1, "another worker took over", fields)
+        return None
+    return won
+
+
+def _budget(rt: Runtime, record: StatusRecord, now: datetime) -> str | None:
+    from shared.retries import budget_spent
+
+    return budget_spent(rt.settings.retry_policy, record.attempts, record.first_attempt_at, now)
+
+
+# --- 4. After a try ---------------------------------------------------------------------------------------
+
+
+def _settle(
+    rt: Runtime,
+    checked: Checked,
+    record: StatusRecord,
+    outcome: Sent | Permanent | Transient,
+    request_id: str | None,
+    client_request_id: str | None,
+    fields: dict[str, Any],
+) -> None:
+    now = rt.clock()
+    record = replace(record, graph_request_id=request_id, client_request_id=client_request_id)
+    fields.update(graphRequestId=request_id, clientRequestId=client_request_id)
+    if isinstance(outcome, Sent):
+        _write(rt, replace(record, state=SENT, sent_at=now, lease_until=None, last_error_code=None))
+        _log(logging.INFO, "mail.sent", "Graph accepted the message (202)", **fields)
+        return
+    if isinstance(outcome, Permanent):
+        _dead_letter(rt, checked.received, outcome, record, fields)
+        return
+    original = record.message_id
+    retry_at = now + timedelta(seconds=rt.settings.retry_policy.delay(record.attempts, outcome.retry_after))
+    if outcome.maybe_sent:
+        # Never given up on here: what happened must be found out first (the next delivery resolves it).
+        settled = now + timedelta(seconds=rt.settings.graph_timeout_seconds + rt.settings.unknown_settle_seconds)
+        _reschedule(rt, checked, record, UNKNOWN, max(retry_at, settled), original, "unknown", fields, outcome)
+        return
+    spent = _budget(rt, record, now)
+    if spent:
+        gave_up = Transient(outcome.code, f"{outcome.message} ({spent})", outcome.hint, outcome.retry_after)
+        _dead_letter(rt, checked.received, gave_up, record, fields)
+        return
+    _reschedule(rt, checked, record, RETRYING, retry_at, original, "retrying", fields, outcome)
+
+
+def _reschedule(
+    rt: Runtime,
+    checked: Checked,
+    record: StatusRecord,
+    state: str,
+    when: datetime,
+    original_message_id: str | None,
+    reason: str,
+    fields: dict[str, Any],
+    failure: Transient | None,
+) -> None:
+    """Record `state` until `when`, and put the request on the retry queue hidden until then."""
+    now = rt.clock()
+    changed = replace(record, state=state, updated_at=now, lease_until=None, not_before=when)
+    if failure is not None:
+        changed = replace(changed, last_error_code=failure.code, last_error_hint=failure.hint)
+    _write(rt, changed)
+    delay = _put_back(rt, checked, original_message_id, (when - now).total_seconds(), reason)
+    code = failure.code if failure else None
+    event = "mail.unknown" if state == UNKNOWN else "mail.retry"
+    text = f"{code or reason}; {state}, next step in {delay} s"
+    _log(logging.WARNING, event, text, code=code, delaySeconds=delay, **fields)
+
+
+def _wait(
+    rt: Runtime, checked: Checked, original_message_id: str | None, seconds: float, why: str, fields: dict[str, Any]
+) -> None:
+    """Put this copy back, unchanged record: another worker holds the key, or its schedule says later."""
+    delay = _put_back(rt, checked, original_message_id, seconds, "waiting")
+    _log(logging.INFO, "mail.waiting", f"{why}; looking again in {delay} s", delaySeconds=delay, **fields)
+
+
+def _put_back(rt: Runtime, checked: Checked, original_message_id: str | None, seconds: float, reason: str) -> int:
+    from shared.retries import fit_on_queue, wrap
+
+    delay = max(1, math.ceil(seconds))  # whole seconds, the queue's unit, never below the wait asked for
+    rt.retries.put(fit_on_queue(wrap(checked.received, original_message_id, reason), rt.overflow), delay)
+    return delay
+
+
+def _dead_letter(
+    rt: Runtime,
+    request: Any,
+    failure: Failure,
+    record: StatusRecord | None,
+    fields: dict[str, Any],
+    resolution: str | None = None,
+) -> None:
+    """The envelope first, then the record: a crash in between leaves the request to be delivered again."""
+    from shared.outcomes import dead_letter_envelope
+
+    attempts = record.attempts if record else 0
+    origin = (record.message_id if record else None) or fields.get("queueMessageId")
+    rt.dead_letters.put(dead_letter_envelope(request, failure, attempts=attempts, queue_message_id=origin))
+    if record is not None:
+        _write(
+            rt,
+            replace(
+                record,
+                state=DEAD_LETTERED,
+                lease_until=None,
+                not_before=None,
+                last_error_code=failure.code,
+                last_error_hint=failure.hint,
+                resolution=resolution or record.resolution,
+            ),
+        )
+    _log(logging.ERROR, "mail.deadlettered", failure.code, code=failure.code, hint=failure.hint, **fields)
+
+
+def _write(rt: Runtime, record: StatusRecord) -> None:
+    """Write an outcome under the claim's ETag; if another worker changed the record meanwhile (our lease ran
+    out), write it over theirs all the same: what Graph answered is the truth about this request."""
+    changed = replace(record, updated_at=rt.clock())
+    for _ in range(CLAIM_ROUNDS):
+        if rt.status.replace(changed) is not None:
+            return
+        current = rt.status.get(record.key)
+        if current is None:
+            if rt.status.create(replace(changed, etag=None)) is not None:
+                return
+            continue
+        if current.state == SENT:
+            return  # the other worker saw it sent too: nothing to add
+        changed = replace(changed, etag=current.etag)
+    raise RuntimeError("the status record kept changing under this worker; the host will deliver it again")
+
+
+def _log(level: int, event: str, text: str, **fields: Any) -> None:
+    from shared.logs import log_event
+
+    log_event(log, level, event, text, **fields)

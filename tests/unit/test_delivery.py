@@ -1,0 +1,444 @@
+"""One send per key: the claim, unknown outcomes resolved through Sent Items, and retries apps cannot forge.
+
+Everything runs against fakes with Table storage's semantics (insert-if-absent, ETag conditions) and a
+clock the test moves, so every path is made to happen, races included, without I/O or sleeping.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import requests
+from azure.functions.queue import QueueMessage
+
+from shared.bootstrap import Runtime
+from shared.handlers import handle_mail_message, handle_retry_message, handle_status_cleanup
+from shared.sending import Relay
+from shared.settings import load_settings
+from shared.status import (
+    DEAD_LETTERED,
+    RETRYING,
+    SENDING,
+    SENT,
+    UNKNOWN,
+    MemoryStatusStore,
+    StatusKey,
+    StatusRecord,
+    to_entity,
+)
+from tests.fakes import Accepted, FakeDeadLetters, FakeGraph, FakeRequeue, FakeTokens, graph_error
+from tests.unit.test_settings import GOOD
+
+SENDER = "alerts@contoso.com"
+REQUEST: dict[str, Any] = {
+    "id": "order-42",
+    "from": SENDER,
+    "to": ["ops@contoso.com", "Boss@Fabrikam.example"],
+    "bcc": ["audit@contoso.com"],
+    "subject": "Receipt for order 42",
+    "body": {"contentType": "text", "content": "secret-body-text"},
+}
+KEY = StatusKey(SENDER, "id", "order-42")
+NO_ACCESS = graph_error(403, "ErrorAccessDenied", "Access is denied. Check credentials and try again.")
+
+
+@dataclass
+class Clock:
+    now: datetime = field(default_factory=lambda: datetime(2026, 12, 5, 9, 0, tzinfo=UTC))
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@dataclass
+class Stack:
+    rt: Runtime
+    graph: FakeGraph
+    dead: FakeDeadLetters
+    retries: FakeRequeue
+    status: MemoryStatusStore
+    clock: Clock
+    pending: list[tuple[dict[str, Any], datetime]]  # retry-queue messages and when each becomes visible
+
+    def outbox(self, request: dict[str, Any] | bytes = REQUEST, msg_id: str = "q-1", dequeue_count: int = 1) -> None:
+        body = request if isinstance(request, bytes) else json.dumps(request).encode()
+        handle_mail_message(QueueMessage(id=msg_id, body=body, dequeue_count=dequeue_count, pop_receipt="p"), self.rt)
+
+    def run_retries(self) -> int:
+        """Deliver every retry-queue message now due (the clock moved past its delay), as the host would."""
+        done = 0
+        while True:
+            due = [(p, at) for p, at in self.pending if at <= self.clock.now]
+            if not due:
+                return done
+            payload, at = due[0]
+            self.pending.remove((payload, at))
+            body = json.dumps(payload).encode()
+            handle_retry_message(QueueMessage(id=f"r-{done}", body=body, dequeue_count=1, pop_receipt="p"), self.rt)
+            done += 1
+
+    def record(self, key: StatusKey = KEY) -> StatusRecord:
+        found = self.status.get(key)
+        assert found is not None
+        return found
+
+
+def make(**settings: str) -> Stack:
+    graph, dead, status, clock = FakeGraph(), FakeDeadLetters(), MemoryStatusStore(), Clock()
+    env = {
+        **GOOD,
+        "GRAPH_TIMEOUT_SECONDS": "10",
+        "SEND_CLAIM_LEASE_SECONDS": "60",
+        "SEND_UNKNOWN_SETTLE_SECONDS": "30",
+        "SEND_RETRY_BASE_SECONDS": "5",
+        **settings,
+    }
+    relay = Relay(allowed_senders=frozenset({SENDER, "receipts@contoso.com"}), tokens=FakeTokens(), graph=graph)
+    pending: list[tuple[dict[str, Any], datetime]] = []
+
+    class TimedRequeue(FakeRequeue):
+        """The retry queue: each message becomes visible `delay` seconds after the clock's time of the put."""
+
+        def put(self, payload: dict[str, Any], delay_seconds: int) -> None:
+            super().put(payload, delay_seconds)
+            pending.append((payload, clock.now + timedelta(seconds=delay_seconds)))
+
+    retries = TimedRequeue()
+    rt = Runtime(
+        settings=load_settings(env), relay=relay, dead_letters=dead, retries=retries, status=status, clock=clock
+    )
+    return Stack(rt, graph, dead, retries, status, clock, pending)
+
+
+# --- The common case ------------------------------------------------------------------------------------
+
+
+def test_a_first_delivery_claims_sends_and_records_in_two_writes() -> None:
+    s = make()
+    s.outbox()
+    assert len(s.graph.calls) == 1
+    record = s.record()
+    assert record.state == SENT and record.attempts == 1 and record.sent_at == s.clock.now
+    assert record.graph_request_id == "req-1"
+    assert s.status.writes == 2  # the claim (insert) and the outcome: no read on the common path
+    assert s.graph.copies(KEY.mark) == 1
+
+
+def test_every_message_carries_the_keys_mark_in_an_extended_property() -> None:
+    s = make()
+    s.outbox()
+    (_, body, _) = s.graph.calls[0]
+    (prop,) = body["message"]["singleValueExtendedProperties"]
+    assert prop["id"].startswith("String {") and prop["id"].endswith("} Name GraphMailRelayKey")
+    assert prop["value"] == KEY.mark and len(KEY.mark) == 64
+
+
+def test_a_redelivery_of_a_sent_request_completes_without_sending(caplog: pytest.LogCaptureFixture) -> None:
+    s = make()
+    s.outbox()
+    with caplog.at_level(logging.INFO):
+        s.outbox(dict(reversed(list(REQUEST.items()))), msg_id="q-2")  # the same content, keys in another order
+    assert len(s.graph.calls) == 1 and s.dead.envelopes == []
+    assert any(getattr(r, "event", None) == "mail.duplicate" for r in caplog.records)
+
+
+def test_the_same_id_with_other_content_is_refused_with_a_reason_not_dropped() -> None:
+    s = make()
+    s.outbox()
+    s.outbox({**REQUEST, "subject": "another mail"}, msg_id="q-2")
+    assert len(s.graph.calls) == 1
+    (envelope,) = s.dead.envelopes
+    assert envelope["error"]["code"] == "DuplicateKey" and "order-42" in envelope["error"]["message"]
+    assert s.record().state == SENT  # the first request's record is untouched
+
+
+def test_ids_are_scoped_by_sender_mailbox_so_one_app_cannot_suppress_anothers_mail() -> None:
+    s = make()
+    s.outbox()
+    other = {**REQUEST, "from": "receipts@contoso.com", "subject": "unrelated receipt"}
+    s.outbox(other, msg_id="q-2")
+    assert len(s.graph.calls) == 2 and s.dead.envelopes == []
+    assert s.record(StatusKey("receipts@contoso.com", "id", "order-42")).state == SENT
+
+
+def test_a_request_without_id_is_keyed_by_its_first_queue_message() -> None:
+    s = make()
+    keyless = {k: v for k, v in REQUEST.items() if k != "id"}
+    s.outbox(keyless, msg_id="q-7")
+    s.outbox(keyless, msg_id="q-7", dequeue_count=2)  # the host's redelivery of that same message
+    assert len(s.graph.calls) == 1
+    assert s.record(StatusKey(SENDER, "msg", "q-7")).state == SENT
+
+
+def test_the_record_holds_counts_and_domains_never_a_subject_body_or_address() -> None:
+    s = make()
+    s.outbox()
+    record = s.record()
+    assert record.recipients == 3 and record.recipient_domains == "contoso.com,fabrikam.example"
+    stored = json.dumps(to_entity(record), default=str) + json.dumps(record.to_json())
+    for secret in ("Receipt for order 42", "secret-body-text", "ops@contoso.com", "boss@fabrikam", "audit@"):
+        assert secret.lower() not in stored.lower()
+
+
+# --- Concurrency ----------------------------------------------------------------------------------------
+
+
+def test_two_concurrent_deliveries_of_one_key_make_exactly_one_graph_call() -> None:
+    s = make()
+    inside, release = threading.Event(), threading.Event()
+    original = s.graph.send_mail
+
+    def slow(sender: str, body: Any, token: str) -> Any:
+        inside.set()
+        release.wait(5)
+        return original(sender, body, token)
+
+    s.graph.send_mail = slow  # type: ignore[method-assign]
+    first = threading.Thread(target=s.outbox, kwargs={"msg_id": "q-1"})
+    first.start()
+    assert inside.wait(5)
+    s.outbox(msg_id="q-2")  # the app enqueued it twice: this copy finds the claim held
+    release.set()
+    first.join(5)
+    assert len(s.graph.calls) == 1
+    ((payload, delay),) = s.retries.puts  # the second copy waits on the relay's queue, no closer than 1 s
+    assert payload["request"] == REQUEST and 1 <= delay <= 15
+    s.clock.advance(delay)
+    s.run_retries()
+    assert len(s.graph.calls) == 1 and s.dead.envelopes == [] and s.record().state == SENT
+
+
+def test_a_lost_race_on_the_etag_reads_again_and_does_not_send() -> None:
+    s = make()
+    s.outbox()
+    record = s.record()
+    # Another worker changed the record between this worker's read and its write: the write must fail.
+    assert s.status.replace(replace(record, etag="W/stale")) is None
+    assert s.status.replace(record) is not None
+
+
+# --- Transient failures and the retry queue --------------------------------------------------------------
+
+
+def test_a_throttled_try_is_retrying_on_the_relays_queue_with_retry_after_as_a_floor() -> None:
+    s = make()
+    s.graph.replies.append(graph_error(429, "ApplicationThrottled", "slow down", retry_after="20"))
+    s.outbox()
+    record = s.record()
+    assert record.state == RETRYING and record.attempts == 1 and record.last_error_code == "ApplicationThrottled"
+    ((payload, delay),) = s.retries.puts
+    assert set(payload) == {"$retry", "request"} and "attempts" not in payload["$retry"]  # state is in the record
+    assert delay >= 20 and record.not_before == s.clock.now + timedelta(seconds=delay)
+    s.clock.advance(delay)
+    s.run_retries()
+    assert len(s.graph.calls) == 2 and s.record().state == SENT and s.record().attempts == 2
+
+
+def test_an_early_duplicate_keeps_to_the_records_schedule() -> None:
+    s = make()
+    s.graph.replies.append(graph_error(429, "ApplicationThrottled", "slow down", retry_after="60"))
+    s.outbox()
+    s.clock.advance(10)
+    s.outbox(msg_id="q-2")  # the app sent it again, 50 s before Retry-After is over
+    assert len(s.graph.calls) == 1
+    assert s.retries.puts[-1][1] == 50
+
+
+def test_the_budget_is_counted_in_the_record_and_spent_into_a_dead_letter() -> None:
+    s = make(SEND_MAX_ATTEMPTS="2")
+    for _ in range(2):
+        s.graph.replies.append(graph_error(429, "ApplicationThrottled", "slow down", retry_after="1"))
+    s.outbox()
+    s.clock.advance(3600)
+    s.run_retries()
+    assert len(s.graph.calls) == 2
+    (envelope,) = s.dead.envelopes
+    assert envelope["attempts"] == 2 and "SEND_MAX_ATTEMPTS=2" in envelope["error"]["message"]
+    assert s.record().state == DEAD_LETTERED
+
+
+def test_a_retry_wrapper_on_the_outbox_is_refused_never_trusted() -> None:
+    s = make()
+    forged = {"$retry": {"attempts": 99, "originalMessageId": "someone-else"}, "request": REQUEST}
+    s.outbox(forged)
+    (envelope,) = s.dead.envelopes
+    assert envelope["error"]["code"] == "RetryWrapperRefused"
+    assert s.graph.calls == [] and len(s.status) == 0
+
+
+def test_a_malformed_message_on_the_retry_queue_is_dead_lettered() -> None:
+    s = make()
+    handle_retry_message(QueueMessage(id="r", body=b'{"request": 1}', dequeue_count=1, pop_receipt="p"), s.rt)
+    (envelope,) = s.dead.envelopes
+    assert envelope["error"]["code"] == "InvalidRequest" and s.graph.calls == []
+
+
+def test_refused_requests_leave_no_record_that_could_block_a_real_one() -> None:
+    s = make()
+    s.outbox({**REQUEST, "to": "not-a-list"})  # invalid: no record under this sender and id
+    s.outbox(base64.b64encode(b"junk"))
+    assert len(s.status) == 0
+    s.outbox(msg_id="q-3")
+    assert s.record().state == SENT
+
+
+# --- Unknown outcomes ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        graph_error(504, "GatewayTimeout", "upstream timed out"),
+        graph_error(500, "InternalServerError", "oops"),
+        requests.ReadTimeout("read timed out"),
+    ],
+    ids=["504", "500", "timeout"],
+)
+def test_an_accepted_then_failed_send_is_found_in_sent_items_and_not_sent_again(answer: Any) -> None:
+    s = make()
+    s.graph.replies.append(Accepted(answer))
+    s.outbox()
+    record = s.record()
+    assert record.state == UNKNOWN
+    ((_, delay),) = s.retries.puts
+    assert delay >= 10 + 30  # Graph's timeout plus the settling time
+    s.clock.advance(delay)
+    s.run_retries()
+    assert s.graph.copies(KEY.mark) == 1 and s.graph.lookups == 1
+    record = s.record()
+    assert record.state == SENT and record.resolution == "found in Sent Items" and s.dead.envelopes == []
+
+
+def test_a_failed_send_not_in_sent_items_after_the_settling_time_is_sent_once_more() -> None:
+    s = make()
+    s.graph.replies.append(graph_error(502, "BadGateway", "bad gateway"))  # refused, though it says nothing
+    s.outbox()
+    s.clock.advance(3600)
+    s.run_retries()
+    assert len(s.graph.calls) == 2 and s.graph.copies(KEY.mark) == 2  # the first never went out: one delivered
+    assert s.record().state == SENT and "not in Sent Items" in (s.record().resolution or "")
+
+
+def test_a_lookup_before_the_settling_time_looks_again_later_instead_of_sending() -> None:
+    s = make()
+    s.graph.replies.append(graph_error(504, "GatewayTimeout", "upstream timed out"))
+    s.outbox()
+    # A copy from the app arrives after the schedule but the try was only just made (a slow clock elsewhere):
+    record = s.record()
+    s.status.replace(replace(record, not_before=s.clock.now))
+    s.outbox(msg_id="q-2")
+    assert len(s.graph.calls) == 1 and s.graph.lookups == 1
+    assert s.record().state == UNKNOWN
+    assert s.retries.puts[-1][1] == 40  # back when timeout + settling time have passed
+
+
+def test_a_claim_left_by_a_dead_worker_is_taken_over_after_its_lease_and_resolved() -> None:
+    s = make()
+    s.graph.replies.append(Accepted(RuntimeError("the worker died during the call")))
+    with pytest.raises(RuntimeError):
+        s.outbox()  # the host will deliver q-1 again; the record stays `sending` with its lease
+    assert s.record().state == SENDING
+    s.outbox(dequeue_count=2)  # within the lease: wait, do not send
+    assert len(s.graph.calls) == 1 and s.retries.puts[-1][1] <= 15
+    s.clock.advance(61)  # the lease ran out
+    s.run_retries()
+    assert s.graph.copies(KEY.mark) == 1 and s.record().state == SENT
+    assert s.record().resolution == "found in Sent Items"
+
+
+def test_without_read_access_resend_mode_sends_again_at_least_once(caplog: pytest.LogCaptureFixture) -> None:
+    s = make()
+    s.graph.replies.append(Accepted(graph_error(504, "GatewayTimeout", "upstream timed out")))
+    s.graph.lookup_replies.append(NO_ACCESS)
+    s.outbox()
+    s.clock.advance(3600)
+    with caplog.at_level(logging.INFO):
+        s.run_retries()
+    assert s.graph.copies(KEY.mark) == 2  # the promised trade-off: at least once
+    assert s.record().state == SENT and "SEND_UNKNOWN_OUTCOME=resend" in (s.record().resolution or "")
+    assert any(getattr(r, "event", None) == "mail.unknown" for r in caplog.records)
+
+
+def test_without_read_access_deadletter_mode_never_sends_twice() -> None:
+    s = make(SEND_UNKNOWN_OUTCOME="deadletter")
+    s.graph.replies.append(Accepted(requests.ReadTimeout("read timed out")))
+    s.graph.lookup_replies.append(NO_ACCESS)
+    s.outbox()
+    s.clock.advance(3600)
+    s.run_retries()
+    assert s.graph.copies(KEY.mark) == 1
+    (envelope,) = s.dead.envelopes
+    assert envelope["error"]["code"] == "SendOutcomeUnknown" and "Sent Items" in envelope["error"]["hint"]
+    assert s.record().state == DEAD_LETTERED and s.record().resolution == UNKNOWN
+
+
+def test_a_request_not_saved_to_sent_items_cannot_be_looked_up_and_follows_the_setting() -> None:
+    s = make(SEND_UNKNOWN_OUTCOME="deadletter")
+    s.graph.replies.append(Accepted(requests.ReadTimeout("read timed out")))
+    s.outbox({**REQUEST, "saveToSentItems": False})
+    s.clock.advance(3600)
+    s.run_retries()
+    assert s.graph.lookups == 0 and s.graph.copies(KEY.mark) == 1
+    assert s.dead.envelopes[0]["error"]["code"] == "SendOutcomeUnknown"
+
+
+def test_a_lookup_that_fails_for_now_stays_unknown_and_looks_again() -> None:
+    s = make()
+    s.graph.replies.append(Accepted(graph_error(503, "ServiceUnavailable", "busy")))
+    s.graph.lookup_replies.append(graph_error(503, "ServiceUnavailable", "busy", retry_after="7"))
+    s.outbox()
+    s.clock.advance(3600)
+    s.run_retries()
+    assert s.record().state == UNKNOWN and len(s.graph.calls) == 1
+    s.clock.advance(3600)
+    s.run_retries()
+    assert s.record().state == SENT and s.graph.copies(KEY.mark) == 1
+
+
+def test_a_connection_refused_before_sending_is_a_plain_retry_not_an_unknown() -> None:
+    from urllib3.exceptions import MaxRetryError, NewConnectionError
+
+    s = make()
+    refused = requests.ConnectionError(MaxRetryError(None, "/", NewConnectionError(None, "refused")))  # type: ignore[arg-type]
+    s.graph.replies.append(refused)
+    s.outbox()
+    assert s.record().state == RETRYING
+
+
+def test_a_connection_lost_after_sending_is_unknown() -> None:
+    s = make()
+    s.graph.replies.append(requests.ConnectionError("Connection aborted: RemoteDisconnected"))
+    s.outbox()
+    assert s.record().state == UNKNOWN
+
+
+# --- Dead letters, requeue and retention ---------------------------------------------------------------
+
+
+def test_a_dead_lettered_request_sent_again_gets_a_new_budget() -> None:
+    s = make()
+    s.graph.replies.append(NO_ACCESS)
+    s.outbox()
+    assert s.record().state == DEAD_LETTERED
+    s.outbox(msg_id="q-2")  # requeued after the admin fixed the scope
+    assert s.record().state == SENT and s.record().attempts == 1 and len(s.graph.calls) == 2
+
+
+def test_cleanup_deletes_records_older_than_the_retention() -> None:
+    s = make(STATUS_RETENTION_DAYS="2")
+    s.outbox()
+    s.clock.advance(86400)
+    s.outbox({**REQUEST, "id": "order-43"}, msg_id="q-2")
+    s.clock.advance(86400 + 1)
+    assert handle_status_cleanup(None, s.rt) == 1
+    assert s.status.get(KEY) is None and s.status.get(StatusKey(SENDER, "id", "order-43")) is not None
