@@ -86,6 +86,12 @@ class DeadLetter:
         sender = self.request.get("from") if isinstance(self.request, dict) else None
         return sender if isinstance(sender, str) else None
 
+    def matches(self, key: str) -> bool:
+        """Is this the dead letter `key` names: its own id, the queue message id that carried the request, or
+        the request's `id` (the key `mailrelay status` takes)?"""
+        request_id = self.request.get("id") if isinstance(self.request, dict) else None
+        return key in (self.id, self.extra.get("queueMessageId")) or (isinstance(request_id, str) and key == request_id)
+
     def requeue_payload(self) -> dict[str, Any]:
         """The plain request to put back on the main queue; NotRequeueable says why there is none."""
         from shared.contract import ContractError, parse_request
@@ -407,20 +413,20 @@ class DeadLetterQueue:
                 continue
 
     def get(self, message_id: str) -> DeadLetter:
-        """The dead letter by its own id, or by the id of the queue message that carried the request (the id
-        `mailrelay send` printed)."""
+        """The dead letter by its own id, by the id of the queue message that carried the request (the id
+        `mailrelay send` printed), or by the request's own `id` (the key `mailrelay status` takes)."""
         for letter in self.peek():
-            if message_id in (letter.id, letter.extra.get("queueMessageId")):
+            if letter.matches(message_id):
                 return letter
         for letter in self.scan():
-            if message_id in (letter.id, letter.extra.get("queueMessageId")):
+            if letter.matches(message_id):
                 return letter
         raise DeadLetterNotFound(f"no dead letter with id {message_id} in the poison queue")
 
     def requeue(self, message_id: str) -> Requeued:
         """Put one dead letter's request back on the main queue, then delete the dead letter."""
         results = self._requeue_where(
-            lambda letter: message_id in (letter.id, letter.extra.get("queueMessageId")), stop_after_first=True
+            lambda letter: letter.matches(message_id), stop_after_first=True
         )
         if not results:
             raise DeadLetterNotFound(f"no dead letter with id {message_id} in the poison queue")

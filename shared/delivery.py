@@ -340,7 +340,8 @@ def _reschedule(
     code = failure.code if failure else None
     event = "mail.unknown" if state == UNKNOWN else "mail.retry"
     text = f"{code or reason}; {state}, next step in {delay} s"
-    _log(logging.WARNING, event, text, code=code, delaySeconds=delay, **fields)
+    retry_after = failure.retry_after if failure else None
+    _log(logging.WARNING, event, text, code=code, retryAfter=retry_after, delaySeconds=delay, **fields)
 
 
 def _wait(

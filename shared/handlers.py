@@ -46,7 +46,7 @@ def handle_mail_message(msg: QueueMessageLike, rt: Runtime | None = None) -> Non
 
     rt = rt or runtime()
     raw = msg.get_body()
-    fields: dict[str, Any] = {"queueMessageId": msg.id, "dequeueCount": msg.dequeue_count}
+    fields: dict[str, Any] = {"queueMessageId": msg.id, "originalMessageId": msg.id, "dequeueCount": msg.dequeue_count}
     if is_wrapper(raw):
         refused = permanent("RetryWrapperRefused", 'a "$retry" wrapper on the outbox; the relay writes retries itself')
         _dead_letter(rt, as_received(raw), refused, fields)

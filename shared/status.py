@@ -334,11 +334,10 @@ class TableStatusStore:
 
         try:
             return method(*args, **kwargs)
-        except ResourceNotFoundError as e:
-            if getattr(e, "error_code", None) != "TableNotFound":
-                raise
-            # Created on first use, not when the runtime is built (no network call then). In Azure infra/
-            # creates it and this never runs.
+        except ResourceNotFoundError:
+            # An insert finds no entity to miss: a 404 means no table (Azurite's answer to an insert does not
+            # even carry the TableNotFound code the SDK would parse). Created on first use, not when the
+            # runtime is built (no network call then); in Azure infra/ creates it and this never runs.
             create_table(self._client)
             return method(*args, **kwargs)
 

@@ -18,12 +18,14 @@ from mailrelay_client.client import (
     RequestTooLarge,
     encode_request,
 )
+from mailrelay_client.status import AmbiguousKey
 from mailrelay_client.validation import ContractError, Violation, schema, validate, violations
 
 __all__ = [
     "DEFAULT_QUEUE_NAME",
     "MAX_MESSAGE_BYTES",
     "MAX_REQUEST_BYTES",
+    "AmbiguousKey",
     "ContractError",
     "MailClient",
     "QueueNotFound",

@@ -69,19 +69,53 @@ class MailClient:
                 "MailClient.from_connection_string(<the connection string `mailrelay local` prints>)"
             )
         self._queue: _QueueSender = QueueClient.from_queue_url(queue_url, credential=credential)
+        self._status_table: Any = _table_from_queue_url(queue_url, credential)
 
     @classmethod
     def from_connection_string(cls, conn_str: str, queue_name: str = DEFAULT_QUEUE_NAME) -> MailClient:
         from azure.storage.queue import QueueClient
 
-        return cls.from_queue_client(QueueClient.from_connection_string(conn_str, queue_name))
+        client = cls.from_queue_client(QueueClient.from_connection_string(conn_str, queue_name))
+        client._status_table = ("connection-string", conn_str)
+        return client
 
     @classmethod
-    def from_queue_client(cls, queue_client: _QueueSender) -> MailClient:
-        """Wrap a QueueClient the app configured itself (retry policy, proxies, ...)."""
+    def from_queue_client(cls, queue_client: _QueueSender, status_table: Any = None) -> MailClient:
+        """Wrap a QueueClient the app configured itself (retry policy, proxies, ...); `status_table`, an
+        azure.data.tables.TableClient for the relay's `mailstatus` table, if the app reads status."""
         client = cls.__new__(cls)
         client._queue = queue_client
+        client._status_table = status_table
         return client
+
+    def status(self, key: str, sender: str | None = None) -> dict[str, Any] | None:
+        """What became of a request: its status record (state, attempts, last error and hint, times, Graph's
+        request ids), or None. `key` is the request's `id`, or the message id `send` returned for a request
+        without one. Needs the `status` extra and Storage Table Data Reader on the relay's `mailstatus` table.
+        """
+        from mailrelay_client.status import read_status
+
+        return read_status(self._table(), key, sender)
+
+    def _table(self) -> Any:
+        from mailrelay_client.status import TABLE_NAME
+
+        try:
+            from azure.data.tables import TableClient
+        except ImportError:  # pragma: no cover - depends on the installed extras
+            raise ImportError(
+                "status() needs azure-data-tables: pip install 'graph-mail-relay-client[status]'"
+            ) from None
+        table = self._status_table
+        if table is None:
+            raise ValueError("this client was built from a QueueClient: pass status_table= to read status")
+        if isinstance(table, tuple) and table[0] == "connection-string":
+            table = TableClient.from_connection_string(table[1], TABLE_NAME)
+        elif isinstance(table, tuple):
+            _, endpoint, credential = table
+            table = TableClient(endpoint, TABLE_NAME, credential=credential)
+        self._status_table = table
+        return table
 
     def send(self, request: Mapping[str, Any]) -> str:
         """Validate, encode and enqueue one request; return the queue message id.
@@ -103,6 +137,18 @@ class MailClient:
                 ) from None
             raise
         return str(message.id)
+
+
+def _table_from_queue_url(queue_url: str, credential: Any) -> tuple[str, str, Any] | None:
+    """The account's Table endpoint beside its queue endpoint (https://<account>.table.core.windows.net),
+    built on first use of status(); None when the URL is not an Azure Storage queue URL."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(queue_url)
+    host = parts.hostname or ""
+    if ".queue." not in host:
+        return None
+    return ("endpoint", f"{parts.scheme}://{host.replace('.queue.', '.table.', 1)}", credential)
 
 
 def encode_request(request: Mapping[str, Any]) -> str:

@@ -6,6 +6,7 @@ import argparse
 import base64
 import json
 import mimetypes
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -214,9 +215,15 @@ def run(args: argparse.Namespace) -> int:
 
     def send(conn: Connection) -> int:
         try:
-            print(_mail_client(conn).send(request))
+            message_id = _mail_client(conn).send(request)
         except QueueNotFound as exc:
             return fail("send", str(exc), EXIT_UNAVAILABLE)
+        print(message_id)  # standard output: the queue message id alone, for scripts
+        # The status record's key is the request's id, or this message id for a request without one.
+        request_id = request.get("id")
+        key = request_id if isinstance(request_id, str) and request_id else str(message_id)
+        sender = request.get("from")
+        print(f"look it up: mailrelay status {shlex.quote(key)} --from {shlex.quote(str(sender))}", file=sys.stderr)
         return EXIT_OK
 
     return run_with_queue("send", args, send)

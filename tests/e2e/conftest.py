@@ -126,6 +126,10 @@ def relay_env(azurite: Azurite, emulator: Emulator, monkeypatch: pytest.MonkeyPa
         "IDENTITY_HEADER": emulator.identity_header,
         # Short retries, so a 429 storm passes in seconds (Retry-After still sets the floor).
         "SEND_RETRY_BASE_SECONDS": "1",
+        # Short claims and settling, so a claim left by a killed host is taken over in seconds, not minutes.
+        "GRAPH_TIMEOUT_SECONDS": "5",
+        "SEND_CLAIM_LEASE_SECONDS": "10",
+        "SEND_UNKNOWN_SETTLE_SECONDS": "1",
         # function_app.py also binds the expiry timer to this setting; the local host does not run timers.
         "EXPIRY_CHECK_SCHEDULE": "0 0 7 * * *",
     }

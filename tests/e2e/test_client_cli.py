@@ -23,7 +23,7 @@ from devstack.azurite import Azurite
 from devstack.host import LocalHost
 from shared.cli import main
 from shared.queues import encode
-from tests.e2e.conftest import OUT_OF_SCOPE, RelayEnv, wait_for
+from tests.e2e.conftest import ALERTS, OUT_OF_SCOPE, RelayEnv, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -321,3 +321,34 @@ def test_the_demo_runs_green(capsys: pytest.CaptureFixture[str]) -> None:
     assert "FAIL" not in out
     assert max(len(line) for line in out.splitlines() if not line.startswith("  storage queue")) <= 100
     assert time.monotonic() - started < 60
+
+
+def test_mailrelay_status_and_the_client_say_what_became_of_a_request(
+    relay_env: RelayEnv, local_host: Callable[..., LocalHost], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mailrelay_client import MailClient
+
+    conn = ["--connection-string", relay_env.env["AzureWebJobsStorage"], "--queue", relay_env.queue_name]
+    local_host()
+    key = f"status-{uuid.uuid4().hex[:8]}"
+    args = ["send", *conn, "--from", ALERTS, "--to", "ada@contoso.com", "--subject", "s", "--text", "t", "--id", key]
+    assert main(args) == 0
+    assert f"look it up: mailrelay status {key} --from {ALERTS}" in capsys.readouterr().err
+    client = MailClient.from_connection_string(relay_env.env["AzureWebJobsStorage"], relay_env.queue_name)
+    wait_for(lambda: (client.status(key) or {}).get("state") == "sent", 15, "the record to say sent")
+    record = client.status(key, sender=ALERTS)
+    assert record is not None and record["attempts"] == 1 and record["recipients"] == 1
+    assert record["recipientDomains"] == "contoso.com" and "ada@" not in json.dumps(record)
+
+    assert main(["status", key, *conn]) == 0
+    shown = capsys.readouterr().out
+    assert "state:            sent" in shown and ALERTS in shown
+    assert main(["status", "--since", "1h", "--state", "sent", "--json", *conn]) == 0
+    assert key in [r["key"] for r in json.loads(capsys.readouterr().out)]
+    assert main(["status", "no-such-key", *conn]) == 1
+    assert "dead-letters show" in capsys.readouterr().err
+
+    # A request keyed by its queue message id (no id): `send` prints that id, and status finds it.
+    assert main(["send", *conn, "--from", ALERTS, "--to", "ada@contoso.com", "--subject", "s2", "--text", "t"]) == 0
+    message_id = capsys.readouterr().out.strip()
+    wait_for(lambda: (client.status(message_id) or {}).get("state") == "sent", 15, "the keyless record")

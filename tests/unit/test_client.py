@@ -174,3 +174,20 @@ def test_the_queue_url_constructor_names_the_queue_in_the_url() -> None:
     queue = client._queue
     assert getattr(queue, "queue_name", None) == "mail-outbox"
     assert getattr(queue, "account_name", None) == "relaystore"
+
+
+def test_the_client_finds_a_status_record_where_the_relay_writes_it() -> None:
+    from mailrelay_client.status import entity_keys
+
+    from shared.status import StatusKey
+
+    for sender, kind, key in [("Alerts@Contoso.com", "id", "order/42#?"), ("a@b.example", "msg", "3f25-04e0")]:
+        assert entity_keys(sender, kind, key) == StatusKey(sender.lower(), kind, key).entity_keys()
+
+
+def test_status_needs_a_table_when_the_client_was_built_from_a_queue_client() -> None:
+    from mailrelay_client import MailClient
+
+    client = MailClient.from_queue_client(object())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="status_table="):
+        client.status("order-42")

@@ -1,0 +1,67 @@
+"""What became of a request: the relay's status record, read from its Table `mailstatus`.
+
+The relay writes one record per request (never its subject, body or a recipient's address): the state
+(queued, sending, sent, retrying, unknown, dead-lettered), the attempts, the last error's code and hint,
+timestamps and Graph's request ids. An app reads it with Storage Table Data Reader on that table
+(infra/: `statusReaderPrincipalIds`). Needs the `status` extra (azure-data-tables).
+
+The record's address in the table is derived from the sender mailbox and the key, exactly as the relay
+derives it (shared/status.py, StatusKey.entity_keys; a test holds the two to the same answer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Any, Final
+
+TABLE_NAME: Final = "mailstatus"
+_INTERNAL: Final = frozenset({"PartitionKey", "RowKey", "fingerprint", "Timestamp", "etag"})
+
+
+class AmbiguousKey(LookupError):
+    """Several sender mailboxes used this key: name the sender."""
+
+
+def entity_keys(sender: str, kind: str, key: str) -> tuple[str, str]:
+    """(PartitionKey, RowKey) of the record for `key` ("id" kind: the request's id; "msg": the queue
+    message id of a request without one) sent from `sender`."""
+    partition = hashlib.sha256(sender.lower().encode("utf-8")).hexdigest()[:32]
+    row = hashlib.sha256(f"{kind}:{key}".encode()).hexdigest()
+    return partition, row
+
+
+def public(entity: Any) -> dict[str, Any]:
+    """A record as the app sees it: its own fields, times as ISO 8601 text."""
+    out: dict[str, Any] = {}
+    for name, value in dict(entity).items():
+        if name in _INTERNAL:
+            continue
+        out[name] = value.isoformat().replace("+00:00", "Z") if isinstance(value, datetime) else value
+    return out
+
+
+def read_status(table: Any, key: str, sender: str | None = None) -> dict[str, Any] | None:
+    """The record for `key` (a request's id, or the queue message id `send` returned for a request without
+    one), or None if the relay has none (not received yet, refused before sending, or past its retention).
+
+    With `sender`, one point read per key kind; without, a query on the key across the table (slower on a
+    large table) that raises AmbiguousKey if several mailboxes used it.
+    """
+    from azure.core.exceptions import ResourceNotFoundError
+
+    if sender:
+        for kind in ("id", "msg"):
+            try:
+                return public(table.get_entity(*entity_keys(sender, kind, key)))
+            except ResourceNotFoundError:
+                continue
+        return None
+    try:
+        found = [public(e) for e in table.query_entities("key eq @key", parameters={"key": key})]
+    except ResourceNotFoundError:
+        return None  # no table yet: the relay has recorded nothing
+    if len({r.get("sender") for r in found}) > 1:
+        senders = ", ".join(sorted(str(r.get("sender")) for r in found))
+        raise AmbiguousKey(f"the key {key!r} was used from several mailboxes ({senders}): pass sender=")
+    return found[0] if found else None
