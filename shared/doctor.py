@@ -234,6 +234,7 @@ def scope_checks(
             checks.append(Check(f"scope allows {address}", "ok", f"{detail} ({method})"))
         else:
             checks.append(Check(f"scope allows {address}", "fail", f"refused: {detail} ({method})", NOT_ALLOWED_CAUSES))
+    checks.extend(sent_items_checks(clients, [a for a in allowed if results[a][0] == "allowed"]))
     for address in denied:
         verdict, detail = results[address]
         if verdict == "allowed":
@@ -249,6 +250,36 @@ def scope_checks(
             checks.append(Check(f"scope denies {address}", "ok", f"refused as it should be: {detail} ({method})"))
         else:
             checks.append(Check(f"scope denies {address}", "warn", f"could not tell: {detail} ({method})"))
+    return checks
+
+
+def sent_items_checks(clients: Clients, senders: Sequence[str]) -> list[Check]:
+    """Can the relay resolve an unknown send from each sender's Sent Items (Mail.Read in the Exchange scope)?
+    A look-up of a mark no message carries: it reads nothing but the answer's status."""
+    import uuid
+
+    from shared.status import StatusKey
+
+    outcome = clients.settings.unknown_outcome
+    checks = []
+    for sender in senders:
+        lookup = clients.relay.find_sent(sender, StatusKey(sender.lower(), "msg", f"doctor-{uuid.uuid4()}").mark)
+        name = f"unknown sends from {sender}"
+        if lookup.failure is None:
+            checks.append(Check(name, "ok", "looked up in Sent Items before any second try (Mail.Read in scope)"))
+        elif lookup.no_access:
+            effect = "sent again: may arrive twice" if outcome == "resend" else "dead-lettered: may never arrive"
+            checks.append(
+                Check(
+                    name,
+                    "warn",
+                    f"cannot read Sent Items ({lookup.failure.code}): SEND_UNKNOWN_OUTCOME={outcome}, {effect}",
+                    'grant "Application Mail.Read" on the same management scope (infra/exchange) so the relay can '
+                    "tell whether a timed-out send went out",
+                )
+            )
+        else:
+            checks.append(Check(name, "warn", f"the Sent Items look-up failed for now: {lookup.failure.code}"))
     return checks
 
 
