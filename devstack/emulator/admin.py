@@ -40,6 +40,10 @@ class AdminAPI(EntraID, KeyVault, GraphMail):
         try:
             if route == ("GET", "outbox"):
                 return _json_response(200, self.outbox)
+            if route == ("GET", "sent-items"):
+                return _json_response(200, self.sent_items(request.param("mailbox") or ""))
+            if route == ("GET", "copies"):
+                return _json_response(200, self.copies_by_mark())
             if route == ("GET", "stats"):
                 return _json_response(200, self.stats)
             if route == ("GET", "faults"):

@@ -18,6 +18,7 @@ SERVICES: tuple[str, ...] = (
     "graph.sendMail",
     "graph.applications",
     "graph.mailFolders",
+    "graph.messages",
 )
 
 GRAPH_RESOURCE = "https://graph.microsoft.com"

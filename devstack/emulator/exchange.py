@@ -69,8 +69,14 @@ class ExchangeScope(TenantState):
                 mailbox.pending_scope = (time.monotonic() + wait, bool(in_scope))
 
     def configure_exchange(self, entry: Mapping[str, Any]) -> None:
-        """The tenant's knobs: {"scopeDelaySeconds"?, "groupMailEnabled"?} (admin API `POST exchange`)."""
+        """The tenant's knobs: {"scopeDelaySeconds"?, "groupMailEnabled"?, "sentItemsDelaySeconds"?} (admin API
+        `POST exchange`)."""
         with self._lock:
+            if "sentItemsDelaySeconds" in entry:
+                delay = entry["sentItemsDelaySeconds"]
+                if not isinstance(delay, int | float) or isinstance(delay, bool) or delay < 0:
+                    raise ValueError("sentItemsDelaySeconds must be a number of seconds, at least 0")
+                self.sent_items_delay = float(delay)
             if "scopeDelaySeconds" in entry:
                 delay = entry["scopeDelaySeconds"]
                 if not isinstance(delay, int | float) or isinstance(delay, bool) or delay < 0:

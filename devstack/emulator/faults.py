@@ -21,6 +21,13 @@ class _Fault:
     delay: float
     code: str | None
     message: str | None
+    accept: bool = False  # graph.sendMail only: accept the message first, then delay and answer the fault
+    stopping: threading.Event | None = None
+
+    def wait(self) -> None:
+        """Sleep the fault's delay (an accept fault sleeps after accepting), waking early when the emulator stops."""
+        if self.delay > 0 and self.stopping is not None:
+            self.stopping.wait(self.delay)
 
 
 class Faults(TenantState):
@@ -41,8 +48,13 @@ class Faults(TenantState):
         delay: float = 0.0,
         code: str | None = None,
         message: str | None = None,
+        accept: bool = False,
     ) -> None:
         """Answer the next ``count`` calls to ``service`` with ``status``.
+
+        ``accept=True`` (graph.sendMail only): the message is validated and accepted first (it enters the
+        outbox and Sent Items), then the delay passes and ``status`` is answered; with ``status=None`` the 202
+        comes after the delay, too late for a client whose timeout is shorter.
 
         ``delay`` > 0 sleeps before answering (to provoke client timeouts). ``status=None`` only
         delays, then the call is served normally. ``code``/``message`` override the error body's
@@ -55,7 +67,9 @@ class Faults(TenantState):
             raise ValueError("count must be at least 1")
         if status is not None and not 400 <= status <= 599:
             raise ValueError("status must be an HTTP error status (400-599) or None")
-        fault = _Fault(service, status, retry_after, int(count), float(delay), code, message)
+        if accept and service != "graph.sendMail":
+            raise ValueError("accept applies to graph.sendMail only: nothing else accepts a message")
+        fault = _Fault(service, status, retry_after, int(count), float(delay), code, message, bool(accept))
         with self._lock:
             self._faults.append(fault)
 
@@ -64,8 +78,16 @@ class Faults(TenantState):
         """The queued faults, in the order they will be used (admin API `GET faults`)."""
         with self._lock:
             return [
-                {"service": f.service, "status": f.status, "retryAfter": f.retry_after, "remaining": f.remaining,
-                 "delay": f.delay, "code": f.code, "message": f.message}
+                {
+                    "service": f.service,
+                    "status": f.status,
+                    "retryAfter": f.retry_after,
+                    "remaining": f.remaining,
+                    "delay": f.delay,
+                    "code": f.code,
+                    "message": f.message,
+                    "accept": f.accept,
+                }
                 for f in self._faults
             ]
 
@@ -83,6 +105,7 @@ class Faults(TenantState):
             delay=float(entry.get("delay", 0.0)),
             code=entry.get("code"),
             message=entry.get("message"),
+            accept=bool(entry.get("accept", False)),
         )
 
     def _next_fault(self, service: str) -> _Fault | None:
@@ -95,6 +118,8 @@ class Faults(TenantState):
             if fault.remaining <= 0:
                 self._faults.remove(fault)
             taken = copy.copy(fault)
-        if taken.delay > 0:
-            self._stopping.wait(taken.delay)
+        taken.stopping = self._stopping
+        if taken.accept:
+            return taken  # its delay comes after the message is accepted (graph.py)
+        taken.wait()
         return taken if taken.status is not None else None

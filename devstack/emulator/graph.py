@@ -29,6 +29,14 @@ from devstack.emulator.common import (
 )
 from devstack.emulator.exchange import READ_PERMISSIONS, ExchangeScope
 from devstack.emulator.faults import Faults
+from devstack.emulator.sent_items import (
+    EXTENDED_PROPERTY_READ,
+    SELECTABLE_DEFAULT,
+    SENT_ITEMS,
+    SentItems,
+    parse_filter,
+    select,
+)
 from devstack.emulator.state import _Mailbox
 
 # Graph refuses request bodies over 4 MB (sendMail included); larger content needs an upload session.
@@ -111,7 +119,7 @@ _DEFAULT_FAULT_ERRORS: dict[int, tuple[str, str]] = {
 }
 
 
-class GraphMail(ExchangeScope, Faults):
+class GraphMail(ExchangeScope, Faults, SentItems):
     """Microsoft Graph: sendMail with its documented checks and errors, mailboxes, and the applications
     endpoint the expiry check reads.
 
@@ -150,10 +158,11 @@ class GraphMail(ExchangeScope, Faults):
             )
             return mailbox
 
-    def _graph_inbox(self, request: _Request, user: str) -> _Response:
-        """GET /users/{id}/mailFolders/inbox: reading a folder needs a read permission, scoped by Exchange
-        exactly as sending is, so `mailrelay doctor` probes the scope with it without sending anything."""
-        ids = _GraphIds.of(request)
+    def _graph_read_denial(
+        self, request: _Request, user: str, permissions: tuple[str, ...], ids: _GraphIds, service: str | None = None
+    ) -> _Response | _Mailbox:
+        """A read of `user`'s mailbox: the refusal Graph answers (token, mailbox, Exchange's scope for one of
+        `permissions`, then any fault queued for `service`), or the mailbox when it is allowed."""
         token = _bearer(request)
         outcome, claims = self._check_token(token) if token else ("missing", {})
         if outcome != "ok" or claims.get("aud") not in _GRAPH_AUDIENCES:
@@ -161,12 +170,58 @@ class GraphMail(ExchangeScope, Faults):
         mailbox = self._find_mailbox(user)
         if mailbox is None:
             return self._graph_error(ids, 404, "ErrorInvalidUser", f"The requested user '{user}' is invalid.")
-        denial = self._exchange_denial(claims, mailbox, READ_PERMISSIONS)
+        denial = self._exchange_denial(claims, mailbox, permissions)
         if denial is not None:
             return self._graph_error(ids, *denial)
+        fault = self._next_fault(service) if service else None
+        if fault is not None:
+            return self._fault_response(ids, fault)
+        return mailbox
+
+    def _graph_inbox(self, request: _Request, user: str) -> _Response:
+        """GET /users/{id}/mailFolders/inbox: reading a folder needs a read permission, scoped by Exchange
+        exactly as sending is, so `mailrelay doctor` probes the scope with it without sending anything."""
+        ids = _GraphIds.of(request)
+        allowed = self._graph_read_denial(request, user, READ_PERMISSIONS, ids)
+        if isinstance(allowed, _Response):
+            return allowed
+        mailbox = allowed
         folder_id = str(uuid.uuid5(uuid.NAMESPACE_URL, "inbox:" + mailbox.object_id))
         context = f"https://graph.microsoft.com/v1.0/$metadata#users('{user}')/mailFolders(id)/$entity"
         return _json_response(200, {"@odata.context": context, "id": folder_id}, ids.headers())
+
+    def _graph_folder_messages(self, request: _Request, user: str, folder: str) -> _Response:
+        """GET /users/{id}/mailFolders/{folder}/messages with the documented extended-property $filter
+        (sent_items.py has the rules and their source)."""
+        ids = _GraphIds.of(request)
+        allowed = self._graph_read_denial(request, user, EXTENDED_PROPERTY_READ, ids, "graph.messages")
+        if isinstance(allowed, _Response):
+            return allowed
+        if folder.lower() != SENT_ITEMS:
+            # Only Sent Items is played: the relay reads no other folder.
+            return self._graph_error(ids, 404, "ErrorItemNotFound", "The specified object was not found in the store.")
+        query = request.param("$filter")
+        if query is None:
+            items = self.sent_items(allowed.address)
+        else:
+            wanted = parse_filter(query)
+            if wanted is None:
+                # Graph's OData layer refuses a filter it cannot parse with a 400; the exact text is not
+                # documented, and the relay only ever sends the documented form.
+                return self._graph_error(ids, 400, "BadRequest", "Invalid filter clause")
+            items = self._marked(allowed.address, *wanted)
+        top = request.param("$top")
+        if top is not None:
+            if not top.isdigit():
+                return self._graph_error(ids, 400, "BadRequest", f"Invalid value '{top}' for $top query option.")
+            items = items[: int(top)]
+        fields = request.param("$select")
+        shown = select(items, [f.strip() for f in fields.split(",")] if fields else list(SELECTABLE_DEFAULT))
+        if isinstance(shown, str):
+            message = f"Could not find a property named '{shown}' on type 'microsoft.graph.message'."
+            return self._graph_error(ids, 400, "RequestBroker--ParseUri", message)
+        context = f"https://graph.microsoft.com/v1.0/$metadata#users('{user}')/mailFolders('{folder}')/messages"
+        return _json_response(200, {"@odata.context": context, "value": shown}, ids.headers())
 
     def _apply_mailbox(self, entry: Mapping[str, Any]) -> None:
         self.add_mailbox(
@@ -230,27 +285,43 @@ class GraphMail(ExchangeScope, Faults):
         if denial is not None:
             return self._graph_error(ids, *denial)
         fault = self._next_fault("graph.sendMail")
-        if fault is not None:
-            assert fault.status is not None
-            code, message = _DEFAULT_FAULT_ERRORS.get(
-                fault.status,
-                (HTTPStatus(fault.status).phrase.replace(" ", ""), HTTPStatus(fault.status).phrase),
-            )
-            return self._graph_error(
-                ids,
-                fault.status,
-                fault.code or code,
-                fault.message or message,
-                _retry_after_headers(fault.retry_after),
-            )
+        if fault is not None and not fault.accept:
+            return self._fault_response(ids, fault)
         problem, parsed = _validate_send_mail(request, mailbox)
         if problem is not None:
             status, code, message = problem
             return self._graph_error(ids, status, code, message)
         assert parsed is not None
+        internet_message_id = f"<{uuid.uuid4().hex}@{mailbox.address.rsplit('@', 1)[-1]}>"
         with self._lock:
-            self._outbox.append({"sender": mailbox.address, "message": parsed, "receivedAt": _utcnow().isoformat()})
+            self._outbox.append(
+                {
+                    "sender": mailbox.address,
+                    "message": parsed,
+                    "receivedAt": _utcnow().isoformat(),
+                    "internetMessageId": internet_message_id,
+                }
+            )
+        if parsed.get("saveToSentItems", True):
+            self._file_sent(mailbox.address, parsed, internet_message_id)
+        if fault is not None:
+            # Accepted, and then the answer goes wrong: a gateway's 5xx, or a 202 that comes too late for the
+            # client. Graph's front end can do either after Exchange took the message: the send's outcome is
+            # unknown to the caller, and only Sent Items can tell.
+            fault.wait()
+            if fault.status is not None:
+                return self._fault_response(ids, fault)
         return _Response(202, b"", ids.headers())
+
+    def _fault_response(self, ids: _GraphIds, fault: Any) -> _Response:
+        assert fault.status is not None
+        code, message = _DEFAULT_FAULT_ERRORS.get(
+            fault.status,
+            (HTTPStatus(fault.status).phrase.replace(" ", ""), HTTPStatus(fault.status).phrase),
+        )
+        return self._graph_error(
+            ids, fault.status, fault.code or code, fault.message or message, _retry_after_headers(fault.retry_after)
+        )
 
     def _graph_application(self, request: _Request, app_id: str) -> _Response:
         """GET /v1.0/applications(appId='{id}'): the app registration, passwordCredentials included.

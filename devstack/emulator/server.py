@@ -147,6 +147,14 @@ class Emulator(AdminAPI, EntraID, ManagedIdentity, KeyVault, GraphMail, Exchange
         if len(parts) == 5 and lowered[:2] == ["v1.0", "users"] and lowered[3:] == ["mailfolders", "inbox"]:
             self._count("graph.mailFolders")
             return self._graph_inbox(request, parts[2])
+        if (
+            len(parts) == 6
+            and lowered[:2] == ["v1.0", "users"]
+            and lowered[3] == "mailfolders"
+            and lowered[5] == "messages"
+        ):
+            self._count("graph.messages")
+            return self._graph_folder_messages(request, parts[2], parts[4])
         application = _APPLICATION_BY_APP_ID.match(parts[1]) if len(parts) == 2 and lowered[0] == "v1.0" else None
         if application is not None:
             self._count("graph.applications")

@@ -96,6 +96,9 @@ class TenantState(abc.ABC):
         self._secrets: dict[str, list[_SecretVersion]] = {}
         self._faults: list[_Fault] = []
         self._outbox: list[dict[str, Any]] = []
+        # Each mailbox's Sent Items (sent_items.py), and how long Exchange takes to file a sent message there.
+        self._sent_items: dict[str, list[dict[str, Any]]] = {}
+        self.sent_items_delay = 0.0
         # Exchange's scope (exchange.py): the delay before a scope change applies (time-scaled), and
         # whether the scope's group is one Exchange recognises (mail-enabled) or an Entra-only group.
         self.scope_delay = 0.0
@@ -148,6 +151,7 @@ class TenantState(abc.ABC):
             self._secrets.clear()
             self._faults.clear()
             self._outbox.clear()
+            self._sent_items.clear()
             self._stats = dict.fromkeys(SERVICES, 0)
             self._vault_denied.clear()
             self.scope_delay, self.scope_group_mail_enabled = 0.0, True

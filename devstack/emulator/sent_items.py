@@ -1,0 +1,129 @@
+"""Sent Items per mailbox, and the one look-up the relay makes there: a message by its extended property.
+
+Exchange saves a message sent with `saveToSentItems` (the default) to the sender's Sent Items some time
+after sendMail's 202 (`sent_items_delay`, time-scaled here). A message keeps the single-value extended
+properties it was sent with. The relay finds a message it may or may not have sent with the filter of
+https://learn.microsoft.com/graph/api/singlevaluelegacyextendedproperty-get :
+
+    GET /users/{id|upn}/mailFolders/sentitems/messages
+        ?$filter=singleValueExtendedProperties/Any(ep: ep/id eq '{id}' and ep/value eq '{value}')
+
+That page's rules, played here: the application permission is Mail.Read (Mail.ReadBasic excludes extended
+properties: https://learn.microsoft.com/graph/permissions-reference#mailreadbasic), scoped by Exchange like
+Mail.Send; the Name in the property id is matched case-sensitively, the value case-insensitively. Any other
+$filter is refused: the relay sends only this form, and an emulator that answered more would hide a typo.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Any, Final
+
+from devstack.emulator.common import _utcnow
+from devstack.emulator.state import TenantState
+
+# The read permissions that cover extended properties (the doc above); Mail.ReadBasic does not.
+EXTENDED_PROPERTY_READ: Final = ("Mail.Read", "Mail.ReadWrite")
+SENT_ITEMS: Final = "sentitems"  # the well-known folder name; Graph takes it in any case
+SELECTABLE_DEFAULT: Final = ("id", "sentDateTime", "internetMessageId", "subject")
+# The documented filter, OData string literals with '' for a quote inside.
+_LITERAL: Final = r"'((?:[^']|'')*)'"
+_ANY_FILTER: Final = re.compile(
+    r"^\s*singleValueExtendedProperties/Any\(\s*(\w+)\s*:\s*(\w+)/id\s+eq\s+"
+    + _LITERAL
+    + r"\s+and\s+(\w+)/value\s+eq\s+"
+    + _LITERAL
+    + r"\s*\)\s*$"
+)
+_PROPERTY_ID: Final = re.compile(r"^(\w+)\s+\{([0-9a-fA-F-]{36})\}\s+Name\s+(\S.*)$")
+_SELECTABLE: Final = frozenset({"id", "sentDateTime", "internetMessageId", "subject", "createdDateTime"})
+
+
+def parse_filter(query: str) -> tuple[str, str] | None:
+    """(property id, value) of the documented extended-property filter, or None for any other filter."""
+    match = _ANY_FILTER.match(query)
+    if not match or not (match[1] == match[2] == match[4]):
+        return None
+    return match[3].replace("''", "'"), match[5].replace("''", "'")
+
+
+def select(items: list[dict[str, Any]], fields: list[str]) -> list[dict[str, Any]] | str:
+    """The items with only `fields`, or the first field a message does not have."""
+    unknown = [f for f in fields if f not in _SELECTABLE and f != "singleValueExtendedProperties"]
+    if unknown:
+        return unknown[0]
+    return [{f: i.get(f) for f in fields} for i in items]
+
+
+def _same_property(a: str, b: str) -> bool:
+    """Two extended property ids name one property: type and GUID case-insensitive, the Name exact."""
+    ma, mb = _PROPERTY_ID.match(a.strip()), _PROPERTY_ID.match(b.strip())
+    if not ma or not mb:
+        return a.strip().lower() == b.strip().lower()  # the tag forms ("String 0x1234"): no name to compare
+    return ma[1].lower() == mb[1].lower() and ma[2].lower() == mb[2].lower() and ma[3] == mb[3]
+
+
+class SentItems(TenantState):
+    """Each mailbox's Sent Items: what sendMail filed there, and the extended-property look-up.
+
+    A part of `Emulator`; the items are `TenantState._sent_items`, filed by graph.py's sendMail.
+    """
+
+    sent_items_delay: float = 0.0  # seconds between sendMail's 202 and the copy showing in Sent Items
+
+    def _file_sent(self, address: str, payload: dict[str, Any], internet_message_id: str) -> None:
+        """Called by sendMail, under no lock, for an accepted message saved to Sent Items."""
+        message = payload.get("message") or {}
+        properties = [
+            {"id": str(p.get("id")), "value": str(p.get("value"))}
+            for p in message.get("singleValueExtendedProperties") or []
+            if isinstance(p, dict)
+        ]
+        item = {
+            "id": "AAMk" + uuid.uuid4().hex,
+            "sentDateTime": _utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "createdDateTime": _utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "internetMessageId": internet_message_id,
+            "subject": message.get("subject"),
+            "singleValueExtendedProperties": properties,
+            "_visibleAt": time.monotonic() + self.sent_items_delay,
+        }
+        with self._lock:
+            self._sent_items.setdefault(address.lower(), []).append(item)
+
+    def _marked(self, address: str, property_id: str, value: str) -> list[dict[str, Any]]:
+        """The filed items carrying the extended property with this value (compared as the doc says)."""
+        return [
+            item
+            for item in self.sent_items(address)
+            if any(
+                _same_property(p["id"], property_id) and p["value"].lower() == value.lower()
+                for p in item["singleValueExtendedProperties"]
+            )
+        ]
+
+    def sent_items(self, address: str) -> list[dict[str, Any]]:
+        """The mailbox's Sent Items that Exchange has filed by now (admin API `GET sent-items?mailbox=`)."""
+        now = time.monotonic()
+        with self._lock:
+            items = [dict(i) for i in self._sent_items.get(address.lower(), []) if i["_visibleAt"] <= now]
+        for item in items:
+            item.pop("_visibleAt")
+        return items
+
+    def copies_by_mark(self, property_id: str | None = None) -> dict[str, int]:
+        """How many accepted copies carry each extended property value: the witness for duplicates.
+        Counts the outbox (every accepted sendMail), not Sent Items (which a saveToSentItems false skips)."""
+        counts: dict[str, int] = {}
+        with self._lock:
+            for entry in self._outbox:
+                message = entry["message"].get("message") or {}
+                for prop in message.get("singleValueExtendedProperties") or []:
+                    if isinstance(prop, dict) and (
+                        property_id is None or _same_property(str(prop.get("id")), property_id)
+                    ):
+                        value = str(prop.get("value"))
+                        counts[value] = counts.get(value, 0) + 1
+        return counts
