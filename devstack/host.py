@@ -5,8 +5,8 @@ It reads host.json's `extensions.queues` and gives each queue-triggered function
 
 - receive up to `batchSize` messages under a lease (the real host: 10 minutes, renewed while the function
   runs; here `lease_seconds`, also renewed), run them in parallel, and fetch again once no more than
-  `newBatchThreshold` are in flight; an empty queue is polled with exponential back-off up to
-  `maxPollingInterval`;
+  `newBatchThreshold` are in flight: up to `batchSize + newBatchThreshold` at once per instance; an empty
+  queue is polled with exponential back-off up to `maxPollingInterval`;
 - decode each message per `messageEncoding`; text that is not base64 goes to `<queue>-poison` at once,
   without calling the function (as the v5 extension does);
 - call the function with an `azure.functions.queue.QueueMessage` (the one with `dequeue_count`);
@@ -160,7 +160,12 @@ class QueueListener:
         self._drained = threading.Event()  # nothing in flight any more: stop renewing
         self._in_flight: dict[str, _Lease] = {}
         self._changed = threading.Condition()
-        self._pool = ThreadPoolExecutor(options.batch_size, thread_name_prefix=f"fn-{function_name}")
+        # The real host fetches a new batch once in-flight messages drop to newBatchThreshold, so up to
+        # batchSize + newBatchThreshold run at once per instance (Microsoft.Azure.WebJobs.Extensions.Storage.Queues;
+        # https://learn.microsoft.com/azure/azure-functions/functions-bindings-storage-queue#host-json).
+        self._pool = ThreadPoolExecutor(
+            options.batch_size + options.new_batch_threshold, thread_name_prefix=f"fn-{function_name}"
+        )
         self._threads: list[threading.Thread] = []
         self.counts: dict[str, int] = {"completed": 0, "failed": 0, "poisoned": 0}
 
