@@ -72,13 +72,23 @@ class LocalStack:
         startup_timeout: float = 30.0,
         lease_seconds: float = 5.0,
         secret_expires_in_days: float = 365.0,
+        instances: int = 1,
+        read_access: bool = True,
     ) -> None:
         """`exchange_scope`: mailboxes inside the app's Exchange scope (default: the allowed senders not
         named in `mailboxes`); `mailboxes`: mailboxes that exist but are outside it. `lease_seconds`: the
         host's lease on a running message; short, because the host renews it on that rhythm and
         finishes its renewals before it exits. `host_env` adds to or overrides the host's
         settings. The emulator's and host's output is kept in files (see `log_tail`), and with
-        `inherit_output` also echoed to this process's standard error."""
+        `inherit_output` also echoed to this process's standard error. `instances`: how many local hosts run
+        against the one queue, as Azure scales out (each runs batchSize + newBatchThreshold at once).
+        `read_access`: whether the app may read its mailboxes' Sent Items (Exchange role "Application
+        Mail.Read" over the scope), which lets the relay resolve an unknown send instead of following
+        SEND_UNKNOWN_OUTCOME."""
+        if instances < 1:
+            raise StackError("instances must be at least 1")
+        self.instances = instances
+        self.read_access = read_access
         self.allowed_senders = list(allowed_senders)
         outside = {m.lower() for m in mailboxes}
         if exchange_scope is None:
@@ -95,10 +105,11 @@ class LocalStack:
         self._workdir: Path | None = None
         self._azurite: Azurite | None = None
         self._emulator: subprocess.Popen[bytes] | None = None
-        self._host: subprocess.Popen[bytes] | None = None
+        self._hosts: dict[str, subprocess.Popen[bytes]] = {}  # "host", "host-2", ...: one per instance
+        self._killed: set[str] = set()  # instances stopped on purpose (kill_host): not a failure of the stack
         self._logs: list[IO[bytes]] = []
         self._readers: list[threading.Thread] = []
-        self._host_ready = threading.Event()
+        self._host_ready: dict[str, threading.Event] = {}
         self._ready: dict[str, Any] = {}
         self._stopped = False
         # A throwaway app registration, new for every stack: nothing here is a real credential.
@@ -131,7 +142,7 @@ class LocalStack:
         found = {
             "azurite": self._azurite.pid if self._azurite else None,
             "emulator": self._emulator.pid if self._emulator else None,
-            "host": self._host.pid if self._host else None,
+            **{name: process.pid for name, process in self._hosts.items() if process.poll() is None},
         }
         return {name: pid for name, pid in found.items() if pid is not None}
 
@@ -167,6 +178,9 @@ class LocalStack:
             # azure-identity's ManagedIdentityCredential finds App Service's endpoint through these two.
             "IDENTITY_ENDPOINT": str(self._ready_value("msiEndpoint")),
             "IDENTITY_HEADER": str(self._ready_value("identityHeader")),
+            # function_app.py binds its timers to these; the host must resolve them to index the functions.
+            "EXPIRY_CHECK_SCHEDULE": "0 0 7 * * *",
+            "STATUS_CLEANUP_SCHEDULE": "0 30 * * * *",
             **self._host_env,
         }
 
@@ -192,7 +206,8 @@ class LocalStack:
             self._azurite = Azurite().start()
             self._create_queues()
             self._start_emulator()
-            self._start_host()
+            for index in range(1, self.instances + 1):
+                self.start_host(index)
         except BaseException:
             # Ctrl-C or a failure half-way: stop what did start, then report.
             self.stop()
@@ -202,8 +217,7 @@ class LocalStack:
     def stop(self) -> None:
         """Stop the host, the emulator, then Azurite; remove the working directory. Safe to repeat."""
         self._stopped = True
-        for name in ("_host", "_emulator"):
-            process: subprocess.Popen[bytes] | None = getattr(self, name)
+        for process in [*self._hosts.values(), self._emulator]:
             if process is not None:
                 _terminate(process)
         if self._azurite is not None:
@@ -228,10 +242,51 @@ class LocalStack:
         """The name of a part that has exited while the stack runs, or None."""
         if self._azurite is not None and not self._azurite.running:
             return "azurite"
-        for name, process in (("emulator", self._emulator), ("host", self._host)):
+        parts = [("emulator", self._emulator), *[(n, p) for n, p in self._hosts.items() if n not in self._killed]]
+        for name, process in parts:
             if process is not None and process.poll() is not None:
                 return name
         return None
+
+    @staticmethod
+    def host_name(index: int) -> str:
+        """The part name of host instance `index` (1-based): "host", "host-2", ..."""
+        return "host" if index == 1 else f"host-{index}"
+
+    def kill_host(self, index: int = 1) -> None:
+        """SIGKILL one host instance: no goodbye, as when Azure recycles an instance mid-send."""
+        name = self.host_name(index)
+        process = self._hosts.get(name)
+        if process is None or process.poll() is not None:
+            raise StackError(f"{name} is not running")
+        self._killed.add(name)
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+
+    def start_host(self, index: int = 1) -> None:
+        """Start host instance `index` (1-based), or start it again after kill_host."""
+        name = self.host_name(index)
+        running = self._hosts.get(name)
+        if running is not None and running.poll() is None:
+            raise StackError(f"{name} is already running")
+        self._killed.discard(name)
+        env = {k: v for k, v in os.environ.items() if k not in _INHERITED_BUT_DROPPED}
+        env.update(self.host_settings())
+        env["PYTHONUNBUFFERED"] = "1"  # its ready line must reach the pipe at once
+        command = [sys.executable, "-m", "devstack.host", "--lease-seconds", str(self._lease_seconds)]
+        ready = self._host_ready[name] = threading.Event()
+        process = self._hosts[name] = self._spawn(name, command, env, ready_marker=HOST_READY)
+        deadline = time.monotonic() + self._startup_timeout
+        while not ready.wait(0.05):
+            if process.poll() is not None:
+                raise StackError(f"the local host exited with {process.returncode}:\n{self.log_tail(name)}")
+            if time.monotonic() > deadline:
+                raise StackError(f"the local host did not start within {self._startup_timeout:.0f} s")
+
+    def set_read_access(self, granted: bool) -> None:
+        """Grant or withdraw the app's Exchange role "Application Mail.Read" (the emulator's admin API)."""
+        self.read_access = granted
+        self.emulator_post("apps", self._app_entry())
 
     def log_tail(self, part: str, lines: int = 30) -> str:
         """The last lines a part wrote (when its output goes to files)."""
@@ -273,20 +328,25 @@ class LocalStack:
         mailboxes = [{"address": a, "inExchangeScope": True} for a in _unique(self.exchange_scope)]
         mailboxes += [{"address": a, "inExchangeScope": False} for a in _unique(self.mailboxes)]
         return {
-            # RBAC for Applications, as infra/ sets it up: no Entra consent; Exchange grants Mail.Send (and
-            # Mail.ReadBasic, so `mailrelay doctor --allowed/--denied` can probe without sending) over the scope.
-            "apps": [
-                {
-                    "tenantId": self.tenant_id,
-                    "clientId": self.client_id,
-                    "secret": self._client_secret,
-                    "roles": [],
-                    "scopeModel": "rbac",
-                    "exchangeRoles": ["Application Mail.Send", "Application Mail.ReadBasic"],
-                }
-            ],
+            "apps": [self._app_entry()],
             "mailboxes": mailboxes,
             "secrets": [{"name": SECRET_NAME, "value": self._client_secret, "expiresOn": expires}],
+        }
+
+    def _app_entry(self) -> dict[str, Any]:
+        # RBAC for Applications, as infra/ sets it up: no Entra consent; Exchange grants Mail.Send (and
+        # Mail.ReadBasic, so `mailrelay doctor --allowed/--denied` can probe without sending) over the scope,
+        # and Mail.Read when the relay may look up unknown sends in Sent Items.
+        roles = ["Application Mail.Send", "Application Mail.ReadBasic"]
+        if self.read_access:
+            roles.append("Application Mail.Read")
+        return {
+            "tenantId": self.tenant_id,
+            "clientId": self.client_id,
+            "secret": self._client_secret,
+            "roles": [],
+            "scopeModel": "rbac",
+            "exchangeRoles": roles,
         }
 
     def _start_emulator(self) -> None:
@@ -312,19 +372,6 @@ class LocalStack:
         self._ready = json.loads(ready.read_text(encoding="utf-8"))
         # The emulator has read its seed: the throwaway secret need not wait on disk for stop().
         seed.unlink(missing_ok=True)
-
-    def _start_host(self) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in _INHERITED_BUT_DROPPED}
-        env.update(self.host_settings())
-        env["PYTHONUNBUFFERED"] = "1"  # its ready line must reach the pipe at once
-        command = [sys.executable, "-m", "devstack.host", "--lease-seconds", str(self._lease_seconds)]
-        self._host = self._spawn("host", command, env, ready_marker=HOST_READY)
-        deadline = time.monotonic() + self._startup_timeout
-        while not self._host_ready.wait(0.05):
-            if self._host.poll() is not None:
-                raise StackError(f"the local host exited with {self._host.returncode}:\n{self.log_tail('host')}")
-            if time.monotonic() > deadline:
-                raise StackError(f"the local host did not start within {self._startup_timeout:.0f} s")
 
     def _spawn(
         self, part: str, command: list[str], env: dict[str, str], ready_marker: str | None = None
@@ -357,11 +404,11 @@ class LocalStack:
                 log.write(line)
                 log.flush()
             # Only the host's lines: the emulator's ready line holds the managed-identity header value.
-            if self._inherit_output and part == "host":
+            if self._inherit_output and part.startswith("host"):
                 sys.stderr.write(f"[{part}] {line.decode('utf-8', errors='replace')}")
                 sys.stderr.flush()
             if ready_marker is not None and ready_marker.encode() in line:
-                self._host_ready.set()
+                self._host_ready[part].set()
         process.stdout.close()
 
     def _running_azurite(self) -> Azurite:
@@ -436,6 +483,12 @@ def start_console(stack: LocalStack) -> Any:
     ).start()
 
 
+def _read_access_line(granted: bool) -> str:
+    if granted:
+        return "Application Mail.Read granted: an unknown send is looked up in Sent Items, never sent twice"
+    return "none (--no-read-access): an unknown send follows SEND_UNKNOWN_OUTCOME (resend: may arrive twice)"
+
+
 def write_state(path: Path, state: Mapping[str, Any]) -> None:
     """Atomically, readable by this user only (it holds a connection string)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -472,6 +525,8 @@ def run_foreground(
     queue_name: str = DEFAULT_QUEUE,
     state_file: Path,
     secret_expires_in_days: float = 365.0,
+    instances: int = 1,
+    read_access: bool = True,
 ) -> int:
     """`mailrelay local`: start the stack, write the state file, serve until Ctrl-C or SIGTERM."""
     out = sys.stdout
@@ -492,6 +547,8 @@ def run_foreground(
             queue_name,
             inherit_output=True,
             secret_expires_in_days=secret_expires_in_days,
+            instances=instances,
+            read_access=read_access,
         )
         state: dict[str, Any] = {}
         console = None
@@ -511,6 +568,8 @@ def run_foreground(
                 f"  allowed senders  {', '.join(stack.allowed_senders)}\n"
                 f"  Exchange scope   {', '.join(stack.exchange_scope)}\n"
                 f"  outside scope    {', '.join(stack.mailboxes) or '-'}\n"
+                f"  host instances   {instances} on {queue_name} (retries: {queue_name}-retry)\n"
+                f"  read access      {_read_access_line(read_access)}\n"
                 f"  state file       {state_file} (read by `mailrelay send`, `dead-letters` and `expiry check`)\n"
                 f"  processes        {pids}\n"
                 "Ctrl-C stops everything.",

@@ -57,6 +57,22 @@ def register(subparsers: Subparsers) -> None:
         "`mailrelay expiry check` warn",
     )
     parser.add_argument(
+        "--instances",
+        metavar="N",
+        type=int,
+        default=1,
+        help="local hosts on the one queue, as Azure scales out (default 1); watch two of them race for one "
+        "request and send it once",
+    )
+    parser.add_argument(
+        "--read-access",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="grant the app Exchange's \"Application Mail.Read\" over its scope (default: granted), so an "
+        "unknown send (a timeout, a 5xx) is looked up in Sent Items; --no-read-access leaves it to "
+        "SEND_UNKNOWN_OUTCOME",
+    )
+    parser.add_argument(
         "--state-file",
         metavar="PATH",
         type=Path,
@@ -152,6 +168,8 @@ def run(args: argparse.Namespace) -> int:
     bad = [a for a in (*allowed, *outside, *split_addresses(args.exchange_scope)) if not _looks_like_address(a)]
     if bad:
         return fail("local", f"not an email address: {', '.join(repr(a) for a in bad)}", EXIT_USAGE)
+    if not 1 <= args.instances <= 8:
+        return fail("local", f"--instances takes 1 to 8 (infra/ caps Azure at 4), got {args.instances}", EXIT_USAGE)
     # By default the allowed senders are inside the Exchange scope, except those named by --mailbox.
     outside_lower = {m.lower() for m in outside}
     scope = split_addresses(args.exchange_scope) or [a for a in allowed if a.lower() not in outside_lower]
@@ -162,5 +180,7 @@ def run(args: argparse.Namespace) -> int:
         queue_name=args.queue,
         state_file=state_file,
         secret_expires_in_days=args.secret_expires_in,
+        instances=args.instances,
+        read_access=args.read_access,
     )
     return result
