@@ -400,7 +400,7 @@ def test_status_readers_get_table_data_reader_on_the_status_table_only() -> None
     assert len(readers) == 1 and for_readers == readers, f"status readers: {for_readers}; Table Data Reader: {readers}"
     reader = readers[0]
     assert reader["principal"] == "statusReaderPrincipalId"
-    assert reader["scope"] == "statusTable", f"Table Data Reader must be scoped to the status table, not {reader['scope']}"
+    assert reader["scope"] == "statusTable", f"Table Data Reader belongs on the status table, not {reader['scope']}"
 
     text = source(RBAC)
     declared = re.search(r"^\s*resource\s+statusTable\s+'([^']+)'\s+existing\s*=", text, re.MULTILINE)
@@ -480,7 +480,8 @@ def test_queue_and_table_names_match_the_code() -> None:
     params = storage_params()
     assert names_in(params["queueServices"], variables) == {
         "mail-outbox", "mail-outbox-poison", "mail-outbox-retry", "mail-outbox-retry-poison"}
-    assert names_in(params["tableServices"], variables) == {"expirywarnings", TABLE_NAME} == {"expirywarnings", "mailstatus"}
+    tables = names_in(params["tableServices"], variables)
+    assert tables == {"expirywarnings", TABLE_NAME} == {"expirywarnings", "mailstatus"}
     assert "sentrequests" not in source(MAIN), "the sentrequests ledger is replaced by mailstatus"
     assert app_settings()["MAIL_QUEUE_NAME"] == "mailQueueName"
     # The retry trigger's binding resolves to the queue the template creates.
@@ -491,7 +492,8 @@ def test_queue_and_table_names_match_the_code() -> None:
 def test_tables_the_code_names_exist_in_the_template() -> None:
     """Any table name the relay's code spells out must be one the template creates."""
     main = source(MAIN)
-    variables = {name: string_var(main, name) for name in re.findall(r"^\s*var\s+(\w+TableName)\s*=", main, re.MULTILINE)}
+    table_vars = re.findall(r"^\s*var\s+(\w+TableName)\s*=", main, re.MULTILINE)
+    variables = {name: string_var(main, name) for name in table_vars}
     created = names_in(storage_params()["tableServices"], variables)
     mentioned: set[str] = set()
     for path in (ROOT / "shared").rglob("*.py"):
@@ -608,7 +610,8 @@ def test_registry_modules_are_pinned() -> None:
 def test_azd_outputs() -> None:
     outputs = set(re.findall(r"^\s*output\s+(\w+)\s", source(MAIN), re.MULTILINE))
     expected = {"AZURE_LOCATION", "AZURE_TENANT_ID", "RESOURCE_GROUP", "AZURE_FUNCTION_APP_NAME", "KEY_VAULT_URI",
-                "MAIL_QUEUE_URL", "STORAGE_QUEUE_SERVICE_URI", "MAIL_QUEUE_NAME", "RETRY_QUEUE_NAME", "STATUS_TABLE_NAME"}
+                "MAIL_QUEUE_URL", "STORAGE_QUEUE_SERVICE_URI", "MAIL_QUEUE_NAME", "RETRY_QUEUE_NAME",
+                "STATUS_TABLE_NAME"}
     assert expected <= outputs
     main = source(MAIN)
     for output, var in (("RETRY_QUEUE_NAME", "retryQueueName"), ("STATUS_TABLE_NAME", "statusTableName")):
@@ -673,3 +676,86 @@ def test_entra_module_is_optional_and_grants_mail_send_as_an_application_permiss
     config = json.loads((INFRA / "bicepconfig.json").read_text(encoding="utf-8"))
     extension = config["extensions"]["microsoftGraphV1"]
     assert extension.startswith("br:mcr.microsoft.com/bicep/extensions/microsoftgraph/v1.0:")
+
+
+# --------------------------------------------------------------------------------------------
+# Read access for resolving unknown sends (Mail.Read, scoped by Exchange like Mail.Send)
+# --------------------------------------------------------------------------------------------
+
+MAIL_READ_APP_ROLE = "810c84a8-4a9e-49e6-bf7d-12d183f40d01"  # Microsoft Graph application role Mail.Read
+
+
+def test_mail_read_is_consented_in_entra_only_in_the_policy_model() -> None:
+    """In the RBAC model an Entra consent of Mail.Read would let the app read every mailbox in the tenant:
+    the template may grant it only where an application access policy narrows it."""
+    main = source(MAIN)
+    assert param_default(main, "grantSentItemsRead") == "true"
+    description = decorators_of(main, "param", "grantSentItemsRead")
+    for words in ("Mail.Read", "ALL mail", "send-only", "least privilege"):
+        assert words in description, f"grantSentItemsRead's @description should say {words!r}"
+    assert re.search(r"^\s*var\s+grantMailSendInEntra\s*=\s*exchangeScopeModel\s*==\s*'ApplicationAccessPolicy'\s*$",
+                     main, re.MULTILINE)
+    assert re.search(r"^\s*var\s+grantMailReadInEntra\s*=\s*grantMailSendInEntra\s*&&\s*grantSentItemsRead\s*$",
+                     main, re.MULTILINE)
+    entra_params = top_level_pairs(block_after(top_level_pairs(declaration(main, "module", "entraApp"))["params"], 0))
+    assert entra_params["grantMailSend"] == "grantMailSendInEntra"
+    assert entra_params["grantMailRead"] == "grantMailReadInEntra"
+
+    text = source(ENTRA)
+    assert param_default(text, "grantMailRead") == "false"
+    assert string_var(text, "mailReadAppRoleId") == MAIL_READ_APP_ROLE
+    grant = re.search(
+        r"resource\s+mailReadGrant\s+'Microsoft\.Graph/appRoleAssignedTo@v1\.0'\s*=\s*if\s*\(\s*grantMailRead\s*\)",
+        text,
+    )
+    assert grant, "the Mail.Read consent must depend on grantMailRead"
+    assert top_level_pairs(declaration(text, "resource", "mailReadGrant"))["appRoleId"] == "mailReadAppRoleId"
+    # Declared only when granted: a declared permission invites the portal's "Grant admin consent".
+    assert top_level_pairs(declaration(text, "var", "mailReadAccess"))["type"] == "'Role'"
+    declared = re.search(r"^\s*var\s+declaredAccess\s*=\s*(.+)$", text, re.MULTILINE)
+    assert declared and declared.group(1).startswith("grantMailRead ?"), "Mail.Read is declared only with grantMailRead"
+    assert "mailReadAccess" not in declared.group(1).split(":", 1)[1], "without grantMailRead: Mail.Send alone"
+
+
+def exchange_script(name: str) -> str:
+    return (EXCHANGE / name).read_text(encoding="utf-8")
+
+
+def test_exchange_scripts_use_exchanges_role_names() -> None:
+    """The scripts assign and test the roles the emulator models (devstack/emulator/exchange.py), as named in
+    Microsoft's application RBAC article, which both scripts cite."""
+    from devstack.emulator.exchange import EXCHANGE_ROLE
+
+    for script in ("Set-RbacApplicationScope.ps1", "Test-ExchangeScope.ps1"):
+        text = exchange_script(script)
+        assert f"$SendRoleName = '{EXCHANGE_ROLE['Mail.Send']}'" in text, script
+        assert f"$ReadRoleName = '{EXCHANGE_ROLE['Mail.Read']}'" in text, script
+        assert "https://learn.microsoft.com/en-us/exchange/permissions-exo/application-rbac" in text, script
+
+
+def test_the_read_role_is_assigned_over_the_sending_scope_and_only_when_asked() -> None:
+    text = exchange_script("Set-RbacApplicationScope.ps1")
+    assert re.search(r"^\s*\[switch\]\s*\$GrantSentItemsRead\b", text, re.MULTILINE | re.IGNORECASE)
+    # Both assignments are planned against the one management scope the script maintains.
+    send_plan = re.search(r"^\$sendPlan\s*=\s*Get-RoleAssignmentPlan\s+(.*)$", text, re.MULTILINE)
+    read_plan = re.search(r"^\$readPlan\s*=\s*Get-RoleAssignmentPlan\s+(.*)$", text, re.MULTILINE)
+    assert send_plan and "-Role $SendRoleName" in send_plan.group(1) and "-Scope $ScopeName" in send_plan.group(1)
+    assert read_plan and "-Role $ReadRoleName" in read_plan.group(1) and "-Scope $ScopeName" in read_plan.group(1)
+    # One code path creates both, with -CustomResourceScope from the plan.
+    assert text.count("New-ManagementRoleAssignment -Name") == 1
+    assert "-Role $Plan.Role -CustomResourceScope $Plan.Scope" in text
+    # The read assignment is made only under -GrantSentItemsRead.
+    invoke_read = re.search(r"if \(\$GrantSentItemsRead\) \{\s*Invoke-RoleAssignmentPlan \$readPlan\b", text)
+    assert invoke_read, "Invoke-RoleAssignmentPlan $readPlan must sit under if ($GrantSentItemsRead)"
+    assert len(re.findall(r"Invoke-RoleAssignmentPlan \$readPlan\b", text)) == 1
+    # A tenant-wide Entra consent of Mail.Read defeats the scope just as Mail.Send's does: it is looked for.
+    assert f"'{MAIL_READ_APP_ROLE}' = 'Mail.Read'" in text
+
+
+def test_the_scope_test_checks_read_access_with_test_serviceprincipalauthorization() -> None:
+    text = exchange_script("Test-ExchangeScope.ps1")
+    assert re.search(r"^\s*\[switch\]\s*\$SentItemsRead\b", text, re.MULTILINE | re.IGNORECASE)
+    assert "Test-ServicePrincipalAuthorization -Identity $spIdentity -Resource $case.Address" in text
+    # Read is checked on allowed addresses when asked, and on denied ones always (reading outside is a leak).
+    assert "if ($SentItemsRead -or $case.Expected -eq 'Denied') { $roles += $ReadRoleName }" in text
+    assert "Get-RbacVerdict $rows $role" in text
