@@ -1,7 +1,8 @@
 // Graph Mail Relay: the Azure side, deployed by `azd up` (see infra/README.md for the full order).
 //
 // One resource group holds: a user-assigned identity, a Flex Consumption Function App (Linux,
-// Python 3.11), a storage account (queues mail-outbox and mail-outbox-poison, tables, the Flex
+// Python 3.11), a storage account (queues mail-outbox, mail-outbox-poison and the relay-internal
+// mail-outbox-retry and mail-outbox-retry-poison; tables expirywarnings and mailstatus; the Flex
 // deployment container; shared keys off), a Key Vault (RBAC, soft delete, purge protection) for the
 // Graph client secret, Log Analytics + Application Insights (Entra auth only), two log alerts and
 // an optional action group. The Entra app registration is optional (app/entra-app.bicep); the
@@ -55,7 +56,7 @@ param graphTenantId string = tenant().tenantId
 @description('Application (client) id of the app registration (GRAPH_CLIENT_ID). Ignored when deployEntraApp is true (the new app\'s id is used).')
 param graphClientId string = ''
 
-@description('Create the app registration, its service principal and (ApplicationAccessPolicy model only) the Mail.Send consent with the Microsoft Graph Bicep extension. Needs directory privileges; off by default (README step 1).')
+@description('Create the app registration, its service principal and (ApplicationAccessPolicy model only) the Mail.Send consent, and Mail.Read with grantSentItemsRead, with the Microsoft Graph Bicep extension. Needs directory privileges; off by default (README step 1).')
 param deployEntraApp bool = false
 
 @description('Display name (and unique name) of the app registration created when deployEntraApp is true.')
@@ -67,6 +68,17 @@ param entraAppDisplayName string = 'Graph Mail Relay'
 ])
 @description('How Exchange Online narrows Mail.Send (DESIGN.md, "The Exchange scope"). RbacForApplications: no tenant-wide Entra consent (it would add to the scope and defeat it). ApplicationAccessPolicy: the Entra consent is required and the policy restricts it.')
 param exchangeScopeModel string = 'RbacForApplications'
+
+// Read access resolves unknown sends (a timeout, a 5xx, a worker that died during the Graph call):
+// the relay looks the request's mark up in the sender's Sent Items before any second send
+// (shared/delivery.py). The lookup filters on a single-value extended property, which Mail.ReadBasic
+// does not cover (https://learn.microsoft.com/en-us/graph/permissions-reference), so Mail.Read it is.
+// RBAC for Applications: the scripts in infra/exchange assign "Application Mail.Read" with the same
+// management scope as "Application Mail.Send" (Set-RbacApplicationScope.ps1 -GrantSentItemsRead);
+// nothing in Entra. ApplicationAccessPolicy: the Entra consent of Mail.Read (app/entra-app.bicep,
+// with deployEntraApp), narrowed by the same policy as Mail.Send.
+@description('Let the app read the mail of the mailboxes it may send as (Graph application permission Mail.Read, scoped by Exchange exactly like Mail.Send), so an unknown send is resolved by looking its mark up in the sender\'s Sent Items instead of guessed with sendUnknownOutcome. Mail.Read grants reading ALL mail (bodies and attachments included) in every mailbox of the scope, not only Sent Items: worth it when the scope holds send-only mailboxes (noreply@ and the like) whose mail is the relay\'s own, not when it holds people\'s mailboxes. false: send-only, least privilege; unknown sends then follow sendUnknownOutcome. Here it adds Mail.Read to the Entra app (ApplicationAccessPolicy model, deployEntraApp); for RBAC for Applications run infra/exchange/Set-RbacApplicationScope.ps1 -GrantSentItemsRead.')
+param grantSentItemsRead bool = true
 
 @minLength(1)
 @maxLength(127)
@@ -111,8 +123,24 @@ param expiryAlertRecipients string = ''
 @description('Optional webhook (e.g. a Teams workflow URL) for expiry warnings (EXPIRY_ALERT_WEBHOOK_URL); a channel that does not need the expiring secret.')
 param expiryAlertWebhookUrl string = ''
 
-@description('Principal (object) ids of the apps allowed to enqueue mail: each gets Storage Queue Data Message Sender on the mail-outbox queue only.')
+@description('Principal (object) ids of the apps allowed to enqueue mail: each gets Storage Queue Data Message Sender on the mail-outbox queue only (not on the relay-internal retry queue).')
 param senderPrincipalIds array = []
+
+@description('Principal (object) ids of apps or operators that may read the status records (`mailrelay status`, the client library\'s status()): each gets Storage Table Data Reader on the mailstatus table only. The records hold states, codes, timestamps and sender mailboxes, never subjects, bodies or recipients.')
+param statusReaderPrincipalIds array = []
+
+@allowed([
+  'resend'
+  'deadletter'
+])
+@description('What the relay does with an unknown send (Graph timed out, answered 5xx, or the worker died during the call: the message may or may not have gone out) when it cannot read the sender\'s Sent Items (no Mail.Read in the Exchange scope, see grantSentItemsRead, or saveToSentItems off) (SEND_UNKNOWN_OUTCOME). resend: send again, at least once; a recipient may get the mail twice. deadletter: dead-letter it with the reason, at most once; a mail may be lost, and an operator decides.')
+param sendUnknownOutcome string = 'resend'
+
+@description('Days a status record is kept after its last change (STATUS_RETENTION_DAYS), 0.01 to 3650. Also the window in which a request id is sent at most once: a repeat of an id after its record has expired is sent again.')
+param statusRetentionDays string = '30'
+
+@description('NCRONTAB schedule of the clean-up of expired status records (STATUS_CLEANUP_SCHEDULE), in UTC. Default: hourly at minute 30.')
+param statusCleanupSchedule string = '0 30 * * * *'
 
 @description('E-mail address that receives the Azure Monitor alerts (dead-lettered mail, expiring secret). Empty: the alerts are still created, without notification.')
 param alertEmail string = ''
@@ -176,12 +204,24 @@ var poisonQueueName = '${mailQueueName}-poison'
 // What the relay writes that does not fit in a 64 KiB queue message (a dead letter's request, a retry
 // copy): only the relay's identity reaches it (Storage Blob Data Owner on the account); apps get no role.
 var overflowContainerName = 'mail-relay-overflow'
+// The relay's own retry queue (shared/settings.py retry_queue_name; function_app.py binds
+// "%MAIL_QUEUE_NAME%-retry"): transient retries and requests waiting on a claim or a settling time.
+// Only the relay's identity writes it, so apps cannot forge retry state (apps get Message Sender on
+// mail-outbox alone, app/rbac.bicep). Its poison queue is where the host moves a retry message whose
+// function kept failing.
+var retryQueueName = '${mailQueueName}-retry'
+var retryPoisonQueueName = '${retryQueueName}-poison'
 var expiryWarningsTableName = 'expirywarnings'
-var sentRequestsTableName = 'sentrequests'
+// Status records (shared/status.py TABLE_NAME): one per sender mailbox and request id, the atomic
+// claim before Graph and what became of each request. Replaces the former sentrequests ledger.
+var statusTableName = 'mailstatus'
 
 // Entra consent of Mail.Send only for the legacy model: with RBAC for Applications it would widen
 // the Exchange scope to every mailbox in the tenant.
 var grantMailSendInEntra = exchangeScopeModel == 'ApplicationAccessPolicy'
+// Mail.Read in Entra likewise only for the legacy model (the policy narrows it like Mail.Send);
+// with RBAC for Applications, Exchange grants "Application Mail.Read" itself (infra/exchange).
+var grantMailReadInEntra = grantMailSendInEntra && grantSentItemsRead
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
   name: !empty(resourceGroupName) ? resourceGroupName : '${abbrs.resourcesResourceGroups}${environmentName}'
@@ -253,6 +293,12 @@ module storage 'br/public:avm/res/storage/storage-account:0.8.3' = {
         {
           name: poisonQueueName
         }
+        {
+          name: retryQueueName
+        }
+        {
+          name: retryPoisonQueueName
+        }
       ]
     }
     tableServices: {
@@ -261,7 +307,7 @@ module storage 'br/public:avm/res/storage/storage-account:0.8.3' = {
           name: expiryWarningsTableName
         }
         {
-          name: sentRequestsTableName
+          name: statusTableName
         }
       ]
     }
@@ -355,6 +401,7 @@ module entraApp 'app/entra-app.bicep' = if (deployEntraApp) {
   params: {
     displayName: entraAppDisplayName
     grantMailSend: grantMailSendInEntra
+    grantMailRead: grantMailReadInEntra
   }
 }
 
@@ -411,6 +458,9 @@ module api 'app/api.bicep' = {
       EXPIRY_ALERT_SENDER: expiryAlertSender
       EXPIRY_ALERT_RECIPIENTS: expiryAlertRecipients
       EXPIRY_ALERT_WEBHOOK_URL: expiryAlertWebhookUrl
+      SEND_UNKNOWN_OUTCOME: sendUnknownOutcome
+      STATUS_RETENTION_DAYS: statusRetentionDays
+      STATUS_CLEANUP_SCHEDULE: statusCleanupSchedule
     }
   }
   // Roles first, so the host's first start and azd's first deployment find their access in place.
@@ -429,10 +479,12 @@ module rbac 'app/rbac.bicep' = {
   params: {
     storageAccountName: storage.outputs.name
     mailQueueName: mailQueueName
+    statusTableName: statusTableName
     keyVaultName: keyVault.outputs.name
     appInsightsName: appInsights.outputs.name
     relayPrincipalId: identity.outputs.principalId
     senderPrincipalIds: senderPrincipalIds
+    statusReaderPrincipalIds: statusReaderPrincipalIds
     deployerPrincipalId: principalId
     deployerPrincipalType: principalType
   }
@@ -476,7 +528,10 @@ output STORAGE_TABLE_SERVICE_URI string = 'https://${storage.outputs.name}.table
 output MAIL_QUEUE_NAME string = mailQueueName
 output MAIL_QUEUE_URL string = 'https://${storage.outputs.name}.queue.${environment().suffixes.storage}/${mailQueueName}'
 output MAIL_POISON_QUEUE_NAME string = poisonQueueName
+output RETRY_QUEUE_NAME string = retryQueueName
+output STATUS_TABLE_NAME string = statusTableName
 output APPLICATIONINSIGHTS_NAME string = appInsights.outputs.name
 output LOG_ANALYTICS_WORKSPACE_ID string = logAnalytics.outputs.resourceId
 output EXCHANGE_SCOPE_MODEL string = exchangeScopeModel
+output GRANT_SENT_ITEMS_READ bool = grantSentItemsRead
 output ENTRA_APP_SERVICE_PRINCIPAL_ID string = deployEntraApp ? entraApp!.outputs.servicePrincipalId : ''

@@ -4,8 +4,8 @@
 //
 // Who can deploy it: Graph resources are created with the deploying user's own directory rights.
 // Creating the app and its service principal needs Application Administrator (or Cloud Application
-// Administrator); the Mail.Send grant to Microsoft Graph (grantMailSend) needs Privileged Role
-// Administrator or Global Administrator. Without them, create the app in the portal instead
+// Administrator); the Mail.Send and Mail.Read grants to Microsoft Graph (grantMailSend, grantMailRead)
+// need Privileged Role Administrator or Global Administrator. Without them, create the app in the portal instead
 // (infra/README.md, step 1) and leave deployEntraApp false.
 //
 // What it does not do: client secrets cannot be created here (their value could not be kept out of
@@ -23,6 +23,9 @@ param displayName string
 @description('Grant Mail.Send (application permission) with admin consent, tenant-wide. Only for the ApplicationAccessPolicy model: with RBAC for Applications this consent would add to the Exchange scope and defeat it.')
 param grantMailSend bool = false
 
+@description('Declare and grant Mail.Read (application permission) with admin consent, tenant-wide, so the relay can look an unknown send up in the sender\'s Sent Items. Only for the ApplicationAccessPolicy model, where the policy narrows it to the same mailboxes as Mail.Send; with RBAC for Applications Exchange grants "Application Mail.Read" instead (infra/exchange), and an Entra consent would let the app read every mailbox in the tenant.')
+param grantMailRead bool = false
+
 // Microsoft Graph's first-party application id, the same in every tenant.
 var microsoftGraphAppId = '00000003-0000-0000-c000-000000000000'
 
@@ -31,22 +34,35 @@ var microsoftGraphAppId = '00000003-0000-0000-c000-000000000000'
 // (learn.microsoft.com/graph/permissions-reference#mailsend): b633e1c5-b582-4048-a93e-9f11b44c7e96.
 var mailSendAppRoleId = 'b633e1c5-b582-4048-a93e-9f11b44c7e96'
 
+// Id of Microsoft Graph's application role "Mail.Read": "Read mail in all mailboxes" (bodies,
+// attachments and extended properties; Mail.ReadBasic leaves extended properties out, and the relay's
+// Sent Items look-up filters on one). Same source: 810c84a8-4a9e-49e6-bf7d-12d183f40d01.
+var mailReadAppRoleId = '810c84a8-4a9e-49e6-bf7d-12d183f40d01'
+
+// The application permissions declared on the app (type Role = application permission, not the
+// delegated Scope). Mail.Read only when it is granted below: a declared permission invites the portal's
+// "Grant admin consent" button, which in the RBAC model would open every mailbox to reading.
+var mailSendAccess = {
+  id: mailSendAppRoleId
+  type: 'Role'
+}
+var mailReadAccess = {
+  id: mailReadAppRoleId
+  type: 'Role'
+}
+var declaredAccess = grantMailRead ? concat(array(mailSendAccess), array(mailReadAccess)) : array(mailSendAccess)
+
 resource app 'Microsoft.Graph/applications@v1.0' = {
   uniqueName: 'graph-mail-relay-${uniqueString(displayName)}'
   displayName: displayName
   signInAudience: 'AzureADMyOrg'
   notes: 'Graph Mail Relay: sends mail with POST /users/{sender}/sendMail. Exchange Online limits which mailboxes it may send as (infra/exchange).'
-  // Declares Mail.Send as an APPLICATION permission (type Role, not Scope). Declaring it grants
+  // Declares Mail.Send (and with grantMailRead Mail.Read) as APPLICATION permissions. Declaring grants
   // nothing by itself; consent is the appRoleAssignedTo below (or the portal's "Grant admin consent").
   requiredResourceAccess: [
     {
       resourceAppId: microsoftGraphAppId
-      resourceAccess: [
-        {
-          id: mailSendAppRoleId
-          type: 'Role'
-        }
-      ]
+      resourceAccess: declaredAccess
     }
   ]
 }
@@ -63,6 +79,15 @@ resource microsoftGraph 'Microsoft.Graph/servicePrincipals@v1.0' existing = {
 // service principal to ours.
 resource mailSendGrant 'Microsoft.Graph/appRoleAssignedTo@v1.0' = if (grantMailSend) {
   appRoleId: mailSendAppRoleId
+  principalId: servicePrincipal.id
+  resourceId: microsoftGraph.id
+}
+
+// Admin consent of Mail.Read, for the Sent Items look-up; the application access policy that narrows
+// Mail.Send narrows it too (a policy restricts the app's access to mailboxes whatever the permission:
+// https://learn.microsoft.com/powershell/module/exchange/new-applicationaccesspolicy).
+resource mailReadGrant 'Microsoft.Graph/appRoleAssignedTo@v1.0' = if (grantMailRead) {
+  appRoleId: mailReadAppRoleId
   principalId: servicePrincipal.id
   resourceId: microsoftGraph.id
 }

@@ -4,8 +4,9 @@
 // same assignment instead of failing with RoleAssignmentExists.
 //
 // The relay's identity (user-assigned, shared by the Functions host and the relay's code):
-//   Storage Queue Data Contributor  storage account  queue trigger; dead-letter envelopes to mail-outbox-poison
-//   Storage Table Data Contributor  storage account  tables expirywarnings and sentrequests
+//   Storage Queue Data Contributor  storage account  queue triggers (mail-outbox, mail-outbox-retry); writes the
+//                                                    retry queue and dead-letter envelopes to mail-outbox-poison
+//   Storage Table Data Contributor  storage account  tables expirywarnings and mailstatus
 //   Storage Blob Data Owner         storage account  host leases/timers/keys and the Flex deployment container
 //   Key Vault Secrets User          key vault        read the Graph client secret and its exp attribute
 //   Monitoring Metrics Publisher    App Insights     send telemetry with Entra auth (local auth is off)
@@ -13,7 +14,12 @@
 // tables and containers.
 //
 // Apps that enqueue mail (senderPrincipalIds):
-//   Storage Queue Data Message Sender  the mail-outbox queue only (add messages; no read, no delete)
+//   Storage Queue Data Message Sender  the mail-outbox queue only (add messages; no read, no delete).
+//   NOT the retry queue: retry state lives where only the relay's identity writes, so an app cannot
+//   forge attempt counts or origins (DESIGN.md, "Trust and delivery"; tests/infra checks the scope).
+//
+// Status readers (statusReaderPrincipalIds, optional):
+//   Storage Table Data Reader          the mailstatus table only (mailrelay status, the client's status())
 //
 // Whoever runs azd (optional, principalId):
 //   Key Vault Secrets Officer          key vault        store/rotate the Graph client secret (README step 5)
@@ -33,8 +39,14 @@ param appInsightsName string
 @description('Principal id of the relay\'s user-assigned identity.')
 param relayPrincipalId string
 
+@description('Name of the table of status records (mailstatus).')
+param statusTableName string
+
 @description('Principal ids of the apps allowed to enqueue mail.')
 param senderPrincipalIds array = []
+
+@description('Principal ids of the apps or operators allowed to read the status records.')
+param statusReaderPrincipalIds array = []
 
 @description('Principal id of whoever runs azd; empty to skip.')
 param deployerPrincipalId string = ''
@@ -49,6 +61,7 @@ var storageBlobDataOwnerRoleId = subscriptionResourceId('Microsoft.Authorization
 var keyVaultSecretsUserRoleId = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', '4633458b-17de-408a-b874-0445c86b69e6') // Key Vault Secrets User
 var monitoringMetricsPublisherRoleId = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', '3913510d-42f4-4e42-8a64-420c390055eb') // Monitoring Metrics Publisher
 var storageQueueDataMessageSenderRoleId = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', 'c6a89b2d-59bc-44d0-9896-0f6e12d7b80a') // Storage Queue Data Message Sender
+var storageTableDataReaderRoleId = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', '76199698-9eea-4c19-bc75-cec21354c6b6') // Storage Table Data Reader
 var keyVaultSecretsOfficerRoleId = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7') // Key Vault Secrets Officer
 
 resource storageAccount 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
@@ -65,6 +78,16 @@ resource mailQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-
   name: mailQueueName
 }
 
+resource tableService 'Microsoft.Storage/storageAccounts/tableServices@2023-05-01' existing = {
+  parent: storageAccount
+  name: 'default'
+}
+
+resource statusTable 'Microsoft.Storage/storageAccounts/tableServices/tables@2023-05-01' existing = {
+  parent: tableService
+  name: statusTableName
+}
+
 resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
   name: keyVaultName
 }
@@ -75,8 +98,9 @@ resource appInsights 'Microsoft.Insights/components@2020-02-02' existing = {
 
 // --- the relay's identity ---------------------------------------------------------------------
 
-// Storage Queue Data Contributor: the queue trigger reads and deletes mail-outbox messages; the
-// relay (and the host, after maxDequeueCount) writes to mail-outbox-poison.
+// Storage Queue Data Contributor: the queue triggers read and delete mail-outbox and mail-outbox-retry
+// messages; the relay writes mail-outbox-retry (its own retries) and mail-outbox-poison, the host the
+// poison queues after maxDequeueCount.
 resource relayQueueDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(storageAccount.id, relayPrincipalId, storageQueueDataContributorRoleId)
   scope: storageAccount
@@ -84,11 +108,11 @@ resource relayQueueDataContributor 'Microsoft.Authorization/roleAssignments@2022
     roleDefinitionId: storageQueueDataContributorRoleId
     principalId: relayPrincipalId
     principalType: 'ServicePrincipal'
-    description: 'Graph Mail Relay: consume mail-outbox, dead-letter to mail-outbox-poison.'
+    description: 'Graph Mail Relay: consume mail-outbox and its retry queue, write retries and dead letters.'
   }
 }
 
-// Storage Table Data Contributor: the relay's tables (expirywarnings, sentrequests).
+// Storage Table Data Contributor: the relay's tables (expirywarnings, mailstatus).
 resource relayTableDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(storageAccount.id, relayPrincipalId, storageTableDataContributorRoleId)
   scope: storageAccount
@@ -96,7 +120,7 @@ resource relayTableDataContributor 'Microsoft.Authorization/roleAssignments@2022
     roleDefinitionId: storageTableDataContributorRoleId
     principalId: relayPrincipalId
     principalType: 'ServicePrincipal'
-    description: 'Graph Mail Relay: expiry warnings sent, idempotency keys of sent requests.'
+    description: 'Graph Mail Relay: expiry warnings sent, status records and send claims.'
   }
 }
 
@@ -147,6 +171,20 @@ resource senderMessageSender 'Microsoft.Authorization/roleAssignments@2022-04-01
     roleDefinitionId: storageQueueDataMessageSenderRoleId
     principalId: senderPrincipalId
     description: 'Graph Mail Relay: may enqueue send requests on mail-outbox.'
+  }
+}]
+
+// --- status readers ----------------------------------------------------------------------------
+
+// Storage Table Data Reader, scoped to the mailstatus table: read status records, nothing else (no
+// write, no other table). The records carry no subject, body or recipient address.
+resource statusReaderTableDataReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for statusReaderPrincipalId in statusReaderPrincipalIds: {
+  name: guid(statusTable.id, statusReaderPrincipalId, storageTableDataReaderRoleId)
+  scope: statusTable
+  properties: {
+    roleDefinitionId: storageTableDataReaderRoleId
+    principalId: statusReaderPrincipalId
+    description: 'Graph Mail Relay: may read the status records (mailrelay status).'
   }
 }]
 

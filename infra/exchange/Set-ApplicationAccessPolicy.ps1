@@ -14,6 +14,9 @@
 
         New-ApplicationAccessPolicy -AppId <app> -PolicyScopeGroupId <group> -AccessRight RestrictAccess
 
+    The policy restricts every permission the app holds, so an optional Mail.Read consent (for the
+    relay's Sent Items look-ups, main.bicep grantSentItemsRead) is narrowed to the same group.
+
     It is idempotent: existing policies for the app are listed first; a policy that already restricts
     the app to the group is left alone. A policy for the app that differs (other group, DenyAccess) is
     reported and left alone unless -Replace is given (a policy's group cannot be edited in place).
@@ -135,5 +138,9 @@ if ($matching.Count -eq 0) {
 
 Write-Host ''
 Write-Host 'Reminder: in this model the app needs Mail.Send as an APPLICATION permission with admin consent in Entra ID (README step 2).'
+# The policy narrows every permission the app holds, so the optional Mail.Read (Sent Items look-ups of
+# unknown sends; main.bicep grantSentItemsRead) reaches the same mailboxes as Mail.Send and no others:
+# https://learn.microsoft.com/powershell/module/exchange/new-applicationaccesspolicy
+Write-Host 'Optional: Mail.Read (APPLICATION permission, admin consent) lets the relay resolve unknown sends in Sent Items; this policy limits it to the same mailboxes.'
 Write-Host 'Exchange applies policy changes after 30 minutes to 2 hours, sometimes longer. Then verify:'
 Write-Host "  ./Test-ExchangeScope.ps1 -AppId $AppId -Model ApplicationAccessPolicy -AllowedAddress <member> -DeniedAddress <non-member>"

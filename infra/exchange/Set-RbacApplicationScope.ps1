@@ -13,7 +13,25 @@
       2. a management scope holds the direct members of the group
          (New-ManagementScope -RecipientRestrictionFilter "MemberOfGroup -eq '<group DN>'");
       3. a role assignment gives the app "Application Mail.Send" within that scope
-         (New-ManagementRoleAssignment -App -Role "Application Mail.Send" -CustomResourceScope).
+         (New-ManagementRoleAssignment -App -Role "Application Mail.Send" -CustomResourceScope);
+      4. with -GrantSentItemsRead, a second assignment gives it "Application Mail.Read" within the
+         SAME scope, so the relay can resolve an unknown send (a timeout, a 5xx, a worker that died
+         during the call) by looking its mark up in the sender's Sent Items instead of guessing.
+
+    Role and cmdlet names as in Microsoft's "Role Based Access Control for Applications in Exchange
+    Online": https://learn.microsoft.com/en-us/exchange/permissions-exo/application-rbac
+    ("Application Mail.Send" = Graph Mail.Send, "Application Mail.Read" = Graph Mail.Read;
+    New-ServicePrincipal, New-ManagementScope, New-ManagementRoleAssignment -App -Role
+    -CustomResourceScope, Test-ServicePrincipalAuthorization).
+
+    What Mail.Read costs: it lets the app read ALL mail in every mailbox of the scope (bodies and
+    attachments included), not only Sent Items. The look-up filters on a single-value extended
+    property, which the lesser Mail.ReadBasic does not cover
+    (https://learn.microsoft.com/en-us/graph/permissions-reference). For send-only mailboxes
+    (noreply@ and the like, whose mail is the relay's own) it is worth it: without it an unknown
+    send is either sent again (SEND_UNKNOWN_OUTCOME=resend, a possible duplicate) or dead-lettered
+    (deadletter, a possible loss). Keep people's mailboxes out of the scope group either way.
+    Without -GrantSentItemsRead nothing is removed: an existing Mail.Read assignment is reported.
 
     It is idempotent: each object is looked up first, left alone when it already matches, updated
     when it differs (scope filter, assignment scope), created when missing. It prints the plan before
@@ -30,6 +48,7 @@
     Who runs it: a member of Exchange's Organization Management role group (Entra role: Exchange
     Administrator). The Entra consent check also needs Microsoft Graph PowerShell with
     Application.Read.All (removal: Application.Read.All and AppRoleAssignment.ReadWrite.All).
+    It looks for tenant-wide consents of Mail.Send AND Mail.Read: either would reach every mailbox.
 
 .PARAMETER AppId
     Application (client) id of the app registration: GRAPH_CLIENT_ID.
@@ -49,6 +68,14 @@
 .PARAMETER AssignmentName
     Name of the management role assignment. Default: "Graph Mail Relay Mail.Send".
 
+.PARAMETER ReadAssignmentName
+    Name of the "Application Mail.Read" assignment made with -GrantSentItemsRead.
+    Default: "Graph Mail Relay Mail.Read".
+
+.PARAMETER GrantSentItemsRead
+    Also assign "Application Mail.Read" over the same management scope (step 4 above). The Bicep
+    parameter grantSentItemsRead (default true) records the intent; this switch acts on it.
+
 .PARAMETER DisplayName
     Display name of the Exchange service principal, used when it is created. Default: "Graph Mail Relay".
 
@@ -59,7 +86,7 @@
     Do not look for a tenant-wide Entra consent of Mail.Send (no Microsoft Graph PowerShell needed).
 
 .PARAMETER RemoveEntraConsent
-    Remove a tenant-wide Entra consent of Mail.Send if one is found (asks for confirmation).
+    Remove a tenant-wide Entra consent of Mail.Send or Mail.Read if one is found (asks for confirmation).
 
 .EXAMPLE
     ./Set-RbacApplicationScope.ps1 -AppId 11111111-2222-3333-4444-555555555555 `
@@ -69,6 +96,10 @@
 .EXAMPLE
     ./Set-RbacApplicationScope.ps1 -AppId $env:GRAPH_CLIENT_ID -ServicePrincipalObjectId $spId `
         -GroupIdentity relay-senders@contoso.com -RemoveEntraConsent
+
+.EXAMPLE
+    ./Set-RbacApplicationScope.ps1 -AppId $env:GRAPH_CLIENT_ID -ServicePrincipalObjectId $spId `
+        -GroupIdentity relay-senders@contoso.com -GrantSentItemsRead
 #>
 #Requires -Modules ExchangeOnlineManagement
 [CmdletBinding(SupportsShouldProcess)]
@@ -92,22 +123,34 @@ param(
     [string] $AssignmentName = 'Graph Mail Relay Mail.Send',
 
     [ValidateNotNullOrEmpty()]
+    [string] $ReadAssignmentName = 'Graph Mail Relay Mail.Read',
+
+    [ValidateNotNullOrEmpty()]
     [string] $DisplayName = 'Graph Mail Relay',
 
     [string] $UserPrincipalName,
 
     [switch] $SkipEntraConsentCheck,
 
-    [switch] $RemoveEntraConsent
+    [switch] $RemoveEntraConsent,
+
+    [switch] $GrantSentItemsRead
 )
 
 Set-StrictMode -Version 3.0
 $ErrorActionPreference = 'Stop'
 . (Join-Path $PSScriptRoot 'ExchangeScope.Common.ps1')  # Get-Prop, Connect-ExchangeIfNeeded
 
-$RoleName = 'Application Mail.Send'
+# Exchange's application roles (https://learn.microsoft.com/en-us/exchange/permissions-exo/application-rbac).
+$SendRoleName = 'Application Mail.Send'
+$ReadRoleName = 'Application Mail.Read'
+if ($AssignmentName -eq $ReadAssignmentName) { throw '-AssignmentName and -ReadAssignmentName must differ.' }
 $GraphAppId = '00000003-0000-0000-c000-000000000000'     # Microsoft Graph, every tenant
-$MailSendAppRoleId = 'b633e1c5-b582-4048-a93e-9f11b44c7e96' # Graph application role Mail.Send
+# Graph application roles whose tenant-wide Entra consent would defeat the scope (permissions-reference ids).
+$EntraConsentsThatWiden = @{
+    'b633e1c5-b582-4048-a93e-9f11b44c7e96' = 'Mail.Send' # send as any user
+    '810c84a8-4a9e-49e6-bf7d-12d183f40d01' = 'Mail.Read' # read mail in all mailboxes
+}
 
 function Get-NormalizedFilter {
     # Exchange may store a filter with other spacing or parentheses; compare what it means.
@@ -126,6 +169,63 @@ function Test-ServicePrincipalMatch {
         (Get-Prop $ServicePrincipal 'AppId')) | Where-Object { $_ } | ForEach-Object { "$_" }
     foreach ($a in $assignee) { if ($ours -contains $a) { return $true } }
     return $false
+}
+
+function Get-RoleAssignmentPlan {
+    # The app's assignment of one role under one name: does it exist, is it scoped to $Scope, and which
+    # other assignments of the same role does the app hold (they add up and widen its reach)?
+    param([string] $Role, [string] $Name, [string] $Scope, $ServicePrincipal)
+    $assignment = Get-ManagementRoleAssignment -Identity $Name -ErrorAction SilentlyContinue
+    if ($null -ne $assignment -and "$(Get-Prop $assignment 'Role')" -ne $Role) {
+        throw "Role assignment '$Name' exists for role '$(Get-Prop $assignment 'Role')', not '$Role'. Remove it or choose another name."
+    }
+    $current = if ($null -ne $assignment) { "$(Get-Prop $assignment 'CustomResourceScope')" } else { $null }
+    $others = @()
+    if ($null -ne $ServicePrincipal) {
+        $others = @(Get-ManagementRoleAssignment -Role $Role -ErrorAction SilentlyContinue | Where-Object {
+                "$(Get-Prop $_ 'Name')" -ne $Name -and (Test-ServicePrincipalMatch $_ $ServicePrincipal)
+            })
+    }
+    return [pscustomobject]@{
+        Role         = $Role
+        Name         = $Name
+        Scope        = $Scope
+        Exists       = $null -ne $assignment
+        CurrentScope = $current
+        Matches      = $null -ne $assignment -and $current -eq $Scope
+        Others       = $others
+    }
+}
+
+function Write-RoleAssignmentPlan {
+    param($Plan, [string] $Step, [string] $Widens)
+    Write-Host "  $Step. Role assignment '$($Plan.Name)' ($($Plan.Role)) " -NoNewline
+    if ($Plan.Matches) { Write-Host "exists, scoped to '$($Plan.Scope)': no change." }
+    elseif ($Plan.Exists) { Write-Host "will be UPDATED: scope '$($Plan.CurrentScope)' -> '$($Plan.Scope)'." }
+    else { Write-Host "will be CREATED for the app, scope '$($Plan.Scope)'." }
+    foreach ($other in $Plan.Others) {
+        Write-Warning "Another '$($Plan.Role)' assignment for this app exists: '$(Get-Prop $other 'Name')' (scope: '$(Get-Prop $other 'CustomResourceScope')'). Permissions add up: it widens $Widens. Remove it unless intended: Remove-ManagementRoleAssignment -Identity '$(Get-Prop $other 'Name')'."
+    }
+}
+
+function Invoke-RoleAssignmentPlan {
+    # $Cmdlet: the script's $PSCmdlet, so -WhatIf and -Confirm apply here too.
+    param($Plan, $ServicePrincipal, $Cmdlet)
+    if ($Plan.Matches) { return }
+    if ($Plan.Exists) {
+        if ($Cmdlet.ShouldProcess("role assignment '$($Plan.Name)'", "Set-ManagementRoleAssignment -CustomResourceScope '$($Plan.Scope)'")) {
+            Set-ManagementRoleAssignment -Identity $Plan.Name -CustomResourceScope $Plan.Scope
+            Write-Host "Updated role assignment '$($Plan.Name)'."
+        }
+    }
+    elseif ($Cmdlet.ShouldProcess("app $AppId", "New-ManagementRoleAssignment -Role '$($Plan.Role)' -CustomResourceScope '$($Plan.Scope)'")) {
+        # -App takes the Exchange service principal's ServiceId, the GUID Get-ServicePrincipal returns
+        # (New-ManagementRoleAssignment, office-docs-powershell): not the Entra object id, not the app id.
+        $appIdentity = "$(Get-Prop $ServicePrincipal 'ServiceId')"
+        if (-not $appIdentity) { throw "Get-ServicePrincipal returned no ServiceId for app $AppId; run New-ServicePrincipal first." }
+        New-ManagementRoleAssignment -Name $Plan.Name -App $appIdentity -Role $Plan.Role -CustomResourceScope $Plan.Scope | Out-Null
+        Write-Host "Created role assignment '$($Plan.Name)'."
+    }
 }
 
 # --- look ---------------------------------------------------------------------------------------
@@ -156,25 +256,16 @@ $scope = Get-ManagementScope -Identity $ScopeName -ErrorAction SilentlyContinue
 $scopeFilter = if ($null -ne $scope) { "$(Get-Prop $scope 'RecipientFilter')" } else { $null }
 $scopeMatches = $null -ne $scope -and (Get-NormalizedFilter $scopeFilter) -eq (Get-NormalizedFilter $filter)
 
-$assignment = Get-ManagementRoleAssignment -Identity $AssignmentName -ErrorAction SilentlyContinue
-if ($null -ne $assignment -and "$(Get-Prop $assignment 'Role')" -ne $RoleName) {
-    throw "Role assignment '$AssignmentName' exists for role '$(Get-Prop $assignment 'Role')', not '$RoleName'. Remove it or choose another -AssignmentName."
-}
-$assignmentScope = if ($null -ne $assignment) { "$(Get-Prop $assignment 'CustomResourceScope')" } else { $null }
-$assignmentMatches = $null -ne $assignment -and $assignmentScope -eq $ScopeName
-
-# Other Mail.Send assignments for this app (unscoped or scoped elsewhere) would widen its reach.
-$otherAssignments = @()
-if ($null -ne $sp) {
-    $otherAssignments = @(Get-ManagementRoleAssignment -Role $RoleName -ErrorAction SilentlyContinue | Where-Object {
-            "$(Get-Prop $_ 'Name')" -ne $AssignmentName -and (Test-ServicePrincipalMatch $_ $sp)
-        })
-}
+# Mail.Send, and Mail.Read over the same scope: the Sent Items look-up must reach exactly the mailboxes the
+# app may send as (other assignments of either role, unscoped or scoped elsewhere, widen its reach).
+$sendPlan = Get-RoleAssignmentPlan -Role $SendRoleName -Name $AssignmentName -Scope $ScopeName -ServicePrincipal $sp
+$readPlan = Get-RoleAssignmentPlan -Role $ReadRoleName -Name $ReadAssignmentName -Scope $ScopeName -ServicePrincipal $sp
 
 # --- say what will happen -------------------------------------------------------------------------
 
 Write-Host ''
 Write-Host "RBAC for Applications: app $AppId may send only as the direct members of '$(Get-Prop $group 'Name')'."
+if ($GrantSentItemsRead) { Write-Host "  It may also read the mail of those mailboxes, and of no others (Sent Items look-ups)." }
 Write-Host '  1. Exchange service principal ' -NoNewline
 if ($null -ne $sp) { Write-Host "exists ('$(Get-Prop $sp 'DisplayName')'): no change." }
 else { Write-Host "will be CREATED: New-ServicePrincipal -AppId $AppId -ObjectId $ServicePrincipalObjectId -DisplayName '$DisplayName'." }
@@ -182,12 +273,18 @@ Write-Host "  2. Management scope '$ScopeName' " -NoNewline
 if ($scopeMatches) { Write-Host 'exists with the right filter: no change.' }
 elseif ($null -ne $scope) { Write-Host "will be UPDATED: filter '$scopeFilter' -> `"$filter`"." }
 else { Write-Host "will be CREATED: -RecipientRestrictionFilter `"$filter`"." }
-Write-Host "  3. Role assignment '$AssignmentName' ($RoleName) " -NoNewline
-if ($assignmentMatches) { Write-Host "exists, scoped to '$ScopeName': no change." }
-elseif ($null -ne $assignment) { Write-Host "will be UPDATED: scope '$assignmentScope' -> '$ScopeName'." }
-else { Write-Host "will be CREATED for the app, scope '$ScopeName'." }
-foreach ($other in $otherAssignments) {
-    Write-Warning "Another '$RoleName' assignment for this app exists: '$(Get-Prop $other 'Name')' (scope: '$(Get-Prop $other 'CustomResourceScope')'). Permissions add up: it widens what the app may send as. Remove it unless intended: Remove-ManagementRoleAssignment -Identity '$(Get-Prop $other 'Name')'."
+Write-RoleAssignmentPlan $sendPlan '3' 'what the app may send as'
+if ($GrantSentItemsRead) {
+    Write-RoleAssignmentPlan $readPlan '4' 'whose mail the app may read'
+}
+else {
+    Write-Host "  4. '$ReadRoleName' not requested (-GrantSentItemsRead): the relay cannot look in Sent Items; unknown sends follow SEND_UNKNOWN_OUTCOME."
+    # Nothing is removed without being asked: report what the app can read today.
+    $held = @($readPlan.Others)
+    if ($readPlan.Exists) { $held += Get-ManagementRoleAssignment -Identity $ReadAssignmentName }
+    foreach ($h in $held) {
+        Write-Warning "The app holds '$ReadRoleName' through '$(Get-Prop $h 'Name')' (scope: '$(Get-Prop $h 'CustomResourceScope')'): it can read all mail in those mailboxes. Run with -GrantSentItemsRead to keep it on the sending scope only, or remove it: Remove-ManagementRoleAssignment -Identity '$(Get-Prop $h 'Name')'."
+    }
 }
 Write-Host ''
 
@@ -213,55 +310,46 @@ if (-not $scopeMatches) {
     }
 }
 
-if (-not $assignmentMatches) {
-    if ($null -ne $assignment) {
-        if ($PSCmdlet.ShouldProcess("role assignment '$AssignmentName'", "Set-ManagementRoleAssignment -CustomResourceScope '$ScopeName'")) {
-            Set-ManagementRoleAssignment -Identity $AssignmentName -CustomResourceScope $ScopeName
-            Write-Host "Updated role assignment '$AssignmentName'."
-        }
-    }
-    elseif ($PSCmdlet.ShouldProcess("app $AppId", "New-ManagementRoleAssignment -Role '$RoleName' -CustomResourceScope '$ScopeName'")) {
-        # -App takes the Exchange service principal's ServiceId, the GUID Get-ServicePrincipal returns
-        # (New-ManagementRoleAssignment, office-docs-powershell): not the Entra object id, not the app id.
-        $appIdentity = "$(Get-Prop $sp 'ServiceId')"
-        if (-not $appIdentity) { throw "Get-ServicePrincipal returned no ServiceId for app $AppId; run New-ServicePrincipal first." }
-        New-ManagementRoleAssignment -Name $AssignmentName -App $appIdentity -Role $RoleName -CustomResourceScope $ScopeName | Out-Null
-        Write-Host "Created role assignment '$AssignmentName'."
-    }
+Invoke-RoleAssignmentPlan $sendPlan $sp $PSCmdlet
+if ($GrantSentItemsRead) {
+    Invoke-RoleAssignmentPlan $readPlan $sp $PSCmdlet
 }
 
 # --- the Entra consent that would defeat the scope ---------------------------------------------
 
 if (-not $SkipEntraConsentCheck) {
+    $widening = ($EntraConsentsThatWiden.Values | Sort-Object) -join ' or '
     if (-not (Get-Command Get-MgServicePrincipalAppRoleAssignment -ErrorAction SilentlyContinue)) {
-        Write-Warning ("Could not check for a tenant-wide Entra consent of Mail.Send (Microsoft Graph PowerShell is not installed). " +
+        Write-Warning ("Could not check for a tenant-wide Entra consent of $widening (Microsoft Graph PowerShell is not installed). " +
             "Check by hand: az rest --method get --url `"https://graph.microsoft.com/v1.0/servicePrincipals/$ServicePrincipalObjectId/appRoleAssignments`" " +
-            "and look for appRoleId $MailSendAppRoleId. If present, remove it (Entra ID > Enterprise applications > the app > Permissions), or the scope above has no effect.")
+            "and look for appRoleId $(($EntraConsentsThatWiden.Keys | Sort-Object) -join ' or '). If present, remove it (Entra ID > Enterprise applications > the app > Permissions), or the scope above has no effect.")
     }
     else {
         # Get-MgServicePrincipal and the assignment listing need Application.Read.All; removing a
         # consent needs AppRoleAssignment.ReadWrite.All as well (Remove-MgServicePrincipalAppRoleAssignment).
         $scopes = if ($RemoveEntraConsent) { @('Application.Read.All', 'AppRoleAssignment.ReadWrite.All') } else { @('Application.Read.All') }
-        Write-Host 'Checking Entra ID for a tenant-wide consent of Mail.Send (Microsoft Graph PowerShell)...'
+        Write-Host "Checking Entra ID for a tenant-wide consent of $widening (Microsoft Graph PowerShell)..."
         Connect-MgGraph -Scopes $scopes -NoWelcome
         $graphSp = Get-MgServicePrincipal -Filter "appId eq '$GraphAppId'"
         $consents = @(Get-MgServicePrincipalAppRoleAssignment -ServicePrincipalId $ServicePrincipalObjectId -All | Where-Object {
-                "$($_.AppRoleId)" -eq $MailSendAppRoleId -and "$($_.ResourceId)" -eq "$($graphSp.Id)"
+                $EntraConsentsThatWiden.ContainsKey("$($_.AppRoleId)") -and "$($_.ResourceId)" -eq "$($graphSp.Id)"
             })
         if ($consents.Count -eq 0) {
-            Write-Host 'No tenant-wide Entra consent of Mail.Send: the Exchange scope is the only grant. Good.'
+            Write-Host "No tenant-wide Entra consent of $($widening): the Exchange scope is the only grant. Good."
         }
         else {
-            Write-Warning 'The app ALSO holds Mail.Send consented tenant-wide in Entra ID. Permissions add up: the app can send as ANY mailbox, whatever the scope above says.'
-            if ($RemoveEntraConsent) {
-                foreach ($consent in $consents) {
-                    if ($PSCmdlet.ShouldProcess("Entra app role assignment $($consent.Id) (Mail.Send)", 'Remove-MgServicePrincipalAppRoleAssignment')) {
+            foreach ($consent in $consents) {
+                $permission = $EntraConsentsThatWiden["$($consent.AppRoleId)"]
+                $reach = if ($permission -eq 'Mail.Send') { 'send as ANY mailbox' } else { 'read the mail of ANY mailbox' }
+                Write-Warning "The app ALSO holds $permission consented tenant-wide in Entra ID. Permissions add up: the app can $reach, whatever the scope above says."
+                if ($RemoveEntraConsent) {
+                    if ($PSCmdlet.ShouldProcess("Entra app role assignment $($consent.Id) ($permission)", 'Remove-MgServicePrincipalAppRoleAssignment')) {
                         Remove-MgServicePrincipalAppRoleAssignment -ServicePrincipalId $ServicePrincipalObjectId -AppRoleAssignmentId $consent.Id
-                        Write-Host 'Removed the tenant-wide Entra consent of Mail.Send.'
+                        Write-Host "Removed the tenant-wide Entra consent of $permission."
                     }
                 }
             }
-            else {
+            if (-not $RemoveEntraConsent) {
                 Write-Warning 'Run again with -RemoveEntraConsent, or remove it in Entra ID > Enterprise applications > the app > Permissions > Revoke.'
             }
         }
@@ -270,4 +358,5 @@ if (-not $SkipEntraConsentCheck) {
 
 Write-Host ''
 Write-Host 'Exchange applies these changes after 30 minutes to 2 hours, sometimes longer. Then verify:'
-Write-Host "  ./Test-ExchangeScope.ps1 -AppId $AppId -Model RbacForApplications -AllowedAddress <member> -DeniedAddress <non-member>"
+$verifyRead = if ($GrantSentItemsRead) { ' -SentItemsRead' } else { '' }
+Write-Host "  ./Test-ExchangeScope.ps1 -AppId $AppId -Model RbacForApplications -AllowedAddress <member> -DeniedAddress <non-member>$verifyRead"

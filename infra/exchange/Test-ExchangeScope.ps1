@@ -5,7 +5,10 @@
 
 .DESCRIPTION
     RBAC for Applications:  Test-ServicePrincipalAuthorization -Identity <service principal> -Resource <mailbox>
-                            (the row for role "Application Mail.Send"; InScope True = allowed)
+                            (the row for role "Application Mail.Send"; InScope True = allowed; and
+                            for "Application Mail.Read": denied addresses must not be readable either,
+                            allowed ones must be with -SentItemsRead)
+                            https://learn.microsoft.com/en-us/exchange/permissions-exo/application-rbac
     Application Access Policy: Test-ApplicationAccessPolicy -Identity <mailbox> -AppId <app>
                             (AccessCheckResult Granted = allowed)
 
@@ -16,8 +19,11 @@
     still follow the old one (or the other way round) during that window; test again later, and
     confirm with a real send (infra/README.md, step 7).
 
-    What this cannot see: a tenant-wide Entra ID consent of Mail.Send. In the RBAC model such a consent
-    lets the app send as anyone whatever this table says; Set-RbacApplicationScope.ps1 checks for it.
+    What this cannot see: a tenant-wide Entra ID consent of Mail.Send or Mail.Read. In the RBAC model
+    such a consent lets the app send as (read) anyone whatever this table says;
+    Set-RbacApplicationScope.ps1 checks for it. Nor, in the policy model, whether the app holds Mail.Read
+    at all (an Entra consent: `mailrelay doctor` shows the token's roles); the policy narrows every
+    permission the app holds to the same mailboxes.
 
     Read-only: it changes nothing. -WhatIf lists what it would test.
 
@@ -33,12 +39,21 @@
 .PARAMETER Model
     RbacForApplications, ApplicationAccessPolicy or Auto (default).
 
+.PARAMETER SentItemsRead
+    The app should also read the allowed mailboxes (Set-RbacApplicationScope.ps1 -GrantSentItemsRead):
+    each allowed address must be in scope of "Application Mail.Read" too. Without it, read access is
+    checked only on denied addresses, which must never be readable.
+
 .PARAMETER UserPrincipalName
     Admin account for Connect-ExchangeOnline when no session is open yet.
 
 .EXAMPLE
     ./Test-ExchangeScope.ps1 -AppId 11111111-2222-3333-4444-555555555555 `
         -AllowedAddress noreply@contoso.com,billing@contoso.com -DeniedAddress ceo@contoso.com
+
+.EXAMPLE
+    ./Test-ExchangeScope.ps1 -AppId 11111111-2222-3333-4444-555555555555 -SentItemsRead `
+        -AllowedAddress noreply@contoso.com -DeniedAddress ceo@contoso.com
 #>
 #Requires -Modules ExchangeOnlineManagement
 [CmdletBinding(SupportsShouldProcess)]
@@ -54,14 +69,49 @@ param(
     [ValidateSet('Auto', 'RbacForApplications', 'ApplicationAccessPolicy')]
     [string] $Model = 'Auto',
 
-    [string] $UserPrincipalName
+    [string] $UserPrincipalName,
+
+    [switch] $SentItemsRead
 )
 
 Set-StrictMode -Version 3.0
 $ErrorActionPreference = 'Stop'
 . (Join-Path $PSScriptRoot 'ExchangeScope.Common.ps1')  # Get-Prop, Connect-ExchangeIfNeeded
 
-$RoleName = 'Application Mail.Send'
+# Exchange's application roles (https://learn.microsoft.com/en-us/exchange/permissions-exo/application-rbac).
+$SendRoleName = 'Application Mail.Send'
+$ReadRoleName = 'Application Mail.Read'
+
+function Get-RbacVerdict {
+    # One role's verdict for one mailbox, from Test-ServicePrincipalAuthorization's rows (one row per
+    # role the app is assigned, InScope True when the mailbox is in that assignment's scope).
+    param($Rows, [string] $Role)
+    $mine = @($Rows | Where-Object { "$(Get-Prop $_ 'RoleName')" -eq $Role })
+    $inScope = @($mine | Where-Object { "$(Get-Prop $_ 'InScope')" -eq 'True' })
+    if ($inScope.Count -gt 0) {
+        return [pscustomobject]@{ Actual = 'Allowed'; Detail = "scope: $((@($inScope | ForEach-Object { Get-Prop $_ 'AllowedResourceScope' }) | Select-Object -Unique) -join ', ')" }
+    }
+    if ($mine.Count -eq 0) {
+        return [pscustomobject]@{ Actual = 'Denied'; Detail = "no '$Role' assignment for the app" }
+    }
+    return [pscustomobject]@{ Actual = 'Denied'; Detail = "not in scope: $((@($mine | ForEach-Object { Get-Prop $_ 'AllowedResourceScope' }) | Select-Object -Unique) -join ', ')" }
+}
+
+function New-ResultRow {
+    param($Case, [string] $Model, [string] $Access, [string] $Actual, [string] $Detail)
+    [pscustomobject]@{
+        Address  = $Case.Address
+        Model    = $Model
+        Access   = $Access
+        Expected = $Case.Expected
+        Actual   = $Actual
+        # The same verdict words as `mailrelay doctor --allowed ... --denied ...`.
+        Result   = if ($Actual -eq $Case.Expected) { 'ok' }
+                   elseif ($Case.Expected -eq 'Denied' -and $Actual -eq 'Allowed') { 'fail: NOT RESTRICTED' }
+                   else { 'fail' }
+        Detail   = $Detail
+    }
+}
 
 $cases = @()
 $cases += @($AllowedAddress | Where-Object { $_ } | ForEach-Object { [pscustomobject]@{ Address = $_; Expected = 'Allowed' } })
@@ -103,64 +153,61 @@ Write-Host "Model(s): $($models -join ', ')"
 
 $results = foreach ($case in $cases) {
     foreach ($m in $models) {
-        $actual = 'Denied'
-        $detail = ''
-        try {
-            if ($m -eq 'RbacForApplications') {
+        if ($m -eq 'RbacForApplications') {
+            # Send, always; read, on a denied address always (reading a mailbox outside the scope is a
+            # leak whatever the relay needs) and on an allowed one when Sent Items look-ups are wanted.
+            $roles = @($SendRoleName)
+            if ($SentItemsRead -or $case.Expected -eq 'Denied') { $roles += $ReadRoleName }
+            try {
                 $spIdentity = if (Get-Prop $sp 'Identity') { "$(Get-Prop $sp 'Identity')" } else { $AppId }
-                $rows = @(Test-ServicePrincipalAuthorization -Identity $spIdentity -Resource $case.Address |
-                    Where-Object { "$(Get-Prop $_ 'RoleName')" -eq $RoleName })
-                $inScope = @($rows | Where-Object { "$(Get-Prop $_ 'InScope')" -eq 'True' })
-                if ($inScope.Count -gt 0) {
-                    $actual = 'Allowed'
-                    $detail = "scope: $((@($inScope | ForEach-Object { Get-Prop $_ 'AllowedResourceScope' }) | Select-Object -Unique) -join ', ')"
-                }
-                elseif ($rows.Count -eq 0) {
-                    $detail = "no '$RoleName' assignment for the app"
-                }
-                else {
-                    $detail = "not in scope: $((@($rows | ForEach-Object { Get-Prop $_ 'AllowedResourceScope' }) | Select-Object -Unique) -join ', ')"
+                $rows = @(Test-ServicePrincipalAuthorization -Identity $spIdentity -Resource $case.Address)
+                foreach ($role in $roles) {
+                    $verdict = Get-RbacVerdict $rows $role
+                    New-ResultRow $case $m $role $verdict.Actual $verdict.Detail
                 }
             }
-            else {
+            catch {
+                foreach ($role in $roles) { New-ResultRow $case $m $role 'Error' $_.Exception.Message }
+            }
+        }
+        else {
+            # A policy narrows the app's access to the mailbox whatever the permission (Mail.Send, Mail.Read):
+            # https://learn.microsoft.com/powershell/module/exchange/new-applicationaccesspolicy
+            try {
                 $check = Test-ApplicationAccessPolicy -Identity $case.Address -AppId $AppId
                 $verdict = "$(Get-Prop $check 'AccessCheckResult')"
-                if ($verdict -eq 'Granted') { $actual = 'Allowed' }
-                $detail = "AccessCheckResult: $verdict"
+                $actual = if ($verdict -eq 'Granted') { 'Allowed' } else { 'Denied' }
+                New-ResultRow $case $m 'any permission' $actual "AccessCheckResult: $verdict"
             }
-        }
-        catch {
-            $actual = 'Error'
-            $detail = $_.Exception.Message
-        }
-        [pscustomobject]@{
-            Address  = $case.Address
-            Model    = $m
-            Expected = $case.Expected
-            Actual   = $actual
-            # The same verdict words as `mailrelay doctor --allowed ... --denied ...`.
-            Result   = if ($actual -eq $case.Expected) { 'ok' }
-                       elseif ($case.Expected -eq 'Denied' -and $actual -eq 'Allowed') { 'fail: NOT RESTRICTED' }
-                       else { 'fail' }
-            Detail   = $detail
+            catch {
+                New-ResultRow $case $m 'any permission' 'Error' $_.Exception.Message
+            }
         }
     }
 }
 
-$results | Format-Table -AutoSize Address, Model, Expected, Actual, Result, Detail | Out-String -Width 200 | Write-Host
+$results | Format-Table -AutoSize Address, Model, Access, Expected, Actual, Result, Detail | Out-String -Width 200 | Write-Host
 
 $bad = @($results | Where-Object { $_.Result -ne 'ok' })
 if (@($results | Where-Object { $_.Result -eq 'fail: NOT RESTRICTED' }).Count -gt 0) {
     Write-Warning ('The scope does not restrict: a denied address is allowed. Likely causes: a tenant-wide Mail.Send ' +
-        'consent in Entra beside RBAC for Applications (the two add up: Set-RbacApplicationScope.ps1 -RemoveEntraConsent); ' +
-        'no management scope or access policy at all; the scope or policy on the wrong group.')
+        'or Mail.Read consent in Entra beside RBAC for Applications (they add up: Set-RbacApplicationScope.ps1 -RemoveEntraConsent); ' +
+        'an unscoped or other-scoped Application Mail.Send / Mail.Read assignment; no management scope or access policy at all; ' +
+        'the scope or policy on the wrong group.')
 }
-if (@($results | Where-Object { $_.Result -eq 'fail' -and $_.Expected -eq 'Allowed' }).Count -gt 0) {
+if (@($results | Where-Object { $_.Result -eq 'fail' -and $_.Expected -eq 'Allowed' -and $_.Access -ne $ReadRoleName }).Count -gt 0) {
     Write-Warning ('An allowed address is denied. Likely causes: not in the mail-enabled group or scope; replication ' +
         'pending; EWS disabled (Get-CASMailbox <mailbox> | fl EwsEnabled); no Exchange Online mailbox.')
 }
+if (@($results | Where-Object { $_.Result -eq 'fail' -and $_.Expected -eq 'Allowed' -and $_.Access -eq $ReadRoleName }).Count -gt 0) {
+    Write-Warning ("An allowed address is not readable: no '$ReadRoleName' assignment over the sending scope. " +
+        'Run Set-RbacApplicationScope.ps1 -GrantSentItemsRead, or deploy with grantSentItemsRead=false and leave the relay send-only (SEND_UNKNOWN_OUTCOME decides unknown sends).')
+}
 if ($models -contains 'RbacForApplications') {
-    Write-Host 'Note: a tenant-wide Entra consent of Mail.Send would allow every mailbox regardless of this table; Set-RbacApplicationScope.ps1 checks for it.'
+    Write-Host 'Note: a tenant-wide Entra consent of Mail.Send or Mail.Read would allow every mailbox regardless of this table; Set-RbacApplicationScope.ps1 checks for it.'
+}
+if ($SentItemsRead -and $models -contains 'ApplicationAccessPolicy') {
+    Write-Host 'Note (policy model): the policy covers Mail.Read like Mail.Send; whether the app holds Mail.Read at all is its Entra consent (mailrelay doctor shows the token roles).'
 }
 Write-Host 'Changes take 30 minutes to 2 hours, sometimes longer, to apply: a fresh change can show fail for a while.'
 if ($bad.Count -gt 0) {

@@ -28,6 +28,7 @@ RBAC = INFRA / "app" / "rbac.bicep"
 SECRET = INFRA / "app" / "secret.bicep"
 ALERTS = INFRA / "app" / "alerts.bicep"
 ENTRA = INFRA / "app" / "entra-app.bicep"
+EXCHANGE = INFRA / "exchange"
 
 # Settings the deployed relay needs beyond the code's list today (the expiry check and the
 # identity-based storage connection). Kept as a floor: the code's list is added to it, never
@@ -57,6 +58,7 @@ ROLE_TABLE_DATA_CONTRIBUTOR = "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3"
 ROLE_BLOB_DATA_OWNER = "b7e6dc6d-f1e8-4753-8033-0f276bb0955b"
 ROLE_KEY_VAULT_SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
 ROLE_QUEUE_DATA_MESSAGE_SENDER = "c6a89b2d-59bc-44d0-9896-0f6e12d7b80a"
+ROLE_TABLE_DATA_READER = "76199698-9eea-4c19-bc75-cec21354c6b6"
 ROLE_MONITORING_METRICS_PUBLISHER = "3913510d-42f4-4e42-8a64-420c390055eb"
 
 
@@ -206,7 +208,8 @@ def app_settings() -> dict[str, str]:
 
 
 def role_assignments() -> list[dict[str, str]]:
-    """Each roleAssignments resource in rbac.bicep: its name, scope, role, principal."""
+    """Each roleAssignments resource in rbac.bicep: its name, scope, role, principal, and the parameter
+    it loops over ("" when it is not a loop)."""
     text = source(RBAC)
     role_vars = dict(re.findall(r"^\s*var\s+(\w+RoleId)\s*=\s*subscriptionResourceId\([^,]+,\s*'([0-9a-f-]{36})'\)",
                                 text, re.MULTILINE))
@@ -214,9 +217,11 @@ def role_assignments() -> list[dict[str, str]]:
     for m in re.finditer(r"^\s*resource\s+(\w+)\s+'Microsoft\.Authorization/roleAssignments@[^']+'\s*=", text,
                          re.MULTILINE):
         body = block_after(text, m.end())
+        loop_over = ""
         if body.startswith("["):  # [for x in xs: {...}]
             loop = re.match(r"\[\s*for\s+(\w+)\s+in\s+(\w+)\s*:", body)
             assert loop, f"{m.group(1)}: unexpected loop form"
+            loop_over = loop.group(2)
             body = block_after(body, loop.end())
         pairs = top_level_pairs(body)
         props = top_level_pairs(block_after(pairs["properties"], 0))
@@ -228,6 +233,7 @@ def role_assignments() -> list[dict[str, str]]:
             "role": role_vars.get(role_var, role_var),
             "role_var": role_var,
             "principal": props["principalId"],
+            "loop_over": loop_over,
         })
     return found
 
@@ -285,6 +291,35 @@ def test_the_function_app_identity_is_the_user_assigned_one() -> None:
     assert rbac_params["relayPrincipalId"] == "identity.outputs.principalId"
 
 
+def test_delivery_settings_come_from_parameters_with_the_codes_defaults() -> None:
+    import dataclasses
+
+    from shared.settings import UNKNOWN_OUTCOMES, Settings
+
+    main = source(MAIN)
+    settings = app_settings()
+    assert settings["SEND_UNKNOWN_OUTCOME"] == "sendUnknownOutcome"
+    assert settings["STATUS_RETENTION_DAYS"] == "statusRetentionDays"
+    assert settings["STATUS_CLEANUP_SCHEDULE"] == "statusCleanupSchedule"
+    defaults = {f.name: f.default for f in dataclasses.fields(Settings)}
+
+    # SEND_UNKNOWN_OUTCOME: exactly the values the code accepts, the code's default, the trade-off explained.
+    decorators = decorators_of(main, "param", "sendUnknownOutcome")
+    allowed = re.search(r"@allowed\(\[(.*?)\]\)", decorators, re.DOTALL)
+    assert allowed, "sendUnknownOutcome needs @allowed"
+    assert sorted(re.findall(r"'([^']*)'", allowed.group(1))) == sorted(UNKNOWN_OUTCOMES)
+    assert param_default(main, "sendUnknownOutcome") == f"'{defaults['unknown_outcome']}'" == "'resend'"
+    description = decorators.lower()
+    for words in ("resend", "at least once", "deadletter", "at most once", "sent items"):
+        assert words in description, f"sendUnknownOutcome's @description should say {words!r}"
+
+    assert param_default(main, "statusRetentionDays") == "'30'"
+    assert float("30") == defaults["status_retention_days"]
+    schedule = param_default(main, "statusCleanupSchedule")
+    assert schedule == "'0 30 * * * *'"
+    assert len(schedule.strip("'").split()) == 6, "the Functions timer takes six-field NCRONTAB"
+
+
 # --------------------------------------------------------------------------------------------
 # Roles
 # --------------------------------------------------------------------------------------------
@@ -313,23 +348,74 @@ def test_the_relay_identity_has_no_other_role() -> None:
     assert not extra, f"roles beyond least privilege: {extra}"
 
 
-def test_enqueuers_get_message_sender_on_the_mail_queue_only() -> None:
-    senders = [a for a in role_assignments() if a["role"] == ROLE_QUEUE_DATA_MESSAGE_SENDER]
-    assert len(senders) == 1
-    assert senders[0]["scope"] == "mailQueue"
-    assert senders[0]["principal"] == "senderPrincipalId"
+def test_enqueuers_get_message_sender_on_the_outbox_queue_and_nothing_else() -> None:
+    """Apps may add messages to the outbox and do nothing else: not the retry queue (the relay's retry state
+    must be unforgeable), not the poison queues, not the account, not a table."""
+    from shared.settings import DEFAULT_QUEUE_NAME
+
+    assignments = role_assignments()
+    senders = [a for a in assignments if a["role"] == ROLE_QUEUE_DATA_MESSAGE_SENDER]
+    for_apps = [a for a in assignments if a["loop_over"] == "senderPrincipalIds"]
+    # Message Sender is granted once, to the enqueuing apps, and they get that one assignment only.
+    assert len(senders) == 1, f"Message Sender assignments: {senders}"
+    assert for_apps == senders, f"enqueuing apps must hold exactly one role, Message Sender: {for_apps}"
+    sender = senders[0]
+    assert sender["principal"] == "senderPrincipalId"
+    assert sender["scope"] == "mailQueue", f"Message Sender must be scoped to the outbox queue, not {sender['scope']}"
+
+    # The scope resource is the outbox queue of this account, named by the parameter main.bicep fills ...
     text = source(RBAC)
-    assert re.search(r"for\s+senderPrincipalId\s+in\s+senderPrincipalIds\s*:", text)
+    declared = re.search(r"^\s*resource\s+mailQueue\s+'([^']+)'\s+existing\s*=", text, re.MULTILINE)
+    assert declared and declared.group(1).startswith("Microsoft.Storage/storageAccounts/queueServices/queues@")
     queue = top_level_pairs(declaration(text, "resource", "mailQueue"))
     assert queue["name"] == "mailQueueName"
     assert queue["parent"] == "queueService"
-    assert "queueServices/queues@" in re.search(r"resource\s+mailQueue\s+'([^']+)'", text).group(1)
-    # main.bicep hands the queue name and the parameter through unchanged
+    service = top_level_pairs(declaration(text, "resource", "queueService"))
+    assert (service["parent"], service["name"]) == ("storageAccount", "'default'")
+    # ... and it is the only queue rbac.bicep knows: no assignment can land on the retry or poison queues.
+    queues = re.findall(r"^\s*resource\s+(\w+)\s+'Microsoft\.Storage/storageAccounts/queueServices/queues@",
+                        text, re.MULTILINE)
+    assert queues == ["mailQueue"], f"queues named in rbac.bicep: {queues}"
+    # senderPrincipalIds appears in rbac.bicep as its declaration and the one loop, nowhere else.
+    assert len(re.findall(r"\bsenderPrincipalIds\b", text)) == 2
+
+    # main.bicep hands over the outbox's name (mail-outbox, the code's default), not the retry queue's.
     main = source(MAIN)
     rbac_params = top_level_pairs(block_after(top_level_pairs(declaration(main, "module", "rbac"))["params"], 0))
     assert rbac_params["mailQueueName"] == "mailQueueName"
+    assert string_var(main, "mailQueueName") == DEFAULT_QUEUE_NAME
     assert rbac_params["senderPrincipalIds"] == "senderPrincipalIds"
-    assert re.search(r"^\s*param\s+senderPrincipalIds\s+array\b", main, re.MULTILINE)
+    assert re.search(r"^\s*param\s+senderPrincipalIds\s+array\s*=\s*\[\]", main, re.MULTILINE)
+    # and to no other module: read as a value once, by the rbac module above (a key `x:` is not a read).
+    reads = re.findall(r"(?<!param )\bsenderPrincipalIds\b(?!\s*:)", main)
+    assert len(reads) == 1, "senderPrincipalIds should reach the role assignments (app/rbac.bicep) only"
+
+
+def test_status_readers_get_table_data_reader_on_the_status_table_only() -> None:
+    from shared.status import TABLE_NAME
+
+    assignments = role_assignments()
+    readers = [a for a in assignments if a["role"] == ROLE_TABLE_DATA_READER]
+    for_readers = [a for a in assignments if a["loop_over"] == "statusReaderPrincipalIds"]
+    assert len(readers) == 1 and for_readers == readers, f"status readers: {for_readers}; Table Data Reader: {readers}"
+    reader = readers[0]
+    assert reader["principal"] == "statusReaderPrincipalId"
+    assert reader["scope"] == "statusTable", f"Table Data Reader belongs on the status table, not {reader['scope']}"
+
+    text = source(RBAC)
+    declared = re.search(r"^\s*resource\s+statusTable\s+'([^']+)'\s+existing\s*=", text, re.MULTILINE)
+    assert declared and declared.group(1).startswith("Microsoft.Storage/storageAccounts/tableServices/tables@")
+    table = top_level_pairs(declaration(text, "resource", "statusTable"))
+    assert (table["parent"], table["name"]) == ("tableService", "statusTableName")
+    service = top_level_pairs(declaration(text, "resource", "tableService"))
+    assert (service["parent"], service["name"]) == ("storageAccount", "'default'")
+
+    main = source(MAIN)
+    rbac_params = top_level_pairs(block_after(top_level_pairs(declaration(main, "module", "rbac"))["params"], 0))
+    assert rbac_params["statusTableName"] == "statusTableName"
+    assert string_var(main, "statusTableName") == TABLE_NAME
+    assert rbac_params["statusReaderPrincipalIds"] == "statusReaderPrincipalIds"
+    assert re.search(r"^\s*param\s+statusReaderPrincipalIds\s+array\s*=\s*\[\]", main, re.MULTILINE)
 
 
 def test_role_assignment_names_are_guid_of_scope_principal_and_role() -> None:
@@ -348,6 +434,7 @@ def test_each_role_assignment_is_commented_with_the_role_name() -> None:
         ROLE_KEY_VAULT_SECRETS_USER: "Key Vault Secrets User",
         ROLE_MONITORING_METRICS_PUBLISHER: "Monitoring Metrics Publisher",
         ROLE_QUEUE_DATA_MESSAGE_SENDER: "Storage Queue Data Message Sender",
+        ROLE_TABLE_DATA_READER: "Storage Table Data Reader",
     }
     for a in role_assignments():
         if a["role"] not in names:
@@ -371,32 +458,49 @@ def names_in(block: str, variables: dict[str, str]) -> set[str]:
 
 
 def test_queue_and_table_names_match_the_code() -> None:
-    from shared.settings import DEFAULT_QUEUE_NAME
+    from shared.settings import DEFAULT_QUEUE_NAME, RETRY_QUEUE_SUFFIX
+    from shared.status import TABLE_NAME
 
     main = source(MAIN)
     queue = string_var(main, "mailQueueName")
     assert queue == DEFAULT_QUEUE_NAME == "mail-outbox"
     assert re.search(r"^\s*var\s+poisonQueueName\s*=\s*'\$\{mailQueueName\}-poison'", main, re.MULTILINE)
+    # The retry queue is derived from the outbox's name as the code derives it (Settings.retry_queue_name).
+    assert re.search(rf"^\s*var\s+retryQueueName\s*=\s*'\$\{{mailQueueName\}}{re.escape(RETRY_QUEUE_SUFFIX)}'",
+                     main, re.MULTILINE)
+    assert re.search(r"^\s*var\s+retryPoisonQueueName\s*=\s*'\$\{retryQueueName\}-poison'", main, re.MULTILINE)
     variables = {
         "mailQueueName": queue,
         "poisonQueueName": f"{queue}-poison",
+        "retryQueueName": f"{queue}{RETRY_QUEUE_SUFFIX}",
+        "retryPoisonQueueName": f"{queue}{RETRY_QUEUE_SUFFIX}-poison",
         "expiryWarningsTableName": string_var(main, "expiryWarningsTableName"),
-        "sentRequestsTableName": string_var(main, "sentRequestsTableName"),
+        "statusTableName": string_var(main, "statusTableName"),
     }
     params = storage_params()
-    assert names_in(params["queueServices"], variables) == {"mail-outbox", "mail-outbox-poison"}
-    assert names_in(params["tableServices"], variables) == {"expirywarnings", "sentrequests"}
+    assert names_in(params["queueServices"], variables) == {
+        "mail-outbox", "mail-outbox-poison", "mail-outbox-retry", "mail-outbox-retry-poison"}
+    tables = names_in(params["tableServices"], variables)
+    assert tables == {"expirywarnings", TABLE_NAME} == {"expirywarnings", "mailstatus"}
+    assert "sentrequests" not in source(MAIN), "the sentrequests ledger is replaced by mailstatus"
     assert app_settings()["MAIL_QUEUE_NAME"] == "mailQueueName"
+    # The retry trigger's binding resolves to the queue the template creates.
+    function_app = (ROOT / "function_app.py").read_text(encoding="utf-8")
+    assert f'queue_name="%MAIL_QUEUE_NAME%{RETRY_QUEUE_SUFFIX}"' in function_app
 
 
 def test_tables_the_code_names_exist_in_the_template() -> None:
     """Any table name the relay's code spells out must be one the template creates."""
-    created = {"expirywarnings", "sentrequests"}
+    main = source(MAIN)
+    table_vars = re.findall(r"^\s*var\s+(\w+TableName)\s*=", main, re.MULTILINE)
+    variables = {name: string_var(main, name) for name in table_vars}
+    created = names_in(storage_params()["tableServices"], variables)
     mentioned: set[str] = set()
     for path in (ROOT / "shared").rglob("*.py"):
         text = path.read_text(encoding="utf-8")
         for m in re.finditer(r"(?i)\b\w*table\w*\s*(?::[^=\n]*)?=\s*['\"]([A-Za-z][A-Za-z0-9]{2,62})['\"]", text):
             mentioned.add(m.group(1).lower())
+    assert mentioned, "found no table name in shared/: the pattern above no longer matches the code"
     assert mentioned <= created, f"tables used by the code but not created by infra: {sorted(mentioned - created)}"
 
 
@@ -506,8 +610,12 @@ def test_registry_modules_are_pinned() -> None:
 def test_azd_outputs() -> None:
     outputs = set(re.findall(r"^\s*output\s+(\w+)\s", source(MAIN), re.MULTILINE))
     expected = {"AZURE_LOCATION", "AZURE_TENANT_ID", "RESOURCE_GROUP", "AZURE_FUNCTION_APP_NAME", "KEY_VAULT_URI",
-                "MAIL_QUEUE_URL", "STORAGE_QUEUE_SERVICE_URI"}
+                "MAIL_QUEUE_URL", "STORAGE_QUEUE_SERVICE_URI", "MAIL_QUEUE_NAME", "RETRY_QUEUE_NAME",
+                "STATUS_TABLE_NAME"}
     assert expected <= outputs
+    main = source(MAIN)
+    for output, var in (("RETRY_QUEUE_NAME", "retryQueueName"), ("STATUS_TABLE_NAME", "statusTableName")):
+        assert re.search(rf"^\s*output\s+{output}\s+string\s*=\s*{var}\s*$", main, re.MULTILINE), output
     assert all(re.fullmatch(r"[A-Z][A-Z0-9_]*", o) for o in outputs), "azd outputs are UPPER_SNAKE"
 
 
@@ -568,3 +676,86 @@ def test_entra_module_is_optional_and_grants_mail_send_as_an_application_permiss
     config = json.loads((INFRA / "bicepconfig.json").read_text(encoding="utf-8"))
     extension = config["extensions"]["microsoftGraphV1"]
     assert extension.startswith("br:mcr.microsoft.com/bicep/extensions/microsoftgraph/v1.0:")
+
+
+# --------------------------------------------------------------------------------------------
+# Read access for resolving unknown sends (Mail.Read, scoped by Exchange like Mail.Send)
+# --------------------------------------------------------------------------------------------
+
+MAIL_READ_APP_ROLE = "810c84a8-4a9e-49e6-bf7d-12d183f40d01"  # Microsoft Graph application role Mail.Read
+
+
+def test_mail_read_is_consented_in_entra_only_in_the_policy_model() -> None:
+    """In the RBAC model an Entra consent of Mail.Read would let the app read every mailbox in the tenant:
+    the template may grant it only where an application access policy narrows it."""
+    main = source(MAIN)
+    assert param_default(main, "grantSentItemsRead") == "true"
+    description = decorators_of(main, "param", "grantSentItemsRead")
+    for words in ("Mail.Read", "ALL mail", "send-only", "least privilege"):
+        assert words in description, f"grantSentItemsRead's @description should say {words!r}"
+    assert re.search(r"^\s*var\s+grantMailSendInEntra\s*=\s*exchangeScopeModel\s*==\s*'ApplicationAccessPolicy'\s*$",
+                     main, re.MULTILINE)
+    assert re.search(r"^\s*var\s+grantMailReadInEntra\s*=\s*grantMailSendInEntra\s*&&\s*grantSentItemsRead\s*$",
+                     main, re.MULTILINE)
+    entra_params = top_level_pairs(block_after(top_level_pairs(declaration(main, "module", "entraApp"))["params"], 0))
+    assert entra_params["grantMailSend"] == "grantMailSendInEntra"
+    assert entra_params["grantMailRead"] == "grantMailReadInEntra"
+
+    text = source(ENTRA)
+    assert param_default(text, "grantMailRead") == "false"
+    assert string_var(text, "mailReadAppRoleId") == MAIL_READ_APP_ROLE
+    grant = re.search(
+        r"resource\s+mailReadGrant\s+'Microsoft\.Graph/appRoleAssignedTo@v1\.0'\s*=\s*if\s*\(\s*grantMailRead\s*\)",
+        text,
+    )
+    assert grant, "the Mail.Read consent must depend on grantMailRead"
+    assert top_level_pairs(declaration(text, "resource", "mailReadGrant"))["appRoleId"] == "mailReadAppRoleId"
+    # Declared only when granted: a declared permission invites the portal's "Grant admin consent".
+    assert top_level_pairs(declaration(text, "var", "mailReadAccess"))["type"] == "'Role'"
+    declared = re.search(r"^\s*var\s+declaredAccess\s*=\s*(.+)$", text, re.MULTILINE)
+    assert declared and declared.group(1).startswith("grantMailRead ?"), "Mail.Read is declared only with grantMailRead"
+    assert "mailReadAccess" not in declared.group(1).split(":", 1)[1], "without grantMailRead: Mail.Send alone"
+
+
+def exchange_script(name: str) -> str:
+    return (EXCHANGE / name).read_text(encoding="utf-8")
+
+
+def test_exchange_scripts_use_exchanges_role_names() -> None:
+    """The scripts assign and test the roles the emulator models (devstack/emulator/exchange.py), as named in
+    Microsoft's application RBAC article, which both scripts cite."""
+    from devstack.emulator.exchange import EXCHANGE_ROLE
+
+    for script in ("Set-RbacApplicationScope.ps1", "Test-ExchangeScope.ps1"):
+        text = exchange_script(script)
+        assert f"$SendRoleName = '{EXCHANGE_ROLE['Mail.Send']}'" in text, script
+        assert f"$ReadRoleName = '{EXCHANGE_ROLE['Mail.Read']}'" in text, script
+        assert "https://learn.microsoft.com/en-us/exchange/permissions-exo/application-rbac" in text, script
+
+
+def test_the_read_role_is_assigned_over_the_sending_scope_and_only_when_asked() -> None:
+    text = exchange_script("Set-RbacApplicationScope.ps1")
+    assert re.search(r"^\s*\[switch\]\s*\$GrantSentItemsRead\b", text, re.MULTILINE | re.IGNORECASE)
+    # Both assignments are planned against the one management scope the script maintains.
+    send_plan = re.search(r"^\$sendPlan\s*=\s*Get-RoleAssignmentPlan\s+(.*)$", text, re.MULTILINE)
+    read_plan = re.search(r"^\$readPlan\s*=\s*Get-RoleAssignmentPlan\s+(.*)$", text, re.MULTILINE)
+    assert send_plan and "-Role $SendRoleName" in send_plan.group(1) and "-Scope $ScopeName" in send_plan.group(1)
+    assert read_plan and "-Role $ReadRoleName" in read_plan.group(1) and "-Scope $ScopeName" in read_plan.group(1)
+    # One code path creates both, with -CustomResourceScope from the plan.
+    assert text.count("New-ManagementRoleAssignment -Name") == 1
+    assert "-Role $Plan.Role -CustomResourceScope $Plan.Scope" in text
+    # The read assignment is made only under -GrantSentItemsRead.
+    invoke_read = re.search(r"if \(\$GrantSentItemsRead\) \{\s*Invoke-RoleAssignmentPlan \$readPlan\b", text)
+    assert invoke_read, "Invoke-RoleAssignmentPlan $readPlan must sit under if ($GrantSentItemsRead)"
+    assert len(re.findall(r"Invoke-RoleAssignmentPlan \$readPlan\b", text)) == 1
+    # A tenant-wide Entra consent of Mail.Read defeats the scope just as Mail.Send's does: it is looked for.
+    assert f"'{MAIL_READ_APP_ROLE}' = 'Mail.Read'" in text
+
+
+def test_the_scope_test_checks_read_access_with_test_serviceprincipalauthorization() -> None:
+    text = exchange_script("Test-ExchangeScope.ps1")
+    assert re.search(r"^\s*\[switch\]\s*\$SentItemsRead\b", text, re.MULTILINE | re.IGNORECASE)
+    assert "Test-ServicePrincipalAuthorization -Identity $spIdentity -Resource $case.Address" in text
+    # Read is checked on allowed addresses when asked, and on denied ones always (reading outside is a leak).
+    assert "if ($SentItemsRead -or $case.Expected -eq 'Denied') { $roles += $ReadRoleName }" in text
+    assert "Get-RbacVerdict $rows $role" in text
