@@ -1,12 +1,14 @@
 """function_app.py indexed once, as the Functions host does, for the local host and the tests.
 
 `FunctionApp.get_functions()` may be called only once per app (a second call sees duplicate names),
-so every local caller goes through `indexed()`.
+so every local caller goes through `indexed()`. `indexed("some.module")` indexes another module's `app`
+(a small function app of the tests, to exercise the local host without the relay).
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import logging
 from collections.abc import Callable
@@ -30,10 +32,17 @@ class _NoAuthLevelNotice(logging.Filter):
         return not record.getMessage().startswith("Auth level is not applied to non http function app")
 
 
-@functools.cache
-def indexed() -> dict[str, IndexedFunction]:
-    import function_app
+APP_MODULE = "function_app"  # the module the Functions host indexes: its `app` is the FunctionApp
 
+
+def indexed(module: str = APP_MODULE) -> dict[str, IndexedFunction]:
+    """The functions of `module`'s `app`, by name."""
+    return _indexed(module)  # one cache key per module, however the caller spelt the argument
+
+
+@functools.cache
+def _indexed(module: str) -> dict[str, IndexedFunction]:
+    function_app = importlib.import_module(module)
     out: dict[str, IndexedFunction] = {}
     notice = _NoAuthLevelNotice()
     root = logging.getLogger()

@@ -14,15 +14,20 @@ It reads host.json's `extensions.queues` and gives each queue-triggered function
   message text to `<queue>-poison` and delete it (the host's poison move), else make it visible again
   after `visibilityTimeout`.
 
-Queue names may hold `%SETTING%`, resolved from the environment; the connection named by the binding
-(`AzureWebJobsStorage`) must be a connection string. The queues and their poison queues are created
-if missing. One log line per message outcome, with ids and counts, never a body.
+Every queue trigger gets its own listener (the relay has two: the outbox and `<outbox>-retry`). A
+binding's values may hold `%SETTING%`, alone or inside a name ("%MAIL_QUEUE_NAME%-retry"), resolved
+from the environment; as the real host, start() refuses when one does not resolve, timers' schedules
+included, before any listener starts. The connection named by the binding (`AzureWebJobsStorage`) must
+be a connection string. The queues and their poison queues are created if missing. One log line per
+message outcome, with ids and counts, never a body.
 
-Only queue triggers run here; other triggers (timers) are listed and skipped.
+Only queue triggers run here; other triggers (timers) are listed and skipped (devstack.timers runs one).
 
     host = LocalHost(lease_seconds=5)   # env: os.environ; host_json: the repository's host.json
     host.start()                        # polls in background threads
     host.stop()                         # no new receives; waits for the messages in flight
+
+`app_module` names the module whose `app` is indexed (default function_app; the tests use a small app).
 
 `python -m devstack.host [--host-json PATH] [--lease-seconds N]` runs until SIGTERM or SIGINT, stops
 gracefully and exits 0. Settings come from the environment, as in Azure.
@@ -49,8 +54,12 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from devstack.functions import APP_MODULE
+
 if TYPE_CHECKING:
     from azure.storage.queue import QueueClient, QueueMessage
+
+    from devstack.functions import IndexedFunction
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST_JSON = ROOT / "host.json"
@@ -161,8 +170,13 @@ class QueueListener:
         self._in_flight: dict[str, _Lease] = {}
         self._changed = threading.Condition()
         # The real host fetches a new batch once in-flight messages drop to newBatchThreshold, so up to
-        # batchSize + newBatchThreshold run at once per instance (Microsoft.Azure.WebJobs.Extensions.Storage.Queues;
-        # https://learn.microsoft.com/azure/azure-functions/functions-bindings-storage-queue#host-json).
+        # batchSize + newBatchThreshold run at once per instance ("The maximum number of messages processed
+        # in parallel by the job is NewBatchThreshold plus BatchSize": QueuesOptions.BatchSize in
+        # Microsoft.Azure.WebJobs.Extensions.Storage.Queues 5.x, https://azuresdkdocs.z19.web.core.windows.net/
+        # dotnet/Microsoft.Azure.WebJobs.Extensions.Storage.Queues/5.3.3/api/Microsoft.Azure.WebJobs.Host/
+        # Microsoft.Azure.WebJobs.Host.QueuesOptions.html; host.json's extensions.queues:
+        # https://learn.microsoft.com/en-us/azure/azure-functions/functions-bindings-storage-queue#host-json).
+        # The poller's wait on newBatchThreshold keeps it there; the pool only must not be the lower bound.
         self._pool = ThreadPoolExecutor(
             options.batch_size + options.new_batch_threshold, thread_name_prefix=f"fn-{function_name}"
         )
@@ -363,9 +377,11 @@ class LocalHost:
         env: Mapping[str, str] | None = None,
         host_json: Mapping[str, Any] | str | Path | None = None,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        app_module: str = APP_MODULE,
     ) -> None:
-        """`env`: where queue names and connections are resolved (default os.environ; the functions
-        themselves read os.environ, as in Azure). `host_json`: a dict or a path (default the repo's)."""
+        """`env`: where binding expressions and connections are resolved (default os.environ; the functions
+        themselves read os.environ, as in Azure). `host_json`: a dict or a path (default the repo's).
+        `app_module`: the module whose `app` (an azure.functions.FunctionApp) is run."""
         self.env = os.environ if env is None else env
         if host_json is None or isinstance(host_json, str | Path):
             host_json = dict(json.loads(Path(host_json or HOST_JSON).read_text(encoding="utf-8")))
@@ -374,32 +390,57 @@ class LocalHost:
         if lease_seconds < 1:
             raise HostError("lease_seconds must be at least 1 (Storage's unit is the second)")
         self.lease_seconds = lease_seconds
+        self.app_module = app_module
         self.listeners: list[QueueListener] = []
+
+    def triggers(self) -> list[tuple[IndexedFunction, dict[str, Any]]]:
+        """Each function with its trigger binding, every `%SETTING%` in it resolved.
+
+        The real host resolves binding expressions while indexing and refuses to start a function whose
+        `%NAME%` is not an app setting ("'%NAME%' does not resolve to a value"), timers included: here
+        the whole start fails, before any listener polls, naming the function and the setting."""
+        from devstack.functions import indexed
+
+        out = []
+        for fn in indexed(self.app_module).values():
+            try:
+                trigger = {k: resolve(v, self.env) if isinstance(v, str) else v for k, v in fn.trigger.items()}
+            except HostError as e:
+                raise HostError(f"function {fn.name}: {e}") from None
+            out.append((fn, trigger))
+        return out
 
     def start(self) -> LocalHost:
         from azure.storage.queue import QueueClient
 
-        from devstack.functions import indexed
-
-        for fn in indexed().values():
-            if fn.trigger["type"] != "queueTrigger":
-                log.info("function %s has a %s: not run by the local host", fn.name, fn.trigger["type"])
+        listeners = []
+        for fn, trigger in self.triggers():
+            if trigger["type"] != "queueTrigger":
+                detail = f" (schedule {trigger['schedule']})" if "schedule" in trigger else ""
+                log.info("function %s has a %s%s: not run by the local host", fn.name, trigger["type"], detail)
                 continue
-            queue_name = resolve(fn.trigger["queueName"], self.env)
-            connection = fn.trigger.get("connection") or "AzureWebJobsStorage"
+            queue_name = trigger["queueName"]
+            connection = trigger.get("connection") or "AzureWebJobsStorage"
             conn_str = self.env.get(connection, "")
             if not conn_str:
                 raise HostError(f"the local host needs a connection string in {connection} (Azurite's)")
-            listener = QueueListener(
-                fn.name,
-                _bind(fn.call, fn.trigger["name"]),
-                QueueClient.from_connection_string(conn_str, queue_name),
-                QueueClient.from_connection_string(conn_str, f"{queue_name}-poison"),
-                self.options,
-                self.lease_seconds,
+            listeners.append(
+                QueueListener(
+                    fn.name,
+                    _bind(fn.call, trigger["name"]),
+                    QueueClient.from_connection_string(conn_str, queue_name),
+                    QueueClient.from_connection_string(conn_str, f"{queue_name}-poison"),
+                    self.options,
+                    self.lease_seconds,
+                )
             )
-            listener.start()
-            self.listeners.append(listener)
+        try:
+            for listener in listeners:
+                listener.start()
+                self.listeners.append(listener)
+        except BaseException:
+            self.stop()  # the ones that did start: none is left polling behind a failed start
+            raise
         return self
 
     def stop(self, timeout: float | None = None) -> None:

@@ -130,8 +130,10 @@ def relay_env(azurite: Azurite, emulator: Emulator, monkeypatch: pytest.MonkeyPa
         "GRAPH_TIMEOUT_SECONDS": "5",
         "SEND_CLAIM_LEASE_SECONDS": "10",
         "SEND_UNKNOWN_SETTLE_SECONDS": "1",
-        # function_app.py also binds the expiry timer to this setting; the local host does not run timers.
+        # function_app.py binds its timers to these; the local host does not run timers, but like the real
+        # host it refuses to start while a binding's %SETTING% does not resolve.
         "EXPIRY_CHECK_SCHEDULE": "0 0 7 * * *",
+        "STATUS_CLEANUP_SCHEDULE": "0 30 * * * *",
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)

@@ -283,34 +283,3 @@ def test_the_first_dead_letter_creates_the_poison_queue(relay_env: RelayEnv) -> 
     envelope = {"request": {"from": "a@contoso.com"}, "error": {"code": "X", "message": "m", "hint": "h"}}
     QueueDeadLetters(relay_env.poison).put(envelope)
     assert relay_env.poison_messages() == [envelope]
-
-
-@pytest.mark.parametrize(("batch_size", "threshold"), [(4, 2), (1, 0)])
-def test_an_instance_runs_up_to_batch_size_plus_new_batch_threshold_at_once(
-    relay_env: RelayEnv, batch_size: int, threshold: int
-) -> None:
-    """As the real host: a new batch is fetched once in-flight work is down to newBatchThreshold."""
-    import threading
-
-    running, peak, calls, lock = [0], [0], [0], threading.Lock()
-
-    def busy(msg: Any) -> None:
-        with lock:
-            running[0] += 1
-            calls[0] += 1
-            peak[0] = max(peak[0], running[0])
-            slow = calls[0] % 2 == 0
-        time.sleep(1.5 if slow else 0.3)  # uneven, as real sends are: the short ones free room for a new batch
-        with lock:
-            running[0] -= 1
-
-    total = 12
-    for i in range(total):
-        relay_env.enqueue(relay_env.request(f"busy {i}"))
-    stand_in = listener(relay_env, busy, batch_size=batch_size, new_batch_threshold=threshold, max_polling_interval=0.2)
-    stand_in.start()
-    try:
-        wait_for(lambda: stand_in.counts["completed"] == total, 30, "every message")
-    finally:
-        stand_in.stop()
-    assert peak[0] == batch_size + threshold
