@@ -3,12 +3,17 @@
     with LocalStack(allowed_senders=["alerts@contoso.com"], mailboxes=["hr@contoso.com"]) as stack:
         stack.storage_connection_string, stack.queue_name, stack.emulator_url, stack.ca_cert_path
 
-Three processes, started in dependency order and stopped in reverse (host first, so it never works
-against a storage or emulator that is going away):
-- Azurite (devstack.azurite), on free loopback ports, in memory;
+Three parts, started in dependency order and stopped in reverse (hosts first, so none works against a
+storage or emulator that is going away):
+- Azurite (devstack.azurite), on free loopback ports, in memory, with the relay's queues and tables;
 - the emulator, `python -m devstack.emulator --port 0 --seed … --ready-file …`, seeded with a throwaway
   app registration (random tenant, client id and secret), the secret in its Key Vault, and mailboxes;
-- the local host, `python -m devstack.host`, with the relay's settings pointing at both.
+- `instances` local hosts, `python -m devstack.host`, with the relay's settings pointing at both, all on
+  the one queue as Azure's scaled-out instances are. Their parts are named host-1, host-2, ...;
+  `kill_host(i)` SIGKILLs one (a crash, not a failure of the stack) and `start_host(i)` starts it again.
+
+    with LocalStack(instances=2, read_access=False, settings={"GRAPH_TIMEOUT_SECONDS": "2"}) as stack:
+        stack.kill_host(1); stack.start_host(1); stack.set_read_access(True)
 
 The emulator and the host run in their own sessions, so a Ctrl-C in the terminal reaches only the
 parent, which then stops them in order. On Linux they also get SIGTERM if the parent dies without
@@ -37,12 +42,24 @@ from types import FrameType, TracebackType
 from typing import IO, Any
 
 from devstack.azurite import Azurite, die_with_parent, owned_workdir, pid_alive, sweep_stale_workdirs
-from shared.settings import DEFAULT_QUEUE_NAME
+from shared.settings import DEFAULT_QUEUE_NAME, RETRY_QUEUE_SUFFIX, SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET_NAME = "graph-client-secret"
 DEFAULT_QUEUE = DEFAULT_QUEUE_NAME
 HOST_READY = "local host ready"  # devstack.host logs this once its listeners poll
+HOST_PART = "host"  # the hosts' parts are host-1, host-2, ...; log_tail("host") reads them all
+# The timers' schedules (function_app.py binds them to these settings; the host refuses to start while one
+# is missing, as Azure's does). The local host does not run timers: `python -m devstack.timers NAME` does.
+TIMER_SCHEDULES = {"EXPIRY_CHECK_SCHEDULE": "0 0 7 * * *", "STATUS_CLEANUP_SCHEDULE": "0 */10 * * * *"}
+# Exchange's roles for the app (RBAC for Applications, as infra/ assigns them over the sending scope).
+# Mail.Send to send; Mail.ReadBasic so `mailrelay doctor --allowed/--denied` can probe a mailbox without
+# sending; Mail.Read, optional, so the relay can find its mark (an extended property, which Mail.ReadBasic
+# does not return) in Sent Items after a send whose outcome it could not know:
+# https://learn.microsoft.com/en-us/graph/permissions-reference (Mail.ReadBasic.All excludes extended
+# properties) and https://learn.microsoft.com/en-us/graph/api/singlevaluelegacyextendedproperty-get.
+EXCHANGE_ROLES = ("Application Mail.Send", "Application Mail.ReadBasic")
+READ_ROLE = "Application Mail.Read"
 
 # Environment the host must not inherit: it would point the relay's identity or settings elsewhere.
 _INHERITED_BUT_DROPPED = (
@@ -67,7 +84,7 @@ class LocalStack:
         exchange_scope: Sequence[str] | None = None,
         mailboxes: Sequence[str] = (),
         queue_name: str = DEFAULT_QUEUE,
-        host_env: Mapping[str, str] | None = None,
+        settings: Mapping[str, str] | None = None,
         inherit_output: bool = False,
         startup_timeout: float = 30.0,
         lease_seconds: float = 5.0,
@@ -78,15 +95,15 @@ class LocalStack:
         """`exchange_scope`: mailboxes inside the app's Exchange scope (default: the allowed senders not
         named in `mailboxes`); `mailboxes`: mailboxes that exist but are outside it. `lease_seconds`: the
         host's lease on a running message; short, because the host renews it on that rhythm and
-        finishes its renewals before it exits. `host_env` adds to or overrides the host's
-        settings. The emulator's and host's output is kept in files (see `log_tail`), and with
-        `inherit_output` also echoed to this process's standard error. `instances`: how many local hosts run
-        against the one queue, as Azure scales out (each runs batchSize + newBatchThreshold at once).
-        `read_access`: whether the app may read its mailboxes' Sent Items (Exchange role "Application
-        Mail.Read" over the scope), which lets the relay resolve an unknown send instead of following
-        SEND_UNKNOWN_OUTCOME."""
-        if instances < 1:
-            raise StackError("instances must be at least 1")
+        finishes its renewals before it exits. `settings` add to or override the hosts' settings
+        (host_settings()), e.g. {"GRAPH_TIMEOUT_SECONDS": "2"}. The emulator's and hosts' output is kept in
+        files (see `log_tail`), and with `inherit_output` the hosts' is also echoed to this process's standard
+        error. `instances`: how many local hosts run against the one queue, as Azure scales out (each runs
+        up to batchSize + newBatchThreshold messages at once). `read_access`: whether the app may read its
+        mailboxes' Sent Items (Exchange role "Application Mail.Read" over the scope), which lets the relay
+        resolve an unknown send instead of following SEND_UNKNOWN_OUTCOME; `set_read_access` changes it."""
+        if isinstance(instances, bool) or not isinstance(instances, int) or instances < 1:
+            raise StackError(f"instances must be a whole number, at least 1, got {instances!r}")
         self.instances = instances
         self.read_access = read_access
         self.allowed_senders = list(allowed_senders)
@@ -99,13 +116,13 @@ class LocalStack:
         self._lease_seconds = lease_seconds
         self._secret_expires_in = timedelta(days=secret_expires_in_days)
         self.queue_name = queue_name
-        self._host_env = dict(host_env or {})
+        self._settings = dict(settings or {})
         self._inherit_output = inherit_output
         self._startup_timeout = startup_timeout
         self._workdir: Path | None = None
         self._azurite: Azurite | None = None
         self._emulator: subprocess.Popen[bytes] | None = None
-        self._hosts: dict[str, subprocess.Popen[bytes]] = {}  # "host", "host-2", ...: one per instance
+        self._hosts: dict[str, subprocess.Popen[bytes]] = {}  # "host-1", "host-2", ...: one per instance
         self._killed: set[str] = set()  # instances stopped on purpose (kill_host): not a failure of the stack
         self._logs: list[IO[bytes]] = []
         self._readers: list[threading.Thread] = []
@@ -138,7 +155,8 @@ class LocalStack:
 
     @property
     def pids(self) -> dict[str, int]:
-        """The process id of each part that was started (for checks that nothing is left behind)."""
+        """The process id of each part running now: azurite, emulator, host-1, host-2, ... (a host killed by
+        kill_host and not started again is left out)."""
         found = {
             "azurite": self._azurite.pid if self._azurite else None,
             "emulator": self._emulator.pid if self._emulator else None,
@@ -160,6 +178,9 @@ class LocalStack:
             "emulatorUrl": self.emulator_url,
             "caCertPath": self.ca_cert_path,
             "relaySettings": self.host_settings(),
+            "instances": self.instances,
+            "readAccess": self.read_access,
+            "pids": self.pids,
         }
 
     def host_settings(self) -> dict[str, str]:
@@ -178,10 +199,8 @@ class LocalStack:
             # azure-identity's ManagedIdentityCredential finds App Service's endpoint through these two.
             "IDENTITY_ENDPOINT": str(self._ready_value("msiEndpoint")),
             "IDENTITY_HEADER": str(self._ready_value("identityHeader")),
-            # function_app.py binds its timers to these; the host must resolve them to index the functions.
-            "EXPIRY_CHECK_SCHEDULE": "0 0 7 * * *",
-            "STATUS_CLEANUP_SCHEDULE": "0 30 * * * *",
-            **self._host_env,
+            **TIMER_SCHEDULES,
+            **self._settings,
         }
 
     def emulator_get(self, path: str) -> Any:
@@ -190,7 +209,11 @@ class LocalStack:
 
     def emulator_post(self, path: str, body: Mapping[str, Any]) -> Any:
         """POST to one of the emulator's admin endpoints (`scope`, `mailboxes`, `faults`, ...)."""
-        return self._emulator_call("POST", path, body)
+        answer = self._emulator_call("POST", path, body)
+        if path == "app-secret" and str(body.get("clientId", "")).lower() == self.client_id:
+            # The app's secret was rotated in Entra: set_read_access re-registers the app with this one.
+            self._client_secret = str(body["secret"])
+        return answer
 
     def set_exchange_scope(self, address: str, in_scope: bool) -> None:
         self.emulator_post("scope", {"address": address, "inScope": in_scope})
@@ -206,6 +229,7 @@ class LocalStack:
             self._azurite = Azurite().start()
             self._create_queues()
             self._start_emulator()
+            self._check_settings()
             for index in range(1, self.instances + 1):
                 self.start_host(index)
         except BaseException:
@@ -215,7 +239,7 @@ class LocalStack:
         return self
 
     def stop(self) -> None:
-        """Stop the host, the emulator, then Azurite; remove the working directory. Safe to repeat."""
+        """Stop the hosts, the emulator, then Azurite; remove the working directory. Safe to repeat."""
         self._stopped = True
         for process in [*self._hosts.values(), self._emulator]:
             if process is not None:
@@ -239,7 +263,8 @@ class LocalStack:
         self.stop()
 
     def dead_part(self) -> str | None:
-        """The name of a part that has exited while the stack runs, or None."""
+        """The name of a part that has exited while the stack runs, or None. A host stopped by kill_host is
+        not one: it was meant to die."""
         if self._azurite is not None and not self._azurite.running:
             return "azurite"
         parts = [("emulator", self._emulator), *[(n, p) for n, p in self._hosts.items() if n not in self._killed]]
@@ -248,50 +273,63 @@ class LocalStack:
                 return name
         return None
 
-    @staticmethod
-    def host_name(index: int) -> str:
-        """The part name of host instance `index` (1-based): "host", "host-2", ..."""
-        return "host" if index == 1 else f"host-{index}"
+    def host_name(self, index: int) -> str:
+        """The part name of host instance `index`, 1 to `instances`: "host-1", "host-2", ..."""
+        if isinstance(index, bool) or not isinstance(index, int) or not 1 <= index <= self.instances:
+            raise StackError(f"host instances are numbered 1 to {self.instances}, got {index!r}")
+        return f"{HOST_PART}-{index}"
 
-    def kill_host(self, index: int = 1) -> None:
-        """SIGKILL one host instance: no goodbye, as when Azure recycles an instance mid-send."""
+    def kill_host(self, index: int) -> None:
+        """SIGKILL host instance `index`: no goodbye and no clean-up, as when an instance crashes mid-send.
+        The messages it leased come back once their lease (`lease_seconds`) runs out."""
         name = self.host_name(index)
         process = self._hosts.get(name)
         if process is None or process.poll() is not None:
             raise StackError(f"{name} is not running")
         self._killed.add(name)
-        process.send_signal(signal.SIGKILL)
+        process.kill()
         process.wait(10)
 
-    def start_host(self, index: int = 1) -> None:
-        """Start host instance `index` (1-based), or start it again after kill_host."""
+    def start_host(self, index: int) -> None:
+        """Start host instance `index` (1 to `instances`), or start it again after kill_host; returns once
+        it polls. Its log goes on in the same part (`log_tail("host-1")`)."""
         name = self.host_name(index)
         running = self._hosts.get(name)
         if running is not None and running.poll() is None:
             raise StackError(f"{name} is already running")
-        self._killed.discard(name)
-        env = {k: v for k, v in os.environ.items() if k not in _INHERITED_BUT_DROPPED}
-        env.update(self.host_settings())
-        env["PYTHONUNBUFFERED"] = "1"  # its ready line must reach the pipe at once
         command = [sys.executable, "-m", "devstack.host", "--lease-seconds", str(self._lease_seconds)]
         ready = self._host_ready[name] = threading.Event()
-        process = self._hosts[name] = self._spawn(name, command, env, ready_marker=HOST_READY)
+        process = self._hosts[name] = self._spawn(name, command, self._host_environment(), ready_marker=HOST_READY)
+        self._killed.discard(name)
         deadline = time.monotonic() + self._startup_timeout
         while not ready.wait(0.05):
             if process.poll() is not None:
-                raise StackError(f"the local host exited with {process.returncode}:\n{self.log_tail(name)}")
+                raise StackError(f"{name} exited with {process.returncode}:\n{self.log_tail(name)}")
             if time.monotonic() > deadline:
-                raise StackError(f"the local host did not start within {self._startup_timeout:.0f} s")
+                raise StackError(f"{name} did not start within {self._startup_timeout:.0f} s")
 
     def set_read_access(self, granted: bool) -> None:
-        """Grant or withdraw the app's Exchange role "Application Mail.Read" (the emulator's admin API)."""
+        """Grant or withdraw the app's Exchange role "Application Mail.Read" over its scope, at once.
+
+        The emulator's admin API has no call for one role, so the app is registered again (`POST apps`) with
+        the same ids, its current secret (rotations through emulator_post are followed) and the new roles;
+        Exchange reads the roles at each request, so tokens already issued see the change."""
+        self.emulator_post("apps", self._app_entry(read_access=granted))
         self.read_access = granted
-        self.emulator_post("apps", self._app_entry())
+
+    def unknown_outcome(self) -> str:
+        """SEND_UNKNOWN_OUTCOME as the hosts read it (resend or deadletter): what an unknown send becomes
+        when the app may not read Sent Items."""
+        return load_settings(self._host_environment()).unknown_outcome
 
     def log_tail(self, part: str, lines: int = 30) -> str:
-        """The last lines a part wrote (when its output goes to files)."""
+        """The last lines a part wrote: "azurite"'s, "emulator", "host-1", ...; "host" gives every host's,
+        each line prefixed with its part."""
         if self._workdir is None:
             return ""
+        if part == HOST_PART:
+            parts = sorted(self._hosts, key=lambda name: int(name.rpartition("-")[2]))
+            return "\n".join(f"[{name}] {line}" for name in parts for line in self.log_tail(name, lines).splitlines())
         path = self._workdir / f"{part}.log"
         try:
             text = path.read_text(encoding="utf-8", errors="replace")
@@ -308,7 +346,7 @@ class LocalStack:
         from azure.storage.queue import QueueServiceClient
 
         service = QueueServiceClient.from_connection_string(self.storage_connection_string)
-        for name in (self.queue_name, f"{self.queue_name}-poison", f"{self.queue_name}-retry"):
+        for name in relay_queue_names(self.queue_name):
             with contextlib.suppress(ResourceExistsError):
                 service.create_queue(name)
         # And the tables, as infra/main.bicep creates them in Azure: `mailrelay doctor` is green at once.
@@ -328,18 +366,14 @@ class LocalStack:
         mailboxes = [{"address": a, "inExchangeScope": True} for a in _unique(self.exchange_scope)]
         mailboxes += [{"address": a, "inExchangeScope": False} for a in _unique(self.mailboxes)]
         return {
-            "apps": [self._app_entry()],
+            "apps": [self._app_entry(read_access=self.read_access)],
             "mailboxes": mailboxes,
             "secrets": [{"name": SECRET_NAME, "value": self._client_secret, "expiresOn": expires}],
         }
 
-    def _app_entry(self) -> dict[str, Any]:
-        # RBAC for Applications, as infra/ sets it up: no Entra consent; Exchange grants Mail.Send (and
-        # Mail.ReadBasic, so `mailrelay doctor --allowed/--denied` can probe without sending) over the scope,
-        # and Mail.Read when the relay may look up unknown sends in Sent Items.
-        roles = ["Application Mail.Send", "Application Mail.ReadBasic"]
-        if self.read_access:
-            roles.append("Application Mail.Read")
+    def _app_entry(self, *, read_access: bool) -> dict[str, Any]:
+        # RBAC for Applications, as infra/ sets it up: no Entra consent; Exchange's roles over the scope.
+        roles = [*EXCHANGE_ROLES, READ_ROLE] if read_access else list(EXCHANGE_ROLES)
         return {
             "tenantId": self.tenant_id,
             "clientId": self.client_id,
@@ -373,11 +407,27 @@ class LocalStack:
         # The emulator has read its seed: the throwaway secret need not wait on disk for stop().
         seed.unlink(missing_ok=True)
 
+    def _host_environment(self) -> dict[str, str]:
+        # The caller's environment (PATH, proxies, ...) without what would point the relay elsewhere.
+        env = {k: v for k, v in os.environ.items() if k not in _INHERITED_BUT_DROPPED}
+        env.update(self.host_settings())
+        env["PYTHONUNBUFFERED"] = "1"  # its ready line must reach the pipe at once
+        return env
+
+    def _check_settings(self) -> None:
+        # The relay reads its settings at the first message: a bad override would fail every message, so it
+        # fails the start instead, with the relay's own explanation.
+        try:
+            load_settings(self._host_environment())
+        except SettingsError as e:
+            raise StackError(f"the hosts' settings: {e}") from None
+
     def _spawn(
         self, part: str, command: list[str], env: dict[str, str], ready_marker: str | None = None
     ) -> subprocess.Popen[bytes]:
         assert self._workdir is not None
-        log = open(self._workdir / f"{part}.log", "wb")  # noqa: SIM115 - closed by stop()
+        # Appended to: a host started again after kill_host goes on in its own log.
+        log = open(self._workdir / f"{part}.log", "ab")  # noqa: SIM115 - closed by stop()
         self._logs.append(log)
         process = subprocess.Popen(
             command,
@@ -404,7 +454,7 @@ class LocalStack:
                 log.write(line)
                 log.flush()
             # Only the host's lines: the emulator's ready line holds the managed-identity header value.
-            if self._inherit_output and part.startswith("host"):
+            if self._inherit_output and part.startswith(HOST_PART):
                 sys.stderr.write(f"[{part}] {line.decode('utf-8', errors='replace')}")
                 sys.stderr.flush()
             if ready_marker is not None and ready_marker.encode() in line:
@@ -429,6 +479,12 @@ class LocalStack:
         )
         response.raise_for_status()
         return response.json() if response.content else None
+
+
+def relay_queue_names(queue_name: str) -> tuple[str, ...]:
+    """The outbox, its poison queue, the relay's retry queue and its poison queue (shared/settings.py's names)."""
+    retry = f"{queue_name}{RETRY_QUEUE_SUFFIX}"
+    return (queue_name, f"{queue_name}-poison", retry, f"{retry}-poison")
 
 
 def _unique(addresses: Sequence[str]) -> list[str]:
@@ -483,10 +539,23 @@ def start_console(stack: LocalStack) -> Any:
     ).start()
 
 
-def _read_access_line(granted: bool) -> str:
-    if granted:
-        return "Application Mail.Read granted: an unknown send is looked up in Sent Items, never sent twice"
-    return "none (--no-read-access): an unknown send follows SEND_UNKNOWN_OUTCOME (resend: may arrive twice)"
+def sent_items_line(read_access: bool, unknown_outcome: str) -> str:
+    """The banner's word on a send whose outcome is unknown (Graph timed out or answered 5xx, or a host died
+    during the call): what the relay does next depends on whether the app may read Sent Items."""
+    if read_access:
+        return (
+            f"readable ({READ_ROLE}): an unknown send is looked up there by its mark before any second send, "
+            "so it is sent once"
+        )
+    if unknown_outcome == "deadletter":
+        return (
+            "not readable (--no-read-access): an unknown send follows SEND_UNKNOWN_OUTCOME=deadletter: "
+            "dead-lettered with the reason, never sent twice, but perhaps not at all"
+        )
+    return (
+        f"not readable (--no-read-access): an unknown send follows SEND_UNKNOWN_OUTCOME={unknown_outcome}: "
+        "sent again, so it may arrive twice (deadletter: at most once instead)"
+    )
 
 
 def write_state(path: Path, state: Mapping[str, Any]) -> None:
@@ -553,23 +622,27 @@ def run_foreground(
         state: dict[str, Any] = {}
         console = None
         try:
-            print("mailrelay local: starting Azurite, the emulator and the local host...", file=out, flush=True)
+            hosts = "the local host" if instances == 1 else f"{instances} local hosts"
+            print(f"mailrelay local: starting Azurite, the emulator and {hosts}...", file=out, flush=True)
             stack.start()
             console = start_console(stack)
             state = {**stack.state(), "consoleUrl": console.url}
             write_state(state_file, state)
             pids = ", ".join(f"{name} {pid}" for name, pid in stack.pids.items())
+            outbox, poison, retry, retry_poison = relay_queue_names(queue_name)
             print(
                 f"mailrelay local: ready\n"
                 f"  console          {console.url}  (the outbox, dead letters and faults, in a browser)\n"
-                f"  queue            {stack.queue_endpoint}/{queue_name} (dead letters: {queue_name}-poison)\n"
+                f"  queue            {stack.queue_endpoint}/{outbox} (dead letters: {poison})\n"
+                f"  retry queue      {retry} (the relay's own; dead letters: {retry_poison})\n"
                 f"  emulator         {stack.emulator_url} (outbox: {stack.emulator_url}/_emulator/outbox)\n"
                 f"  emulator CA      {stack.ca_cert_path}\n"
                 f"  allowed senders  {', '.join(stack.allowed_senders)}\n"
                 f"  Exchange scope   {', '.join(stack.exchange_scope)}\n"
                 f"  outside scope    {', '.join(stack.mailboxes) or '-'}\n"
-                f"  host instances   {instances} on {queue_name} (retries: {queue_name}-retry)\n"
-                f"  read access      {_read_access_line(read_access)}\n"
+                f"  host instances   {instances} on these queues (each runs up to batchSize + newBatchThreshold "
+                "messages at once, as in Azure)\n"
+                f"  Sent Items       {sent_items_line(stack.read_access, stack.unknown_outcome())}\n"
                 f"  state file       {state_file} (read by `mailrelay send`, `dead-letters` and `expiry check`)\n"
                 f"  processes        {pids}\n"
                 "Ctrl-C stops everything.",

@@ -49,7 +49,7 @@ SETTINGS = {
 @pytest.fixture(scope="module")
 def stack() -> Iterator[LocalStack]:
     with LocalStack(
-        allowed_senders=(SENDER,), host_env=SETTINGS, instances=INSTANCES, lease_seconds=3, read_access=True
+        allowed_senders=(SENDER,), settings=SETTINGS, instances=INSTANCES, lease_seconds=3, read_access=True
     ) as running:
         yield running
 

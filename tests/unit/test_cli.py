@@ -8,8 +8,6 @@ import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
-import pytest
-
 import shared.cli
 
 ROOT = Path(__file__).parents[2]
@@ -58,20 +56,3 @@ def test_the_console_script_is_shared_cli_main() -> None:
     assert script.value == "shared.cli:main"
     assert script.load() is shared.cli.main
 
-
-def test_local_passes_instances_and_read_access_to_the_stack(monkeypatch: pytest.MonkeyPatch) -> None:
-    from types import SimpleNamespace
-
-    from shared.cli import local, main
-
-    calls: list[dict[str, object]] = []
-
-    def run_foreground(**kwargs: object) -> int:
-        calls.append(kwargs)
-        return 0
-
-    monkeypatch.setattr(local, "_import_devstack", lambda: SimpleNamespace(run_foreground=run_foreground))
-    assert main(["local", "--instances", "3", "--no-read-access"]) == 0
-    assert main(["local"]) == 0
-    assert [(c["instances"], c["read_access"]) for c in calls] == [(3, False), (1, True)]
-    assert main(["local", "--instances", "0"]) == 2
