@@ -361,6 +361,16 @@ def _bind(function: Callable[..., Any], arg_name: str) -> Callable[[Any], Any]:
     return call
 
 
+def _queue_client(connection_string: str, queue_name: str) -> QueueClient:
+    """A client that gives up on Storage within about a second. The poll loop retries with its own back-off,
+    and a settle that fails leaves the message to come back after its lease; the SDK's default policy (three
+    tries, 15 s apart and growing) held a host that had lost Azurite in one call for 87 s, and its stop with it."""
+    from azure.storage.queue import LinearRetry, QueueClient
+
+    policy = LinearRetry(backoff=0.5, retry_total=2, random_jitter_range=0)
+    return QueueClient.from_connection_string(connection_string, queue_name, retry_policy=policy)
+
+
 def _create_if_missing(queue: QueueClient) -> None:
     from azure.core.exceptions import ResourceExistsError
 
@@ -411,8 +421,6 @@ class LocalHost:
         return out
 
     def start(self) -> LocalHost:
-        from azure.storage.queue import QueueClient
-
         listeners = []
         for fn, trigger in self.triggers():
             if trigger["type"] != "queueTrigger":
@@ -428,8 +436,8 @@ class LocalHost:
                 QueueListener(
                     fn.name,
                     _bind(fn.call, trigger["name"]),
-                    QueueClient.from_connection_string(conn_str, queue_name),
-                    QueueClient.from_connection_string(conn_str, f"{queue_name}-poison"),
+                    _queue_client(conn_str, queue_name),
+                    _queue_client(conn_str, f"{queue_name}-poison"),
                     self.options,
                     self.lease_seconds,
                 )
