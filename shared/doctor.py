@@ -224,7 +224,8 @@ def scope_checks(
                 "warn",
                 "not verified: every read probe was refused, so either the app may not read mail or no allowed "
                 "address is in its scope; Exchange's scope cannot be told apart from that without sending",
-                'grant the app a read role in the same scope (RBAC: "Application Mail.ReadBasic"), or run again '
+                'grant the app a read role in the same scope (RBAC: "Application Mail.ReadBasic", or "Application '
+                'Mail.Read", which also lets the relay resolve unknown sends), or run again '
                 "with --send-test-to ADDRESS: a real test mail from each address",
             ),
         ]
