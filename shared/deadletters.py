@@ -467,9 +467,15 @@ class DeadLetterQueue:
 
 
 def open_queues(
-    queue_name: str, *, connection_string: str | None = None, queue_url: str | None = None, credential: Any = None
+    queue_name: str,
+    *,
+    connection_string: str | None = None,
+    queue_url: str | None = None,
+    credential: Any = None,
+    poison_suffix: str = "-poison",
 ) -> DeadLetterQueue:
-    """The dead-letter queue of `queue_name` (`<queue_name>-poison`) on a storage account."""
+    """The dead-letter queue of `queue_name` (`<queue_name>-poison`, or with `poison_suffix` "-retry-poison" the
+    retry queue's, where the host moves retries it gave up on) on a storage account; requeue goes to the outbox."""
     from azure.storage.blob import ContainerClient
     from azure.storage.queue import QueueClient
 
@@ -477,12 +483,12 @@ def open_queues(
 
     if connection_string:
         main = QueueClient.from_connection_string(connection_string, queue_name)
-        poison = QueueClient.from_connection_string(connection_string, f"{queue_name}-poison")
+        poison = QueueClient.from_connection_string(connection_string, f"{queue_name}{poison_suffix}")
         container = ContainerClient.from_connection_string(connection_string, OVERFLOW_CONTAINER)
     else:
         assert queue_url is not None
         main = QueueClient.from_queue_url(queue_url, credential=credential)
-        poison = QueueClient.from_queue_url(queue_url.rstrip("/") + "-poison", credential=credential)
+        poison = QueueClient.from_queue_url(queue_url.rstrip("/") + poison_suffix, credential=credential)
         # The same account's blob endpoint: https://<account>.queue.core... -> https://<account>.blob.core...
         account = queue_url.rstrip("/").rsplit("/", 1)[0]
         container = ContainerClient(account.replace(".queue.", ".blob.", 1), OVERFLOW_CONTAINER, credential=credential)

@@ -224,7 +224,8 @@ def scope_checks(
                 "warn",
                 "not verified: every read probe was refused, so either the app may not read mail or no allowed "
                 "address is in its scope; Exchange's scope cannot be told apart from that without sending",
-                'grant the app a read role in the same scope (RBAC: "Application Mail.ReadBasic"), or run again '
+                'grant the app a read role in the same scope (RBAC: "Application Mail.ReadBasic", or "Application '
+                'Mail.Read", which also lets the relay resolve unknown sends), or run again '
                 "with --send-test-to ADDRESS: a real test mail from each address",
             ),
         ]
@@ -332,6 +333,22 @@ def _storage(settings: Settings, clients: Clients) -> list[Check]:
             checks.append(
                 Check(role, "fail", f"{name}: {type(e).__name__}", "grant the identity Storage Queue Data Contributor")
             )
+    try:
+        stranded = queue_client(settings, settings.retry_poison_queue_name, clients.storage_identity)
+        count = stranded.get_queue_properties().approximate_message_count
+        if count:
+            checks.append(
+                Check(
+                    "stranded retries",
+                    "warn",
+                    f"about {count} message(s) in {settings.retry_poison_queue_name}: retries the host gave up on",
+                    "`mailrelay dead-letters list --retries`, then `requeue --retries --all` once storage is healthy",
+                )
+            )
+    except ResourceNotFoundError:
+        pass  # created by the host on its first give-up: none so far
+    except AzureError:
+        pass  # the queue checks above already report an unreachable account
     for table in (STATUS_TABLE, EXPIRY_TABLE):
         try:
             client = table_client(settings, table, clients.storage_identity)

@@ -51,6 +51,10 @@ class _Request:
         return values[0] if values else None
 
 
+# An error Graph answers: (status, code, message).
+_Problem = tuple[int, str, str]
+
+
 @dataclass
 class _Response:
     status: int

@@ -21,6 +21,7 @@ from devstack.emulator.common import (
     _bearer,
     _json_response,
     _optional_bool,
+    _Problem,
     _Request,
     _required_str,
     _Response,
@@ -28,15 +29,9 @@ from devstack.emulator.common import (
     _utcnow,
 )
 from devstack.emulator.exchange import READ_PERMISSIONS, ExchangeScope
+from devstack.emulator.extended_properties import check_extended_properties, parse_mark_filter
 from devstack.emulator.faults import Faults
-from devstack.emulator.sent_items import (
-    EXTENDED_PROPERTY_READ,
-    SELECTABLE_DEFAULT,
-    SENT_ITEMS,
-    SentItems,
-    parse_filter,
-    select,
-)
+from devstack.emulator.sent_items import EXTENDED_PROPERTY_READ, SELECTABLE_DEFAULT, SENT_ITEMS, SentItems, select
 from devstack.emulator.state import _Mailbox
 
 # Graph refuses request bodies over 4 MB (sendMail included); larger content needs an upload session.
@@ -201,15 +196,12 @@ class GraphMail(ExchangeScope, Faults, SentItems):
             # Only Sent Items is played: the relay reads no other folder.
             return self._graph_error(ids, 404, "ErrorItemNotFound", "The specified object was not found in the store.")
         query = request.param("$filter")
-        if query is None:
-            items = self.sent_items(allowed.address)
-        else:
-            wanted = parse_filter(query)
-            if wanted is None:
-                # Graph's OData layer refuses a filter it cannot parse with a 400; the exact text is not
-                # documented, and the relay only ever sends the documented form.
-                return self._graph_error(ids, 400, "BadRequest", "Invalid filter clause")
-            items = self._marked(allowed.address, *wanted)
+        items = self.sent_items(allowed.address)
+        if query is not None:
+            wanted = parse_mark_filter(query)
+            if isinstance(wanted, tuple):  # Graph's 400 for it (extended_properties.py cites each)
+                return self._graph_error(ids, *wanted)
+            items = [i for i in items if wanted.matches(i["singleValueExtendedProperties"])]
         top = request.param("$top")
         if top is not None:
             if not top.isdigit():
@@ -409,8 +401,6 @@ class _GraphIds:
         return [("request-id", self.request_id), ("client-request-id", self.client_request_id)]
 
 
-_Problem = tuple[int, str, str]
-
 _UNREADABLE: _Problem = (
     400,
     "BadRequest",
@@ -506,6 +496,26 @@ def _read_message(message: Any) -> _Problem | None:
             problem = _read_attachment(attachment)
             if problem is not None:
                 return problem
+    return _read_extended_properties(message.get("singleValueExtendedProperties"))
+
+
+def _read_extended_properties(properties: Any) -> _Problem | None:
+    """OData reading of singleValueExtendedProperties: a collection of
+    microsoft.graph.singleValueLegacyExtendedProperty, each with a string id and a string value (Exchange then
+    checks what they say: extended_properties.py)."""
+    if properties is None:
+        return None
+    if not isinstance(properties, list):
+        return _unreadable_value("the property 'singleValueExtendedProperties'", "a collection")
+    for item in properties:
+        if not isinstance(item, dict):
+            return _unreadable_value("the property 'singleValueExtendedProperties'", "an object")
+        for name in item:
+            if name not in ("id", "value"):
+                return _unknown_property(name, "microsoft.graph.singleValueLegacyExtendedProperty")
+        for name in ("id", "value"):
+            if not isinstance(item.get(name), str):
+                return _unreadable_value(f"the property '{name}'", "a string")
     return None
 
 
@@ -568,7 +578,11 @@ def _read_attachment(attachment: Any) -> _Problem | None:
 
 
 def _exchange_checks(message: dict[str, Any], mailbox: _Mailbox) -> _Problem | None:
-    """What Exchange refuses once the message is read: headers, attachments, recipients, send-as."""
+    """What Exchange refuses once the message is read: extended properties, headers, attachments, recipients,
+    send-as."""
+    problem = check_extended_properties(message.get("singleValueExtendedProperties") or [])
+    if problem is not None:
+        return problem
     headers = message.get("internetMessageHeaders") or []
     if len(headers) > 5:
         # Graph's answer as reported by SDK users (msgraph-sdk-dotnet#2208) and in production use.

@@ -12,57 +12,32 @@ That page's rules, played here: the application permission is Mail.Read (Mail.Re
 properties: https://learn.microsoft.com/graph/permissions-reference#mailreadbasic), scoped by Exchange like
 Mail.Send; the Name in the property id is matched case-sensitively, the value case-insensitively. Any other
 $filter is refused: the relay sends only this form, and an emulator that answered more would hide a typo.
+The id formats, value types and the filter's parsing are extended_properties.py's.
 """
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from typing import Any, Final
 
 from devstack.emulator.common import _utcnow
+from devstack.emulator.extended_properties import matching_values
 from devstack.emulator.state import TenantState
 
 # The read permissions that cover extended properties (the doc above); Mail.ReadBasic does not.
 EXTENDED_PROPERTY_READ: Final = ("Mail.Read", "Mail.ReadWrite")
 SENT_ITEMS: Final = "sentitems"  # the well-known folder name; Graph takes it in any case
 SELECTABLE_DEFAULT: Final = ("id", "sentDateTime", "internetMessageId", "subject")
-# The documented filter, OData string literals with '' for a quote inside.
-_LITERAL: Final = r"'((?:[^']|'')*)'"
-_ANY_FILTER: Final = re.compile(
-    r"^\s*singleValueExtendedProperties/Any\(\s*(\w+)\s*:\s*(\w+)/id\s+eq\s+"
-    + _LITERAL
-    + r"\s+and\s+(\w+)/value\s+eq\s+"
-    + _LITERAL
-    + r"\s*\)\s*$"
-)
-_PROPERTY_ID: Final = re.compile(r"^(\w+)\s+\{([0-9a-fA-F-]{36})\}\s+Name\s+(\S.*)$")
 _SELECTABLE: Final = frozenset({"id", "sentDateTime", "internetMessageId", "subject", "createdDateTime"})
-
-
-def parse_filter(query: str) -> tuple[str, str] | None:
-    """(property id, value) of the documented extended-property filter, or None for any other filter."""
-    match = _ANY_FILTER.match(query)
-    if not match or not (match[1] == match[2] == match[4]):
-        return None
-    return match[3].replace("''", "'"), match[5].replace("''", "'")
 
 
 def select(items: list[dict[str, Any]], fields: list[str]) -> list[dict[str, Any]] | str:
     """The items with only `fields`, or the first field a message does not have."""
-    unknown = [f for f in fields if f not in _SELECTABLE and f != "singleValueExtendedProperties"]
+    unknown = [f for f in fields if f not in _SELECTABLE]
     if unknown:
         return unknown[0]
     return [{f: i.get(f) for f in fields} for i in items]
-
-
-def _same_property(a: str, b: str) -> bool:
-    """Two extended property ids name one property: type and GUID case-insensitive, the Name exact."""
-    ma, mb = _PROPERTY_ID.match(a.strip()), _PROPERTY_ID.match(b.strip())
-    if not ma or not mb:
-        return a.strip().lower() == b.strip().lower()  # the tag forms ("String 0x1234"): no name to compare
-    return ma[1].lower() == mb[1].lower() and ma[2].lower() == mb[2].lower() and ma[3] == mb[3]
 
 
 class SentItems(TenantState):
@@ -93,17 +68,6 @@ class SentItems(TenantState):
         with self._lock:
             self._sent_items.setdefault(address.lower(), []).append(item)
 
-    def _marked(self, address: str, property_id: str, value: str) -> list[dict[str, Any]]:
-        """The filed items carrying the extended property with this value (compared as the doc says)."""
-        return [
-            item
-            for item in self.sent_items(address)
-            if any(
-                _same_property(p["id"], property_id) and p["value"].lower() == value.lower()
-                for p in item["singleValueExtendedProperties"]
-            )
-        ]
-
     def sent_items(self, address: str) -> list[dict[str, Any]]:
         """The mailbox's Sent Items that Exchange has filed by now (admin API `GET sent-items?mailbox=`)."""
         now = time.monotonic()
@@ -120,10 +84,7 @@ class SentItems(TenantState):
         with self._lock:
             for entry in self._outbox:
                 message = entry["message"].get("message") or {}
-                for prop in message.get("singleValueExtendedProperties") or []:
-                    if isinstance(prop, dict) and (
-                        property_id is None or _same_property(str(prop.get("id")), property_id)
-                    ):
-                        value = str(prop.get("value"))
-                        counts[value] = counts.get(value, 0) + 1
+                properties = [p for p in message.get("singleValueExtendedProperties") or [] if isinstance(p, dict)]
+                for value in matching_values(properties, property_id):
+                    counts[value] = counts.get(value, 0) + 1
         return counts

@@ -47,12 +47,14 @@ def register(subparsers: Subparsers) -> None:
     )
     listing.add_argument("--all", action="store_true", help="every dead letter, beyond peek's 32 (see above)")
     listing.add_argument("--json", action="store_true", help="JSON, with each request in full")
+    _add_retries_flag(listing)
     add_connection_args(listing)
     listing.set_defaults(handler=run_list)
 
     show = commands.add_parser("show", help="one dead letter in full: error, hint, and the request")
     show.add_argument("id", metavar="ID", help="the dead letter's message id (from list)")
     show.add_argument("--json", action="store_true", help="as JSON")
+    _add_retries_flag(show)
     add_connection_args(show)
     show.set_defaults(handler=run_show)
 
@@ -68,6 +70,7 @@ def register(subparsers: Subparsers) -> None:
     which = requeue.add_mutually_exclusive_group(required=True)
     which.add_argument("id", metavar="ID", nargs="?", help="the dead letter's message id")
     which.add_argument("--all", action="store_true", help="every dead letter that holds a valid request")
+    _add_retries_flag(requeue)
     add_connection_args(requeue)
     requeue.set_defaults(handler=run_requeue)
 
@@ -141,7 +144,7 @@ def run_list(args: argparse.Namespace) -> int:
     from shared.deadletters import PEEK_LIMIT
 
     def run(conn: Connection) -> int:
-        queue = _dead_letter_queue(conn)
+        queue = _dead_letter_queue(conn, args.retries)
         if not queue.main_queue_exists():
             # A typo in --queue would otherwise read as "no dead letters": say the queue is not there.
             return fail(
@@ -154,7 +157,7 @@ def run_list(args: argparse.Namespace) -> int:
         if args.json:
             print(_json([letter.to_json() for letter in letters]))
         elif not letters:
-            print(f"no dead letters in {conn.poison_queue_name}")
+            print(f"no dead letters in {_poison_name(conn, args.retries)}")
         else:
             print(dead_letter_table(letters))
         if not args.all and len(letters) == PEEK_LIMIT:
@@ -169,7 +172,7 @@ def run_show(args: argparse.Namespace) -> int:
 
     def run(conn: Connection) -> int:
         try:
-            letter = _dead_letter_queue(conn).get(args.id)
+            letter = _dead_letter_queue(conn, args.retries).get(args.id)
         except DeadLetterNotFound as exc:
             return fail("dead-letters show", str(exc), EXIT_INVALID)
         print(_json(letter.to_json()) if args.json else dead_letter_details(letter))
@@ -182,7 +185,7 @@ def run_requeue(args: argparse.Namespace) -> int:
     from shared.deadletters import DeadLetterNotFound, NotRequeueable, Requeued
 
     def run(conn: Connection) -> int:
-        queue = _dead_letter_queue(conn)
+        queue = _dead_letter_queue(conn, args.retries)
         if not args.all:
             try:
                 done = queue.requeue(args.id)
@@ -197,13 +200,26 @@ def run_requeue(args: argparse.Namespace) -> int:
             print(f"requeued {r.dead_letter_id} as {r.message_id} on {conn.queue_name}")
         for reason in refused:
             print(f"not requeued: {reason}", file=sys.stderr)
-        print(f"{len(requeued)} requeued, {len(refused)} left in {conn.poison_queue_name}", file=sys.stderr)
+        print(f"{len(requeued)} requeued, {len(refused)} left in {_poison_name(conn, args.retries)}", file=sys.stderr)
         return EXIT_INVALID if refused else EXIT_OK
 
     return run_with_queue("dead-letters requeue", args, run)
 
 
-def _dead_letter_queue(conn: Connection) -> DeadLetterQueue:
+def _add_retries_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--retries",
+        action="store_true",
+        help="the relay's retry queue's dead letters (<queue>-retry-poison): retries the host gave up on after "
+        "maxDequeueCount failed deliveries (storage unreachable, say); requeue puts their requests on the outbox",
+    )
+
+
+def _poison_name(conn: Connection, retries: bool) -> str:
+    return f"{conn.queue_name}-retry-poison" if retries else conn.poison_queue_name
+
+
+def _dead_letter_queue(conn: Connection, retries: bool = False) -> DeadLetterQueue:
     from shared.deadletters import open_queues
 
     return open_queues(
@@ -211,4 +227,5 @@ def _dead_letter_queue(conn: Connection) -> DeadLetterQueue:
         connection_string=conn.connection_string,
         queue_url=conn.queue_url,
         credential=credential() if conn.queue_url else None,
+        poison_suffix="-retry-poison" if retries else "-poison",
     )

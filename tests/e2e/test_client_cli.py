@@ -352,3 +352,32 @@ def test_mailrelay_status_and_the_client_say_what_became_of_a_request(
     assert main(["send", *conn, "--from", ALERTS, "--to", "ada@contoso.com", "--subject", "s2", "--text", "t"]) == 0
     message_id = capsys.readouterr().out.strip()
     wait_for(lambda: (client.status(message_id) or {}).get("state") == "sent", 15, "the keyless record")
+
+
+def test_retries_the_host_gave_up_on_are_listed_and_requeued_to_the_outbox(
+    relay_env: RelayEnv, local_host: Callable[..., LocalHost], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A retry message whose function kept failing (storage down) is moved raw to <queue>-retry-poison by the
+    host; `dead-letters --retries` shows it, and requeue sends its request through the outbox."""
+    from shared.retries import wrap
+
+    conn = ["--connection-string", relay_env.env["AzureWebJobsStorage"], "--queue", relay_env.queue_name]
+    stranded = QueueClient.from_connection_string(
+        relay_env.env["AzureWebJobsStorage"], f"{relay_env.queue_name}-retry-poison"
+    )
+    stranded.create_queue()
+    request = relay_env.request("stranded retry", id=f"stranded-{uuid.uuid4().hex[:8]}")
+    stranded.send_message(encode(wrap(request, "first-message-id", "retrying")), time_to_live=-1)
+
+    assert main(["dead-letters", "list", "--retries", "--json", *conn]) == 0
+    (letter,) = json.loads(capsys.readouterr().out)
+    assert letter["request"] == request
+    assert main(["dead-letters", "list", "--json", *conn]) == 0
+    assert json.loads(capsys.readouterr().out) == []  # the outbox's own dead letters are apart
+    from shared.doctor import diagnose
+
+    [stranded_check] = [c for c in diagnose(os.environ) if c.name == "stranded retries"]
+    assert stranded_check.status == "warn" and "--retries" in stranded_check.hint
+    local_host()
+    assert main(["dead-letters", "requeue", "--retries", letter["id"], *conn]) == 0
+    wait_for(lambda: relay_env.subjects_sent()["stranded retry"] == 1, 15, "the requeued retry to be sent")

@@ -131,3 +131,24 @@ def test_an_allowed_address_off_the_allow_list_fails(relay_env: RelayEnv) -> Non
     relay_env.emulator.add_app(TENANT, CLIENT, SECRET, exchange_roles=READS)
     checks = diagnose(os.environ, allowed=[NOT_ALLOWED], denied=[])
     assert (f"allow-list {NOT_ALLOWED}", "fail") in {(c.name, c.status) for c in checks}
+
+
+@pytest.mark.parametrize(
+    ("roles", "outcome", "status", "words"),
+    [
+        ((*READS, "Application Mail.Read"), "resend", "ok", "looked up in Sent Items"),
+        (READS, "resend", "warn", "SEND_UNKNOWN_OUTCOME=resend, sent again: may arrive twice"),
+        (READS, "deadletter", "warn", "SEND_UNKNOWN_OUTCOME=deadletter, dead-lettered"),
+    ],
+    ids=["Mail.Read", "ReadBasic, resend", "ReadBasic, deadletter"],
+)
+def test_the_doctor_says_how_an_unknown_send_would_be_resolved(
+    relay_env: RelayEnv, monkeypatch: pytest.MonkeyPatch, roles: tuple[str, ...], outcome: str, status: str, words: str
+) -> None:
+    monkeypatch.setenv("SEND_UNKNOWN_OUTCOME", outcome)
+    relay_env.emulator.add_app(TENANT, CLIENT, SECRET, exchange_roles=roles)
+    checks = diagnose(os.environ, allowed=[ALERTS], denied=[NOT_ALLOWED])
+    [check] = [c for c in checks if c.name == f"unknown sends from {ALERTS}"]
+    assert check.status == status and words in check.detail
+    if status == "warn":
+        assert "Application Mail.Read" in check.hint

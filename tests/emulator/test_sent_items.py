@@ -107,21 +107,46 @@ def test_a_look_up_without_mail_read_in_scope_is_refused(
 
 
 @pytest.mark.parametrize(
-    "query",
+    ("query", "code"),
     [
-        "subject eq 'x'",
-        f"singleValueExtendedProperties/Any(ep: ep/id eq '{MARK_PROPERTY_ID}')",
-        f"singleValueExtendedProperties/Any(ep: x/id eq '{MARK_PROPERTY_ID}' and ep/value eq 'v')",
+        ("subject eq 'x'", "ErrorInvalidUrlQueryFilter"),
+        (f"singleValueExtendedProperties/Any(ep: ep/id eq '{MARK_PROPERTY_ID}')", "ErrorInvalidUrlQueryFilter"),
+        (
+            f"singleValueExtendedProperties/Any(ep: x/id eq '{MARK_PROPERTY_ID}' and ep/value eq 'v')",
+            "ErrorInvalidUrlQueryFilter",
+        ),
+        ("singleValueExtendedProperties/Any(ep: ep/id eq 'unterminated", "BadRequest"),
+        (
+            "singleValueExtendedProperties/Any(ep: ep/id eq 'no such id' and ep/value eq 'v')",
+            "ErrorInvalidExtendedProperty",
+        ),
     ],
 )
-def test_any_other_filter_is_a_bad_request(emu: Emulator, http: requests.Session, query: str) -> None:
+def test_any_other_filter_is_a_bad_request(emu: Emulator, http: requests.Session, query: str, code: str) -> None:
     reply = http.get(
         f"{emu.url}/v1.0/users/{IN}/mailFolders/sentitems/messages",
         params={"$filter": query},
         headers={"Authorization": f"Bearer {token_for(emu, http)}"},
         timeout=10,
     )
-    assert graph_error(reply)[:2] == (400, "BadRequest")
+    assert graph_error(reply)[:2] == (400, code)
+
+
+@pytest.mark.parametrize(
+    "properties",
+    [
+        {"id": MARK_PROPERTY_ID, "value": MARK},  # not a collection
+        [{"id": MARK_PROPERTY_ID, "value": 7}],  # a value that is no string
+        [{"id": "not an id", "value": MARK}],  # an id in none of the documented formats
+    ],
+    ids=["not a list", "value not a string", "bad id"],
+)
+def test_a_malformed_mark_is_refused_as_graph_refuses_it(
+    emu: Emulator, http: requests.Session, properties: Any
+) -> None:
+    body = mail(singleValueExtendedProperties=properties)
+    reply = send(emu, http, body, token_for(emu, http), mailbox=IN)
+    assert reply.status_code == 400 and emu.copies_by_mark() == {}
 
 
 @pytest.mark.parametrize("status", [500, 502, 504])
