@@ -353,10 +353,11 @@ class LocalStack:
         from azure.data.tables import TableServiceClient
 
         from shared.expiry import TABLE_NAME as EXPIRY_TABLE
+        from shared.pacing import TABLE_NAME as PACE_TABLE
         from shared.status import TABLE_NAME as STATUS_TABLE
 
         tables = TableServiceClient.from_connection_string(self.storage_connection_string)
-        for table in (STATUS_TABLE, EXPIRY_TABLE):
+        for table in (STATUS_TABLE, PACE_TABLE, EXPIRY_TABLE):
             tables.create_table_if_not_exists(table)
 
     def _seed(self) -> dict[str, Any]:

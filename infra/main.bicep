@@ -2,7 +2,7 @@
 //
 // One resource group holds: a user-assigned identity, a Flex Consumption Function App (Linux,
 // Python 3.11), a storage account (queues mail-outbox, mail-outbox-poison and the relay-internal
-// mail-outbox-retry and mail-outbox-retry-poison; tables expirywarnings and mailstatus; the Flex
+// mail-outbox-retry and mail-outbox-retry-poison; tables expirywarnings, mailstatus and mailpace; the Flex
 // deployment container; shared keys off), a Key Vault (RBAC, soft delete, purge protection) for the
 // Graph client secret, Log Analytics + Application Insights (Entra auth only), two log alerts and
 // an optional action group. The Entra app registration is optional (app/entra-app.bicep); the
@@ -215,6 +215,8 @@ var expiryWarningsTableName = 'expirywarnings'
 // Status records (shared/status.py TABLE_NAME): one per sender mailbox and request id, the atomic
 // claim before Graph and what became of each request. Replaces the former sentrequests ledger.
 var statusTableName = 'mailstatus'
+// The relay's pacing per sender mailbox (shared/pacing.py): one record per mailbox, written under ETag.
+var paceTableName = 'mailpace'
 
 // Entra consent of Mail.Send only for the legacy model: with RBAC for Applications it would widen
 // the Exchange scope to every mailbox in the tenant.
@@ -308,6 +310,9 @@ module storage 'br/public:avm/res/storage/storage-account:0.8.3' = {
         }
         {
           name: statusTableName
+        }
+        {
+          name: paceTableName
         }
       ]
     }

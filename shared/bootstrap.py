@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from azure.keyvault.secrets import SecretClient
 
     from shared.expiry import ExpiryCheck
+    from shared.pacing import Pacer
     from shared.secrets import KeyVaultSecret
     from shared.tokens import MsalTokens
 
@@ -56,6 +57,7 @@ class Runtime:
     status: StatusStore  # one record per request, claimed before Graph is called (shared/status.py)
     overflow: Overflow | None = None  # what does not fit in a queue message (shared/queues.py)
     clock: Callable[[], datetime] = _utcnow  # the claims' leases and schedules; tests move it
+    pacer: Pacer | None = None  # per-mailbox pacing, shared by every instance (shared/pacing.py)
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,8 @@ def build_clients(settings: Settings) -> Clients:
 
 
 def build_runtime(settings: Settings, clients: Clients | None = None) -> Runtime:
+    from shared.pacing import TABLE_NAME as PACE_TABLE
+    from shared.pacing import Pacer, TablePaceStore, limits_of
     from shared.queues import OVERFLOW_CONTAINER, BlobOverflow, QueueDeadLetters, QueueRequeue
     from shared.status import TABLE_NAME, TableStatusStore
     from shared.storage import container_client, queue_client, table_client
@@ -109,6 +113,7 @@ def build_runtime(settings: Settings, clients: Clients | None = None) -> Runtime
         dead_letters=QueueDeadLetters(queue_client(settings, settings.poison_queue_name, identity), overflow),
         retries=QueueRequeue(queue_client(settings, settings.retry_queue_name, identity)),
         status=TableStatusStore(table_client(settings, TABLE_NAME, identity)),
+        pacer=Pacer(TablePaceStore(table_client(settings, PACE_TABLE, identity)), limits_of(settings)),
         overflow=overflow,
     )
 

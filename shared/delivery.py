@@ -14,7 +14,9 @@ The steps, for a request that passed the contract and the allow-list (DESIGN.md,
    SEND_UNKNOWN_SETTLE_SECONDS have passed since the try (Exchange files a sent message some time after
    its 202), then sends. Without read access, SEND_UNKNOWN_OUTCOME decides: `resend` (at least once) or
    `deadletter` (at most once).
-3. **Send**, counting the try against the budget (SEND_MAX_ATTEMPTS, SEND_MAX_AGE_HOURS).
+3. **Pace and send**: take a slot in the sender's pace (shared/pacing.py), or go back `queued` with the delay
+   the mailbox needs; then send, counting the try against the budget (SEND_MAX_ATTEMPTS, SEND_MAX_AGE_HOURS).
+   A 429 gives its try back: throttling spends Retry-After, not the budget.
 4. **Record** the outcome: `sent`; `dead-lettered` with the envelope; `retrying` (nothing was accepted)
    or `unknown` (it may have been), with the request on the retry queue, hidden until its next step.
 
@@ -31,6 +33,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from shared.outcomes import Failure, Permanent, Sent, Transient, permanent
+from shared.pacing import Granted, Over
 from shared.status import DEAD_LETTERED, QUEUED, RETRYING, SENDING, SENT, UNKNOWN, StatusKey, StatusRecord
 
 if TYPE_CHECKING:
@@ -105,8 +108,52 @@ def deliver(rt: Runtime, checked: Checked, original_message_id: str | None, fiel
             return
         record = resolved
     fields["attempt"] = record.attempts
-    attempt = rt.relay.deliver(checked, key.mark)
+    slot = _pace(rt, checked, record, original_message_id, fields)
+    if slot is None:
+        return
+    try:
+        attempt = rt.relay.deliver(checked, key.mark)
+    finally:
+        if rt.pacer is not None:
+            rt.pacer.release(req.sender, slot)
     _settle(rt, checked, record, attempt.outcome, attempt.request_id, attempt.client_request_id, fields)
+
+
+# --- 3. Pacing --------------------------------------------------------------------------------------------
+
+
+def _pace(
+    rt: Runtime, checked: Checked, record: StatusRecord, original_message_id: str | None, fields: dict[str, Any]
+) -> Granted | None:
+    """A slot in the sender's pace (shared/pacing.py), a token one without a pacer; None when the request was put back
+    `queued` because its mailbox is over its pace. The try the claim counted is given back: pacing never spends
+    the retry budget."""
+    if rt.pacer is None:
+        return Granted("unpaced")
+    req = checked.request
+    recipients = len(req.to) + len(req.cc) + len(req.bcc)
+    decided = rt.pacer.acquire(req.sender, recipients)
+    if not isinstance(decided, Over):
+        return decided
+    now = rt.clock()
+    when = now + timedelta(seconds=decided.seconds)
+    waiting = replace(
+        record,
+        state=QUEUED,
+        attempts=max(record.attempts - 1, 0),
+        updated_at=now,
+        lease_until=None,
+        not_before=when,
+        last_error_code="Paced",
+        last_error_hint=f"waiting for the mailbox's {decided.limit} limit",
+    )
+    _write(rt, waiting)
+    delay = _put_back(rt, checked, original_message_id, decided.seconds, "paced")
+    # The recipient budget is the one that can hold mail for hours: the operator must see it in the log.
+    level = logging.WARNING if decided.limit == "recipients per day" else logging.INFO
+    text = f"over the mailbox's {decided.limit} limit; queued for {delay} s"
+    _log(level, "mail.paced", text, delaySeconds=delay, **fields)
+    return None
 
 
 # --- 1. The claim -----------------------------------------------------------------------------------------
@@ -311,6 +358,9 @@ def _settle(
         settled = now + timedelta(seconds=rt.settings.graph_timeout_seconds + rt.settings.unknown_settle_seconds)
         _reschedule(rt, checked, record, UNKNOWN, max(retry_at, settled), original, "unknown", fields, outcome)
         return
+    if outcome.throttled:
+        # Throttling is the service's pace, not the request's fault: the try is given back, Retry-After kept.
+        record = replace(record, attempts=max(record.attempts - 1, 0))
     spent = _budget(rt, record, now)
     if spent:
         gave_up = Transient(outcome.code, f"{outcome.message} ({spent})", outcome.hint, outcome.retry_after)

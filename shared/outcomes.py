@@ -9,7 +9,7 @@ Every answer from Entra ID, Key Vault or Graph is classified once, here, into on
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -35,6 +35,9 @@ class Transient:
     # Graph may have accepted the message anyway (a read timeout, a 5xx, a connection lost after the request
     # went out): the outcome is unknown, and it is resolved before any second try (shared/delivery.py).
     maybe_sent: bool = False
+    # Graph throttled the call (429): nothing was sent and the request is not at fault, so the try does not
+    # spend the retry budget; Retry-After says when to come back (shared/delivery.py).
+    throttled: bool = False
 
 
 Failure = Permanent | Transient
@@ -261,7 +264,8 @@ def classify_http(status: int, error: Any, retry_after: str | None = None, scope
     if status in _TRANSIENT_STATUS or status >= 500:
         # A 5xx says nothing about whether the message went out: Graph's front end may answer 502 or 504
         # after Exchange accepted it. 408 and 429 are refusals: nothing was accepted.
-        return transient(code, message, parse_retry_after(retry_after), maybe_sent=status >= 500)
+        outcome = transient(code, message, parse_retry_after(retry_after), maybe_sent=status >= 500)
+        return replace(outcome, throttled=status == 429)
     return permanent(code, message, scope_model)
 
 

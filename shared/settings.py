@@ -110,6 +110,13 @@ class Settings:
     unknown_settle_seconds: float = 120.0
     unknown_outcome: str = "resend"  # SEND_UNKNOWN_OUTCOME: resend (at least once) or deadletter (at most once)
     status_retention_days: float = 30.0
+    # Pacing per mailbox (shared/pacing.py): Microsoft's limits by default; the windows are settings so the
+    # local stack and the tests can run time-scaled against an emulator that enforces the same limits.
+    mailbox_max_concurrent: int = 4
+    mailbox_messages_per_minute: int = 30
+    mailbox_rate_window_seconds: float = 60.0
+    mailbox_recipients_per_day: int = 10_000
+    mailbox_recipient_window_seconds: float = 86_400.0
 
     @property
     def retry_policy(self) -> RetryPolicy:
@@ -282,6 +289,22 @@ def _delivery(env: Mapping[str, str]) -> dict[str, Any]:
         "unknown_settle_seconds": _number(env, "SEND_UNKNOWN_SETTLE_SECONDS", 120.0, low=0, high=3600, whole=False),
         "unknown_outcome": outcome,
         "status_retention_days": _number(env, "STATUS_RETENTION_DAYS", 30.0, low=0.01, high=3650, whole=False),
+        # Graph allows 4 concurrent requests per app and mailbox, Exchange 30 messages a minute and 10,000
+        # recipients a day per mailbox: a setting may lower them (a shared mailbox other apps use too), and
+        # raising them only trades pacing for 429s or a blocked mailbox, so the ceilings are Microsoft's.
+        "mailbox_max_concurrent": int(_number(env, "MAILBOX_MAX_CONCURRENT", 4, low=1, high=4, whole=True)),
+        "mailbox_messages_per_minute": int(
+            _number(env, "MAILBOX_MESSAGES_PER_MINUTE", 30, low=1, high=30, whole=True)
+        ),
+        "mailbox_rate_window_seconds": _number(
+            env, "MAILBOX_RATE_WINDOW_SECONDS", 60.0, low=0.1, high=3600, whole=False
+        ),
+        "mailbox_recipients_per_day": int(
+            _number(env, "MAILBOX_RECIPIENTS_PER_DAY", 10_000, low=1, high=10_000, whole=True)
+        ),
+        "mailbox_recipient_window_seconds": _number(
+            env, "MAILBOX_RECIPIENT_WINDOW_SECONDS", 86_400.0, low=1, high=86_400 * 7, whole=False
+        ),
     }
 
 

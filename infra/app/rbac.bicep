@@ -6,7 +6,7 @@
 // The relay's identity (user-assigned, shared by the Functions host and the relay's code):
 //   Storage Queue Data Contributor  storage account  queue triggers (mail-outbox, mail-outbox-retry); writes the
 //                                                    retry queue and dead-letter envelopes to mail-outbox-poison
-//   Storage Table Data Contributor  storage account  tables expirywarnings and mailstatus
+//   Storage Table Data Contributor  storage account  tables expirywarnings, mailstatus and mailpace
 //   Storage Blob Data Owner         storage account  host leases/timers/keys and the Flex deployment container
 //   Key Vault Secrets User          key vault        read the Graph client secret and its exp attribute
 //   Monitoring Metrics Publisher    App Insights     send telemetry with Entra auth (local auth is off)
@@ -112,7 +112,7 @@ resource relayQueueDataContributor 'Microsoft.Authorization/roleAssignments@2022
   }
 }
 
-// Storage Table Data Contributor: the relay's tables (expirywarnings, mailstatus).
+// Storage Table Data Contributor: the relay's tables (expirywarnings, mailstatus, mailpace).
 resource relayTableDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(storageAccount.id, relayPrincipalId, storageTableDataContributorRoleId)
   scope: storageAccount

@@ -130,6 +130,9 @@ def relay_env(azurite: Azurite, emulator: Emulator, monkeypatch: pytest.MonkeyPa
         "GRAPH_TIMEOUT_SECONDS": "5",
         "SEND_CLAIM_LEASE_SECONDS": "10",
         "SEND_UNKNOWN_SETTLE_SECONDS": "1",
+        # Pacing time-scaled: 30 messages a second instead of a minute, so hundreds of requests from one
+        # mailbox pass in seconds (the pacing itself is tested with these limits binding).
+        "MAILBOX_RATE_WINDOW_SECONDS": "1",
         # function_app.py binds its timers to these; the local host does not run timers, but like the real
         # host it refuses to start while a binding's %SETTING% does not resolve.
         "EXPIRY_CHECK_SCHEDULE": "0 0 7 * * *",

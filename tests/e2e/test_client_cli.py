@@ -217,6 +217,9 @@ def test_mailrelay_local_serves_and_stops_on_sigterm_leaving_nothing(tmp_path: P
             "caCertPath",
             "relaySettings",
             "consoleUrl",
+            "pids",
+            "instances",
+            "readAccess",
         }
         assert oct(state_file.stat().st_mode & 0o777) == "0o600"
         children = _children(process.pid)

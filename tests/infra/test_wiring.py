@@ -458,6 +458,7 @@ def names_in(block: str, variables: dict[str, str]) -> set[str]:
 
 
 def test_queue_and_table_names_match_the_code() -> None:
+    from shared.pacing import TABLE_NAME as PACE_TABLE
     from shared.settings import DEFAULT_QUEUE_NAME, RETRY_QUEUE_SUFFIX
     from shared.status import TABLE_NAME
 
@@ -476,12 +477,13 @@ def test_queue_and_table_names_match_the_code() -> None:
         "retryPoisonQueueName": f"{queue}{RETRY_QUEUE_SUFFIX}-poison",
         "expiryWarningsTableName": string_var(main, "expiryWarningsTableName"),
         "statusTableName": string_var(main, "statusTableName"),
+        "paceTableName": string_var(main, "paceTableName"),
     }
     params = storage_params()
     assert names_in(params["queueServices"], variables) == {
         "mail-outbox", "mail-outbox-poison", "mail-outbox-retry", "mail-outbox-retry-poison"}
     tables = names_in(params["tableServices"], variables)
-    assert tables == {"expirywarnings", TABLE_NAME} == {"expirywarnings", "mailstatus"}
+    assert tables == {"expirywarnings", TABLE_NAME, PACE_TABLE} == {"expirywarnings", "mailstatus", "mailpace"}
     assert "sentrequests" not in source(MAIN), "the sentrequests ledger is replaced by mailstatus"
     assert app_settings()["MAIL_QUEUE_NAME"] == "mailQueueName"
     # The retry trigger's binding resolves to the queue the template creates.

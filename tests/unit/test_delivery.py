@@ -235,13 +235,14 @@ def test_a_throttled_try_is_retrying_on_the_relays_queue_with_retry_after_as_a_f
     s.graph.replies.append(graph_error(429, "ApplicationThrottled", "slow down", retry_after="20"))
     s.outbox()
     record = s.record()
-    assert record.state == RETRYING and record.attempts == 1 and record.last_error_code == "ApplicationThrottled"
+    # Throttling spends Retry-After, not the budget: the try is given back.
+    assert record.state == RETRYING and record.attempts == 0 and record.last_error_code == "ApplicationThrottled"
     ((payload, delay),) = s.retries.puts
     assert set(payload) == {"$retry", "request"} and "attempts" not in payload["$retry"]  # state is in the record
     assert delay >= 20 and record.not_before == s.clock.now + timedelta(seconds=delay)
     s.clock.advance(delay)
     s.run_retries()
-    assert len(s.graph.calls) == 2 and s.record().state == SENT and s.record().attempts == 2
+    assert len(s.graph.calls) == 2 and s.record().state == SENT and s.record().attempts == 1
 
 
 def test_an_early_duplicate_keeps_to_the_records_schedule() -> None:
@@ -257,7 +258,7 @@ def test_an_early_duplicate_keeps_to_the_records_schedule() -> None:
 def test_the_budget_is_counted_in_the_record_and_spent_into_a_dead_letter() -> None:
     s = make(SEND_MAX_ATTEMPTS="2")
     for _ in range(2):
-        s.graph.replies.append(graph_error(429, "ApplicationThrottled", "slow down", retry_after="1"))
+        s.graph.replies.append(graph_error(408, "RequestTimeout", "the server timed out waiting", retry_after="1"))
     s.outbox()
     s.clock.advance(3600)
     s.run_retries()
@@ -265,6 +266,17 @@ def test_the_budget_is_counted_in_the_record_and_spent_into_a_dead_letter() -> N
     (envelope,) = s.dead.envelopes
     assert envelope["attempts"] == 2 and "SEND_MAX_ATTEMPTS=2" in envelope["error"]["message"]
     assert s.record().state == DEAD_LETTERED
+
+
+def test_a_429_storm_never_spends_the_budget() -> None:
+    s = make(SEND_MAX_ATTEMPTS="2")
+    for _ in range(5):
+        s.graph.replies.append(graph_error(429, "ApplicationThrottled", "slow down", retry_after="1"))
+    s.outbox()
+    for _ in range(6):
+        s.clock.advance(3600)
+        s.run_retries()
+    assert len(s.graph.calls) == 6 and s.dead.envelopes == [] and s.record().state == SENT
 
 
 def test_a_retry_wrapper_on_the_outbox_is_refused_never_trusted() -> None:
@@ -420,6 +432,59 @@ def test_a_connection_lost_after_sending_is_unknown() -> None:
     s.graph.replies.append(requests.ConnectionError("Connection aborted: RemoteDisconnected"))
     s.outbox()
     assert s.record().state == UNKNOWN
+
+
+# --- Pacing ---------------------------------------------------------------------------------------------
+
+
+def paced(**settings: str) -> Stack:
+    from shared.pacing import MemoryPaceStore, Pacer, limits_of
+
+    s = make(**settings)
+    s.rt = Runtime(**{**s.rt.__dict__, "pacer": Pacer(MemoryPaceStore(), limits_of(s.rt.settings), s.clock)})
+    return s
+
+
+def test_a_mailbox_over_its_messages_per_minute_is_queued_without_spending_the_budget() -> None:
+    s = paced(MAILBOX_MESSAGES_PER_MINUTE="2")
+    for i in range(3):
+        s.outbox({**REQUEST, "id": f"order-{i}"}, msg_id=f"q-{i}")
+    assert len(s.graph.calls) == 2
+    third = s.record(StatusKey(SENDER, "id", "order-2"))
+    assert third.state == "queued" and third.attempts == 0 and third.last_error_code == "Paced"
+    ((_, delay),) = s.retries.puts
+    assert delay == 60  # until the oldest send leaves the one-minute window
+    s.clock.advance(delay)
+    s.run_retries()
+    assert len(s.graph.calls) == 3 and s.record(third.key).state == SENT and s.record(third.key).attempts == 1
+
+
+def test_one_busy_mailbox_never_holds_up_another() -> None:
+    s = paced(MAILBOX_MESSAGES_PER_MINUTE="1")
+    s.outbox({**REQUEST, "id": "a-1"}, msg_id="q-1")
+    s.outbox({**REQUEST, "id": "a-2"}, msg_id="q-2")  # over alerts@'s pace
+    s.outbox({**REQUEST, "id": "b-1", "from": "receipts@contoso.com"}, msg_id="q-3")
+    assert [sender for sender, _, _ in s.graph.calls] == [SENDER, "receipts@contoso.com"]
+
+
+def test_the_recipient_budget_holds_mail_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    s = paced(MAILBOX_RECIPIENTS_PER_DAY="4")
+    s.outbox()  # 3 recipients
+    with caplog.at_level(logging.INFO):
+        s.outbox({**REQUEST, "id": "order-43"}, msg_id="q-2")  # 3 more would make 6 > 4
+    assert len(s.graph.calls) == 1
+    record = s.record(StatusKey(SENDER, "id", "order-43"))
+    assert record.state == "queued" and "recipients per day" in (record.last_error_hint or "")
+    [line] = [r for r in caplog.records if getattr(r, "event", None) == "mail.paced"]
+    assert line.levelno == logging.WARNING
+
+
+def test_a_slot_is_freed_after_the_send_whatever_its_outcome() -> None:
+    s = paced(MAILBOX_MAX_CONCURRENT="1")
+    s.graph.replies.append(graph_error(403, "ErrorAccessDenied", "denied"))
+    s.outbox()
+    s.outbox({**REQUEST, "id": "order-43"}, msg_id="q-2")  # the first one's slot is free again
+    assert len(s.graph.calls) == 2
 
 
 # --- Dead letters, requeue and retention ---------------------------------------------------------------
