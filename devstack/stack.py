@@ -88,6 +88,7 @@ class LocalStack:
         inherit_output: bool = False,
         startup_timeout: float = 30.0,
         lease_seconds: float = 5.0,
+        host_json: Path | None = None,
         secret_expires_in_days: float = 365.0,
         instances: int = 1,
         read_access: bool = True,
@@ -114,6 +115,7 @@ class LocalStack:
         inside = {s.lower() for s in self.exchange_scope}
         self.mailboxes = [m for m in mailboxes if m.lower() not in inside]
         self._lease_seconds = lease_seconds
+        self._host_json = host_json  # another host.json for the hosts (the benchmark compares two)
         self._secret_expires_in = timedelta(days=secret_expires_in_days)
         self.queue_name = queue_name
         self._settings = dict(settings or {})
@@ -298,6 +300,8 @@ class LocalStack:
         if running is not None and running.poll() is None:
             raise StackError(f"{name} is already running")
         command = [sys.executable, "-m", "devstack.host", "--lease-seconds", str(self._lease_seconds)]
+        if self._host_json is not None:
+            command += ["--host-json", str(self._host_json)]
         ready = self._host_ready[name] = threading.Event()
         process = self._hosts[name] = self._spawn(name, command, self._host_environment(), ready_marker=HOST_READY)
         self._killed.discard(name)

@@ -149,14 +149,13 @@ param alertEmail string = ''
 // Capacity
 // ---------------------------------------------------------------------------------------------
 
-// Graph allows 4 concurrent requests per app (DESIGN.md, "Limits"). host.json makes each instance
-// take one queue message at a time (batchSize 1, newBatchThreshold 0), so each instance has at most
-// one sendMail in flight and the instance cap is the concurrency cap: 4 instances, 4 requests.
-// The cap counts every instance of the app (queue trigger and timer alike), so the expiry timer
-// cannot push the app past 4 either. Raise it only together with a lower per-instance concurrency.
+// Graph's limits hold per app and mailbox (4 concurrent requests), Exchange's per mailbox (30 a minute,
+// 10,000 recipients a day): the relay paces each mailbox itself, shared by every instance (Table mailpace),
+// so this cap is not the concurrency cap any more. host.json runs up to 12 sends per instance (batchSize 8 +
+// newBatchThreshold 4); on Flex Consumption the cap applies per function. 4 keeps cost and blast radius small.
 @minValue(1)
 @maxValue(4)
-@description('Maximum instances of the Flex Consumption app. 4 = Graph\'s limit of 4 concurrent requests per app, with host.json processing one message per instance.')
+@description('Maximum instances of the Flex Consumption app, per function. Each runs up to 12 sends at once; the relay paces each sender mailbox to Graph\'s and Exchange\'s limits whatever the count.')
 param maximumInstanceCount int = 4
 
 @allowed([

@@ -42,6 +42,8 @@ class AdminAPI(EntraID, KeyVault, GraphMail):
                 return _json_response(200, self.outbox)
             if route == ("GET", "sent-items"):
                 return _json_response(200, self.sent_items(request.param("mailbox") or ""))
+            if route == ("GET", "throttling"):
+                return _json_response(200, self.throttling())
             if route == ("GET", "copies"):
                 return _json_response(200, self.copies_by_mark())
             if route == ("GET", "stats"):
@@ -84,6 +86,8 @@ class AdminAPI(EntraID, KeyVault, GraphMail):
                 return _json_response(200, {"version": self._apply_secret(_json_object(payload))})
             elif route[1] == "faults":
                 self._apply_fault(_json_object(payload))
+            elif route[1] == "throttling":
+                self.configure_throttling(_json_object(payload))
             elif route[1] == "faults-clear":
                 self.clear_faults()
             else:

@@ -33,6 +33,7 @@ from devstack.emulator.extended_properties import check_extended_properties, par
 from devstack.emulator.faults import Faults
 from devstack.emulator.sent_items import EXTENDED_PROPERTY_READ, SELECTABLE_DEFAULT, SENT_ITEMS, SentItems, select
 from devstack.emulator.state import _Mailbox
+from devstack.emulator.throttling import Throttling
 
 # Graph refuses request bodies over 4 MB (sendMail included); larger content needs an upload session.
 GRAPH_MAX_REQUEST_BYTES = 4 * 1024 * 1024
@@ -114,7 +115,7 @@ _DEFAULT_FAULT_ERRORS: dict[int, tuple[str, str]] = {
 }
 
 
-class GraphMail(ExchangeScope, Faults, SentItems):
+class GraphMail(ExchangeScope, Faults, SentItems, Throttling):
     """Microsoft Graph: sendMail with its documented checks and errors, mailboxes, and the applications
     endpoint the expiry check reads.
 
@@ -276,6 +277,22 @@ class GraphMail(ExchangeScope, Faults, SentItems):
         denial = self._exchange_denial(claims, mailbox, ("Mail.Send",))
         if denial is not None:
             return self._graph_error(ids, *denial)
+        # Graph's limits per app and mailbox, then Exchange's (throttling.py): a call over them is refused
+        # before anything else happens to it; one within them counts as in flight until it is answered.
+        app_id = str(claims.get("appid", ""))
+        throttled = self._throttle_enter(app_id, mailbox.address)
+        if throttled is not None:
+            status, code, message, retry_after = throttled
+            return self._graph_error(ids, status, code, message, _retry_after_headers(retry_after))
+        try:
+            if self.graph_latency > 0:
+                self._stopping.wait(self.graph_latency)
+            return self._accept_send_mail(request, ids, mailbox, app_id)
+        finally:
+            self._throttle_exit(app_id, mailbox.address)
+
+    def _accept_send_mail(self, request: _Request, ids: _GraphIds, mailbox: _Mailbox, app_id: str) -> _Response:
+        """Faults, then Graph's checks, then Exchange takes the message (outbox, Sent Items, its own pace)."""
         fault = self._next_fault("graph.sendMail")
         if fault is not None and not fault.accept:
             return self._fault_response(ids, fault)
@@ -285,6 +302,9 @@ class GraphMail(ExchangeScope, Faults, SentItems):
             return self._graph_error(ids, status, code, message)
         assert parsed is not None
         internet_message_id = f"<{uuid.uuid4().hex}@{mailbox.address.rsplit('@', 1)[-1]}>"
+        message = parsed["message"]
+        recipients = sum(len(message.get(k) or []) for k in ("toRecipients", "ccRecipients", "bccRecipients"))
+        exchange = self._throttle_accept(app_id, mailbox.address, recipients)
         with self._lock:
             self._outbox.append(
                 {
@@ -292,6 +312,7 @@ class GraphMail(ExchangeScope, Faults, SentItems):
                     "message": parsed,
                     "receivedAt": _utcnow().isoformat(),
                     "internetMessageId": internet_message_id,
+                    **exchange,  # deliveryDelaySeconds past 30 a minute; bounced past the daily recipients
                 }
             )
         if parsed.get("saveToSentItems", True):

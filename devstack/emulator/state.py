@@ -24,6 +24,7 @@ from devstack.emulator.common import DEFAULT_TENANT_ID, SERVICES
 
 if TYPE_CHECKING:
     from devstack.emulator.faults import _Fault
+    from devstack.emulator.throttling import Pace
 
 TOKEN_LIFETIME_SECONDS = 3599
 
@@ -99,6 +100,12 @@ class TenantState(abc.ABC):
         # Each mailbox's Sent Items (sent_items.py), and how long Exchange takes to file a sent message there.
         self._sent_items: dict[str, list[dict[str, Any]]] = {}
         self.sent_items_delay = 0.0
+        # Graph's and Exchange's limits per app and mailbox (throttling.py), time-scaled, and a fixed latency.
+        self._paces: dict[tuple[str, str], Pace] = {}
+        self._throttle_lock = threading.Lock()
+        self.throttle_stats: dict[str, int] = {"concurrency429": 0, "requests429": 0, "delayed": 0, "bounced": 0}
+        self.throttle_time_scale = 1.0
+        self.graph_latency = 0.0
         # Exchange's scope (exchange.py): the delay before a scope change applies (time-scaled), and
         # whether the scope's group is one Exchange recognises (mail-enabled) or an Entra-only group.
         self.scope_delay = 0.0
@@ -152,9 +159,13 @@ class TenantState(abc.ABC):
             self._faults.clear()
             self._outbox.clear()
             self._sent_items.clear()
+            self.throttle_time_scale, self.graph_latency = 1.0, 0.0
             self._stats = dict.fromkeys(SERVICES, 0)
             self._vault_denied.clear()
             self.scope_delay, self.scope_group_mail_enabled = 0.0, True
+        with self._throttle_lock:
+            self._paces.clear()
+            self.throttle_stats.update(dict.fromkeys(self.throttle_stats, 0))
 
     def _count(self, service: str) -> None:
         with self._lock:

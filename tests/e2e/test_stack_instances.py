@@ -4,6 +4,7 @@ Sent Items can be withdrawn and granted while the stack runs."""
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ import pytest
 from azure.data.tables import TableClient
 from azure.storage.queue import QueueClient
 
+from devstack.host import HOST_JSON
 from devstack.stack import LocalStack
 from shared.graph import GraphClient, http_session
 from shared.queues import encode
@@ -32,8 +34,16 @@ SETTINGS = {
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[LocalStack]:
-    with LocalStack(allowed_senders=(SENDER,), instances=2, lease_seconds=LEASE, settings=SETTINGS) as running:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    # One message at a time per host (batchSize 1, newBatchThreshold 0), so the kill test knows each host holds
+    # exactly one of its two messages; the repository's host.json runs more at once.
+    host_json = json.loads(HOST_JSON.read_text())
+    host_json["extensions"]["queues"].update(batchSize=1, newBatchThreshold=0)
+    path = tmp_path_factory.mktemp("host") / "host.json"
+    path.write_text(json.dumps(host_json))
+    with LocalStack(
+        allowed_senders=(SENDER,), instances=2, lease_seconds=LEASE, settings=SETTINGS, host_json=path
+    ) as running:
         yield running
 
 
@@ -101,7 +111,7 @@ def test_a_killed_instance_is_no_failure_and_its_message_comes_back_after_the_le
     slow_graph(stack, 2, GRAPH_DELAY)
     try:
         run.enqueue(2)
-        # batchSize 1, newBatchThreshold 0 (host.json): each host runs one message at a time, so with two
+        # batchSize 1, newBatchThreshold 0 (the fixture's host.json): each host runs one message at a time, so with two
         # calls inside Graph each host holds one. A host polls an empty queue at least every 2 s
         # (maxPollingInterval), well within GRAPH_DELAY: both calls are in flight together.
         wait_for(lambda: graph_calls(stack) - before == 2, 10, "both hosts inside a Graph call")

@@ -36,8 +36,10 @@ def test_thirty_a_minute_then_wait_until_the_oldest_leaves_the_window() -> None:
         state = grant(state, now=1000.0 + i)
         state.slots.clear()  # each send finished
     over = decide(state, 1, 1030.0, LIMITS)
-    assert isinstance(over, Over) and over.limit == "messages per minute" and over.seconds == 30.0
-    assert not isinstance(decide(state, 1, 1060.5, LIMITS), Over)
+    # The window, and a margin of 5 % for the time a Graph call takes between the slot and Exchange's count.
+    assert isinstance(over, Over) and over.limit == "messages per minute" and over.seconds == 33.0
+    assert isinstance(decide(state, 1, 1060.5, LIMITS), Over)
+    assert not isinstance(decide(state, 1, 1063.5, LIMITS), Over)
 
 
 def test_the_recipient_budget_waits_for_the_oldest_bucket_to_leave_the_day() -> None:
@@ -68,3 +70,32 @@ def test_concurrent_workers_never_take_more_than_the_limit() -> None:
     assert sum(isinstance(g, Granted) for g in granted) == 4
     pacer.release("alerts@contoso.com", next(g for g in granted if isinstance(g, Granted)))
     assert isinstance(pacer.acquire("alerts@contoso.com", 1), Granted)
+
+
+def test_a_release_on_a_quiet_mailbox_is_one_write_with_no_read() -> None:
+    store = MemoryPaceStore()
+    reads = [0]
+    original = store.read
+
+    def counting_read(sender: str) -> tuple[PaceState, object]:
+        reads[0] += 1
+        return original(sender)
+
+    store.read = counting_read  # type: ignore[method-assign]
+    pacer = Pacer(store, LIMITS)
+    granted = pacer.acquire("alerts@contoso.com", 1)
+    assert isinstance(granted, Granted) and (reads[0], store.writes) == (1, 1)
+    pacer.release("alerts@contoso.com", granted)
+    assert (reads[0], store.writes) == (1, 2)
+    state, _ = original("alerts@contoso.com")
+    assert state.slots == {} and len(state.sends) == 1  # the slot is free; the send still counts for the minute
+
+
+def test_a_release_after_another_workers_write_reads_again_and_keeps_its_slot() -> None:
+    pacer = Pacer(MemoryPaceStore(), LIMITS)
+    first = pacer.acquire("alerts@contoso.com", 1)
+    second = pacer.acquire("alerts@contoso.com", 1)
+    assert isinstance(first, Granted) and isinstance(second, Granted)
+    pacer.release("alerts@contoso.com", first)  # its version is stale: the second grant wrote since
+    state, _ = pacer._store.read("alerts@contoso.com")
+    assert list(state.slots) == [second.slot]

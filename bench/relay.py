@@ -1,0 +1,409 @@
+"""The relay's benchmark: one command, a table, and docs/benchmarks.md. Ratios measured side by side in one run.
+
+    .venv/bin/python bench/relay.py                 # the full run (several minutes); writes docs/benchmarks.md
+    .venv/bin/python bench/relay.py --smoke         # a few requests each, nothing written: what CI runs
+
+What it measures (each repeated, min / median / max):
+1. The send path against the naive pattern (a new credential, Key Vault read and token for every message), in
+   process against the emulator with the real SDKs: time per message, and external calls per message.
+2. End to end on the local stack (Azurite, the emulator, one host process): msg/s for N requests from 40
+   mailboxes (so pacing, 30 a minute per mailbox, does not bind) at Graph latencies of 0 and 400 ms, with
+   host.json as it was (batchSize 1, newBatchThreshold 0) and as it is; the host's CPU ms per message and peak
+   RSS; Storage round trips per message (counted in process).
+3. Cold import of function_app against a bare `import azure.functions` (bench/import_cost.py).
+4. Against the throttling emulator (time-scaled: a minute lasts 60 / SCALE seconds), 1 mailbox and 4 at once:
+   throughput as a share of Exchange's 30 messages a minute, 429s provoked, dead letters, duplicates.
+
+It is not a test: nothing here asserts a speed. CI runs `--smoke` so the script keeps working.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+MAILBOXES = [f"sender{i:02d}@contoso.com" for i in range(40)]
+TODAY_HOST_JSON = {"batchSize": 1, "newBatchThreshold": 0}  # host.json before issue 11
+
+
+def spread(values: list[float]) -> str:
+    """min / median / max, as the table shows them."""
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3g}"
+    return f"{min(values):.3g} / {statistics.median(values):.3g} / {max(values):.3g}"
+
+
+# --- 1. The send path against the naive pattern -----------------------------------------------------------
+
+
+def send_path(n: int, repeat: int) -> list[tuple[str, str]]:
+    from devstack.emulator import Emulator
+    from shared.bootstrap import build_clients
+    from shared.settings import load_settings
+
+    tenant, client, secret = str(uuid.uuid4()), str(uuid.uuid4()), "bench~" + uuid.uuid4().hex
+    rows: list[tuple[str, str]] = []
+    with Emulator() as emu:
+        emu.add_app(tenant, client, secret)
+        emu.add_mailbox(MAILBOXES[0], in_exchange_scope=True)
+        emu.set_secret("graph-client-secret", secret, expires_on=datetime.now(UTC) + timedelta(days=300))
+        env = {
+            "GRAPH_TENANT_ID": tenant,
+            "GRAPH_CLIENT_ID": client,
+            "KEY_VAULT_URI": emu.url,
+            "GRAPH_CLIENT_SECRET_NAME": "graph-client-secret",
+            "ALLOWED_SENDERS": MAILBOXES[0],
+            "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+            "GRAPH_BASE_URL": emu.url,
+            "GRAPH_AUTHORITY_HOST": emu.url,
+            "MAILRELAY_CA_BUNDLE": emu.ca_cert_path,
+        }
+        os.environ.update({"IDENTITY_ENDPOINT": emu.msi_endpoint, "IDENTITY_HEADER": emu.identity_header})
+        settings = load_settings(env)
+        request = {
+            "from": MAILBOXES[0],
+            "to": ["ada@contoso.com"],
+            "subject": "bench",
+            "body": {"contentType": "text", "content": "bench"},
+            "saveToSentItems": False,
+        }
+        per_message: dict[str, list[float]] = {"relay": [], "naive": []}
+        calls: dict[str, dict[str, float]] = {}
+        for _ in range(repeat):
+            for kind in ("relay", "naive"):
+                before = emu.stats
+                started = time.perf_counter()
+                clients = build_clients(settings)
+                for _ in range(n):
+                    if kind == "naive":
+                        clients = build_clients(settings)  # a new credential, vault read and token each time
+                    clients.relay.send(json.dumps(request))
+                per_message[kind].append((time.perf_counter() - started) / n * 1000)
+                after = emu.stats
+                calls[kind] = {k: (after[k] - before.get(k, 0)) / n for k in after}
+        ratio = [n_ / r for n_, r in zip(per_message["naive"], per_message["relay"], strict=True)]
+        rows.append(("send path: relay, ms per message", spread(per_message["relay"])))
+        rows.append(("send path: naive, ms per message", spread(per_message["naive"])))
+        rows.append(("send path: naive / relay", spread(ratio)))
+        for kind in ("relay", "naive"):
+            c = calls[kind]
+            rows.append(
+                (
+                    f"calls per message ({kind}): Graph, token, Key Vault, identity",
+                    f"{c['graph.sendMail']:.3f}, {c['entra.token']:.3f}, {c['keyvault.getSecret']:.3f}, "
+                    f"{c['msi.token']:.3f}",
+                )
+            )
+    return rows
+
+
+# --- 2 and 4. The local stack -------------------------------------------------------------------------------
+
+
+def _proc(pid: int) -> tuple[float, int]:
+    """CPU seconds (user + system) and peak RSS in KiB of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    peak = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            peak = int(line.split()[1])
+    return cpu, peak
+
+
+def stack_run(
+    n: int,
+    latency: float,
+    host_json: dict[str, int],
+    senders: list[str],
+    settings: dict[str, str] | None = None,
+    time_scale: float | None = None,
+    timeout: float = 900,
+) -> dict[str, Any]:
+    """N requests through a fresh local stack with one host; what came out."""
+    from azure.storage.queue import QueueClient
+
+    from devstack.stack import LocalStack
+    from shared.queues import encode
+
+    base = json.loads((ROOT / "host.json").read_text())
+    base["extensions"]["queues"].update(host_json)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "host.json"
+        path.write_text(json.dumps(base))
+        relay_settings = {"SEND_RETRY_BASE_SECONDS": "1", **(settings or {})}
+        with LocalStack(allowed_senders=tuple(senders), settings=relay_settings, host_json=path) as stack:
+            config: dict[str, Any] = {"graphLatencySeconds": latency}
+            if time_scale:
+                config["timeScale"] = time_scale
+            stack.emulator_post("throttling", config)
+            queue = QueueClient.from_connection_string(stack.storage_connection_string, stack.queue_name)
+            host_pid = stack.pids["host-1"]
+            cpu0, _ = _proc(host_pid)
+            started = time.monotonic()
+            for i in range(n):
+                request = {
+                    "id": f"bench-{i}",
+                    "from": senders[i % len(senders)],
+                    "to": ["ada@contoso.com"],
+                    "subject": f"bench {i}",
+                    "body": {"contentType": "text", "content": "bench"},
+                    "saveToSentItems": False,
+                }
+                queue.send_message(encode(request), time_to_live=-1)
+            deadline = started + timeout
+            while len(stack.emulator_get("outbox")) < n:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"only {len(stack.emulator_get('outbox'))} of {n} sent in {timeout:g} s")
+                time.sleep(0.2)
+            elapsed = time.monotonic() - started
+            cpu1, peak = _proc(host_pid)
+            outbox = stack.emulator_get("outbox")
+            copies = stack.emulator_get("copies")
+            poison = QueueClient.from_connection_string(stack.storage_connection_string, f"{stack.queue_name}-poison")
+            throttling = stack.emulator_get("throttling")
+            times = sorted(datetime.fromisoformat(e["receivedAt"]).timestamp() for e in outbox)
+            return {
+                "elapsed": elapsed,
+                "rate": n / elapsed,
+                "cpu_ms_per_message": (cpu1 - cpu0) * 1000 / n,
+                "peak_rss_mb": peak / 1024,
+                "throttled": throttling["concurrency429"] + throttling["requests429"],
+                "bounced": throttling["bounced"],
+                "delayed": throttling["delayed"],
+                "dead_letters": int(poison.get_queue_properties().approximate_message_count),
+                "duplicates": sum(c - 1 for c in copies.values() if c > 1),
+                "sent_times": times,
+            }
+
+
+def end_to_end(n_new: int, n_today: int, repeat: int) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    new_json = json.loads((ROOT / "host.json").read_text())["extensions"]["queues"]
+    current = {"batchSize": new_json["batchSize"], "newBatchThreshold": new_json["newBatchThreshold"]}
+    rates: dict[tuple[float, str], list[float]] = {}
+    for latency in (0.0, 0.4):
+        for label, host_json, n in (("today", TODAY_HOST_JSON, n_today), ("new", current, n_new)):
+            results = [stack_run(n, latency, host_json, MAILBOXES) for _ in range(repeat)]
+            rates[(latency, label)] = [r["rate"] for r in results]
+            name = f"{int(latency * 1000)} ms, batchSize {host_json['batchSize']} + {host_json['newBatchThreshold']}"
+            rows.append((f"end to end {name}, {n} requests: msg/s", spread([r["rate"] for r in results])))
+            rows.append(
+                (
+                    "  host CPU ms per message / peak RSS MB",
+                    f"{spread([r['cpu_ms_per_message'] for r in results])} / "
+                    f"{spread([r['peak_rss_mb'] for r in results])}",
+                )
+            )
+            rows.append(
+                (
+                    "  duplicates, dead letters",
+                    f"{sum(r['duplicates'] for r in results)}, {sum(r['dead_letters'] for r in results)}",
+                )
+            )
+        ratio = [b / a for a, b in zip(rates[(latency, "today")], rates[(latency, "new")], strict=True)]
+        rows.append((f"end to end {int(latency * 1000)} ms: new / today", spread(ratio)))
+    return rows
+
+
+def throttled(per_mailbox: int, scale: float, repeat: int) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    window = 60 / scale
+    settings = {
+        "MAILBOX_RATE_WINDOW_SECONDS": f"{window:g}",
+        "MAILBOX_RECIPIENT_WINDOW_SECONDS": f"{86_400 / scale:g}",
+    }
+    for mailboxes in (1, 4):
+        senders = MAILBOXES[:mailboxes]
+        shares, throttles, dead, dups, over = [], 0, 0, 0, 0
+        for _ in range(repeat):
+            r = stack_run(per_mailbox * mailboxes, 0.05, {}, senders, settings, time_scale=scale)
+            times = r["sent_times"]
+            # At 30 per sliding window, N messages from one mailbox need at least (ceil(N/30) - 1) windows
+            # between the first and the last send: the share is that shortest span over the one measured.
+            shortest = (-(-per_mailbox // 30) - 1) * window
+            span = times[-1] - times[0]
+            shares.append(shortest / span * 100 if span > 0 else 0.0)
+            throttles += r["throttled"]
+            dead += r["dead_letters"]
+            dups += r["duplicates"]
+            over += r["delayed"]
+        rows.append((f"throttling emulator, {mailboxes} mailbox(es), {per_mailbox} each: % of 30/min", spread(shares)))
+        rows.append(
+            (
+                "  429s provoked, over 30/min (delayed by Exchange), dead letters, duplicates",
+                f"{throttles}, {over}, {dead}, {dups}",
+            )
+        )
+    return rows
+
+
+def storage_round_trips(n: int) -> list[tuple[str, str]]:
+    """Storage calls the function makes per message, counted at the HTTP transport, in process against Azurite and
+    the emulator; the host adds its own: one delete per message and one receive per batch."""
+    from azure.core.pipeline.transport import RequestsTransport
+    from azure.functions.queue import QueueMessage
+
+    from devstack.azurite import Azurite
+    from devstack.emulator import Emulator
+    from shared.bootstrap import build_runtime
+    from shared.handlers import handle_mail_message
+    from shared.settings import load_settings
+
+    counted: list[str] = []
+    original = RequestsTransport.send
+
+    def send(self: Any, request: Any, **kwargs: Any) -> Any:
+        counted.append(request.url)
+        return original(self, request, **kwargs)
+
+    tenant, client, secret = str(uuid.uuid4()), str(uuid.uuid4()), "bench~" + uuid.uuid4().hex
+    with Azurite() as azurite, Emulator() as emu:
+        emu.add_app(tenant, client, secret)
+        for box in MAILBOXES[:4]:
+            emu.add_mailbox(box, in_exchange_scope=True)
+        emu.set_secret("graph-client-secret", secret, expires_on=datetime.now(UTC) + timedelta(days=300))
+        os.environ.update({"IDENTITY_ENDPOINT": emu.msi_endpoint, "IDENTITY_HEADER": emu.identity_header})
+        env = {
+            "GRAPH_TENANT_ID": tenant,
+            "GRAPH_CLIENT_ID": client,
+            "KEY_VAULT_URI": emu.url,
+            "GRAPH_CLIENT_SECRET_NAME": "graph-client-secret",
+            "ALLOWED_SENDERS": ",".join(MAILBOXES[:4]),
+            "AzureWebJobsStorage": azurite.connection_string,
+            "GRAPH_BASE_URL": emu.url,
+            "GRAPH_AUTHORITY_HOST": emu.url,
+            "MAILRELAY_CA_BUNDLE": emu.ca_cert_path,
+            "MAIL_QUEUE_NAME": "bench-outbox",
+        }
+        rt = build_runtime(load_settings(env))
+        for i in range(3):  # warm: tables created, token and secret cached
+            body = json.dumps(
+                {
+                    "from": MAILBOXES[0],
+                    "to": ["a@contoso.com"],
+                    "subject": "w",
+                    "id": f"warm-{i}",
+                    "body": {"contentType": "text", "content": "w"},
+                }
+            ).encode()
+            handle_mail_message(QueueMessage(id=f"w{i}", body=body, dequeue_count=1, pop_receipt="p"), rt)
+        RequestsTransport.send = send  # type: ignore[method-assign]
+        try:
+            for i in range(n):
+                body = json.dumps(
+                    {
+                        "from": MAILBOXES[i % 4],
+                        "to": ["a@contoso.com"],
+                        "subject": "s",
+                        "id": f"rt-{i}",
+                        "body": {"contentType": "text", "content": "s"},
+                    }
+                ).encode()
+                handle_mail_message(QueueMessage(id=f"m{i}", body=body, dequeue_count=1, pop_receipt="p"), rt)
+        finally:
+            RequestsTransport.send = original  # type: ignore[method-assign]
+        storage = [u for u in counted if f":{azurite.table_port}/" in u or f":{azurite.queue_port}/" in u]
+    per = len(storage) / n
+    return [
+        ("Storage round trips per message, the function (claim, pace read + write, release, outcome)", f"{per:.2f}"),
+        ("Storage round trips per message, with the host's receive (per batch) and delete", f"{per + 1 + 1 / 8:.2f}"),
+    ]
+
+
+# --- 3. Cold import ------------------------------------------------------------------------------------------
+
+
+def import_cost(runs: int) -> list[tuple[str, str]]:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "import_cost.py"), "--runs", str(runs), "--max-ratio", "100"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    start = out.index("{")
+    result = json.loads(out[start : out.rindex("}") + 1])
+    return [
+        ("cold import function_app / azure.functions (time)", f"{result['time_ratio']:.2f}"),
+        ("cold import function_app / azure.functions (RSS)", f"{result['rss_ratio']:.2f}"),
+    ]
+
+
+# --- The run ---------------------------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, {platform.platform()}"
+
+
+def write_markdown(path: Path, rows: list[tuple[str, str]], command: str, took: float) -> None:
+    lines = [
+        "# Benchmarks",
+        "",
+        f"`{command}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {machine()}; {took:.0f} s.",
+        "Figures are min / median / max over the repeats, measured side by side in one run (bench/relay.py",
+        "says what each one is). The local stack is Azurite, the emulator and one host process on this machine:",
+        "the ratios carry over to Azure, the absolute figures do not.",
+        "",
+        "| measure | value |",
+        "| --- | --- |",
+        *[f"| {name.strip()} | {value} |" for name, value in rows],
+        "",
+    ]
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="a few requests each, one repeat, nothing written")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=1000, help="end to end with the new host.json")
+    parser.add_argument("--requests-today", type=int, default=200, help="end to end with batchSize 1 (slow)")
+    parser.add_argument("--write", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    args = parser.parse_args()
+    if args.smoke:
+        args.repeat, args.requests, args.requests_today = 1, 20, 10
+    started = time.monotonic()
+    sections: list[tuple[str, Callable[[], list[tuple[str, str]]]]] = [
+        ("send path", lambda: send_path(20 if args.smoke else 100, args.repeat)),
+        ("storage round trips", lambda: storage_round_trips(10 if args.smoke else 100)),
+        ("end to end", lambda: end_to_end(args.requests, args.requests_today, args.repeat)),
+        ("import", lambda: import_cost(5 if args.smoke else 20)),
+        ("throttling", lambda: throttled(10 if args.smoke else 90, 10.0, args.repeat)),
+    ]
+    rows: list[tuple[str, str]] = []
+    for name, run in sections:
+        print(f"bench: {name}...", file=sys.stderr, flush=True)
+        got = run()
+        rows.extend(got)
+        for measure, value in got:
+            print(f"{measure:<80} {value}", flush=True)
+    took = time.monotonic() - started
+    if not args.smoke:
+        args.write.parent.mkdir(exist_ok=True)
+        write_markdown(args.write, rows, "python bench/relay.py", took)
+        print(f"bench: wrote {args.write}", file=sys.stderr)
+    print(f"bench: done in {took:.0f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
