@@ -9,6 +9,7 @@ Unit tests build `Relay`, `Runtime` or `ExpiryCheck` with fakes instead and neve
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -58,6 +59,7 @@ class Runtime:
     overflow: Overflow | None = None  # what does not fit in a queue message (shared/queues.py)
     clock: Callable[[], datetime] = _utcnow  # the claims' leases and schedules; tests move it
     pacer: Pacer | None = None  # per-mailbox pacing, shared by every instance (shared/pacing.py)
+    sleep: Callable[[float], None] = time.sleep  # a short pacing wait held in the worker; tests move the clock
 
 
 @dataclass(frozen=True)

@@ -35,10 +35,6 @@ if TYPE_CHECKING:
 TABLE_NAME: Final = "mailpace"
 BUCKETS_PER_WINDOW: Final = 24  # recipient counts are kept per 1/24 of the window: an hour for a day
 CONTENTION_ROUNDS: Final = 6
-# A send is counted when its slot is taken, and Exchange counts it when it accepts the message, a Graph call
-# later: calls that take different times would let Exchange see 31 in its minute. A twentieth of the window
-# of margin absorbs that, at the cost of at most 5 % of the rate.
-RATE_MARGIN: Final = 0.05
 
 
 @dataclass(frozen=True)
@@ -70,7 +66,10 @@ class PaceState:
     """One mailbox's pace: epoch seconds throughout, so the state is plain JSON."""
 
     slots: dict[str, float] = field(default_factory=dict)  # slot id -> lease expiry
-    sends: list[float] = field(default_factory=list)  # start times within the rate window
+    # [time, slot id] of the sends within the rate window. The time is the slot's until the send is answered,
+    # then the answer's: Exchange counts a message when it accepts it, which is after the slot was taken and
+    # before Graph answers, so counting from the answer keeps the relay's minute at least as full as Exchange's.
+    sends: list[list[Any]] = field(default_factory=list)
     recipients: list[list[float]] = field(default_factory=list)  # [bucket start, count]
 
     def to_json(self) -> str:
@@ -82,7 +81,8 @@ class PaceState:
             return cls()
         data = json.loads(text)
         buckets = [list(b) for b in data.get("recipients", [])]
-        return cls(dict(data.get("slots", {})), list(data.get("sends", [])), buckets)
+        sends = [s if isinstance(s, list) else [s, ""] for s in data.get("sends", [])]
+        return cls(dict(data.get("slots", {})), sends, buckets)
 
 
 @dataclass(frozen=True)
@@ -105,8 +105,8 @@ class Over:
 def decide(state: PaceState, recipients: int, now: float, limits: Limits) -> tuple[PaceState, Granted] | Over:
     """Take a slot for a send to `recipients` recipients at `now`, or say how long to wait. Pure."""
     slots = {k: v for k, v in state.slots.items() if v > now}
-    window = limits.rate_window_seconds * (1 + RATE_MARGIN)
-    sends = [t for t in state.sends if t > now - window]
+    window = limits.rate_window_seconds
+    sends = [s for s in state.sends if float(s[0]) > now - window]
     buckets = [b for b in state.recipients if b[0] > now - limits.recipient_window_seconds]
     used = sum(int(b[1]) for b in buckets)
     if used + recipients > limits.recipients_per_window and used > 0:
@@ -119,13 +119,13 @@ def decide(state: PaceState, recipients: int, now: float, limits: Limits) -> tup
                 break
         return Over(max(wait_until - now, 1.0), "recipients per day")
     if len(sends) >= limits.messages_per_window:
-        return Over(max(min(sends) + window - now, 0.5), "messages per minute")
+        return Over(max(min(float(s[0]) for s in sends) + window - now, 0.5), "messages per minute")
     if len(slots) >= limits.max_concurrent:
         # Slots free within a Graph call or two: look again soon, not when the lease would lapse.
         return Over(1.0, "concurrent sends")
     slot = uuid.uuid4().hex
     slots[slot] = now + limits.slot_lease_seconds
-    sends.append(now)
+    sends.append([now, slot])
     bucket_width = limits.recipient_window_seconds / BUCKETS_PER_WINDOW
     start = now - now % bucket_width
     if buckets and buckets[-1][0] == start:
@@ -167,18 +167,24 @@ class Pacer:
 
     def release(self, sender: str, granted: Granted) -> None:
         """Free the slot after the send; best effort: a slot not freed lapses with its lease."""
+        now = self._clock().timestamp()
         if granted.state is not None:
-            state = PaceState(dict(granted.state.slots), list(granted.state.sends), list(granted.state.recipients))
-            state.slots.pop(granted.slot, None)
+            state = _released(granted.state, granted.slot, now)
             if self._store.write(sender, state, granted.version) is not None:
                 return  # nobody changed the record since the grant: one round trip
         for _ in range(CONTENTION_ROUNDS):
             state, version = self._store.read(sender)
             if granted.slot not in state.slots:
                 return
-            state.slots.pop(granted.slot)
-            if self._store.write(sender, state, version) is not None:
+            if self._store.write(sender, _released(state, granted.slot, now), version) is not None:
                 return
+
+
+def _released(state: PaceState, slot: str, now: float) -> PaceState:
+    """The state with `slot` freed, and its send counted from `now`, when Graph answered (see PaceState.sends)."""
+    slots = {k: v for k, v in state.slots.items() if k != slot}
+    sends = [[now, s[1]] if len(s) > 1 and s[1] == slot else list(s) for s in state.sends]
+    return PaceState(slots, sends, [list(b) for b in state.recipients])
 
 
 class MemoryPaceStore:

@@ -20,6 +20,7 @@ from azure.functions.queue import QueueMessage
 
 from shared.bootstrap import Runtime
 from shared.handlers import handle_mail_message, handle_retry_message, handle_status_cleanup
+from shared.pacing import Over
 from shared.sending import Relay
 from shared.settings import load_settings
 from shared.status import (
@@ -441,7 +442,8 @@ def paced(**settings: str) -> Stack:
     from shared.pacing import MemoryPaceStore, Pacer, limits_of
 
     s = make(**settings)
-    s.rt = Runtime(**{**s.rt.__dict__, "pacer": Pacer(MemoryPaceStore(), limits_of(s.rt.settings), s.clock)})
+    pacer = Pacer(MemoryPaceStore(), limits_of(s.rt.settings), s.clock)
+    s.rt = Runtime(**{**s.rt.__dict__, "pacer": pacer, "sleep": s.clock.advance})
     return s
 
 
@@ -453,10 +455,30 @@ def test_a_mailbox_over_its_messages_per_minute_is_queued_without_spending_the_b
     third = s.record(StatusKey(SENDER, "id", "order-2"))
     assert third.state == "queued" and third.attempts == 0 and third.last_error_code == "Paced"
     ((_, delay),) = s.retries.puts
-    assert delay == 63  # until the oldest send leaves the one-minute window (and its 5 % margin)
+    assert delay == 60  # until the oldest send leaves the one-minute window
     s.clock.advance(delay)
     s.run_retries()
     assert len(s.graph.calls) == 3 and s.record(third.key).state == SENT and s.record(third.key).attempts == 1
+
+
+def test_a_wait_shorter_than_the_queues_second_is_held_in_the_worker() -> None:
+    s = paced(MAILBOX_MESSAGES_PER_MINUTE="1")
+    s.outbox()
+    s.clock.advance(59.5)  # the minute's only send leaves the window in half a second
+    s.outbox({**REQUEST, "id": "order-43"}, msg_id="q-2")
+    assert len(s.graph.calls) == 2 and s.retries.puts == []  # held, not put back on the queue
+
+
+def test_a_held_wait_is_bounded_then_the_request_goes_back_on_the_queue() -> None:
+    s = paced(MAILBOX_MAX_CONCURRENT="1")
+    pacer = s.rt.pacer
+    assert pacer is not None
+    assert not isinstance(pacer.acquire(SENDER, 1), Over)  # another worker holds the mailbox's one slot
+    started = s.clock.now
+    s.outbox()
+    assert s.graph.calls == [] and s.clock.now - started == timedelta(seconds=3)
+    ((_, delay),) = s.retries.puts
+    assert delay == 1 and s.record().state == "queued"
 
 
 def test_one_busy_mailbox_never_holds_up_another() -> None:
