@@ -301,7 +301,7 @@ def test_the_first_dead_letter_creates_the_poison_queue(relay_env: RelayEnv) -> 
 
 
 def test_pacing_keeps_a_mailbox_within_exchanges_limits_without_a_429_or_a_dead_letter(
-    relay_env: RelayEnv, local_host: Callable[..., LocalHost], caplog: pytest.LogCaptureFixture
+    relay_env: RelayEnv, local_host: Callable[..., LocalHost]
 ) -> None:
     """The time-scaled emulator counts every limit (a minute lasts a second, as the relay's window here): the
     relay must send everything, once, and never go past 4 at once or 30 a 'minute' for the one mailbox."""
@@ -309,7 +309,6 @@ def test_pacing_keeps_a_mailbox_within_exchanges_limits_without_a_429_or_a_dead_
     total = 75
     for i in range(total):
         relay_env.enqueue(relay_env.request(f"paced {i:02d}", id=f"paced-{relay_env.queue_name}-{i}"))
-    caplog.set_level(logging.INFO, logger="mailrelay")
     started = time.monotonic()
     local_host()
     wait_for(lambda: len(relay_env.emulator.outbox) >= total, 60, "every request sent")
@@ -320,6 +319,6 @@ def test_pacing_keeps_a_mailbox_within_exchanges_limits_without_a_429_or_a_dead_
     throttling = relay_env.emulator.throttling()
     assert throttling["concurrency429"] == 0 and throttling["delayed"] == 0 and throttling["bounced"] == 0
     assert relay_env.poison_messages() == []
-    paced = [r for r in caplog.records if getattr(r, "event", None) == "mail.paced"]
-    assert paced, "75 requests from one mailbox at 30 a second must have been paced"
-    assert elapsed >= 2.0  # 75 at 30 per window need at least two windows after the first
+    # 75 at 30 per window need at least two windows after the first: the relay held them (waits under a second
+    # are held in the worker, longer ones go back on the queue as `mail.paced`), and Exchange delayed none.
+    assert elapsed >= 2.0
