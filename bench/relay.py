@@ -208,8 +208,8 @@ def end_to_end(n_new: int, n_today: int, repeat: int) -> list[tuple[str, str]]:
             rows.append((f"end to end {name}, {n} requests: msg/s", spread([r["rate"] for r in results])))
             rows.append(
                 (
-                    "  host CPU ms per message / peak RSS MB",
-                    f"{spread([r['cpu_ms_per_message'] for r in results])} / "
+                    "  host CPU ms per message; peak RSS MB",
+                    f"{spread([r['cpu_ms_per_message'] for r in results])}; "
                     f"{spread([r['peak_rss_mb'] for r in results])}",
                 )
             )
