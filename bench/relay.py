@@ -241,12 +241,14 @@ def throttled(per_mailbox: int, scale: float, repeat: int) -> list[tuple[str, st
             # between the first and the last send: the share is that shortest span over the one measured.
             shortest = (-(-per_mailbox // 30) - 1) * window
             span = times[-1] - times[0]
-            shares.append(shortest / span * 100 if span > 0 else 0.0)
+            if shortest > 0 and span > 0:
+                shares.append(shortest / span * 100)
             throttles += r["throttled"]
             dead += r["dead_letters"]
             dups += r["duplicates"]
             over += r["delayed"]
-        rows.append((f"throttling emulator, {mailboxes} mailbox(es), {per_mailbox} each: % of 30/min", spread(shares)))
+        share = spread(shares) if shares else "n/a (fewer than one window's worth of messages)"
+        rows.append((f"throttling emulator, {mailboxes} mailbox(es), {per_mailbox} each: % of 30/min", share))
         rows.append(
             (
                 "  429s provoked, over 30/min (delayed by Exchange), dead letters, duplicates",
