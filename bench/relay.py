@@ -50,6 +50,22 @@ def spread(values: list[float]) -> str:
     return f"{min(values):.3g} / {statistics.median(values):.3g} / {max(values):.3g}"
 
 
+def relay_env(emu: Any, tenant: str, client: str, senders: list[str], storage: str) -> dict[str, str]:
+    """The relay's settings against an in-process emulator (and its managed-identity endpoint in os.environ)."""
+    os.environ.update({"IDENTITY_ENDPOINT": emu.msi_endpoint, "IDENTITY_HEADER": emu.identity_header})
+    return {
+        "GRAPH_TENANT_ID": tenant,
+        "GRAPH_CLIENT_ID": client,
+        "KEY_VAULT_URI": emu.url,
+        "GRAPH_CLIENT_SECRET_NAME": "graph-client-secret",
+        "ALLOWED_SENDERS": ",".join(senders),
+        "AzureWebJobsStorage": storage,
+        "GRAPH_BASE_URL": emu.url,
+        "GRAPH_AUTHORITY_HOST": emu.url,
+        "MAILRELAY_CA_BUNDLE": emu.ca_cert_path,
+    }
+
+
 # --- 1. The send path against the naive pattern -----------------------------------------------------------
 
 
@@ -64,18 +80,7 @@ def send_path(n: int, repeat: int) -> list[tuple[str, str]]:
         emu.add_app(tenant, client, secret)
         emu.add_mailbox(MAILBOXES[0], in_exchange_scope=True)
         emu.set_secret("graph-client-secret", secret, expires_on=datetime.now(UTC) + timedelta(days=300))
-        env = {
-            "GRAPH_TENANT_ID": tenant,
-            "GRAPH_CLIENT_ID": client,
-            "KEY_VAULT_URI": emu.url,
-            "GRAPH_CLIENT_SECRET_NAME": "graph-client-secret",
-            "ALLOWED_SENDERS": MAILBOXES[0],
-            "AzureWebJobsStorage": "UseDevelopmentStorage=true",
-            "GRAPH_BASE_URL": emu.url,
-            "GRAPH_AUTHORITY_HOST": emu.url,
-            "MAILRELAY_CA_BUNDLE": emu.ca_cert_path,
-        }
-        os.environ.update({"IDENTITY_ENDPOINT": emu.msi_endpoint, "IDENTITY_HEADER": emu.identity_header})
+        env = relay_env(emu, tenant, client, MAILBOXES[:1], "UseDevelopmentStorage=true")
         settings = load_settings(env)
         request = {
             "from": MAILBOXES[0],
@@ -283,17 +288,8 @@ def storage_round_trips(n: int) -> list[tuple[str, str]]:
         for box in MAILBOXES[:4]:
             emu.add_mailbox(box, in_exchange_scope=True)
         emu.set_secret("graph-client-secret", secret, expires_on=datetime.now(UTC) + timedelta(days=300))
-        os.environ.update({"IDENTITY_ENDPOINT": emu.msi_endpoint, "IDENTITY_HEADER": emu.identity_header})
         env = {
-            "GRAPH_TENANT_ID": tenant,
-            "GRAPH_CLIENT_ID": client,
-            "KEY_VAULT_URI": emu.url,
-            "GRAPH_CLIENT_SECRET_NAME": "graph-client-secret",
-            "ALLOWED_SENDERS": ",".join(MAILBOXES[:4]),
-            "AzureWebJobsStorage": azurite.connection_string,
-            "GRAPH_BASE_URL": emu.url,
-            "GRAPH_AUTHORITY_HOST": emu.url,
-            "MAILRELAY_CA_BUNDLE": emu.ca_cert_path,
+            **relay_env(emu, tenant, client, MAILBOXES[:4], azurite.connection_string),
             "MAIL_QUEUE_NAME": "bench-outbox",
         }
         rt = build_runtime(load_settings(env))

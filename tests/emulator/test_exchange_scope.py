@@ -9,9 +9,9 @@ import pytest
 import requests
 
 from devstack.emulator import Emulator
-from tests.emulator.test_emulator import CLIENT, SECRET, TENANT, graph_error, mail, running, send, token_for
+from tests.emulator.test_emulator import CLIENT, SECRET, TENANT, graph_error, http, mail, running, send, token_for
 
-__all__ = ["running"]  # the module-scoped emulator, shared with test_emulator
+__all__ = ["http", "running"]  # fixtures shared with test_emulator: the emulator, an HTTPS session to it
 
 IN = "alerts@contoso.com"
 OUT = "ceo@contoso.com"
@@ -26,13 +26,6 @@ def emu(running: Emulator) -> Emulator:
     running.add_mailbox(OUT, in_exchange_scope=False)
     return running
 
-
-@pytest.fixture
-def http(emu: Emulator) -> requests.Session:
-    session = requests.Session()
-    session.trust_env = False
-    session.verify = emu.ca_cert_path
-    return session
 
 
 def outcome(emu: Emulator, http: requests.Session, mailbox: str) -> tuple[int, str, str] | int:

@@ -15,9 +15,9 @@ import requests
 
 from devstack.emulator import Emulator
 from shared.status import MARK_PROPERTY_ID
-from tests.emulator.test_emulator import CLIENT, SECRET, TENANT, graph_error, mail, running, send, token_for
+from tests.emulator.test_emulator import CLIENT, SECRET, TENANT, graph_error, http, mail, running, send, token_for
 
-__all__ = ["running"]
+__all__ = ["http", "running"]
 
 IN = "alerts@contoso.com"
 OUT = "ceo@contoso.com"
@@ -33,13 +33,6 @@ def emu(running: Emulator) -> Emulator:
     running.add_app(TENANT, CLIENT, SECRET, exchange_roles=("Application Mail.Send", "Application Mail.Read"))
     return running
 
-
-@pytest.fixture
-def http(emu: Emulator) -> requests.Session:
-    session = requests.Session()
-    session.trust_env = False
-    session.verify = emu.ca_cert_path
-    return session
 
 
 def marked(mark: str = MARK, save: bool = True, **message: Any) -> dict[str, Any]:

@@ -9,9 +9,9 @@ import pytest
 import requests
 
 from devstack.emulator import Emulator
-from tests.emulator.test_emulator import CLIENT, SECRET, TENANT, graph_error, mail, running, send, token_for
+from tests.emulator.test_emulator import CLIENT, SECRET, TENANT, graph_error, http, mail, running, send, token_for
 
-__all__ = ["running"]
+__all__ = ["http", "running"]
 
 BOX = "alerts@contoso.com"
 
@@ -24,13 +24,6 @@ def emu(running: Emulator) -> Emulator:
     running.add_app(TENANT, CLIENT, SECRET)
     return running
 
-
-@pytest.fixture
-def http(emu: Emulator) -> requests.Session:
-    session = requests.Session()
-    session.trust_env = False
-    session.verify = emu.ca_cert_path
-    return session
 
 
 def test_a_fifth_concurrent_send_to_one_mailbox_is_throttled_as_graph_throttles_it(
