@@ -116,12 +116,23 @@ def deliver(rt: Runtime, checked: Checked, original_message_id: str | None, fiel
     try:
         attempt = rt.relay.deliver(checked, key.mark)
     finally:
-        if rt.pacer is not None:
-            rt.pacer.release(req.sender, slot)
+        _release(rt, req.sender, slot, fields)
     _settle(rt, checked, record, attempt.outcome, attempt.request_id, attempt.client_request_id, fields)
 
 
 # --- 3. Pacing --------------------------------------------------------------------------------------------
+
+
+def _release(rt: Runtime, sender: str, slot: Granted, fields: dict[str, Any]) -> None:
+    """Free the slot. Best effort: Graph has answered, and what it answered must be recorded whatever Storage
+    does now; a slot not freed lapses with its lease (SEND_CLAIM_LEASE_SECONDS)."""
+    if rt.pacer is None:
+        return
+    try:
+        rt.pacer.release(sender, slot)
+    except Exception as e:  # Storage unreachable: the outcome is worth more than the slot
+        text = f"the slot stays taken until its lease ends: {type(e).__name__}"
+        _log(logging.WARNING, "pace.release", text, **fields)
 
 
 def _pace(

@@ -481,6 +481,19 @@ def test_a_held_wait_is_bounded_then_the_request_goes_back_on_the_queue() -> Non
     assert delay == 1 and s.record().state == "queued"
 
 
+def test_a_slot_that_cannot_be_freed_does_not_cost_the_outcome() -> None:
+    s = paced(MAILBOX_MAX_CONCURRENT="1")
+    pacer = s.rt.pacer
+    assert pacer is not None
+
+    def unreachable(sender: str, granted: object) -> None:
+        raise ConnectionError("storage unreachable")
+
+    pacer.release = unreachable  # type: ignore[method-assign]
+    s.outbox()
+    assert s.record().state == SENT and len(s.graph.calls) == 1  # recorded, not left to a redelivery
+
+
 def test_one_busy_mailbox_never_holds_up_another() -> None:
     s = paced(MAILBOX_MESSAGES_PER_MINUTE="1")
     s.outbox({**REQUEST, "id": "a-1"}, msg_id="q-1")
