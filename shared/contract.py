@@ -28,7 +28,9 @@ from pydantic import (
     Field,
     GetJsonSchemaHandler,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 from pydantic.fields import ComputedFieldInfo, FieldInfo
@@ -179,9 +181,12 @@ class ContractError(ValueError):
         return (type(self), (self.violations,))
 
 
-def _fail(rule: str, *, field: str | None = None) -> NoReturn:
-    """Raise a rule violation inside pydantic validation; `field` overrides pydantic's location."""
+def _fail(rule: str, *, field: str | None = None, alias: str | None = None) -> NoReturn:
+    """Raise a rule violation inside pydantic validation; `field` overrides pydantic's location, `alias` only its
+    last part (a default that fails its check is located by the attribute's name, not the JSON one)."""
     context = {"rule": rule} if field is None else {"rule": rule, "field": field}
+    if alias is not None:
+        context["alias"] = alias
     # The template only echoes the context, so braces in `rule` are never read as placeholders.
     raise PydanticCustomError(_RULE_ERROR, "{rule}", context)
 
@@ -414,6 +419,31 @@ Headers = Annotated[
         }
     ),
 ]
+def _check_content_id(value: str) -> str:
+    for position, char in enumerate(value):
+        if not 0x21 <= ord(char) <= 0x7E or char in "<>\"":
+            _fail(
+                f"must be printable ASCII without spaces, quotes or angle brackets: found {char!r} at character "
+                f"{position + 1}; it is the id of a MIME part, named by the body as cid:<contentId>"
+            )
+    return value
+
+
+MAX_CONTENT_ID_LENGTH: Final = 255
+ContentId = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_CONTENT_ID_LENGTH),
+    AfterValidator(_check_content_id),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_CONTENT_ID_LENGTH,
+            "pattern": "^[!#-;=?-~]+$",
+            "description": "printable ASCII, no spaces, quotes or angle brackets (a MIME Content-ID)",
+        }
+    ),
+]
 IdempotencyKey = Annotated[
     str,
     Field(min_length=1, max_length=MAX_ID_LENGTH),
@@ -534,11 +564,41 @@ class Body(_ContractModel):
 
 
 class Attachment(_ContractModel):
-    """A file attachment sent inline: its bytes in standard base64, at most 3 MB once decoded."""
+    """A file attachment sent inline: its bytes in standard base64, at most 3 MB once decoded.
+
+    With `isInline` and a `contentId` it is an inline image: an HTML body shows it with `<img src="cid:ID">`
+    (Graph's fileAttachment, https://learn.microsoft.com/graph/api/resources/fileattachment).
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {"properties": {"isInline": {"const": True}}, "required": ["isInline"]},
+            "then": {"required": ["contentId"]},
+        },
+    )
 
     name: NonEmptyLine
     content_type: NonEmptyLine = Field(alias="contentType", description='a MIME type, e.g. "application/pdf"')
     content_bytes: Base64Content = Field(alias="contentBytes")
+    is_inline: bool = Field(
+        default=False, alias="isInline", description="shown in the body (cid: images), not as an attachment"
+    )
+    content_id: ContentId | None = Field(
+        default=None,
+        alias="contentId",
+        description='the id an HTML body names as "cid:<contentId>"',
+        validate_default=True,  # so that a missing one is checked against isInline
+    )
+
+    @field_validator("content_id", mode="after")
+    @classmethod
+    def _required_inline(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None and info.data.get("is_inline"):
+            _fail(
+                'is required for an inline attachment ("isInline": true): the HTML body shows it as cid:<contentId>',
+                alias="contentId",
+            )
+        return value
 
 
 class SendRequest(_ContractModel):
@@ -798,6 +858,8 @@ def _violation(error: PydanticErrorDetails) -> Violation:
     last = loc[-1] if loc else ""
 
     if kind == _RULE_ERROR:
+        if "alias" in ctx:
+            field = _field_path((*loc[:-1], ctx["alias"]))
         return Violation(ctx.get("field", field), ctx["rule"])
     if kind == "missing":
         hint = _REQUIRED_HINTS.get(field) or _REQUIRED_HINTS.get(str(last))

@@ -14,7 +14,7 @@ from urllib.parse import quote
 if TYPE_CHECKING:
     import requests
 
-    from shared.contract import Recipient, SendRequest
+    from shared.contract import Attachment, Recipient, SendRequest
 
 FILE_ATTACHMENT: Final = "#microsoft.graph.fileAttachment"
 
@@ -50,15 +50,7 @@ def build_send_mail_body(req: SendRequest, mark: str | None = None) -> dict[str,
     if req.importance != "normal":
         message["importance"] = req.importance
     if req.attachments:
-        message["attachments"] = [
-            {
-                "@odata.type": FILE_ATTACHMENT,
-                "name": a.name,
-                "contentType": a.content_type,
-                "contentBytes": a.content_bytes,
-            }
-            for a in req.attachments
-        ]
+        message["attachments"] = [_attachment(a) for a in req.attachments]
     if req.headers:
         message["internetMessageHeaders"] = [{"name": k, "value": v} for k, v in req.headers.items()]
     if mark:
@@ -66,6 +58,19 @@ def build_send_mail_body(req: SendRequest, mark: str | None = None) -> dict[str,
 
         message["singleValueExtendedProperties"] = [{"id": MARK_PROPERTY_ID, "value": mark}]
     return {"message": message, "saveToSentItems": req.save_to_sent_items}
+
+
+def _attachment(a: Attachment) -> dict[str, Any]:
+    attachment: dict[str, Any] = {
+        "@odata.type": FILE_ATTACHMENT,
+        "name": a.name,
+        "contentType": a.content_type,
+        "contentBytes": a.content_bytes,
+    }
+    if a.is_inline:  # an inline image: the HTML body names it as cid:<contentId>
+        attachment["isInline"] = True
+        attachment["contentId"] = a.content_id
+    return attachment
 
 
 @dataclass(frozen=True)

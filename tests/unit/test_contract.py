@@ -105,7 +105,7 @@ def test_a_model_serializes_back_to_the_contract() -> None:
     req = parse_request((DATA / "valid-request.json").read_bytes())
     dumped = req.model_dump(mode="json")
     assert {"from", "replyTo", "saveToSentItems"} <= dumped.keys()
-    assert dumped["attachments"][0].keys() == {"name", "contentType", "contentBytes"}
+    assert dumped["attachments"][0].keys() == {"name", "contentType", "contentBytes", "isInline", "contentId"}
     assert parse_request(req.model_dump_json()) == req
 
 
@@ -441,9 +441,9 @@ def test_no_type_coercion(overrides: dict[str, Any], field: str, says: str) -> N
         ({"to": [{"address": "a@contoso.com", "nmae": "Ada"}]}, "to[0].nmae", 'did you mean "name"?'),
         ({"cc": [{"address": "a@contoso.com", "type": "cc"}]}, "cc[0].type", "allowed here: address, name"),
         (
-            {"attachments": [{"name": "a", "contentType": "text/plain", "contentBytes": "", "isInline": True}]},
-            "attachments[0].isInline",
-            "allowed here: name, contentType, contentBytes",
+            {"attachments": [{"name": "a", "contentType": "text/plain", "contentBytes": "", "size": 0}]},
+            "attachments[0].size",
+            "allowed here: name, contentType, contentBytes, isInline, contentId",
         ),
     ],
 )
@@ -624,3 +624,51 @@ def test_base64_of_something_else_is_just_not_json() -> None:
 def test_other_python_types_are_a_programming_error() -> None:
     with pytest.raises(TypeError, match="bytes, str or a mapping"):
         parse_request(42)  # type: ignore[arg-type]
+
+
+# --- Inline images ----------------------------------------------------------------------------------------
+
+PIXEL = "R0lGODlhAQABAAAAACw="  # a GIF's first bytes: the content is not what these tests check
+
+
+def inline(**fields: Any) -> dict[str, Any]:
+    return {"name": "logo.gif", "contentType": "image/gif", "contentBytes": PIXEL, **fields}
+
+
+def test_an_inline_image_with_its_content_id_is_accepted_and_sent_as_graph_takes_it() -> None:
+    from shared.graph import build_send_mail_body
+
+    raw = {
+        "from": "relay@contoso.com",
+        "to": ["ada@contoso.com"],
+        "subject": "Report",
+        "body": {"contentType": "html", "content": '<p>Hi</p><img src="cid:logo-1@contoso">'},
+        "attachments": [inline(isInline=True, contentId="logo-1@contoso"), inline(name="report.gif")],
+    }
+    body = build_send_mail_body(parse_request(json.dumps(raw)))
+    first, second = body["message"]["attachments"]
+    assert first["isInline"] is True and first["contentId"] == "logo-1@contoso"
+    assert "isInline" not in second and "contentId" not in second  # an ordinary attachment stays as it was
+
+
+@pytest.mark.parametrize(
+    ("attachment", "words"),
+    [
+        (inline(isInline=True), "is required for an inline attachment"),
+        (inline(isInline=True, contentId="<logo>"), "angle brackets"),
+        (inline(isInline=True, contentId="my logo"), "without spaces"),
+        (inline(isInline=True, contentId="x" * 256), "at most 255"),
+        (inline(isInline="yes", contentId="a"), "boolean"),
+    ],
+)
+def test_a_broken_inline_image_is_refused_naming_the_rule(attachment: dict[str, Any], words: str) -> None:
+    raw = {
+        "from": "relay@contoso.com",
+        "to": ["ada@contoso.com"],
+        "subject": "s",
+        "body": {"contentType": "html", "content": "x"},
+        "attachments": [attachment],
+    }
+    with pytest.raises(ContractError) as caught:
+        parse_request(json.dumps(raw))
+    assert words in str(caught.value) and "attachments[0]" in str(caught.value)
