@@ -74,11 +74,6 @@ class StatusKey:
             return cls(sender.lower(), "msg", message_id)
         raise ValueError("a request without an id needs the id of the queue message that carried it")
 
-    @property
-    def text(self) -> str:
-        """The key as an operator types it: the request's id, or the queue message id."""
-        return self.value
-
     def entity_keys(self) -> tuple[str, str]:
         """(PartitionKey, RowKey). Table keys refuse "/", "\\", "#", "?" and control characters, and an `id`
         or an address may hold any of them: hashes are always valid keys. One partition per mailbox."""

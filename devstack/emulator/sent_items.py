@@ -46,8 +46,6 @@ class SentItems(TenantState):
     A part of `Emulator`; the items are `TenantState._sent_items`, filed by graph.py's sendMail.
     """
 
-    sent_items_delay: float = 0.0  # seconds between sendMail's 202 and the copy showing in Sent Items
-
     def _file_sent(self, address: str, payload: dict[str, Any], internet_message_id: str) -> None:
         """Called by sendMail, under no lock, for an accepted message saved to Sent Items."""
         message = payload.get("message") or {}

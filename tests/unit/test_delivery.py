@@ -191,6 +191,21 @@ def test_the_record_holds_counts_and_domains_never_a_subject_body_or_address() -
         assert secret.lower() not in stored.lower()
 
 
+def test_a_record_cleaned_up_during_the_send_is_written_again_with_the_outcome() -> None:
+    s = make()
+    original = s.graph.send_mail
+
+    def send_while_the_cleanup_runs(sender: str, body: Any, token: str) -> Any:
+        assert s.status.delete_expired(s.clock.now + timedelta(days=1)) == 1  # the timer removed the claim
+        return original(sender, body, token)
+
+    s.graph.send_mail = send_while_the_cleanup_runs  # type: ignore[method-assign]
+    s.outbox()
+    assert s.record().state == SENT  # the outcome is recorded anyway: a redelivery finds it sent
+    s.outbox(msg_id="q-2")
+    assert len(s.graph.calls) == 1
+
+
 # --- Concurrency ----------------------------------------------------------------------------------------
 
 
