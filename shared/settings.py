@@ -55,6 +55,10 @@ DEPLOYED_SETTINGS: Final = (
     "SEND_UNKNOWN_OUTCOME",
     "STATUS_RETENTION_DAYS",
     "STATUS_CLEANUP_SCHEDULE",
+    # Large messages (shared/payloads.py): the largest message the relay sends (Exchange's maximum message size
+    # for the sending mailboxes), and how long a claim-checked payload nobody deletes is kept.
+    "MAX_MESSAGE_SIZE_MB",
+    "PAYLOAD_RETENTION_DAYS",
 )
 
 _ADDRESS = re.compile(r"^[^@\s<>\"(),;:]+@[^@\s<>\"(),;:]+\.[^@\s<>\"(),;:]+$")
@@ -117,6 +121,13 @@ class Settings:
     mailbox_rate_window_seconds: float = 60.0
     mailbox_recipients_per_day: int = 10_000
     mailbox_recipient_window_seconds: float = 86_400.0
+    # Large messages (shared/payloads.py, shared/sending.py): Exchange Online's default maximum message size is
+    # 35 MB (admins may raise it to 150 MB per mailbox); claim-checked payloads of dead letters and abandoned
+    # requests are deleted after PAYLOAD_RETENTION_DAYS; a `sendAt` up to SEND_AT_TOLERANCE_SECONDS before the
+    # request was enqueued is clock skew, not a mistake.
+    max_message_size_mb: float = 35.0
+    payload_retention_days: float = 30.0
+    send_at_tolerance_seconds: float = 300.0
 
     @property
     def retry_policy(self) -> RetryPolicy:
@@ -305,6 +316,10 @@ def _delivery(env: Mapping[str, str]) -> dict[str, Any]:
         "mailbox_recipient_window_seconds": _number(
             env, "MAILBOX_RECIPIENT_WINDOW_SECONDS", 86_400.0, low=1, high=86_400 * 7, whole=False
         ),
+        # Graph takes up to 150 MB per attachment, and Exchange's maximum message size up to 150 MB.
+        "max_message_size_mb": _number(env, "MAX_MESSAGE_SIZE_MB", 35.0, low=1, high=150, whole=False),
+        "payload_retention_days": _number(env, "PAYLOAD_RETENTION_DAYS", 30.0, low=0.01, high=3650, whole=False),
+        "send_at_tolerance_seconds": _number(env, "SEND_AT_TOLERANCE_SECONDS", 300.0, low=0, high=3600, whole=False),
     }
 
 
