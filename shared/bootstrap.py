@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from shared.expiry import ExpiryCheck
     from shared.pacing import Pacer
+    from shared.payloads import PayloadStore
     from shared.secrets import KeyVaultSecret
     from shared.tokens import MsalTokens
 
@@ -60,6 +61,7 @@ class Runtime:
     clock: Callable[[], datetime] = _utcnow  # the claims' leases and schedules; tests move it
     pacer: Pacer | None = None  # per-mailbox pacing, shared by every instance (shared/pacing.py)
     sleep: Callable[[float], None] = time.sleep  # a short pacing wait held in the worker; tests move the clock
+    payloads: PayloadStore | None = None  # claim-checked attachments and bodies (shared/payloads.py)
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,9 @@ class ExpiryRuntime:
 
 def build_clients(settings: Settings) -> Clients:
     from shared.graph import GraphClient, http_session
+    from shared.payloads import PAYLOAD_CONTAINER, BlobPayloads
     from shared.secrets import KeyVaultSecret, credential, key_vault_client
+    from shared.storage import container_client
     from shared.tokens import MsalTokens
 
     identity = credential(settings.managed_identity_client_id, settings.ca_bundle)
@@ -86,16 +90,18 @@ def build_clients(settings: Settings) -> Clients:
         authority_host=settings.authority_host,
         http_client=session,
     )
+    storage_identity = None
+    if not settings.storage.connection_string:
+        # The host's identity-based connection names its own identity (AzureWebJobsStorage__clientId).
+        storage_identity = credential(settings.storage.client_id or settings.managed_identity_client_id)
     relay = Relay(
         allowed_senders=settings.allowed_senders,
         tokens=tokens,
         graph=GraphClient(session, settings.graph_base_url, settings.graph_timeout_seconds),
         scope_model=settings.exchange_scope_model,
+        payloads=BlobPayloads(container_client(settings, PAYLOAD_CONTAINER, storage_identity)),
+        max_message_bytes=int(settings.max_message_size_mb * 1024 * 1024),
     )
-    storage_identity = None
-    if not settings.storage.connection_string:
-        # The host's identity-based connection names its own identity (AzureWebJobsStorage__clientId).
-        storage_identity = credential(settings.storage.client_id or settings.managed_identity_client_id)
     return Clients(settings, vault, secret, session, tokens, relay, storage_identity)
 
 
@@ -117,6 +123,7 @@ def build_runtime(settings: Settings, clients: Clients | None = None) -> Runtime
         status=TableStatusStore(table_client(settings, TABLE_NAME, identity)),
         pacer=Pacer(TablePaceStore(table_client(settings, PACE_TABLE, identity)), limits_of(settings)),
         overflow=overflow,
+        payloads=clients.relay.payloads,
     )
 
 

@@ -18,6 +18,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, NoReturn
 
@@ -48,6 +49,12 @@ MAX_HEADERS: Final = 5
 MAX_INLINE_ATTACHMENT_BYTES: Final = 3 * 1024 * 1024  # Graph's limit for attachments sent inline
 # base64 turns every 3 bytes into 4 characters; 3 MB is a multiple of 3, so this bound is exact.
 _MAX_INLINE_ATTACHMENT_CHARS: Final = 4 * -(-MAX_INLINE_ATTACHMENT_BYTES // 3)
+# Graph takes up to 150 MB per attachment through an upload session
+# (https://learn.microsoft.com/graph/outlook-large-attachments).
+MAX_ATTACHMENT_BYTES: Final = 150 * 1024 * 1024
+# A claim-checked body still travels in one Graph request (sendMail, or the draft's creation), whose limit is 4 MB.
+MAX_BODY_BYTES: Final = 3 * 1024 * 1024
+MAX_BLOB_NAME_LENGTH: Final = 1024  # Azure Storage's limit for a blob name
 _MAX_ADDRESS_LENGTH: Final = 254  # RFC 5321: a 256-octet path, less the angle brackets
 _MAX_LOCAL_PART_LENGTH: Final = 64
 
@@ -94,6 +101,12 @@ HEADER_NAME_PATTERN: Final = rf"^[Xx]-[{_TCHAR}]+$"
 # lets a few non-canonical forms through ("YWJj="), which other languages' decoders refuse.
 BASE64_PATTERN: Final = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 
+# A claim check's blob name: path segments that each start with a letter or digit, so that no "..", no leading
+# "/" and no URL syntax can reach outside the mail-payloads container (a blob name is a URL path).
+_BLOB_SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+BLOB_NAME_PATTERN: Final = rf"^{_BLOB_SEGMENT}(?:/{_BLOB_SEGMENT})*$"
+SHA256_PATTERN: Final = r"^[0-9a-f]{64}$"
+
 # The same rules as the JSON Schema states them. The relay checks the lengths in Python, to say which limit
 # a value breaks; a schema validator has only the pattern, so lookaheads (read alike by every engine) carry
 # them: at most 64 characters before the @, and 254 in an address written inside a recipient string.
@@ -112,6 +125,8 @@ _ADDRESS_RE: Final = re.compile(_ADDRESS)
 _RECIPIENT_STRING_RE: Final = re.compile(RECIPIENT_STRING_PATTERN[1:-1])
 _HEADER_NAME_RE: Final = re.compile(HEADER_NAME_PATTERN[1:-1])
 _BASE64_RE: Final = re.compile(BASE64_PATTERN[1:-1])
+_BLOB_NAME_RE: Final = re.compile(rf"(?=.{{1,{MAX_BLOB_NAME_LENGTH}}}$)" + BLOB_NAME_PATTERN[1:-1], re.DOTALL)
+_SHA256_RE: Final = re.compile(SHA256_PATTERN[1:-1])
 
 # "Must not contain CR or LF" as JSON Schema: `not` + an unanchored pattern is exact in every regex
 # engine, whereas "^[^\r\n]*$" lets a trailing "\n" through in Python, Java and .NET (their "$"
@@ -181,12 +196,14 @@ class ContractError(ValueError):
         return (type(self), (self.violations,))
 
 
-def _fail(rule: str, *, field: str | None = None, alias: str | None = None) -> NoReturn:
+def _fail(rule: str, *, field: str | None = None, alias: str | None = None, under: str | None = None) -> NoReturn:
     """Raise a rule violation inside pydantic validation; `field` overrides pydantic's location, `alias` only its
     last part (a default that fails its check is located by the attribute's name, not the JSON one)."""
     context = {"rule": rule} if field is None else {"rule": rule, "field": field}
     if alias is not None:
         context["alias"] = alias
+    if under is not None:  # a model's rule about one of its fields: located at that field
+        context["under"] = under
     # The template only echoes the context, so braces in `rule` are never read as placeholders.
     raise PydanticCustomError(_RULE_ERROR, "{rule}", context)
 
@@ -419,9 +436,11 @@ Headers = Annotated[
         }
     ),
 ]
+
+
 def _check_content_id(value: str) -> str:
     for position, char in enumerate(value):
-        if not 0x21 <= ord(char) <= 0x7E or char in "<>\"":
+        if not 0x21 <= ord(char) <= 0x7E or char in '<>"':
             _fail(
                 f"must be printable ASCII without spaces, quotes or angle brackets: found {char!r} at character "
                 f"{position + 1}; it is the id of a MIME part, named by the body as cid:<contentId>"
@@ -505,9 +524,7 @@ class Recipient(_ContractModel):
         return data
 
     @classmethod
-    def __get_pydantic_json_schema__(
-        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
-    ) -> JsonSchemaValue:
+    def __get_pydantic_json_schema__(cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
         # The string forms are accepted by `_from_string`, which pydantic cannot see; say so in the schema.
         object_form = handler.resolve_ref_schema(handler(core_schema))
         string_form = {
@@ -556,15 +573,115 @@ def _split_recipient(text: str) -> tuple[str | None, str]:
 RecipientList = Annotated[list[Recipient], Field(json_schema_extra={"maxItems": MAX_RECIPIENTS})]
 
 
+def _check_blob_name(value: str) -> str:
+    if not _BLOB_NAME_RE.fullmatch(value):
+        _fail(
+            f"{_quote(value)} is not a payload blob name: 1 to {MAX_BLOB_NAME_LENGTH} characters, segments of letters, "
+            "digits, dot, underscore and hyphen separated by /, each starting with a letter or digit (no .., no "
+            "leading /); it names a blob in the relay's mail-payloads container"
+        )
+    return value
+
+
+def _check_sha256(value: str) -> str:
+    if not _SHA256_RE.fullmatch(value):
+        _fail(f"{_quote(value)} must be the SHA-256 of the blob's bytes: 64 lower-case hexadecimal digits")
+    return value
+
+
+def _check_send_at(value: str) -> str:
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        _fail(f"{_quote(value)} is not an ISO 8601 date and time, such as 2026-12-24T09:00:00+01:00")
+    if when.utcoffset() is None:
+        _fail(
+            f"{_quote(value)} has no UTC offset: write one (2026-12-24T09:00:00+01:00, or Z for UTC), so the time "
+            "means the same on every machine"
+        )
+    return value
+
+
+BlobName = Annotated[
+    str,
+    AfterValidator(_check_blob_name),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": BLOB_NAME_PATTERN,
+            "maxLength": MAX_BLOB_NAME_LENGTH,
+            "description": "the name of a blob in the relay's mail-payloads container (a claim check)",
+        }
+    ),
+]
+Sha256 = Annotated[
+    str,
+    AfterValidator(_check_sha256),
+    WithJsonSchema({"type": "string", "pattern": SHA256_PATTERN, "description": "SHA-256 of the blob, hex"}),
+]
+SendAt = Annotated[
+    str,
+    AfterValidator(_check_send_at),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "date-time",
+            "description": "when to send: ISO 8601 with a UTC offset, at most 7 days after the request is enqueued",
+        }
+    ),
+]
+
+
+def _claim_check_schema(inline: str) -> dict[str, Any]:
+    """The JSON Schema rule of a part that is either inline (`inline`) or claim-checked (blob, size, sha256)."""
+    return {
+        "oneOf": [{"required": [inline]}, {"required": ["blob", "size", "sha256"]}],
+        "dependentRequired": {"blob": ["size", "sha256"], "size": ["blob"], "sha256": ["blob"]},
+    }
+
+
+def _one_form(part: Any, inline_value: object, inline: str) -> None:
+    """A part is inline (`inline`) or a claim check (blob, size and sha256), never both nor half of one."""
+    stored = (part.blob, part.size, part.sha256)
+    if inline_value is not None and any(v is not None for v in stored):
+        _fail(f'holds both "{inline}" and a claim check ("blob", "size", "sha256"): give one of them')
+    if inline_value is None:
+        missing = [name for name, v in zip(("blob", "size", "sha256"), stored, strict=True) if v is None]
+        if len(missing) == 3:
+            _fail(
+                'is required (or a claim check instead: "blob", "size" and "sha256" of a blob in mail-payloads)',
+                under=inline,
+            )
+        if missing:
+            _fail(f"a claim check needs blob, size and sha256: {', '.join(missing)} missing")
+
+
 class Body(_ContractModel):
-    """The message body: plain text or HTML."""
+    """The message body: plain text or HTML, inline (`content`) or claim-checked in a blob (UTF-8 text)."""
+
+    model_config = ConfigDict(json_schema_extra=_claim_check_schema("content"))
 
     content_type: Literal["text", "html"] = Field(alias="contentType")
-    content: str
+    content: str | None = None
+    blob: BlobName | None = None
+    size: Annotated[int, Field(ge=0, le=MAX_BODY_BYTES)] | None = Field(
+        default=None, description=f"the blob's length in bytes, at most {MAX_BODY_BYTES}"
+    )
+    sha256: Sha256 | None = None
+
+    @model_validator(mode="after")
+    def _check_form(self) -> Body:
+        _one_form(self, self.content, "content")
+        return self
+
+    @property
+    def stored(self) -> bool:
+        return self.blob is not None
 
 
 class Attachment(_ContractModel):
-    """A file attachment sent inline: its bytes in standard base64, at most 3 MB once decoded.
+    """A file attachment: its bytes inline in standard base64 (at most 3 MB), or claim-checked in a blob of the
+    relay's mail-payloads container (`blob`, `size`, `sha256`; up to 150 MB).
 
     With `isInline` and a `contentId` it is an inline image: an HTML body shows it with `<img src="cid:ID">`
     (Graph's fileAttachment, https://learn.microsoft.com/graph/api/resources/fileattachment).
@@ -574,12 +691,18 @@ class Attachment(_ContractModel):
         json_schema_extra={
             "if": {"properties": {"isInline": {"const": True}}, "required": ["isInline"]},
             "then": {"required": ["contentId"]},
+            **_claim_check_schema("contentBytes"),
         },
     )
 
     name: NonEmptyLine
     content_type: NonEmptyLine = Field(alias="contentType", description='a MIME type, e.g. "application/pdf"')
-    content_bytes: Base64Content = Field(alias="contentBytes")
+    content_bytes: Base64Content | None = Field(default=None, alias="contentBytes")
+    blob: BlobName | None = None
+    size: Annotated[int, Field(ge=0, le=MAX_ATTACHMENT_BYTES)] | None = Field(
+        default=None, description="the blob's length in bytes, at most 150 MB (Graph's limit per attachment)"
+    )
+    sha256: Sha256 | None = None
     is_inline: bool = Field(
         default=False, alias="isInline", description="shown in the body (cid: images), not as an attachment"
     )
@@ -600,6 +723,24 @@ class Attachment(_ContractModel):
             )
         return value
 
+    @model_validator(mode="after")
+    def _check_form(self) -> Attachment:
+        _one_form(self, self.content_bytes, "contentBytes")
+        return self
+
+    @property
+    def stored(self) -> bool:
+        return self.blob is not None
+
+    @property
+    def byte_size(self) -> int:
+        """The attachment's length in bytes: the claim check's size, or the decoded base64's."""
+        if self.size is not None:
+            return self.size
+        assert self.content_bytes is not None  # one of the two forms, checked above
+        text = self.content_bytes
+        return len(text) // 4 * 3 - text[-2:].count("=") if text else 0
+
 
 class SendRequest(_ContractModel):
     """A request to send one message: the queue message's JSON, version 1."""
@@ -607,15 +748,11 @@ class SendRequest(_ContractModel):
     model_config = ConfigDict(
         # "At least one recipient in to, cc or bcc" can be said in JSON Schema (500 in total cannot).
         json_schema_extra={
-            "anyOf": [
-                {"required": [name], "properties": {name: {"minItems": 1}}} for name in ("to", "cc", "bcc")
-            ]
+            "anyOf": [{"required": [name], "properties": {name: {"minItems": 1}}} for name in ("to", "cc", "bcc")]
         },
     )
 
-    sender: Mailbox = Field(
-        alias="from", description="the sending mailbox; must be on the relay's allow-list"
-    )
+    sender: Mailbox = Field(alias="from", description="the sending mailbox; must be on the relay's allow-list")
     to: RecipientList = Field(default_factory=list)
     cc: RecipientList = Field(default_factory=list)
     bcc: RecipientList = Field(default_factory=list)
@@ -624,13 +761,22 @@ class SendRequest(_ContractModel):
     body: Body
     importance: Literal["low", "normal", "high"] = "normal"
     attachments: list[Attachment] = Field(default_factory=list)
-    headers: Headers = Field(
-        default_factory=dict, description='custom Internet message headers; names start with "X-"'
-    )
+    headers: Headers = Field(default_factory=dict, description='custom Internet message headers; names start with "X-"')
     save_to_sent_items: bool = Field(default=True, alias="saveToSentItems")
-    id: IdempotencyKey | None = Field(
-        default=None, description="idempotency key: one key is sent at most once"
-    )
+    id: IdempotencyKey | None = Field(default=None, description="idempotency key: one key is sent at most once")
+    send_at: SendAt | None = Field(default=None, alias="sendAt")
+
+    def stored_parts(self) -> list[Body | Attachment]:
+        """The claim-checked body and attachments."""
+        parts: list[Body | Attachment] = [self.body, *self.attachments]
+        return [p for p in parts if p.blob is not None]
+
+    def stored_blobs(self) -> list[str]:
+        """The claim checks' blob names: what the relay deletes once the request is sent."""
+        return [p.blob for p in self.stored_parts() if p.blob is not None]
+
+    def send_time(self) -> datetime | None:
+        return datetime.fromisoformat(self.send_at) if self.send_at else None
 
     def recipient_count(self) -> int:
         """Recipients as Exchange counts them for its per-message limit: to + cc + bcc."""
@@ -860,6 +1006,8 @@ def _violation(error: PydanticErrorDetails) -> Violation:
     if kind == _RULE_ERROR:
         if "alias" in ctx:
             field = _field_path((*loc[:-1], ctx["alias"]))
+        if "under" in ctx:
+            field = _field_path((*loc, ctx["under"]))
         return Violation(ctx.get("field", field), ctx["rule"])
     if kind == "missing":
         hint = _REQUIRED_HINTS.get(field) or _REQUIRED_HINTS.get(str(last))
@@ -872,9 +1020,7 @@ def _violation(error: PydanticErrorDetails) -> Violation:
         return Violation(field, f"must be true or false (a JSON boolean), not {_describe(value)}")
     if kind == "list_type":
         if last in ("to", "cc", "bcc", "replyTo"):
-            return Violation(
-                field, f'must be a list of recipients, not {_describe(value)}; write ["a@contoso.com"]'
-            )
+            return Violation(field, f'must be a list of recipients, not {_describe(value)}; write ["a@contoso.com"]')
         return Violation(field, f"must be a list (JSON array), not {_describe(value)}")
     if kind in ("dict_type", "model_type", "model_attributes_type"):
         if isinstance(last, int) and _model_at(loc) is Recipient:
@@ -886,6 +1032,14 @@ def _violation(error: PydanticErrorDetails) -> Violation:
         if isinstance(value, str) and value.lower() != value and f'"{value.lower()}"' in expected:
             rule += " (the values are lower case)"
         return Violation(field, rule)
+    if kind in ("int_type", "int_parsing"):
+        return Violation(field, f"must be a whole number (a JSON integer), not {_describe(value)}")
+    if kind == "less_than_equal":
+        limit = ctx.get("le")
+        words = " (150 MB, Graph's limit per attachment)" if limit == MAX_ATTACHMENT_BYTES else ""
+        return Violation(field, f"is {value} bytes; at most {limit}{words}")
+    if kind == "greater_than_equal":
+        return Violation(field, f"must not be negative, not {value}")
     if kind == "string_too_short" and ctx.get("min_length") == 1:
         return Violation(field, "must not be empty")
     if kind == "string_too_long":

@@ -34,7 +34,17 @@ from typing import TYPE_CHECKING, Any
 
 from shared.outcomes import Failure, Permanent, Sent, Transient, permanent
 from shared.pacing import Granted, Over
-from shared.status import DEAD_LETTERED, QUEUED, RETRYING, SENDING, SENT, UNKNOWN, StatusKey, StatusRecord
+from shared.status import (
+    DEAD_LETTERED,
+    QUEUED,
+    RETRYING,
+    SCHEDULED,
+    SENDING,
+    SENT,
+    UNKNOWN,
+    StatusKey,
+    StatusRecord,
+)
 
 if TYPE_CHECKING:
     from shared.bootstrap import Runtime
@@ -88,13 +98,29 @@ class _Wait:
     why: str
 
 
-def deliver(rt: Runtime, checked: Checked, original_message_id: str | None, fields: dict[str, Any]) -> None:
-    """Take one checked request from claim to recorded outcome (the module's steps)."""
+def deliver(
+    rt: Runtime,
+    checked: Checked,
+    original_message_id: str | None,
+    fields: dict[str, Any],
+    enqueued_at: datetime | None = None,
+) -> None:
+    """Take one checked request from claim to recorded outcome (the module's steps). `enqueued_at`: when the app
+    enqueued it, for a request read from the outbox (a `sendAt` is judged against it)."""
     req = checked.request
     key = StatusKey.of(req.sender, req.id, original_message_id)
     fields.update(sender=req.sender, keyKind=key.kind, key=key.value)
+    send_at = req.send_time()
+    if send_at is not None:
+        refused = _send_at_refusal(rt, send_at, enqueued_at)
+        if refused is not None:
+            _dead_letter(rt, checked.received, refused, None, fields)
+            return
+        if send_at - rt.clock() > CLOCK_TOLERANCE and _schedule(rt, checked, key, send_at, original_message_id, fields):
+            return
     claim = _claim(rt, key, checked, original_message_id)
     if isinstance(claim, _AlreadySent):
+        _drop_payloads(rt, checked, fields)
         _log(logging.INFO, "mail.duplicate", "already sent; completed without sending", **fields)
         return
     if isinstance(claim, _Refused):
@@ -118,6 +144,93 @@ def deliver(rt: Runtime, checked: Checked, original_message_id: str | None, fiel
     finally:
         _release(rt, req.sender, slot, fields)
     _settle(rt, checked, record, attempt.outcome, attempt.request_id, attempt.client_request_id, fields)
+
+
+# --- 0. Scheduled sends ------------------------------------------------------------------------------------
+
+# A queue message stays hidden 7 days at most (DESIGN.md, "Limits to respect"), and a scheduled request waits
+# hidden on a queue: the app's enqueue with an initial visibility, or the relay's retry queue.
+MAX_SEND_AT_AHEAD = timedelta(days=7)
+
+
+def _send_at_refusal(rt: Runtime, send_at: datetime, enqueued_at: datetime | None) -> Failure | None:
+    """A `sendAt` that cannot be honoured, judged against the moment the app enqueued the request (a request
+    the client enqueued hidden until its time is read after it, and that is no mistake)."""
+    if enqueued_at is None:
+        return None  # read from the retry queue: judged on its first delivery
+    tolerance = timedelta(seconds=rt.settings.send_at_tolerance_seconds)
+    if send_at < enqueued_at - tolerance:
+        late = enqueued_at - send_at
+        return permanent(
+            "SendAtInPast",
+            f"sendAt {send_at.isoformat()} is {late.total_seconds():.0f} s before the request was enqueued "
+            f"({enqueued_at:%Y-%m-%dT%H:%M:%SZ})",
+        )
+    if send_at > enqueued_at + MAX_SEND_AT_AHEAD + tolerance:
+        return permanent(
+            "SendAtTooFar",
+            f"sendAt {send_at.isoformat()} is more than 7 days after the request was enqueued "
+            f"({enqueued_at:%Y-%m-%dT%H:%M:%SZ})",
+        )
+    return None
+
+
+def _schedule(
+    rt: Runtime,
+    checked: Checked,
+    key: StatusKey,
+    when: datetime,
+    original_message_id: str | None,
+    fields: dict[str, Any],
+) -> bool:
+    """Hold a request seen before its `sendAt`: record it `scheduled` and put it on the retry queue, hidden
+    until then. False when the key's record says something else must happen (it was sent, or the key holds
+    other content): the claim decides that."""
+    from shared.status import recipient_summary
+
+    now = rt.clock()
+    req = checked.request
+    count, domains = recipient_summary([r.address for r in (*req.to, *req.cc, *req.bcc)])
+    content = fingerprint(checked.received)
+    scheduled = StatusRecord(
+        key=key,
+        state=SCHEDULED,
+        fingerprint=content,
+        attempts=0,
+        created_at=now,
+        updated_at=now,
+        not_before=when,
+        message_id=original_message_id,
+        recipients=count,
+        recipient_domains=domains,
+    )
+    if rt.status.create(scheduled) is None:
+        current = rt.status.get(key)
+        if current is None or current.state == SENT or current.fingerprint != content:
+            return False
+    delay = _put_back(rt, checked, original_message_id, (when - now).total_seconds(), "scheduled")
+    _log(
+        logging.INFO,
+        "mail.scheduled",
+        f"scheduled for {when.isoformat()}; held {delay} s",
+        delaySeconds=delay,
+        **fields,
+    )
+    return True
+
+
+def _drop_payloads(rt: Runtime, checked: Checked, fields: dict[str, Any]) -> None:
+    """The request is sent: delete its claim-checked blobs. Best effort: the retention clean-up deletes what
+    Storage would not delete now."""
+    from shared.payloads import delete_all
+
+    blobs = checked.request.stored_blobs()
+    if not blobs or rt.payloads is None:
+        return
+    left = delete_all(rt.payloads, blobs)
+    if left:
+        text = f"{len(left)} of {len(blobs)} payload blobs not deleted; PAYLOAD_RETENTION_DAYS will"
+        _log(logging.WARNING, "payload.delete", text, **fields)
 
 
 # --- 3. Pacing --------------------------------------------------------------------------------------------
@@ -258,7 +371,11 @@ def _decide(rt: Runtime, current: StatusRecord, content: str, now: datetime) -> 
         left = (current.lease_until - now).total_seconds()
         return _Wait(min(left, MAX_CLAIM_WAIT_SECONDS), "another worker is sending it")
     due = now + CLOCK_TOLERANCE
-    if current.state in (RETRYING, UNKNOWN, QUEUED) and current.not_before is not None and current.not_before > due:
+    if (
+        current.state in (RETRYING, UNKNOWN, QUEUED, SCHEDULED)
+        and current.not_before is not None
+        and current.not_before > due
+    ):
         # An early copy (the app enqueued it twice) keeps to the schedule the record holds: Retry-After or
         # the settling time of an unknown send.
         return _Wait((current.not_before - now).total_seconds(), f"{current.state} until {current.not_before:%H:%M:%S}")
@@ -292,6 +409,7 @@ def _resolve(
         lookup = Lookup(False, refusal("SaveToSentItemsOff", "the request is not saved to Sent Items"))
     if lookup.found:
         _write(rt, replace(record, state=SENT, sent_at=now, lease_until=None, resolution="found in Sent Items"))
+        _drop_payloads(rt, checked, fields)
         _log(logging.INFO, "mail.sent", "the unknown try went out: found in Sent Items; not sent again", **fields)
         return None
     if lookup.failure is None:
@@ -370,6 +488,7 @@ def _settle(
     if isinstance(outcome, Sent):
         _write(rt, replace(record, state=SENT, sent_at=now, lease_until=None, last_error_code=None))
         _log(logging.INFO, "mail.sent", "Graph accepted the message (202)", **fields)
+        _drop_payloads(rt, checked, fields)
         return
     if isinstance(outcome, Permanent):
         _dead_letter(rt, checked.received, outcome, record, fields)

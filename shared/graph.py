@@ -29,15 +29,30 @@ def _recipients(recipients: list[Recipient]) -> list[dict[str, Any]]:
     return out
 
 
-def build_send_mail_body(req: SendRequest, mark: str | None = None) -> dict[str, Any]:
+def build_send_mail_body(
+    req: SendRequest, mark: str | None = None, stored: Mapping[str, bytes] | None = None
+) -> dict[str, Any]:
     """The JSON body of POST /users/{from}/sendMail for a valid send request (Graph's `message` resource).
 
     `mark` (shared/status.py) goes in a single-value extended property, the same on every try of the
     request, so that the relay can find the message in the sender's Sent Items after an unknown outcome.
+    `stored` holds the bytes of the request's claim checks, by blob name (read and checked by the caller).
     """
+    stored = stored or {}
+    message = build_message(req, mark, stored)
+    if req.attachments:
+        message["attachments"] = [_attachment(a, stored.get(a.blob) if a.blob else None) for a in req.attachments]
+    return {"message": message, "saveToSentItems": req.save_to_sent_items}
+
+
+def build_message(req: SendRequest, mark: str | None, stored: Mapping[str, bytes]) -> dict[str, Any]:
+    """Graph's `message` for the request, without its attachments: sendMail's, or a draft's (which gets its
+    attachments one by one)."""
+    body = req.body
+    content = stored[body.blob].decode("utf-8") if body.blob is not None else body.content
     message: dict[str, Any] = {
         "subject": req.subject,
-        "body": {"contentType": req.body.content_type, "content": req.body.content},
+        "body": {"contentType": body.content_type, "content": content},
         "toRecipients": _recipients(req.to),
     }
     # Only what the request sets, so the posted JSON stays minimal and readable in `mailrelay validate`.
@@ -49,23 +64,24 @@ def build_send_mail_body(req: SendRequest, mark: str | None = None) -> dict[str,
         message["replyTo"] = _recipients(req.reply_to)
     if req.importance != "normal":
         message["importance"] = req.importance
-    if req.attachments:
-        message["attachments"] = [_attachment(a) for a in req.attachments]
     if req.headers:
         message["internetMessageHeaders"] = [{"name": k, "value": v} for k, v in req.headers.items()]
     if mark:
         from shared.status import MARK_PROPERTY_ID
 
         message["singleValueExtendedProperties"] = [{"id": MARK_PROPERTY_ID, "value": mark}]
-    return {"message": message, "saveToSentItems": req.save_to_sent_items}
+    return message
 
 
-def _attachment(a: Attachment) -> dict[str, Any]:
+def _attachment(a: Attachment, data: bytes | None = None) -> dict[str, Any]:
+    """A fileAttachment: inline base64 from the request, or `data`, a claim check's bytes."""
+    import base64
+
     attachment: dict[str, Any] = {
         "@odata.type": FILE_ATTACHMENT,
         "name": a.name,
         "contentType": a.content_type,
-        "contentBytes": a.content_bytes,
+        "contentBytes": a.content_bytes if data is None else base64.b64encode(data).decode("ascii"),
     }
     if a.is_inline:  # an inline image: the HTML body names it as cid:<contentId>
         attachment["isInline"] = True
@@ -83,10 +99,44 @@ class GraphReply:
     value: Any = None  # a successful GET's JSON body
 
 
+def upload_item(a: Attachment) -> dict[str, Any]:
+    """The AttachmentItem of createUploadSession for a large attachment
+    (https://learn.microsoft.com/graph/api/attachment-createuploadsession)."""
+    item: dict[str, Any] = {
+        "attachmentType": "file",
+        "name": a.name,
+        "size": a.byte_size,
+        "contentType": a.content_type,
+    }
+    if a.is_inline:
+        item["isInline"] = True
+        item["contentId"] = a.content_id
+    return item
+
+
 class MailSender(Protocol):
     def send_mail(self, sender: str, body: Mapping[str, Any], token: str) -> GraphReply: ...
 
     def find_sent(self, sender: str, mark: str, token: str) -> GraphReply: ...
+
+
+class DraftSender(Protocol):
+    """Graph's large-message flow: a draft, its attachments (large ones through an upload session), then send.
+    Every call but the upload needs Mail.ReadWrite in the app's Exchange scope; the send needs Mail.Send."""
+
+    def create_draft(self, sender: str, message: Mapping[str, Any], token: str) -> GraphReply: ...
+
+    def add_attachment(self, sender: str, draft_id: str, attachment: Mapping[str, Any], token: str) -> GraphReply: ...
+
+    def create_upload_session(self, sender: str, draft_id: str, item: Mapping[str, Any], token: str) -> GraphReply: ...
+
+    def upload_range(self, url: str, data: bytes, start: int, total: int) -> GraphReply: ...
+
+    def send_draft(self, sender: str, draft_id: str, token: str) -> GraphReply: ...
+
+    def delete_message(self, sender: str, message_id: str, token: str) -> GraphReply: ...
+
+    def find_drafts(self, sender: str, mark: str, token: str) -> GraphReply: ...
 
 
 class GraphClient:
@@ -111,6 +161,50 @@ class GraphClient:
         response = self._session.post(url, json=body, headers=self._headers(token), timeout=self._timeout)
         return _reply(response)
 
+    def _user(self, sender: str) -> str:
+        return f"{self._base_url}/v1.0/users/{quote(sender, safe='@')}"
+
+    def _post(self, url: str, body: Mapping[str, Any] | None, token: str) -> GraphReply:
+        response = self._session.post(url, json=body, headers=self._headers(token), timeout=self._timeout)
+        return _reply(response)
+
+    def create_draft(self, sender: str, message: Mapping[str, Any], token: str) -> GraphReply:
+        """POST /users/{id}/messages: a draft in the sender's Drafts (https://learn.microsoft.com/graph/api/user-post-messages)."""
+        return self._post(f"{self._user(sender)}/messages", message, token)
+
+    def add_attachment(self, sender: str, draft_id: str, attachment: Mapping[str, Any], token: str) -> GraphReply:
+        """POST /users/{id}/messages/{id}/attachments: one attachment under 3 MB."""
+        return self._post(f"{self._user(sender)}/messages/{quote(draft_id, safe='')}/attachments", attachment, token)
+
+    def create_upload_session(self, sender: str, draft_id: str, item: Mapping[str, Any], token: str) -> GraphReply:
+        """POST .../attachments/createUploadSession: where to PUT a large attachment's byte ranges."""
+        url = f"{self._user(sender)}/messages/{quote(draft_id, safe='')}/attachments/createUploadSession"
+        return self._post(url, {"AttachmentItem": item}, token)
+
+    def upload_range(self, url: str, data: bytes, start: int, total: int) -> GraphReply:
+        """PUT one byte range to an upload session. The URL is pre-authenticated, and the doc says to send no
+        Authorization header with it (https://learn.microsoft.com/graph/outlook-large-attachments, step 2)."""
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Content-Range": f"bytes {start}-{start + len(data) - 1}/{total}",
+        }
+        response = self._session.put(url, data=data, headers=headers, timeout=self._timeout)
+        return _reply(response)
+
+    def send_draft(self, sender: str, draft_id: str, token: str) -> GraphReply:
+        """POST /users/{id}/messages/{id}/send: 202, and the draft goes to Sent Items
+        (https://learn.microsoft.com/graph/api/message-send)."""
+        return self._post(f"{self._user(sender)}/messages/{quote(draft_id, safe='')}/send", None, token)
+
+    def delete_message(self, sender: str, message_id: str, token: str) -> GraphReply:
+        url = f"{self._user(sender)}/messages/{quote(message_id, safe='')}"
+        response = self._session.delete(url, headers=self._headers(token), timeout=self._timeout)
+        return _reply(response)
+
+    def find_drafts(self, sender: str, mark: str, token: str) -> GraphReply:
+        """The drafts marked `mark` a failed try left in the sender's Drafts."""
+        return self._find(sender, "drafts", mark, token, top=10)
+
     def find_sent(self, sender: str, mark: str, token: str) -> GraphReply:
         """Look for the message marked `mark` in the sender's Sent Items.
 
@@ -119,13 +213,16 @@ class GraphClient:
         permission Mail.Read (Mail.ReadBasic excludes extended properties), scoped by Exchange like Mail.Send.
         The mark is hex digits, so it needs no escaping inside the quotes.
         """
+        return self._find(sender, "sentitems", mark, token, top=1)
+
+    def _find(self, sender: str, folder: str, mark: str, token: str, top: int) -> GraphReply:
         from shared.status import MARK_PROPERTY_ID
 
-        url = f"{self._base_url}/v1.0/users/{quote(sender, safe='@')}/mailFolders/sentitems/messages"
+        url = f"{self._user(sender)}/mailFolders/{folder}/messages"
         query = f"singleValueExtendedProperties/Any(ep: ep/id eq '{MARK_PROPERTY_ID}' and ep/value eq '{mark}')"
         response = self._session.get(
             url,
-            params={"$filter": query, "$select": "id,sentDateTime", "$top": "1"},
+            params={"$filter": query, "$select": "id,sentDateTime", "$top": str(top)},
             headers=self._headers(token),
             timeout=self._timeout,
         )

@@ -6,6 +6,8 @@ import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from shared.bootstrap import Runtime
     from shared.expiry import Report
     from shared.outcomes import Failure
@@ -21,6 +23,9 @@ class QueueMessageLike(Protocol):
 
     @property
     def dequeue_count(self) -> int | None: ...
+
+    @property
+    def insertion_time(self) -> datetime | None: ...
 
     def get_body(self) -> bytes: ...
 
@@ -51,7 +56,7 @@ def handle_mail_message(msg: QueueMessageLike, rt: Runtime | None = None) -> Non
         refused = permanent("RetryWrapperRefused", 'a "$retry" wrapper on the outbox; the relay writes retries itself')
         _dead_letter(rt, as_received(raw), refused, fields)
         return
-    _process(rt, raw, msg.id, fields)
+    _process(rt, raw, msg.id, fields, enqueued_at=msg.insertion_time)
 
 
 def handle_retry_message(msg: QueueMessageLike, rt: Runtime | None = None) -> None:
@@ -79,7 +84,13 @@ def handle_retry_message(msg: QueueMessageLike, rt: Runtime | None = None) -> No
         rt.overflow.delete(unwrapped.stored)
 
 
-def _process(rt: Runtime, raw: bytes, original_message_id: str | None, fields: dict[str, Any]) -> None:
+def _process(
+    rt: Runtime,
+    raw: bytes,
+    original_message_id: str | None,
+    fields: dict[str, Any],
+    enqueued_at: datetime | None = None,
+) -> None:
     from shared.delivery import deliver
     from shared.outcomes import Sent
     from shared.sending import Attempt
@@ -90,7 +101,7 @@ def _process(rt: Runtime, raw: bytes, original_message_id: str | None, fields: d
         assert not isinstance(checked.outcome, Sent)
         _dead_letter(rt, checked.request, checked.outcome, fields)
         return
-    deliver(rt, checked, original_message_id, fields)
+    deliver(rt, checked, original_message_id, fields, enqueued_at)
 
 
 def _dead_letter(rt: Runtime, request: Any, failure: Failure, fields: dict[str, Any]) -> None:
@@ -110,13 +121,18 @@ def _log(level: int, event: str, text: str, **fields: Any) -> None:
 
 
 def handle_status_cleanup(timer: TimerRequestLike | None = None, rt: Runtime | None = None) -> int:
-    """Delete status records older than STATUS_RETENTION_DAYS; what function_app.py's cleanup timer calls."""
+    """Delete status records older than STATUS_RETENTION_DAYS, and claim-checked payloads older than
+    PAYLOAD_RETENTION_DAYS (those of dead letters nobody requeued, or of requests never enqueued); what
+    function_app.py's clean-up timer calls. Returns the records deleted."""
     from shared.bootstrap import runtime
     from shared.status import retention_cutoff
 
     rt = rt or runtime()
     deleted = rt.status.delete_expired(retention_cutoff(rt.settings.status_retention_days, rt.clock()))
     _log(logging.INFO, "status.cleanup", f"deleted {deleted} records older than the retention", deleted=deleted)
+    if rt.payloads is not None:
+        blobs = rt.payloads.delete_older_than(retention_cutoff(rt.settings.payload_retention_days, rt.clock()))
+        _log(logging.INFO, "payload.cleanup", f"deleted {blobs} payload blobs older than the retention", deleted=blobs)
     return deleted
 
 

@@ -99,10 +99,38 @@ _HINTS: Final[dict[str, str]] = {
     "InvalidInternetMessageHeader": "custom headers must start with 'X-'; rename or drop the header",
     "InvalidInternetMessageHeaderCollection": "Graph takes at most 5 custom headers per message; drop some",
     "ErrorMessageSizeExceeded": (
-        "the message is over Graph's size limit: attachments over 3 MB need an upload session"
+        "the message is over the sending mailbox's maximum message size in Exchange Online (35 MB by default, "
+        "attachments counted base64-encoded, a third larger): send less, or raise the mailbox's limit "
+        "(Set-Mailbox -MaxSendSize, up to 150 MB) and MAX_MESSAGE_SIZE_MB with it, then requeue"
     ),
     "RequestEntityTooLarge": (
-        "the message is over Graph's 4 MB request limit: attachments over 3 MB need an upload session"
+        "one Graph request was over its 4 MB limit: the relay sends anything larger through a draft and an upload "
+        "session, so report this with the request's size"
+    ),
+    "MessageTooLarge": (
+        "the message is over MAX_MESSAGE_SIZE_MB (Exchange Online's maximum message size for the mailbox, 35 MB "
+        "by default; attachments count a third larger once base64-encoded for mail): nothing was uploaded. Send "
+        "the large files as links, or split the message; an admin may raise the mailbox's limit (Set-Mailbox "
+        "-MaxSendSize, up to 150 MB) and MAX_MESSAGE_SIZE_MB with it"
+    ),
+    "PayloadMissing": (
+        "a claim-checked attachment or body is not in the mail-payloads container: the app did not upload it (or "
+        "under another name), or it was deleted (after the request was sent, or by PAYLOAD_RETENTION_DAYS). "
+        "Upload it again and enqueue a new request"
+    ),
+    "PayloadMismatch": (
+        "a claim-checked blob differs from what the request says of it (size or SHA-256): it was overwritten or "
+        "corrupted after the request was made, or the app computed the hash of other bytes. Nothing was sent; "
+        "upload the file again under a new name and enqueue a new request"
+    ),
+    "PayloadUnavailable": "Blob storage failed while the relay read a payload; the relay retries",
+    "SendAtInPast": (
+        "sendAt is earlier than the moment the request was enqueued (beyond SEND_AT_TOLERANCE_SECONDS of clock "
+        "skew): a mistake in the app's time zone or clock, most likely. Fix sendAt, or drop it to send now"
+    ),
+    "SendAtTooFar": (
+        "sendAt is more than 7 days after the request was enqueued: a queue message can stay hidden 7 days at "
+        "most. Enqueue it later"
     ),
     "ErrorQuotaExceeded": "the sending mailbox is full; free space or send with saveToSentItems false",
     "InvalidAuthenticationToken": (
@@ -206,6 +234,24 @@ _HINTS: Final[dict[str, str]] = {
 }
 
 _TRANSIENT_STATUS: Final = frozenset({408, 429, 500, 502, 503, 504})
+
+
+# ErrorAccessDenied in the large-message flow (draft, attachments, upload session): Mail.Send alone does not
+# cover it. https://learn.microsoft.com/graph/outlook-large-attachments: "request Mail.ReadWrite permission to
+# create an uploadSession for a message".
+LARGE_MESSAGE_ACCESS_HINTS: Final[dict[str, str]] = {
+    "rbac": (
+        "messages over 3 MB go through a draft and an upload session, which need Graph's Mail.ReadWrite for this "
+        'mailbox, not only Mail.Send: assign "Application Mail.ReadWrite" in the same management scope '
+        "(infra/exchange/Set-RbacApplicationScope.ps1 -GrantLargeMessages), not an Entra consent; "
+        f"{SCOPE_CHANGE_DELAY}"
+    ),
+    "policy": (
+        "messages over 3 MB go through a draft and an upload session, which need Graph's Mail.ReadWrite, not only "
+        "Mail.Send: grant the application permission Mail.ReadWrite with admin consent (the application access "
+        f"policy limits it to the same mailboxes); {SCOPE_CHANGE_DELAY}"
+    ),
+}
 
 
 def hint_for(code: str, message: str = "", scope_model: str = "rbac") -> str:

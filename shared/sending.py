@@ -1,19 +1,29 @@
-"""One send request in, one outcome out: validate, allow-list, token, sendMail, classify."""
+"""One send request in, one outcome out: validate, allow-list, token, sendMail (or a draft), classify.
+
+Graph's size rules (https://learn.microsoft.com/graph/outlook-large-attachments): a message whose attachments
+and body come to under 3 MB goes in one sendMail; a larger one goes through the large-message flow: create a
+draft, add the small attachments, upload each large one through an upload session in ranges of at most 4 MB
+(honouring `nextExpectedRanges`), then send the draft. A message over MAX_MESSAGE_SIZE_MB is refused before
+anything is uploaded. The draft carries the request's mark, so a draft left by a crash is found and deleted
+before the next try creates its own, and a sent one is found in Sent Items: a crash never sends two copies.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Final
 
 from shared.graph import GraphReply, MailSender, build_send_mail_body
 from shared.outcomes import (
+    LARGE_MESSAGE_ACCESS_HINTS,
     Failure,
     Outcome,
     Permanent,
     RelayFailure,
     Sent,
+    Transient,
     as_received,
     classify_http,
     permanent,
@@ -22,9 +32,32 @@ from shared.outcomes import (
 from shared.tokens import TokenSource
 
 if TYPE_CHECKING:
-    from shared.contract import SendRequest
+    from shared.contract import Attachment, Body, SendRequest
+    from shared.graph import DraftSender
+    from shared.payloads import PayloadError, PayloadStore, Reader
 
 log = logging.getLogger(__name__)
+
+# One sendMail carries the body and the attachments base64-encoded in a request Graph caps at 4 MB: 3,000,000
+# bytes become 4,000,000 characters, which leaves room for the rest of the JSON.
+SEND_MAIL_MAX_BYTES: Final = 3_000_000
+# An attachment of 3 MB or more needs an upload session; a smaller one is POSTed to the draft whole
+# (https://learn.microsoft.com/graph/api/attachment-createuploadsession: "between 3 MB and 150 MB").
+UPLOAD_SESSION_MIN_BYTES: Final = 3 * 1024 * 1024
+MB: Final = 1024 * 1024
+
+
+def mail_size(req: SendRequest) -> int:
+    """The message's size as Exchange measures it, near enough: the body, and the attachments base64-encoded
+    for mail, which makes them a third larger (Exchange Online limits, "Message size limits")."""
+    body = req.body.size if req.body.size is not None else len((req.body.content or "").encode("utf-8"))
+    return body + sum(4 * -(-a.byte_size // 3) for a in req.attachments)
+
+
+def raw_size(req: SendRequest) -> int:
+    """The body's and the attachments' bytes: what decides between sendMail and the large-message flow."""
+    body = req.body.size if req.body.size is not None else len((req.body.content or "").encode("utf-8"))
+    return body + sum(a.byte_size for a in req.attachments)
 
 
 @dataclass(frozen=True)
@@ -61,12 +94,25 @@ class Checked:
 
 class Relay:
     def __init__(
-        self, *, allowed_senders: frozenset[str], tokens: TokenSource, graph: MailSender, scope_model: str = "rbac"
+        self,
+        *,
+        allowed_senders: frozenset[str],
+        tokens: TokenSource,
+        graph: MailSender,
+        scope_model: str = "rbac",
+        payloads: PayloadStore | None = None,
+        max_message_bytes: int = 35 * MB,
     ):
         self._allowed = allowed_senders
         self._tokens = tokens
         self._graph = graph
         self._scope_model = scope_model  # EXCHANGE_SCOPE_MODEL: which fix an ErrorAccessDenied hint names
+        self._payloads = payloads  # the mail-payloads container (claim checks), shared/payloads.py
+        self._max_message_bytes = max_message_bytes  # MAX_MESSAGE_SIZE_MB
+
+    @property
+    def payloads(self) -> PayloadStore | None:
+        return self._payloads
 
     def send(self, raw: bytes | str) -> Attempt:
         checked = self.check(raw)
@@ -101,13 +147,27 @@ class Relay:
 
     def deliver(self, checked: Checked, mark: str | None = None) -> Attempt:
         """Send a checked request through Graph, marked with `mark` (shared/status.py), and classify the answer."""
+        from shared.payloads import PayloadError
+
         req = checked.request
-        body = build_send_mail_body(req, mark)
         replies: list[GraphReply] = []
         try:
-            outcome = self._post(req.sender, body, replies)
+            size = mail_size(req)
+            if size > self._max_message_bytes:
+                outcome: Outcome = permanent(
+                    "MessageTooLarge",
+                    f"the message comes to {size / MB:.1f} MB encoded for mail, over MAX_MESSAGE_SIZE_MB "
+                    f"({self._max_message_bytes / MB:g})",
+                )
+            elif raw_size(req) < SEND_MAIL_MAX_BYTES:
+                stored = {str(p.blob): self._reader(p).read_all() for p in req.stored_parts()}
+                outcome = self._post(req.sender, build_send_mail_body(req, mark, stored), replies)
+            else:
+                outcome = self._send_large(req, mark, replies)
         except RelayFailure as e:
             outcome = e.outcome
+        except PayloadError as e:
+            outcome = _payload_failure(e)
         last = replies[-1] if replies else None
         return Attempt(
             outcome,
@@ -138,6 +198,21 @@ class Relay:
         return Lookup(False, outcome)
 
     def _post(self, sender: str, body: dict[str, Any], replies: list[GraphReply] | None = None) -> Outcome:
+        try:
+            reply = self._request(lambda token: self._graph.send_mail(sender, body, token), replies, sends=True)
+        except RelayFailure as e:
+            return e.outcome
+        outcome = classify_http(reply.status, reply.error, reply.retry_after, self._scope_model)
+        if isinstance(outcome, Sent) and reply.status != 202:
+            log.warning("sendMail answered %s, not 202; counted as sent", reply.status)
+        return outcome
+
+    def _request(
+        self, call: Callable[[str], GraphReply], replies: list[GraphReply] | None, *, sends: bool, renew: bool = True
+    ) -> GraphReply:
+        """One Graph call with a token; a failure to connect or to be answered raises RelayFailure. `sends`: the
+        call can send the message (sendMail, or sending a draft), so an answer lost after the request went out
+        leaves its outcome unknown."""
         import requests
 
         # A 401 from Graph means the token is no good: try a fresh token once, then a re-read secret
@@ -146,31 +221,200 @@ class Relay:
             lambda: self._tokens.token(fresh=True),
             self._renewed_secret_token,
         ]
-        token = self._tokens.token()
+        if not renew:  # an upload session's pre-authenticated URL: no token goes with it, none can be renewed
+            renewals = []
+        token = self._tokens.token() if renew else ""
         while True:
             try:
-                reply = self._graph.send_mail(sender, body, token)
+                reply = call(token)
             except requests.ConnectTimeout:
-                return transient("ConnectionError", "Graph unreachable: the connection timed out before sending")
+                raise RelayFailure(
+                    transient("ConnectionError", "Graph unreachable: the connection timed out before sending")
+                ) from None
             except requests.Timeout:
-                return transient("Timeout", "Graph did not answer sendMail in time", maybe_sent=True)
+                raise RelayFailure(transient("Timeout", "Graph did not answer in time", maybe_sent=sends)) from None
             except requests.ConnectionError as e:
                 # Refused or unresolvable: nothing went out. Lost after the request was written: it may have.
-                maybe = not _before_sending(e)
-                return transient("ConnectionError", f"Graph unreachable: {type(e).__name__}", maybe_sent=maybe)
+                maybe = sends and not _before_sending(e)
+                failure = transient("ConnectionError", f"Graph unreachable: {type(e).__name__}", maybe_sent=maybe)
+                raise RelayFailure(failure) from None
             if replies is not None:
                 replies.append(reply)
             if reply.status != 401 or not renewals:
-                outcome = classify_http(reply.status, reply.error, reply.retry_after, self._scope_model)
-                if isinstance(outcome, Sent) and reply.status != 202:
-                    log.warning("sendMail answered %s, not 202; counted as sent", reply.status)
-                return outcome
+                return reply
             log.info("Graph answered 401; renewing the token", extra={"event": "token.renew"})
             token = renewals.pop(0)()
+
+    # --- The large-message flow ----------------------------------------------------------------------------
+
+    def _reader(self, part: Body | Attachment) -> Reader:
+        from shared.payloads import Reader, Ref
+
+        if self._payloads is None:
+            raise RelayFailure(permanent("PayloadMissing", "this relay has no payload store configured"))
+        return Reader(self._payloads, Ref.of(part))
+
+    def _send_large(self, req: SendRequest, mark: str | None, replies: list[GraphReply]) -> Outcome:
+        """Draft, attachments, upload sessions, send (the module's docstring)."""
+        from shared.graph import build_message
+
+        graph: DraftSender = self._graph  # type: ignore[assignment]  # GraphClient is both
+        sender = req.sender
+        # Every stored payload's size is checked before anything is created in the mailbox.
+        readers = {str(p.blob): self._reader(p) for p in req.stored_parts()}
+        for each in readers.values():
+            each.check_size()
+        if mark:
+            self._discard_leftovers(graph, sender, mark, replies)
+        body = {req.body.blob: readers[req.body.blob].read_all()} if req.body.blob else {}
+        draft = self._step(lambda t: graph.create_draft(sender, build_message(req, mark, body), t), replies, "a draft")
+        draft_id = draft.value.get("id") if isinstance(draft.value, dict) else None
+        if not isinstance(draft_id, str) or not draft_id:
+            raise RelayFailure(transient("UnexpectedReply", "creating the draft answered without an id"))
+        try:
+            for attachment in req.attachments:
+                reader = readers.get(attachment.blob) if attachment.blob else None
+                if reader is None or attachment.byte_size < UPLOAD_SESSION_MIN_BYTES:
+                    self._attach_small(graph, sender, draft_id, attachment, reader, replies)
+                else:  # 3 MB and more is never inline: the contract caps base64 at 3 MB
+                    self._upload(graph, sender, draft_id, attachment, reader, replies)
+            sent = self._step(lambda t: graph.send_draft(sender, draft_id, t), replies, "sending the draft", sends=True)
+        except (RelayFailure, _payload_errors()) as e:
+            if not (isinstance(e, RelayFailure) and isinstance(e.outcome, Transient) and e.outcome.maybe_sent):
+                self._discard(graph, sender, draft_id)  # nothing was sent: the next try starts afresh
+            raise
+        return Sent(sent.status)
+
+    def _attach_small(
+        self,
+        graph: DraftSender,
+        sender: str,
+        draft_id: str,
+        attachment: Attachment,
+        reader: Reader | None,
+        replies: list[GraphReply],
+    ) -> None:
+        from shared.graph import _attachment
+
+        data = reader.read_all() if reader is not None else None
+        body = _attachment(attachment, data)
+        self._step(lambda t: graph.add_attachment(sender, draft_id, body, t), replies, f"attaching {attachment.name!r}")
+
+    def _upload(
+        self,
+        graph: DraftSender,
+        sender: str,
+        draft_id: str,
+        attachment: Attachment,
+        reader: Reader,
+        replies: list[GraphReply],
+    ) -> None:
+        """One large attachment through an upload session, in ranges of at most 4 MB from where Graph says."""
+        from shared.graph import upload_item
+        from shared.payloads import RANGE_BYTES
+
+        what = f"uploading {attachment.name!r}"
+        item = upload_item(attachment)
+        session = self._step(lambda t: graph.create_upload_session(sender, draft_id, item, t), replies, what)
+        value = session.value if isinstance(session.value, dict) else {}
+        url = value.get("uploadUrl")
+        if not isinstance(url, str) or not url.startswith("https://"):
+            raise RelayFailure(transient("UnexpectedReply", "createUploadSession answered without an https uploadUrl"))
+        total = attachment.byte_size
+        start = _next_start(value, 0)
+        # Each PUT moves the next expected byte forward; a session that keeps asking for the same range is stuck.
+        for _ in range(2 * (total // RANGE_BYTES + 2)):
+            if start >= total:
+                break
+            data = reader.read(start, min(RANGE_BYTES, total - start))
+            reply = self._request(_uploader(graph, url, data, start, total), replies, sends=False, renew=False)
+            if reply.status == 201:  # the last range: the attachment is on the draft
+                start = total
+                break
+            if reply.status != 200:
+                raise RelayFailure(self._failure(reply, what, sends=False))
+            following = _next_start(reply.value, start + len(data))
+            if following > start + len(data):
+                raise RelayFailure(
+                    transient("UnexpectedReply", f"the upload session skipped to byte {following} ({what})")
+                )
+            start = following
+        if start < total:
+            raise RelayFailure(transient("UploadStalled", f"the upload session stopped moving ({what})"))
+        reader.verify()
+
+    def _step(
+        self, call: Callable[[str], GraphReply], replies: list[GraphReply], what: str, *, sends: bool = False
+    ) -> GraphReply:
+        """A call of the large-message flow that must succeed: its reply, or RelayFailure."""
+        reply = self._request(call, replies, sends=sends)
+        if 200 <= reply.status < 300:
+            return reply
+        raise RelayFailure(self._failure(reply, what, sends=sends))
+
+    def _failure(self, reply: GraphReply, what: str, *, sends: bool) -> Failure:
+        outcome = classify_http(reply.status, reply.error, reply.retry_after, self._scope_model)
+        assert not isinstance(outcome, Sent)
+        outcome = replace(outcome, message=f"{outcome.message} ({what})")
+        if isinstance(outcome, Transient) and not sends:
+            return replace(outcome, maybe_sent=False)  # a draft step sends nothing, whatever its answer
+        if isinstance(outcome, Permanent) and outcome.code == "ErrorAccessDenied" and not sends:
+            return replace(outcome, hint=LARGE_MESSAGE_ACCESS_HINTS[self._scope_model])
+        return outcome
+
+    def _discard_leftovers(self, graph: DraftSender, sender: str, mark: str, replies: list[GraphReply]) -> None:
+        """Delete the drafts an earlier try of this request left (a crash, a failed upload)."""
+        found = self._step(lambda t: graph.find_drafts(sender, mark, t), replies, "looking for an earlier try's draft")
+        items = found.value.get("value") if isinstance(found.value, dict) else None
+        for item in items if isinstance(items, list) else []:
+            draft_id = item.get("id") if isinstance(item, dict) else None
+            if isinstance(draft_id, str) and draft_id:
+                reply = self._request(_deleter(graph, sender, draft_id), replies, sends=False)
+                if reply.status not in (204, 404):
+                    raise RelayFailure(self._failure(reply, "deleting an earlier try's draft", sends=False))
+                log.info("deleted a draft an earlier try left", extra={"event": "mail.draft.deleted"})
+
+    def _discard(self, graph: DraftSender, sender: str, draft_id: str) -> None:
+        """Best effort: a draft not deleted now is deleted by the next try (its mark finds it)."""
+        try:
+            self._request(lambda t: graph.delete_message(sender, draft_id, t), None, sends=False)
+        except Exception as e:
+            log.warning("could not delete the draft of a failed try: %s", type(e).__name__)
 
     def _renewed_secret_token(self) -> str:
         self._tokens.renew_secret()
         return self._tokens.token(fresh=True)
+
+
+def _uploader(graph: DraftSender, url: str, data: bytes, start: int, total: int) -> Callable[[str], GraphReply]:
+    return lambda _token: graph.upload_range(url, data, start, total)
+
+
+def _deleter(graph: DraftSender, sender: str, message_id: str) -> Callable[[str], GraphReply]:
+    return lambda token: graph.delete_message(sender, message_id, token)
+
+
+def _next_start(value: Any, default: int) -> int:
+    """Where an upload session expects the next range: Outlook gives one "{start}" in nextExpectedRanges (the
+    uploadSession resource's doc); a "start-end" range is read by its start."""
+    ranges = value.get("nextExpectedRanges") if isinstance(value, dict) else None
+    if isinstance(ranges, list) and ranges and isinstance(ranges[0], str):
+        head = ranges[0].split("-", 1)[0].strip()
+        if head.isdigit():
+            return int(head)
+    return default
+
+
+def _payload_errors() -> type[PayloadError]:
+    from shared.payloads import PayloadError
+
+    return PayloadError
+
+
+def _payload_failure(error: PayloadError) -> Failure:
+    if error.code == "PayloadUnavailable":
+        return transient(error.code, str(error))
+    return permanent(error.code, str(error))
 
 
 def _before_sending(error: Exception) -> bool:

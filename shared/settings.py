@@ -304,9 +304,7 @@ def _delivery(env: Mapping[str, str]) -> dict[str, Any]:
         # recipients a day per mailbox: a setting may lower them (a shared mailbox other apps use too), and
         # raising them only trades pacing for 429s or a blocked mailbox, so the ceilings are Microsoft's.
         "mailbox_max_concurrent": int(_number(env, "MAILBOX_MAX_CONCURRENT", 4, low=1, high=4, whole=True)),
-        "mailbox_messages_per_minute": int(
-            _number(env, "MAILBOX_MESSAGES_PER_MINUTE", 30, low=1, high=30, whole=True)
-        ),
+        "mailbox_messages_per_minute": int(_number(env, "MAILBOX_MESSAGES_PER_MINUTE", 30, low=1, high=30, whole=True)),
         "mailbox_rate_window_seconds": _number(
             env, "MAILBOX_RATE_WINDOW_SECONDS", 60.0, low=0.1, high=3600, whole=False
         ),
@@ -318,9 +316,22 @@ def _delivery(env: Mapping[str, str]) -> dict[str, Any]:
         ),
         # Graph takes up to 150 MB per attachment, and Exchange's maximum message size up to 150 MB.
         "max_message_size_mb": _number(env, "MAX_MESSAGE_SIZE_MB", 35.0, low=1, high=150, whole=False),
-        "payload_retention_days": _number(env, "PAYLOAD_RETENTION_DAYS", 30.0, low=0.01, high=3650, whole=False),
+        "payload_retention_days": _payload_retention(env),
         "send_at_tolerance_seconds": _number(env, "SEND_AT_TOLERANCE_SECONDS", 300.0, low=0, high=3600, whole=False),
     }
+
+
+def _payload_retention(env: Mapping[str, str]) -> float:
+    """A payload must outlive every request that may still need it: one scheduled 7 days ahead, then retried for
+    SEND_MAX_AGE_HOURS."""
+    days = _number(env, "PAYLOAD_RETENTION_DAYS", 30.0, low=1, high=3650, whole=False)
+    max_age = _number(env, "SEND_MAX_AGE_HOURS", 24.0, low=0.01, high=168, whole=False)
+    if days * 24 < 7 * 24 + max_age:
+        raise SettingsError(
+            f"Setting PAYLOAD_RETENTION_DAYS ({days:g}) must be at least 7 days plus SEND_MAX_AGE_HOURS "
+            f"({max_age:g} h): a request may wait 7 days for its sendAt and then be retried; its payloads must last"
+        )
+    return days
 
 
 EXCHANGE_SCOPE_MODELS: Final = ("rbac", "policy")
@@ -408,9 +419,7 @@ def load_expiry_settings(env: Mapping[str, str] | None = None, relay: Settings |
     warn_days_text = env.get("EXPIRY_WARN_DAYS", "").strip()
     warn_days = parse_warn_days(warn_days_text) if warn_days_text else DEFAULT_EXPIRY_WARN_DAYS
     recipients_text = env.get("EXPIRY_ALERT_RECIPIENTS", "").strip()
-    recipients = (
-        tuple(sorted(parse_senders(recipients_text, "EXPIRY_ALERT_RECIPIENTS"))) if recipients_text else ()
-    )
+    recipients = tuple(sorted(parse_senders(recipients_text, "EXPIRY_ALERT_RECIPIENTS"))) if recipients_text else ()
     sender = env.get("EXPIRY_ALERT_SENDER", "").strip().lower() or None
     if recipients and not sender:
         raise SettingsError(

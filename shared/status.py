@@ -40,12 +40,13 @@ if TYPE_CHECKING:
 TABLE_NAME: Final = "mailstatus"
 
 QUEUED: Final = "queued"
+SCHEDULED: Final = "scheduled"  # held until its sendAt
 SENDING: Final = "sending"
 SENT: Final = "sent"
 RETRYING: Final = "retrying"
 UNKNOWN: Final = "unknown"
 DEAD_LETTERED: Final = "dead-lettered"
-STATES: Final = (QUEUED, SENDING, SENT, RETRYING, UNKNOWN, DEAD_LETTERED)
+STATES: Final = (SCHEDULED, QUEUED, SENDING, SENT, RETRYING, UNKNOWN, DEAD_LETTERED)
 
 # The extended property that marks every message the relay sends: the same value for every try of one
 # request, so that after an unknown outcome the relay can look for it in the sender's Sent Items. This is

@@ -161,3 +161,106 @@ class MemoryOverflow:
         from shared.queues import check_reference
 
         self.blobs.pop(check_reference(ref)["blob"], None)
+
+
+@dataclass
+class FakeDrafts(FakeGraph):
+    """FakeGraph with Graph's large-message flow: drafts, attachments, upload sessions (ranges of at most 4 MB,
+    answered with nextExpectedRanges) and sending a draft. `faults` maps a step ("create_draft", "add_attachment",
+    "create_upload_session", "upload_range", "send_draft", "find_drafts", "delete_message") to the replies or
+    exceptions its next calls get instead. `rewind` makes the next range answer ask again from that byte."""
+
+    drafts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sent_drafts: list[dict[str, Any]] = field(default_factory=list)
+    steps: list[str] = field(default_factory=list)
+    faults: dict[str, list[GraphReply | Exception]] = field(default_factory=dict)
+    rewind: list[int] = field(default_factory=list)
+    puts: list[tuple[int, int]] = field(default_factory=list)
+    _sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def _fault(self, step: str) -> GraphReply | None:
+        self.steps.append(step)
+        queued = self.faults.get(step)
+        if queued:
+            reply = queued.pop(0)
+            if isinstance(reply, Exception):
+                raise reply
+            return reply
+        return None
+
+    def create_draft(self, sender: str, message: Mapping[str, Any], token: str) -> GraphReply:
+        fault = self._fault("create_draft")
+        if fault:
+            return fault
+        draft_id = f"draft-{len(self.drafts) + len(self.sent_drafts) + 1}"
+        self.drafts[draft_id] = {"sender": sender, "message": dict(message), "attachments": []}
+        return GraphReply(201, None, None, "req-d", value={"id": draft_id})
+
+    def add_attachment(self, sender: str, draft_id: str, attachment: Mapping[str, Any], token: str) -> GraphReply:
+        import base64
+        import hashlib
+
+        fault = self._fault("add_attachment")
+        if fault:
+            return fault
+        data = base64.b64decode(attachment["contentBytes"])
+        summary = {"name": attachment["name"], "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        self.drafts[draft_id]["attachments"].append(summary)
+        return GraphReply(201, None, None, "req-a", value={"id": "att"})
+
+    def create_upload_session(self, sender: str, draft_id: str, item: Mapping[str, Any], token: str) -> GraphReply:
+        fault = self._fault("create_upload_session")
+        if fault:
+            return fault
+        url = f"https://outlook.example/upload/{len(self._sessions)}"
+        self._sessions[url] = {"draft": draft_id, "item": dict(item), "data": bytearray()}
+        return GraphReply(201, None, None, "req-u", value={"uploadUrl": url, "nextExpectedRanges": ["0-"]})
+
+    def upload_range(self, url: str, data: bytes, start: int, total: int) -> GraphReply:
+        fault = self._fault("upload_range")
+        if fault:
+            return fault
+        import hashlib
+
+        session = self._sessions[url]
+        received: bytearray = session["data"]
+        assert len(data) <= 4 * 1024 * 1024 and start == len(received) and total == session["item"]["size"]
+        self.puts.append((start, len(data)))
+        received += data
+        if self.rewind:  # the service lost bytes: it asks for them again from an earlier byte
+            del received[self.rewind.pop(0) :]
+        if len(received) >= total:
+            item = session["item"]
+            summary = {"name": item["name"], "size": total, "sha256": hashlib.sha256(received).hexdigest()}
+            self.drafts[session["draft"]]["attachments"].append(summary)
+            return GraphReply(201, None, None, "req-p")
+        return GraphReply(200, None, None, "req-p", value={"nextExpectedRanges": [str(len(received))]})
+
+    def send_draft(self, sender: str, draft_id: str, token: str) -> GraphReply:
+        fault = self._fault("send_draft")
+        if fault:
+            return fault
+        draft = self.drafts.pop(draft_id)
+        self.sent_drafts.append(draft)
+        for prop in draft["message"].get("singleValueExtendedProperties", []):
+            self.sent_items.setdefault(sender, []).append(prop["value"])
+        return GraphReply(202, None, None, "req-s")
+
+    def delete_message(self, sender: str, message_id: str, token: str) -> GraphReply:
+        fault = self._fault("delete_message")
+        if fault:
+            return fault
+        if self.drafts.pop(message_id, None) is None:
+            return graph_error(404, "ErrorItemNotFound", "The specified object was not found in the store.")
+        return GraphReply(204, None, None, "req-x")
+
+    def find_drafts(self, sender: str, mark: str, token: str) -> GraphReply:
+        fault = self._fault("find_drafts")
+        if fault:
+            return fault
+        found = [
+            {"id": draft_id}
+            for draft_id, draft in self.drafts.items()
+            if any(p["value"] == mark for p in draft["message"].get("singleValueExtendedProperties", []))
+        ]
+        return GraphReply(200, None, None, "req-f", value={"value": found})

@@ -5,16 +5,27 @@ Why use it rather than the Storage SDK directly:
   request fails in the app, at once, instead of in the dead-letter queue later;
 - it base64-encodes the JSON, as the relay's host.json (`messageEncoding`) expects. The Python queue SDK
   sends text unencoded by default, and the host then refuses the message: the classic pitfall;
-- it refuses a request too large for one queue message with `RequestTooLarge`, instead of the service's
-  bare 413;
+- it stores what does not fit in a queue message (large attachments, a long body) as blobs in the relay's
+  `mail-payloads` container, and the request names them (a claim check: blob, size, SHA-256); files given to
+  `send(..., files=[File(path)])` are streamed from disk, never held whole in memory;
+- a request with `sendAt` is enqueued hidden until then (the queue's initial visibility, 7 days at most);
 - messages never expire (time-to-live -1): a mail waiting out an outage must not vanish after 7 days.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import hashlib
 import json
-from collections.abc import Mapping
+import math
+import mimetypes
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Final, Protocol
 
 DEFAULT_QUEUE_NAME: Final = "mail-outbox"
@@ -26,6 +37,35 @@ MAX_MESSAGE_BYTES: Final = 64 * 1024
 # always fits beside it on the queue.
 RELAY_OVERHEAD_BYTES: Final = 2 * 1024
 MAX_REQUEST_BYTES: Final = MAX_MESSAGE_BYTES - RELAY_OVERHEAD_BYTES
+PAYLOAD_CONTAINER: Final = "mail-payloads"
+# A file up to this size travels inline in the request; a larger one is stored as a blob (a claim check), so a
+# request with a few attachments never comes near the queue's limit.
+INLINE_FILE_BYTES: Final = 16 * 1024
+# Blocks of 4 MiB: the SDK reads and sends a file block by block instead of reading it whole for one request.
+_BLOCK_BYTES: Final = 4 * 1024 * 1024
+# A queue message can be hidden 7 days at most (its visibility timeout); a sendAt a few minutes in the past is
+# clock skew, and is sent at once.
+MAX_SEND_AT_AHEAD: Final = timedelta(days=7)
+SEND_AT_TOLERANCE: Final = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class File:
+    """A file to attach, read from disk when the request is sent: inline if small, else streamed to a blob.
+    With `content_id` it is an inline image, shown by an HTML body as <img src="cid:CONTENT_ID">."""
+
+    path: Path | str
+    name: str | None = None
+    content_type: str | None = None
+    content_id: str | None = None
+
+    @property
+    def file_name(self) -> str:
+        return self.name or Path(self.path).name
+
+    @property
+    def mime_type(self) -> str:
+        return self.content_type or mimetypes.guess_type(self.file_name)[0] or "application/octet-stream"
 
 
 class RequestTooLarge(ValueError):
@@ -37,10 +77,13 @@ class RequestTooLarge(ValueError):
         super().__init__(
             f"the request is {size:,} bytes once base64-encoded; a request may take at most {limit:,} of a "
             f"queue message's {MAX_MESSAGE_BYTES:,} (about {limit * 3 // 4 // 1024} KiB of JSON; the relay "
-            "keeps the rest for its retry state). Large attachments and bodies will travel by claim "
-            "check (stored as a blob that the request names), which the relay does not offer yet: send "
-            "smaller attachments, or a link to the content"
+            "keeps the rest for its retry state), even with its attachments and body stored as blobs: "
+            "shorten the recipient lists or headers"
         )
+
+
+class SendAtRefused(ValueError):
+    """`sendAt` is in the past (beyond a few minutes of clock skew) or more than 7 days ahead."""
 
 
 class QueueNotFound(RuntimeError):
@@ -70,6 +113,7 @@ class MailClient:
             )
         self._queue: _QueueSender = QueueClient.from_queue_url(queue_url, credential=credential)
         self._status_table: Any = _table_from_queue_url(queue_url, credential)
+        self._payloads: Any = _container_from_queue_url(queue_url, credential)
 
     @classmethod
     def from_connection_string(cls, conn_str: str, queue_name: str = DEFAULT_QUEUE_NAME) -> MailClient:
@@ -77,15 +121,21 @@ class MailClient:
 
         client = cls.from_queue_client(QueueClient.from_connection_string(conn_str, queue_name))
         client._status_table = ("connection-string", conn_str)
+        client._payloads = ("connection-string", conn_str)
         return client
 
     @classmethod
-    def from_queue_client(cls, queue_client: _QueueSender, status_table: Any = None) -> MailClient:
+    def from_queue_client(
+        cls, queue_client: _QueueSender, status_table: Any = None, payloads: Any = None
+    ) -> MailClient:
         """Wrap a QueueClient the app configured itself (retry policy, proxies, ...); `status_table`, an
-        azure.data.tables.TableClient for the relay's `mailstatus` table, if the app reads status."""
+        azure.data.tables.TableClient for the relay's `mailstatus` table, if the app reads status; `payloads`,
+        an azure.storage.blob.ContainerClient for the relay's `mail-payloads` container, if the app sends
+        anything too large for a queue message."""
         client = cls.__new__(cls)
         client._queue = queue_client
         client._status_table = status_table
+        client._payloads = payloads
         return client
 
     def status(self, key: str, sender: str | None = None) -> dict[str, Any] | None:
@@ -117,26 +167,235 @@ class MailClient:
         self._status_table = table
         return table
 
-    def send(self, request: Mapping[str, Any]) -> str:
-        """Validate, encode and enqueue one request; return the queue message id.
+    def send(self, request: Mapping[str, Any], files: Sequence[File | Path | str] = ()) -> str:
+        """Validate, encode and enqueue one request, with `files` attached; return the queue message id.
 
-        Raises ContractError (the request breaks the contract), RequestTooLarge, QueueNotFound, or the
-        Azure SDK's errors for anything the service refuses.
+        Files over 16 KiB, and any attachment or body that would push the message over the queue's limit, are
+        stored as blobs in the relay's `mail-payloads` container first (Storage Blob Data Contributor on it).
+        A request with `sendAt` is enqueued hidden until that time.
+
+        Raises ContractError (the request breaks the contract), RequestTooLarge, SendAtRefused, QueueNotFound,
+        OSError (a file cannot be read), or the Azure SDK's errors for anything the service refuses. Blobs
+        stored for a request that could not be enqueued are deleted again.
         """
-        text = encode_request(request)
         from azure.core.exceptions import ResourceNotFoundError
 
+        check_files(request, files)  # every rule before any upload: a bad request stores nothing
+        visibility = _visibility(request.get("sendAt"))
+        stored: list[str] = []
         try:
-            # time_to_live=-1: never expires; the service default (7 days) would drop mail silently.
-            message = self._queue.send_message(text, time_to_live=-1)
-        except ResourceNotFoundError as exc:
-            if getattr(exc, "error_code", None) == "QueueNotFound":
-                raise QueueNotFound(
-                    "the relay's queue does not exist on this storage account: check the queue name "
-                    "(MAIL_QUEUE_NAME, default mail-outbox) and the account"
-                ) from None
+            prepared = dict(request)
+            if files:
+                attachments = list(prepared.get("attachments") or [])
+                attachments += [self._file_attachment(_as_file(f), stored) for f in files]
+                prepared["attachments"] = attachments
+            text = self._fit(prepared, stored)
+            try:
+                # time_to_live=-1: never expires; the service default (7 days) would drop mail silently.
+                message = self._queue.send_message(text, time_to_live=-1, visibility_timeout=visibility)
+            except ResourceNotFoundError as exc:
+                if getattr(exc, "error_code", None) == "QueueNotFound":
+                    raise QueueNotFound(
+                        "the relay's queue does not exist on this storage account: check the queue name "
+                        "(MAIL_QUEUE_NAME, default mail-outbox) and the account"
+                    ) from None
+                raise
+        except BaseException:
+            self._forget(stored)
             raise
         return str(message.id)
+
+    # --- Claim checks -----------------------------------------------------------------------------------
+
+    def _fit(self, request: dict[str, Any], stored: list[str]) -> str:
+        """The queue text of `request`, moving its largest inline parts to blobs until it fits."""
+        try:
+            return encode_request(request)
+        except RequestTooLarge:
+            # What cannot move (recipients, subject, headers) may be too large by itself: say so before storing.
+            encode_request(_claim_checked(request))
+        while True:
+            try:
+                return encode_request(request)
+            except RequestTooLarge:
+                if not self._offload_largest(request, stored):
+                    raise
+
+    def _offload_largest(self, request: dict[str, Any], stored: list[str]) -> bool:
+        """Store the largest inline attachment, or else an inline body, as a blob; False if nothing is left."""
+        attachments = list(request.get("attachments") or [])
+        inline = [(len(a.get("contentBytes") or ""), i) for i, a in enumerate(attachments) if "contentBytes" in a]
+        if inline:
+            _, index = max(inline)
+            part = dict(attachments[index])
+            data = base64.b64decode(part.pop("contentBytes"))
+            part.update(self._store_bytes(part.get("name") or "attachment", data, stored))
+            attachments[index] = part
+            request["attachments"] = attachments
+            return True
+        body = request.get("body")
+        if isinstance(body, Mapping) and isinstance(body.get("content"), str):
+            data = body["content"].encode("utf-8")
+            moved = {k: v for k, v in body.items() if k != "content"}
+            request["body"] = {**moved, **self._store_bytes("body", data, stored)}
+            return True
+        return False
+
+    def _file_attachment(self, file: File, stored: list[str]) -> dict[str, Any]:
+        path = Path(file.path)
+        attachment: dict[str, Any] = {"name": file.file_name, "contentType": file.mime_type}
+        if file.content_id:
+            attachment.update(isInline=True, contentId=file.content_id)
+        size = path.stat().st_size
+        if size <= INLINE_FILE_BYTES:
+            attachment["contentBytes"] = base64.b64encode(path.read_bytes()).decode("ascii")
+            return attachment
+        # Two passes, neither holding the file: the hash, then the upload, block by block.
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1024 * 1024), b""):
+                digest.update(block)
+        name = _blob_name(file.file_name)
+        with path.open("rb") as f:
+            self._upload(name, f, size)
+        stored.append(name)
+        attachment.update(blob=name, size=size, sha256=digest.hexdigest())
+        return attachment
+
+    def _store_bytes(self, label: str, data: bytes, stored: list[str]) -> dict[str, Any]:
+        name = _blob_name(label)
+        self._upload(name, data, len(data))
+        stored.append(name)
+        return {"blob": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+    def _upload(self, name: str, data: Any, size: int) -> None:
+        from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+
+        container = self._container()
+        try:
+            container.upload_blob(name, data, length=size, overwrite=False)
+        except ResourceNotFoundError:
+            # infra/ creates the container in Azure (apps may not create one); the local stack's Azurite may not
+            # have it yet.
+            with contextlib.suppress(ResourceExistsError):
+                container.create_container()
+            if hasattr(data, "seek"):
+                data.seek(0)
+            container.upload_blob(name, data, length=size, overwrite=False)
+
+    def _forget(self, stored: list[str]) -> None:
+        """Delete the blobs of a request that was not enqueued (best effort; the relay's retention gets the rest)."""
+        if not stored:
+            return
+        with contextlib.suppress(Exception):  # the original error is the one to raise
+            container = self._container()
+            for name in stored:
+                container.delete_blob(name)
+
+    def _container(self) -> Any:
+        from azure.storage.blob import ContainerClient
+
+        container = self._payloads
+        options: dict[str, Any] = {"max_single_put_size": _BLOCK_BYTES, "max_block_size": _BLOCK_BYTES}
+        if container is None:
+            raise ValueError(
+                "this request needs the relay's mail-payloads container (an attachment or body too large for a "
+                "queue message): build the client with MailClient(queue_url, credential) or "
+                "from_connection_string, or pass payloads=<ContainerClient> to from_queue_client"
+            )
+        if isinstance(container, tuple) and container[0] == "connection-string":
+            container = ContainerClient.from_connection_string(container[1], PAYLOAD_CONTAINER, **options)
+        elif isinstance(container, tuple):
+            _, endpoint, credential = container
+            container = ContainerClient(endpoint, PAYLOAD_CONTAINER, credential=credential, **options)
+        self._payloads = container
+        return container
+
+
+_PLACEHOLDER: Final = {"blob": "0" * 32 + "/" + "x" * 40, "size": 0, "sha256": "0" * 64}
+
+
+def _claim_checked(request: Mapping[str, Any]) -> dict[str, Any]:
+    """`request` with every inline attachment and the body as claim checks: the smallest it can become."""
+    out = dict(request)
+    attachments = [
+        {k: v for k, v in a.items() if k != "contentBytes"} | _PLACEHOLDER if "contentBytes" in a else a
+        for a in request.get("attachments") or []
+    ]
+    if attachments:
+        out["attachments"] = attachments
+    body = request.get("body")
+    if isinstance(body, Mapping) and "content" in body:
+        out["body"] = {k: v for k, v in body.items() if k != "content"} | _PLACEHOLDER
+    return out
+
+
+def _as_file(item: File | Path | str) -> File:
+    return item if isinstance(item, File) else File(item)
+
+
+def check_files(request: Mapping[str, Any], files: Sequence[File | Path | str] = ()) -> None:
+    """Check `request` with `files` attached before anything is uploaded or enqueued: each file stands in as the
+    claim check it will become (ContractError; RequestTooLarge if it cannot fit a queue message even with its
+    attachments and body stored as blobs; OSError for a file that cannot be read)."""
+    from mailrelay_client.validation import validate
+
+    if not isinstance(request, Mapping):
+        raise TypeError(f"send takes a mapping (the request's JSON object), not {type(request).__name__}")
+    placeholders = []
+    for item in files:
+        file = _as_file(item)
+        size = Path(file.path).stat().st_size
+        if not Path(file.path).is_file():
+            raise IsADirectoryError(f"{file.path} is not a file")
+        placeholder: dict[str, Any] = {
+            "name": file.file_name,
+            "contentType": file.mime_type,
+            "blob": "pending",
+            "size": size,
+            "sha256": "0" * 64,
+        }
+        if file.content_id:
+            placeholder.update(isInline=True, contentId=file.content_id)
+        placeholders.append(placeholder)
+    whole = {**request, "attachments": [*(request.get("attachments") or []), *placeholders]} if files else request
+    validate(whole)
+    # What cannot become a claim check (recipients, subject, headers) must fit in a queue message by itself.
+    encode_request(_claim_checked(whole))
+
+
+def _blob_name(label: str) -> str:
+    """A fresh blob name for a payload: a random folder (nobody can guess or overwrite one) and the file's name
+    reduced to the characters the relay's contract allows in a blob name."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", label).lstrip("._-")[:200] or "payload"
+    return f"{uuid.uuid4().hex}/{safe}"
+
+
+def _visibility(send_at: Any) -> int | None:
+    """The initial visibility for a request's `sendAt` (validated by the contract already), in whole seconds."""
+    if not isinstance(send_at, str):
+        return None
+    when = datetime.fromisoformat(send_at)
+    now = datetime.now(UTC)
+    if when < now - SEND_AT_TOLERANCE:
+        raise SendAtRefused(f"sendAt {send_at} is in the past (now {now:%Y-%m-%dT%H:%M:%SZ}); drop it to send now")
+    if when > now + MAX_SEND_AT_AHEAD:
+        raise SendAtRefused(
+            f"sendAt {send_at} is more than 7 days ahead: a queue message stays hidden 7 days at most; enqueue later"
+        )
+    seconds = math.ceil((when - now).total_seconds())
+    return min(max(seconds, 0), int(MAX_SEND_AT_AHEAD.total_seconds())) or None
+
+
+def _container_from_queue_url(queue_url: str, credential: Any) -> tuple[str, str, Any] | None:
+    """The account's Blob endpoint beside its queue endpoint (https://<account>.blob.core.windows.net)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(queue_url)
+    host = parts.hostname or ""
+    if ".queue." not in host:
+        return None
+    return ("endpoint", f"{parts.scheme}://{host.replace('.queue.', '.blob.', 1)}", credential)
 
 
 def _table_from_queue_url(queue_url: str, credential: Any) -> tuple[str, str, Any] | None:

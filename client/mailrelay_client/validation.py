@@ -156,6 +156,13 @@ def _form_violations(path: str, error: ValidationError) -> list[Violation]:
         # A recipient is a string or an object, an id a string or null: neither fits.
         forms = " or ".join(_type_words(b.get("type")) for b in branches if isinstance(b, Mapping))
         return [Violation(path or "(message)", f"must be {forms}, not {_describe(error.instance)}")]
+    if error.validator == "oneOf" and context and all(e.validator == "required" for e in context):
+        # Inline or claim-checked (content or blob, size and sha256): neither given; name the inline field.
+        first = branches[0].get("required", []) if isinstance(branches[0], Mapping) else []
+        return [
+            Violation(_join(path, name), 'is required (or a claim check instead: "blob", "size" and "sha256")')
+            for name in first[:1]
+        ]
     if len(fitting) == 1:
         # Say what is wrong with the form the value has, not that it matches no form.
         return [v for e in context if e.relative_schema_path[0] == fitting[0] for v in _violations(e)]

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import base64
 import json
-import mimetypes
 import shlex
 import sys
 from collections.abc import Sequence
@@ -48,6 +46,8 @@ _FIELD_FLAGS: Final = (
     "html",
     "body_file",
     "attach",
+    "inline",
+    "send_at",
     "header",
     "importance",
     "id",
@@ -92,7 +92,22 @@ def register(subparsers: Subparsers) -> None:
         default=[],
         metavar="FILE",
         type=Path,
-        help="attach a file (content type guessed from its name); repeatable",
+        help=(
+            "attach a file (content type guessed from its name); repeatable. Files over 16 KiB are streamed to the "
+            "relay's mail-payloads container and the request names them (up to 150 MB each)"
+        ),
+    )
+    parser.add_argument(
+        "--inline",
+        action="append",
+        default=[],
+        metavar="CID=FILE",
+        help="attach an image the HTML body shows as <img src=\"cid:CID\">; repeatable",
+    )
+    parser.add_argument(
+        "--send-at",
+        metavar="WHEN",
+        help="send later: ISO 8601 with a UTC offset (2026-12-24T09:00:00+01:00), at most 7 days ahead",
     )
     parser.add_argument(
         "--header", action="append", default=[], metavar="X-NAME=VALUE", help="a custom header; repeatable"
@@ -125,15 +140,33 @@ def request_from_args(args: argparse.Namespace) -> dict[str, Any]:
     request["body"] = _body(args)
     if args.importance:
         request["importance"] = args.importance
-    if args.attach:
-        request["attachments"] = [_attachment(path) for path in args.attach]
     if args.header:
         request["headers"] = _headers(args.header)
     if args.no_save:
         request["saveToSentItems"] = False
     if args.id is not None:
         request["id"] = args.id
+    if args.send_at is not None:
+        request["sendAt"] = args.send_at
     return request
+
+
+def files_from_args(args: argparse.Namespace) -> list[Any]:
+    """The files --attach and --inline name, as the client library attaches them (streamed when large)."""
+    from mailrelay_client import File
+
+    files: list[Any] = []
+    for path in getattr(args, "attach", []) or []:
+        files.append(File(path))
+    for item in getattr(args, "inline", []) or []:
+        cid, sep, name = item.partition("=")
+        if not sep or not cid or not name:
+            raise UsageError(f"--inline takes CID=FILE, got {item[:60]!r}")
+        files.append(File(Path(name), content_id=cid))
+    for file in files:
+        if not Path(file.path).is_file():
+            raise UsageError(f"cannot read {file.path}: no such file")
+    return files
 
 
 def _read_json_request(source: str) -> dict[str, Any]:
@@ -168,19 +201,6 @@ def _body(args: argparse.Namespace) -> dict[str, str]:
     return {"contentType": kind, "content": content}
 
 
-def _attachment(path: Path) -> dict[str, str]:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read --attach {path}: {exc.strerror or exc}") from None
-    content_type, _encoding = mimetypes.guess_type(path.name)
-    return {
-        "name": path.name,
-        "contentType": content_type or "application/octet-stream",
-        "contentBytes": base64.b64encode(data).decode("ascii"),
-    }
-
-
 def _headers(items: Sequence[str]) -> dict[str, str]:
     headers: dict[str, str] = {}
     for item in items:
@@ -197,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
     except UsageError as exc:
         return fail("send", str(exc), EXIT_USAGE)
     try:
-        from mailrelay_client import ContractError, QueueNotFound, RequestTooLarge, encode_request
+        from mailrelay_client import ContractError, QueueNotFound, RequestTooLarge, SendAtRefused, check_files
     except ModuleNotFoundError as exc:
         if exc.name != "mailrelay_client":
             raise  # the client is installed but broken: its own traceback says more
@@ -205,7 +225,10 @@ def run(args: argparse.Namespace) -> int:
 
     # Checked before the connection is resolved: a bad request is reported even with no stack running.
     try:
-        encode_request(request)
+        files = files_from_args(args) if args.json is None else []
+        check_files(request, files)
+    except UsageError as exc:
+        return fail("send", str(exc), EXIT_USAGE)
     except ContractError as exc:
         for violation in exc.violations:
             print(violation, file=sys.stderr)
@@ -215,9 +238,11 @@ def run(args: argparse.Namespace) -> int:
 
     def send(conn: Connection) -> int:
         try:
-            message_id = _mail_client(conn).send(request)
+            message_id = _mail_client(conn).send(request, files)
         except QueueNotFound as exc:
             return fail("send", str(exc), EXIT_UNAVAILABLE)
+        except (RequestTooLarge, SendAtRefused) as exc:
+            return fail("send", str(exc), EXIT_INVALID)
         print(message_id)  # standard output: the queue message id alone, for scripts
         # The status record's key is the request's id, or this message id for a request without one.
         request_id = request.get("id")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import base64
 import io
 import json
 import sys
@@ -14,7 +13,7 @@ import pytest
 
 from shared.cli import build_parser, main, send
 from shared.cli.common import UsageError
-from shared.cli.send import request_from_args
+from shared.cli.send import files_from_args, request_from_args
 from shared.contract import parse_request
 from tests.unit.test_cli_common import AZURITE
 
@@ -69,18 +68,27 @@ def test_flags_map_to_the_request_fields(tmp_path: Path) -> None:
         "subject": "Disk almost full",
         "body": {"contentType": "text", "content": "97% used"},
         "importance": "high",
-        "attachments": [
-            {
-                "name": "df.csv",
-                "contentType": "text/csv",
-                "contentBytes": base64.b64encode(report.read_bytes()).decode(),
-            }
-        ],
         "headers": {"X-Alert-Id": "4711", "X-Empty": ""},
         "saveToSentItems": False,
         "id": "disk-4711",
     }
     parse_request(request)  # and it is a valid request
+    # --attach names files the client library attaches when it sends: inline when small, else streamed to a blob.
+    (file,) = files_from_args(args(*BASE, "--text", "t", "--attach", str(report)))
+    assert (Path(file.path), file.file_name, file.mime_type, file.content_id) == (report, "df.csv", "text/csv", None)
+
+
+def test_inline_and_send_at_flags(tmp_path: Path) -> None:
+    logo = tmp_path / "logo.png"
+    logo.write_bytes(b"\x89PNG")
+    parsed = args(
+        *BASE, "--html", '<img src="cid:logo">', "--inline", f"logo={logo}", "--send-at", "2026-12-24T09:00+01:00"
+    )
+    assert request_from_args(parsed)["sendAt"] == "2026-12-24T09:00+01:00"
+    (file,) = files_from_args(parsed)
+    assert (file.content_id, file.mime_type) == ("logo", "image/png")
+    with pytest.raises(UsageError, match="CID=FILE"):
+        files_from_args(args(*BASE, "--text", "t", "--inline", str(logo)))
 
 
 def test_minimal_flags_leave_defaults_out() -> None:
@@ -104,8 +112,8 @@ def test_body_file_content_type_follows_the_extension(tmp_path: Path, name: str,
 def test_unknown_attachment_type_is_octet_stream(tmp_path: Path) -> None:
     path = tmp_path / "blob.unknownext"
     path.write_bytes(b"\x00\x01")
-    request = request_from_args(args(*BASE, "--text", "t", "--attach", str(path)))
-    assert request["attachments"][0]["contentType"] == "application/octet-stream"
+    (file,) = files_from_args(args(*BASE, "--text", "t", "--attach", str(path)))
+    assert file.mime_type == "application/octet-stream"
 
 
 def test_json_file_is_the_whole_request_and_excludes_field_flags(tmp_path: Path) -> None:
@@ -133,7 +141,9 @@ def test_json_from_stdin(monkeypatch: pytest.MonkeyPatch) -> None:
 )
 def test_usage_errors_name_the_flag(argv: list[str], says: str) -> None:
     with pytest.raises(UsageError, match=says):
-        request_from_args(args(*argv))
+        parsed = args(*argv)
+        request_from_args(parsed)
+        files_from_args(parsed)
 
 
 def test_text_and_html_are_exclusive(capsys: pytest.CaptureFixture[str]) -> None:
@@ -155,7 +165,7 @@ def test_send_prints_the_message_id(capsys: pytest.CaptureFixture[str], monkeypa
     sent: list[Any] = []
 
     class Client:
-        def send(self, request: Any) -> str:
+        def send(self, request: Any, files: Any = ()) -> str:
             sent.append(request)
             return "id-42"
 
@@ -195,11 +205,12 @@ def test_a_too_large_request_exits_1_without_its_content(capsys: pytest.CaptureF
             "s",
             "--text",
             "secret-words " * 6000,
+            *(f"--header=X-H{i}={'h' * 14_000}" for i in range(5)),
         ]
     )
     assert code == 1
     err = capsys.readouterr().err
-    assert "claim check" in err and "secret-words" not in err
+    assert "stored as blobs" in err and "secret-words" not in err
 
 
 def closed_port() -> int:

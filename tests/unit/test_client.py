@@ -44,7 +44,7 @@ def test_send_encodes_base64_of_utf8_json_and_never_expires() -> None:
     ((content, kwargs),) = queue.calls
     assert isinstance(content, str) and content.isascii()
     assert decode(content) == REQUEST
-    assert kwargs == {"time_to_live": -1}
+    assert kwargs == {"time_to_live": -1, "visibility_timeout": None}
 
 
 def test_an_invalid_request_raises_the_contract_error_and_sends_nothing() -> None:
@@ -57,17 +57,118 @@ def test_an_invalid_request_raises_the_contract_error_and_sends_nothing() -> Non
     assert queue.calls == []
 
 
-def test_a_request_over_64_kib_encoded_is_refused_with_its_size_and_the_claim_check_advice() -> None:
-    queue = FakeQueue()
+class FakeContainer:
+    """The mail-payloads container: blobs by name, as the SDK's ContainerClient takes them."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+        self.deleted: list[str] = []
+
+    def upload_blob(self, name: str, data: Any, length: int | None = None, overwrite: bool = False) -> None:
+        assert not overwrite and name not in self.blobs
+        self.blobs[name] = data if isinstance(data, bytes) else data.read()
+        assert length == len(self.blobs[name])
+
+    def delete_blob(self, name: str) -> None:
+        self.deleted.append(name)
+        del self.blobs[name]
+
+
+def test_a_body_too_large_for_the_queue_goes_to_a_blob_and_the_request_names_it() -> None:
+    import hashlib
+
+    queue, container = FakeQueue(), FakeContainer()
+    content = "confidential-7f3a " * 6000
+    big = {**REQUEST, "body": {"contentType": "text", "content": content}}
+    MailClient.from_queue_client(queue, payloads=container).send(big)
+    ((text, _),) = queue.calls
+    body = decode(text)["body"]
+    assert body.keys() == {"contentType", "blob", "size", "sha256"} and "confidential" not in text
+    stored = container.blobs[body["blob"]]
+    assert stored == content.encode() and body["size"] == len(stored)
+    assert body["sha256"] == hashlib.sha256(stored).hexdigest()
+
+
+def test_the_largest_inline_attachment_moves_first_and_small_ones_stay_inline() -> None:
+    queue, container = FakeQueue(), FakeContainer()
+    small = {"name": "a.txt", "contentType": "text/plain", "contentBytes": base64.b64encode(b"x" * 100).decode()}
+    large = {"name": "b.bin", "contentType": "application/octet-stream"}
+    large["contentBytes"] = base64.b64encode(b"y" * 60_000).decode()
+    MailClient.from_queue_client(queue, payloads=container).send({**REQUEST, "attachments": [small, large]})
+    attachments = decode(queue.calls[0][0])["attachments"]
+    assert attachments[0] == small
+    assert "contentBytes" not in attachments[1] and container.blobs[attachments[1]["blob"]] == b"y" * 60_000
+    assert attachments[1]["blob"].endswith("/b.bin")
+
+
+def test_a_request_too_large_without_its_body_and_attachments_is_refused_and_stores_nothing() -> None:
+    queue, container = FakeQueue(), FakeContainer()
     secret_words = "confidential-7f3a "
-    big = {**REQUEST, "body": {"contentType": "text", "content": secret_words * 3000}}
+    big = {
+        **REQUEST,
+        "body": {"contentType": "text", "content": secret_words * 3000},
+        "headers": {f"X-H{i}": "h" * 14_000 for i in range(5)},
+    }
     with pytest.raises(RequestTooLarge) as caught:
-        MailClient.from_queue_client(queue).send(big)
+        MailClient.from_queue_client(queue, payloads=container).send(big)
     text = str(caught.value)
     assert f"{caught.value.size:,}" in text and "65,536" in text
-    assert "claim check" in text
+    assert "stored as blobs" in text
     assert "confidential" not in text  # the error never carries the content
-    assert queue.calls == []
+    assert queue.calls == [] and container.blobs == {}
+
+
+def test_blobs_of_a_request_that_could_not_be_enqueued_are_deleted() -> None:
+    class DownQueue(FakeQueue):
+        def send_message(self, content: Any, **kwargs: Any) -> Sent:
+            raise ConnectionError("queue down")
+
+    container = FakeContainer()
+    big = {**REQUEST, "body": {"contentType": "text", "content": "z" * 70_000}}
+    with pytest.raises(ConnectionError):
+        MailClient.from_queue_client(DownQueue(), payloads=container).send(big)
+    assert len(container.deleted) == 1 and container.blobs == {}
+
+
+def test_files_are_inline_when_small_and_streamed_to_a_blob_when_large(tmp_path: Any) -> None:
+    import hashlib
+
+    from mailrelay_client import File
+
+    small, large = tmp_path / "note.txt", tmp_path / "Report Q3 (final).pdf"
+    small.write_bytes(b"hello")
+    large.write_bytes(bytes(range(256)) * 400)  # 100 KiB
+    queue, container = FakeQueue(), FakeContainer()
+    MailClient.from_queue_client(queue, payloads=container).send(
+        REQUEST, files=[small, File(large, content_id="chart1")]
+    )
+    first, second = decode(queue.calls[0][0])["attachments"]
+    assert first == {
+        "name": "note.txt",
+        "contentType": "text/plain",
+        "contentBytes": base64.b64encode(b"hello").decode(),
+    }
+    assert second["name"] == "Report Q3 (final).pdf" and second["contentType"] == "application/pdf"
+    assert second["isInline"] is True and second["contentId"] == "chart1"
+    assert second["blob"].endswith("/Report_Q3_final_.pdf")
+    assert container.blobs[second["blob"]] == large.read_bytes()
+    assert second["sha256"] == hashlib.sha256(large.read_bytes()).hexdigest() and second["size"] == 102_400
+
+
+def test_send_at_enqueues_hidden_until_then_and_refuses_the_past_and_beyond_7_days() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from mailrelay_client import SendAtRefused
+
+    queue = FakeQueue()
+    client = MailClient.from_queue_client(queue)
+    when = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    client.send({**REQUEST, "sendAt": when})
+    assert 7190 <= queue.calls[0][1]["visibility_timeout"] <= 7200
+    for wrong, says in ((timedelta(hours=-1), "in the past"), (timedelta(days=7, minutes=1), "7 days")):
+        with pytest.raises(SendAtRefused, match=says):
+            client.send({**REQUEST, "sendAt": (datetime.now(UTC) + wrong).isoformat()})
+    assert len(queue.calls) == 1
 
 
 def test_the_limit_is_on_the_encoded_text_exactly() -> None:

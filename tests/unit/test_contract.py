@@ -105,7 +105,9 @@ def test_a_model_serializes_back_to_the_contract() -> None:
     req = parse_request((DATA / "valid-request.json").read_bytes())
     dumped = req.model_dump(mode="json")
     assert {"from", "replyTo", "saveToSentItems"} <= dumped.keys()
-    assert dumped["attachments"][0].keys() == {"name", "contentType", "contentBytes", "isInline", "contentId"}
+    assert dumped["attachments"][0].keys() == {
+        "name", "contentType", "contentBytes", "blob", "size", "sha256", "isInline", "contentId"
+    }
     assert parse_request(req.model_dump_json()) == req
 
 
@@ -341,7 +343,7 @@ def test_body_content_types(content_type: str) -> None:
         ({"contentType": "HTML", "content": "x"}, "body.contentType", "lower case"),
         ({"content": "x"}, "body.contentType", "is required"),
         ({"contentType": "text"}, "body.content", "is required"),
-        ({"contentType": "text", "content": None}, "body.content", "must be a string, not null"),
+        ({"contentType": "text", "content": None}, "body.content", "is required"),
     ],
 )
 def test_body_rules(body: Any, field: str, says: str) -> None:
@@ -436,14 +438,14 @@ def test_no_type_coercion(overrides: dict[str, Any], field: str, says: str) -> N
         (
             {"body": {"contentType": "text", "content": "x", "charset": "utf-8"}},
             "body.charset",
-            "allowed here: contentType, content",
+            "allowed here: contentType, content, blob, size, sha256",
         ),
         ({"to": [{"address": "a@contoso.com", "nmae": "Ada"}]}, "to[0].nmae", 'did you mean "name"?'),
         ({"cc": [{"address": "a@contoso.com", "type": "cc"}]}, "cc[0].type", "allowed here: address, name"),
         (
-            {"attachments": [{"name": "a", "contentType": "text/plain", "contentBytes": "", "size": 0}]},
-            "attachments[0].size",
-            "allowed here: name, contentType, contentBytes, isInline, contentId",
+            {"attachments": [{"name": "a", "contentType": "text/plain", "contentBytes": "", "length": 0}]},
+            "attachments[0].length",
+            "allowed here: name, contentType, contentBytes, blob, size, sha256, isInline, contentId",
         ),
     ],
 )
@@ -517,7 +519,11 @@ def test_attachment_content_must_be_strict_base64(content_bytes: Any, says: str 
         ({"name": DROP}, "attachments[1].name", "is required"),
         ({"contentType": ""}, "attachments[1].contentType", "must not be empty"),
         ({"contentType": DROP}, "attachments[1].contentType", "is required"),
-        ({"contentBytes": DROP}, "attachments[1].contentBytes", "is required"),
+        (
+                {"contentBytes": DROP},
+                "attachments[1].contentBytes",
+                'is required (or a claim check instead: "blob", "size" and "sha256" of a blob in mail-payloads)',
+            ),
     ],
 )
 def test_attachment_fields(overrides: dict[str, Any], field: str, says: str) -> None:

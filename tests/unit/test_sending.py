@@ -90,7 +90,7 @@ def test_non_json_message_is_an_encoding_problem() -> None:
             "The mailbox is either inactive, soft-deleted, or is hosted on-premise.",
             "licen",
         ),
-        (413, "ErrorMessageSizeExceeded", "too big", "upload session"),
+        (413, "ErrorMessageSizeExceeded", "too big", "MaxSendSize"),
     ],
 )
 def test_graph_refusals_are_permanent_with_a_hint(status: int, code: str, message: str, hint_part: str) -> None:
