@@ -8,7 +8,6 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-import pytest
 import requests
 
 from shared.graph import GraphReply
