@@ -60,6 +60,9 @@ TIMER_SCHEDULES = {"EXPIRY_CHECK_SCHEDULE": "0 0 7 * * *", "STATUS_CLEANUP_SCHED
 # properties) and https://learn.microsoft.com/en-us/graph/api/singlevaluelegacyextendedproperty-get.
 EXCHANGE_ROLES = ("Application Mail.Send", "Application Mail.ReadBasic")
 READ_ROLE = "Application Mail.Read"
+# The large-message flow (draft, upload sessions, send) needs Mail.ReadWrite (shared/sending.py); granted with
+# read access, as README's permissions table advises.
+WRITE_ROLE = "Application Mail.ReadWrite"
 
 # Environment the host must not inherit: it would point the relay's identity or settings elsewhere.
 _INHERITED_BUT_DROPPED = (
@@ -378,7 +381,7 @@ class LocalStack:
 
     def _app_entry(self, *, read_access: bool) -> dict[str, Any]:
         # RBAC for Applications, as infra/ sets it up: no Entra consent; Exchange's roles over the scope.
-        roles = [*EXCHANGE_ROLES, READ_ROLE] if read_access else list(EXCHANGE_ROLES)
+        roles = [*EXCHANGE_ROLES, READ_ROLE, WRITE_ROLE] if read_access else list(EXCHANGE_ROLES)
         return {
             "tenantId": self.tenant_id,
             "clientId": self.client_id,

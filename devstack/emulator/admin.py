@@ -44,6 +44,8 @@ class AdminAPI(EntraID, KeyVault, GraphMail):
                 return _json_response(200, self.sent_items(request.param("mailbox") or ""))
             if route == ("GET", "throttling"):
                 return _json_response(200, self.throttling())
+            if route == ("GET", "drafts"):
+                return _json_response(200, self.drafts_view())
             if route == ("GET", "copies"):
                 return _json_response(200, self.copies_by_mark())
             if route == ("GET", "stats"):
@@ -77,6 +79,7 @@ class AdminAPI(EntraID, KeyVault, GraphMail):
                 self.set_exchange_scope(_required_str(body, "address"), body["inScope"], delay)
             elif route[1] == "exchange":
                 self.configure_exchange(_json_object(payload))
+                self.configure_drafts(_json_object(payload))
             elif route[1] == "vault-access":
                 body = _json_object(payload)
                 if not isinstance(body.get("canReadSecrets"), bool):

@@ -19,6 +19,8 @@ SERVICES: tuple[str, ...] = (
     "graph.applications",
     "graph.mailFolders",
     "graph.messages",
+    "graph.drafts",
+    "graph.upload",
 )
 
 GRAPH_RESOURCE = "https://graph.microsoft.com"

@@ -70,7 +70,7 @@ class ExchangeScope(TenantState):
 
     def configure_exchange(self, entry: Mapping[str, Any]) -> None:
         """The tenant's knobs: {"scopeDelaySeconds"?, "groupMailEnabled"?, "sentItemsDelaySeconds"?} (admin API
-        `POST exchange`)."""
+        `POST exchange`, which also takes drafts.py's "maxMessageSizeBytes" and "uploadSessionSeconds")."""
         with self._lock:
             if "sentItemsDelaySeconds" in entry:
                 delay = entry["sentItemsDelaySeconds"]

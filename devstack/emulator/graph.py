@@ -28,6 +28,7 @@ from devstack.emulator.common import (
     _retry_after_headers,
     _utcnow,
 )
+from devstack.emulator.drafts import SIZE_EXCEEDED, Drafts, attachment_summary, encoded_size, parse_json
 from devstack.emulator.exchange import READ_PERMISSIONS, ExchangeScope
 from devstack.emulator.extended_properties import check_extended_properties, parse_mark_filter
 from devstack.emulator.faults import Faults
@@ -115,7 +116,7 @@ _DEFAULT_FAULT_ERRORS: dict[int, tuple[str, str]] = {
 }
 
 
-class GraphMail(ExchangeScope, Faults, SentItems, Throttling):
+class GraphMail(ExchangeScope, Faults, SentItems, Throttling, Drafts):
     """Microsoft Graph: sendMail with its documented checks and errors, mailboxes, and the applications
     endpoint the expiry check reads.
 
@@ -193,11 +194,11 @@ class GraphMail(ExchangeScope, Faults, SentItems, Throttling):
         allowed = self._graph_read_denial(request, user, EXTENDED_PROPERTY_READ, ids, "graph.messages")
         if isinstance(allowed, _Response):
             return allowed
-        if folder.lower() != SENT_ITEMS:
-            # Only Sent Items is played: the relay reads no other folder.
+        if folder.lower() not in (SENT_ITEMS, "drafts"):
+            # Only Sent Items and Drafts are played: the relay reads no other folder.
             return self._graph_error(ids, 404, "ErrorItemNotFound", "The specified object was not found in the store.")
         query = request.param("$filter")
-        items = self.sent_items(allowed.address)
+        items = self.sent_items(allowed.address) if folder.lower() == SENT_ITEMS else self.draft_items(allowed.address)
         if query is not None:
             wanted = parse_mark_filter(query)
             if isinstance(wanted, tuple):  # Graph's 400 for it (extended_properties.py cites each)
@@ -301,6 +302,26 @@ class GraphMail(ExchangeScope, Faults, SentItems, Throttling):
             status, code, message = problem
             return self._graph_error(ids, status, code, message)
         assert parsed is not None
+        attachments = [
+            attachment_summary(a, base64.b64decode(a.get("contentBytes") or ""))
+            for a in parsed["message"].get("attachments") or []
+        ]
+        body_size = len(str((parsed["message"].get("body") or {}).get("content") or "").encode("utf-8"))
+        if body_size + sum(encoded_size(a["size"]) for a in attachments) > self.max_message_bytes:
+            return self._graph_error(ids, 400, "ErrorMessageSizeExceeded", SIZE_EXCEEDED)
+        return self._accept(ids, mailbox, app_id, parsed, attachments, "sendMail", fault)
+
+    def _accept(
+        self,
+        ids: _GraphIds,
+        mailbox: _Mailbox,
+        app_id: str,
+        parsed: dict[str, Any],
+        attachments: list[dict[str, Any]],
+        via: str,
+        fault: Any,
+    ) -> _Response:
+        """Exchange takes a message (sendMail's, or a sent draft's): outbox, Sent Items, its own pace."""
         internet_message_id = f"<{uuid.uuid4().hex}@{mailbox.address.rsplit('@', 1)[-1]}>"
         message = parsed["message"]
         recipients = sum(len(message.get(k) or []) for k in ("toRecipients", "ccRecipients", "bccRecipients"))
@@ -312,6 +333,8 @@ class GraphMail(ExchangeScope, Faults, SentItems, Throttling):
                     "message": parsed,
                     "receivedAt": _utcnow().isoformat(),
                     "internetMessageId": internet_message_id,
+                    "via": via,
+                    "attachments": attachments,  # sizes and SHA-256 of what arrived, never the bytes
                     **exchange,  # deliveryDelaySeconds past 30 a minute; bounced past the daily recipients
                 }
             )
@@ -325,6 +348,82 @@ class GraphMail(ExchangeScope, Faults, SentItems, Throttling):
             if fault.status is not None:
                 return self._fault_response(ids, fault)
         return _Response(202, b"", ids.headers())
+
+    # --- The large-message flow (drafts.py has the rules and their sources) ------------------------------------
+
+    def _graph_messages(self, request: _Request, user: str, rest: list[str]) -> _Response:
+        """/users/{id}/messages, /messages/{id}, /messages/{id}/attachments[/createUploadSession], .../send."""
+        ids = _GraphIds.of(request)
+        lowered = [part.lower() for part in rest]
+        sending = len(rest) == 2 and lowered[1] == "send"
+        if request.method not in ("POST", "DELETE") or (request.method == "DELETE" and len(rest) != 1):
+            return self._graph_error(
+                ids, 405, "Request_BadRequest", f"The HTTP method '{request.method}' is not allowed."
+            )
+        allowed = self._graph_read_denial(request, user, ("Mail.Send",) if sending else ("Mail.ReadWrite",), ids)
+        if isinstance(allowed, _Response):
+            return allowed
+        mailbox = allowed
+        if sending and request.method == "POST":
+            return self._graph_send_draft(request, ids, mailbox, rest[0])
+        if len(rest) == 1 and request.method == "DELETE":
+            status = self.delete_draft(mailbox, rest[0])
+            if status == 404:
+                return self._graph_error(
+                    ids, 404, "ErrorItemNotFound", "The specified object was not found in the store."
+                )
+            return _Response(204, b"", ids.headers())
+        if len(request.body) > GRAPH_MAX_REQUEST_BYTES:
+            return self._graph_error(ids, 413, "BadRequest", "The maximum request length supported is 4MB.")
+        body = parse_json(request.body)
+        if not isinstance(body, dict):
+            return self._graph_error(ids, *_UNREADABLE)
+        if not rest and request.method == "POST":
+            problem = _read_message(body) or check_extended_properties(body.get("singleValueExtendedProperties") or [])
+            if problem is not None:
+                return self._graph_error(ids, *problem)
+            status, payload = self.create_draft(mailbox, copy.deepcopy(body))
+        elif len(rest) == 2 and lowered[1] == "attachments" and request.method == "POST":
+            problem = _read_attachment(body)
+            if problem is not None:
+                return self._graph_error(ids, *problem)
+            status, payload = self.add_attachment(mailbox, rest[0], body)
+        elif len(rest) == 3 and lowered[1:] == ["attachments", "createuploadsession"] and request.method == "POST":
+            status, payload = self.create_upload_session(mailbox, rest[0], body, self.url)
+        else:
+            return self._graph_error(ids, 400, "BadRequest", f"Resource not found for the segment '{rest[-1]}'.")
+        if status >= 400:
+            error = payload["error"]
+            return self._graph_error(ids, status, error["code"], error["message"])
+        return _json_response(status, payload, ids.headers())
+
+    def _graph_send_draft(self, request: _Request, ids: _GraphIds, mailbox: _Mailbox, draft_id: str) -> _Response:
+        """POST /users/{id}/messages/{id}/send: throttled and faulted like sendMail (it is a send), then the draft
+        leaves Drafts and Exchange takes it, saved to Sent Items (a draft's send has no saveToSentItems)."""
+        token = _bearer(request)
+        claims = self._check_token(token)[1] if token else {}
+        app_id = str(claims.get("appid", ""))
+        throttled = self._throttle_enter(app_id, mailbox.address)
+        if throttled is not None:
+            status, code, message, retry_after = throttled
+            return self._graph_error(ids, status, code, message, _retry_after_headers(retry_after))
+        try:
+            if self.graph_latency > 0:
+                self._stopping.wait(self.graph_latency)
+            fault = self._next_fault("graph.sendMail")
+            if fault is not None and not fault.accept:
+                return self._fault_response(ids, fault)
+            taken = self.take_draft_for_sending(mailbox, draft_id)
+            if isinstance(taken, tuple):
+                status, payload = taken
+                return self._graph_error(ids, status, payload["error"]["code"], payload["error"]["message"])
+            problem = _exchange_checks(taken.message, mailbox)
+            if problem is not None:
+                return self._graph_error(ids, *problem)
+            parsed = {"message": {**taken.message, "attachments": taken.attachments}, "saveToSentItems": True}
+            return self._accept(ids, mailbox, app_id, parsed, taken.attachments, "draft", fault)
+        finally:
+            self._throttle_exit(app_id, mailbox.address)
 
     def _fault_response(self, ids: _GraphIds, fault: Any) -> _Response:
         assert fault.status is not None

@@ -144,6 +144,12 @@ class Emulator(AdminAPI, EntraID, ManagedIdentity, KeyVault, GraphMail, Exchange
         if len(parts) == 4 and lowered[:2] == ["v1.0", "users"] and lowered[3] == "sendmail":
             self._count("graph.sendMail")
             return self._graph_send_mail(request, parts[2])
+        if len(parts) >= 4 and lowered[:2] == ["v1.0", "users"] and lowered[3] == "messages":
+            self._count("graph.drafts")
+            return self._graph_messages(request, parts[2], parts[4:])
+        if len(parts) == 4 and lowered[:3] == ["api", "v2.0", "attachmentsessions"]:
+            self._count("graph.upload")
+            return self.upload_put(request, parts[3])
         if len(parts) == 5 and lowered[:2] == ["v1.0", "users"] and lowered[3:] == ["mailfolders", "inbox"]:
             self._count("graph.mailFolders")
             return self._graph_inbox(request, parts[2])

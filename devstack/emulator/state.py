@@ -100,6 +100,11 @@ class TenantState(abc.ABC):
         # Each mailbox's Sent Items (sent_items.py), and how long Exchange takes to file a sent message there.
         self._sent_items: dict[str, list[dict[str, Any]]] = {}
         self.sent_items_delay = 0.0
+        # Drafts and upload sessions (drafts.py), and Exchange's maximum message size for every mailbox.
+        self._drafts: dict[str, Any] = {}
+        self._upload_sessions: dict[str, Any] = {}
+        self.max_message_bytes = 35 * 1024 * 1024
+        self.upload_session_seconds = 900.0
         # Graph's and Exchange's limits per app and mailbox (throttling.py), time-scaled, and a fixed latency.
         self._paces: dict[tuple[str, str], Pace] = {}
         self._throttle_lock = threading.Lock()
@@ -159,6 +164,9 @@ class TenantState(abc.ABC):
             self._faults.clear()
             self._outbox.clear()
             self._sent_items.clear()
+            self._drafts.clear()
+            self._upload_sessions.clear()
+            self.max_message_bytes, self.upload_session_seconds = 35 * 1024 * 1024, 900.0
             self.throttle_time_scale, self.graph_latency = 1.0, 0.0
             self._stats = dict.fromkeys(SERVICES, 0)
             self._vault_denied.clear()

@@ -1,0 +1,314 @@
+"""Graph's large-message flow: drafts, their attachments, upload sessions, and sending a draft.
+
+Sources (Microsoft Learn):
+- https://learn.microsoft.com/graph/outlook-large-attachments: attachments under 3 MB are POSTed to the item;
+  3 MB to 150 MB go through an upload session whose `uploadUrl` is pre-authenticated (no Authorization header on
+  the PUTs), in byte ranges ("keep each byte range less than 4 MB", uploaded in order), `Content-Range: bytes
+  {start}-{end}/{total}`; a middle PUT answers 200 with `nextExpectedRanges: ["{start}"]` (Outlook gives a single
+  start, not ranges: the uploadSession resource's doc), the last one 201 Created with a Location header; creating
+  a session for a message needs Mail.ReadWrite.
+- https://learn.microsoft.com/graph/api/attachment-createuploadsession: the session answers 201 with uploadUrl,
+  expirationDateTime and nextExpectedRanges ["0-"]; for files between 3 MB and 150 MB. A smaller file is refused
+  (microsoft-graph-docs-contrib#682: "I cannot create an upload session for a 0.6MB file"); the emulator answers
+  Graph's ErrorAttachmentSizeShouldNotBeLessThanMinimumSize, as SDK users report it.
+- https://learn.microsoft.com/graph/api/user-post-messages (201 and the draft), message-post-attachments (201),
+  message-send (202, the draft moves to Sent Items), message-delete (204).
+- Exchange's maximum message size (35 MB by default): over it Graph answers 400 ErrorMessageSizeExceeded, "The
+  message exceeds the maximum supported size." (microsoft-graph-docs#15579 during an upload session;
+  motze92/office365-mail#39 on POST attachments, with ", Cannot save changes made to an item to store."). The
+  emulator measures a message as Exchange's MIME would, attachments base64-encoded (a third larger).
+
+A session that expires (its lifetime runs from its last PUT, the uploadSession doc: "each fragment uploaded during
+the session extends the expiration time") answers 404 to further PUTs: assumed, the docs do not show that answer.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from devstack.emulator.common import _json_response, _Request, _Response, _utcnow
+from devstack.emulator.state import TenantState
+
+if TYPE_CHECKING:
+    from devstack.emulator.state import _Mailbox
+
+UPLOAD_MIN_BYTES = 3 * 1024 * 1024
+UPLOAD_MAX_BYTES = 150 * 1024 * 1024
+RANGE_MAX_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_MESSAGE_BYTES = 35 * 1024 * 1024  # Exchange Online's default maximum message size
+SIZE_EXCEEDED = "The message exceeds the maximum supported size., Cannot save changes made to an item to store."
+
+
+def encoded_size(size: int) -> int:
+    """An attachment's size once base64-encoded for mail."""
+    return 4 * -(-size // 3)
+
+
+@dataclass
+class _Draft:
+    id: str
+    mailbox: str
+    message: dict[str, Any]  # the posted message, without attachment bytes
+    attachments: list[dict[str, Any]] = field(default_factory=list)  # name, contentType, size, sha256, ...
+
+    def mime_size(self) -> int:
+        body = (self.message.get("body") or {}).get("content") or ""
+        return len(str(body).encode("utf-8")) + sum(encoded_size(a["size"]) for a in self.attachments)
+
+
+@dataclass
+class _UploadSession:
+    id: str
+    token: str
+    draft_id: str
+    item: dict[str, Any]
+    expires: float  # time.monotonic()
+    received: bytearray = field(default_factory=bytearray)
+
+
+def attachment_summary(attachment: dict[str, Any], data: bytes) -> dict[str, Any]:
+    """What the outbox shows of an attachment: never its bytes, always its size and hash."""
+    return {
+        "name": attachment.get("name"),
+        "contentType": attachment.get("contentType"),
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "isInline": bool(attachment.get("isInline", False)),
+        "contentId": attachment.get("contentId"),
+    }
+
+
+class Drafts(TenantState):
+    """Drafts per mailbox and their upload sessions (`TenantState._drafts`, `_upload_sessions`). A part of
+    `GraphMail` (graph.py), which authorises each call and turns a sent draft into an accepted message."""
+
+    def drafts_view(self) -> list[dict[str, Any]]:
+        """Every draft (admin API `GET drafts`): id, mailbox, subject, mark, attachments."""
+        with self._lock:
+            return [
+                {
+                    "id": d.id,
+                    "mailbox": d.mailbox,
+                    "subject": d.message.get("subject"),
+                    "singleValueExtendedProperties": d.message.get("singleValueExtendedProperties") or [],
+                    "attachments": list(d.attachments),
+                    "uploadSessions": sum(1 for s in self._upload_sessions.values() if s.draft_id == d.id),
+                }
+                for d in self._drafts.values()
+            ]
+
+    def draft_items(self, mailbox: str) -> list[dict[str, Any]]:
+        """The mailbox's Drafts folder as a message list (for the extended-property $filter)."""
+        with self._lock:
+            return [
+                {
+                    "id": d.id,
+                    "createdDateTime": None,
+                    "sentDateTime": None,
+                    "subject": d.message.get("subject"),
+                    "singleValueExtendedProperties": d.message.get("singleValueExtendedProperties") or [],
+                }
+                for d in self._drafts.values()
+                if d.mailbox == mailbox.lower()
+            ]
+
+    # --- The calls (authorised by graph.py) ----------------------------------------------------------------
+
+    def create_draft(self, mailbox: _Mailbox, message: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        data_attachments = message.pop("attachments", None) or []
+        draft = _Draft(id="AAMkDraft" + uuid.uuid4().hex, mailbox=mailbox.address.lower(), message=message)
+        for attachment in data_attachments:
+            raw = base64.b64decode(attachment.get("contentBytes") or "")
+            draft.attachments.append(attachment_summary(attachment, raw))
+        if draft.mime_size() > self.max_message_bytes:
+            return 400, _error("ErrorMessageSizeExceeded", SIZE_EXCEEDED)
+        with self._lock:
+            self._drafts[draft.id] = draft
+        return 201, {**message, "id": draft.id, "isDraft": True, "hasAttachments": bool(draft.attachments)}
+
+    def _draft(self, mailbox: _Mailbox, draft_id: str) -> _Draft | None:
+        with self._lock:
+            draft = self._drafts.get(draft_id)
+        return draft if draft is not None and draft.mailbox == mailbox.address.lower() else None
+
+    def add_attachment(
+        self, mailbox: _Mailbox, draft_id: str, attachment: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
+        draft = self._draft(mailbox, draft_id)
+        if draft is None:
+            return 404, _not_found()
+        raw = base64.b64decode(attachment.get("contentBytes") or "")
+        summary = attachment_summary(attachment, raw)
+        with self._lock:
+            if draft.mime_size() + encoded_size(len(raw)) > self.max_message_bytes:
+                return 400, _error("ErrorMessageSizeExceeded", SIZE_EXCEEDED)
+            draft.attachments.append(summary)
+        return 201, {"@odata.type": "#microsoft.graph.fileAttachment", "id": "AAMkAtt" + uuid.uuid4().hex, **summary}
+
+    def create_upload_session(
+        self, mailbox: _Mailbox, draft_id: str, body: dict[str, Any], base_url: str
+    ) -> tuple[int, dict[str, Any]]:
+        draft = self._draft(mailbox, draft_id)
+        if draft is None:
+            return 404, _not_found()
+        item = body.get("AttachmentItem")
+        if not isinstance(item, dict) or item.get("attachmentType") != "file" or not item.get("name"):
+            return 400, _error("ErrorInvalidRequest", "The AttachmentItem parameter is missing or invalid.")
+        size = item.get("size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            return 400, _error("ErrorInvalidRequest", "The attachment size is missing or invalid.")
+        if size < UPLOAD_MIN_BYTES:
+            message = f"The attachment size {size} should not be less than minimum size {UPLOAD_MIN_BYTES}."
+            return 400, _error("ErrorAttachmentSizeShouldNotBeLessThanMinimumSize", message)
+        if size > UPLOAD_MAX_BYTES:
+            message = f"The attachment size {size} exceeds the maximum size {UPLOAD_MAX_BYTES}."
+            return 400, _error("ErrorAttachmentSizeExceeded", message)
+        if draft.mime_size() + encoded_size(size) > self.max_message_bytes:
+            return 400, _error("ErrorMessageSizeExceeded", "The message exceeds the maximum supported size.")
+        session = _UploadSession(
+            id="AAMkSession" + uuid.uuid4().hex,
+            token=secrets.token_urlsafe(24),
+            draft_id=draft.id,
+            item=dict(item),
+            expires=time.monotonic() + self.upload_session_seconds,
+        )
+        with self._lock:
+            self._upload_sessions[session.id] = session
+        url = f"{base_url}/api/v2.0/AttachmentSessions/{session.id}?authtoken={session.token}"
+        return 201, {
+            "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#microsoft.graph.uploadSession",
+            "uploadUrl": url,
+            "expirationDateTime": self._expiry_text(session),
+            "nextExpectedRanges": ["0-"],
+        }
+
+    def _expiry_text(self, session: _UploadSession) -> str:
+        left = max(0.0, session.expires - time.monotonic())
+        return (_utcnow() + timedelta(seconds=left)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+    def upload_put(self, request: _Request, session_id: str) -> _Response:
+        """PUT (or DELETE) on an upload session's URL: no bearer token, the URL's authtoken authorises."""
+        with self._lock:
+            session = self._upload_sessions.get(session_id)
+            if session is not None and time.monotonic() > session.expires:
+                del self._upload_sessions[session_id]  # expired: gone
+                session = None
+        if session is None or not secrets.compare_digest(request.param("authtoken") or "", session.token):
+            return _json_response(404, _error("ErrorItemNotFound", "The upload session was not found or has expired."))
+        if request.method == "DELETE":
+            with self._lock:
+                self._upload_sessions.pop(session_id, None)
+            return _Response(204)
+        if request.header("Authorization"):
+            # The doc: "Do not specify an Authorization request header"; the PUT goes to another service
+            # (outlook.office.com), which refuses a Graph token.
+            return _json_response(401, _error("InvalidAudience", "The audience claim value is invalid."))
+        problem = _range_problem(request, session)
+        if problem is not None:
+            status, code, message = problem
+            body = _error(code, message)
+            body["nextExpectedRanges"] = [str(len(session.received))]
+            return _json_response(status, body)
+        with self._lock:
+            session.received += request.body
+            session.expires = time.monotonic() + self.upload_session_seconds
+            total = int(session.item["size"])
+            if len(session.received) < total:
+                return _json_response(
+                    200,
+                    {
+                        "expirationDateTime": self._expiry_text(session),
+                        "nextExpectedRanges": [str(len(session.received))],
+                    },
+                )
+            del self._upload_sessions[session_id]
+            draft = self._drafts.get(session.draft_id)
+            if draft is None:
+                return _json_response(404, _not_found())
+            summary = attachment_summary(session.item, bytes(session.received))
+            draft.attachments.append(summary)
+        attachment_id = "AAMkAtt" + uuid.uuid4().hex
+        location = f"https://outlook.office.com/api/v2.0/Users('{draft.mailbox}')/Messages('{draft.id}')/Attachments('{attachment_id}')"
+        return _Response(201, b"", [("Location", location)])
+
+    def take_draft_for_sending(self, mailbox: _Mailbox, draft_id: str) -> tuple[int, dict[str, Any]] | _Draft:
+        """The draft to send, removed from Drafts; or Graph's refusal (unknown draft, over the maximum size)."""
+        with self._lock:
+            draft: _Draft | None = self._drafts.get(draft_id)
+            if draft is None or draft.mailbox != mailbox.address.lower():
+                return 404, _not_found()
+            if draft.mime_size() > self.max_message_bytes:
+                return 400, _error("ErrorMessageSizeExceeded", "The message exceeds the maximum supported size.")
+            del self._drafts[draft_id]
+            for sid in [s.id for s in self._upload_sessions.values() if s.draft_id == draft_id]:
+                del self._upload_sessions[sid]
+        return draft
+
+    def delete_draft(self, mailbox: _Mailbox, draft_id: str) -> int:
+        with self._lock:
+            draft = self._drafts.get(draft_id)
+            if draft is None or draft.mailbox != mailbox.address.lower():
+                return 404
+            del self._drafts[draft_id]
+            for sid in [s.id for s in self._upload_sessions.values() if s.draft_id == draft_id]:
+                del self._upload_sessions[sid]
+        return 204
+
+    def configure_drafts(self, entry: dict[str, Any]) -> None:
+        """Admin knobs: {"maxMessageSizeBytes"?, "uploadSessionSeconds"?}."""
+        with self._lock:
+            if "maxMessageSizeBytes" in entry:
+                value = entry["maxMessageSizeBytes"]
+                if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                    raise ValueError("maxMessageSizeBytes must be a positive whole number of bytes")
+                self.max_message_bytes = value
+            if "uploadSessionSeconds" in entry:
+                seconds = entry["uploadSessionSeconds"]
+                if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds <= 0:
+                    raise ValueError("uploadSessionSeconds must be a positive number of seconds")
+                self.upload_session_seconds = float(seconds)
+
+
+def _range_problem(request: _Request, session: _UploadSession) -> tuple[int, str, str] | None:
+    header = request.header("Content-Range") or ""
+    total = int(session.item["size"])
+    try:
+        unit, _, spec = header.partition(" ")
+        span, _, whole = spec.partition("/")
+        first, _, last = span.partition("-")
+        start, end, declared = int(first), int(last), int(whole)
+    except ValueError:
+        return 400, "InvalidRange", f"The Content-Range header {header!r} is not 'bytes start-end/total'."
+    if unit != "bytes" or declared != total:
+        return 400, "InvalidRange", f"The Content-Range total {whole} differs from the session's size {total}."
+    if end - start + 1 != len(request.body) or end < start or end >= total:
+        return 400, "InvalidRange", "The Content-Range does not match the bytes sent."
+    if len(request.body) > RANGE_MAX_BYTES:
+        return 413, "RequestEntityTooLarge", "A range is at most 4 MB."
+    if start != len(session.received):
+        # "You must upload bytes in a file in order" (outlook-large-attachments, step 2).
+        return 416, "InvalidRange", f"The range starts at {start}; the next expected byte is {len(session.received)}."
+    return None
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def _not_found() -> dict[str, Any]:
+    return _error("ErrorItemNotFound", "The specified object was not found in the store.")
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body or b"null")
+    except ValueError:
+        return None
