@@ -851,6 +851,7 @@ def test_exchange_scripts_use_exchanges_role_names() -> None:
         text = exchange_script(script)
         assert f"$SendRoleName = '{EXCHANGE_ROLE['Mail.Send']}'" in text, script
         assert f"$ReadRoleName = '{EXCHANGE_ROLE['Mail.Read']}'" in text, script
+        assert f"$ReadWriteRoleName = '{EXCHANGE_ROLE['Mail.ReadWrite']}'" in text, script
         assert "https://learn.microsoft.com/en-us/exchange/permissions-exo/application-rbac" in text, script
 
 
@@ -880,3 +881,53 @@ def test_the_scope_test_checks_read_access_with_test_serviceprincipalauthorizati
     # Read is checked on allowed addresses when asked, and on denied ones always (reading outside is a leak).
     assert "if ($SentItemsRead -or $case.Expected -eq 'Denied') { $roles += $ReadRoleName }" in text
     assert "Get-RbacVerdict $rows $role" in text
+
+
+MAIL_READWRITE_APP_ROLE = "e2a3a72e-5f79-4c64-b1b1-878b674786c9"  # Microsoft Graph application role Mail.ReadWrite
+
+
+def test_the_readwrite_role_for_large_messages_is_assigned_over_the_sending_scope_and_only_when_asked() -> None:
+    """Messages over 3 MB go through a draft and an upload session, which need Mail.ReadWrite: under RBAC for
+    Applications that is "Application Mail.ReadWrite" over the SAME management scope as Mail.Send, made the same
+    idempotent way as the read role, and only with -GrantLargeMessages."""
+    text = exchange_script("Set-RbacApplicationScope.ps1")
+    assert re.search(r"^\s*\[switch\]\s*\$GrantLargeMessages\b", text, re.MULTILINE | re.IGNORECASE)
+    plan = re.search(r"^\$readWritePlan\s*=\s*Get-RoleAssignmentPlan\s+(.*)$", text, re.MULTILINE)
+    assert plan, "the Mail.ReadWrite assignment must be planned like the others"
+    assert "-Role $ReadWriteRoleName" in plan.group(1) and "-Scope $ScopeName" in plan.group(1)
+    assert "-Name $ReadWriteAssignmentName" in plan.group(1)
+    assert "[string] $ReadWriteAssignmentName = 'Graph Mail Relay Mail.ReadWrite'" in text
+    # Still one code path creates assignments (with -CustomResourceScope), and this one only under the switch.
+    assert text.count("New-ManagementRoleAssignment -Name") == 1
+    invoke = re.search(r"if \(\$GrantLargeMessages\) \{\s*Invoke-RoleAssignmentPlan \$readWritePlan\b", text)
+    assert invoke, "Invoke-RoleAssignmentPlan $readWritePlan must sit under if ($GrantLargeMessages)"
+    assert len(re.findall(r"Invoke-RoleAssignmentPlan \$readWritePlan\b", text)) == 1
+    # A held but unrequested Mail.ReadWrite is reported, never removed silently.
+    assert "Remove-ManagementRoleAssignment -Identity" in text and "Run with -GrantLargeMessages" in text
+    assert not re.search(r"^\s*Remove-ManagementRoleAssignment\b", text, re.MULTILINE)
+    # A tenant-wide Entra consent of Mail.ReadWrite would reach every mailbox: it is looked for like the others.
+    assert f"'{MAIL_READWRITE_APP_ROLE}' = 'Mail.ReadWrite'" in text
+    # The verification it prints asks for the matching check.
+    assert "$verifyWrite = if ($GrantLargeMessages) { ' -LargeMessages' }" in text
+
+
+def test_the_scope_test_checks_write_access_on_allowed_addresses_when_asked_and_on_denied_ones_always() -> None:
+    text = exchange_script("Test-ExchangeScope.ps1")
+    assert re.search(r"^\s*\[switch\]\s*\$LargeMessages\b", text, re.MULTILINE | re.IGNORECASE)
+    assert "if ($LargeMessages -or $case.Expected -eq 'Denied') { $roles += $ReadWriteRoleName }" in text
+    # An allowed address that is not writable has its own hint, not the "not in the group" one.
+    assert "$_.Access -notin @($ReadRoleName, $ReadWriteRoleName)" in text
+    assert "Set-RbacApplicationScope.ps1 -GrantLargeMessages" in text
+
+
+def test_the_policy_script_says_the_policy_limits_mail_readwrite_and_that_its_entra_consent_is_needed() -> None:
+    """Under an application access policy the app holds Graph permissions through Entra consent, and the policy
+    narrows each of them (Mail.ReadWrite included) to the group: Microsoft's list of supported permissions."""
+    text = exchange_script("Set-ApplicationAccessPolicy.ps1")
+    assert "https://learn.microsoft.com/graph/auth-limit-mailbox-access" in text
+    for words in ("Mail.ReadWrite", "admin consent", "APPLICATION permission", "upload session"):
+        assert words in text, f"Set-ApplicationAccessPolicy.ps1 should say {words!r}"
+    assert re.search(r"Write-Host 'Optional: Mail\.ReadWrite \(APPLICATION permission, admin consent\)", text)
+    test = exchange_script("Test-ExchangeScope.ps1")
+    assert "https://learn.microsoft.com/graph/auth-limit-mailbox-access" in test
+
