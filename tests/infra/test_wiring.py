@@ -931,3 +931,22 @@ def test_the_policy_script_says_the_policy_limits_mail_readwrite_and_that_its_en
     test = exchange_script("Test-ExchangeScope.ps1")
     assert "https://learn.microsoft.com/graph/auth-limit-mailbox-access" in test
 
+
+def test_the_script_switches_the_docs_name_exist() -> None:
+    """README, infra/README.md and main.bicep tell admins which switch to run; each must be one the script has."""
+    def parameters(script: str) -> set[str]:
+        text = exchange_script(script)
+        block = re.search(r"^param\((.*?)^\)", text, re.MULTILINE | re.DOTALL)
+        assert block, f"{script}: no param( ... ) block"
+        declared = re.findall(r"\]\s*\$(\w+)\s*(?:=|,|$)", block.group(1), re.MULTILINE)
+        return {name.lower() for name in [*declared, "WhatIf", "Confirm", "Verbose"]}
+
+    switches = {name: parameters(name) for name in ("Set-RbacApplicationScope.ps1", "Test-ExchangeScope.ps1")}
+    assert {"grantlargemessages", "grantsentitemsread", "appid"} <= switches["Set-RbacApplicationScope.ps1"]
+    assert {"largemessages", "sentitemsread", "model"} <= switches["Test-ExchangeScope.ps1"]
+    docs = {path: path.read_text(encoding="utf-8") for path in (ROOT / "README.md", INFRA / "README.md", MAIN)}
+    for path, text in docs.items():
+        for script, switch in re.findall(r"(Set-RbacApplicationScope\.ps1|Test-ExchangeScope\.ps1)`?\s+`?-(\w+)", text):
+            assert switch.lower() in switches[script], f"{path.name} names {script} -{switch}, which does not exist"
+    for text in docs.values():
+        assert "-GrantLargeMessages" in text, "each doc should name the switch for large messages"
