@@ -3,7 +3,8 @@
 // One resource group holds: a user-assigned identity, a Flex Consumption Function App (Linux,
 // Python 3.11), a storage account (queues mail-outbox, mail-outbox-poison and the relay-internal
 // mail-outbox-retry and mail-outbox-retry-poison; tables expirywarnings, mailstatus and mailpace; the Flex
-// deployment container; shared keys off), a Key Vault (RBAC, soft delete, purge protection) for the
+// deployment container, the relay's overflow container and mail-payloads, where apps put large attachments and
+// bodies for the relay to fetch (claim check); shared keys off), a Key Vault (RBAC, soft delete, purge protection) for the
 // Graph client secret, Log Analytics + Application Insights (Entra auth only), two log alerts and
 // an optional action group. The Entra app registration is optional (app/entra-app.bicep); the
 // Exchange Online scope is set by the scripts in infra/exchange/, never by this template.
@@ -142,6 +143,17 @@ param statusRetentionDays string = '30'
 @description('NCRONTAB schedule of the clean-up of expired status records (STATUS_CLEANUP_SCHEDULE), in UTC. Default: hourly at minute 30.')
 param statusCleanupSchedule string = '0 30 * * * *'
 
+// Large messages (shared/payloads.py): both settings take fractions (shared/settings.py reads them as numbers, not
+// whole numbers), so they are strings like statusRetentionDays: Bicep's @minValue/@maxValue take integers only, and
+// the relay checks the range on first use (a value out of range fails naming the setting; `mailrelay doctor` shows it).
+// Exchange Online's maximum message size is 35 MB by default, and admins may raise it to 150 MB
+// (https://learn.microsoft.com/graph/api/attachment-createuploadsession, and DESIGN.md "Limits to respect").
+@description('Largest message the relay sends, in MB (MAX_MESSAGE_SIZE_MB), 1 to 150: body and attachments together, as Exchange Online counts them. Default 35, Exchange Online\'s default maximum message size; raise it only as far as the sending mailboxes\' MaxSendSize (Set-Mailbox), or Exchange refuses what the relay accepts. Over 3 MB the relay sends through a draft and an upload session, which needs Mail.ReadWrite in the app\'s Exchange scope (infra/exchange/Set-RbacApplicationScope.ps1 -GrantLargeMessages).')
+param maxMessageSizeMb string = '35'
+
+@description('Days a claim-checked payload (a large attachment or body in the mail-payloads container) that nobody deleted is kept (PAYLOAD_RETENTION_DAYS), 0.01 to 3650. The relay deletes a payload once its request is sent; a dead-lettered request keeps its payloads so it can be requeued, until this many days have passed. Default 30.')
+param payloadRetentionDays string = '30'
+
 @description('E-mail address that receives the Azure Monitor alerts (dead-lettered mail, expiring secret). Empty: the alerts are still created, without notification.')
 param alertEmail string = ''
 
@@ -211,6 +223,11 @@ var overflowContainerName = 'mail-relay-overflow'
 var retryQueueName = '${mailQueueName}-retry'
 var retryPoisonQueueName = '${retryQueueName}-poison'
 var expiryWarningsTableName = 'expirywarnings'
+// Claim check (issue 12): apps upload large attachments and bodies here (Storage Blob Data Contributor on this
+// container only, app/rbac.bicep) and name the blob in the request; the relay reads them with its own identity
+// (Storage Blob Data Owner on the account), checks size and sha256, and deletes them once the request is sent.
+// Dead-lettered requests keep theirs until PAYLOAD_RETENTION_DAYS. Never public.
+var payloadContainerName = 'mail-payloads'
 // Status records (shared/status.py TABLE_NAME): one per sender mailbox and request id, the atomic
 // claim before Graph and what became of each request. Replaces the former sentrequests ledger.
 var statusTableName = 'mailstatus'
@@ -278,6 +295,10 @@ module storage 'br/public:avm/res/storage/storage-account:0.8.3' = {
         }
         {
           name: overflowContainerName
+          publicAccess: 'None'
+        }
+        {
+          name: payloadContainerName
           publicAccess: 'None'
         }
       ]
@@ -465,6 +486,8 @@ module api 'app/api.bicep' = {
       SEND_UNKNOWN_OUTCOME: sendUnknownOutcome
       STATUS_RETENTION_DAYS: statusRetentionDays
       STATUS_CLEANUP_SCHEDULE: statusCleanupSchedule
+      MAX_MESSAGE_SIZE_MB: maxMessageSizeMb
+      PAYLOAD_RETENTION_DAYS: payloadRetentionDays
     }
   }
   // Roles first, so the host's first start and azd's first deployment find their access in place.
@@ -484,6 +507,7 @@ module rbac 'app/rbac.bicep' = {
     storageAccountName: storage.outputs.name
     mailQueueName: mailQueueName
     statusTableName: statusTableName
+    payloadContainerName: payloadContainerName
     keyVaultName: keyVault.outputs.name
     appInsightsName: appInsights.outputs.name
     relayPrincipalId: identity.outputs.principalId
@@ -534,6 +558,7 @@ output MAIL_QUEUE_URL string = 'https://${storage.outputs.name}.queue.${environm
 output MAIL_POISON_QUEUE_NAME string = poisonQueueName
 output RETRY_QUEUE_NAME string = retryQueueName
 output STATUS_TABLE_NAME string = statusTableName
+output PAYLOAD_CONTAINER_NAME string = payloadContainerName
 output APPLICATIONINSIGHTS_NAME string = appInsights.outputs.name
 output LOG_ANALYTICS_WORKSPACE_ID string = logAnalytics.outputs.resourceId
 output EXCHANGE_SCOPE_MODEL string = exchangeScopeModel

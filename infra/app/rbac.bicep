@@ -7,7 +7,8 @@
 //   Storage Queue Data Contributor  storage account  queue triggers (mail-outbox, mail-outbox-retry); writes the
 //                                                    retry queue and dead-letter envelopes to mail-outbox-poison
 //   Storage Table Data Contributor  storage account  tables expirywarnings, mailstatus and mailpace
-//   Storage Blob Data Owner         storage account  host leases/timers/keys and the Flex deployment container
+//   Storage Blob Data Owner         storage account  host leases/timers/keys and the Flex deployment container;
+//                                                    mail-relay-overflow; mail-payloads: read, check and delete payloads
 //   Key Vault Secrets User          key vault        read the Graph client secret and its exp attribute
 //   Monitoring Metrics Publisher    App Insights     send telemetry with Entra auth (local auth is off)
 // The storage account is dedicated to the relay, so account scope means exactly its queues,
@@ -17,6 +18,16 @@
 //   Storage Queue Data Message Sender  the mail-outbox queue only (add messages; no read, no delete).
 //   NOT the retry queue: retry state lives where only the relay's identity writes, so an app cannot
 //   forge attempt counts or origins (DESIGN.md, "Trust and delivery"; tests/infra checks the scope).
+//   Storage Blob Data Contributor      the mail-payloads container only (claim check: upload a large attachment
+//                                      or body, name it in the request). No other container: not the relay's
+//                                      overflow, not the host's blobs, not the deployment package.
+//   What Contributor on the container still allows (no built-in blob role only writes): each app may read,
+//   overwrite and delete any payload in mail-payloads, other apps' included, and, through Azure Resource Manager,
+//   change or delete the container itself (containers/write and containers/delete are among the role's actions;
+//   container soft delete keeps a deleted container 7 days, main.bicep; public access stays impossible, the
+//   account forbids it). The reference on the queue carries each payload's size and sha256, which the relay
+//   checks before it sends, so a swapped payload is refused rather than sent; that one app can read another
+//   app's attachments is not prevented here.
 //
 // Status readers (statusReaderPrincipalIds, optional):
 //   Storage Table Data Reader          the mailstatus table only (mailrelay status, the client's status())
@@ -42,6 +53,9 @@ param relayPrincipalId string
 @description('Name of the table of status records (mailstatus).')
 param statusTableName string
 
+@description('Name of the blob container where apps put large attachments and bodies for the relay (mail-payloads).')
+param payloadContainerName string
+
 @description('Principal ids of the apps allowed to enqueue mail.')
 param senderPrincipalIds array = []
 
@@ -63,6 +77,9 @@ var monitoringMetricsPublisherRoleId = subscriptionResourceId('Microsoft.Authori
 var storageQueueDataMessageSenderRoleId = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', 'c6a89b2d-59bc-44d0-9896-0f6e12d7b80a') // Storage Queue Data Message Sender
 var storageTableDataReaderRoleId = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', '76199698-9eea-4c19-bc75-cec21354c6b6') // Storage Table Data Reader
 var keyVaultSecretsOfficerRoleId = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7') // Key Vault Secrets Officer
+// Storage Blob Data Contributor: read, write and delete blob containers and data
+// (https://learn.microsoft.com/azure/role-based-access-control/built-in-roles/storage#storage-blob-data-contributor).
+var storageBlobDataContributorRoleId = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', 'ba92f5b4-2d11-453d-a403-e96b0029c9fe') // Storage Blob Data Contributor
 
 resource storageAccount 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
@@ -86,6 +103,19 @@ resource tableService 'Microsoft.Storage/storageAccounts/tableServices@2023-05-0
 resource statusTable 'Microsoft.Storage/storageAccounts/tableServices/tables@2023-05-01' existing = {
   parent: tableService
   name: statusTableName
+}
+
+resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' existing = {
+  parent: storageAccount
+  name: 'default'
+}
+
+// The claim-check container (main.bicep creates it in the storage module). A role assignment takes a container
+// as its scope like a queue or a table: the same pattern as AVM's storage-account/blob-service/container module
+// (Azure/bicep-registry-modules, scope: container, name guid(container.id, principalId, roleDefinitionId)).
+resource payloadContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' existing = {
+  parent: blobService
+  name: payloadContainerName
 }
 
 resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
@@ -125,7 +155,9 @@ resource relayTableDataContributor 'Microsoft.Authorization/roleAssignments@2022
 }
 
 // Storage Blob Data Owner: the Functions host's blobs (leases, timer schedule, keys) and the Flex
-// deployment container. Functions documents Owner (not Contributor) for AzureWebJobsStorage.
+// deployment container. Functions documents Owner (not Contributor) for AzureWebJobsStorage. It also covers
+// the relay's own containers: mail-relay-overflow, and mail-payloads (read, check and delete the payloads apps
+// upload; delete expired ones), so the relay needs no assignment of its own on mail-payloads.
 resource relayBlobDataOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(storageAccount.id, relayPrincipalId, storageBlobDataOwnerRoleId)
   scope: storageAccount
@@ -171,6 +203,18 @@ resource senderMessageSender 'Microsoft.Authorization/roleAssignments@2022-04-01
     roleDefinitionId: storageQueueDataMessageSenderRoleId
     principalId: senderPrincipalId
     description: 'Graph Mail Relay: may enqueue send requests on mail-outbox.'
+  }
+}]
+
+// Storage Blob Data Contributor, scoped to the mail-payloads container: upload the large attachments and bodies a
+// request names (the client library, `mailrelay send --attach`). Nothing wider: no other container, no queue.
+resource senderPayloadContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for senderPrincipalId in senderPrincipalIds: {
+  name: guid(payloadContainer.id, senderPrincipalId, storageBlobDataContributorRoleId)
+  scope: payloadContainer
+  properties: {
+    roleDefinitionId: storageBlobDataContributorRoleId
+    principalId: senderPrincipalId
+    description: 'Graph Mail Relay: may upload large attachments and bodies to mail-payloads.'
   }
 }]
 

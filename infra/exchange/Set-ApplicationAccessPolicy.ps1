@@ -14,8 +14,20 @@
 
         New-ApplicationAccessPolicy -AppId <app> -PolicyScopeGroupId <group> -AccessRight RestrictAccess
 
-    The policy restricts every permission the app holds, so an optional Mail.Read consent (for the
-    relay's Sent Items look-ups, main.bicep grantSentItemsRead) is narrowed to the same group.
+    The policy restricts every Graph mail permission the app holds, not only Mail.Send: Microsoft lists
+    Mail.Read, Mail.ReadBasic, Mail.ReadBasic.All, Mail.ReadWrite and Mail.Send (with the MailboxSettings,
+    Calendars and Contacts ones) among the permissions a policy limits
+    (https://learn.microsoft.com/graph/auth-limit-mailbox-access, "Supported permissions").
+    So the optional permissions are narrowed to the same group, and what each needs here is its Entra admin
+    consent as an APPLICATION permission (infra/README.md, step 2), then this one policy:
+      - Mail.Read: the relay's Sent Items look-ups of unknown sends (main.bicep grantSentItemsRead);
+      - Mail.ReadWrite: messages over 3 MB (large attachments or bodies), which Graph takes only through a
+        draft and an upload session, and creating those needs Mail.ReadWrite
+        (https://learn.microsoft.com/graph/api/attachment-createuploadsession). Without it such a message
+        cannot be sent. Mail.ReadWrite lets the app create, read, change and delete all mail of the group's
+        mailboxes (and it includes reading, so Mail.Read is then not needed for the look-ups).
+    The Bicep module (deployEntraApp) consents Mail.Send and, with grantSentItemsRead, Mail.Read; Mail.ReadWrite
+    is consented in the portal (API permissions > Add > Microsoft Graph > Application permissions).
 
     It is idempotent: existing policies for the app are listed first; a policy that already restricts
     the app to the group is left alone. A policy for the app that differs (other group, DenyAccess) is
@@ -138,9 +150,12 @@ if ($matching.Count -eq 0) {
 
 Write-Host ''
 Write-Host 'Reminder: in this model the app needs Mail.Send as an APPLICATION permission with admin consent in Entra ID (README step 2).'
-# The policy narrows every permission the app holds, so the optional Mail.Read (Sent Items look-ups of
-# unknown sends; main.bicep grantSentItemsRead) reaches the same mailboxes as Mail.Send and no others:
-# https://learn.microsoft.com/powershell/module/exchange/new-applicationaccesspolicy
+# The policy narrows every Graph mail permission the app holds, so the optional Mail.Read (Sent Items look-ups of
+# unknown sends; main.bicep grantSentItemsRead) and Mail.ReadWrite (messages over 3 MB: draft + upload session)
+# reach the same mailboxes as Mail.Send and no others:
+# https://learn.microsoft.com/powershell/module/exchange/new-applicationaccesspolicy,
+# https://learn.microsoft.com/graph/auth-limit-mailbox-access ("Supported permissions").
 Write-Host 'Optional: Mail.Read (APPLICATION permission, admin consent) lets the relay resolve unknown sends in Sent Items; this policy limits it to the same mailboxes.'
+Write-Host 'Optional: Mail.ReadWrite (APPLICATION permission, admin consent) lets the relay send messages over 3 MB (draft + upload session); this policy limits it to the same mailboxes too.'
 Write-Host 'Exchange applies policy changes after 30 minutes to 2 hours, sometimes longer. Then verify:'
 Write-Host "  ./Test-ExchangeScope.ps1 -AppId $AppId -Model ApplicationAccessPolicy -AllowedAddress <member> -DeniedAddress <non-member>"

@@ -16,11 +16,20 @@
          (New-ManagementRoleAssignment -App -Role "Application Mail.Send" -CustomResourceScope);
       4. with -GrantSentItemsRead, a second assignment gives it "Application Mail.Read" within the
          SAME scope, so the relay can resolve an unknown send (a timeout, a 5xx, a worker that died
-         during the call) by looking its mark up in the sender's Sent Items instead of guessing.
+         during the call) by looking its mark up in the sender's Sent Items instead of guessing;
+      5. with -GrantLargeMessages, a third assignment gives it "Application Mail.ReadWrite" within the
+         SAME scope, so the relay can send messages over 3 MB: Graph's sendMail takes attachments up to
+         3 MB inline, larger ones need a draft (POST /users/{id}/messages), an upload session
+         (attachments/createUploadSession) and POST /messages/{id}/send, and creating the draft and the
+         session needs Mail.ReadWrite, not only Mail.Send
+         (https://learn.microsoft.com/graph/api/user-post-messages,
+          https://learn.microsoft.com/graph/api/attachment-createuploadsession; the send itself is Mail.Send,
+          https://learn.microsoft.com/graph/api/message-send).
 
     Role and cmdlet names as in Microsoft's "Role Based Access Control for Applications in Exchange
     Online": https://learn.microsoft.com/en-us/exchange/permissions-exo/application-rbac
-    ("Application Mail.Send" = Graph Mail.Send, "Application Mail.Read" = Graph Mail.Read;
+    ("Application Mail.Send" = Graph Mail.Send, "Application Mail.Read" = Graph Mail.Read,
+    "Application Mail.ReadWrite" = Graph Mail.ReadWrite, in its list of supported application roles;
     New-ServicePrincipal, New-ManagementScope, New-ManagementRoleAssignment -App -Role
     -CustomResourceScope, Test-ServicePrincipalAuthorization).
 
@@ -32,6 +41,12 @@
     send is either sent again (SEND_UNKNOWN_OUTCOME=resend, a possible duplicate) or dead-lettered
     (deadletter, a possible loss). Keep people's mailboxes out of the scope group either way.
     Without -GrantSentItemsRead nothing is removed: an existing Mail.Read assignment is reported.
+
+    What Mail.ReadWrite costs: it lets the app create, read, change and delete ALL mail in every mailbox of
+    the scope (not send it: that stays Mail.Send). It includes reading, so with it the Sent Items look-ups
+    work too, whatever -GrantSentItemsRead says. Without it, a message over 3 MB cannot be sent: Graph
+    refuses the draft (403 ErrorAccessDenied) and the request is dead-lettered with the reason.
+    Without -GrantLargeMessages nothing is removed: an existing Mail.ReadWrite assignment is reported.
 
     It is idempotent: each object is looked up first, left alone when it already matches, updated
     when it differs (scope filter, assignment scope), created when missing. It prints the plan before
@@ -48,7 +63,7 @@
     Who runs it: a member of Exchange's Organization Management role group (Entra role: Exchange
     Administrator). The Entra consent check also needs Microsoft Graph PowerShell with
     Application.Read.All (removal: Application.Read.All and AppRoleAssignment.ReadWrite.All).
-    It looks for tenant-wide consents of Mail.Send AND Mail.Read: either would reach every mailbox.
+    It looks for tenant-wide consents of Mail.Send, Mail.Read AND Mail.ReadWrite: each would reach every mailbox.
 
 .PARAMETER AppId
     Application (client) id of the app registration: GRAPH_CLIENT_ID.
@@ -72,9 +87,17 @@
     Name of the "Application Mail.Read" assignment made with -GrantSentItemsRead.
     Default: "Graph Mail Relay Mail.Read".
 
+.PARAMETER ReadWriteAssignmentName
+    Name of the "Application Mail.ReadWrite" assignment made with -GrantLargeMessages.
+    Default: "Graph Mail Relay Mail.ReadWrite".
+
 .PARAMETER GrantSentItemsRead
     Also assign "Application Mail.Read" over the same management scope (step 4 above). The Bicep
     parameter grantSentItemsRead (default true) records the intent; this switch acts on it.
+
+.PARAMETER GrantLargeMessages
+    Also assign "Application Mail.ReadWrite" over the same management scope (step 5 above), for messages
+    over 3 MB (large attachments or bodies: draft + upload session). Up to MAX_MESSAGE_SIZE_MB (35 by default).
 
 .PARAMETER DisplayName
     Display name of the Exchange service principal, used when it is created. Default: "Graph Mail Relay".
@@ -83,10 +106,12 @@
     Admin account for Connect-ExchangeOnline when no session is open yet.
 
 .PARAMETER SkipEntraConsentCheck
-    Do not look for a tenant-wide Entra consent of Mail.Send (no Microsoft Graph PowerShell needed).
+    Do not look for a tenant-wide Entra consent of Mail.Send, Mail.Read or Mail.ReadWrite (no Microsoft Graph
+    PowerShell needed).
 
 .PARAMETER RemoveEntraConsent
-    Remove a tenant-wide Entra consent of Mail.Send or Mail.Read if one is found (asks for confirmation).
+    Remove a tenant-wide Entra consent of Mail.Send, Mail.Read or Mail.ReadWrite if one is found (asks for
+    confirmation).
 
 .EXAMPLE
     ./Set-RbacApplicationScope.ps1 -AppId 11111111-2222-3333-4444-555555555555 `
@@ -100,6 +125,10 @@
 .EXAMPLE
     ./Set-RbacApplicationScope.ps1 -AppId $env:GRAPH_CLIENT_ID -ServicePrincipalObjectId $spId `
         -GroupIdentity relay-senders@contoso.com -GrantSentItemsRead
+
+.EXAMPLE
+    ./Set-RbacApplicationScope.ps1 -AppId $env:GRAPH_CLIENT_ID -ServicePrincipalObjectId $spId `
+        -GroupIdentity relay-senders@contoso.com -GrantSentItemsRead -GrantLargeMessages
 #>
 #Requires -Modules ExchangeOnlineManagement
 [CmdletBinding(SupportsShouldProcess)]
@@ -126,6 +155,9 @@ param(
     [string] $ReadAssignmentName = 'Graph Mail Relay Mail.Read',
 
     [ValidateNotNullOrEmpty()]
+    [string] $ReadWriteAssignmentName = 'Graph Mail Relay Mail.ReadWrite',
+
+    [ValidateNotNullOrEmpty()]
     [string] $DisplayName = 'Graph Mail Relay',
 
     [string] $UserPrincipalName,
@@ -134,7 +166,9 @@ param(
 
     [switch] $RemoveEntraConsent,
 
-    [switch] $GrantSentItemsRead
+    [switch] $GrantSentItemsRead,
+
+    [switch] $GrantLargeMessages
 )
 
 Set-StrictMode -Version 3.0
@@ -144,12 +178,16 @@ $ErrorActionPreference = 'Stop'
 # Exchange's application roles (https://learn.microsoft.com/en-us/exchange/permissions-exo/application-rbac).
 $SendRoleName = 'Application Mail.Send'
 $ReadRoleName = 'Application Mail.Read'
-if ($AssignmentName -eq $ReadAssignmentName) { throw '-AssignmentName and -ReadAssignmentName must differ.' }
+$ReadWriteRoleName = 'Application Mail.ReadWrite'
+if (@($AssignmentName, $ReadAssignmentName, $ReadWriteAssignmentName | Sort-Object -Unique).Count -ne 3) {
+    throw '-AssignmentName, -ReadAssignmentName and -ReadWriteAssignmentName must differ.'
+}
 $GraphAppId = '00000003-0000-0000-c000-000000000000'     # Microsoft Graph, every tenant
 # Graph application roles whose tenant-wide Entra consent would defeat the scope (permissions-reference ids).
 $EntraConsentsThatWiden = @{
     'b633e1c5-b582-4048-a93e-9f11b44c7e96' = 'Mail.Send' # send as any user
     '810c84a8-4a9e-49e6-bf7d-12d183f40d01' = 'Mail.Read' # read mail in all mailboxes
+    'e2a3a72e-5f79-4c64-b1b1-878b674786c9' = 'Mail.ReadWrite' # read and write mail in all mailboxes
 }
 
 function Get-NormalizedFilter {
@@ -256,16 +294,19 @@ $scope = Get-ManagementScope -Identity $ScopeName -ErrorAction SilentlyContinue
 $scopeFilter = if ($null -ne $scope) { "$(Get-Prop $scope 'RecipientFilter')" } else { $null }
 $scopeMatches = $null -ne $scope -and (Get-NormalizedFilter $scopeFilter) -eq (Get-NormalizedFilter $filter)
 
-# Mail.Send, and Mail.Read over the same scope: the Sent Items look-up must reach exactly the mailboxes the
-# app may send as (other assignments of either role, unscoped or scoped elsewhere, widen its reach).
+# Mail.Send, and Mail.Read and Mail.ReadWrite over the same scope: the Sent Items look-up and the drafts of large
+# messages must reach exactly the mailboxes the app may send as (other assignments of any of these roles,
+# unscoped or scoped elsewhere, widen its reach).
 $sendPlan = Get-RoleAssignmentPlan -Role $SendRoleName -Name $AssignmentName -Scope $ScopeName -ServicePrincipal $sp
 $readPlan = Get-RoleAssignmentPlan -Role $ReadRoleName -Name $ReadAssignmentName -Scope $ScopeName -ServicePrincipal $sp
+$readWritePlan = Get-RoleAssignmentPlan -Role $ReadWriteRoleName -Name $ReadWriteAssignmentName -Scope $ScopeName -ServicePrincipal $sp
 
 # --- say what will happen -------------------------------------------------------------------------
 
 Write-Host ''
 Write-Host "RBAC for Applications: app $AppId may send only as the direct members of '$(Get-Prop $group 'Name')'."
 if ($GrantSentItemsRead) { Write-Host "  It may also read the mail of those mailboxes, and of no others (Sent Items look-ups)." }
+if ($GrantLargeMessages) { Write-Host "  It may also create, change and delete the mail of those mailboxes, and of no others (drafts of messages over 3 MB)." }
 Write-Host '  1. Exchange service principal ' -NoNewline
 if ($null -ne $sp) { Write-Host "exists ('$(Get-Prop $sp 'DisplayName')'): no change." }
 else { Write-Host "will be CREATED: New-ServicePrincipal -AppId $AppId -ObjectId $ServicePrincipalObjectId -DisplayName '$DisplayName'." }
@@ -278,12 +319,29 @@ if ($GrantSentItemsRead) {
     Write-RoleAssignmentPlan $readPlan '4' 'whose mail the app may read'
 }
 else {
-    Write-Host "  4. '$ReadRoleName' not requested (-GrantSentItemsRead): the relay cannot look in Sent Items; unknown sends follow SEND_UNKNOWN_OUTCOME."
+    if ($GrantLargeMessages) {
+        Write-Host "  4. '$ReadRoleName' not requested (-GrantSentItemsRead); '$ReadWriteRoleName' (step 5) includes reading, so the relay can still look in Sent Items."
+    }
+    else {
+        Write-Host "  4. '$ReadRoleName' not requested (-GrantSentItemsRead): the relay cannot look in Sent Items; unknown sends follow SEND_UNKNOWN_OUTCOME."
+    }
     # Nothing is removed without being asked: report what the app can read today.
     $held = @($readPlan.Others)
     if ($readPlan.Exists) { $held += Get-ManagementRoleAssignment -Identity $ReadAssignmentName }
     foreach ($h in $held) {
         Write-Warning "The app holds '$ReadRoleName' through '$(Get-Prop $h 'Name')' (scope: '$(Get-Prop $h 'CustomResourceScope')'): it can read all mail in those mailboxes. Run with -GrantSentItemsRead to keep it on the sending scope only, or remove it: Remove-ManagementRoleAssignment -Identity '$(Get-Prop $h 'Name')'."
+    }
+}
+if ($GrantLargeMessages) {
+    Write-RoleAssignmentPlan $readWritePlan '5' 'whose mail the app may create, change and delete'
+}
+else {
+    Write-Host "  5. '$ReadWriteRoleName' not requested (-GrantLargeMessages): messages over 3 MB (draft + upload session) cannot be sent (Graph refuses the draft: 403 ErrorAccessDenied)."
+    # Nothing is removed without being asked: report what the app can write today.
+    $held = @($readWritePlan.Others)
+    if ($readWritePlan.Exists) { $held += Get-ManagementRoleAssignment -Identity $ReadWriteAssignmentName }
+    foreach ($h in $held) {
+        Write-Warning "The app holds '$ReadWriteRoleName' through '$(Get-Prop $h 'Name')' (scope: '$(Get-Prop $h 'CustomResourceScope')'): it can read, change and delete all mail in those mailboxes. Run with -GrantLargeMessages to keep it on the sending scope only, or remove it: Remove-ManagementRoleAssignment -Identity '$(Get-Prop $h 'Name')'."
     }
 }
 Write-Host ''
@@ -314,6 +372,9 @@ Invoke-RoleAssignmentPlan $sendPlan $sp $PSCmdlet
 if ($GrantSentItemsRead) {
     Invoke-RoleAssignmentPlan $readPlan $sp $PSCmdlet
 }
+if ($GrantLargeMessages) {
+    Invoke-RoleAssignmentPlan $readWritePlan $sp $PSCmdlet
+}
 
 # --- the Entra consent that would defeat the scope ---------------------------------------------
 
@@ -340,7 +401,11 @@ if (-not $SkipEntraConsentCheck) {
         else {
             foreach ($consent in $consents) {
                 $permission = $EntraConsentsThatWiden["$($consent.AppRoleId)"]
-                $reach = if ($permission -eq 'Mail.Send') { 'send as ANY mailbox' } else { 'read the mail of ANY mailbox' }
+                $reach = switch ($permission) {
+                    'Mail.Send' { 'send as ANY mailbox' }
+                    'Mail.ReadWrite' { 'read, change and delete the mail of ANY mailbox' }
+                    default { 'read the mail of ANY mailbox' }
+                }
                 Write-Warning "The app ALSO holds $permission consented tenant-wide in Entra ID. Permissions add up: the app can $reach, whatever the scope above says."
                 if ($RemoveEntraConsent) {
                     if ($PSCmdlet.ShouldProcess("Entra app role assignment $($consent.Id) ($permission)", 'Remove-MgServicePrincipalAppRoleAssignment')) {
@@ -359,4 +424,5 @@ if (-not $SkipEntraConsentCheck) {
 Write-Host ''
 Write-Host 'Exchange applies these changes after 30 minutes to 2 hours, sometimes longer. Then verify:'
 $verifyRead = if ($GrantSentItemsRead) { ' -SentItemsRead' } else { '' }
-Write-Host "  ./Test-ExchangeScope.ps1 -AppId $AppId -Model RbacForApplications -AllowedAddress <member> -DeniedAddress <non-member>$verifyRead"
+$verifyWrite = if ($GrantLargeMessages) { ' -LargeMessages' } else { '' }
+Write-Host "  ./Test-ExchangeScope.ps1 -AppId $AppId -Model RbacForApplications -AllowedAddress <member> -DeniedAddress <non-member>$verifyRead$verifyWrite"

@@ -7,7 +7,9 @@
     RBAC for Applications:  Test-ServicePrincipalAuthorization -Identity <service principal> -Resource <mailbox>
                             (the row for role "Application Mail.Send"; InScope True = allowed; and
                             for "Application Mail.Read": denied addresses must not be readable either,
-                            allowed ones must be with -SentItemsRead)
+                            allowed ones must be with -SentItemsRead; for "Application Mail.ReadWrite":
+                            denied addresses must not be writable, allowed ones must be with
+                            -LargeMessages)
                             https://learn.microsoft.com/en-us/exchange/permissions-exo/application-rbac
     Application Access Policy: Test-ApplicationAccessPolicy -Identity <mailbox> -AppId <app>
                             (AccessCheckResult Granted = allowed)
@@ -19,11 +21,12 @@
     still follow the old one (or the other way round) during that window; test again later, and
     confirm with a real send (infra/README.md, step 7).
 
-    What this cannot see: a tenant-wide Entra ID consent of Mail.Send or Mail.Read. In the RBAC model
-    such a consent lets the app send as (read) anyone whatever this table says;
-    Set-RbacApplicationScope.ps1 checks for it. Nor, in the policy model, whether the app holds Mail.Read
-    at all (an Entra consent: `mailrelay doctor` shows the token's roles); the policy narrows every
-    permission the app holds to the same mailboxes.
+    What this cannot see: a tenant-wide Entra ID consent of Mail.Send, Mail.Read or Mail.ReadWrite. In the
+    RBAC model such a consent lets the app send as (read, write) anyone whatever this table says;
+    Set-RbacApplicationScope.ps1 checks for it. Nor, in the policy model, whether the app holds Mail.Read or
+    Mail.ReadWrite at all (Entra consents: `mailrelay doctor` shows the token's roles); the policy narrows
+    every Graph mail permission the app holds to the same mailboxes
+    (https://learn.microsoft.com/graph/auth-limit-mailbox-access, "Supported permissions").
 
     Read-only: it changes nothing. -WhatIf lists what it would test.
 
@@ -44,6 +47,12 @@
     each allowed address must be in scope of "Application Mail.Read" too. Without it, read access is
     checked only on denied addresses, which must never be readable.
 
+.PARAMETER LargeMessages
+    The app should also create drafts in the allowed mailboxes, for messages over 3 MB
+    (Set-RbacApplicationScope.ps1 -GrantLargeMessages): each allowed address must be in scope of
+    "Application Mail.ReadWrite" too. Without it, write access is checked only on denied addresses, which
+    must never be writable.
+
 .PARAMETER UserPrincipalName
     Admin account for Connect-ExchangeOnline when no session is open yet.
 
@@ -53,6 +62,10 @@
 
 .EXAMPLE
     ./Test-ExchangeScope.ps1 -AppId 11111111-2222-3333-4444-555555555555 -SentItemsRead `
+        -AllowedAddress noreply@contoso.com -DeniedAddress ceo@contoso.com
+
+.EXAMPLE
+    ./Test-ExchangeScope.ps1 -AppId 11111111-2222-3333-4444-555555555555 -SentItemsRead -LargeMessages `
         -AllowedAddress noreply@contoso.com -DeniedAddress ceo@contoso.com
 #>
 #Requires -Modules ExchangeOnlineManagement
@@ -71,7 +84,9 @@ param(
 
     [string] $UserPrincipalName,
 
-    [switch] $SentItemsRead
+    [switch] $SentItemsRead,
+
+    [switch] $LargeMessages
 )
 
 Set-StrictMode -Version 3.0
@@ -81,6 +96,7 @@ $ErrorActionPreference = 'Stop'
 # Exchange's application roles (https://learn.microsoft.com/en-us/exchange/permissions-exo/application-rbac).
 $SendRoleName = 'Application Mail.Send'
 $ReadRoleName = 'Application Mail.Read'
+$ReadWriteRoleName = 'Application Mail.ReadWrite'
 
 function Get-RbacVerdict {
     # One role's verdict for one mailbox, from Test-ServicePrincipalAuthorization's rows (one row per
@@ -155,9 +171,11 @@ $results = foreach ($case in $cases) {
     foreach ($m in $models) {
         if ($m -eq 'RbacForApplications') {
             # Send, always; read, on a denied address always (reading a mailbox outside the scope is a
-            # leak whatever the relay needs) and on an allowed one when Sent Items look-ups are wanted.
+            # leak whatever the relay needs) and on an allowed one when Sent Items look-ups are wanted;
+            # read-write likewise, on an allowed one when messages over 3 MB (drafts) are wanted.
             $roles = @($SendRoleName)
             if ($SentItemsRead -or $case.Expected -eq 'Denied') { $roles += $ReadRoleName }
+            if ($LargeMessages -or $case.Expected -eq 'Denied') { $roles += $ReadWriteRoleName }
             try {
                 $spIdentity = if (Get-Prop $sp 'Identity') { "$(Get-Prop $sp 'Identity')" } else { $AppId }
                 $rows = @(Test-ServicePrincipalAuthorization -Identity $spIdentity -Resource $case.Address)
@@ -171,8 +189,9 @@ $results = foreach ($case in $cases) {
             }
         }
         else {
-            # A policy narrows the app's access to the mailbox whatever the permission (Mail.Send, Mail.Read):
-            # https://learn.microsoft.com/powershell/module/exchange/new-applicationaccesspolicy
+            # A policy narrows the app's access to the mailbox whatever the permission (Mail.Send, Mail.Read,
+            # Mail.ReadWrite): https://learn.microsoft.com/powershell/module/exchange/new-applicationaccesspolicy,
+            # https://learn.microsoft.com/graph/auth-limit-mailbox-access ("Supported permissions").
             try {
                 $check = Test-ApplicationAccessPolicy -Identity $case.Address -AppId $AppId
                 $verdict = "$(Get-Prop $check 'AccessCheckResult')"
@@ -190,12 +209,12 @@ $results | Format-Table -AutoSize Address, Model, Access, Expected, Actual, Resu
 
 $bad = @($results | Where-Object { $_.Result -ne 'ok' })
 if (@($results | Where-Object { $_.Result -eq 'fail: NOT RESTRICTED' }).Count -gt 0) {
-    Write-Warning ('The scope does not restrict: a denied address is allowed. Likely causes: a tenant-wide Mail.Send ' +
-        'or Mail.Read consent in Entra beside RBAC for Applications (they add up: Set-RbacApplicationScope.ps1 -RemoveEntraConsent); ' +
-        'an unscoped or other-scoped Application Mail.Send / Mail.Read assignment; no management scope or access policy at all; ' +
+    Write-Warning ('The scope does not restrict: a denied address is allowed. Likely causes: a tenant-wide Mail.Send, ' +
+        'Mail.Read or Mail.ReadWrite consent in Entra beside RBAC for Applications (they add up: Set-RbacApplicationScope.ps1 -RemoveEntraConsent); ' +
+        'an unscoped or other-scoped Application Mail.Send / Mail.Read / Mail.ReadWrite assignment; no management scope or access policy at all; ' +
         'the scope or policy on the wrong group.')
 }
-if (@($results | Where-Object { $_.Result -eq 'fail' -and $_.Expected -eq 'Allowed' -and $_.Access -ne $ReadRoleName }).Count -gt 0) {
+if (@($results | Where-Object { $_.Result -eq 'fail' -and $_.Expected -eq 'Allowed' -and $_.Access -notin @($ReadRoleName, $ReadWriteRoleName) }).Count -gt 0) {
     Write-Warning ('An allowed address is denied. Likely causes: not in the mail-enabled group or scope; replication ' +
         'pending; EWS disabled (Get-CASMailbox <mailbox> | fl EwsEnabled); no Exchange Online mailbox.')
 }
@@ -203,11 +222,15 @@ if (@($results | Where-Object { $_.Result -eq 'fail' -and $_.Expected -eq 'Allow
     Write-Warning ("An allowed address is not readable: no '$ReadRoleName' assignment over the sending scope. " +
         'Run Set-RbacApplicationScope.ps1 -GrantSentItemsRead, or deploy with grantSentItemsRead=false and leave the relay send-only (SEND_UNKNOWN_OUTCOME decides unknown sends).')
 }
-if ($models -contains 'RbacForApplications') {
-    Write-Host 'Note: a tenant-wide Entra consent of Mail.Send or Mail.Read would allow every mailbox regardless of this table; Set-RbacApplicationScope.ps1 checks for it.'
+if (@($results | Where-Object { $_.Result -eq 'fail' -and $_.Expected -eq 'Allowed' -and $_.Access -eq $ReadWriteRoleName }).Count -gt 0) {
+    Write-Warning ("An allowed address is not writable: no '$ReadWriteRoleName' assignment over the sending scope, so messages over 3 MB " +
+        '(draft + upload session) cannot be sent from it. Run Set-RbacApplicationScope.ps1 -GrantLargeMessages.')
 }
-if ($SentItemsRead -and $models -contains 'ApplicationAccessPolicy') {
-    Write-Host 'Note (policy model): the policy covers Mail.Read like Mail.Send; whether the app holds Mail.Read at all is its Entra consent (mailrelay doctor shows the token roles).'
+if ($models -contains 'RbacForApplications') {
+    Write-Host 'Note: a tenant-wide Entra consent of Mail.Send, Mail.Read or Mail.ReadWrite would allow every mailbox regardless of this table; Set-RbacApplicationScope.ps1 checks for it.'
+}
+if (($SentItemsRead -or $LargeMessages) -and $models -contains 'ApplicationAccessPolicy') {
+    Write-Host 'Note (policy model): the policy covers Mail.Read and Mail.ReadWrite like Mail.Send; whether the app holds them at all is its Entra consent (mailrelay doctor shows the token roles).'
 }
 Write-Host 'Changes take 30 minutes to 2 hours, sometimes longer, to apply: a fresh change can show fail for a while.'
 if ($bad.Count -gt 0) {

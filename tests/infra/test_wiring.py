@@ -6,7 +6,7 @@ found by brace matching, and keys are read at the block's top level. What it gua
   infra issue lists) is set on the Function App;
 - every role the code needs is assigned, to the right identity, at the right scope, with a
   deterministic name;
-- queue and table names agree between the template, the app settings and the code;
+- queue, table and container names agree between the template, the app settings and the code;
 - no connection string, account key or instrumentation key appears anywhere in infra/;
 - the security settings passed to the AVM modules (checkov cannot look inside registry modules).
 """
@@ -60,6 +60,7 @@ ROLE_KEY_VAULT_SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
 ROLE_QUEUE_DATA_MESSAGE_SENDER = "c6a89b2d-59bc-44d0-9896-0f6e12d7b80a"
 ROLE_TABLE_DATA_READER = "76199698-9eea-4c19-bc75-cec21354c6b6"
 ROLE_MONITORING_METRICS_PUBLISHER = "3913510d-42f4-4e42-8a64-420c390055eb"
+ROLE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
 
 
 # --------------------------------------------------------------------------------------------
@@ -320,6 +321,50 @@ def test_delivery_settings_come_from_parameters_with_the_codes_defaults() -> Non
     assert len(schedule.strip("'").split()) == 6, "the Functions timer takes six-field NCRONTAB"
 
 
+@pytest.mark.parametrize(
+    ("setting", "param", "field", "default", "low", "high"),
+    [
+        ("MAX_MESSAGE_SIZE_MB", "maxMessageSizeMb", "max_message_size_mb", "35", "1", "150"),
+        ("PAYLOAD_RETENTION_DAYS", "payloadRetentionDays", "payload_retention_days", "30", "0.01", "3650"),
+    ],
+)
+def test_large_message_settings_come_from_parameters_with_the_codes_defaults_and_range(
+    setting: str, param: str, field: str, default: str, low: str, high: str
+) -> None:
+    """Each setting is its own parameter (azd variable of the same name), with the code's default, and the range its
+    @description states is the one the code enforces. Both take fractions, so the parameters are strings (Bicep's
+    @minValue/@maxValue are for integers) and the relay checks the range, as for STATUS_RETENTION_DAYS."""
+    import dataclasses
+
+    from shared.settings import Settings, SettingsError, load_settings
+    from tests.unit.test_settings import GOOD
+
+    main = source(MAIN)
+    assert app_settings()[setting] == param
+    assert re.search(rf"^\s*param\s+{param}\s+string\s*=", main, re.MULTILINE), f"{param} should be a string parameter"
+    assert param_default(main, param) == f"'{default}'"
+    assert float(default) == {f.name: f.default for f in dataclasses.fields(Settings)}[field]
+    assert getattr(load_settings(GOOD), field) == float(default)
+    # The range in the description is exactly the code's: its ends load, a step beyond either fails.
+    description = decorators_of(main, "param", param)
+    stated = f"({setting}), {low} to {high}"
+    assert stated in description, f"{param}'s @description should say {stated!r}"
+    for ok in (low, high):
+        assert getattr(load_settings({**GOOD, setting: ok}), field) == float(ok)
+    for bad in (str(float(low) / 2), str(float(high) + 1)):
+        with pytest.raises(SettingsError, match=setting):
+            load_settings({**GOOD, setting: bad})
+    # azd passes the variable of the same name; empty falls back to the template default.
+    given = json.loads((INFRA / "main.parameters.json").read_text(encoding="utf-8"))["parameters"]
+    assert given[param]["value"] == f"${{{setting}}}"
+
+
+def test_the_message_size_default_is_exchanges_and_the_description_names_the_upload_session_permission() -> None:
+    description = decorators_of(source(MAIN), "param", "maxMessageSizeMb")
+    for words in ("35", "Exchange Online", "150", "Mail.ReadWrite", "-GrantLargeMessages"):
+        assert words in description, f"maxMessageSizeMb's @description should say {words!r}"
+
+
 # --------------------------------------------------------------------------------------------
 # Roles
 # --------------------------------------------------------------------------------------------
@@ -350,15 +395,18 @@ def test_the_relay_identity_has_no_other_role() -> None:
 
 def test_enqueuers_get_message_sender_on_the_outbox_queue_and_nothing_else() -> None:
     """Apps may add messages to the outbox and do nothing else: not the retry queue (the relay's retry state
-    must be unforgeable), not the poison queues, not the account, not a table."""
+    must be unforgeable), not the poison queues, not the account, not a table. (Their one other role, Blob Data
+    Contributor on the claim-check container, is pinned by the next test.)"""
     from shared.settings import DEFAULT_QUEUE_NAME
 
     assignments = role_assignments()
     senders = [a for a in assignments if a["role"] == ROLE_QUEUE_DATA_MESSAGE_SENDER]
     for_apps = [a for a in assignments if a["loop_over"] == "senderPrincipalIds"]
-    # Message Sender is granted once, to the enqueuing apps, and they get that one assignment only.
+    # Message Sender is granted once, to the enqueuing apps; beside it they hold the payload role alone.
     assert len(senders) == 1, f"Message Sender assignments: {senders}"
-    assert for_apps == senders, f"enqueuing apps must hold exactly one role, Message Sender: {for_apps}"
+    app_roles = sorted(a["role"] for a in for_apps)
+    assert app_roles == sorted([ROLE_QUEUE_DATA_MESSAGE_SENDER, ROLE_BLOB_DATA_CONTRIBUTOR]), (
+        f"enqueuing apps must hold exactly Message Sender and Blob Data Contributor: {for_apps}")
     sender = senders[0]
     assert sender["principal"] == "senderPrincipalId"
     assert sender["scope"] == "mailQueue", f"Message Sender must be scoped to the outbox queue, not {sender['scope']}"
@@ -376,8 +424,8 @@ def test_enqueuers_get_message_sender_on_the_outbox_queue_and_nothing_else() -> 
     queues = re.findall(r"^\s*resource\s+(\w+)\s+'Microsoft\.Storage/storageAccounts/queueServices/queues@",
                         text, re.MULTILINE)
     assert queues == ["mailQueue"], f"queues named in rbac.bicep: {queues}"
-    # senderPrincipalIds appears in rbac.bicep as its declaration and the one loop, nowhere else.
-    assert len(re.findall(r"\bsenderPrincipalIds\b", text)) == 2
+    # senderPrincipalIds appears in rbac.bicep as its declaration and the two loops (queue, container), nowhere else.
+    assert len(re.findall(r"\bsenderPrincipalIds\b", text)) == 3
 
     # main.bicep hands over the outbox's name (mail-outbox, the code's default), not the retry queue's.
     main = source(MAIN)
@@ -389,6 +437,42 @@ def test_enqueuers_get_message_sender_on_the_outbox_queue_and_nothing_else() -> 
     # and to no other module: read as a value once, by the rbac module above (a key `x:` is not a read).
     reads = re.findall(r"(?<!param )\bsenderPrincipalIds\b(?!\s*:)", main)
     assert len(reads) == 1, "senderPrincipalIds should reach the role assignments (app/rbac.bicep) only"
+
+
+def test_enqueuers_get_blob_data_contributor_on_the_payload_container_only() -> None:
+    """The claim check: apps upload large attachments and bodies to mail-payloads and nowhere else. Contributor on
+    the account, the blob service or any other container would let an app reach the relay's overflow (dead
+    letters' requests), the host's leases and keys, or the deployment package the Function App runs."""
+    assignments = role_assignments()
+    contributors = [a for a in assignments if a["role"] == ROLE_BLOB_DATA_CONTRIBUTOR]
+    assert len(contributors) == 1, f"Blob Data Contributor is granted once, to the enqueuing apps: {contributors}"
+    payload = contributors[0]
+    assert payload["loop_over"] == "senderPrincipalIds"
+    assert payload["principal"] == "senderPrincipalId"
+    assert payload["scope"] == "payloadContainer", f"Blob Data Contributor belongs on mail-payloads: {payload['scope']}"
+    assert payload["resource"] == "senderPayloadContributor"
+
+    # The scope is the container of this account's blob service, named by the parameter main.bicep fills ...
+    text = source(RBAC)
+    declared = re.search(r"^\s*resource\s+payloadContainer\s+'([^']+)'\s+existing\s*=", text, re.MULTILINE)
+    assert declared and declared.group(1).startswith("Microsoft.Storage/storageAccounts/blobServices/containers@")
+    container = top_level_pairs(declaration(text, "resource", "payloadContainer"))
+    assert (container["parent"], container["name"]) == ("blobService", "payloadContainerName")
+    service = top_level_pairs(declaration(text, "resource", "blobService"))
+    assert (service["parent"], service["name"]) == ("storageAccount", "'default'")
+    assert re.search(r"^\s*resource\s+blobService\s+'Microsoft\.Storage/storageAccounts/blobServices@[^']+'\s+existing",
+                     text, re.MULTILINE)
+    # ... and it is the only container rbac.bicep knows: no assignment can land on another one.
+    containers = re.findall(r"^\s*resource\s+(\w+)\s+'Microsoft\.Storage/storageAccounts/blobServices/containers@",
+                            text, re.MULTILINE)
+    assert containers == ["payloadContainer"], f"containers named in rbac.bicep: {containers}"
+    main = source(MAIN)
+    assert string_var(main, "payloadContainerName") == "mail-payloads"
+    rbac_params = top_level_pairs(block_after(top_level_pairs(declaration(main, "module", "rbac"))["params"], 0))
+    assert rbac_params["payloadContainerName"] == "payloadContainerName"
+    # The relay reads and deletes payloads through its Blob Data Owner on the account (checked above), not a
+    # second assignment.
+    assert not [a for a in assignments if a["principal"] == "relayPrincipalId" and a["scope"] == "payloadContainer"]
 
 
 def test_status_readers_get_table_data_reader_on_the_status_table_only() -> None:
@@ -435,6 +519,7 @@ def test_each_role_assignment_is_commented_with_the_role_name() -> None:
         ROLE_MONITORING_METRICS_PUBLISHER: "Monitoring Metrics Publisher",
         ROLE_QUEUE_DATA_MESSAGE_SENDER: "Storage Queue Data Message Sender",
         ROLE_TABLE_DATA_READER: "Storage Table Data Reader",
+        ROLE_BLOB_DATA_CONTRIBUTOR: "Storage Blob Data Contributor",
     }
     for a in role_assignments():
         if a["role"] not in names:
@@ -512,6 +597,37 @@ def test_the_deployment_container_is_created_and_used() -> None:
     api = source(API)
     assert "'${stg.properties.primaryEndpoints.blob}${deploymentContainerName}'" in api
     assert "type: 'UserAssignedIdentity'" in api
+
+
+def containers_created() -> dict[str, dict[str, str]]:
+    """The storage module's blobServices.containers, by the `name:` each entry gives (a var name or a literal)."""
+    blob = block_after(storage_params()["blobServices"], 0)
+    listing = block_after(top_level_pairs(blob)["containers"], 0)
+    found: dict[str, dict[str, str]] = {}
+    i = 1
+    while (start := listing.find("{", i)) >= 0:
+        entry = block_after(listing, start)
+        pairs = top_level_pairs(entry)
+        found[pairs["name"]] = pairs
+        i = start + len(entry)
+    return found
+
+
+def test_the_payload_container_is_created_private_and_named_as_the_code_names_it() -> None:
+    """mail-payloads exists from the first deployment (apps upload before the relay ever runs), never public, and
+    its name reaches rbac.bicep and the azd outputs (apps and `mailrelay send --attach` need it)."""
+    main = source(MAIN)
+    created = containers_created()
+    assert "payloadContainerName" in created, f"mail-payloads is not created: {sorted(created)}"
+    assert created["payloadContainerName"]["publicAccess"] == "'None'"
+    assert all(c.get("publicAccess") == "'None'" for c in created.values()), created
+    assert string_var(main, "payloadContainerName") == "mail-payloads"
+    assert re.search(r"^\s*output\s+PAYLOAD_CONTAINER_NAME\s+string\s*=\s*payloadContainerName\s*$", main, re.MULTILINE)
+    # Once the relay's code names the container (shared/payloads.py), it must be this one.
+    payloads = ROOT / "shared" / "payloads.py"
+    if payloads.exists():
+        named = set(re.findall(r"['\"](mail-payloads[\w-]*)['\"]", payloads.read_text(encoding="utf-8")))
+        assert named <= {"mail-payloads"}, f"shared/payloads.py names another container: {named}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -616,7 +732,7 @@ def test_azd_outputs() -> None:
     outputs = set(re.findall(r"^\s*output\s+(\w+)\s", source(MAIN), re.MULTILINE))
     expected = {"AZURE_LOCATION", "AZURE_TENANT_ID", "RESOURCE_GROUP", "AZURE_FUNCTION_APP_NAME", "KEY_VAULT_URI",
                 "MAIL_QUEUE_URL", "STORAGE_QUEUE_SERVICE_URI", "MAIL_QUEUE_NAME", "RETRY_QUEUE_NAME",
-                "STATUS_TABLE_NAME"}
+                "STATUS_TABLE_NAME", "PAYLOAD_CONTAINER_NAME"}
     assert expected <= outputs
     main = source(MAIN)
     for output, var in (("RETRY_QUEUE_NAME", "retryQueueName"), ("STATUS_TABLE_NAME", "statusTableName")):
@@ -735,6 +851,7 @@ def test_exchange_scripts_use_exchanges_role_names() -> None:
         text = exchange_script(script)
         assert f"$SendRoleName = '{EXCHANGE_ROLE['Mail.Send']}'" in text, script
         assert f"$ReadRoleName = '{EXCHANGE_ROLE['Mail.Read']}'" in text, script
+        assert f"$ReadWriteRoleName = '{EXCHANGE_ROLE['Mail.ReadWrite']}'" in text, script
         assert "https://learn.microsoft.com/en-us/exchange/permissions-exo/application-rbac" in text, script
 
 
@@ -764,3 +881,72 @@ def test_the_scope_test_checks_read_access_with_test_serviceprincipalauthorizati
     # Read is checked on allowed addresses when asked, and on denied ones always (reading outside is a leak).
     assert "if ($SentItemsRead -or $case.Expected -eq 'Denied') { $roles += $ReadRoleName }" in text
     assert "Get-RbacVerdict $rows $role" in text
+
+
+MAIL_READWRITE_APP_ROLE = "e2a3a72e-5f79-4c64-b1b1-878b674786c9"  # Microsoft Graph application role Mail.ReadWrite
+
+
+def test_the_readwrite_role_for_large_messages_is_assigned_over_the_sending_scope_and_only_when_asked() -> None:
+    """Messages over 3 MB go through a draft and an upload session, which need Mail.ReadWrite: under RBAC for
+    Applications that is "Application Mail.ReadWrite" over the SAME management scope as Mail.Send, made the same
+    idempotent way as the read role, and only with -GrantLargeMessages."""
+    text = exchange_script("Set-RbacApplicationScope.ps1")
+    assert re.search(r"^\s*\[switch\]\s*\$GrantLargeMessages\b", text, re.MULTILINE | re.IGNORECASE)
+    plan = re.search(r"^\$readWritePlan\s*=\s*Get-RoleAssignmentPlan\s+(.*)$", text, re.MULTILINE)
+    assert plan, "the Mail.ReadWrite assignment must be planned like the others"
+    assert "-Role $ReadWriteRoleName" in plan.group(1) and "-Scope $ScopeName" in plan.group(1)
+    assert "-Name $ReadWriteAssignmentName" in plan.group(1)
+    assert "[string] $ReadWriteAssignmentName = 'Graph Mail Relay Mail.ReadWrite'" in text
+    # Still one code path creates assignments (with -CustomResourceScope), and this one only under the switch.
+    assert text.count("New-ManagementRoleAssignment -Name") == 1
+    invoke = re.search(r"if \(\$GrantLargeMessages\) \{\s*Invoke-RoleAssignmentPlan \$readWritePlan\b", text)
+    assert invoke, "Invoke-RoleAssignmentPlan $readWritePlan must sit under if ($GrantLargeMessages)"
+    assert len(re.findall(r"Invoke-RoleAssignmentPlan \$readWritePlan\b", text)) == 1
+    # A held but unrequested Mail.ReadWrite is reported, never removed silently.
+    assert "Remove-ManagementRoleAssignment -Identity" in text and "Run with -GrantLargeMessages" in text
+    assert not re.search(r"^\s*Remove-ManagementRoleAssignment\b", text, re.MULTILINE)
+    # A tenant-wide Entra consent of Mail.ReadWrite would reach every mailbox: it is looked for like the others.
+    assert f"'{MAIL_READWRITE_APP_ROLE}' = 'Mail.ReadWrite'" in text
+    # The verification it prints asks for the matching check.
+    assert "$verifyWrite = if ($GrantLargeMessages) { ' -LargeMessages' }" in text
+
+
+def test_the_scope_test_checks_write_access_on_allowed_addresses_when_asked_and_on_denied_ones_always() -> None:
+    text = exchange_script("Test-ExchangeScope.ps1")
+    assert re.search(r"^\s*\[switch\]\s*\$LargeMessages\b", text, re.MULTILINE | re.IGNORECASE)
+    assert "if ($LargeMessages -or $case.Expected -eq 'Denied') { $roles += $ReadWriteRoleName }" in text
+    # An allowed address that is not writable has its own hint, not the "not in the group" one.
+    assert "$_.Access -notin @($ReadRoleName, $ReadWriteRoleName)" in text
+    assert "Set-RbacApplicationScope.ps1 -GrantLargeMessages" in text
+
+
+def test_the_policy_script_says_the_policy_limits_mail_readwrite_and_that_its_entra_consent_is_needed() -> None:
+    """Under an application access policy the app holds Graph permissions through Entra consent, and the policy
+    narrows each of them (Mail.ReadWrite included) to the group: Microsoft's list of supported permissions."""
+    text = exchange_script("Set-ApplicationAccessPolicy.ps1")
+    assert "https://learn.microsoft.com/graph/auth-limit-mailbox-access" in text
+    for words in ("Mail.ReadWrite", "admin consent", "APPLICATION permission", "upload session"):
+        assert words in text, f"Set-ApplicationAccessPolicy.ps1 should say {words!r}"
+    assert re.search(r"Write-Host 'Optional: Mail\.ReadWrite \(APPLICATION permission, admin consent\)", text)
+    test = exchange_script("Test-ExchangeScope.ps1")
+    assert "https://learn.microsoft.com/graph/auth-limit-mailbox-access" in test
+
+
+def test_the_script_switches_the_docs_name_exist() -> None:
+    """README, infra/README.md and main.bicep tell admins which switch to run; each must be one the script has."""
+    def parameters(script: str) -> set[str]:
+        text = exchange_script(script)
+        block = re.search(r"^param\((.*?)^\)", text, re.MULTILINE | re.DOTALL)
+        assert block, f"{script}: no param( ... ) block"
+        declared = re.findall(r"\]\s*\$(\w+)\s*(?:=|,|$)", block.group(1), re.MULTILINE)
+        return {name.lower() for name in [*declared, "WhatIf", "Confirm", "Verbose"]}
+
+    switches = {name: parameters(name) for name in ("Set-RbacApplicationScope.ps1", "Test-ExchangeScope.ps1")}
+    assert {"grantlargemessages", "grantsentitemsread", "appid"} <= switches["Set-RbacApplicationScope.ps1"]
+    assert {"largemessages", "sentitemsread", "model"} <= switches["Test-ExchangeScope.ps1"]
+    docs = {path: path.read_text(encoding="utf-8") for path in (ROOT / "README.md", INFRA / "README.md", MAIN)}
+    for path, text in docs.items():
+        for script, switch in re.findall(r"(Set-RbacApplicationScope\.ps1|Test-ExchangeScope\.ps1)`?\s+`?-(\w+)", text):
+            assert switch.lower() in switches[script], f"{path.name} names {script} -{switch}, which does not exist"
+    for text in docs.values():
+        assert "-GrantLargeMessages" in text, "each doc should name the switch for large messages"
