@@ -151,7 +151,7 @@ param statusCleanupSchedule string = '0 30 * * * *'
 @description('Largest message the relay sends, in MB (MAX_MESSAGE_SIZE_MB), 1 to 150: body and attachments together, as Exchange Online counts them. Default 35, Exchange Online\'s default maximum message size; raise it only as far as the sending mailboxes\' MaxSendSize (Set-Mailbox), or Exchange refuses what the relay accepts. Over 3 MB the relay sends through a draft and an upload session, which needs Mail.ReadWrite in the app\'s Exchange scope (infra/exchange/Set-RbacApplicationScope.ps1 -GrantLargeMessages).')
 param maxMessageSizeMb string = '35'
 
-@description('Days a claim-checked payload (a large attachment or body in the mail-payloads container) that nobody deleted is kept (PAYLOAD_RETENTION_DAYS), 0.01 to 3650. The relay deletes a payload once its request is sent; a dead-lettered request keeps its payloads so it can be requeued, until this many days have passed. Default 30.')
+@description('Days a claim-checked payload (a large attachment or body in the mail-payloads container) that nobody deleted is kept (PAYLOAD_RETENTION_DAYS), 8 to 3650 (at least 7 days of sendAt plus SEND_MAX_AGE_HOURS). The relay deletes a payload once its request is sent; a dead-lettered request keeps its payloads so it can be requeued, until this many days have passed. Default 30.')
 param payloadRetentionDays string = '30'
 
 @description('E-mail address that receives the Azure Monitor alerts (dead-lettered mail, expiring secret). Empty: the alerts are still created, without notification.')

@@ -324,7 +324,7 @@ def _delivery(env: Mapping[str, str]) -> dict[str, Any]:
 def _payload_retention(env: Mapping[str, str]) -> float:
     """A payload must outlive every request that may still need it: one scheduled 7 days ahead, then retried for
     SEND_MAX_AGE_HOURS."""
-    days = _number(env, "PAYLOAD_RETENTION_DAYS", 30.0, low=1, high=3650, whole=False)
+    days = _number(env, "PAYLOAD_RETENTION_DAYS", 30.0, low=8, high=3650, whole=False)
     max_age = _number(env, "SEND_MAX_AGE_HOURS", 24.0, low=0.01, high=168, whole=False)
     if days * 24 < 7 * 24 + max_age:
         raise SettingsError(

@@ -325,7 +325,7 @@ def test_delivery_settings_come_from_parameters_with_the_codes_defaults() -> Non
     ("setting", "param", "field", "default", "low", "high"),
     [
         ("MAX_MESSAGE_SIZE_MB", "maxMessageSizeMb", "max_message_size_mb", "35", "1", "150"),
-        ("PAYLOAD_RETENTION_DAYS", "payloadRetentionDays", "payload_retention_days", "30", "0.01", "3650"),
+        ("PAYLOAD_RETENTION_DAYS", "payloadRetentionDays", "payload_retention_days", "30", "8", "3650"),
     ],
 )
 def test_large_message_settings_come_from_parameters_with_the_codes_defaults_and_range(
