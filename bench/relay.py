@@ -11,6 +11,9 @@ What it measures (each repeated, min / median / max):
    host.json as it was (batchSize 1, newBatchThreshold 0) and as it is; the host's CPU ms per message and peak
    RSS; Storage round trips per message (counted in process).
 3. Cold import of function_app against a bare `import azure.functions` (bench/import_cost.py).
+5. A large attachment (25 MB) end to end on the local stack: the client's upload and the whole trip to the
+   emulator's outbox (draft, upload session, send), the client's peak traced memory, and the host process's
+   peak RSS growth over a small message's, each as a share of the file's size (at most one copy: streamed).
 4. Against the throttling emulator (time-scaled: a minute lasts 60 / SCALE seconds), 1 mailbox and 4 at once:
    throughput as a share of Exchange's 30 messages a minute, 429s provoked, dead letters, duplicates.
 
@@ -352,6 +355,68 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, {platform.platform()}"
 
 
+def large_message(size_mb: int, repeat: int) -> list[tuple[str, str]]:
+    """A `size_mb` attachment through the local stack, by the client library as `mailrelay send --attach` does."""
+    import hashlib
+    import tracemalloc
+
+    from mailrelay_client import MailClient
+
+    from devstack.stack import LocalStack
+
+    sender = MAILBOXES[0]
+    size = size_mb * 1024 * 1024
+    uploads, trips, client_peaks, growths = [], [], [], []
+    with tempfile.TemporaryDirectory() as tmp, LocalStack(allowed_senders=(sender,)) as stack:
+        mail = MailClient.from_connection_string(stack.storage_connection_string, stack.queue_name)
+        host_pid = stack.pids["host-1"]
+
+        def request(subject: str) -> dict[str, Any]:
+            return {
+                "from": sender,
+                "to": ["ada@contoso.com"],
+                "subject": subject,
+                "body": {"contentType": "text", "content": "x"},
+            }
+
+        def wait(count: int) -> None:
+            deadline = time.monotonic() + 600
+            while len(stack.emulator_get("outbox")) < count:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the large message did not arrive: {stack.emulator_get('outbox')[-1:]}")
+                time.sleep(0.1)
+
+        mail.send(request("baseline"))  # the host's imports, clients and caches: what any message costs
+        wait(1)
+        _, baseline_kib = _proc(host_pid)
+        path = Path(tmp) / "large.pdf"
+        with path.open("wb") as f:
+            for i in range(size_mb):
+                f.write(hashlib.sha256(str(i).encode()).digest() * (1024 * 1024 // 32))
+        expected = hashlib.sha256(path.read_bytes()).hexdigest()
+        for r in range(repeat):
+            tracemalloc.start()
+            started = time.monotonic()
+            mail.send(request(f"large {r}"), files=[path])
+            uploads.append(time.monotonic() - started)
+            client_peaks.append(tracemalloc.get_traced_memory()[1] / size)
+            tracemalloc.stop()
+            wait(2 + r)
+            trips.append(time.monotonic() - started)
+            entry = stack.emulator_get("outbox")[-1]
+            assert entry["attachments"][0]["sha256"] == expected, "the attachment arrived altered"
+            _, peak_kib = _proc(host_pid)
+            growths.append((peak_kib - baseline_kib) * 1024 / size)
+    return [
+        (
+            f"{size_mb} MB attachment: client upload s; end to end s (draft, upload session, send)",
+            f"{spread(uploads)}; {spread(trips)}",
+        ),
+        ("  client peak traced memory / file size", spread(client_peaks)),
+        ("  host peak RSS growth over a small message / file size", spread(growths)),
+    ]
+
+
 def write_markdown(path: Path, rows: list[tuple[str, str]], command: str, took: float) -> None:
     lines = [
         "# Benchmarks",
@@ -378,7 +443,7 @@ def main() -> int:
     parser.add_argument("--write", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument(
         "--only",
-        help="run one section (send path, storage round trips, end to end, import, throttling) and write nothing",
+        help="run one section (send path, storage round trips, end to end, import, throttling, large); writes nothing",
     )
     args = parser.parse_args()
     if args.smoke:
@@ -392,6 +457,7 @@ def main() -> int:
         # A minute lasts 20 s: long enough that the queue's whole-second delays and polling are small beside it,
         # as they are beside a real minute; 90 per mailbox is three windows' worth.
         ("throttling", lambda: throttled(10 if args.smoke else 90, 10.0 if args.smoke else 3.0, args.repeat)),
+        ("large", lambda: large_message(4 if args.smoke else 25, args.repeat)),
     ]
     if args.only:
         sections = [(name, run) for name, run in sections if name == args.only]

@@ -17,7 +17,14 @@ from typing import Any
 import pytest
 import requests
 from azure.storage.queue import QueueClient
-from mailrelay_client import MAX_MESSAGE_BYTES, MAX_REQUEST_BYTES, MailClient, QueueNotFound, RequestTooLarge
+from mailrelay_client import (
+    MAX_MESSAGE_BYTES,
+    MAX_REQUEST_BYTES,
+    MailClient,
+    QueueNotFound,
+    RequestTooLarge,
+    encode_request,
+)
 
 from devstack.azurite import Azurite
 from devstack.host import LocalHost
@@ -90,8 +97,14 @@ def test_the_size_limit_is_the_services_less_the_relays_room(azurite: Azurite) -
     queue = fresh_queue(azurite)
     client = MailClient.from_connection_string(azurite.connection_string, queue.queue_name)
     client.send(sized(largest(MAX_REQUEST_BYTES)))
+    over = sized(largest(MAX_REQUEST_BYTES) + 3)  # base64 grows in steps of 3 bytes
     with pytest.raises(RequestTooLarge):
-        client.send(sized(largest(MAX_REQUEST_BYTES) + 3))  # base64 grows in steps of 3 bytes
+        encode_request(over)
+    # The client stores what would not fit as a blob in mail-payloads, and the request names it (a claim check).
+    client.send(over)
+    stored = [json.loads(base64.b64decode(m.content)) for m in queue.receive_messages(max_messages=32)]
+    inline, claim_checked = (sorted(r["body"]) for r in stored)
+    assert inline == ["content", "contentType"] and claim_checked == ["blob", "contentType", "sha256", "size"]
     queue.send_message(encode(sized(largest(MAX_MESSAGE_BYTES))))  # what the relay may write: fits
     from azure.core.exceptions import HttpResponseError
 
