@@ -207,6 +207,8 @@ class Drafts(TenantState):
             with self._lock:
                 self._upload_sessions.pop(session_id, None)
             return _Response(204)
+        if self.graph_latency > 0 and request.method == "PUT":
+            time.sleep(self.graph_latency)  # a range takes time to travel: a host can die in the middle of one
         if request.header("Authorization"):
             # The doc: "Do not specify an Authorization request header"; the PUT goes to another service
             # (outlook.office.com), which refuses a Graph token.
