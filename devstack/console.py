@@ -17,7 +17,6 @@ Never deployed: devstack/ is in .funcignore.
 
 from __future__ import annotations
 
-import base64
 import html
 import secrets
 import threading
@@ -231,9 +230,12 @@ class Console:
             shown = f'<iframe sandbox="" title="message body" src="/frame/{index}"></iframe>'
         else:
             shown = f"<pre>{esc(body.get('content', ''))}</pre>"
+        # The outbox's summary of what arrived (sendMail's or an uploaded draft's): size, SHA-256, inline or not.
         attachments = "".join(
-            f"<li>{esc(a.get('name'))} ({esc(a.get('contentType'))}, {_size(a.get('contentBytes'))} bytes)</li>"
-            for a in message.get("attachments") or []
+            f"<li>{esc(a.get('name'))} ({esc(a.get('contentType'))}, {a.get('size')} bytes"
+            f"{', inline as cid:' + esc(a.get('contentId')) if a.get('isInline') else ''}; "
+            f"SHA-256 <code>{esc(a.get('sha256'))}</code>)</li>"
+            for a in entry.get("attachments") or []
         )
         content = f"<table>{table}</table><h3>Body</h3>{shown}" + (
             f"<h3>Attachments</h3><ul>{attachments}</ul>" if attachments else ""
@@ -300,10 +302,3 @@ def _addresses(message: Mapping[str, Any], key: str) -> list[str]:
         name, mail = address.get("name"), address.get("address")
         out.append(f"{name} <{mail}>" if name else str(mail))
     return out
-
-
-def _size(content_bytes: object) -> int:
-    try:
-        return len(base64.b64decode(str(content_bytes or ""), validate=False))
-    except ValueError:
-        return 0

@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 from shared.queues import decode, json_object
@@ -118,7 +118,13 @@ class DeadLetter:
                 f"dead letter {self.id} holds a request of {size:,} characters once base64-encoded for the queue, "
                 f"over Storage's 64 KiB ({MAX_QUEUE_TEXT:,}): send it again from the app, with less content"
             )
-        return dict(self.request)
+        request = dict(self.request)
+        send_at = request.get("sendAt")
+        if isinstance(send_at, str) and datetime.fromisoformat(send_at) <= datetime.now(UTC):
+            # Its time has passed: a requeue means "send it now", and the relay would refuse a sendAt before the
+            # moment it is enqueued (SendAtInPast).
+            del request["sendAt"]
+        return request
 
     def stored_references(self) -> list[dict[str, Any]]:
         """What this dead letter keeps in the overflow store: removed with it when it is requeued."""

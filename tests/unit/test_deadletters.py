@@ -198,6 +198,19 @@ def test_requeue_enqueues_the_plain_request_before_deleting_the_dead_letter() ->
     assert [m.id for m in poison.messages] == ["id-1"] and not poison.messages[0].hidden
 
 
+def test_requeue_drops_a_send_at_whose_time_has_passed_and_keeps_one_still_ahead() -> None:
+    from datetime import timedelta
+
+    past = {**REQUEST, "sendAt": "2025-03-01T09:00:00+01:00"}
+    ahead = {**REQUEST, "sendAt": (datetime.now(UTC) + timedelta(days=2)).isoformat()}
+    dlq, _, main = queues([envelope(past), envelope(ahead)])
+    dlq.requeue("id-0")
+    dlq.requeue("id-1")
+    first, second = (json.loads(base64.b64decode(m.content)) for m in main.messages)
+    assert first == REQUEST  # sent now: the relay would refuse a sendAt before its enqueue time
+    assert second == ahead
+
+
 def test_requeue_of_a_message_that_holds_no_request_says_why_and_keeps_it() -> None:
     dlq, poison, main = queues(["not base64 at all!"])
     with pytest.raises(NotRequeueable, match="InvalidEncoding"):
