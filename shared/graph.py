@@ -49,7 +49,12 @@ def build_message(req: SendRequest, mark: str | None, stored: Mapping[str, bytes
     """Graph's `message` for the request, without its attachments: sendMail's, or a draft's (which gets its
     attachments one by one)."""
     body = req.body
-    content = stored[body.blob].decode("utf-8") if body.blob is not None else body.content
+    if body.blob is None:
+        content = body.content
+    elif body.blob in stored:
+        content = stored[body.blob].decode("utf-8")
+    else:  # `mailrelay validate`: shown, never sent (the relay reads every claim check before it builds a body)
+        content = f"(claim check: {body.size} bytes from blob {body.blob})"
     message: dict[str, Any] = {
         "subject": req.subject,
         "body": {"contentType": body.content_type, "content": content},
@@ -83,6 +88,8 @@ def _attachment(a: Attachment, data: bytes | None = None) -> dict[str, Any]:
         "contentType": a.content_type,
         "contentBytes": a.content_bytes if data is None else base64.b64encode(data).decode("ascii"),
     }
+    if data is None and a.content_bytes is None:  # `mailrelay validate`, as for the body above
+        attachment["contentBytes"] = f"(claim check: {a.size} bytes from blob {a.blob})"
     if a.is_inline:  # an inline image: the HTML body names it as cid:<contentId>
         attachment["isInline"] = True
         attachment["contentId"] = a.content_id

@@ -57,4 +57,10 @@ def run(args: argparse.Namespace) -> int:
             print(violation, file=sys.stderr)
         return EXIT_INVALID
     print(json.dumps(build_send_mail_body(request), indent=2))
+    if request.stored_parts():
+        print(
+            f"mailrelay validate: {len(request.stored_parts())} part(s) are claim checks, read from mail-payloads when "
+            "sent; a message of 3 MB or more goes through a draft and upload sessions instead of this one sendMail",
+            file=sys.stderr,
+        )
     return EXIT_OK

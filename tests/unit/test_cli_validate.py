@@ -43,6 +43,21 @@ def test_graph_body_carries_the_request(capsys: pytest.CaptureFixture[str]) -> N
     }
 
 
+def test_claim_checks_are_shown_as_what_they_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    request = json.loads(MINIMAL.read_text())
+    request["body"] = {"contentType": "html", "blob": "b/body.html", "size": 1200, "sha256": "a" * 64}
+    blob = {"name": "r.pdf", "contentType": "application/pdf", "blob": "b/r.pdf", "size": 9, "sha256": "b" * 64}
+    request["attachments"] = [blob]
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(request))
+    assert main(["validate", str(path)]) == 0
+    out, err = capsys.readouterr()
+    message = json.loads(out)["message"]
+    assert message["body"]["content"] == "(claim check: 1200 bytes from blob b/body.html)"
+    assert message["attachments"][0]["contentBytes"] == "(claim check: 9 bytes from blob b/r.pdf)"
+    assert "2 part(s) are claim checks" in err
+
+
 def test_invalid_file_prints_each_violation_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", str(INVALID)]) == 1
     out, err = capsys.readouterr()
