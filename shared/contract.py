@@ -106,6 +106,12 @@ BASE64_PATTERN: Final = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9
 _BLOB_SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 BLOB_NAME_PATTERN: Final = rf"^{_BLOB_SEGMENT}(?:/{_BLOB_SEGMENT})*$"
 SHA256_PATTERN: Final = r"^[0-9a-f]{64}$"
+# RFC 3339's date-time with its offset required (JSON Schema's "format" is only an annotation to most validators,
+# so the pattern carries the rule); the relay also checks that the date exists (no 30 February).
+SEND_AT_PATTERN: Final = (
+    r"^[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])T(?:[01][0-9]|2[0-3]):[0-5][0-9]"
+    r"(?::[0-5][0-9](?:\.[0-9]{1,6})?)?(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])$"
+)
 
 # The same rules as the JSON Schema states them. The relay checks the lengths in Python, to say which limit
 # a value breaks; a schema validator has only the pattern, so lookaheads (read alike by every engine) carry
@@ -127,6 +133,7 @@ _HEADER_NAME_RE: Final = re.compile(HEADER_NAME_PATTERN[1:-1])
 _BASE64_RE: Final = re.compile(BASE64_PATTERN[1:-1])
 _BLOB_NAME_RE: Final = re.compile(rf"(?=.{{1,{MAX_BLOB_NAME_LENGTH}}}$)" + BLOB_NAME_PATTERN[1:-1], re.DOTALL)
 _SHA256_RE: Final = re.compile(SHA256_PATTERN[1:-1])
+_SEND_AT_RE: Final = re.compile(SEND_AT_PATTERN[1:-1])
 
 # "Must not contain CR or LF" as JSON Schema: `not` + an unanchored pattern is exact in every regex
 # engine, whereas "^[^\r\n]*$" lets a trailing "\n" through in Python, Java and .NET (their "$"
@@ -590,6 +597,11 @@ def _check_sha256(value: str) -> str:
 
 
 def _check_send_at(value: str) -> str:
+    if not _SEND_AT_RE.fullmatch(value):
+        _fail(
+            f"{_quote(value)} is not an ISO 8601 date and time with a UTC offset, such as 2026-12-24T09:00:00+01:00 "
+            "(or ...Z for UTC)"
+        )
     try:
         when = datetime.fromisoformat(value)
     except ValueError:
@@ -626,6 +638,7 @@ SendAt = Annotated[
         {
             "type": "string",
             "format": "date-time",
+            "pattern": SEND_AT_PATTERN,
             "description": "when to send: ISO 8601 with a UTC offset, at most 7 days after the request is enqueued",
         }
     ),
@@ -644,7 +657,11 @@ def _one_form(part: Any, inline_value: object, inline: str) -> None:
     """A part is inline (`inline`) or a claim check (blob, size and sha256), never both nor half of one."""
     stored = (part.blob, part.size, part.sha256)
     if inline_value is not None and any(v is not None for v in stored):
-        _fail(f'holds both "{inline}" and a claim check ("blob", "size", "sha256"): give one of them')
+        given = next(n for n, v in zip(("blob", "size", "sha256"), stored, strict=True) if v is not None)
+        _fail(
+            f'belongs to a claim check ("blob", "size", "sha256"), which replaces "{inline}": give one of them',
+            under=given,
+        )
     if inline_value is None:
         missing = [name for name, v in zip(("blob", "size", "sha256"), stored, strict=True) if v is None]
         if len(missing) == 3:
@@ -653,7 +670,10 @@ def _one_form(part: Any, inline_value: object, inline: str) -> None:
                 under=inline,
             )
         if missing:
-            _fail(f"a claim check needs blob, size and sha256: {', '.join(missing)} missing")
+            _fail(
+                f"is required in a claim check (blob, size and sha256 together): {', '.join(missing)} missing",
+                under=missing[0],
+            )
 
 
 class Body(_ContractModel):
@@ -1057,7 +1077,9 @@ _SCHEMA_DESCRIPTION: Final = (
     '{"address": "a@contoso.com", "name": "Ada"}. Unknown fields are refused. '
     "The relay also enforces rules this schema cannot express: at most 500 recipients in to, cc and bcc "
     "together (the schema limits each list alone to 500); 'from' must be on the relay's allow-list; "
-    "one id is sent at most once."
+    "one id is sent at most once; a sendAt names a date that exists (no 30 February) and lies at most 7 days after "
+    "the request is enqueued; a claim check names a blob in the relay's mail-payloads container that holds exactly "
+    "size bytes with that SHA-256."
 )
 
 

@@ -136,11 +136,31 @@ def _violations(error: ValidationError) -> list[Violation]:
     if error.validator == "required" and isinstance(error.validator_value, list):
         present = error.instance if isinstance(error.instance, Mapping) else {}
         return [Violation(_join(path, name), "is required") for name in error.validator_value if name not in present]
+    if error.validator == "dependentRequired" and isinstance(error.instance, Mapping):
+        # A claim check needs blob, size and sha256 together: each missing one named by its own path; beside the
+        # inline form, each claim-check field given is the one out of place.
+        if any(name in error.instance for name in ("content", "contentBytes")):
+            return [
+                Violation(_join(path, field), "belongs to a claim check, which replaces the inline content: drop one")
+                for field in error.validator_value
+                if field in error.instance
+            ]
+        return [
+            Violation(_join(path, name), "is required in a claim check (blob, size and sha256 together)")
+            for field, needed in error.validator_value.items()
+            if field in error.instance
+            for name in needed
+            if name not in error.instance
+        ]
     if "propertyNames" in error.relative_schema_path:
         # A bad key: named as the relay names it, headers["Subject"].
         return [Violation(f"{path}[{json.dumps(error.instance, ensure_ascii=False)}]", _rule(error))]
     if error.validator == "not" and not isinstance(error.instance, str):
         return []  # `not` holds a string pattern; a value of another type has its own type error
+    claim_check = [n for n in ("blob", "size", "sha256") if isinstance(error.instance, Mapping) and n in error.instance]
+    if error.validator == "oneOf" and claim_check and not error.context:
+        # Valid under both forms: inline content and a whole claim check. Named as the relay names it.
+        return [Violation(_join(path, claim_check[0]), "belongs to a claim check, which replaces the inline content")]
     if error.validator in ("anyOf", "oneOf") and error.context:
         return _form_violations(path, error)
     return [Violation(path or "(message)", _rule(error))]
@@ -157,7 +177,11 @@ def _form_violations(path: str, error: ValidationError) -> list[Violation]:
         forms = " or ".join(_type_words(b.get("type")) for b in branches if isinstance(b, Mapping))
         return [Violation(path or "(message)", f"must be {forms}, not {_describe(error.instance)}")]
     if error.validator == "oneOf" and context and all(e.validator == "required" for e in context):
-        # Inline or claim-checked (content or blob, size and sha256): neither given; name the inline field.
+        # Inline or claim-checked (content or blob, size and sha256): neither given; name the inline field. A
+        # claim check begun but not finished is dependentRequired's to name.
+        present = set(error.instance) if isinstance(error.instance, Mapping) else set()
+        if any(present & set(b.get("required", [])) for b in branches if isinstance(b, Mapping)):
+            return []
         first = branches[0].get("required", []) if isinstance(branches[0], Mapping) else []
         return [
             Violation(_join(path, name), 'is required (or a claim check instead: "blob", "size" and "sha256")')

@@ -20,13 +20,9 @@ REGENERATE = "regenerate it with: python -m shared.contract --write-schema (and 
 def test_committed_schema_is_the_generated_one() -> None:
     assert SCHEMA_PATH.exists(), f"{SCHEMA_PATH} is missing; {REGENERATE}"
     committed = SCHEMA_PATH.read_text(encoding="utf-8")
-    assert json.loads(committed) == json_schema(), (
-        f"{SCHEMA_PATH.name} is out of date with the models; {REGENERATE}"
-    )
+    assert json.loads(committed) == json_schema(), f"{SCHEMA_PATH.name} is out of date with the models; {REGENERATE}"
     # A checkout with CRLF line endings is still the same file.
-    assert committed.replace("\r\n", "\n") == render_schema(), (
-        f"{SCHEMA_PATH.name} is not formatted; {REGENERATE}"
-    )
+    assert committed.replace("\r\n", "\n") == render_schema(), f"{SCHEMA_PATH.name} is not formatted; {REGENERATE}"
 
 
 def test_the_client_ships_the_same_schema() -> None:
@@ -203,9 +199,7 @@ def validator() -> Draft202012Validator:
     return Draft202012Validator(json_schema())
 
 
-@pytest.mark.parametrize(
-    ("document", "model_ok", "schema_ok"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
-)
+@pytest.mark.parametrize(("document", "model_ok", "schema_ok"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_schema_and_model_agree(
     validator: Draft202012Validator, document: dict[str, Any], model_ok: bool, schema_ok: bool
 ) -> None:
@@ -224,6 +218,14 @@ def test_committed_file_validates_like_the_generated_schema() -> None:
 # --- The client library validates as the relay does ----------------------------------------------
 
 # More cases where a schema alone could differ from the relay: the client adds the cross-field rules.
+STORED: dict[str, Any] = {
+    "name": "report.pdf",
+    "contentType": "application/pdf",
+    "blob": "0f3a9c/report.pdf",
+    "size": 5_000_000,
+    "sha256": "ab" * 32,
+}
+
 CLIENT_CASES: list[tuple[str, dict[str, Any], bool]] = [(c[0], c[1], c[2]) for c in CASES] + [
     ("500 across to, cc and bcc", request(to=addresses(200), cc=addresses(200), bcc=addresses(100)), True),
     ("501 across cc and bcc", request(to=[], cc=addresses(300), bcc=addresses(201)), False),
@@ -262,6 +264,34 @@ CLIENT_CASES: list[tuple[str, dict[str, Any], bool]] = [(c[0], c[1], c[2]) for c
     ("the same recipient twice", request(to=["a@contoso.com", "a@contoso.com"]), True),
     ("501 replyTo", request(replyTo=addresses(501)), True),
     ("a display name of 1000", request(to=[{"address": "ada@contoso.com", "name": "n" * 1000}]), True),
+    # Claim checks and sendAt (issue 12)
+    ("claim-checked attachment", request(attachments=[STORED]), True),
+    ("claim-checked inline image", request(attachments=[{**STORED, "isInline": True, "contentId": "c1"}]), True),
+    ("claim check without sha256", request(attachments=[{k: v for k, v in STORED.items() if k != "sha256"}]), False),
+    ("claim check and contentBytes", request(attachments=[{**STORED, "contentBytes": "YWJj"}]), False),
+    ("claim check of 150 MB", request(attachments=[{**STORED, "size": 150 * 1024 * 1024}]), True),
+    ("claim check over 150 MB", request(attachments=[{**STORED, "size": 150 * 1024 * 1024 + 1}]), False),
+    ("claim check size negative", request(attachments=[{**STORED, "size": -1}]), False),
+    ("claim check size a string", request(attachments=[{**STORED, "size": "10"}]), False),
+    ("blob name with ..", request(attachments=[{**STORED, "blob": "a/../b"}]), False),
+    ("blob name with a leading /", request(attachments=[{**STORED, "blob": "/a"}]), False),
+    ("blob name with a space", request(attachments=[{**STORED, "blob": "a b"}]), False),
+    ("sha256 in capitals", request(attachments=[{**STORED, "sha256": "A" * 64}]), False),
+    ("claim-checked body", request(body={"contentType": "html", "blob": "b/x", "size": 9, "sha256": "c" * 64}), True),
+    (
+        "claim-checked body over 3 MB",
+        request(body={"contentType": "html", "blob": "b", "size": 3 * 1024 * 1024 + 1, "sha256": "c" * 64}),
+        False,
+    ),
+    (
+        "body with content and a claim check",
+        request(body={"contentType": "text", "content": "x", "blob": "b", "size": 1, "sha256": "c" * 64}),
+        False,
+    ),
+    ("sendAt with an offset", request(sendAt="2026-12-24T09:00:00+01:00"), True),
+    ("sendAt in UTC", request(sendAt="2026-12-24T08:00:00Z"), True),
+    ("sendAt without an offset", request(sendAt="2026-12-24T09:00:00"), False),
+    ("sendAt not a date", request(sendAt="next tuesday"), False),
 ]
 
 
