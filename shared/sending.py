@@ -161,6 +161,7 @@ class Relay:
                 )
             elif raw_size(req) < SEND_MAIL_MAX_BYTES:
                 stored = {str(p.blob): self._reader(p).read_all() for p in req.stored_parts()}
+                _check_text(req, stored)
                 outcome = self._post(req.sender, build_send_mail_body(req, mark, stored), replies)
             else:
                 outcome = self._send_large(req, mark, replies)
@@ -267,6 +268,7 @@ class Relay:
         if mark:
             self._discard_leftovers(graph, sender, mark, replies)
         body = {req.body.blob: readers[req.body.blob].read_all()} if req.body.blob else {}
+        _check_text(req, body)
         draft = self._step(lambda t: graph.create_draft(sender, build_message(req, mark, body), t), replies, "a draft")
         draft_id = draft.value.get("id") if isinstance(draft.value, dict) else None
         if not isinstance(draft_id, str) or not draft_id:
@@ -403,6 +405,21 @@ def _next_start(value: Any, default: int) -> int:
         if head.isdigit():
             return int(head)
     return default
+
+
+def _check_text(req: SendRequest, stored: dict[str, bytes]) -> None:
+    """A claim-checked body is text: UTF-8, as the contract's inline bodies are."""
+    from shared.payloads import PayloadError
+
+    blob = req.body.blob
+    if blob is None or blob not in stored:
+        return
+    try:
+        stored[blob].decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PayloadError(
+            "PayloadMismatch", f"the body blob {blob!r} is not UTF-8 text (byte {e.start} is invalid)"
+        ) from None
 
 
 def _payload_errors() -> type[PayloadError]:

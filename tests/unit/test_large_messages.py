@@ -197,3 +197,18 @@ def test_a_claim_checked_body_is_read_and_sent_as_the_body() -> None:
     }
     assert deliver(relay, request) == Sent(202)
     assert graph.calls[0][1]["message"]["body"] == {"contentType": "html", "content": html}
+
+
+def test_a_claim_checked_body_that_is_not_utf8_is_refused_with_a_reason() -> None:
+    relay, graph, store, request = setup()
+    data = "café".encode("latin-1")
+    store.put("bodies/b2.txt", data, NOW)
+    request["body"] = {
+        "contentType": "text",
+        "blob": "bodies/b2.txt",
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+    outcome = deliver(relay, request)
+    assert isinstance(outcome, Permanent) and outcome.code == "PayloadMismatch" and "not UTF-8" in outcome.message
+    assert graph.calls == []
