@@ -122,3 +122,15 @@ def test_a_blob_that_cannot_be_deleted_does_not_cost_the_recorded_outcome() -> N
     store.delete = broken  # type: ignore[method-assign]
     enqueue(s, request)
     assert s.record().state == SENT and len(s.graph.calls) == 1
+
+
+def test_a_payload_clean_up_that_fails_leaves_the_record_clean_up_done() -> None:
+    s, store, request = with_payloads(make())
+
+    def down(cutoff: datetime) -> int:
+        raise ConnectionError("storage down")
+
+    store.delete_older_than = down  # type: ignore[method-assign]
+    enqueue(s, request)
+    s.clock.advance(31 * 86400)
+    assert handle_status_cleanup(rt=s.rt) == 1  # the sent request's record, deleted all the same
