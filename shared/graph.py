@@ -41,7 +41,7 @@ def build_send_mail_body(
     stored = stored or {}
     message = build_message(req, mark, stored)
     if req.attachments:
-        message["attachments"] = [_attachment(a, stored.get(a.blob) if a.blob else None) for a in req.attachments]
+        message["attachments"] = [file_attachment(a, stored.get(a.blob) if a.blob else None) for a in req.attachments]
     return {"message": message, "saveToSentItems": req.save_to_sent_items}
 
 
@@ -78,7 +78,7 @@ def build_message(req: SendRequest, mark: str | None, stored: Mapping[str, bytes
     return message
 
 
-def _attachment(a: Attachment, data: bytes | None = None) -> dict[str, Any]:
+def file_attachment(a: Attachment, data: bytes | None = None) -> dict[str, Any]:
     """A fileAttachment: inline base64 from the request, or `data`, a claim check's bytes."""
     import base64
 

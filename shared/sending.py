@@ -296,10 +296,10 @@ class Relay:
         reader: Reader | None,
         replies: list[GraphReply],
     ) -> None:
-        from shared.graph import _attachment
+        from shared.graph import file_attachment
 
         data = reader.read_all() if reader is not None else None
-        body = _attachment(attachment, data)
+        body = file_attachment(attachment, data)
         self._step(lambda t: graph.add_attachment(sender, draft_id, body, t), replies, f"attaching {attachment.name!r}")
 
     def _upload(
