@@ -186,27 +186,11 @@ def _schedule(
     """Hold a request seen before its `sendAt`: record it `scheduled` and put it on the retry queue, hidden
     until then. False when the key's record says something else must happen (it was sent, or the key holds
     other content): the claim decides that."""
-    from shared.status import recipient_summary
-
     now = rt.clock()
-    req = checked.request
-    count, domains = recipient_summary([r.address for r in (*req.to, *req.cc, *req.bcc)])
-    content = fingerprint(checked.received)
-    scheduled = StatusRecord(
-        key=key,
-        state=SCHEDULED,
-        fingerprint=content,
-        attempts=0,
-        created_at=now,
-        updated_at=now,
-        not_before=when,
-        message_id=original_message_id,
-        recipients=count,
-        recipient_domains=domains,
-    )
+    scheduled = _new_record(key, checked, original_message_id, now, state=SCHEDULED, attempts=0, not_before=when)
     if rt.status.create(scheduled) is None:
         current = rt.status.get(key)
-        if current is None or current.state == SENT or current.fingerprint != content:
+        if current is None or current.state == SENT or current.fingerprint != scheduled.fingerprint:
             return False
     delay = _put_back(rt, checked, original_message_id, (when - now).total_seconds(), "scheduled")
     _log(
@@ -298,27 +282,20 @@ def _pace(
 def _claim(
     rt: Runtime, key: StatusKey, checked: Checked, original_message_id: str | None
 ) -> _Claimed | _AlreadySent | _Refused | _Wait:
-    from shared.status import recipient_summary
-
     now = rt.clock()
     lease = timedelta(seconds=rt.settings.claim_lease_seconds)
-    content = fingerprint(checked.received)
-    req = checked.request
-    count, domains = recipient_summary([r.address for r in (*req.to, *req.cc, *req.bcc)])
-    fresh = StatusRecord(
-        key=key,
+    fresh = _new_record(
+        key,
+        checked,
+        original_message_id,
+        now,
         state=SENDING,
-        fingerprint=content,
         attempts=1,
-        created_at=now,
-        updated_at=now,
         first_attempt_at=now,
         last_attempt_at=now,
         lease_until=now + lease,
-        message_id=original_message_id,
-        recipients=count,
-        recipient_domains=domains,
     )
+    content = fresh.fingerprint
     # Insert first: a request's first delivery (nearly all of them) costs one round trip.
     created = rt.status.create(fresh)
     if created is not None:
@@ -358,6 +335,26 @@ def _claim(
         if won is not None:
             return _Claimed(won, unknown=unknown)
     return _Wait(1, "contended: other workers changed the record meanwhile")
+
+
+def _new_record(
+    key: StatusKey, checked: Checked, original_message_id: str | None, now: datetime, **fields: Any
+) -> StatusRecord:
+    """A request's first record: its content's fingerprint and its recipients' count and domains, and `fields`."""
+    from shared.status import recipient_summary
+
+    req = checked.request
+    count, domains = recipient_summary([r.address for r in (*req.to, *req.cc, *req.bcc)])
+    return StatusRecord(
+        key=key,
+        fingerprint=fingerprint(checked.received),
+        created_at=now,
+        updated_at=now,
+        message_id=original_message_id,
+        recipients=count,
+        recipient_domains=domains,
+        **fields,
+    )
 
 
 def _decide(rt: Runtime, current: StatusRecord, content: str, now: datetime) -> _AlreadySent | _Refused | _Wait | None:

@@ -9,7 +9,7 @@ import copy
 import json
 import re
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -278,9 +278,15 @@ class GraphMail(ExchangeScope, Faults, SentItems, Throttling, Drafts):
         denial = self._exchange_denial(claims, mailbox, ("Mail.Send",))
         if denial is not None:
             return self._graph_error(ids, *denial)
-        # Graph's limits per app and mailbox, then Exchange's (throttling.py): a call over them is refused
-        # before anything else happens to it; one within them counts as in flight until it is answered.
         app_id = str(claims.get("appid", ""))
+        return self._throttled(ids, app_id, mailbox, lambda: self._accept_send_mail(request, ids, mailbox, app_id))
+
+    def _throttled(
+        self, ids: _GraphIds, app_id: str, mailbox: _Mailbox, send: Callable[[], _Response]
+    ) -> _Response:
+        """A send (sendMail, or a draft's send) within Graph's limits per app and mailbox, then Exchange's
+        (throttling.py): a call over them is refused before anything else happens to it; one within them counts
+        as in flight until it is answered, after the configured latency."""
         throttled = self._throttle_enter(app_id, mailbox.address)
         if throttled is not None:
             status, code, message, retry_after = throttled
@@ -288,7 +294,7 @@ class GraphMail(ExchangeScope, Faults, SentItems, Throttling, Drafts):
         try:
             if self.graph_latency > 0:
                 self._stopping.wait(self.graph_latency)
-            return self._accept_send_mail(request, ids, mailbox, app_id)
+            return send()
         finally:
             self._throttle_exit(app_id, mailbox.address)
 
@@ -403,13 +409,8 @@ class GraphMail(ExchangeScope, Faults, SentItems, Throttling, Drafts):
         token = _bearer(request)
         claims = self._check_token(token)[1] if token else {}
         app_id = str(claims.get("appid", ""))
-        throttled = self._throttle_enter(app_id, mailbox.address)
-        if throttled is not None:
-            status, code, message, retry_after = throttled
-            return self._graph_error(ids, status, code, message, _retry_after_headers(retry_after))
-        try:
-            if self.graph_latency > 0:
-                self._stopping.wait(self.graph_latency)
+
+        def send() -> _Response:
             fault = self._next_fault("graph.sendMail")
             if fault is not None and not fault.accept:
                 return self._fault_response(ids, fault)
@@ -422,8 +423,8 @@ class GraphMail(ExchangeScope, Faults, SentItems, Throttling, Drafts):
                 return self._graph_error(ids, *problem)
             parsed = {"message": {**taken.message, "attachments": taken.attachments}, "saveToSentItems": True}
             return self._accept(ids, mailbox, app_id, parsed, taken.attachments, "draft", fault)
-        finally:
-            self._throttle_exit(app_id, mailbox.address)
+
+        return self._throttled(ids, app_id, mailbox, send)
 
     def _fault_response(self, ids: _GraphIds, fault: Any) -> _Response:
         assert fault.status is not None
