@@ -81,18 +81,22 @@ class Run:
     def fault(self, **entry: Any) -> None:
         self.stack.emulator_post("faults", {"service": "graph.sendMail", "retryAfter": None, **entry})
 
+    def request(self, i: int) -> dict[str, Any]:
+        """Request `i` of this run, with an id of its own; its key is counted by `final` and `count`."""
+        request_id = f"{self.name}-{self.tag}-{i:03d}"
+        self.keys.append(StatusKey.of(SENDER, request_id, None))
+        return {
+            "id": request_id,
+            "from": SENDER,
+            "to": ["ada@contoso.com"],
+            "subject": f"{self.name} {i}",
+            "body": {"contentType": "text", "content": "fault suite"},
+        }
+
     def enqueue(self, count: int, copies: int = 1) -> None:
         """`count` requests with ids of this run, each enqueued `copies` times (an app sending it twice)."""
         for i in range(count):
-            request_id = f"{self.name}-{self.tag}-{i:03d}"
-            self.keys.append(StatusKey.of(SENDER, request_id, None))
-            request = {
-                "id": request_id,
-                "from": SENDER,
-                "to": ["ada@contoso.com"],
-                "subject": f"{self.name} {i}",
-                "body": {"contentType": "text", "content": "fault suite"},
-            }
+            request = self.request(i)
             for _ in range(copies):
                 self.queue.send_message(encode(request), time_to_live=-1)
 
@@ -211,17 +215,8 @@ def test_hosts_killed_in_the_middle_of_an_upload_session(stack: LocalStack, tmp_
     try:
         path = tmp_path / "large.bin"
         path.write_bytes(uuid.uuid4().bytes * (12 * 1024 * 1024 // 16))
-        request_id = f"{run.name}-{run.tag}-000"
-        run.keys.append(StatusKey.of(SENDER, request_id, None))
-        request = {
-            "id": request_id,
-            "from": SENDER,
-            "to": ["ada@contoso.com"],
-            "subject": "large",
-            "body": {"contentType": "text", "content": "attached"},
-        }
         MailClient.from_connection_string(stack.storage_connection_string, stack.queue_name).send(
-            request, files=[path]
+            run.request(0), files=[path]
         )
         deadline = time.monotonic() + 60
         while not any(d["uploadSessions"] for d in stack.emulator_get("drafts")):
