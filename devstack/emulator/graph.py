@@ -38,6 +38,8 @@ from devstack.emulator.throttling import Throttling
 
 # Graph refuses request bodies over 4 MB (sendMail included); larger content needs an upload session.
 GRAPH_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+# sendMail's attachments up to this size keep their contentBytes in the outbox; larger ones only their summary.
+OUTBOX_KEPT_BYTES = 64 * 1024
 
 _GRAPH_AUDIENCES = frozenset({GRAPH_RESOURCE, GRAPH_RESOURCE + "/", GRAPH_APP_ID})
 
@@ -315,6 +317,10 @@ class GraphMail(ExchangeScope, Faults, SentItems, Throttling, Drafts):
         body_size = len(str((parsed["message"].get("body") or {}).get("content") or "").encode("utf-8"))
         if body_size + sum(encoded_size(a["size"]) for a in attachments) > self.max_message_bytes:
             return self._graph_error(ids, 400, "ErrorMessageSizeExceeded", SIZE_EXCEEDED)
+        for attachment, summary in zip(parsed["message"].get("attachments") or [], attachments, strict=True):
+            if summary["size"] > OUTBOX_KEPT_BYTES:
+                # The outbox stays small: a large attachment is its summary (size, SHA-256), not its bytes.
+                attachment.pop("contentBytes", None)
         return self._accept(ids, mailbox, app_id, parsed, attachments, "sendMail", fault)
 
     def _accept(

@@ -89,7 +89,8 @@ def test_a_10_mb_attachment_arrives_byte_identical_through_ranges_of_4_mb(
     assert [(a["name"], a["size"]) for a in entry["attachments"]] == [("a.txt", 5), ("big.bin", 10 * MB)]
     assert entry["attachments"][1]["sha256"] == hashlib.sha256(data).hexdigest()
     assert emu.copies_by_mark() == {MARK: 1} and emu.drafts_view() == []
-    assert len(emu.sent_items(MAILBOX)) == 1  # a sent draft is saved to Sent Items
+    (filed,) = emu.sent_items(MAILBOX)  # a sent draft is saved to Sent Items, with the relay's mark
+    assert filed["singleValueExtendedProperties"] == [{"id": MARK_PROPERTY_ID, "value": MARK}]
 
 
 def test_ranges_out_of_order_too_large_or_with_the_wrong_total_are_refused_and_change_nothing(
@@ -190,3 +191,37 @@ def test_a_draft_is_found_by_its_mark_deleted_once_and_then_unknown(emu: Emulato
     assert graph_error(call(emu, http, token, "DELETE", f"messages/{draft_id}"))[:2] == (404, "ErrorItemNotFound")
     assert graph_error(call(emu, http, token, "POST", f"messages/{draft_id}/send"))[:2] == (404, "ErrorItemNotFound")
     assert emu.outbox == []
+
+
+def test_a_draft_over_the_maximum_message_size_is_refused_at_send_and_stays_a_draft(
+    emu: Emulator, http: requests.Session
+) -> None:
+    token = token_for(emu, http)
+    draft_id = draft(emu, http, token)
+    attachment = {"@odata.type": "#microsoft.graph.fileAttachment", "name": "f", "contentType": "x/y"}
+    attachment["contentBytes"] = base64.b64encode(b"x" * MB).decode()
+    assert call(emu, http, token, "POST", f"messages/{draft_id}/attachments", attachment).status_code == 201
+    emu.configure_drafts({"maxMessageSizeBytes": MB})  # the mailbox's limit lowered under the draft
+    reply = call(emu, http, token, "POST", f"messages/{draft_id}/send")
+    assert graph_error(reply)[:2] == (400, "ErrorMessageSizeExceeded")
+    assert emu.outbox == [] and emu.sent_items(MAILBOX) == []
+    assert [d["id"] for d in emu.drafts_view()] == [draft_id]
+
+
+def test_send_mail_outbox_entries_carry_attachment_hashes_and_not_large_bytes(
+    emu: Emulator, http: requests.Session
+) -> None:
+    small, large = b"hello", hashlib.sha256(b"large").digest() * (100 * 1024 // 32)
+    attachments = [
+        {"@odata.type": "#microsoft.graph.fileAttachment", "name": n, "contentBytes": base64.b64encode(d).decode()}
+        for n, d in (("small.txt", small), ("large.bin", large))
+    ]
+    assert send(emu, http, mail(attachments=attachments), token_for(emu, http), mailbox=MAILBOX).status_code == 202
+    (entry,) = emu.outbox
+    assert entry["via"] == "sendMail"
+    assert [(a["name"], a["size"], a["sha256"]) for a in entry["attachments"]] == [
+        ("small.txt", 5, hashlib.sha256(small).hexdigest()),
+        ("large.bin", len(large), hashlib.sha256(large).hexdigest()),
+    ]
+    kept = entry["message"]["message"]["attachments"]
+    assert "contentBytes" in kept[0] and "contentBytes" not in kept[1]
