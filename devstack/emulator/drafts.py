@@ -18,8 +18,10 @@ Sources (Microsoft Learn):
   motze92/office365-mail#39 on POST attachments, with ", Cannot save changes made to an item to store."). The
   emulator measures a message as Exchange's MIME would, attachments base64-encoded (a third larger).
 
-A session that expires (its lifetime runs from its last PUT, the uploadSession doc: "each fragment uploaded during
-the session extends the expiration time") answers 404 to further PUTs: assumed, the docs do not show that answer.
+A session's expiry is fixed when it is created: for Outlook attachments "this expiration date/time remains the same
+as returned by the initial uploadSession" (outlook-large-attachments, step 2), although the generic uploadSession
+resource says each fragment extends it; the Outlook page is the specific one. An expired session answers 404 to
+further PUTs: assumed, the docs do not show that answer.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ class _UploadSession:
     item: dict[str, Any]
     expires: float  # time.monotonic()
     received: bytearray = field(default_factory=bytearray)
+    expiration: str = ""  # expirationDateTime as first answered (drafts.py's docstring: it never moves)
 
 
 def attachment_summary(attachment: dict[str, Any], data: bytes) -> dict[str, Any]:
@@ -191,8 +194,11 @@ class Drafts(TenantState):
         }
 
     def _expiry_text(self, session: _UploadSession) -> str:
-        left = max(0.0, session.expires - time.monotonic())
-        return (_utcnow() + timedelta(seconds=left)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        """The expirationDateTime Graph gave when the session was created: the same in every answer."""
+        if not session.expiration:
+            left = max(0.0, session.expires - time.monotonic())
+            session.expiration = (_utcnow() + timedelta(seconds=left)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return session.expiration
 
     def upload_put(self, request: _Request, session_id: str) -> _Response:
         """PUT (or DELETE) on an upload session's URL: no bearer token, the URL's authtoken authorises."""
@@ -220,8 +226,7 @@ class Drafts(TenantState):
             body["nextExpectedRanges"] = [str(len(session.received))]
             return _json_response(status, body)
         with self._lock:
-            session.received += request.body
-            session.expires = time.monotonic() + self.upload_session_seconds
+            session.received += request.body  # the expiry stays as created (the module's docstring)
             total = int(session.item["size"])
             if len(session.received) < total:
                 return _json_response(
