@@ -27,22 +27,18 @@ def payload(size: int, seed: int = 7) -> bytes:
     return (block * (size // len(block) + 1))[:size]
 
 
+def claim_check(store: MemoryPayloads, blob: str, data: bytes) -> dict[str, Any]:
+    """Store `data` as `blob` and return the reference a request names it by."""
+    store.put(blob, data, NOW)
+    return {"blob": blob, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
 def setup(*sizes: int, max_mb: float = 35) -> tuple[Relay, FakeDrafts, MemoryPayloads, dict[str, Any]]:
     store = MemoryPayloads()
     attachments = []
     for i, size in enumerate(sizes):
-        data = payload(size, i)
-        name = f"{i:032x}/file{i}.bin"
-        store.put(name, data, NOW)
-        attachments.append(
-            {
-                "name": f"file{i}.bin",
-                "contentType": "application/octet-stream",
-                "blob": name,
-                "size": size,
-                "sha256": hashlib.sha256(data).hexdigest(),
-            }
-        )
+        stored = claim_check(store, f"{i:032x}/file{i}.bin", payload(size, i))
+        attachments.append({"name": f"file{i}.bin", "contentType": "application/octet-stream", **stored})
     request = {
         "id": "report-1",
         "from": SENDER,
@@ -187,28 +183,14 @@ def test_a_5xx_while_uploading_is_retried_later_and_deletes_the_draft() -> None:
 def test_a_claim_checked_body_is_read_and_sent_as_the_body() -> None:
     relay, graph, store, request = setup()
     html = "<p>" + "é" * 40_000 + "</p>"
-    data = html.encode()
-    store.put("bodies/b1.html", data, NOW)
-    request["body"] = {
-        "contentType": "html",
-        "blob": "bodies/b1.html",
-        "size": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
-    }
+    request["body"] = {"contentType": "html", **claim_check(store, "bodies/b1.html", html.encode())}
     assert deliver(relay, request) == Sent(202)
     assert graph.calls[0][1]["message"]["body"] == {"contentType": "html", "content": html}
 
 
 def test_a_claim_checked_body_that_is_not_utf8_is_refused_with_a_reason() -> None:
     relay, graph, store, request = setup()
-    data = "café".encode("latin-1")
-    store.put("bodies/b2.txt", data, NOW)
-    request["body"] = {
-        "contentType": "text",
-        "blob": "bodies/b2.txt",
-        "size": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
-    }
+    request["body"] = {"contentType": "text", **claim_check(store, "bodies/b2.txt", "café".encode("latin-1"))}
     outcome = deliver(relay, request)
     assert isinstance(outcome, Permanent) and outcome.code == "PayloadMismatch" and "not UTF-8" in outcome.message
     assert graph.calls == []
