@@ -204,9 +204,17 @@ class LocalStack:
             # azure-identity's ManagedIdentityCredential finds App Service's endpoint through these two.
             "IDENTITY_ENDPOINT": str(self._ready_value("msiEndpoint")),
             "IDENTITY_HEADER": str(self._ready_value("identityHeader")),
+            # As the deployment sets it: the worker's one thread pool fits all the host hands over at once
+            # (devstack.host.deployment_thread_count, from this stack's host.json).
+            "PYTHON_THREADPOOL_THREAD_COUNT": str(self._deployment_thread_count()),
             **TIMER_SCHEDULES,
             **self._settings,
         }
+
+    def _deployment_thread_count(self) -> int:
+        from devstack.host import HOST_JSON, deployment_thread_count
+
+        return deployment_thread_count(self._host_json or HOST_JSON)
 
     def emulator_get(self, path: str) -> Any:
         """GET one of the emulator's admin endpoints (`outbox`, `stats`) and return its JSON."""
@@ -360,11 +368,10 @@ class LocalStack:
         from azure.data.tables import TableServiceClient
 
         from shared.expiry import TABLE_NAME as EXPIRY_TABLE
-        from shared.pacing import TABLE_NAME as PACE_TABLE
-        from shared.status import TABLE_NAME as STATUS_TABLE
+        from shared.status import TABLE_NAME as STATUS_TABLE  # the pace rows live in it too (shared/pacing.py)
 
         tables = TableServiceClient.from_connection_string(self.storage_connection_string)
-        for table in (STATUS_TABLE, PACE_TABLE, EXPIRY_TABLE):
+        for table in (STATUS_TABLE, EXPIRY_TABLE):
             tables.create_table_if_not_exists(table)
 
     def _seed(self) -> dict[str, Any]:

@@ -106,7 +106,6 @@ def build_clients(settings: Settings) -> Clients:
 
 
 def build_runtime(settings: Settings, clients: Clients | None = None) -> Runtime:
-    from shared.pacing import TABLE_NAME as PACE_TABLE
     from shared.pacing import Pacer, TablePaceStore, limits_of
     from shared.queues import OVERFLOW_CONTAINER, BlobOverflow, QueueDeadLetters, QueueRequeue
     from shared.status import TABLE_NAME, TableStatusStore
@@ -115,13 +114,15 @@ def build_runtime(settings: Settings, clients: Clients | None = None) -> Runtime
     clients = clients or build_clients(settings)
     identity = clients.storage_identity
     overflow = BlobOverflow(container_client(settings, OVERFLOW_CONTAINER, identity))
+    # One client for the status table: the pace rows live in it, beside each sender's status records.
+    status_table = table_client(settings, TABLE_NAME, identity)
     return Runtime(
         settings=settings,
         relay=clients.relay,
         dead_letters=QueueDeadLetters(queue_client(settings, settings.poison_queue_name, identity), overflow),
         retries=QueueRequeue(queue_client(settings, settings.retry_queue_name, identity)),
-        status=TableStatusStore(table_client(settings, TABLE_NAME, identity)),
-        pacer=Pacer(TablePaceStore(table_client(settings, PACE_TABLE, identity)), limits_of(settings)),
+        status=TableStatusStore(status_table),
+        pacer=Pacer(TablePaceStore(status_table), limits_of(settings)),
         overflow=overflow,
         payloads=clients.relay.payloads,
     )

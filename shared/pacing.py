@@ -1,40 +1,55 @@
 """Per-mailbox pacing, shared by every instance: stay inside Graph's and Exchange's limits instead of hitting them.
 
-Graph's Outlook limits hold per app and mailbox (4 concurrent requests, 10,000 per 10 minutes), and Exchange
-Online holds each mailbox to 30 messages a minute and 10,000 recipients a day; past the last one the mailbox is
-blocked from sending for up to 24 hours (DESIGN.md, "Limits to respect"). So before each send the relay takes a
-slot in its mailbox's pace record, a Table entity changed under ETag like the status records:
+Graph's Outlook limits hold per app and mailbox (4 concurrent requests, 10,000 per 10 minutes, 150 MB of uploads
+per 5 minutes), and Exchange Online holds each mailbox to 30 messages a minute and 10,000 recipients a day; past the
+last one the mailbox is blocked from sending for up to 24 hours (DESIGN.md, "Limits to respect"). So before each
+send the relay takes a slot in its mailbox's pace row, a Table entity changed under ETag like the status records:
 
 - `slots`: the sends in flight, each with a lease (a crashed worker's slot lapses with it), at most
   MAILBOX_MAX_CONCURRENT (4);
 - `sends`: when the sends of the last MAILBOX_RATE_WINDOW_SECONDS (60) started, at most
   MAILBOX_MESSAGES_PER_MINUTE (30);
 - `recipients`: to, cc and bcc counted per bucket over MAILBOX_RECIPIENT_WINDOW_SECONDS (a day), at most
-  MAILBOX_RECIPIENTS_PER_DAY (10,000).
+  MAILBOX_RECIPIENTS_PER_DAY (10,000);
+- `uploads`: the bytes each send uploads (its message, encoded), at most 150 MB per five rate windows (Graph's
+  "150 megabytes (MB) upload (PATCH, POST, PUT) in a 5 minute period" per app and mailbox, throttling-limits
+  "Outlook service limits"; five windows, so that time-scaled tests scale it with the minute).
 
 A request over its mailbox's pace is not sent: it goes back on the retry queue with the delay it needs, in state
 `queued`, without spending its retry budget. One busy mailbox holds up only its own mail: every other mailbox has
-its own record. The decision is a pure function (`decide`); the stores only keep the state.
+its own row. The decision is a pure function (`decide`); the stores only keep the state.
+
+What a send costs in Storage (issue 18, item 8): the pace row is the sender's partition's row "pace" in the status
+table, beside its status records, so freeing a slot joins the outcome's write in one entity group transaction
+(`release_writes`, shared/status.py's `replace_with`). Taking a slot is one conditional write under the ETag this
+process remembers from its own last write of that row; it reads the row only when that write is refused (another
+worker wrote since) or nothing is remembered. A try Graph did not accept (a 429, a refusal, a failure before the
+call) gives back its recipients and its place in the minute: only what may have been sent is counted.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from shared.status import MemoryRows, RowWrite, partition_of
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
 
     from shared.settings import Settings
 
-TABLE_NAME: Final = "mailpace"
+PACE_ROW: Final = "pace"  # the pace row's RowKey in its sender's partition of the status table
+RELEASE_PREFIX: Final = "r_"  # a release merged into the row without a read: r_<slot> = [answered at, given back]
 BUCKETS_PER_WINDOW: Final = 24  # recipient counts are kept per 1/24 of the window: an hour for a day
 CONTENTION_ROUNDS: Final = 6
+UPLOAD_WINDOWS: Final = 5  # Graph's upload window is 5 minutes: five rate windows
+UPLOAD_BYTES_PER_WINDOW: Final = 150_000_000  # "150 MB", read as decimal megabytes: the lower reading
 
 
 @dataclass(frozen=True)
@@ -47,6 +62,11 @@ class Limits:
     recipients_per_window: int = 10_000
     recipient_window_seconds: float = 86_400.0
     slot_lease_seconds: float = 150.0  # a slot outlives any try; a dead worker's slot lapses after it
+    upload_bytes_per_window: int = UPLOAD_BYTES_PER_WINDOW
+
+    @property
+    def upload_window_seconds(self) -> float:
+        return self.rate_window_seconds * UPLOAD_WINDOWS
 
 
 def limits_of(settings: Settings) -> Limits:
@@ -65,33 +85,47 @@ def limits_of(settings: Settings) -> Limits:
 class PaceState:
     """One mailbox's pace: epoch seconds throughout, so the state is plain JSON."""
 
-    slots: dict[str, float] = field(default_factory=dict)  # slot id -> lease expiry
+    # slot id -> [lease expiry, recipients, the recipient bucket they were counted in]: enough to give them back
+    slots: dict[str, list[float]] = field(default_factory=dict)
     # [time, slot id] of the sends within the rate window. The time is the slot's until the send is answered,
     # then the answer's: Exchange counts a message when it accepts it, which is after the slot was taken and
     # before Graph answers, so counting from the answer keeps the relay's minute at least as full as Exchange's.
     sends: list[list[Any]] = field(default_factory=list)
     recipients: list[list[float]] = field(default_factory=list)  # [bucket start, count]
+    uploads: list[list[float]] = field(default_factory=list)  # [time, bytes] within the upload window
 
     def to_json(self) -> str:
-        return json.dumps({"slots": self.slots, "sends": self.sends, "recipients": self.recipients})
+        return json.dumps(
+            {"slots": self.slots, "sends": self.sends, "recipients": self.recipients, "uploads": self.uploads}
+        )
 
     @classmethod
     def from_json(cls, text: str | None) -> PaceState:
         if not text:
             return cls()
         data = json.loads(text)
-        buckets = [list(b) for b in data.get("recipients", [])]
+        slots = {
+            k: (list(v) if isinstance(v, list) else [float(v), 0.0, 0.0]) for k, v in data.get("slots", {}).items()
+        }
         sends = [s if isinstance(s, list) else [s, ""] for s in data.get("sends", [])]
-        return cls(dict(data.get("slots", {})), sends, buckets)
+        buckets = [list(b) for b in data.get("recipients", [])]
+        return cls(slots, sends, buckets, [list(u) for u in data.get("uploads", [])])
+
+    @classmethod
+    def from_row(cls, properties: Mapping[str, Any]) -> PaceState:
+        """The row as stored: its state, with every release merged into it since it was last written folded in."""
+        state = cls.from_json(properties.get("state"))
+        for name, value in properties.items():
+            if name.startswith(RELEASE_PREFIX):
+                answered, given_back = json.loads(value)
+                state = released(state, name[len(RELEASE_PREFIX) :], float(answered), given_back=bool(given_back))
+        return state
 
 
 @dataclass(frozen=True)
 class Granted:
     slot: str
-    # What the grant wrote, and its version: the release tries that first, with no read, and reads only if
-    # another worker changed the record in between (one round trip instead of two on a quiet mailbox).
-    state: PaceState | None = None
-    version: Any = None
+    recipients: int = 0
 
 
 @dataclass(frozen=True)
@@ -102,12 +136,16 @@ class Over:
     limit: str
 
 
-def decide(state: PaceState, recipients: int, now: float, limits: Limits) -> tuple[PaceState, Granted] | Over:
-    """Take a slot for a send to `recipients` recipients at `now`, or say how long to wait. Pure."""
-    slots = {k: v for k, v in state.slots.items() if v > now}
+def decide(
+    state: PaceState, recipients: int, now: float, limits: Limits, upload_bytes: int = 0
+) -> tuple[PaceState, Granted] | Over:
+    """Take a slot for a send to `recipients` recipients uploading `upload_bytes` at `now`, or say how long to
+    wait. Pure."""
+    slots = {k: list(v) for k, v in state.slots.items() if v[0] > now}
     window = limits.rate_window_seconds
-    sends = [s for s in state.sends if float(s[0]) > now - window]
-    buckets = [b for b in state.recipients if b[0] > now - limits.recipient_window_seconds]
+    sends = [list(s) for s in state.sends if float(s[0]) > now - window]
+    buckets = [list(b) for b in state.recipients if b[0] > now - limits.recipient_window_seconds]
+    uploads = [list(u) for u in state.uploads if u[0] > now - limits.upload_window_seconds]
     used = sum(int(b[1]) for b in buckets)
     if used + recipients > limits.recipients_per_window and used > 0:
         # Wait until enough of the oldest buckets have left the window: never let the mailbox be blocked.
@@ -118,116 +156,182 @@ def decide(state: PaceState, recipients: int, now: float, limits: Limits) -> tup
             if used - freed + recipients <= limits.recipients_per_window:
                 break
         return Over(max(wait_until - now, 1.0), "recipients per day")
+    uploaded = sum(int(u[1]) for u in uploads)
+    if uploaded + upload_bytes > limits.upload_bytes_per_window and uploaded > 0:
+        freed, wait_until = 0, now
+        for when, size in sorted(uploads):
+            freed += int(size)
+            wait_until = when + limits.upload_window_seconds
+            if uploaded - freed + upload_bytes <= limits.upload_bytes_per_window:
+                break
+        return Over(max(wait_until - now, 1.0), "uploads per 5 minutes")
     if len(sends) >= limits.messages_per_window:
         return Over(max(min(float(s[0]) for s in sends) + window - now, 0.5), "messages per minute")
     if len(slots) >= limits.max_concurrent:
         # Slots free within a Graph call or two: look again soon, not when the lease would lapse.
         return Over(1.0, "concurrent sends")
     slot = uuid.uuid4().hex
-    slots[slot] = now + limits.slot_lease_seconds
-    sends.append([now, slot])
     bucket_width = limits.recipient_window_seconds / BUCKETS_PER_WINDOW
     start = now - now % bucket_width
+    slots[slot] = [now + limits.slot_lease_seconds, float(recipients), start]
+    sends.append([now, slot])
     if buckets and buckets[-1][0] == start:
         buckets[-1] = [start, buckets[-1][1] + recipients]
     else:
         buckets.append([start, float(recipients)])
-    return PaceState(slots, sends, buckets), Granted(slot)
+    if upload_bytes:
+        uploads.append([now, float(upload_bytes)])
+    return PaceState(slots, sends, buckets, uploads), Granted(slot, recipients)
+
+
+def released(state: PaceState, slot: str, now: float, *, given_back: bool = False) -> PaceState:
+    """The state with `slot` freed. Its send counts from `now`, when Graph answered (see PaceState.sends); or, when
+    `given_back` (Graph did not accept the message), its send and recipients do not count at all. Uploaded bytes
+    stay counted: Graph counted them whatever it answered. A slot already gone (lapsed, or freed before) frees
+    nothing more; its recipients are given back only while the slot still says where they were counted."""
+    slots = {k: list(v) for k, v in state.slots.items() if k != slot}
+    held = state.slots.get(slot)
+    if given_back:
+        sends = [list(s) for s in state.sends if not (len(s) > 1 and s[1] == slot)]
+    else:
+        sends = [[now, s[1]] if len(s) > 1 and s[1] == slot else list(s) for s in state.sends]
+    buckets = [list(b) for b in state.recipients]
+    if given_back and held is not None:
+        for b in buckets:
+            if b[0] == held[2]:
+                b[1] = max(b[1] - held[1], 0.0)
+                break
+    return PaceState(slots, sends, buckets, [list(u) for u in state.uploads])
 
 
 class PaceStore(Protocol):
     def read(self, sender: str) -> tuple[PaceState, Any]:
-        """The mailbox's state and a version to write it back under (None: no record yet)."""
+        """The mailbox's state and a version to write it back under (None: no row yet)."""
         ...
 
     def write(self, sender: str, state: PaceState, version: Any) -> Any:
-        """Write if unchanged since `version` was read: the new version, or None if another worker changed it."""
+        """Write if unchanged since `version` was read (insert if absent for None): the new version, or None if
+        another worker changed it."""
+        ...
+
+    def merge(self, sender: str, properties: dict[str, Any]) -> Any:
+        """Merge `properties` into the row, unconditionally: the new version, or None without a row."""
         ...
 
 
+def row_properties(state: PaceState) -> dict[str, Any]:
+    """The row's properties for `state`: written whole, so the releases merged since the last write are dropped
+    (they are folded into it)."""
+    return {"state": state.to_json()}
+
+
 class Pacer:
-    """Slots per mailbox over a PaceStore, with optimistic concurrency (read, decide, write under ETag)."""
+    """Slots per mailbox over a PaceStore, with optimistic concurrency (decide, write under ETag).
+
+    The pace row and its ETag as this process last wrote them are remembered per mailbox: on a mailbox this process
+    alone sends from, taking a slot is one write and no read. Remembered is only what is certain: the row as
+    written, at the version the write returned; a refused write forgets it."""
 
     def __init__(self, store: PaceStore, limits: Limits, clock: Any = None) -> None:
         self._store = store
         self.limits = limits
         self._clock = clock or (lambda: datetime.now(UTC))
+        self._known: dict[str, tuple[PaceState, Any]] = {}
+        self._lock = threading.Lock()
 
-    def acquire(self, sender: str, recipients: int) -> Granted | Over:
+    def _remember(self, sender: str, state: PaceState | None, version: Any) -> None:
+        with self._lock:
+            if state is None or version is None:
+                self._known.pop(sender.lower(), None)
+            else:
+                self._known[sender.lower()] = (state, version)
+
+    def acquire(self, sender: str, recipients: int, upload_bytes: int = 0) -> Granted | Over:
+        with self._lock:
+            known = self._known.get(sender.lower())
         for _ in range(CONTENTION_ROUNDS):
-            state, version = self._store.read(sender)
-            decided = decide(state, recipients, self._clock().timestamp(), self.limits)
+            fresh = known is None
+            state, version = self._store.read(sender) if known is None else known
+            decided = decide(state, recipients, self._clock().timestamp(), self.limits, upload_bytes)
             if isinstance(decided, Over):
+                if not fresh:
+                    known = None  # what this process remembers may be stale: only the row itself may say wait
+                    continue
+                self._remember(sender, state, version)
                 return decided
             new_state, granted = decided
             written = self._store.write(sender, new_state, version)
+            self._remember(sender, new_state if written is not None else None, written)
             if written is not None:
-                return Granted(granted.slot, new_state, written)
-        return Over(1.0, "contention on the mailbox's pace record")
+                return granted
+            known = None  # another worker wrote since: read the row
+        return Over(1.0, "contention on the mailbox's pace row")
 
-    def release(self, sender: str, granted: Granted) -> None:
-        """Free the slot after the send; best effort: a slot not freed lapses with its lease."""
+    def release_writes(self, sender: str, granted: Granted, *, given_back: bool = False) -> list[RowWrite]:
+        """How to free `granted` in the outcome's transaction (StatusStore.replace_with), best first: the row as
+        remembered, freed, under its ETag; else the release merged in without a condition (folded in by the next
+        write). Call `released_in` with what was written."""
         now = self._clock().timestamp()
-        if granted.state is not None:
-            state = _released(granted.state, granted.slot, now)
-            if self._store.write(sender, state, granted.version) is not None:
-                return  # nobody changed the record since the grant: one round trip
-        for _ in range(CONTENTION_ROUNDS):
-            state, version = self._store.read(sender)
-            if granted.slot not in state.slots:
-                return
-            if self._store.write(sender, _released(state, granted.slot, now), version) is not None:
-                return
+        merge = RowWrite(PACE_ROW, {RELEASE_PREFIX + granted.slot: json.dumps([now, int(given_back)])})
+        with self._lock:
+            known = self._known.get(sender.lower())
+        if known is None or granted.slot not in known[0].slots:
+            return [merge]
+        state = released(known[0], granted.slot, now, given_back=given_back)
+        return [RowWrite(PACE_ROW, row_properties(state), known[1]), merge]
 
+    def released_in(self, sender: str, writes: list[RowWrite], version: Any) -> None:
+        """Remember what the outcome's transaction wrote of the row: the whole row at `version`, or nothing certain."""
+        whole = version is not None and writes and writes[0].etag is not None and "state" in writes[0].properties
+        self._remember(sender, PaceState.from_row(writes[0].properties) if whole else None, version if whole else None)
 
-def _released(state: PaceState, slot: str, now: float) -> PaceState:
-    """The state with `slot` freed, and its send counted from `now`, when Graph answered (see PaceState.sends)."""
-    slots = {k: v for k, v in state.slots.items() if k != slot}
-    sends = [[now, s[1]] if len(s) > 1 and s[1] == slot else list(s) for s in state.sends]
-    return PaceState(slots, sends, [list(b) for b in state.recipients])
+    def release(self, sender: str, granted: Granted, *, given_back: bool = False) -> None:
+        """Free the slot on its own, one merge and no read, when no outcome is written with it. Best effort: a slot
+        not freed lapses with its lease."""
+        now = self._clock().timestamp()
+        self._store.merge(sender, {RELEASE_PREFIX + granted.slot: json.dumps([now, int(given_back)])})
+        self._remember(sender, None, None)
 
 
 class MemoryPaceStore:
-    """The pace records in a dict, with the Table's ETag semantics: unit tests only."""
+    """The pace rows in memory with the Table's semantics (ETag conditions, merges): unit tests only. Give it the
+    MemoryStatusStore's `rows` to have outcomes free slots in one transaction, as the Table does."""
 
-    def __init__(self) -> None:
-        self._records: dict[str, tuple[str, int]] = {}
-        self._lock = threading.Lock()
+    def __init__(self, rows: MemoryRows | None = None) -> None:
+        self.rows = rows or MemoryRows()
         self.writes = 0
 
     def read(self, sender: str) -> tuple[PaceState, Any]:
-        with self._lock:
-            text, version = self._records.get(sender.lower(), ("", 0))
-        return PaceState.from_json(text), version
+        found = self.rows.get(partition_of(sender), PACE_ROW)
+        return (PaceState(), None) if found is None else (PaceState.from_row(found[0]), found[1])
 
     def write(self, sender: str, state: PaceState, version: Any) -> Any:
-        with self._lock:
-            current = self._records.get(sender.lower(), ("", 0))[1]
-            if current != version:
-                return None
-            self._records[sender.lower()] = (state.to_json(), current + 1)
-            self.writes += 1
-            return current + 1
+        write = RowWrite(PACE_ROW, row_properties(state), version)
+        written = self.rows.write(partition_of(sender), PACE_ROW, write, create=version is None)
+        self.writes += written is not None
+        return written
+
+    def merge(self, sender: str, properties: dict[str, Any]) -> Any:
+        written = self.rows.write(partition_of(sender), PACE_ROW, RowWrite(PACE_ROW, properties))
+        self.writes += written is not None
+        return written
 
 
 class TablePaceStore:
-    """One entity per mailbox in Table `mailpace`; writes name the ETag read (insert-if-absent at first)."""
+    """One row per mailbox, RowKey "pace", in its partition of the status table; writes name the ETag read
+    (insert-if-absent at first)."""
 
     def __init__(self, client: TableClient) -> None:
         self._client = client
-
-    @staticmethod
-    def _keys(sender: str) -> tuple[str, str]:
-        return hashlib.sha256(sender.lower().encode("utf-8")).hexdigest()[:32], "pace"
 
     def read(self, sender: str) -> tuple[PaceState, Any]:
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
-            entity = self._client.get_entity(*self._keys(sender))
+            entity = self._client.get_entity(partition_of(sender), PACE_ROW)
         except ResourceNotFoundError:
             return PaceState(), None
-        return PaceState.from_json(entity.get("state")), entity.metadata.get("etag")
+        return PaceState.from_row(entity), entity.metadata.get("etag")
 
     def write(self, sender: str, state: PaceState, version: Any) -> Any:
         from azure.core import MatchConditions
@@ -236,8 +340,7 @@ class TablePaceStore:
 
         from shared.storage import create_table
 
-        partition, row = self._keys(sender)
-        entity = {"PartitionKey": partition, "RowKey": row, "state": state.to_json()}
+        entity = {"PartitionKey": partition_of(sender), "RowKey": PACE_ROW, **row_properties(state)}
         if version is None:
             try:
                 meta = self._client.create_entity(entity)
@@ -245,7 +348,7 @@ class TablePaceStore:
                 return None
             except ResourceNotFoundError:  # no table yet (an insert has no entity to miss)
                 create_table(self._client)
-                return None  # read again: the record may have been created meanwhile
+                return None  # read again: the row may have been created meanwhile
             return meta.get("etag")
         try:
             meta = self._client.update_entity(
@@ -253,4 +356,15 @@ class TablePaceStore:
             )
         except (ResourceModifiedError, ResourceNotFoundError):
             return None
+        return meta.get("etag")
+
+    def merge(self, sender: str, properties: dict[str, Any]) -> Any:
+        from azure.core.exceptions import ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        entity = {"PartitionKey": partition_of(sender), "RowKey": PACE_ROW, **properties}
+        try:
+            meta = self._client.update_entity(entity, mode=UpdateMode.MERGE)
+        except ResourceNotFoundError:
+            return None  # no row: no slot to free
         return meta.get("etag")

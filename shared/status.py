@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -58,6 +58,70 @@ MARK_PROPERTY_ID: Final = "String {6c0a2d4e-93b1-4f57-a8e2-5d3f1b7c9e04} Name Gr
 MAX_DOMAINS_KEPT: Final = 10  # recipient domains a record lists; the count is always exact
 
 
+def partition_of(sender: str) -> str:
+    """The Table partition of a sender mailbox: its status records, and its pace row (shared/pacing.py), so that
+    an outcome and the slot it frees are written in one entity group transaction (one table, one partition)."""
+    return hashlib.sha256(sender.lower().encode("utf-8")).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class RowWrite:
+    """Another row of a record's partition, written in the same entity group transaction as the record.
+
+    Table storage runs the operations of one transaction (one table, one partition, at most 100) all or nothing
+    (DESIGN.md, "Limits to respect"; https://learn.microsoft.com/rest/api/storageservices/performing-entity-group-transactions),
+    so a record's change and this row's change land together or not at all. With `etag` the row is replaced under
+    that ETag; without, `properties` are merged into it unconditionally (no read, and nothing of another writer's
+    is overwritten but these properties)."""
+
+    row_key: str
+    properties: dict[str, Any]
+    etag: Any = None
+
+
+@dataclass(frozen=True)
+class Written:
+    """What `replace_with` achieved: the record (None: it changed meanwhile, nothing was written), and the other
+    row's new ETag (None: the row was not written, as when it does not exist)."""
+
+    record: StatusRecord | None
+    row_etag: Any = None
+
+
+class MemoryRows:
+    """Rows besides the status records, by (partition, row), with ETags: what the unit tests' memory stores share
+    as the Table shares them (shared/pacing.py's MemoryPaceStore keeps its pace rows here)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.rows: dict[tuple[str, str], tuple[dict[str, Any], int]] = {}
+        self._version = 0
+
+    def get(self, partition: str, row: str) -> tuple[dict[str, Any], int] | None:
+        with self.lock:
+            found = self.rows.get((partition, row))
+            return (dict(found[0]), found[1]) if found else None
+
+    def write(self, partition: str, row: str, write: RowWrite, *, create: bool = False) -> int | None:
+        """Replace under `write.etag`, merge without one, or insert if absent with `create`: the new version,
+        or None when the condition fails (changed, absent, or present for an insert)."""
+        with self.lock:
+            current = self.rows.get((partition, row))
+            if create:
+                if current is not None:
+                    return None
+                properties = dict(write.properties)
+            elif current is None or (write.etag is not None and write.etag != current[1]):
+                return None
+            elif write.etag is None:
+                properties = {**current[0], **write.properties}
+            else:
+                properties = dict(write.properties)
+            self._version += 1
+            self.rows[(partition, row)] = (properties, self._version)
+            return self._version
+
+
 @dataclass(frozen=True)
 class StatusKey:
     """Which request a record is about: the sending mailbox and the request's `id`, or the first queue
@@ -78,9 +142,8 @@ class StatusKey:
     def entity_keys(self) -> tuple[str, str]:
         """(PartitionKey, RowKey). Table keys refuse "/", "\\", "#", "?" and control characters, and an `id`
         or an address may hold any of them: hashes are always valid keys. One partition per mailbox."""
-        partition = hashlib.sha256(self.sender.encode("utf-8")).hexdigest()[:32]
         row = hashlib.sha256(f"{self.kind}:{self.value}".encode()).hexdigest()
-        return partition, row
+        return partition_of(self.sender), row
 
     @property
     def mark(self) -> str:
@@ -166,6 +229,11 @@ class StatusStore(Protocol):
         """Replace if unchanged since read (`record.etag`): the new record, or None if it changed meanwhile."""
         ...
 
+    def replace_with(self, record: StatusRecord, also: Sequence[RowWrite]) -> Written:
+        """`replace`, and the first of `also` that can be written, in the same transaction; if none can (a stale
+        ETag, a row gone), the record alone: the record's change is what matters, and `row_etag` says (None)."""
+        ...
+
     def find(self, value: str, sender: str | None = None) -> list[StatusRecord]:
         """Records whose key is `value` (an id or a queue message id), of one sender or all."""
         ...
@@ -182,9 +250,10 @@ class StatusStore(Protocol):
 class MemoryStatusStore:
     """Records in a dict with the Table's semantics (insert-if-absent, ETag conditions): unit tests only."""
 
-    def __init__(self) -> None:
+    def __init__(self, rows: MemoryRows | None = None) -> None:
         self._records: dict[StatusKey, StatusRecord] = {}
-        self._lock = threading.Lock()
+        self.rows = rows or MemoryRows()  # the partition's other rows (pace rows), as the Table holds them
+        self._lock = self.rows.lock  # one lock: a record and a row change together, as in one transaction
         self._version = 0
         self.writes = 0  # round trips that change something, for tests that count them
 
@@ -211,6 +280,17 @@ class MemoryStatusStore:
             if current is None or current.etag != record.etag:
                 return None
             return self._stamp(record)
+
+    def replace_with(self, record: StatusRecord, also: Sequence[RowWrite]) -> Written:
+        with self._lock:
+            current = self._records.get(record.key)
+            if current is None or current.etag != record.etag:
+                return Written(None)
+            for write in also:
+                row_etag = self.rows.write(record.key.entity_keys()[0], write.row_key, write)
+                if row_etag is not None:
+                    return Written(self._stamp(record), row_etag)
+            return Written(self._stamp(record))
 
     def find(self, value: str, sender: str | None = None) -> list[StatusRecord]:
         with self._lock:
@@ -371,6 +451,37 @@ class TableStatusStore:
         except (ResourceModifiedError, ResourceNotFoundError):
             return None  # changed or deleted since it was read: another worker moved first
         return replace(record, etag=meta.get("etag"))
+
+    def replace_with(self, record: StatusRecord, also: Sequence[RowWrite]) -> Written:
+        """One entity group transaction: the record under its ETag, and the first of `also` (Azurite runs conditions
+        inside a batch as Azure does, all or nothing: tests/e2e/test_status_table.py). A transaction that fails does
+        not reliably name its failing operation (TableTransactionError.index defaults to 0), so the next of `also` is
+        tried, then the record alone: each fallback only after a refusal, so the common path is one round trip."""
+        from azure.core import MatchConditions
+        from azure.data.tables import TableTransactionError, UpdateMode
+
+        partition, _ = record.key.entity_keys()
+        first: Any = (
+            "update",
+            to_entity(record),
+            {"mode": UpdateMode.REPLACE, "etag": record.etag, "match_condition": MatchConditions.IfNotModified},
+        )
+        for write in also:
+            row = {"PartitionKey": partition, "RowKey": write.row_key, **write.properties}
+            if write.etag is None:
+                options: dict[str, Any] = {"mode": UpdateMode.MERGE}
+            else:
+                options = {
+                    "mode": UpdateMode.REPLACE,
+                    "etag": write.etag,
+                    "match_condition": MatchConditions.IfNotModified,
+                }
+            try:
+                results = self._client.submit_transaction([first, ("update", row, options)])
+            except TableTransactionError:
+                continue
+            return Written(replace(record, etag=results[0].get("etag")), results[1].get("etag"))
+        return Written(self.replace(record))
 
     def find(self, value: str, sender: str | None = None) -> list[StatusRecord]:
         from azure.core.exceptions import ResourceNotFoundError

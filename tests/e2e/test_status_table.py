@@ -90,3 +90,68 @@ def test_find_since_and_cleanup(store: TableStatusStore) -> None:
     assert {r.key.value for r in store.since(datetime.now(UTC) - timedelta(days=60), SENDING)} == {"old", "new"}
     assert store.delete_expired(datetime.now(UTC) - timedelta(days=30)) == 1
     assert store.get(old.key) is None and store.get(record("new").key) is not None
+
+
+# --- The outcome and the pace row in one entity group transaction (shared/pacing.py) ---------------------------
+
+
+def pacer_over(store: TableStatusStore) -> tuple[object, object]:
+    from shared.pacing import Limits, Pacer, TablePaceStore
+
+    pace_store = TablePaceStore(store._client)
+    return Pacer(pace_store, Limits()), pace_store
+
+
+def test_an_outcome_frees_its_pace_slot_in_the_same_transaction(store: TableStatusStore) -> None:
+    from shared.pacing import Granted, Pacer, TablePaceStore
+
+    created = store.create(record())
+    assert created is not None
+    pacer, pace_store = pacer_over(store)
+    assert isinstance(pacer, Pacer) and isinstance(pace_store, TablePaceStore)
+    granted = pacer.acquire("alerts@contoso.com", 2)
+    assert isinstance(granted, Granted)
+    writes = pacer.release_writes("alerts@contoso.com", granted)
+    written = store.replace_with(replace(created, state=SENT), writes)
+    assert written.record is not None and written.row_etag is not None
+    state, etag = pace_store.read("alerts@contoso.com")
+    assert state.slots == {} and len(state.sends) == 1 and etag == written.row_etag
+    assert store.get(created.key).state == SENT  # type: ignore[union-attr]
+
+
+def test_a_stale_record_writes_neither_the_record_nor_the_pace_row(store: TableStatusStore) -> None:
+    """All or nothing in Azurite too: a stale outcome must not free a slot that its winner still holds."""
+    from shared.pacing import Granted, Pacer, TablePaceStore
+
+    created = store.create(record())
+    assert created is not None
+    assert store.replace(replace(created, state=SENT)) is not None  # another worker moved first
+    pacer, pace_store = pacer_over(store)
+    assert isinstance(pacer, Pacer) and isinstance(pace_store, TablePaceStore)
+    granted = pacer.acquire("alerts@contoso.com", 2)
+    assert isinstance(granted, Granted)
+    written = store.replace_with(
+        replace(created, state="retrying"), pacer.release_writes("alerts@contoso.com", granted)
+    )
+    assert written.record is None
+    state, _ = pace_store.read("alerts@contoso.com")
+    assert list(state.slots) == [granted.slot]
+    assert store.get(created.key).state == SENT  # type: ignore[union-attr]
+
+
+def test_a_stale_pace_row_falls_back_to_a_merge_that_frees_only_its_own_slot(store: TableStatusStore) -> None:
+    from shared.pacing import Granted, Pacer, TablePaceStore
+
+    created = store.create(record())
+    assert created is not None
+    mine, pace_store = pacer_over(store)
+    theirs, _ = pacer_over(store)
+    assert isinstance(mine, Pacer) and isinstance(theirs, Pacer) and isinstance(pace_store, TablePaceStore)
+    granted, other = mine.acquire("alerts@contoso.com", 2), theirs.acquire("alerts@contoso.com", 1)
+    assert isinstance(granted, Granted) and isinstance(other, Granted)
+    written = store.replace_with(replace(created, state=SENT), mine.release_writes("alerts@contoso.com", granted))
+    assert written.record is not None and written.row_etag is not None
+    state, _ = pace_store.read("alerts@contoso.com")
+    assert list(state.slots) == [other.slot] and sum(b[1] for b in state.recipients) == 3
+    assert isinstance(theirs.acquire("alerts@contoso.com", 1), Granted)  # the merge is folded into the next write
+    assert not any(k.startswith("r_") for k in store._client.get_entity(created.key.entity_keys()[0], "pace"))

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
-from shared.pacing import Granted, Limits, MemoryPaceStore, Over, Pacer, PaceState, decide
+from shared.pacing import Granted, Limits, MemoryPaceStore, Over, Pacer, PaceState, decide, released
+from shared.status import MemoryStatusStore, StatusKey, StatusRecord, partition_of
 
 LIMITS = Limits(max_concurrent=4, messages_per_window=30, rate_window_seconds=60, recipients_per_window=10_000)
 
 
-def grant(state: PaceState, recipients: int = 1, now: float = 1000.0, limits: Limits = LIMITS) -> PaceState:
-    decided = decide(state, recipients, now, limits)
+def grant(
+    state: PaceState, recipients: int = 1, now: float = 1000.0, limits: Limits = LIMITS, upload_bytes: int = 0
+) -> PaceState:
+    decided = decide(state, recipients, now, limits, upload_bytes)
     assert not isinstance(decided, Over), decided
     return decided[0]
 
@@ -83,8 +87,7 @@ def test_concurrent_workers_never_take_more_than_the_limit() -> None:
     assert isinstance(pacer.acquire("alerts@contoso.com", 1), Granted)
 
 
-def test_a_release_on_a_quiet_mailbox_is_one_write_with_no_read() -> None:
-    store = MemoryPaceStore()
+def counting_reads(store: MemoryPaceStore) -> list[int]:
     reads = [0]
     original = store.read
 
@@ -93,13 +96,115 @@ def test_a_release_on_a_quiet_mailbox_is_one_write_with_no_read() -> None:
         return original(sender)
 
     store.read = counting_read  # type: ignore[method-assign]
+    return reads
+
+
+def test_on_a_quiet_mailbox_a_slot_is_one_write_and_no_read_once_the_row_is_known() -> None:
+    store = MemoryPaceStore()
+    reads = counting_reads(store)
+    pacer = Pacer(store, LIMITS)
+    first = pacer.acquire("alerts@contoso.com", 1)
+    assert isinstance(first, Granted) and (reads[0], store.writes) == (1, 1)  # nothing known yet: one read
+    second = pacer.acquire("alerts@contoso.com", 1)
+    assert isinstance(second, Granted) and (reads[0], store.writes) == (1, 2)  # the row as this process wrote it
+
+
+def test_a_release_on_its_own_is_one_merge_with_no_read() -> None:
+    store = MemoryPaceStore()
+    reads = counting_reads(store)
     pacer = Pacer(store, LIMITS)
     granted = pacer.acquire("alerts@contoso.com", 1)
-    assert isinstance(granted, Granted) and (reads[0], store.writes) == (1, 1)
+    assert isinstance(granted, Granted)
     pacer.release("alerts@contoso.com", granted)
     assert (reads[0], store.writes) == (1, 2)
-    state, _ = original("alerts@contoso.com")
+    assert store.rows.get(partition_of("alerts@contoso.com"), "pace") is not None
+    state, _ = store.read("alerts@contoso.com")
     assert state.slots == {} and len(state.sends) == 1  # the slot is free; the send still counts for the minute
+
+
+def test_a_release_folded_into_the_outcomes_write_keeps_the_row_known() -> None:
+    """The outcome and the freed slot in one transaction (MemoryStatusStore shares the rows, as the Table does):
+    the next slot on that mailbox is again one write and no read."""
+    status = MemoryStatusStore()
+    store = MemoryPaceStore(status.rows)
+    reads = counting_reads(store)
+    pacer = Pacer(store, LIMITS)
+    key = StatusKey("alerts@contoso.com", "id", "order-1")
+    record = status.create(StatusRecord(key=key, state="sending"))
+    assert record is not None
+    granted = pacer.acquire("alerts@contoso.com", 3)
+    assert isinstance(granted, Granted)
+    writes = pacer.release_writes("alerts@contoso.com", granted)
+    written = status.replace_with(replace(record, state="sent"), writes)
+    assert written.record is not None and written.row_etag is not None and written.record.state == "sent"
+    pacer.released_in("alerts@contoso.com", writes, written.row_etag)
+    state, _ = store.read("alerts@contoso.com")
+    assert state.slots == {} and len(state.sends) == 1 and sum(b[1] for b in state.recipients) == 3
+    assert isinstance(pacer.acquire("alerts@contoso.com", 1), Granted)
+    assert reads[0] == 2  # the check above, and the first acquire: none for the second
+
+
+def test_a_stale_row_in_the_outcomes_write_falls_back_to_a_merge_and_frees_the_slot() -> None:
+    status = MemoryStatusStore()
+    store = MemoryPaceStore(status.rows)
+    mine, theirs = Pacer(store, LIMITS), Pacer(store, LIMITS)  # two processes
+    key = StatusKey("alerts@contoso.com", "id", "order-1")
+    record = status.create(StatusRecord(key=key, state="sending"))
+    assert record is not None
+    granted = mine.acquire("alerts@contoso.com", 1)
+    other = theirs.acquire("alerts@contoso.com", 1)  # the row changed since this process wrote it
+    assert isinstance(granted, Granted) and isinstance(other, Granted)
+    writes = mine.release_writes("alerts@contoso.com", granted)
+    assert len(writes) == 2 and writes[0].etag is not None and writes[1].etag is None
+    written = status.replace_with(replace(record, state="sent"), writes)
+    assert written.record is not None and written.row_etag is not None
+    mine.released_in("alerts@contoso.com", writes, written.row_etag)
+    state, _ = store.read("alerts@contoso.com")
+    assert list(state.slots) == [other.slot]  # mine freed by the merge, theirs kept
+
+
+def test_a_mailbox_over_its_pace_in_what_this_process_remembers_is_read_before_waiting() -> None:
+    store = MemoryPaceStore()
+    mine, theirs = Pacer(store, LIMITS), Pacer(store, LIMITS)
+    held = [mine.acquire("alerts@contoso.com", 1) for _ in range(4)]  # all four slots, as this process knows it
+    assert all(isinstance(g, Granted) for g in held)
+    for g in held:
+        theirs.release("alerts@contoso.com", g)  # freed through another process (a merge): this one cannot know
+    assert isinstance(mine.acquire("alerts@contoso.com", 1), Granted)
+
+
+def test_a_try_graph_did_not_accept_gives_back_its_recipients_and_its_minute() -> None:
+    state, granted = decide(PaceState(), 500, 1000.0, LIMITS)  # type: ignore[misc]
+    after = released(state, granted.slot, 1001.0, given_back=True)
+    assert after.slots == {} and after.sends == [] and sum(b[1] for b in after.recipients) == 0
+    kept = released(state, granted.slot, 1001.0, given_back=False)
+    assert kept.sends == [[1001.0, granted.slot]] and sum(b[1] for b in kept.recipients) == 500
+
+
+def test_a_500_recipient_request_throttled_twenty_times_counts_500_not_10000() -> None:
+    """Issue 18, item 3: every throttled try took a slot and counted its 500 recipients; nothing gave them back."""
+    pacer = Pacer(MemoryPaceStore(), LIMITS)
+    for _ in range(20):
+        granted = pacer.acquire("alerts@contoso.com", 500)
+        assert isinstance(granted, Granted)
+        pacer.release("alerts@contoso.com", granted, given_back=True)  # 429: Graph did not accept it
+    last = pacer.acquire("alerts@contoso.com", 500)
+    assert isinstance(last, Granted)
+    pacer.release("alerts@contoso.com", last)  # 202
+    state, _ = pacer._store.read("alerts@contoso.com")
+    assert sum(b[1] for b in state.recipients) == 500
+    assert isinstance(pacer.acquire("alerts@contoso.com", 9_500), Granted)  # the rest of the day's budget is there
+
+
+def test_uploads_are_paced_at_150_mb_per_five_minutes() -> None:
+    state = grant(PaceState(), upload_bytes=100_000_000, now=1000.0)
+    state.slots.clear()
+    over = decide(state, 1, 1010.0, LIMITS, upload_bytes=60_000_000)
+    assert isinstance(over, Over) and over.limit == "uploads per 5 minutes" and over.seconds == 290.0
+    assert not isinstance(decide(state, 1, 1010.0, LIMITS, upload_bytes=50_000_000), Over)  # 150 MB exactly
+    assert not isinstance(decide(state, 1, 1300.5, LIMITS, upload_bytes=60_000_000), Over)  # the window moved on
+    # One message larger than the whole budget still goes, on a mailbox that uploaded nothing in the window.
+    assert not isinstance(decide(PaceState(), 1, 1000.0, LIMITS, upload_bytes=160_000_000), Over)
 
 
 def test_a_release_after_another_workers_write_reads_again_and_keeps_its_slot() -> None:
