@@ -27,9 +27,11 @@ if TYPE_CHECKING:
     from shared.contract import Attachment, Body
 
 PAYLOAD_CONTAINER: Final = "mail-payloads"
-# Graph's upload sessions take ranges of at most 4 MB (https://learn.microsoft.com/graph/outlook-large-attachments,
-# step 2); the relay reads the blob in the same ranges, so one range is in memory at a time.
-RANGE_BYTES: Final = 4 * 1024 * 1024
+# Graph's upload sessions take ranges "less than 4 MB" (https://learn.microsoft.com/graph/outlook-large-attachments,
+# step 2), and the page does not say whether a MB is 10^6 or 2^20 bytes: 3.75 MiB (3,932,160 bytes) is under both
+# readings, and a multiple of 320 KiB, the unit Graph's other upload sessions ask for. The relay reads the blob in
+# the same ranges, so one range is in memory at a time.
+RANGE_BYTES: Final = 3_932_160
 
 
 class PayloadError(Exception):

@@ -224,7 +224,7 @@ class FakeDrafts(FakeGraph):
 
         session = self._sessions[url]
         received: bytearray = session["data"]
-        assert len(data) <= 4 * 1024 * 1024 and start == len(received) and total == session["item"]["size"]
+        assert len(data) < 4_000_000 and start == len(received) and total == session["item"]["size"]
         self.puts.append((start, len(data)))
         received += data
         if self.rewind:  # the service lost bytes: it asks for them again from an earlier byte

@@ -12,7 +12,7 @@ import requests
 
 from shared.graph import GraphReply
 from shared.outcomes import Permanent, Sent, Transient
-from shared.payloads import MemoryPayloads
+from shared.payloads import RANGE_BYTES, MemoryPayloads
 from shared.sending import Relay
 from shared.status import StatusKey
 from tests.fakes import FakeDrafts, FakeTokens, graph_error
@@ -78,7 +78,7 @@ def test_a_claim_checked_1_mb_attachment_goes_in_one_send_mail_with_its_bytes() 
     assert graph.steps == []  # no draft
 
 
-def test_a_10_mb_attachment_goes_through_an_upload_session_in_ranges_of_at_most_4_mb() -> None:
+def test_a_10_mb_attachment_goes_through_an_upload_session_in_ranges_under_4_mb() -> None:
     relay, graph, store, request = setup(10 * MB, 200_000)
     assert deliver(relay, request) == Sent(202)
     assert graph.calls == []  # no sendMail
@@ -92,21 +92,24 @@ def test_a_10_mb_attachment_goes_through_an_upload_session_in_ranges_of_at_most_
         "add_attachment",
         "send_draft",
     ]
-    assert graph.puts == [(0, 4 * MB), (4 * MB, 4 * MB), (8 * MB, 2 * MB)]
+    # "less than 4 MB" per range, whichever MB is meant: 3,932,160 bytes (shared/payloads.py)
+    r = RANGE_BYTES
+    assert r < 4_000_000
+    assert graph.puts == [(0, r), (r, r), (2 * r, 10 * MB - 2 * r)]
     (sent,) = graph.sent_drafts
     by_name = {a["name"]: a for a in sent["attachments"]}
     assert by_name["file0.bin"]["sha256"] == request["attachments"][0]["sha256"]
     assert by_name["file1.bin"]["sha256"] == request["attachments"][1]["sha256"]
     assert sent["message"]["singleValueExtendedProperties"][0]["value"] == MARK
-    # one range in memory at a time: every read of the store is at most 4 MB
-    assert max(length for _, _, length in store.reads) <= 4 * MB
+    # one range in memory at a time: every read of the store is one range at most
+    assert max(length for _, _, length in store.reads) <= RANGE_BYTES
 
 
 def test_next_expected_ranges_is_honoured_when_the_service_asks_for_bytes_again() -> None:
     relay, graph, _, request = setup(9 * MB)
     graph.rewind = [3 * MB]  # after the first range, the service kept only 3 MB of it
     assert deliver(relay, request) == Sent(202)
-    assert graph.puts[:2] == [(0, 4 * MB), (3 * MB, 4 * MB)]
+    assert graph.puts[:2] == [(0, RANGE_BYTES), (3 * MB, RANGE_BYTES)]
     assert graph.sent_drafts[0]["attachments"][0]["sha256"] == request["attachments"][0]["sha256"]
 
 
