@@ -16,6 +16,9 @@ The steps, for a request that passed the contract and the allow-list (DESIGN.md,
    `deadletter` (at most once).
 3. **Pace and send**: take a slot in the sender's pace (shared/pacing.py), or go back `queued` with the delay
    the mailbox needs; then send, counting the try against the budget (SEND_MAX_ATTEMPTS, SEND_MAX_AGE_HOURS).
+   Right before every Graph call that can send or change the mailbox, the **fence** proves the claim is still
+   this worker's (`_Fence`: by the clock, or by renewing the lease under the claim's ETag); a claim taken over
+   meanwhile stops the call, and the copy looks again later.
    A 429 gives its try back: throttling spends Retry-After, not the budget.
 4. **Record** the outcome: `sent`; `dead-lettered` with the envelope; `retrying` (nothing was accepted)
    or `unknown` (it may have been), with the request on the retry queue, hidden until its next step.
@@ -60,6 +63,10 @@ CLAIM_ROUNDS = 4  # optimistic-concurrency rounds before a contended copy is put
 MAX_HOLD_SECONDS = 1.0
 # A copy due at `notBefore` may find it a moment ahead on another instance's clock: not worth a round trip.
 CLOCK_TOLERANCE = timedelta(seconds=1)
+# How far apart two instances' clocks may be, at most, when one judges the other's lease (the fence keeps this
+# much of a lease unused). Assumed: Azure synchronises its hosts' clocks and no Microsoft page gives a bound for
+# Functions instances; one second is far above what NTP- or PTP-disciplined clocks drift.
+CLAIM_CLOCK_SKEW = timedelta(seconds=1)
 
 
 def fingerprint(request: Any) -> str:
@@ -139,10 +146,17 @@ def deliver(
     slot = _pace(rt, checked, record, original_message_id, fields)
     if slot is None:
         return
+    from shared.sending import ClaimLost
+
+    fence = _Fence(rt, record, fields)
     try:
-        attempt = rt.relay.deliver(checked, key.mark)
+        attempt = rt.relay.deliver(checked, key.mark, fence)
+    except ClaimLost:  # the fence stopped the call: nothing was sent
+        _claim_lost(rt, checked, original_message_id, fields)
+        return
     finally:
         _release(rt, req.sender, slot, fields)
+    record = fence.record  # with the ETag of the fence's last renewal, if it renewed: the outcome is written under it
     _settle(rt, checked, record, attempt.outcome, attempt.request_id, attempt.client_request_id, fields)
 
 
@@ -331,6 +345,11 @@ def _claim(
             )
             if not unknown:  # the try is made right away: count it in the same write
                 claimed = replace(claimed, attempts=current.attempts + 1, last_attempt_at=now)
+            elif current.state == SENDING and current.lease_until is not None:
+                # Taken over: the fence let its worker start a call until a call's timeout before the lease's end,
+                # so its try counts from then, and the lookup waits the settling time after it (step 2).
+                latest = current.lease_until - timedelta(seconds=rt.settings.graph_timeout_seconds)
+                claimed = replace(claimed, last_attempt_at=max(latest, current.last_attempt_at or latest))
         won = rt.status.replace(claimed)
         if won is not None:
             return _Claimed(won, unknown=unknown)
@@ -465,6 +484,67 @@ def _budget(rt: Runtime, record: StatusRecord, now: datetime) -> str | None:
     from shared.retries import budget_spent
 
     return budget_spent(rt.settings.retry_policy, record.attempts, record.first_attempt_at, now)
+
+
+# --- 3b. The fence: the claim proven before every Graph call -----------------------------------------------
+
+
+class _Fence:
+    """Proves, right before each Graph call that can send or change the mailbox (Relay.deliver calls it), that this
+    worker still holds the request's claim. Without it, a worker that claimed, then stalled (Storage frozen, a long
+    pacing wait) past its lease, would call Graph after another worker had taken the claim over and sent.
+
+    Every lease is counted from a clock read *before* its write was sent (the claim's insert, a takeover, the
+    resolution's write, a renewal), so another worker, whose clock differs by at most CLAIM_CLOCK_SKEW, cannot
+    take it over before `lease_until`. A call that starts while `now + GRAPH_TIMEOUT_SECONDS + margin` is still
+    before `lease_until` has been answered or timed out before anyone may take over: the fence passes on the
+    clock alone, no round trip (nearly every call). Otherwise it renews the lease by a write under the claim's
+    ETag: refused (412), another worker changed the record, i.e. took the claim over, and ClaimLost stops the call.
+    A Storage error while renewing propagates: nothing was sent, the host delivers the message again.
+
+    `record` is the claim's latest record: after a renewal, its ETag is the one the outcome must be written under.
+    """
+
+    def __init__(self, rt: Runtime, record: StatusRecord, fields: dict[str, Any]) -> None:
+        self._rt = rt
+        self.record = record
+        self.renewals = 0
+        self._fields = fields
+        settings = rt.settings
+        self._call = timedelta(seconds=settings.graph_timeout_seconds)
+        self._lease = timedelta(seconds=settings.claim_lease_seconds)
+        # Settings at their minimum (a lease of twice the timeout, the timeout 1 s) would leave a renewal no room
+        # under the whole skew margin: half of what a lease leaves beyond one call then.
+        self._margin = min(CLAIM_CLOCK_SKEW, (self._lease - self._call) / 2)
+
+    def _holds(self) -> bool:
+        until = self.record.lease_until
+        return until is not None and self._rt.clock() + self._call + self._margin < until
+
+    def __call__(self) -> None:
+        from shared.sending import ClaimLost
+
+        for _ in range(CLAIM_ROUNDS):
+            if self._holds():
+                return
+            now = self._rt.clock()  # before the write is sent: the renewed lease counts from no later than that
+            renewed = self._rt.status.replace(replace(self.record, updated_at=now, lease_until=now + self._lease))
+            if renewed is None:
+                raise ClaimLost("another worker took the request's claim over")
+            self.record = renewed
+            self.renewals += 1
+            text = f"the claim's lease ran short; renewed until {now + self._lease:%H:%M:%S}"
+            _log(logging.INFO, "mail.claim.renewed", text, **self._fields)
+        # Each renewal took longer than a lease leaves beyond a call (Storage answering that slowly): no call now.
+        raise RuntimeError("the claim could not be renewed in time for the Graph call; the host will deliver it again")
+
+
+def _claim_lost(rt: Runtime, checked: Checked, original_message_id: str | None, fields: dict[str, Any]) -> None:
+    """The fence found the claim taken over: this copy sent nothing; put it back to look again (as `_wait` does),
+    so it finds the new owner's outcome (`sent`: completed) or takes over in turn if that one dies."""
+    delay = _put_back(rt, checked, original_message_id, 1, "claim lost")
+    text = f"another worker took the claim over while this one stalled; not sent; looking again in {delay} s"
+    _log(logging.WARNING, "mail.claim.lost", text, delaySeconds=delay, **fields)
 
 
 # --- 4. After a try ---------------------------------------------------------------------------------------

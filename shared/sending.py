@@ -6,6 +6,11 @@ draft, add the small attachments, upload each large one through an upload sessio
 (honouring `nextExpectedRanges`), then send the draft. A message over MAX_MESSAGE_SIZE_MB is refused before
 anything is uploaded. The draft carries the request's mark, so a draft left by a crash is found and deleted
 before the next try creates its own, and a sent one is found in Sent Items: a crash never sends two copies.
+
+Every Graph call that can send or change the mailbox (sendMail; the draft, each attachment, each uploaded range, the
+send, a leftover draft's deletion) first calls the `fence` the caller passed (shared/delivery.py proves there that
+it still holds the request's claim). The fence raises ClaimLost when another worker holds the request now: the call
+is not made. Reads (the Sent Items and Drafts lookups) are not fenced: they change nothing.
 """
 
 from __future__ import annotations
@@ -58,6 +63,14 @@ def raw_size(req: SendRequest) -> int:
     """The body's and the attachments' bytes: what decides between sendMail and the large-message flow."""
     body = req.body.size if req.body.size is not None else len((req.body.content or "").encode("utf-8"))
     return body + sum(a.byte_size for a in req.attachments)
+
+
+Fence = Callable[[], None]
+
+
+class ClaimLost(Exception):
+    """Raised by a fence: another worker took the request over (its claim ran out while this one stalled). The Graph
+    call the fence guarded was not made; nothing of this try was sent."""
 
 
 @dataclass(frozen=True)
@@ -145,8 +158,10 @@ class Relay:
         except RelayFailure as e:
             return e.outcome
 
-    def deliver(self, checked: Checked, mark: str | None = None) -> Attempt:
-        """Send a checked request through Graph, marked with `mark` (shared/status.py), and classify the answer."""
+    def deliver(self, checked: Checked, mark: str | None = None, fence: Fence | None = None) -> Attempt:
+        """Send a checked request through Graph, marked with `mark` (shared/status.py), and classify the answer.
+        `fence` runs right before every call that can send or change the mailbox (the module's docstring); the
+        ClaimLost it raises, or any other error of its own, goes to the caller with nothing sent."""
         from shared.payloads import PayloadError
 
         req = checked.request
@@ -162,9 +177,9 @@ class Relay:
             elif raw_size(req) < SEND_MAIL_MAX_BYTES:
                 stored = {str(p.blob): self._reader(p).read_all() for p in req.stored_parts()}
                 _check_text(req, stored)
-                outcome = self._post(req.sender, build_send_mail_body(req, mark, stored), replies)
+                outcome = self._post(req.sender, build_send_mail_body(req, mark, stored), replies, fence)
             else:
-                outcome = self._send_large(req, mark, replies)
+                outcome = self._send_large(req, mark, replies, fence)
         except RelayFailure as e:
             outcome = e.outcome
         except PayloadError as e:
@@ -198,9 +213,13 @@ class Relay:
             return Lookup(False, transient("UnexpectedReply", f"the Sent Items lookup answered {reply.status}"))
         return Lookup(False, outcome)
 
-    def _post(self, sender: str, body: dict[str, Any], replies: list[GraphReply] | None = None) -> Outcome:
+    def _post(
+        self, sender: str, body: dict[str, Any], replies: list[GraphReply] | None = None, fence: Fence | None = None
+    ) -> Outcome:
         try:
-            reply = self._request(lambda token: self._graph.send_mail(sender, body, token), replies, sends=True)
+            reply = self._request(
+                lambda token: self._graph.send_mail(sender, body, token), replies, sends=True, fence=fence
+            )
         except RelayFailure as e:
             return e.outcome
         outcome = classify_http(reply.status, reply.error, reply.retry_after, self._scope_model)
@@ -209,11 +228,18 @@ class Relay:
         return outcome
 
     def _request(
-        self, call: Callable[[str], GraphReply], replies: list[GraphReply] | None, *, sends: bool, renew: bool = True
+        self,
+        call: Callable[[str], GraphReply],
+        replies: list[GraphReply] | None,
+        *,
+        sends: bool,
+        renew: bool = True,
+        fence: Fence | None = None,
     ) -> GraphReply:
         """One Graph call with a token; a failure to connect or to be answered raises RelayFailure. `sends`: the
         call can send the message (sendMail, or sending a draft), so an answer lost after the request went out
-        leaves its outcome unknown."""
+        leaves its outcome unknown. `fence` runs right before each time the call is made (a 401's retry too),
+        after the token is in hand: a slow token request cannot eat the time the fence vouched for."""
         import requests
 
         # A 401 from Graph means the token is no good: try a fresh token once, then a re-read secret
@@ -226,6 +252,8 @@ class Relay:
             renewals = []
         token = self._tokens.token() if renew else ""
         while True:
+            if fence is not None:
+                fence()
             try:
                 reply = call(token)
             except requests.ConnectTimeout:
@@ -255,7 +283,9 @@ class Relay:
             raise RelayFailure(permanent("PayloadMissing", "this relay has no payload store configured"))
         return Reader(self._payloads, Ref.of(part))
 
-    def _send_large(self, req: SendRequest, mark: str | None, replies: list[GraphReply]) -> Outcome:
+    def _send_large(
+        self, req: SendRequest, mark: str | None, replies: list[GraphReply], fence: Fence | None = None
+    ) -> Outcome:
         """Draft, attachments, upload sessions, send (the module's docstring)."""
         from shared.graph import build_message
 
@@ -266,10 +296,12 @@ class Relay:
         for each in readers.values():
             each.check_size()
         if mark:
-            self._discard_leftovers(graph, sender, mark, replies)
+            self._discard_leftovers(graph, sender, mark, replies, fence)
         body = {req.body.blob: readers[req.body.blob].read_all()} if req.body.blob else {}
         _check_text(req, body)
-        draft = self._step(lambda t: graph.create_draft(sender, build_message(req, mark, body), t), replies, "a draft")
+        draft = self._step(
+            lambda t: graph.create_draft(sender, build_message(req, mark, body), t), replies, "a draft", fence=fence
+        )
         draft_id = draft.value.get("id") if isinstance(draft.value, dict) else None
         if not isinstance(draft_id, str) or not draft_id:
             raise RelayFailure(transient("UnexpectedReply", "creating the draft answered without an id"))
@@ -277,10 +309,19 @@ class Relay:
             for attachment in req.attachments:
                 reader = readers.get(attachment.blob) if attachment.blob else None
                 if reader is None or attachment.byte_size < UPLOAD_SESSION_MIN_BYTES:
-                    self._attach_small(graph, sender, draft_id, attachment, reader, replies)
+                    self._attach_small(graph, sender, draft_id, attachment, reader, replies, fence)
                 else:  # 3 MB and more is never inline: the contract caps base64 at 3 MB
-                    self._upload(graph, sender, draft_id, attachment, reader, replies)
-            sent = self._step(lambda t: graph.send_draft(sender, draft_id, t), replies, "sending the draft", sends=True)
+                    self._upload(graph, sender, draft_id, attachment, reader, replies, fence)
+            sent = self._step(
+                lambda t: graph.send_draft(sender, draft_id, t), replies, "sending the draft", sends=True, fence=fence
+            )
+        except ClaimLost:
+            # The fence stopped the next call, the send included: this draft is never sent. Deleting it by its id
+            # cannot touch the new owner's own draft; if this delete fails, the new owner still finds the draft by
+            # its mark (every call on it ended before the lost lease did, so before the new owner looked) and
+            # deletes it before creating its own.
+            self._discard(graph, sender, draft_id)
+            raise
         except (RelayFailure, _payload_errors()) as e:
             if not (isinstance(e, RelayFailure) and isinstance(e.outcome, Transient) and e.outcome.maybe_sent):
                 self._discard(graph, sender, draft_id)  # nothing was sent: the next try starts afresh
@@ -295,12 +336,14 @@ class Relay:
         attachment: Attachment,
         reader: Reader | None,
         replies: list[GraphReply],
+        fence: Fence | None = None,
     ) -> None:
         from shared.graph import file_attachment
 
         data = reader.read_all() if reader is not None else None
         body = file_attachment(attachment, data)
-        self._step(lambda t: graph.add_attachment(sender, draft_id, body, t), replies, f"attaching {attachment.name!r}")
+        what = f"attaching {attachment.name!r}"
+        self._step(lambda t: graph.add_attachment(sender, draft_id, body, t), replies, what, fence=fence)
 
     def _upload(
         self,
@@ -310,14 +353,18 @@ class Relay:
         attachment: Attachment,
         reader: Reader,
         replies: list[GraphReply],
+        fence: Fence | None = None,
     ) -> None:
-        """One large attachment through an upload session, in ranges of at most 4 MB from where Graph says."""
+        """One large attachment through an upload session, in ranges of at most 4 MB from where Graph says. Each
+        range is fenced: a long upload keeps its claim (or stops at the first range after losing it)."""
         from shared.graph import upload_item
         from shared.payloads import RANGE_BYTES
 
         what = f"uploading {attachment.name!r}"
         item = upload_item(attachment)
-        session = self._step(lambda t: graph.create_upload_session(sender, draft_id, item, t), replies, what)
+        session = self._step(
+            lambda t: graph.create_upload_session(sender, draft_id, item, t), replies, what, fence=fence
+        )
         value = session.value if isinstance(session.value, dict) else {}
         url = value.get("uploadUrl")
         if not isinstance(url, str) or not url.startswith("https://"):
@@ -329,7 +376,8 @@ class Relay:
             if start >= total:
                 break
             data = reader.read(start, min(RANGE_BYTES, total - start))
-            reply = self._request(_uploader(graph, url, data, start, total), replies, sends=False, renew=False)
+            uploader = _uploader(graph, url, data, start, total)
+            reply = self._request(uploader, replies, sends=False, renew=False, fence=fence)
             if reply.status == 201:  # the last range: the attachment is on the draft
                 start = total
                 break
@@ -346,10 +394,16 @@ class Relay:
         reader.verify()
 
     def _step(
-        self, call: Callable[[str], GraphReply], replies: list[GraphReply], what: str, *, sends: bool = False
+        self,
+        call: Callable[[str], GraphReply],
+        replies: list[GraphReply],
+        what: str,
+        *,
+        sends: bool = False,
+        fence: Fence | None = None,
     ) -> GraphReply:
         """A call of the large-message flow that must succeed: its reply, or RelayFailure."""
-        reply = self._request(call, replies, sends=sends)
+        reply = self._request(call, replies, sends=sends, fence=fence)
         if 200 <= reply.status < 300:
             return reply
         raise RelayFailure(self._failure(reply, what, sends=sends))
@@ -364,14 +418,17 @@ class Relay:
             return replace(outcome, hint=LARGE_MESSAGE_ACCESS_HINTS[self._scope_model])
         return outcome
 
-    def _discard_leftovers(self, graph: DraftSender, sender: str, mark: str, replies: list[GraphReply]) -> None:
-        """Delete the drafts an earlier try of this request left (a crash, a failed upload)."""
+    def _discard_leftovers(
+        self, graph: DraftSender, sender: str, mark: str, replies: list[GraphReply], fence: Fence | None = None
+    ) -> None:
+        """Delete the drafts an earlier try of this request left (a crash, a failed upload). Each delete is fenced:
+        a copy that lost its claim must not delete the draft the new owner is building (it carries the same mark)."""
         found = self._step(lambda t: graph.find_drafts(sender, mark, t), replies, "looking for an earlier try's draft")
         items = found.value.get("value") if isinstance(found.value, dict) else None
         for item in items if isinstance(items, list) else []:
             draft_id = item.get("id") if isinstance(item, dict) else None
             if isinstance(draft_id, str) and draft_id:
-                reply = self._request(_deleter(graph, sender, draft_id), replies, sends=False)
+                reply = self._request(_deleter(graph, sender, draft_id), replies, sends=False, fence=fence)
                 if reply.status not in (204, 404):
                     raise RelayFailure(self._failure(reply, "deleting an earlier try's draft", sends=False))
                 log.info("deleted a draft an earlier try left", extra={"event": "mail.draft.deleted"})

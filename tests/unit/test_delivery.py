@@ -10,6 +10,7 @@ import base64
 import json
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,9 +20,11 @@ import requests
 from azure.functions.queue import QueueMessage
 
 from shared.bootstrap import Runtime
+from shared.graph import GraphReply
 from shared.handlers import handle_mail_message, handle_retry_message, handle_status_cleanup
+from shared.outcomes import Sent
 from shared.pacing import Over
-from shared.sending import Relay
+from shared.sending import Checked, ClaimLost, Relay
 from shared.settings import load_settings
 from shared.status import (
     DEAD_LETTERED,
@@ -34,7 +37,7 @@ from shared.status import (
     StatusRecord,
     to_entity,
 )
-from tests.fakes import Accepted, FakeDeadLetters, FakeGraph, FakeRequeue, FakeTokens, graph_error
+from tests.fakes import Accepted, FakeDeadLetters, FakeDrafts, FakeGraph, FakeRequeue, FakeTokens, graph_error
 from tests.unit.test_settings import GOOD
 
 SENDER = "alerts@contoso.com"
@@ -241,6 +244,215 @@ def test_a_lost_race_on_the_etag_reads_again_and_does_not_send() -> None:
     # Another worker changed the record between this worker's read and its write: the write must fail.
     assert s.status.replace(replace(record, etag="W/stale")) is None
     assert s.status.replace(record) is not None
+
+
+# --- The fence: the claim proven before every Graph call ----------------------------------------------------
+
+
+def stall_after_claim(s: Stack, seconds: float, during: Callable[[], None] | None = None) -> None:
+    """The next claim's insert succeeds, then its worker stalls `seconds` before it reaches Graph (Storage frozen, a
+    long pacing wait); `during` runs inside the stall: another worker's delivery of the same request."""
+    insert = s.status.create
+
+    def create_then_stall(record: StatusRecord) -> StatusRecord | None:
+        created = insert(record)
+        s.status.create = insert  # type: ignore[method-assign]  # once
+        s.clock.advance(seconds)
+        if during is not None:
+            during()
+        return created
+
+    s.status.create = create_then_stall  # type: ignore[method-assign]
+
+
+def events(caplog: pytest.LogCaptureFixture, name: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if getattr(r, "event", None) == name]
+
+
+@pytest.mark.parametrize(
+    ("stall", "writes"),
+    [(0, 2), (48.9, 2), (49, 3), (55, 3), (3600, 3)],
+    ids=["none", "within-the-margin", "at-the-margin", "past-the-margin", "an-hour"],
+)
+def test_the_fence_renews_exactly_once_when_the_clock_no_longer_vouches_for_the_claim(
+    stall: float, writes: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Lease 60 s, Graph's timeout 10 s, skew margin 1 s: a call may start on the clock alone until 49 s after the
+    # claim's insert was sent; later, one write under the claim's ETag renews the lease first.
+    s = make()
+    stall_after_claim(s, stall)
+    get = s.status.get
+    leases: list[datetime | None] = []
+    original = s.graph.send_mail
+
+    def send(sender: str, body: Any, token: str) -> Any:
+        leases.append(getattr(get(KEY), "lease_until", None))  # the lease the call is made under
+        return original(sender, body, token)
+
+    s.graph.send_mail = send  # type: ignore[method-assign]
+    reads = 0
+
+    def counted_get(key: StatusKey) -> StatusRecord | None:
+        nonlocal reads
+        reads += 1
+        return get(key)
+
+    with caplog.at_level(logging.INFO):
+        s.status.get = counted_get  # type: ignore[method-assign]
+        s.outbox()
+        s.status.get = get  # type: ignore[method-assign]
+    assert len(s.graph.calls) == 1 and s.record().state == SENT
+    assert s.status.writes == writes  # the claim and the outcome; plus the one renewal a stall needs
+    assert reads == 0  # the outcome was written under the renewed ETag: no conflict, no read
+    assert len(events(caplog, "mail.claim.renewed")) == writes - 2
+    (lease,) = leases
+    assert lease is not None and lease >= s.clock.now + timedelta(seconds=10 + 1)  # the call ends inside its lease
+
+
+def test_a_claim_taken_over_during_a_stall_is_sent_once_by_the_new_owner(caplog: pytest.LogCaptureFixture) -> None:
+    # The first copy claims, then stalls past its lease; the second copy takes the claim over, finds nothing in
+    # Sent Items after the settling time and sends. The first copy's fence then fails its renewal (412).
+    s = make()
+    stall_after_claim(s, 200, during=lambda: s.outbox(msg_id="q-2"))
+    with caplog.at_level(logging.INFO):
+        s.outbox(msg_id="q-1")
+    assert len(s.graph.calls) == 1 and s.graph.copies(KEY.mark) == 1
+    assert s.record().state == SENT and s.record().attempts == 2  # the stalled try counted, as it must be
+    (lost,) = events(caplog, "mail.claim.lost")
+    assert lost.levelno == logging.WARNING and getattr(lost, "key", None) == "order-42"
+    ((payload, delay),) = s.retries.puts  # the stalled copy goes back to look again
+    assert payload["request"] == REQUEST and delay == 1
+    s.clock.advance(delay)
+    with caplog.at_level(logging.INFO):
+        s.run_retries()
+    assert len(s.graph.calls) == 1 and s.dead.envelopes == [] and events(caplog, "mail.duplicate")
+
+
+def test_a_claim_taken_over_during_a_renewal_stops_the_call() -> None:
+    # The renewal's write itself is refused: another worker changed the record between this worker's claim and
+    # its fence (it took the claim over); nothing is written over the new owner's record.
+    s = make()
+    stall_after_claim(s, 55)
+    update = s.status.replace
+
+    def taken_over_first(record: StatusRecord) -> StatusRecord | None:
+        s.status.replace = update  # type: ignore[method-assign]
+        current = s.record()
+        update(replace(current, lease_until=s.clock.now + timedelta(seconds=60), resolution="another worker's"))
+        return update(record)
+
+    s.status.replace = taken_over_first  # type: ignore[method-assign]
+    s.outbox()
+    assert s.graph.calls == [] and s.record().resolution == "another worker's" and s.record().state == SENDING
+    assert [delay for _, delay in s.retries.puts] == [1]
+
+
+def test_a_storage_error_during_the_renewal_sends_nothing_and_leaves_the_retry_to_the_host() -> None:
+    s = make()
+    stall_after_claim(s, 55)
+    update = s.status.replace
+
+    def unreachable(record: StatusRecord) -> StatusRecord | None:
+        s.status.replace = update  # type: ignore[method-assign]
+        raise ConnectionError("storage unreachable")
+
+    s.status.replace = unreachable  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError):
+        s.outbox()
+    assert s.graph.calls == [] and s.retries.puts == []
+    s.clock.advance(3600)  # the host delivers the message again, long after: the claim is taken over, then sent
+    s.outbox(dequeue_count=2)
+    assert s.graph.copies(KEY.mark) == 1 and s.record().state == SENT
+
+
+def test_a_worker_that_stalled_then_died_in_its_call_is_looked_up_after_its_lease_and_the_settling_time() -> None:
+    # The fence let the stalled worker call Graph 45 s after its claim (the clock still vouched for it), and it died
+    # during the call after Graph accepted. Exchange had not filed it in Sent Items when the lease ran out: the new
+    # owner waits the settling time counted from the latest start the lease allowed, then finds it.
+    s = make()
+    stall_after_claim(s, 45)
+    s.graph.replies.append(Accepted(RuntimeError("the worker died during the call")))
+    s.graph.lookup_replies.append(GraphReply(200, None, None, "req-l", value={"value": []}))  # not filed yet
+    with pytest.raises(RuntimeError):
+        s.outbox()
+    claimed = s.clock.now - timedelta(seconds=45)
+    s.clock.advance(16)  # the lease (60 s from the claim) ran out; the host delivers the message again
+    s.outbox(dequeue_count=2)
+    assert s.graph.lookups == 1 and len(s.graph.calls) == 1 and s.record().state == UNKNOWN
+    assert s.record().not_before == claimed + timedelta(seconds=60 - 10 + 10 + 30)  # the lease's end + settling
+    s.clock.advance(3600)
+    s.run_retries()
+    assert s.graph.copies(KEY.mark) == 1 and s.record().state == SENT
+    assert s.record().resolution == "found in Sent Items"
+
+
+# The large-message flow: every call that changes the mailbox is fenced.
+
+
+class CountingFence:
+    """A fence that passes `passes` times, then raises ClaimLost; each pass is noted among the Graph steps."""
+
+    def __init__(self, graph: FakeDrafts, passes: int = 1_000) -> None:
+        self.graph, self.passes = graph, passes
+
+    def __call__(self) -> None:
+        if self.passes == 0:
+            raise ClaimLost("another worker took the request's claim over")
+        self.passes -= 1
+        self.graph.steps.append("fence")
+
+
+def large_request(graph_faults: dict[str, list[Any]] | None = None) -> tuple[Relay, FakeDrafts, Checked]:
+    from tests.unit.test_large_messages import MB, setup
+
+    relay, graph, _, request = setup(10 * MB)
+    graph.faults.update(graph_faults or {})
+    checked = relay.check(json.dumps(request).encode())
+    assert isinstance(checked, Checked)
+    return relay, graph, checked
+
+
+def test_the_draft_flow_proves_its_claim_before_each_call_that_changes_the_mailbox() -> None:
+    from tests.unit.test_large_messages import MARK
+
+    relay, graph, checked = large_request()
+    assert isinstance(relay.deliver(checked, MARK, CountingFence(graph)).outcome, Sent)
+    # The lookup of leftovers reads only; the draft, the session, each of three ranges and the send are fenced.
+    changes = ["create_draft", "create_upload_session", "upload_range", "upload_range", "upload_range", "send_draft"]
+    assert graph.steps == ["find_drafts", *(step for change in changes for step in ("fence", change))]
+
+
+def test_a_claim_lost_during_an_upload_deletes_the_draft_and_sends_nothing() -> None:
+    from tests.unit.test_large_messages import MARK
+
+    relay, graph, checked = large_request()
+    with pytest.raises(ClaimLost):
+        relay.deliver(checked, MARK, CountingFence(graph, passes=3))  # the draft, the session, the first range
+    assert graph.steps[-2:] == ["upload_range", "delete_message"] and "send_draft" not in graph.steps
+    assert graph.drafts == {} and graph.sent_drafts == []
+
+
+def test_a_lost_claims_draft_it_could_not_delete_is_deleted_by_the_new_owner_before_its_own() -> None:
+    from tests.unit.test_large_messages import MARK
+
+    relay, graph, checked = large_request({"delete_message": [graph_error(503, "ServiceUnavailable", "busy")]})
+    with pytest.raises(ClaimLost):
+        relay.deliver(checked, MARK, CountingFence(graph, passes=2))
+    (left,) = graph.drafts  # the delete failed: the draft stays, carrying the request's mark
+    assert isinstance(relay.deliver(checked, MARK, CountingFence(graph)).outcome, Sent)  # the new owner
+    assert left not in graph.drafts and graph.drafts == {} and len(graph.sent_drafts) == 1
+
+
+def test_a_copy_that_lost_its_claim_leaves_a_draft_with_the_mark_alone() -> None:
+    # A draft carrying the request's mark may be the new owner's, half built: only the claim's holder deletes it.
+    from tests.unit.test_large_messages import MARK
+
+    relay, graph, checked = large_request()
+    marked = {"singleValueExtendedProperties": [{"id": "mark", "value": MARK}]}
+    graph.drafts["draft-of-the-new-owner"] = {"sender": SENDER, "message": marked, "attachments": []}
+    with pytest.raises(ClaimLost):
+        relay.deliver(checked, MARK, CountingFence(graph, passes=0))
+    assert graph.steps == ["find_drafts"] and "draft-of-the-new-owner" in graph.drafts
 
 
 # --- Transient failures and the retry queue --------------------------------------------------------------
