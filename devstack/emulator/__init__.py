@@ -25,7 +25,13 @@ the admin API's bodies below.
 Admin API (no auth, JSON in and out), under ``{url}/_emulator/``:
 
 - ``GET outbox``, ``GET stats``, ``GET faults``; ``POST reset``, ``POST expire-tokens``, ``POST faults-clear``
-- ``POST exchange`` ``{"scopeDelaySeconds"?, "groupMailEnabled"?}``; ``POST vault-access`` ``{"clientId",
+- ``GET sent-items?mailbox=``, ``GET drafts``, ``GET inbox?mailbox=`` (non-delivery reports), ``GET copies``,
+  ``GET throttling``, ``GET transport``
+- ``POST transport`` ``{"count", "mailbox"?, "ndr"?}`` (the next N messages fail in transport) or ``{"mailbox",
+  "failing": bool, "ndr"?}`` (every message of the mailbox, until switched back): an NDR in the sender's Inbox,
+  nothing in Sent Items, the outbox entry ``bounced`` (transport.py)
+- ``POST exchange`` ``{"scopeDelaySeconds"?, "groupMailEnabled"?, "sentItemsDelaySeconds"?, "policyDenialText"?,
+  "maxMessageSizeBytes"?, "uploadSessionSeconds"?}``; ``POST vault-access`` ``{"clientId",
   "canReadSecrets": bool}`` (Key Vault RBAC); ``POST scope`` also takes ``"delaySeconds"``; ``POST apps`` also
   ``"scopeModel"`` (rbac | policy | none), ``"policyAccess"``, ``"exchangeRoles"``; ``POST mailboxes`` also
   ``"exchangeOnline"``
@@ -51,10 +57,12 @@ the application role Application.Read.All, as the real one does app-only).
 
 Layout: one module per service it plays, each a part of `Emulator` holding that service's rules and error
 shapes: ``entra`` (token endpoint, OIDC configuration, JWKS), ``identity`` (App Service managed identity),
-``keyvault`` (secrets, the challenge), ``graph`` (sendMail, mailboxes, applications) and ``exchange`` (Exchange
-Online's scope on the app). ``state`` holds what they share (apps, mailboxes, secrets, outbox, stats, and
-the tokens they issue and check), ``faults`` the fault injection, ``admin`` the admin API above and seeds,
-``server`` the HTTPS server and the dispatch, ``common`` requests, responses and small helpers.
+``keyvault`` (secrets, the challenge), ``graph`` (sendMail, mailboxes, applications), ``drafts`` (drafts and
+upload sessions), ``sent_items``, ``transport`` (Drafts to Sent Items, or an NDR), ``throttling`` (Graph's and
+Exchange's limits) and ``exchange`` (Exchange Online's scope on the app). ``state`` holds what they share
+(apps, mailboxes, secrets, outbox, stats, and the tokens they issue and check), ``faults`` the fault injection,
+``admin`` the admin API above and seeds, ``server`` the HTTPS server and the dispatch, ``common`` requests,
+responses and small helpers.
 """
 
 from devstack.emulator.common import SERVICES, EmulatorError

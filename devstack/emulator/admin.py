@@ -46,6 +46,10 @@ class AdminAPI(EntraID, KeyVault, GraphMail):
                 return _json_response(200, self.throttling())
             if route == ("GET", "drafts"):
                 return _json_response(200, self.drafts_view())
+            if route == ("GET", "inbox"):
+                return _json_response(200, self.inbox_items(request.param("mailbox") or ""))
+            if route == ("GET", "transport"):
+                return _json_response(200, self.transport_view())
             if route == ("GET", "copies"):
                 return _json_response(200, self.copies_by_mark())
             if route == ("GET", "stats"):
@@ -89,6 +93,8 @@ class AdminAPI(EntraID, KeyVault, GraphMail):
                 return _json_response(200, {"version": self._apply_secret(_json_object(payload))})
             elif route[1] == "faults":
                 self._apply_fault(_json_object(payload))
+            elif route[1] == "transport":
+                self.configure_transport(_json_object(payload))
             elif route[1] == "throttling":
                 self.configure_throttling(_json_object(payload))
             elif route[1] == "faults-clear":

@@ -21,7 +21,12 @@ Sources (Microsoft Learn):
 A session's expiry is fixed when it is created: for Outlook attachments "this expiration date/time remains the same
 as returned by the initial uploadSession" (outlook-large-attachments, step 2), although the generic uploadSession
 resource says each fragment extends it; the Outlook page is the specific one. An expired session answers 404 to
-further PUTs: assumed, the docs do not show that answer.
+further PUTs: assumed, the docs do not show that answer. Also assumed (marked where coded): the 401 to a PUT that
+carries a Graph token, the refusals of a bad range (400, 413, 416), of a bad AttachmentItem, the size error's text,
+and that a draft in transport (transport.py) cannot be changed or sent again.
+
+Uploads count against Graph's limit of 150 MB per 5 minutes per app and mailbox (throttling.py): each range PUT,
+against the app and mailbox that created its session.
 """
 
 from __future__ import annotations
@@ -36,16 +41,17 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from devstack.emulator.common import _json_response, _Request, _Response, _utcnow
-from devstack.emulator.state import TenantState
+from devstack.emulator.common import _json_response, _Request, _Response, _retry_after_headers, _utcnow
+from devstack.emulator.throttling import Throttling
 
 if TYPE_CHECKING:
     from devstack.emulator.state import _Mailbox
 
 UPLOAD_MIN_BYTES = 3 * 1024 * 1024
 UPLOAD_MAX_BYTES = 150 * 1024 * 1024
-RANGE_MAX_BYTES = 4 * 1024 * 1024
+RANGE_MAX_BYTES = 4 * 1024 * 1024  # "4 MB" per PUT (outlook-large-attachments, step 2; see _range_problem)
 DEFAULT_MAX_MESSAGE_BYTES = 35 * 1024 * 1024  # Exchange Online's default maximum message size
+# Assumed: the text is as users report it (the module's docstring names the reports); no Microsoft page gives it.
 SIZE_EXCEEDED = "The message exceeds the maximum supported size., Cannot save changes made to an item to store."
 
 
@@ -60,6 +66,7 @@ class _Draft:
     mailbox: str
     message: dict[str, Any]  # the posted message, without attachment bytes
     attachments: list[dict[str, Any]] = field(default_factory=list)  # name, contentType, size, sha256, ...
+    in_transport: bool = False  # sent, in Drafts until Exchange's transport is done with it (transport.py)
 
     def mime_size(self) -> int:
         body = (self.message.get("body") or {}).get("content") or ""
@@ -72,6 +79,8 @@ class _UploadSession:
     token: str
     draft_id: str
     item: dict[str, Any]
+    app_id: str  # the app and mailbox whose upload limit its ranges count against (throttling.py)
+    mailbox: str
     expires: float  # time.monotonic()
     received: bytearray = field(default_factory=bytearray)
     expiration: str = ""  # expirationDateTime as first answered (drafts.py's docstring: it never moves)
@@ -89,9 +98,10 @@ def attachment_summary(attachment: dict[str, Any], data: bytes) -> dict[str, Any
     }
 
 
-class Drafts(TenantState):
+class Drafts(Throttling):
     """Drafts per mailbox and their upload sessions (`TenantState._drafts`, `_upload_sessions`). A part of
-    `GraphMail` (graph.py), which authorises each call and turns a sent draft into an accepted message."""
+    `GraphMail` (graph.py), which authorises each call and turns a sent draft into an accepted message; an upload
+    session's ranges count against Graph's upload limit (throttling.py)."""
 
     def drafts_view(self) -> list[dict[str, Any]]:
         """Every draft (admin API `GET drafts`): id, mailbox, subject, mark, attachments."""
@@ -104,6 +114,7 @@ class Drafts(TenantState):
                     "singleValueExtendedProperties": d.message.get("singleValueExtendedProperties") or [],
                     "attachments": list(d.attachments),
                     "uploadSessions": sum(1 for s in self._upload_sessions.values() if s.draft_id == d.id),
+                    "inTransport": d.in_transport,
                 }
                 for d in self._drafts.values()
             ]
@@ -138,9 +149,12 @@ class Drafts(TenantState):
         return 201, {**message, "id": draft.id, "isDraft": True, "hasAttachments": bool(draft.attachments)}
 
     def _draft(self, mailbox: _Mailbox, draft_id: str) -> _Draft | None:
+        """The mailbox's draft, if it can still be changed: one in transport cannot (assumed: transport.py)."""
         with self._lock:
-            draft = self._drafts.get(draft_id)
-        return draft if draft is not None and draft.mailbox == mailbox.address.lower() else None
+            draft: _Draft | None = self._drafts.get(draft_id)
+        if draft is None or draft.in_transport or draft.mailbox != mailbox.address.lower():
+            return None
+        return draft
 
     def add_attachment(
         self, mailbox: _Mailbox, draft_id: str, attachment: dict[str, Any]
@@ -157,12 +171,14 @@ class Drafts(TenantState):
         return 201, {"@odata.type": "#microsoft.graph.fileAttachment", "id": "AAMkAtt" + uuid.uuid4().hex, **summary}
 
     def create_upload_session(
-        self, mailbox: _Mailbox, draft_id: str, body: dict[str, Any], base_url: str
+        self, mailbox: _Mailbox, draft_id: str, body: dict[str, Any], base_url: str, app_id: str = ""
     ) -> tuple[int, dict[str, Any]]:
         draft = self._draft(mailbox, draft_id)
         if draft is None:
             return 404, _not_found()
         item = body.get("AttachmentItem")
+        # Assumed: the codes and texts of these refusals (the pages name the parameters and the 3 MB to 150 MB
+        # bounds, not Graph's answers); the minimum's code is the one SDK users report (the module's docstring).
         if not isinstance(item, dict) or item.get("attachmentType") != "file" or not item.get("name"):
             return 400, _error("ErrorInvalidRequest", "The AttachmentItem parameter is missing or invalid.")
         size = item.get("size")
@@ -181,6 +197,8 @@ class Drafts(TenantState):
             token=secrets.token_urlsafe(24),
             draft_id=draft.id,
             item=dict(item),
+            app_id=app_id,
+            mailbox=mailbox.address,
             expires=time.monotonic() + self.upload_session_seconds,
         )
         with self._lock:
@@ -208,6 +226,7 @@ class Drafts(TenantState):
                 del self._upload_sessions[session_id]  # expired: gone
                 session = None
         if session is None or not secrets.compare_digest(request.param("authtoken") or "", session.token):
+            # Assumed: the docs show no answer for an expired or unknown session; a 404 ErrorItemNotFound stands in.
             return _json_response(404, _error("ErrorItemNotFound", "The upload session was not found or has expired."))
         if request.method == "DELETE":
             with self._lock:
@@ -217,8 +236,14 @@ class Drafts(TenantState):
             time.sleep(self.graph_latency)  # a range takes time to travel: a host can die in the middle of one
         if request.header("Authorization"):
             # The doc: "Do not specify an Authorization request header"; the PUT goes to another service
-            # (outlook.office.com), which refuses a Graph token.
+            # (outlook.office.com). Assumed: that it refuses a Graph token with this 401 (no page shows the answer).
             return _json_response(401, _error("InvalidAudience", "The audience claim value is invalid."))
+        if request.method == "PUT":
+            # Graph's upload limit per app and mailbox (throttling.py): a range is a PUT's body.
+            throttled = self._throttle_upload(session.app_id, session.mailbox, len(request.body))
+            if throttled is not None:
+                status, code, message, retry_after = throttled
+                return _json_response(status, _error(code, message), _retry_after_headers(retry_after))
         problem = _range_problem(request, session)
         if problem is not None:
             status, code, message = problem
@@ -247,16 +272,13 @@ class Drafts(TenantState):
         return _Response(201, b"", [("Location", location)])
 
     def take_draft_for_sending(self, mailbox: _Mailbox, draft_id: str) -> tuple[int, dict[str, Any]] | _Draft:
-        """The draft to send, removed from Drafts; or Graph's refusal (unknown draft, over the maximum size)."""
-        with self._lock:
-            draft: _Draft | None = self._drafts.get(draft_id)
-            if draft is None or draft.mailbox != mailbox.address.lower():
-                return 404, _not_found()
-            if draft.mime_size() > self.max_message_bytes:
-                return 400, _error("ErrorMessageSizeExceeded", "The message exceeds the maximum supported size.")
-            del self._drafts[draft_id]
-            for sid in [s.id for s in self._upload_sessions.values() if s.draft_id == draft_id]:
-                del self._upload_sessions[sid]
+        """The draft to send, which stays in Drafts until its transport is done (transport.py); or Graph's refusal
+        (unknown draft, or one already sent, or over the maximum size)."""
+        draft = self._draft(mailbox, draft_id)
+        if draft is None:
+            return 404, _not_found()
+        if draft.mime_size() > self.max_message_bytes:
+            return 400, _error("ErrorMessageSizeExceeded", "The message exceeds the maximum supported size.")
         return draft
 
     def delete_draft(self, mailbox: _Mailbox, draft_id: str) -> int:
@@ -285,6 +307,10 @@ class Drafts(TenantState):
 
 
 def _range_problem(request: _Request, session: _UploadSession) -> tuple[int, str, str] | None:
+    """What the upload service refuses in a PUT. The rules are the Outlook page's (Content-Range "bytes
+    {start}-{end}/{total}", Content-Length the bytes sent, ranges in order, each at most 4 MB); assumed, as no page
+    shows the refusals: every status, code and text here (400 InvalidRange, 413 for a range over 4 MB, 416 for one
+    out of order)."""
     header = request.header("Content-Range") or ""
     total = int(session.item["size"])
     try:
@@ -299,6 +325,10 @@ def _range_problem(request: _Request, session: _UploadSession) -> tuple[int, str
     if end - start + 1 != len(request.body) or end < start or end >= total:
         return 400, "InvalidRange", "The Content-Range does not match the bytes sent."
     if len(request.body) > RANGE_MAX_BYTES:
+        # outlook-large-attachments, step 2: "keep each byte range less than 4 MB" and "keep the upper limit of the
+        # number of bytes for each PUT operation to 4 MB", both "for better performance": the page asks, it does not
+        # say Outlook refuses more. Assumed: a refusal, past 4 MiB (the looser reading of "4 MB", so that a sender
+        # following either reading is accepted); a sender should stay under 4,000,000 bytes.
         return 413, "RequestEntityTooLarge", "A range is at most 4 MB."
     if start != len(session.received):
         # "You must upload bytes in a file in order" (outlook-large-attachments, step 2).

@@ -11,8 +11,14 @@ Two models restrict which mailboxes an app may act on, and Entra consent adds to
   security group matches nobody (same page, "Management scopes").
 - Application access policy (legacy): needs the Entra consent (the role in the token), then RestrictAccess
   allows only the group's members, DenyAccess everyone but them (New-ApplicationAccessPolicy, in
-  MicrosoftDocs/office-docs-powershell). A denial reads "Access to OData is disabled: [RAOP] : Blocked by
-  tenant configured AppOnly AccessPolicy settings." (reported by tenants with a policy).
+  MicrosoftDocs/office-docs-powershell). A denial is 403 `ErrorAccessDenied`, "Access to OData is disabled."
+  (https://learn.microsoft.com/graph/auth-limit-mailbox-access, "Handling API errors"; microsoft-graph-docs-contrib,
+  concepts/auth-limit-mailbox-access.md): the same text as a mailbox with EWS/REST blocked, so the text alone does
+  not tell the two apart. Some tenants report a longer text, "Access to OData is disabled: [RAOP] : Blocked by
+  tenant configured AppOnly AccessPolicy settings." (`POLICY_DENIED_RAOP`); the documented one is the default, and
+  `policy_denial_text` switches to the other (admin API `POST exchange {"policyDenialText": ...}`).
+- The RBAC denial's text, "Access is denied. Check credentials and try again.", is as users report it (DESIGN.md,
+  "Real 403 messages"); assumed: no Microsoft page gives it for RBAC for Applications.
 - With no model at all, the consent reaches every mailbox: the CEO's included.
 Per mailbox: it must exist in Exchange Online (a user without an Exchange Online mailbox gives 404
 `MailboxNotEnabledForRESTAPI`; a shared mailbox needs no licence), and EWS/REST must not be blocked on it
@@ -41,11 +47,14 @@ EXCHANGE_ROLE: Final = {
 # The Graph permissions that let an app read a mailbox's folders (the doctor's probe).
 READ_PERMISSIONS: Final = ("Mail.ReadBasic", "Mail.Read", "Mail.ReadWrite")
 
-ACCESS_DENIED: Final = "Access is denied. Check credentials and try again."
-POLICY_DENIED: Final = (
+ACCESS_DENIED: Final = "Access is denied. Check credentials and try again."  # assumed (the module's docstring)
+ODATA_DISABLED: Final = "Access to OData is disabled."
+POLICY_DENIED: Final = ODATA_DISABLED  # documented (the module's docstring)
+POLICY_DENIED_RAOP: Final = (
     "Access to OData is disabled: [RAOP] : Blocked by tenant configured AppOnly AccessPolicy settings."
 )
-ODATA_DISABLED: Final = "Access to OData is disabled."
+# Assumed: the 404, the code and the text are as users report them for a user with no Exchange Online mailbox; no
+# Microsoft page found gives them.
 NOT_IN_EXO: Final = "The mailbox is either inactive, soft-deleted, or is hosted on-premise."
 
 
@@ -69,7 +78,8 @@ class ExchangeScope(TenantState):
                 mailbox.pending_scope = (time.monotonic() + wait, bool(in_scope))
 
     def configure_exchange(self, entry: Mapping[str, Any]) -> None:
-        """The tenant's knobs: {"scopeDelaySeconds"?, "groupMailEnabled"?, "sentItemsDelaySeconds"?} (admin API
+        """The tenant's knobs: {"scopeDelaySeconds"?, "groupMailEnabled"?, "sentItemsDelaySeconds"?,
+        "policyDenialText"?} (admin API
         `POST exchange`, which also takes drafts.py's "maxMessageSizeBytes" and "uploadSessionSeconds")."""
         with self._lock:
             if "sentItemsDelaySeconds" in entry:
@@ -83,6 +93,11 @@ class ExchangeScope(TenantState):
                     raise ValueError("scopeDelaySeconds must be a number of seconds, at least 0")
                 self.scope_delay = float(delay)
             self.scope_group_mail_enabled = _optional_bool(entry, "groupMailEnabled", self.scope_group_mail_enabled)
+            if "policyDenialText" in entry:
+                text = entry["policyDenialText"]
+                if text not in (POLICY_DENIED, POLICY_DENIED_RAOP):
+                    raise ValueError(f"policyDenialText must be {POLICY_DENIED!r} or {POLICY_DENIED_RAOP!r}")
+                self.policy_denial_text = text
 
     def _in_scope(self, mailbox: _Mailbox) -> bool:
         """Membership as Exchange sees it now: a pending change counts once its delay has passed."""
@@ -112,7 +127,7 @@ class ExchangeScope(TenantState):
             return 403, "ErrorAccessDenied", ACCESS_DENIED
         if model == "policy":
             member_allowed = in_scope if (app and app.policy_access == "RestrictAccess") else not in_scope
-            return None if member_allowed else (403, "ErrorAccessDenied", POLICY_DENIED)
+            return None if member_allowed else (403, "ErrorAccessDenied", self.policy_denial_text)
         return None  # no model: the consent reaches every mailbox
 
     def _app_of(self, claims: Mapping[str, Any]) -> _App | None:

@@ -28,13 +28,13 @@ from devstack.emulator.common import (
     _retry_after_headers,
     _utcnow,
 )
-from devstack.emulator.drafts import SIZE_EXCEEDED, Drafts, attachment_summary, encoded_size, parse_json
+from devstack.emulator.drafts import SIZE_EXCEEDED, attachment_summary, encoded_size, parse_json
 from devstack.emulator.exchange import READ_PERMISSIONS, ExchangeScope
 from devstack.emulator.extended_properties import check_extended_properties, parse_mark_filter
 from devstack.emulator.faults import Faults
-from devstack.emulator.sent_items import EXTENDED_PROPERTY_READ, SELECTABLE_DEFAULT, SENT_ITEMS, SentItems, select
+from devstack.emulator.sent_items import EXTENDED_PROPERTY_READ, SELECTABLE_DEFAULT, SENT_ITEMS, select
 from devstack.emulator.state import _Mailbox
-from devstack.emulator.throttling import Throttling
+from devstack.emulator.transport import Transport
 
 # Graph refuses request bodies over 4 MB (sendMail included); larger content needs an upload session.
 GRAPH_MAX_REQUEST_BYTES = 4 * 1024 * 1024
@@ -108,8 +108,10 @@ _FILE_ATTACHMENT_TYPE = "#microsoft.graph.fileattachment"
 
 _RECIPIENT_LISTS = ("toRecipients", "ccRecipients", "bccRecipients", "replyTo")
 
+# Assumed: the texts of these answers. Graph's error codes are documented
+# (https://learn.microsoft.com/graph/errors), the messages that go with them vary and no page fixes them.
 _DEFAULT_FAULT_ERRORS: dict[int, tuple[str, str]] = {
-    # Outlook's concurrency throttle, as Graph reports it (code and message seen in the field).
+    # Outlook's concurrency throttle, as Graph reports it (code and message seen in the field, not on a page).
     429: ("ApplicationThrottled", "Application is over its MailboxConcurrency limit."),
     500: ("InternalServerError", "The service encountered an internal error. Please retry the request."),
     502: ("BadGateway", "The server received an invalid response from an upstream server."),
@@ -118,7 +120,7 @@ _DEFAULT_FAULT_ERRORS: dict[int, tuple[str, str]] = {
 }
 
 
-class GraphMail(ExchangeScope, Faults, SentItems, Throttling, Drafts):
+class GraphMail(ExchangeScope, Faults, Transport):
     """Microsoft Graph: sendMail with its documented checks and errors, mailboxes, and the applications
     endpoint the expiry check reads.
 
@@ -196,11 +198,12 @@ class GraphMail(ExchangeScope, Faults, SentItems, Throttling, Drafts):
         allowed = self._graph_read_denial(request, user, EXTENDED_PROPERTY_READ, ids, "graph.messages")
         if isinstance(allowed, _Response):
             return allowed
-        if folder.lower() not in (SENT_ITEMS, "drafts"):
-            # Only Sent Items and Drafts are played: the relay reads no other folder.
+        if folder.lower() not in (SENT_ITEMS, "drafts", "inbox"):
+            # Only Sent Items, Drafts and the Inbox (its non-delivery reports: transport.py) are played.
             return self._graph_error(ids, 404, "ErrorItemNotFound", "The specified object was not found in the store.")
         query = request.param("$filter")
-        items = self.sent_items(allowed.address) if folder.lower() == SENT_ITEMS else self.draft_items(allowed.address)
+        readers = {SENT_ITEMS: self.sent_items, "drafts": self.draft_items, "inbox": self.inbox_items}
+        items = readers[folder.lower()](allowed.address)
         if query is not None:
             wanted = parse_mark_filter(query)
             if isinstance(wanted, tuple):  # Graph's 400 for it (extended_properties.py cites each)
@@ -281,15 +284,19 @@ class GraphMail(ExchangeScope, Faults, SentItems, Throttling, Drafts):
         if denial is not None:
             return self._graph_error(ids, *denial)
         app_id = str(claims.get("appid", ""))
-        return self._throttled(ids, app_id, mailbox, lambda: self._accept_send_mail(request, ids, mailbox, app_id))
+
+        def accept() -> _Response:
+            return self._accept_send_mail(request, ids, mailbox, app_id)
+
+        return self._throttled(ids, app_id, mailbox, accept, len(request.body))
 
     def _throttled(
-        self, ids: _GraphIds, app_id: str, mailbox: _Mailbox, send: Callable[[], _Response]
+        self, ids: _GraphIds, app_id: str, mailbox: _Mailbox, send: Callable[[], _Response], upload_bytes: int
     ) -> _Response:
         """A send (sendMail, or a draft's send) within Graph's limits per app and mailbox, then Exchange's
         (throttling.py): a call over them is refused before anything else happens to it; one within them counts
-        as in flight until it is answered, after the configured latency."""
-        throttled = self._throttle_enter(app_id, mailbox.address)
+        as in flight until it is answered, after the configured latency, and its body counts as uploaded."""
+        throttled = self._throttle_enter(app_id, mailbox.address, upload_bytes)
         if throttled is not None:
             status, code, message, retry_after = throttled
             return self._graph_error(ids, status, code, message, _retry_after_headers(retry_after))
@@ -332,12 +339,19 @@ class GraphMail(ExchangeScope, Faults, SentItems, Throttling, Drafts):
         attachments: list[dict[str, Any]],
         via: str,
         fault: Any,
+        draft_id: str | None = None,
     ) -> _Response:
-        """Exchange takes a message (sendMail's, or a sent draft's): outbox, Sent Items, its own pace."""
+        """Exchange takes a message (sendMail's, or a sent draft's): the outbox, its own pace, and transport, which
+        moves it from Drafts to Sent Items or bounces it (transport.py)."""
         internet_message_id = f"<{uuid.uuid4().hex}@{mailbox.address.rsplit('@', 1)[-1]}>"
         message = parsed["message"]
-        recipients = sum(len(message.get(k) or []) for k in ("toRecipients", "ccRecipients", "bccRecipients"))
-        exchange = self._throttle_accept(app_id, mailbox.address, recipients)
+        ndr = self._transport_failure(mailbox.address)
+        if ndr is None:
+            recipients = sum(len(message.get(k) or []) for k in ("toRecipients", "ccRecipients", "bccRecipients"))
+            exchange = self._throttle_accept(app_id, mailbox.address, recipients)
+            ndr = exchange.get("bounced")
+        else:
+            exchange = {"bounced": ndr}  # the outbox says it: accepted by Graph, never delivered
         with self._lock:
             self._outbox.append(
                 {
@@ -350,8 +364,8 @@ class GraphMail(ExchangeScope, Faults, SentItems, Throttling, Drafts):
                     **exchange,  # deliveryDelaySeconds past 30 a minute; bounced past the daily recipients
                 }
             )
-        if parsed.get("saveToSentItems", True):
-            self._file_sent(mailbox.address, parsed, internet_message_id)
+        save = _saves_to_sent_items(parsed)
+        self._begin_transport(mailbox.address, message, attachments, internet_message_id, save, ndr, draft_id)
         if fault is not None:
             # Accepted, and then the answer goes wrong: a gateway's 5xx, or a 202 that comes too late for the
             # client. Graph's front end can do either after Exchange took the message: the send's outcome is
@@ -378,6 +392,13 @@ class GraphMail(ExchangeScope, Faults, SentItems, Throttling, Drafts):
         mailbox = allowed
         if sending and request.method == "POST":
             return self._graph_send_draft(request, ids, mailbox, rest[0])
+        app_id = str(self._check_token(_bearer(request))[1].get("appid", ""))
+        if request.method == "POST":
+            # A draft, an attachment, an upload session: each body counts against the upload limit (throttling.py).
+            throttled = self._throttle_upload(app_id, mailbox.address, len(request.body))
+            if throttled is not None:
+                status, code, message, retry_after = throttled
+                return self._graph_error(ids, status, code, message, _retry_after_headers(retry_after))
         if len(rest) == 1 and request.method == "DELETE":
             status = self.delete_draft(mailbox, rest[0])
             if status == 404:
@@ -401,7 +422,7 @@ class GraphMail(ExchangeScope, Faults, SentItems, Throttling, Drafts):
                 return self._graph_error(ids, *problem)
             status, payload = self.add_attachment(mailbox, rest[0], body)
         elif len(rest) == 3 and lowered[1:] == ["attachments", "createuploadsession"] and request.method == "POST":
-            status, payload = self.create_upload_session(mailbox, rest[0], body, self.url)
+            status, payload = self.create_upload_session(mailbox, rest[0], body, self.url, app_id)
         else:
             return self._graph_error(ids, 400, "BadRequest", f"Resource not found for the segment '{rest[-1]}'.")
         if status >= 400:
@@ -410,8 +431,9 @@ class GraphMail(ExchangeScope, Faults, SentItems, Throttling, Drafts):
         return _json_response(status, payload, ids.headers())
 
     def _graph_send_draft(self, request: _Request, ids: _GraphIds, mailbox: _Mailbox, draft_id: str) -> _Response:
-        """POST /users/{id}/messages/{id}/send: throttled and faulted like sendMail (it is a send), then the draft
-        leaves Drafts and Exchange takes it, saved to Sent Items (a draft's send has no saveToSentItems)."""
+        """POST /users/{id}/messages/{id}/send: throttled and faulted like sendMail (it is a send), then Exchange
+        takes the draft: it stays in Drafts while in transport, then moves to Sent Items (a draft's send has no
+        saveToSentItems), or bounces (transport.py)."""
         token = _bearer(request)
         claims = self._check_token(token)[1] if token else {}
         app_id = str(claims.get("appid", ""))
@@ -428,9 +450,9 @@ class GraphMail(ExchangeScope, Faults, SentItems, Throttling, Drafts):
             if problem is not None:
                 return self._graph_error(ids, *problem)
             parsed = {"message": {**taken.message, "attachments": taken.attachments}, "saveToSentItems": True}
-            return self._accept(ids, mailbox, app_id, parsed, taken.attachments, "draft", fault)
+            return self._accept(ids, mailbox, app_id, parsed, taken.attachments, "draft", fault, taken.id)
 
-        return self._throttled(ids, app_id, mailbox, send)
+        return self._throttled(ids, app_id, mailbox, send, len(request.body))
 
     def _fault_response(self, ids: _GraphIds, fault: Any) -> _Response:
         assert fault.status is not None
@@ -572,7 +594,7 @@ def _validate_send_mail(request: _Request, mailbox: _Mailbox) -> tuple[_Problem 
             return (400, "RequestBodyRead", message), None
     if payload.get("message") is None:
         return (400, "ErrorInvalidParameter", "The value of the parameter 'Message' is empty."), None
-    if not isinstance(payload.get("saveToSentItems", True), bool):
+    if _read_boolean(payload.get("saveToSentItems", True)) is None:
         message = (
             "Cannot convert a primitive value to the expected type 'Edm.Boolean'. See the inner exception "
             "for more details."
@@ -582,6 +604,23 @@ def _validate_send_mail(request: _Request, mailbox: _Mailbox) -> tuple[_Problem 
     if problem is not None:
         return problem, None
     return None, payload
+
+
+def _read_boolean(value: Any) -> bool | None:
+    """An Edm.Boolean parameter as Graph reads it: a JSON boolean, or the string "true" or "false". Microsoft's own
+    sendMail example posts `"saveToSentItems": "false"` and gets 202 Accepted (user-sendmail, Example 1:
+    microsoft-graph-docs-contrib, api-reference/v1.0/api/user-sendmail.md). Assumed: the case does not matter (the
+    example is lower case); any other value (a number, another string) is refused, as no page says otherwise."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    return None
+
+
+def _saves_to_sent_items(parsed: dict[str, Any]) -> bool:
+    """saveToSentItems of a validated sendMail body (default true)."""
+    return _read_boolean(parsed.get("saveToSentItems", True)) is not False
 
 
 def _read_message(message: Any) -> _Problem | None:

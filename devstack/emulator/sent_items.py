@@ -1,8 +1,9 @@
 """Sent Items per mailbox, and the one look-up the relay makes there: a message by its extended property.
 
-Exchange saves a message sent with `saveToSentItems` (the default) to the sender's Sent Items some time
-after sendMail's 202 (`sent_items_delay`, time-scaled here). A message keeps the single-value extended
-properties it was sent with. The relay finds a message it may or may not have sent with the filter of
+Exchange moves a message sent with `saveToSentItems` (the default) from Drafts to the sender's Sent Items
+once its transport has succeeded, some time after sendMail's 202 (transport.py plays that, after
+`sent_items_delay`); a message whose transport fails never gets here. A message keeps the single-value
+extended properties it was sent with. The relay finds a message it may or may not have sent with the filter of
 https://learn.microsoft.com/graph/api/singlevaluelegacyextendedproperty-get :
 
     GET /users/{id|upn}/mailFolders/sentitems/messages
@@ -17,7 +18,6 @@ The id formats, value types and the filter's parsing are extended_properties.py'
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any, Final
 
@@ -46,41 +46,39 @@ class SentItems(TenantState):
     A part of `Emulator`; the items are `TenantState._sent_items`, filed by graph.py's sendMail.
     """
 
-    def _file_sent(self, address: str, payload: dict[str, Any], internet_message_id: str) -> None:
-        """Called by sendMail, under no lock, for an accepted message saved to Sent Items."""
-        message = payload.get("message") or {}
+    def _file_sent(self, address: str, message: dict[str, Any], internet_message_id: str) -> None:
+        """Called by transport.py, once a message's transport has succeeded: the message moves to Sent Items."""
         properties = [
             {"id": str(p.get("id")), "value": str(p.get("value"))}
             for p in message.get("singleValueExtendedProperties") or []
             if isinstance(p, dict)
         ]
+        now = _utcnow().strftime("%Y-%m-%dT%H:%M:%SZ")
         item = {
             "id": "AAMk" + uuid.uuid4().hex,
-            "sentDateTime": _utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "createdDateTime": _utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "sentDateTime": now,
+            "createdDateTime": now,
             "internetMessageId": internet_message_id,
             "subject": message.get("subject"),
             "singleValueExtendedProperties": properties,
-            "_visibleAt": time.monotonic() + self.sent_items_delay,
         }
         with self._lock:
             self._sent_items.setdefault(address.lower(), []).append(item)
 
     def sent_items(self, address: str) -> list[dict[str, Any]]:
         """The mailbox's Sent Items that Exchange has filed by now (admin API `GET sent-items?mailbox=`)."""
-        now = time.monotonic()
         with self._lock:
-            items = [dict(i) for i in self._sent_items.get(address.lower(), []) if i["_visibleAt"] <= now]
-        for item in items:
-            item.pop("_visibleAt")
-        return items
+            return [dict(i) for i in self._sent_items.get(address.lower(), [])]
 
     def copies_by_mark(self, property_id: str | None = None) -> dict[str, int]:
-        """How many accepted copies carry each extended property value: the witness for duplicates.
-        Counts the outbox (every accepted sendMail), not Sent Items (which a saveToSentItems false skips)."""
+        """How many delivered copies carry each extended property value: the witness for duplicates.
+        Counts the outbox (every accepted sendMail), not Sent Items (which a saveToSentItems false skips), leaving
+        out what bounced (transport failed, or the daily recipients were spent): no recipient got those."""
         counts: dict[str, int] = {}
         with self._lock:
             for entry in self._outbox:
+                if entry.get("bounced"):
+                    continue
                 message = entry["message"].get("message") or {}
                 properties = [p for p in message.get("singleValueExtendedProperties") or [] if isinstance(p, dict)]
                 for value in matching_values(properties, property_id):

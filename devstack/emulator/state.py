@@ -97,9 +97,16 @@ class TenantState(abc.ABC):
         self._secrets: dict[str, list[_SecretVersion]] = {}
         self._faults: list[_Fault] = []
         self._outbox: list[dict[str, Any]] = []
-        # Each mailbox's Sent Items (sent_items.py), and how long Exchange takes to file a sent message there.
+        # Each mailbox's Sent Items (sent_items.py), and how long Exchange's transport takes with a message before
+        # it is filed there (or bounces): the message waits in Drafts meanwhile (transport.py).
         self._sent_items: dict[str, list[dict[str, Any]]] = {}
         self.sent_items_delay = 0.0
+        # Transport (transport.py): messages on their way, each mailbox's Inbox (non-delivery reports), and the
+        # admin's switches that make transport fail: per mailbox (address -> NDR), and for the next N messages.
+        self._in_transport: list[Any] = []
+        self._inbox: dict[str, list[dict[str, Any]]] = {}
+        self._transport_failing: dict[str, str] = {}
+        self._transport_fail_next: list[Any] = []
         # Drafts and upload sessions (drafts.py), and Exchange's maximum message size for every mailbox.
         self._drafts: dict[str, Any] = {}
         self._upload_sessions: dict[str, Any] = {}
@@ -108,13 +115,21 @@ class TenantState(abc.ABC):
         # Graph's and Exchange's limits per app and mailbox (throttling.py), time-scaled, and a fixed latency.
         self._paces: dict[tuple[str, str], Pace] = {}
         self._throttle_lock = threading.Lock()
-        self.throttle_stats: dict[str, int] = {"concurrency429": 0, "requests429": 0, "delayed": 0, "bounced": 0}
+        self.throttle_stats: dict[str, int] = {
+            "concurrency429": 0,
+            "requests429": 0,
+            "uploads429": 0,
+            "delayed": 0,
+            "bounced": 0,
+        }
         self.throttle_time_scale = 1.0
         self.graph_latency = 0.0
         # Exchange's scope (exchange.py): the delay before a scope change applies (time-scaled), and
         # whether the scope's group is one Exchange recognises (mail-enabled) or an Entra-only group.
         self.scope_delay = 0.0
         self.scope_group_mail_enabled = True
+        # The text of an application access policy's denial: the documented one, or the longer one tenants report.
+        self.policy_denial_text = "Access to OData is disabled."
         # Key Vault RBAC (keyvault.py): the identities (client ids) with no secrets-reading role on the vault.
         self._vault_denied: set[str] = set()
         self._stats: dict[str, int] = dict.fromkeys(SERVICES, 0)
@@ -164,6 +179,11 @@ class TenantState(abc.ABC):
             self._faults.clear()
             self._outbox.clear()
             self._sent_items.clear()
+            self.sent_items_delay = 0.0
+            self._in_transport.clear()
+            self._inbox.clear()
+            self._transport_failing.clear()
+            self._transport_fail_next.clear()
             self._drafts.clear()
             self._upload_sessions.clear()
             self.max_message_bytes, self.upload_session_seconds = 35 * 1024 * 1024, 900.0
@@ -171,6 +191,7 @@ class TenantState(abc.ABC):
             self._stats = dict.fromkeys(SERVICES, 0)
             self._vault_denied.clear()
             self.scope_delay, self.scope_group_mail_enabled = 0.0, True
+            self.policy_denial_text = "Access to OData is disabled."
         with self._throttle_lock:
             self._paces.clear()
             self.throttle_stats.update(dict.fromkeys(self.throttle_stats, 0))

@@ -474,12 +474,8 @@ def test_send_mail_by_object_id_and_from_the_same_mailbox(emu: Emulator, http: r
         ),
         ("no-mail-send", 403, "ErrorAccessDenied", "Access is denied. Check credentials and try again."),
         ("unknown-mailbox", 404, "ErrorInvalidUser", "The requested user 'nobody@contoso.com' is invalid."),
-        (
-            "out-of-scope",
-            403,
-            "ErrorAccessDenied",
-            "Access to OData is disabled: [RAOP] : Blocked by tenant configured AppOnly AccessPolicy settings.",
-        ),
+        # Under an application access policy, the documented denial (auth-limit-mailbox-access, "Handling API errors").
+        ("out-of-scope", 403, "ErrorAccessDenied", "Access to OData is disabled."),
         ("rest-disabled", 403, "ErrorAccessDenied", "Access to OData is disabled."),
     ],
 )

@@ -16,6 +16,8 @@ __all__ = ["http", "running"]  # fixtures shared with test_emulator: the emulato
 IN = "alerts@contoso.com"
 OUT = "ceo@contoso.com"
 DENIED = "Access is denied. Check credentials and try again."
+# An application access policy's denial as Microsoft documents it (auth-limit-mailbox-access, "Handling API errors").
+POLICY = "Access to OData is disabled."
 RAOP = "Access to OData is disabled: [RAOP] : Blocked by tenant configured AppOnly AccessPolicy settings."
 
 
@@ -27,7 +29,6 @@ def emu(running: Emulator) -> Emulator:
     return running
 
 
-
 def outcome(emu: Emulator, http: requests.Session, mailbox: str) -> tuple[int, str, str] | int:
     reply = send(emu, http, mail(), token_for(emu, http), mailbox=mailbox)
     return reply.status_code if reply.status_code == 202 else graph_error(reply)
@@ -37,8 +38,8 @@ def outcome(emu: Emulator, http: requests.Session, mailbox: str) -> tuple[int, s
 MATRIX = [
     ("rbac", False, "RestrictAccess", 202, (403, "ErrorAccessDenied", DENIED)),
     ("rbac", True, "RestrictAccess", 202, 202),  # consent and RBAC add up: the scope restricts nothing
-    ("policy", True, "RestrictAccess", 202, (403, "ErrorAccessDenied", RAOP)),
-    ("policy", True, "DenyAccess", (403, "ErrorAccessDenied", RAOP), 202),
+    ("policy", True, "RestrictAccess", 202, (403, "ErrorAccessDenied", POLICY)),
+    ("policy", True, "DenyAccess", (403, "ErrorAccessDenied", POLICY), 202),
     ("policy", False, "RestrictAccess", (403, "ErrorAccessDenied", DENIED), (403, "ErrorAccessDenied", DENIED)),
     ("none", True, "RestrictAccess", 202, 202),  # no model: the consent reaches every mailbox
     ("none", False, "RestrictAccess", (403, "ErrorAccessDenied", DENIED), (403, "ErrorAccessDenied", DENIED)),
@@ -54,6 +55,18 @@ def test_each_model_in_and_out_of_scope_with_and_without_consent(
     )
     assert outcome(emu, http, IN) == inside
     assert outcome(emu, http, OUT) == outside
+
+
+def test_the_longer_policy_denial_tenants_report_can_be_switched_on_and_nothing_else(
+    emu: Emulator, http: requests.Session
+) -> None:
+    emu.add_app(TENANT, CLIENT, SECRET, roles=("Mail.Send",), scope_model="policy")
+    emu.configure_exchange({"policyDenialText": RAOP})
+    assert outcome(emu, http, OUT) == (403, "ErrorAccessDenied", RAOP)
+    with pytest.raises(ValueError, match="policyDenialText"):
+        emu.configure_exchange({"policyDenialText": "Access denied."})
+    emu.reset()
+    assert emu.policy_denial_text == POLICY
 
 
 @pytest.mark.parametrize("model", ["rbac", "policy", "none"])

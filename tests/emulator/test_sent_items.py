@@ -34,7 +34,6 @@ def emu(running: Emulator) -> Emulator:
     return running
 
 
-
 def marked(mark: str = MARK, save: bool = True, **message: Any) -> dict[str, Any]:
     body = mail(singleValueExtendedProperties=[{"id": MARK_PROPERTY_ID, "value": mark}], **message)
     body["saveToSentItems"] = save
@@ -180,3 +179,23 @@ def test_a_plain_fault_sends_nothing_and_the_look_up_can_fail_too(emu: Emulator,
 def test_accept_is_refused_for_services_that_accept_nothing(emu: Emulator) -> None:
     with pytest.raises(ValueError, match=r"graph\.sendMail only"):
         emu.add_fault("entra.token", status=500, accept=True)
+
+
+@pytest.mark.parametrize(("value", "saved"), [("false", False), ("FALSE", False), ("true", True), ("True", True)])
+def test_save_to_sent_items_as_a_string_is_read_as_graph_reads_it(
+    emu: Emulator, http: requests.Session, value: str, saved: bool
+) -> None:
+    # Microsoft's own sendMail example posts "saveToSentItems": "false" and gets 202 (user-sendmail, Example 1).
+    token = token_for(emu, http)
+    body: dict[str, Any] = marked()
+    body["saveToSentItems"] = value
+    assert send(emu, http, body, token, mailbox=IN).status_code == 202
+    assert bool(lookup(emu, http, token).json()["value"]) is saved
+
+
+@pytest.mark.parametrize("value", ["no", "0", 0, 1, [], {}])
+def test_save_to_sent_items_of_any_other_value_is_refused(emu: Emulator, http: requests.Session, value: Any) -> None:
+    body: dict[str, Any] = marked()
+    body["saveToSentItems"] = value
+    reply = send(emu, http, body, token_for(emu, http), mailbox=IN)
+    assert graph_error(reply)[:2] == (400, "RequestBodyRead") and emu.outbox == []
