@@ -35,7 +35,8 @@ class Transient:
     # Graph may have accepted the message anyway (a read timeout, a 5xx, a connection lost after the request
     # went out): the outcome is unknown, and it is resolved before any second try (shared/delivery.py).
     maybe_sent: bool = False
-    # Graph throttled the call (429): nothing was sent and the request is not at fault, so the try does not
+    # Graph throttled the call (429), or the call never reached the service (MSAL answered a token request from
+    # its throttle cache, shared/tokens.py): nothing was sent and the request is not at fault, so the try does not
     # spend the retry budget; Retry-After says when to come back (shared/delivery.py).
     throttled: bool = False
 

@@ -64,7 +64,9 @@ class FakeEntra:
         pass
 
 
-def tokens(*replies: Reply | Exception, discovery_reply: Reply | Exception | None = None) -> MsalTokens:
+def tokens(
+    *replies: Reply | Exception, discovery_reply: Reply | Exception | None = None, wall: WallClock | None = None
+) -> MsalTokens:
     entra = FakeEntra(list(replies)) if discovery_reply is None else FakeEntra(list(replies), discovery_reply)
     return MsalTokens(
         FakeSecret("s3cret"),
@@ -72,7 +74,37 @@ def tokens(*replies: Reply | Exception, discovery_reply: Reply | Exception | Non
         client_id=CLIENT,
         authority_host=AUTHORITY,
         http_client=entra,  # type: ignore[arg-type]
+        **({"wall_clock": wall} if wall else {}),
     )
+
+
+def entra_of(source: MsalTokens) -> FakeEntra:
+    entra = source._http._session
+    assert isinstance(entra, FakeEntra)
+    return entra
+
+
+@dataclass
+class WallClock:
+    """The wall clock, for MsalTokens and for MSAL's throttle cache (which reads time.time()); tests move it."""
+
+    now: float
+
+    def time(self) -> float:
+        return self.now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(params=[1_000_000.0, 1_000_000.75], ids=["on a second", "late in a second"])
+def wall(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> WallClock:
+    # MSAL's cache stamps entries with int(time.time()): where in its second an answer comes matters.
+    import msal.individual_cache
+
+    clock = WallClock(request.param)
+    monkeypatch.setattr(msal.individual_cache, "time", clock)
+    return clock
 
 
 def oauth_error(status: int, error: str, code: int, text: str) -> Reply:
@@ -164,3 +196,108 @@ def test_an_unknown_aadsts_code_points_at_entras_error_lookup_not_graph() -> Non
     assert isinstance(failure.outcome, Permanent) and failure.outcome.code == "AADSTS9002313"
     assert "login.microsoftonline.com/error?code=9002313" in failure.outcome.hint
     assert "Graph" not in failure.outcome.hint
+
+
+# --- MSAL's throttle cache (msal/throttled_http_client.py) -------------------------------------------------
+
+TOKEN = Reply(200, json.dumps({"access_token": "t-2", "expires_in": 3600}))
+
+
+def outcome_of(source: MsalTokens) -> Transient:
+    outcome = failure_of(source).outcome
+    assert isinstance(outcome, Transient), outcome
+    return outcome
+
+
+@pytest.mark.parametrize(
+    ("reply", "msal_keeps"),
+    [
+        (Reply(503, "Service Unavailable"), 5),  # no Retry-After: MSAL's default for a confidential client
+        (Reply(503, "down", {"Retry-After": "7"}), 7),
+        (Reply(429, "slow down", {"retry-after": "2"}), 2),
+        (Reply(500, "oops", {"Retry-After": "1.5"}), 5),  # not an integer: MSAL falls back on its default
+        (Reply(503, "down", {"Retry-After": "7200"}), 3600),  # MSAL keeps an hour at most; Entra asked for two
+        (oauth_error(400, "invalid_request", 90033, "a transient error"), 60),  # MSAL keeps a 400 for 60 s
+    ],
+    ids=["503", "503 Retry-After 7", "429 retry-after 2", "500 Retry-After 1.5", "Retry-After 2 h", "400 transient"],
+)
+def test_a_retry_comes_no_sooner_than_msal_calls_entra_again(wall: WallClock, reply: Reply, msal_keeps: int) -> None:
+    source = tokens(reply, TOKEN, wall=wall)
+    first = outcome_of(source)
+    # Entra's own answer: the try was made and counts; its retry waits out MSAL's window and Entra's Retry-After.
+    assert not first.throttled
+    msal_stops_at = int(wall.now) + msal_keeps
+    asked = float(reply.headers.get("Retry-After") or reply.headers.get("retry-after") or 0)
+    assert first.retry_after == pytest.approx(max(msal_stops_at - wall.now, asked))
+
+    wall.now = msal_stops_at - 0.01  # the last moment MSAL still answers from its cache
+    again = outcome_of(source)
+    assert entra_of(source).posts == 1  # MSAL answered: Entra was not called
+    assert again.throttled and "Entra ID was not called" in again.message  # the try is given back
+    assert again.code == "EntraUnavailable"
+    assert again.retry_after is not None and wall.now + again.retry_after >= msal_stops_at
+
+    wall.now += again.retry_after  # the retry, when the relay schedules it, reaches Entra
+    assert source.token() == "t-2" and entra_of(source).posts == 2
+
+
+def test_the_retry_after_a_real_failure_reaches_entra(wall: WallClock) -> None:
+    # Without the window, the relay's retry (SEND_RETRY_BASE_SECONDS, jittered) would come back while MSAL still
+    # answers the 503 from its cache: the whole retry budget spent in seconds on calls Entra never saw.
+    source = tokens(Reply(503, "Service Unavailable"), Reply(503, "Service Unavailable"), TOKEN, wall=wall)
+    first = outcome_of(source)
+    assert first.retry_after is not None
+    wall.now += first.retry_after
+    second = outcome_of(source)
+    assert entra_of(source).posts == 2 and not second.throttled
+    assert second.retry_after is not None
+    wall.now += second.retry_after
+    assert source.token() == "t-2" and entra_of(source).posts == 3
+
+
+def test_a_429_with_an_oauth_error_answered_from_msals_cache_is_still_throttling(wall: WallClock) -> None:
+    # The relay reads a 429's OAuth error as throttling, whatever its code: so must it when MSAL repeats it.
+    source = tokens(oauth_error(429, "invalid_request", 9002313, "too many"), TOKEN, wall=wall)
+    assert not outcome_of(source).throttled
+    cached = outcome_of(source)
+    assert entra_of(source).posts == 1 and cached.throttled and cached.code == "EntraUnavailable"
+
+
+def test_a_configuration_error_msal_repeats_from_its_cache_stays_permanent(wall: WallClock) -> None:
+    # MSAL keeps a 400 for 60 s and repeats it: Entra's verdict, given moments ago, to the same request.
+    source = tokens(oauth_error(400, "invalid_request", 9002313, "Request is malformed"), TOKEN, wall=wall)
+    for posts in (1, 1):
+        outcome = failure_of(source).outcome
+        assert isinstance(outcome, Permanent) and outcome.code == "AADSTS9002313"
+        assert entra_of(source).posts == posts
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [requests.exceptions.ConnectionError("refused"), Reply(408, "<html>Request Timeout</html>")],
+    ids=["refused", "408"],
+)
+def test_a_failure_msal_does_not_keep_is_tried_again_at_once(wall: WallClock, reply: Reply | Exception) -> None:
+    # Nothing in MSAL's cache: the relay's own backoff decides, and the next try reaches Entra.
+    source = tokens(reply, TOKEN, wall=wall)
+    first = outcome_of(source)
+    assert first.retry_after is None and not first.throttled
+    assert source.token() == "t-2" and entra_of(source).posts == 2
+
+
+def test_a_rotated_secret_starts_with_an_empty_throttle_cache(wall: WallClock) -> None:
+    # A new secret is a new MSAL application, with its own cache: its first token request reaches Entra.
+    secret = FakeSecret("s3cret")
+    entra = FakeEntra([Reply(503, "Service Unavailable"), TOKEN])
+    source = MsalTokens(
+        secret,
+        tenant_id=TENANT,
+        client_id=CLIENT,
+        authority_host=AUTHORITY,
+        http_client=entra,  # type: ignore[arg-type]
+        wall_clock=wall,
+    )
+    assert not outcome_of(source).throttled
+    secret.value = "rotated"
+    source.renew_secret()
+    assert source.token() == "t-2" and entra.posts == 2
