@@ -42,9 +42,10 @@ class TokenSource(Protocol):
 
 
 # MSAL's throttle cache. Every ConfidentialClientApplication wraps its HTTP client in a ThrottledHttpClient
-# (msal/throttled_http_client.py and msal/individual_cache.py; msal 1.39.0 as installed is the ground truth,
-# github:AzureAD/microsoft-authentication-library-for-python has had the same rules since 1.16), which keeps
-# some answers of a POST and answers the same POST from memory, without calling Entra, until they expire:
+# (msal/throttled_http_client.py and msal/individual_cache.py of
+# github:AzureAD/microsoft-authentication-library-for-python: msal 1.39.0 as installed, and the same rules in
+# its October 2024 source, 7db6c2c, within requirements.txt's msal>=1.31), which keeps some answers of a POST
+# and answers the same POST from memory, without calling Entra, until they expire:
 # - a 429, a 5xx, or any answer carrying Retry-After: for Retry-After's whole seconds (`int(value)`), capped at
 #   3,600 (RetryAfterParser.parse); without Retry-After, or one that is not an integer (an HTTP date, "1.5"),
 #   for `default_throttle_time`, which msal/application.py sets to 5 for a confidential client (60 for a
