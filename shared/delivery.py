@@ -151,13 +151,19 @@ def deliver(
     fence = _Fence(rt, record, fields)
     try:
         attempt = rt.relay.deliver(checked, key.mark, fence)
-    except ClaimLost:  # the fence stopped the call: nothing was sent
+    except ClaimLost:
+        _release(rt, _Freeing(req.sender, slot, given_back=True), fields)  # the fence stopped the call: nothing sent
         _claim_lost(rt, checked, original_message_id, fields)
         return
-    finally:
-        _release(rt, req.sender, slot, fields)
+    except BaseException:
+        _release(rt, _Freeing(req.sender, slot, given_back=False), fields)  # what happened is unknown: it counts
+        raise
     record = fence.record  # with the ETag of the fence's last renewal, if it renewed: the outcome is written under it
-    _settle(rt, checked, record, attempt.outcome, attempt.request_id, attempt.client_request_id, fields)
+    outcome = attempt.outcome
+    # Graph did not accept what it refused, throttled, or never saw: its recipients and its minute are given back.
+    accepted = isinstance(outcome, Sent) or (isinstance(outcome, Transient) and outcome.maybe_sent)
+    freeing = _Freeing(req.sender, slot, given_back=not accepted)
+    _settle(rt, checked, record, outcome, attempt.request_id, attempt.client_request_id, fields, freeing)
 
 
 # --- 0. Scheduled sends ------------------------------------------------------------------------------------
@@ -234,13 +240,23 @@ def _drop_payloads(rt: Runtime, checked: Checked, fields: dict[str, Any]) -> Non
 # --- 3. Pacing --------------------------------------------------------------------------------------------
 
 
-def _release(rt: Runtime, sender: str, slot: Granted, fields: dict[str, Any]) -> None:
-    """Free the slot. Best effort: Graph has answered, and what it answered must be recorded whatever Storage
-    does now; a slot not freed lapses with its lease (SEND_CLAIM_LEASE_SECONDS)."""
+@dataclass(frozen=True)
+class _Freeing:
+    """A slot to free with the outcome's write (one transaction: shared/pacing.py), and whether Graph's answer
+    gives its recipients and its place in the minute back."""
+
+    sender: str
+    slot: Granted
+    given_back: bool
+
+
+def _release(rt: Runtime, freeing: _Freeing, fields: dict[str, Any]) -> None:
+    """Free the slot on its own, when no outcome write carries it. Best effort: what Graph answered must be
+    recorded whatever Storage does now; a slot not freed lapses with its lease (SEND_CLAIM_LEASE_SECONDS)."""
     if rt.pacer is None:
         return
     try:
-        rt.pacer.release(sender, slot)
+        rt.pacer.release(freeing.sender, freeing.slot, given_back=freeing.given_back)
     except Exception as e:  # Storage unreachable: the outcome is worth more than the slot
         text = f"the slot stays taken until its lease ends: {type(e).__name__}"
         _log(logging.WARNING, "pace.release", text, **fields)
@@ -254,16 +270,19 @@ def _pace(
     the retry budget."""
     if rt.pacer is None:
         return Granted("unpaced")
+    from shared.sending import mail_size
+
     req = checked.request
     recipients = len(req.to) + len(req.cc) + len(req.bcc)
-    decided = rt.pacer.acquire(req.sender, recipients)
+    uploads = mail_size(req)  # what the send uploads to Graph, near enough (its body and encoded attachments)
+    decided = rt.pacer.acquire(req.sender, recipients, uploads)
     held = 0.0
     # A wait shorter than the queue's smallest delay (a whole second, then a poll) is cheaper held here: a
     # slot frees within a Graph call, and a minute's oldest send leaves it at a known moment.
     while isinstance(decided, Over) and decided.seconds <= MAX_HOLD_SECONDS and held < MAX_HOLD_SECONDS * 3:
         rt.sleep(decided.seconds)
         held += decided.seconds
-        decided = rt.pacer.acquire(req.sender, recipients)
+        decided = rt.pacer.acquire(req.sender, recipients, uploads)
     if not isinstance(decided, Over):
         return decided
     now = rt.clock()
@@ -558,24 +577,28 @@ def _settle(
     request_id: str | None,
     client_request_id: str | None,
     fields: dict[str, Any],
+    freeing: _Freeing | None = None,
 ) -> None:
+    """Record what Graph answered; the try's pace slot (`freeing`) is freed in the same write."""
     now = rt.clock()
     record = replace(record, graph_request_id=request_id, client_request_id=client_request_id)
     fields.update(graphRequestId=request_id, clientRequestId=client_request_id)
     if isinstance(outcome, Sent):
-        _write(rt, replace(record, state=SENT, sent_at=now, lease_until=None, last_error_code=None))
+        _write(rt, replace(record, state=SENT, sent_at=now, lease_until=None, last_error_code=None), freeing, fields)
         _log(logging.INFO, "mail.sent", "Graph accepted the message (202)", **fields)
         _drop_payloads(rt, checked, fields)
         return
     if isinstance(outcome, Permanent):
-        _dead_letter(rt, checked.received, outcome, record, fields)
+        _dead_letter(rt, checked.received, outcome, record, fields, freeing=freeing)
         return
     original = record.message_id
     retry_at = now + timedelta(seconds=rt.settings.retry_policy.delay(record.attempts, outcome.retry_after))
     if outcome.maybe_sent:
         # Never given up on here: what happened must be found out first (the next delivery resolves it).
         settled = now + timedelta(seconds=rt.settings.graph_timeout_seconds + rt.settings.unknown_settle_seconds)
-        _reschedule(rt, checked, record, UNKNOWN, max(retry_at, settled), original, "unknown", fields, outcome)
+        _reschedule(
+            rt, checked, record, UNKNOWN, max(retry_at, settled), original, "unknown", fields, outcome, freeing
+        )
         return
     if outcome.throttled:
         # Throttling is the service's pace, not the request's fault: the try is given back, Retry-After kept.
@@ -583,9 +606,9 @@ def _settle(
     spent = _budget(rt, record, now)
     if spent:
         gave_up = Transient(outcome.code, f"{outcome.message} ({spent})", outcome.hint, outcome.retry_after)
-        _dead_letter(rt, checked.received, gave_up, record, fields)
+        _dead_letter(rt, checked.received, gave_up, record, fields, freeing=freeing)
         return
-    _reschedule(rt, checked, record, RETRYING, retry_at, original, "retrying", fields, outcome)
+    _reschedule(rt, checked, record, RETRYING, retry_at, original, "retrying", fields, outcome, freeing)
 
 
 def _reschedule(
@@ -598,13 +621,14 @@ def _reschedule(
     reason: str,
     fields: dict[str, Any],
     failure: Transient | None,
+    freeing: _Freeing | None = None,
 ) -> None:
     """Record `state` until `when`, and put the request on the retry queue hidden until then."""
     now = rt.clock()
     changed = replace(record, state=state, updated_at=now, lease_until=None, not_before=when)
     if failure is not None:
         changed = replace(changed, last_error_code=failure.code, last_error_hint=failure.hint)
-    _write(rt, changed)
+    _write(rt, changed, freeing, fields)
     delay = _put_back(rt, checked, original_message_id, (when - now).total_seconds(), reason)
     code = failure.code if failure else None
     event = "mail.unknown" if state == UNKNOWN else "mail.retry"
@@ -636,6 +660,7 @@ def _dead_letter(
     record: StatusRecord | None,
     fields: dict[str, Any],
     resolution: str | None = None,
+    freeing: _Freeing | None = None,
 ) -> None:
     """The envelope first, then the record: a crash in between leaves the request to be delivered again."""
     from shared.outcomes import dead_letter_envelope
@@ -655,26 +680,46 @@ def _dead_letter(
                 last_error_hint=failure.hint,
                 resolution=resolution or record.resolution,
             ),
+            freeing,
+            fields,
         )
     _log(logging.ERROR, "mail.deadlettered", failure.code, code=failure.code, hint=failure.hint, **fields)
 
 
-def _write(rt: Runtime, record: StatusRecord) -> None:
+def _write(
+    rt: Runtime, record: StatusRecord, freeing: _Freeing | None = None, fields: dict[str, Any] | None = None
+) -> None:
     """Write an outcome under the claim's ETag; if another worker changed the record meanwhile (our lease ran
-    out), write it over theirs all the same: what Graph answered is the truth about this request."""
+    out), write it over theirs all the same: what Graph answered is the truth about this request.
+
+    `freeing`: the try's pace slot, freed in the same transaction (its sender's pace row shares the record's
+    partition: shared/pacing.py), so an outcome costs one round trip, slot included."""
     changed = replace(record, updated_at=rt.clock())
+    pacer = rt.pacer if freeing is not None else None
     for _ in range(CLAIM_ROUNDS):
-        if rt.status.replace(changed) is not None:
-            return
+        if pacer is None or freeing is None:
+            if rt.status.replace(changed) is not None:
+                return
+        else:
+            writes = pacer.release_writes(freeing.sender, freeing.slot, given_back=freeing.given_back)
+            written = rt.status.replace_with(changed, writes)
+            if written.record is not None:
+                pacer.released_in(freeing.sender, writes, written.row_etag)
+                if written.row_etag is None:  # the pace row is gone (cleaned up): nothing left to free
+                    _log(logging.INFO, "pace.release", "no pace row to free the slot in", **(fields or {}))
+                return
         current = rt.status.get(record.key)
         if current is None:
             if rt.status.create(replace(changed, etag=None)) is not None:
-                return
+                break
             continue
         if current.state == SENT:
-            return  # the other worker saw it sent too: nothing to add
+            break  # the other worker saw it sent too: nothing to add
         changed = replace(changed, etag=current.etag)
-    raise RuntimeError("the status record kept changing under this worker; the host will deliver it again")
+    else:
+        raise RuntimeError("the status record kept changing under this worker; the host will deliver it again")
+    if freeing is not None:
+        _release(rt, freeing, fields or {})
 
 
 def _log(level: int, event: str, text: str, **fields: Any) -> None:

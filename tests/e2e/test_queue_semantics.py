@@ -322,3 +322,26 @@ def test_pacing_keeps_a_mailbox_within_exchanges_limits_without_a_429_or_a_dead_
     # 75 at 30 per window need at least two windows after the first: the relay held them (waits under a second
     # are held in the worker, longer ones go back on the queue as `mail.paced`), and Exchange delayed none.
     assert elapsed >= 2.0
+
+
+def test_a_throttled_request_spends_none_of_its_mailboxs_recipients_per_day(
+    relay_env: RelayEnv, local_host: Callable[..., LocalHost], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 18, item 3, against the throttling emulator: one 500-recipient request met 20 answers of 429 and
+    counted 10,000 recipients, so every other request from that mailbox waited most of a (scaled) day. Only what
+    Graph accepted counts: the other 19 requests of 500 fill the day's 10,000 exactly and go at once."""
+    day = 120.0  # a scaled day: the relay's window and the emulator's (timeScale) agree on it
+    monkeypatch.setenv("MAILBOX_RECIPIENT_WINDOW_SECONDS", str(day))
+    relay_env.emulator.configure_throttling({"timeScale": 86_400 / day, "graphLatencySeconds": 0})
+    relay_env.emulator.add_fault(service="graph.sendMail", status=429, retry_after=1, count=20)
+    everyone = [f"r{i:03d}@fabrikam.com" for i in range(500)]
+    relay_env.enqueue(relay_env.request("throttled", to=everyone, id=f"throttled-{relay_env.queue_name}"))
+    local_host()
+    wait_for(lambda: relay_env.subjects_sent()["throttled"] == 1, 90, "the throttled request, sent at last")
+    for i in range(19):
+        relay_env.enqueue(relay_env.request(f"after {i:02d}", to=everyone, id=f"after-{relay_env.queue_name}-{i}"))
+    # Counted once per accepted message, the day has room for all 19: they go at once (the old count would hold
+    # them until the throttled tries' buckets left the 120 s window).
+    wait_for(lambda: len(relay_env.emulator.outbox) >= 20, day / 3, "19 more requests of 500, within the day")
+    assert relay_env.emulator.throttling()["bounced"] == 0  # and Exchange never blocked the mailbox
+    assert relay_env.poison_messages() == []
