@@ -1,5 +1,11 @@
 """Entra ID: app registrations and their secrets, the token endpoint (client credentials), OIDC
-configuration and JWKS, and Entra's error shapes. Tokens are signed and checked in state.py."""
+configuration and JWKS, and Entra's error shapes. Tokens are signed and checked in state.py.
+
+Sources: the client credentials flow (https://learn.microsoft.com/entra/identity-platform/v2-oauth2-client-creds-grant-flow:
+the request, the token response, the error response's fields) and Entra's error codes
+(https://learn.microsoft.com/entra/identity-platform/reference-error-codes: AADSTS7000215, 7000222, 700016, 90002...).
+Assumed: the error descriptions' wording beyond the code (the pages give each code's meaning, not Entra's text), and
+the token's claims beyond those the access-token reference lists."""
 
 from __future__ import annotations
 

@@ -11,7 +11,8 @@ Filtering the Name in an id is case-sensitive, filtering the value case-insensit
 Exchange's codes for a bad one (https://learn.microsoft.com/en-us/exchange/client-developer/web-service-reference/responsecode):
 ErrorInvalidExtendedProperty, "The extended property attribute combination is invalid." (an id Exchange cannot
 read; Graph answers it so, microsoftgraph/microsoft-graph-docs#2251), and ErrorInvalidExtendedPropertyValue, "The
-extended property value is inconsistent with its type.".
+extended property value is inconsistent with its type.". Assumed: that Graph answers them with 400 and these texts
+for a sendMail or a draft (the EWS page lists the codes, not Graph's status; the reports show the first).
 """
 
 from __future__ import annotations
@@ -198,6 +199,7 @@ def parse_mark_filter(text: str) -> MarkFilter | _Problem:
       microsoftgraph/microsoft-graph-explorer-v4#3957). Real Graph supports more filters than the emulator does:
       this answer for them is the emulator's limit, said in Graph's words.
     - An id in none of the documented formats: 400 ErrorInvalidExtendedProperty.
+    Assumed, all three: no Microsoft page gives these codes and texts for a $filter; they are as users report them.
     """
     syntax = _syntax_error(text)
     if syntax is not None:

@@ -1,5 +1,14 @@
 """Microsoft Graph: sendMail with its documented checks and errors, mailboxes, and the applications
-endpoint the expiry check reads."""
+endpoint the expiry check reads.
+
+Sources: https://learn.microsoft.com/graph/api/user-sendmail (the body, 202 Accepted, saveToSentItems, Example 1
+posting it as the string "false"), https://learn.microsoft.com/graph/errors (the status codes and their meaning),
+the message resource (its properties), and the pages the other modules cite. Assumed, where no comment names a
+source: the texts of Graph's refusals (OData's RequestBodyRead and UnprocessableType messages, the 401 texts and
+WWW-Authenticate challenge, the 404 ErrorInvalidUser, the 405, the 413 over 4 MB, the $top and $select errors),
+which follow what Graph answers in users' reports; the codes are Graph's documented ones where the errors page
+lists them.
+"""
 
 from __future__ import annotations
 
@@ -36,7 +45,8 @@ from devstack.emulator.sent_items import EXTENDED_PROPERTY_READ, SELECTABLE_DEFA
 from devstack.emulator.state import _Mailbox
 from devstack.emulator.transport import Transport
 
-# Graph refuses request bodies over 4 MB (sendMail included); larger content needs an upload session.
+# Graph refuses request bodies over 4 MB (sendMail included); larger content needs an upload session
+# (outlook-large-attachments: "under 3 MB" in one POST). Assumed: the 413 and its text, as users report them.
 GRAPH_MAX_REQUEST_BYTES = 4 * 1024 * 1024
 # sendMail's attachments up to this size keep their contentBytes in the outbox; larger ones only their summary.
 OUTBOX_KEPT_BYTES = 64 * 1024

@@ -1,4 +1,8 @@
-"""The App Service managed-identity endpoint (api-version 2019-08-01)."""
+"""The App Service managed-identity endpoint (api-version 2019-08-01).
+
+Source: https://learn.microsoft.com/azure/app-service/overview-managed-identity ("REST endpoint reference":
+IDENTITY_ENDPOINT, the X-IDENTITY-HEADER header, resource, client_id, the response's fields). Assumed: the error
+bodies' wording (the page lists the statuses, not the texts)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""Azure Key Vault secrets: versions, attributes, the challenge, and Key Vault's error shapes."""
+"""Azure Key Vault secrets: versions, attributes, the challenge, and Key Vault's error shapes.
+
+Sources: Key Vault's REST reference (Get Secret, Get Secret Versions: https://learn.microsoft.com/rest/api/keyvault/
+secrets/) and its authentication page (the 401 challenge naming the tenant and resource). Assumed: the error
+messages' wording (the REST reference gives the codes, e.g. SecretNotFound, Forbidden, not the texts), as the SDK
+surfaces them in users' reports."""
 
 from __future__ import annotations
 
