@@ -2,8 +2,8 @@
 //
 // One resource group holds: a user-assigned identity, a Flex Consumption Function App (Linux,
 // Python 3.11), a storage account (queues mail-outbox, mail-outbox-poison and the relay-internal
-// mail-outbox-retry and mail-outbox-retry-poison; tables expirywarnings, mailstatus and mailpace; the Flex
-// deployment container, the relay's overflow container and mail-payloads, where apps put large attachments and
+// mail-outbox-retry and mail-outbox-retry-poison; tables expirywarnings and mailstatus, which holds the status
+// records and one pace row per sender mailbox; the Flex deployment container, the relay's overflow container and mail-payloads, where apps put large attachments and
 // bodies for the relay to fetch (claim check); shared keys off), a Key Vault (RBAC, soft delete, purge protection) for the
 // Graph client secret, Log Analytics + Application Insights (Entra auth only), two log alerts and
 // an optional action group. The Entra app registration is optional (app/entra-app.bicep); the
@@ -60,7 +60,7 @@ param graphClientId string = ''
 @description('Create the app registration, its service principal and (ApplicationAccessPolicy model only) the Mail.Send consent, and Mail.Read with grantSentItemsRead, with the Microsoft Graph Bicep extension. Needs directory privileges; off by default (README step 1).')
 param deployEntraApp bool = false
 
-@description('Display name (and unique name) of the app registration created when deployEntraApp is true.')
+@description('Display name of the app registration created when deployEntraApp is true. Renaming it renames the same app: its unique name comes from the environment (graph-mail-relay-<resource token>), not from this.')
 param entraAppDisplayName string = 'Graph Mail Relay'
 
 @allowed([
@@ -124,7 +124,7 @@ param expiryAlertRecipients string = ''
 @description('Optional webhook (e.g. a Teams workflow URL) for expiry warnings (EXPIRY_ALERT_WEBHOOK_URL); a channel that does not need the expiring secret.')
 param expiryAlertWebhookUrl string = ''
 
-@description('Principal (object) ids of the apps allowed to enqueue mail: each gets Storage Queue Data Message Sender on the mail-outbox queue only (not on the relay-internal retry queue).')
+@description('Principal (object) ids of the apps allowed to enqueue mail, their service principals or managed identities (the assignments carry principalType ServicePrincipal, so a user or group id is refused): each gets Storage Queue Data Message Sender on the mail-outbox queue only (not on the relay-internal retry queue).')
 param senderPrincipalIds array = []
 
 @description('Principal (object) ids of apps or operators that may read the status records (`mailrelay status`, the client library\'s status()): each gets Storage Table Data Reader on the mailstatus table only. The records hold states, codes, timestamps and sender mailboxes, never subjects, bodies or recipients.')
@@ -162,13 +162,28 @@ param alertEmail string = ''
 // ---------------------------------------------------------------------------------------------
 
 // Graph's limits hold per app and mailbox (4 concurrent requests), Exchange's per mailbox (30 a minute,
-// 10,000 recipients a day): the relay paces each mailbox itself, shared by every instance (Table mailpace),
-// so this cap is not the concurrency cap any more. host.json runs up to 12 sends per instance (batchSize 8 +
-// newBatchThreshold 4); on Flex Consumption the cap applies per function. 4 keeps cost and blast radius small.
+// 10,000 recipients a day): the relay paces each mailbox itself, shared by every instance (the pace row of
+// each sender mailbox in Table mailstatus, shared/pacing.py), so this cap is not what keeps Graph within its
+// limits: that holds whatever the instance count. What the cap still bounds is spend and blast radius during a
+// backlog: instances x 12 sends at once per queue function (host.json batchSize 8 + newBatchThreshold 4; Flex
+// Consumption applies the cap per function, event-driven-scaling.md "Limit scale-out").
+//
+// Why 40 and not the former 4. Microsoft's docs have moved on the lowest value Flex Consumption accepts:
+// "The lowest maximum scale is currently `40`" (MicrosoftDocs/azure-docs, articles/azure-functions/
+// flex-consumption-plan.md, Considerations, 2024-2025 revisions), then, by issue 18's account of a February
+// 2026 change, 40 with lower values only in some regions as a preview (that revision was not among those
+// read here), and "The lowest maximum scale is currently `1`" / "Currently the lowest maximum instance count
+// value is `1`" in the newest revisions read (flex-consumption-plan.md Considerations; event-driven-scaling.md
+// "Limit scale-out", ms.date 08/03/2026). 40 is the one value every revision accepts in every region, so it is
+// the default: the template deploys wherever the README suggests. A lower cap (down to 1) is accepted by the
+// parameter for regions and times where the platform takes it; where it does not, the deployment fails on the
+// Function App (assumed: no Microsoft page states the error). To cap cost below 40 instances without that risk, lower the per-instance
+// concurrency instead (host.json batchSize / newBatchThreshold), or set the cap after deployment with
+// `az functionapp scale config set --maximum-instance-count N` where the region accepts N (infra/README.md).
 @minValue(1)
-@maxValue(4)
-@description('Maximum instances of the Flex Consumption app, per function. Each runs up to 12 sends at once; the relay paces each sender mailbox to Graph\'s and Exchange\'s limits whatever the count.')
-param maximumInstanceCount int = 4
+@maxValue(1000)
+@description('Maximum on-demand instances of the Flex Consumption app, per function (1 to 1000). Default 40: the lowest value Microsoft\'s docs have accepted in every region (lower values only in some regions, depending on the docs revision; see the comment above and infra/README.md). Each instance runs up to 12 sends at once (host.json); the relay paces each sender mailbox to Graph\'s and Exchange\'s limits whatever the count, so the cap bounds cost during a backlog, not Graph\'s load.')
+param maximumInstanceCount int = 40
 
 @allowed([
   512
@@ -231,8 +246,9 @@ var payloadContainerName = 'mail-payloads'
 // Status records (shared/status.py TABLE_NAME): one per sender mailbox and request id, the atomic
 // claim before Graph and what became of each request. Replaces the former sentrequests ledger.
 var statusTableName = 'mailstatus'
-// The relay's pacing per sender mailbox (shared/pacing.py): one record per mailbox, written under ETag.
-var paceTableName = 'mailpace'
+// The relay's pacing per sender mailbox (shared/pacing.py) lives in the same table: one row per sender mailbox,
+// RowKey "pace", in the partition of that mailbox's status records, so freeing a slot joins the outcome's write
+// in one entity group transaction. There is no separate pace table (the former mailpace).
 
 // Entra consent of Mail.Send only for the legacy model: with RBAC for Applications it would widen
 // the Exchange scope to every mailbox in the tenant.
@@ -331,9 +347,6 @@ module storage 'br/public:avm/res/storage/storage-account:0.8.3' = {
         {
           name: statusTableName
         }
-        {
-          name: paceTableName
-        }
       ]
     }
   }
@@ -425,6 +438,10 @@ module entraApp 'app/entra-app.bicep' = if (deployEntraApp) {
   scope: rg
   params: {
     displayName: entraAppDisplayName
+    // One app registration per azd environment: the Graph extension finds the app by uniqueName, so a name
+    // from the environment's resource token (subscription, environment name, region) keeps two environments
+    // in one tenant apart and survives a change of display name.
+    uniqueName: 'graph-mail-relay-${resourceToken}'
     grantMailSend: grantMailSendInEntra
     grantMailRead: grantMailReadInEntra
   }

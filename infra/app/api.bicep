@@ -33,9 +33,9 @@ param deploymentContainerName string
 param applicationInsightsConnectionString string
 
 @minValue(1)
-@maxValue(4)
-@description('Cap on instances: 4 = Graph\'s 4 concurrent requests per app, one message per instance (host.json).')
-param maximumInstanceCount int = 4
+@maxValue(1000)
+@description('Flex Consumption\'s cap on on-demand instances, per function (main.bicep\'s maximumInstanceCount explains the value).')
+param maximumInstanceCount int = 40
 
 param instanceMemoryMB int = 2048
 
@@ -67,6 +67,28 @@ var monitoringSettings = {
 
 var identitySettings = {
   AZURE_CLIENT_ID: identityClientId
+}
+
+// The Python worker's thread pool. The worker runs every synchronous function of a worker process in ONE
+// ThreadPoolExecutor whose max_workers is PYTHON_THREADPOOL_THREAD_COUNT; unset, on Python 3.9 and later it
+// passes None, so Python's default applies: min(32, os.cpu_count() + 4), about 5 threads on a 1-vCPU
+// instance (Azure/azure-functions-python-worker, azure_functions_worker/dispatcher.py,
+// _get_sync_tp_max_workers and _create_sync_call_tp; Microsoft's "Improve throughput performance of Python
+// apps in Azure Functions", learn.microsoft.com/azure/azure-functions/python-scale-performance-reference,
+// "Set up max workers within a language worker process"). The host hands a queue function up to
+// batchSize + newBatchThreshold messages at once (host.json: 8 + 4 = 12), and the relay has two queue
+// functions sharing that pool (send_mail on mail-outbox, retry_mail on mail-outbox-retry): 2 x 12 = 24
+// threads, so neither function's messages wait on threads the other holds where one instance runs both (the
+// local host, and any plan without Flex Consumption's per-function scaling). On Flex Consumption each queue
+// function scales on its own instances and needs 12; the pool starts threads only as work arrives, so the
+// unused 12 cost nothing. The app settings reference gives 32 as the setting's maximum
+// (learn.microsoft.com/azure/azure-functions/functions-app-settings#python_threadpool_thread_count);
+// Flex Consumption's list of deprecated settings names FUNCTIONS_WORKER_PROCESS_COUNT ("Setting not valid")
+// but not this one (functions-app-settings#flex-consumption-plan-deprecations), so one worker process per
+// instance and this pool are what Flex runs. tests/infra/test_wiring.py recomputes 24 from host.json and
+// function_app.py.
+var workerSettings = {
+  PYTHON_THREADPOOL_THREAD_COUNT: '24'
 }
 
 module site 'br/public:avm/res/web/site:0.15.1' = {
@@ -108,8 +130,8 @@ module site 'br/public:avm/res/web/site:0.15.1' = {
       }
       scaleAndConcurrency: {
         instanceMemoryMB: instanceMemoryMB
-        // Graph: at most 4 concurrent requests per app. One message per instance (host.json:
-        // batchSize 1, newBatchThreshold 0) times at most 4 instances = at most 4 sends in flight.
+        // Per function: up to maximumInstanceCount instances x (8 + 4 = 12) messages each (host.json);
+        // Graph is bounded per sender mailbox by the pacing (shared/pacing.py), whatever the count.
         maximumInstanceCount: maximumInstanceCount
       }
       runtime: {
@@ -121,7 +143,7 @@ module site 'br/public:avm/res/web/site:0.15.1' = {
       alwaysOn: false
       minTlsVersion: '1.2'
     }
-    appSettingsKeyValuePairs: union(appSettings, storageSettings, monitoringSettings, identitySettings)
+    appSettingsKeyValuePairs: union(appSettings, storageSettings, monitoringSettings, identitySettings, workerSettings)
   }
 }
 

@@ -1,6 +1,7 @@
 // Optional: the Entra ID app registration the relay signs in as, with the Microsoft Graph Bicep
 // extension (bicepconfig.json: microsoftGraphV1 = microsoftgraph/v1.0:1.0.0, Bicep 0.36.1+).
-// Deployed only when main.bicep's deployEntraApp is true.
+// Deployed only when main.bicep's deployEntraApp is true, but compiled on every `azd provision` whatever
+// deployEntraApp says: hence azure.yaml's requiredVersions.azd (an older azd brings an older Bicep).
 //
 // Who can deploy it: Graph resources are created with the deploying user's own directory rights.
 // Creating the app and its service principal needs Application Administrator (or Cloud Application
@@ -17,8 +18,18 @@
 
 extension microsoftGraphV1
 
-@description('Display name of the app registration; also its uniqueName, which makes redeploys idempotent.')
+@description('Display name of the app registration (free to change: the app is found by uniqueName).')
 param displayName string
+
+// The Graph extension identifies an application by uniqueName ("Required, DeployTimeConstant, Identifier ...
+// used as an alternate key. Immutable.": microsoftgraph/msgraph-bicep-types, generated/microsoftgraph/
+// microsoft.graph/v1.0/1.0.0/types.md, Microsoft.Graph/applications@v1.0): a redeploy with the same uniqueName
+// updates the same app. main.bicep derives it from the azd environment (its resource token), so two
+// environments in one tenant get two apps, and a new display name renames the app instead of creating a second
+// one that holds none of the first one's consent, secrets or Exchange scope.
+@minLength(1)
+@description('Unique name (alternate key) of the app registration, one per azd environment: graph-mail-relay-<resource token>.')
+param uniqueName string
 
 @description('Grant Mail.Send (application permission) with admin consent, tenant-wide. Only for the ApplicationAccessPolicy model: with RBAC for Applications this consent would add to the Exchange scope and defeat it.')
 param grantMailSend bool = false
@@ -53,7 +64,7 @@ var mailReadAccess = {
 var declaredAccess = grantMailRead ? concat(array(mailSendAccess), array(mailReadAccess)) : array(mailSendAccess)
 
 resource app 'Microsoft.Graph/applications@v1.0' = {
-  uniqueName: 'graph-mail-relay-${uniqueString(displayName)}'
+  uniqueName: uniqueName
   displayName: displayName
   signInAudience: 'AzureADMyOrg'
   notes: 'Graph Mail Relay: sends mail with POST /users/{sender}/sendMail. Exchange Online limits which mailboxes it may send as (infra/exchange).'
@@ -77,6 +88,19 @@ resource microsoftGraph 'Microsoft.Graph/servicePrincipals@v1.0' existing = {
 
 // Admin consent of the application permission: an app role assignment from Microsoft Graph's
 // service principal to ours.
+//
+// A second `azd provision` must leave it as it is. The extension keys appRoleAssignedTo by the composite
+// (appRoleId, principalId) inside the resource service principal (resourceId): microsoftgraph/msgraph-bicep-types,
+// src/swagger-generation/output/metadata.json ("containerEntitySet": "servicePrincipals", "keyProperty":
+// "resourceId", "compositeKeyProperties": ["appRoleId", "principalId"]), from PR #164 "Update appRoleAssignedTo
+// metadata to support all principal types" (August 2024). Before it the key was (appRoleId, resourceId), and
+// a redeploy was reported to fail with "EntitlementGrant entry already exists" (msgraph-bicep-types issue #161,
+// appRoleAssignedTo@beta, Bicep 0.29). The assignment is "updatable": false in that metadata, so the three
+// properties below never change for a given app (the ids are fixed, the principal is this app's service
+// principal): a redeploy finds the same assignment by its key. The pinned extension, v1.0 1.0.0 (July 2025),
+// carries that key. If a tenant still answers "already exists", infra/README.md's troubleshooting table says
+// what to do (provision with DEPLOY_ENTRA_APP=false once the app exists: the app is then referenced by
+// GRAPH_CLIENT_ID, and nothing in Entra is touched).
 resource mailSendGrant 'Microsoft.Graph/appRoleAssignedTo@v1.0' = if (grantMailSend) {
   appRoleId: mailSendAppRoleId
   principalId: servicePrincipal.id

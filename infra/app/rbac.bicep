@@ -6,7 +6,8 @@
 // The relay's identity (user-assigned, shared by the Functions host and the relay's code):
 //   Storage Queue Data Contributor  storage account  queue triggers (mail-outbox, mail-outbox-retry); writes the
 //                                                    retry queue and dead-letter envelopes to mail-outbox-poison
-//   Storage Table Data Contributor  storage account  tables expirywarnings, mailstatus and mailpace
+//   Storage Table Data Contributor  storage account  tables expirywarnings and mailstatus (status records and
+//                                                    one pace row per sender mailbox)
 //   Storage Blob Data Owner         storage account  host leases/timers/keys and the Flex deployment container;
 //                                                    mail-relay-overflow; mail-payloads: read, check and delete payloads
 //   Key Vault Secrets User          key vault        read the Graph client secret and its exp attribute
@@ -30,7 +31,16 @@
 //   app's attachments is not prevented here.
 //
 // Status readers (statusReaderPrincipalIds, optional):
-//   Storage Table Data Reader          the mailstatus table only (mailrelay status, the client's status())
+//   Storage Table Data Reader          the mailstatus table only (mailrelay status, the client's status()); the
+//                                      pace rows in it carry counts and times per sender mailbox, nothing more
+//
+// principalType: set to 'ServicePrincipal' wherever the principal is an app identity (the relay's managed
+// identity, the enqueuing apps' service principals or managed identities). Azure RBAC resolves a role
+// assignment's principal in Microsoft Entra ID; a principal just created (the relay's identity, in this same
+// deployment) may not have replicated there yet, and the assignment then fails with PrincipalNotFound unless
+// principalType is given ("Troubleshoot Azure RBAC", Symptom - Role assignment with new principal fails,
+// https://learn.microsoft.com/azure/role-based-access-control/troubleshooting, aka.ms/docs-principaltype).
+// Status readers may be apps or operators (users, groups), so theirs stays unset: a wrong type is refused.
 //
 // Whoever runs azd (optional, principalId):
 //   Key Vault Secrets Officer          key vault        store/rotate the Graph client secret (README step 5)
@@ -56,7 +66,7 @@ param statusTableName string
 @description('Name of the blob container where apps put large attachments and bodies for the relay (mail-payloads).')
 param payloadContainerName string
 
-@description('Principal ids of the apps allowed to enqueue mail.')
+@description('Principal (object) ids of the apps allowed to enqueue mail: service principals or managed identities (their assignments carry principalType ServicePrincipal).')
 param senderPrincipalIds array = []
 
 @description('Principal ids of the apps or operators allowed to read the status records.')
@@ -142,7 +152,7 @@ resource relayQueueDataContributor 'Microsoft.Authorization/roleAssignments@2022
   }
 }
 
-// Storage Table Data Contributor: the relay's tables (expirywarnings, mailstatus, mailpace).
+// Storage Table Data Contributor: the relay's tables (expirywarnings; mailstatus, with the pace rows).
 resource relayTableDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(storageAccount.id, relayPrincipalId, storageTableDataContributorRoleId)
   scope: storageAccount
@@ -150,7 +160,7 @@ resource relayTableDataContributor 'Microsoft.Authorization/roleAssignments@2022
     roleDefinitionId: storageTableDataContributorRoleId
     principalId: relayPrincipalId
     principalType: 'ServicePrincipal'
-    description: 'Graph Mail Relay: expiry warnings sent, status records and send claims.'
+    description: 'Graph Mail Relay: expiry warnings sent, status records, send claims and pace rows.'
   }
 }
 
@@ -202,6 +212,7 @@ resource senderMessageSender 'Microsoft.Authorization/roleAssignments@2022-04-01
   properties: {
     roleDefinitionId: storageQueueDataMessageSenderRoleId
     principalId: senderPrincipalId
+    principalType: 'ServicePrincipal'
     description: 'Graph Mail Relay: may enqueue send requests on mail-outbox.'
   }
 }]
@@ -214,6 +225,7 @@ resource senderPayloadContributor 'Microsoft.Authorization/roleAssignments@2022-
   properties: {
     roleDefinitionId: storageBlobDataContributorRoleId
     principalId: senderPrincipalId
+    principalType: 'ServicePrincipal'
     description: 'Graph Mail Relay: may upload large attachments and bodies to mail-payloads.'
   }
 }]

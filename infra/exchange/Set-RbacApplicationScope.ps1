@@ -257,10 +257,13 @@ function Invoke-RoleAssignmentPlan {
         }
     }
     elseif ($Cmdlet.ShouldProcess("app $AppId", "New-ManagementRoleAssignment -Role '$($Plan.Role)' -CustomResourceScope '$($Plan.Scope)'")) {
-        # -App takes the Exchange service principal's ServiceId, the GUID Get-ServicePrincipal returns
-        # (New-ManagementRoleAssignment, office-docs-powershell): not the Entra object id, not the app id.
-        $appIdentity = "$(Get-Prop $ServicePrincipal 'ServiceId')"
-        if (-not $appIdentity) { throw "Get-ServicePrincipal returned no ServiceId for app $AppId; run New-ServicePrincipal first." }
+        # -App takes "the ObjectId GUID value from the output of the Get-ServicePrincipal cmdlet"
+        # (MicrosoftDocs/office-docs-powershell, exchange/exchange-ps/ExchangePowerShell/
+        # New-ManagementRoleAssignment.md, -App; it named ServiceId until 2023). That ObjectId is the Entra
+        # service principal's object id that New-ServicePrincipal -ObjectId recorded; -ServiceId "is being
+        # deprecated. Use the ObjectId parameter instead." (New-ServicePrincipal.md). Not the app id.
+        $appIdentity = "$(Get-Prop $ServicePrincipal 'ObjectId')"
+        if (-not $appIdentity) { throw "Get-ServicePrincipal returned no ObjectId for app $AppId; run New-ServicePrincipal first." }
         New-ManagementRoleAssignment -Name $Plan.Name -App $appIdentity -Role $Plan.Role -CustomResourceScope $Plan.Scope | Out-Null
         Write-Host "Created role assignment '$($Plan.Name)'."
     }

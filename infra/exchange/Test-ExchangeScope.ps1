@@ -177,6 +177,10 @@ $results = foreach ($case in $cases) {
             if ($SentItemsRead -or $case.Expected -eq 'Denied') { $roles += $ReadRoleName }
             if ($LargeMessages -or $case.Expected -eq 'Denied') { $roles += $ReadWriteRoleName }
             try {
+                # -Identity takes "any value that uniquely identifies the service principal": Name, DN, GUID,
+                # AppId or ServiceId (office-docs-powershell, Test-ServicePrincipalAuthorization.md); unlike
+                # New-ManagementRoleAssignment -App (ObjectId, see Set-RbacApplicationScope.ps1) nothing here
+                # depends on the deprecated ServiceId: the Identity Exchange reports, else the app id.
                 $spIdentity = if (Get-Prop $sp 'Identity') { "$(Get-Prop $sp 'Identity')" } else { $AppId }
                 $rows = @(Test-ServicePrincipalAuthorization -Identity $spIdentity -Resource $case.Address)
                 foreach ($role in $roles) {

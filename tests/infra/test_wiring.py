@@ -234,6 +234,7 @@ def role_assignments() -> list[dict[str, str]]:
             "role": role_vars.get(role_var, role_var),
             "role_var": role_var,
             "principal": props["principalId"],
+            "principal_type": props.get("principalType", ""),
             "loop_over": loop_over,
         })
     return found
@@ -543,7 +544,6 @@ def names_in(block: str, variables: dict[str, str]) -> set[str]:
 
 
 def test_queue_and_table_names_match_the_code() -> None:
-    from shared.pacing import TABLE_NAME as PACE_TABLE
     from shared.settings import DEFAULT_QUEUE_NAME, RETRY_QUEUE_SUFFIX
     from shared.status import TABLE_NAME
 
@@ -562,13 +562,16 @@ def test_queue_and_table_names_match_the_code() -> None:
         "retryPoisonQueueName": f"{queue}{RETRY_QUEUE_SUFFIX}-poison",
         "expiryWarningsTableName": string_var(main, "expiryWarningsTableName"),
         "statusTableName": string_var(main, "statusTableName"),
-        "paceTableName": string_var(main, "paceTableName"),
     }
     params = storage_params()
     assert names_in(params["queueServices"], variables) == {
         "mail-outbox", "mail-outbox-poison", "mail-outbox-retry", "mail-outbox-retry-poison"}
     tables = names_in(params["tableServices"], variables)
-    assert tables == {"expirywarnings", TABLE_NAME, PACE_TABLE} == {"expirywarnings", "mailstatus", "mailpace"}
+    # The pace of each sender mailbox is one row of mailstatus (RowKey "pace", in the mailbox's partition), not a
+    # table of its own: no template may create mailpace or scope a role to it.
+    assert tables == {"expirywarnings", TABLE_NAME} == {"expirywarnings", "mailstatus"}
+    for path in (MAIN, RBAC):
+        assert "mailpace" not in source(path), f"{path.name} still creates or names the former mailpace table"
     assert "sentrequests" not in source(MAIN), "the sentrequests ledger is replaced by mailstatus"
     assert app_settings()["MAIL_QUEUE_NAME"] == "mailQueueName"
     # The retry trigger's binding resolves to the queue the template creates.
@@ -693,20 +696,69 @@ def test_the_secret_always_carries_an_expiry() -> None:
     assert re.search(conditional, main), "the secret module runs only when a secret is given"
 
 
-def test_the_instance_cap_and_the_per_instance_concurrency_are_what_readme_explains() -> None:
-    """Sends per mailbox are bounded by the relay's pacing, not by the cap; the cap and host.json stay what
-    README's arithmetic (instances x 12, at most 4 per mailbox) assumes."""
+def test_the_instance_cap_deploys_in_every_region_and_bounds_cost_not_graph() -> None:
+    """Flex Consumption's lowest accepted maximumInstanceCount has been 40 in every docs revision that had a floor
+    (lower values only in some regions, or later everywhere): the default is 40, so the template deploys wherever
+    the README suggests; the parameter still takes 1 to 1000 (the platform's highest) for regions that accept less.
+    Sends per mailbox are bounded by the relay's pacing, not by the cap (README's arithmetic: instances x 12)."""
     main = source(MAIN)
-    assert param_default(main, "maximumInstanceCount") == "4"
-    assert "@maxValue(4)" in decorators_of(main, "param", "maximumInstanceCount")
+    assert param_default(main, "maximumInstanceCount") == "40"
+    decorators = decorators_of(main, "param", "maximumInstanceCount")
+    assert "@minValue(1)" in decorators and "@maxValue(1000)" in decorators
+    for words in ("40", "per function", "paces each sender mailbox", "cost"):
+        assert words in decorators, f"maximumInstanceCount's @description should say {words!r}"
+    raw = MAIN.read_text(encoding="utf-8")
+    assert "flex-consumption-plan.md" in raw and "event-driven-scaling.md" in raw, "the rule's sources are cited"
     api = source(API)
     assert "maximumInstanceCount: maximumInstanceCount" in api
+    assert param_default(api, "maximumInstanceCount") == "40"
+    assert "@maxValue(1000)" in decorators_of(api, "param", "maximumInstanceCount")
+    api_params = top_level_pairs(block_after(top_level_pairs(declaration(main, "module", "api"))["params"], 0))
+    assert api_params["maximumInstanceCount"] == "maximumInstanceCount"
     queues = json.loads((ROOT / "host.json").read_text(encoding="utf-8"))["extensions"]["queues"]
     assert queues["batchSize"] + queues["newBatchThreshold"] == 12
     from shared.settings import load_settings
     from tests.unit.test_settings import GOOD
 
     assert load_settings(GOOD).mailbox_max_concurrent == 4  # Graph's per app and mailbox
+
+
+def test_api_comments_describe_host_json_as_it_is() -> None:
+    """api.bicep once said one message per instance (batchSize 1); host.json runs 8 + 4."""
+    raw = API.read_text(encoding="utf-8")
+    assert "batchSize 1" not in raw and "newBatchThreshold 0" not in raw
+    assert "8 + 4 = 12" in raw
+
+
+def queue_functions() -> list[str]:
+    """Names of function_app.py's queue-triggered functions (each gets batchSize + newBatchThreshold at once)."""
+    text = (ROOT / "function_app.py").read_text(encoding="utf-8")
+    return re.findall(r"^@app\.queue_trigger\([^\n]*\)\s*\ndef\s+(\w+)", text, re.MULTILINE)
+
+
+def test_the_worker_thread_pool_holds_every_message_the_host_hands_over() -> None:
+    """The Python worker runs all synchronous functions of a worker process in one thread pool of
+    PYTHON_THREADPOOL_THREAD_COUNT threads (Python's default, about 5 on one vCPU, when unset). The host hands
+    each queue function up to batchSize + newBatchThreshold messages at once, so the pool must hold that many for
+    every queue function: 2 x (8 + 4) = 24 today, recomputed here so a change to host.json or a new queue
+    function cannot leave the setting behind."""
+    functions = queue_functions()
+    assert sorted(functions) == ["retry_mail", "send_mail"], f"queue functions found: {functions}"
+    queues = json.loads((ROOT / "host.json").read_text(encoding="utf-8"))["extensions"]["queues"]
+    expected = len(functions) * (queues["batchSize"] + queues["newBatchThreshold"])
+    assert expected == 24
+    settings = app_settings()
+    assert settings["PYTHON_THREADPOOL_THREAD_COUNT"] == f"'{expected}'", settings.get("PYTHON_THREADPOOL_THREAD_COUNT")
+    # The app settings reference gives 32 as the setting's maximum.
+    assert expected <= 32
+    # Flex Consumption refuses FUNCTIONS_WORKER_PROCESS_COUNT ("Setting not valid"): one worker process per instance.
+    assert "FUNCTIONS_WORKER_PROCESS_COUNT" not in settings
+    raw = API.read_text(encoding="utf-8")
+    for source_named in ("dispatcher.py", "python-scale-performance-reference", "flex-consumption-plan-deprecations"):
+        assert source_named in raw, f"api.bicep should cite {source_named}"
+    # func start / the local host read the same value from local.settings.json.
+    example = json.loads((ROOT / "local.settings.json.example").read_text(encoding="utf-8"))
+    assert example["Values"]["PYTHON_THREADPOOL_THREAD_COUNT"] == str(expected)
 
 
 def test_flex_consumption_python_311_linux() -> None:
@@ -950,3 +1002,93 @@ def test_the_script_switches_the_docs_name_exist() -> None:
             assert switch.lower() in switches[script], f"{path.name} names {script} -{switch}, which does not exist"
     for text in docs.values():
         assert "-GrantLargeMessages" in text, "each doc should name the switch for large messages"
+
+
+# --------------------------------------------------------------------------------------------
+# Deployment details Microsoft's references pin (issue 18, item 7)
+# --------------------------------------------------------------------------------------------
+
+
+def test_role_assignments_to_app_identities_name_their_principal_type() -> None:
+    """A role assignment to a principal Entra has not replicated yet fails with PrincipalNotFound unless it
+    carries principalType ("Troubleshoot Azure RBAC"); the relay's identity is created in the same deployment.
+    App identities say ServicePrincipal; status readers may be people or groups, so theirs stays unset; the
+    deployer's comes from AZURE_PRINCIPAL_TYPE."""
+    by_principal: dict[str, set[str]] = {}
+    for a in role_assignments():
+        by_principal.setdefault(a["principal"], set()).add(a["principal_type"])
+    assert by_principal["relayPrincipalId"] == {"'ServicePrincipal'"}
+    assert by_principal["senderPrincipalId"] == {"'ServicePrincipal'"}
+    assert by_principal["statusReaderPrincipalId"] == {""}, "a status reader may be a user or a group"
+    assert by_principal["deployerPrincipalId"] == {"deployerPrincipalType"}
+    raw = RBAC.read_text(encoding="utf-8")
+    assert "https://learn.microsoft.com/azure/role-based-access-control/troubleshooting" in raw
+
+
+def test_azure_yaml_requires_an_azd_whose_bicep_compiles_the_graph_extension() -> None:
+    """entra-app.bicep (Microsoft Graph Bicep extension, Bicep 0.36.1+) compiles on every provision, even with
+    DEPLOY_ENTRA_APP=false; azd 1.17.0 is the first release bundling Bicep 0.36.1 (azd's CHANGELOG, #5245)."""
+    text = (ROOT / "azure.yaml").read_text(encoding="utf-8")
+    block = re.search(r"^requiredVersions:\s*\n((?:[ \t]+.+\n?)+)", text, re.MULTILINE)
+    assert block, "azure.yaml: no requiredVersions"
+    azd = re.search(r"^\s+azd:\s*[\"']?([^\"'\n]+?)[\"']?\s*$", block.group(1), re.MULTILINE)
+    assert azd and azd.group(1) == ">= 1.17.0", azd and azd.group(1)
+    # azure.yaml's schema allows only azd and extensions under requiredVersions (additionalProperties: false).
+    keys = re.findall(r"^[ \t]+(\w+):", block.group(1), re.MULTILINE)
+    assert set(keys) <= {"azd", "extensions"}, keys
+    assert "0.36.1" in text and "5245" in text, "azure.yaml should cite the azd release that bundles Bicep 0.36.1"
+    assert re.search(r"^extension\s+microsoftGraphV1\s*$", ENTRA.read_text(encoding="utf-8"), re.MULTILINE)
+
+
+def test_the_entra_app_is_one_per_environment_and_found_by_a_name_that_survives_a_rename() -> None:
+    main = source(MAIN)
+    entra_params = top_level_pairs(block_after(top_level_pairs(declaration(main, "module", "entraApp"))["params"], 0))
+    assert entra_params["uniqueName"] == "'graph-mail-relay-${resourceToken}'"
+    assert entra_params["displayName"] == "entraAppDisplayName"
+    # The resource token is per environment (and subscription and region), so two environments in one tenant differ.
+    token = re.search(r"^\s*var\s+resourceToken\s*=\s*(.+)$", main, re.MULTILINE)
+    assert token and "environmentName" in token.group(1) and "subscription().id" in token.group(1)
+
+    text = source(ENTRA)
+    assert re.search(r"^\s*param\s+uniqueName\s+string\s*$", text, re.MULTILINE), "uniqueName has no default"
+    app = top_level_pairs(declaration(text, "resource", "app"))
+    assert app["uniqueName"] == "uniqueName", "the app's alternate key must not come from its display name"
+    assert app["displayName"] == "displayName"
+    assert "displayName" not in app["uniqueName"]
+
+
+def test_a_second_provision_finds_the_same_consent_by_its_key() -> None:
+    """The Graph extension keys appRoleAssignedTo by (appRoleId, principalId) under resourceId and never updates
+    it: a redeploy finds the existing grant as long as those three are the same on every run, which they are
+    only if each comes from a fixed id or from this app's own service principal (never a value that changes)."""
+    text = source(ENTRA)
+    for grant, role_var in (("mailSendGrant", "mailSendAppRoleId"), ("mailReadGrant", "mailReadAppRoleId")):
+        pairs = top_level_pairs(declaration(text, "resource", grant))
+        assert set(pairs) == {"appRoleId", "principalId", "resourceId"}, f"{grant}: {sorted(pairs)}"
+        assert pairs["appRoleId"] == role_var
+        assert pairs["principalId"] == "servicePrincipal.id"
+        assert pairs["resourceId"] == "microsoftGraph.id"
+    assert string_var(text, "microsoftGraphAppId") == "00000003-0000-0000-c000-000000000000"
+    raw = ENTRA.read_text(encoding="utf-8")
+    assert '"compositeKeyProperties": ["appRoleId", "principalId"]' in raw, "cite the extension's key"
+    assert "#161" in raw and "#164" in raw
+    config = json.loads((INFRA / "bicepconfig.json").read_text(encoding="utf-8"))
+    assert config["extensions"]["microsoftGraphV1"].endswith("/microsoftgraph/v1.0:1.0.0"), "the version cited"
+
+
+def test_the_rbac_script_assigns_roles_to_the_service_principals_object_id() -> None:
+    """New-ManagementRoleAssignment -App takes "the ObjectId GUID value from the output of the Get-ServicePrincipal
+    cmdlet" (it said ServiceId until 2023), and New-ServicePrincipal's -ServiceId "is being deprecated"."""
+    text = exchange_script("Set-RbacApplicationScope.ps1")
+    assignment = re.search(r"^\s*\$appIdentity\s*=\s*(.+)$", text, re.MULTILINE)
+    assert assignment and assignment.group(1).strip() == "\"$(Get-Prop $ServicePrincipal 'ObjectId')\""
+    assert "-App $appIdentity" in text
+    assert "'ServiceId'" not in text, "nothing may read the deprecated ServiceId"
+    created = re.findall(r"^\s*\$sp\s*=\s*New-ServicePrincipal\s+([^\n]*)$", text, re.MULTILINE)
+    assert len(created) == 1 and "-ObjectId $ServicePrincipalObjectId" in created[0], created
+    assert "-ServiceId" not in created[0]
+    assert "New-ManagementRoleAssignment.md" in text and "New-ServicePrincipal.md" in text
+    # The scope test identifies the service principal by its Identity or app id, both of which -Identity takes.
+    test = exchange_script("Test-ExchangeScope.ps1")
+    assert "'ServiceId'" not in test
+    assert "Test-ServicePrincipalAuthorization.md" in test
