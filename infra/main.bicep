@@ -11,7 +11,8 @@
 //
 // Syntax note: infra/check.sh parses every file with pycep-parser (the parser checkov uses), which
 // knows less Bicep than the compiler. Keep expressions on one line, avoid user-defined types,
-// lambdas (map/filter with =>, except filter), fail() and nullable `type?` parameters.
+// lambdas (map/filter with =>, except filter), fail() and nullable `type?` parameters, and keep comment runs
+// inside an object to four lines (the fifth fails to parse; longer comments go above the declaration).
 
 targetScope = 'subscription'
 
