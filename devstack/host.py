@@ -3,16 +3,23 @@
 It reads host.json's `extensions.queues` and gives each queue-triggered function the host's semantics
 (Microsoft.Azure.WebJobs.Extensions.Storage.Queues v5), so the relay meets locally what it meets in Azure:
 
-- receive up to `batchSize` messages under a lease (the real host: 10 minutes, renewed while the function
-  runs; here `lease_seconds`, also renewed), run them in parallel, and fetch again once no more than
-  `newBatchThreshold` are in flight: up to `batchSize + newBatchThreshold` at once per instance; an empty
-  queue is polled with exponential back-off up to `maxPollingInterval`;
+- receive up to `batchSize` messages in ONE request (GetMessages with numofmessages) under a lease (the real
+  host: 10 minutes, renewed while the function runs; here `lease_seconds`, also renewed), hand them to the
+  worker, and fetch again once no more than `newBatchThreshold` are in flight: up to
+  `batchSize + newBatchThreshold` handed over at once per queue function; an empty queue is polled with
+  exponential back-off up to `maxPollingInterval`;
 - decode each message per `messageEncoding`; text that is not base64 goes to `<queue>-poison` at once,
   without calling the function (as the v5 extension does);
 - call the function with an `azure.functions.queue.QueueMessage` (the one with `dequeue_count`);
 - success: delete the message. Exception: once `dequeue_count` reaches `maxDequeueCount`, copy the raw
   message text to `<queue>-poison` and delete it (the host's poison move), else make it visible again
   after `visibilityTimeout`.
+
+The functions run as the Python worker runs them (WorkerProcess below): every synchronous function of the app in
+ONE thread pool of PYTHON_THREADPOOL_THREAD_COUNT threads (Python's default, min(32, cpu_count + 4), when unset).
+So a message handed over may wait for a thread; it is in flight all the same (leased, counted, renewed), as in
+Azure, where the host hands over and the worker queues the invocation. One worker process per host:
+FUNCTIONS_WORKER_PROCESS_COUNT other than 1 is refused (see WorkerProcess).
 
 Every queue trigger gets its own listener (the relay has two: the outbox and `<outbox>-retry`). A
 binding's values may hold `%SETTING%`, alone or inside a name ("%MAIL_QUEUE_NAME%-retry"), resolved
@@ -30,7 +37,9 @@ Only queue triggers run here; other triggers (timers) are listed and skipped (de
 `app_module` names the module whose `app` is indexed (default function_app; the tests use a small app).
 
 `python -m devstack.host [--host-json PATH] [--lease-seconds N]` runs until SIGTERM or SIGINT, stops
-gracefully and exits 0. Settings come from the environment, as in Azure.
+gracefully and exits 0. Settings come from the environment, as in Azure. With DEVSTACK_ROUND_TRIPS_DIR set it
+counts its Storage round trips (the host's and the functions', by service and operation) and writes them there
+when it stops (devstack.round_trips; the benchmark reads them).
 """
 
 from __future__ import annotations
@@ -54,7 +63,9 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from devstack import round_trips
 from devstack.functions import APP_MODULE
+from devstack.round_trips import host_calls
 
 if TYPE_CHECKING:
     from azure.storage.queue import QueueClient, QueueMessage
@@ -133,6 +144,96 @@ def resolve(value: str, env: Mapping[str, str]) -> str:
     return re.sub(r"%([^%]+)%", setting, value)
 
 
+# --- The worker process: one thread pool for every synchronous function --------------------------
+
+THREAD_COUNT_SETTING = "PYTHON_THREADPOOL_THREAD_COUNT"
+PROCESS_COUNT_SETTING = "FUNCTIONS_WORKER_PROCESS_COUNT"
+
+
+def sync_pool_max_workers(env: Mapping[str, str]) -> int | None:
+    """`max_workers` for the worker's thread pool, as azure-functions-python-worker reads it on Python 3.9 and later
+    (azure_functions_worker/dispatcher.py, `Dispatcher._get_sync_tp_max_workers`, with utils/common.py's
+    `get_app_setting`; constants.py: PYTHON_THREADPOOL_THREAD_COUNT_MIN = 1, MAX = sys.maxsize, the cap of 32
+    applying to Python 3.7 and older only):
+
+    - unset: None, so ThreadPoolExecutor takes Python's default, min(32, os.cpu_count() + 4) on 3.8 to 3.12
+      (min(32, os.process_cpu_count() + 4) from 3.13);
+    - not an integer: the worker logs "PYTHON_THREADPOOL_THREAD_COUNT must be an integer" and takes the default;
+    - below 1: it logs "... must be set to a value between 1 and sys.maxint. Reverting to default value for
+      max_workers" and takes the default;
+    - otherwise that many, with no upper bound (Microsoft's app settings reference still gives 32 as the maximum).
+
+    Microsoft's "Improve throughput performance of Python apps in Azure Functions"
+    (https://learn.microsoft.com/azure/azure-functions/python-scale-performance-reference, "Set up max workers
+    within a language worker process"): a function without `async` runs in the worker's ThreadPoolExecutor, whose
+    max_workers PYTHON_THREADPOOL_THREAD_COUNT sets, per worker process; "For Python version 3.9, max_worker is set
+    to None"."""
+    value = env.get(THREAD_COUNT_SETTING)
+    if value is None:
+        return None
+    try:
+        count = int(value)
+    except ValueError:
+        log.warning("%s must be an integer", THREAD_COUNT_SETTING)  # the worker's own words
+        return None
+    if count < 1:
+        log.warning(
+            "%s must be set to a value between 1 and sys.maxint. Reverting to default value for max_workers",
+            THREAD_COUNT_SETTING,
+        )
+        return None
+    return count
+
+
+class WorkerProcess:
+    """One Python worker process of a host: the thread pool every synchronous function of the app runs in.
+
+    The worker creates ONE ThreadPoolExecutor per process and runs each invocation of a synchronous function in it
+    (`loop.run_in_executor(self._sync_call_tp, ...)` in dispatcher.py's `_handle__invocation_request`): the
+    outbox's and the retry queue's functions (and timers, in Azure; the local host runs none) compete for the same
+    threads. A message the host has handed over waits in the executor's queue for a thread; the host's lease on it
+    is renewed meanwhile, as in Azure.
+
+    FUNCTIONS_WORKER_PROCESS_COUNT (default 1, at most 10: Microsoft's app settings reference and the page above,
+    "Use multiple language worker processes") would give each process its own pool and its own module state. The
+    relay deploys to Flex Consumption, where that setting is not valid (flex-consumption-plan.md, "Deprecated
+    properties and settings": "FUNCTIONS_WORKER_PROCESS_COUNT | Setting not valid"; functions-app-settings.md,
+    "Flex Consumption plan deprecations"), so the local host models one worker process and refuses any other
+    count, naming the setting; several hosts (`LocalStack(instances=N)`, `mailrelay local --instances N`) are how
+    several processes, each with its own pool and module state, run locally."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        processes = env.get(PROCESS_COUNT_SETTING)
+        if processes is not None and processes.strip() != "1":
+            raise HostError(
+                f"{PROCESS_COUNT_SETTING}={processes!r}: the local host runs one worker process, as Flex Consumption "
+                "does (the setting is not valid there); raise PYTHON_THREADPOOL_THREAD_COUNT for more at once in "
+                "one process, or run several hosts (mailrelay local --instances N)"
+            )
+        self.setting = env.get(THREAD_COUNT_SETTING)
+        self._executor = ThreadPoolExecutor(sync_pool_max_workers(env), thread_name_prefix="worker-sync")
+        # What the worker logs as "sync threadpool max workers": the executor's own figure
+        # (Dispatcher.get_sync_tp_workers_set reads the same private attribute).
+        self.thread_count: int = self._executor._max_workers
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._executor.submit(fn, *args)
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+def deployment_thread_count(host_json: Path = HOST_JSON, app_module: str = APP_MODULE) -> int:
+    """PYTHON_THREADPOOL_THREAD_COUNT as the deployment sets it: every message the host can hand over at once,
+    batchSize + newBatchThreshold for each queue-triggered function (2 x (8 + 4) = 24 for the relay), so the pool
+    is never the lower bound. Computed from host.json and the app, so the two cannot drift apart."""
+    from devstack.functions import indexed
+
+    options = QueueOptions.from_host_json(json.loads(Path(host_json).read_text(encoding="utf-8")))
+    queue_functions = sum(1 for fn in indexed(app_module).values() if fn.trigger["type"] == "queueTrigger")
+    return queue_functions * (options.batch_size + options.new_batch_threshold)
+
+
 # --- One queue, one function ---------------------------------------------------------------------
 
 
@@ -158,7 +259,10 @@ class QueueListener:
         poison: QueueClient,
         options: QueueOptions,
         lease_seconds: float,
+        worker: WorkerProcess | None = None,
     ) -> None:
+        """`worker`: the host's worker process, whose thread pool runs the function (shared with the host's other
+        functions); without one, the listener starts a worker process of its own from os.environ."""
         self.function_name = function_name
         self.call = call
         self.queue = queue
@@ -176,35 +280,54 @@ class QueueListener:
         # dotnet/Microsoft.Azure.WebJobs.Extensions.Storage.Queues/5.3.3/api/Microsoft.Azure.WebJobs.Host/
         # Microsoft.Azure.WebJobs.Host.QueuesOptions.html; host.json's extensions.queues:
         # https://learn.microsoft.com/en-us/azure/azure-functions/functions-bindings-storage-queue#host-json).
-        # The poller's wait on newBatchThreshold keeps it there; the pool only must not be the lower bound.
-        self._pool = ThreadPoolExecutor(
-            options.batch_size + options.new_batch_threshold, thread_name_prefix=f"fn-{function_name}"
-        )
+        # The poller's wait on newBatchThreshold keeps it there; how many of them RUN at once is the worker's
+        # thread pool's to say (WorkerProcess), shared with the host's other functions.
+        self._owns_worker = worker is None
+        self.worker = worker if worker is not None else WorkerProcess(os.environ)
         self._threads: list[threading.Thread] = []
-        self.counts: dict[str, int] = {"completed": 0, "failed": 0, "poisoned": 0}
+        # Outcomes, and the GetMessages requests made (those that found the queue empty apart: idle polling costs
+        # round trips by the second, not by the message).
+        self.counts: dict[str, int] = {"completed": 0, "failed": 0, "poisoned": 0, "receives": 0, "emptyReceives": 0}
 
     @property
     def queue_name(self) -> str:
         return str(self.queue.queue_name)
 
+    @property
+    def in_flight(self) -> int:
+        """Messages handed over and not yet settled: running, or waiting for one of the worker's threads."""
+        with self._changed:
+            return len(self._in_flight)
+
     def start(self) -> None:
         for queue in (self.queue, self.poison):
-            _create_if_missing(queue)
+            with host_calls():
+                _create_if_missing(queue)
         for target, name in ((self._poll, "poll"), (self._renew, "renew")):
             thread = threading.Thread(target=target, name=f"{name}-{self.queue_name}", daemon=True)
             thread.start()
             self._threads.append(thread)
         log.info("polling queue %s for function %s", self.queue_name, self.function_name)
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Receive nothing more, let the messages in flight finish, then stop renewing."""
+    def stop_receiving(self) -> None:
+        """No new receive from now on (a receive under way still hands its batch over)."""
         self._stopping.set()
         with self._changed:
             self._changed.notify_all()
-        self._threads[0].join(timeout)  # the poller: after this no new message is submitted
-        self._pool.shutdown(wait=True)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Receive nothing more, let the messages in flight finish, then stop renewing."""
+        self.stop_receiving()
+        if self._threads:
+            self._threads[0].join(timeout)  # the poller: after this no new message is handed over
+        with self._changed:
+            # The worker's pool runs on for the host's other functions: wait for this one's messages only.
+            self._changed.wait_for(lambda: not self._in_flight, timeout)
+        if self._owns_worker:
+            self.worker.shutdown()
         self._drained.set()
-        self._threads[1].join(timeout)
+        if len(self._threads) > 1:
+            self._threads[1].join(timeout)
 
     # The poll loop ------------------------------------------------------------------------------
 
@@ -219,11 +342,7 @@ class QueueListener:
             if self._stopping.is_set():
                 break
             try:
-                batch = list(
-                    self.queue.receive_messages(
-                        max_messages=self.options.batch_size, visibility_timeout=int(self.lease_seconds)
-                    )
-                )
+                batch = self._receive()
             except Exception as e:
                 log.warning("receiving from %s failed: %s; backing off", self.queue_name, type(e).__name__)
                 batch = []
@@ -236,7 +355,28 @@ class QueueListener:
                 lease = _Lease(message, self.lease_seconds)
                 with self._changed:
                     self._in_flight[message.id] = lease
-                self._pool.submit(self._run, lease)
+                self.worker.submit(self._run, lease)
+
+    def _receive(self) -> list[QueueMessage]:
+        """One GetMessages request for up to batchSize messages, as the v5 extension's QueueListener makes it
+        (`_queue.ReceiveMessagesAsync(_queueProcessor.QueuesOptions.BatchSize, _visibilityTimeout, ...)`,
+        Azure/azure-sdk-for-net, sdk/storage/Microsoft.Azure.WebJobs.Extensions.Storage.Queues/src/Listeners/
+        QueueListener.cs). azure-storage-queue needs `messages_per_page` for that: without it, `receive_messages`
+        asks for ONE message per request ("By default, a single message is retrieved from the queue with this
+        operation"; MessagesPaged sets results_per_page to 1 when only max_messages is given) and keeps asking
+        until max_messages or an empty answer: batchSize + 1 round trips for a full batch. The first page alone is
+        the one request."""
+        pages = self.queue.receive_messages(
+            messages_per_page=self.options.batch_size,
+            max_messages=self.options.batch_size,
+            visibility_timeout=int(self.lease_seconds),
+        ).by_page()
+        with host_calls():
+            batch = list(next(pages, []))
+        self._count("receives")
+        if not batch:
+            self._count("emptyReceives")
+        return batch
 
     def _renew(self) -> None:
         # The host keeps its lease while the function runs, so a slow function is not run twice at once.
@@ -247,7 +387,7 @@ class QueueListener:
             for lease in leases:
                 if time.monotonic() < lease.renew_at:
                     continue
-                with lease.lock:
+                with lease.lock, host_calls():
                     if lease.settled:
                         continue
                     try:
@@ -337,7 +477,7 @@ class QueueListener:
         self._count("completed")
 
     def _settle(self, lease: _Lease, *, poison: str | None = None, retry: bool = False) -> None:
-        with lease.lock:
+        with lease.lock, host_calls():
             lease.settled = True
             if retry:
                 self.queue.update_message(
@@ -402,6 +542,7 @@ class LocalHost:
         self.lease_seconds = lease_seconds
         self.app_module = app_module
         self.listeners: list[QueueListener] = []
+        self.worker: WorkerProcess | None = None
 
     def triggers(self) -> list[tuple[IndexedFunction, dict[str, Any]]]:
         """Each function with its trigger binding, every `%SETTING%` in it resolved.
@@ -422,7 +563,18 @@ class LocalHost:
 
     def start(self) -> LocalHost:
         listeners = []
-        for fn, trigger in self.triggers():
+        triggers = self.triggers()
+        # The worker reads its settings as it starts, before any function runs; a refused one stops the start
+        # before any queue is touched.
+        worker = self.worker = WorkerProcess(self.env)
+        log.info(
+            "worker process: one thread pool of %d threads for every function (%s)",
+            worker.thread_count,
+            f"{THREAD_COUNT_SETTING}={worker.setting}"
+            if worker.setting is not None
+            else f"{THREAD_COUNT_SETTING} unset: Python's default, min(32, CPUs + 4)",
+        )
+        for fn, trigger in triggers:
             if trigger["type"] != "queueTrigger":
                 detail = f" (schedule {trigger['schedule']})" if "schedule" in trigger else ""
                 log.info("function %s has a %s%s: not run by the local host", fn.name, trigger["type"], detail)
@@ -440,6 +592,7 @@ class LocalHost:
                     _queue_client(conn_str, f"{queue_name}-poison"),
                     self.options,
                     self.lease_seconds,
+                    worker,
                 )
             )
         try:
@@ -453,8 +606,13 @@ class LocalHost:
 
     def stop(self, timeout: float | None = None) -> None:
         for listener in self.listeners:
+            listener.stop_receiving()  # every function at once: none goes on receiving while another drains
+        for listener in self.listeners:
             listener.stop(timeout)
         self.listeners = []
+        if self.worker is not None:
+            self.worker.shutdown()
+            self.worker = None
 
     def __enter__(self) -> LocalHost:
         return self.start()
@@ -479,12 +637,24 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    counter = None
+    count_dir = os.environ.get(round_trips.ENV)
+    if count_dir:
+        connection = "AzureWebJobsStorage"  # the relay's bindings' connection: Storage's endpoints are its
+        counter = round_trips.RoundTripCounter(round_trips.endpoints(os.environ.get(connection, ""))).install()
     host = LocalHost(host_json=args.host_json, lease_seconds=args.lease_seconds).start()
     log.info("local host ready (pid %d)", os.getpid())
     while not stop.wait(0.5):  # a timed wait, so the signal handler runs promptly
         pass
     log.info("stopping: finishing the messages in flight")
+    listeners = list(host.listeners)
+    thread_count = host.worker.thread_count if host.worker else None
     host.stop()
+    if counter is not None and count_dir:
+        # Written after the stop: the last messages' deletes and outcomes are in.
+        functions = {listener.function_name: dict(listener.counts) for listener in listeners}
+        path = counter.write(count_dir, {"functions": functions, "threadCount": thread_count})
+        log.info("round trips written to %s", path)
     log.info("stopped")
     return 0
 

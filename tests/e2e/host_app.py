@@ -2,12 +2,15 @@
 triggers, the second on "%HOST_TEST_QUEUE%-retry" (a setting inside a name), and a timer on a setting.
 
 Its functions hold each call at a gate the test opens (`GATE.release(n)`), so a test sees exactly how many
-calls the host runs at once; a body of `{"fail": true}` raises, to reach the poison queue.
+calls the host runs at once; a body of `{"fail": true}` raises, to reach the poison queue; a body of
+`{"touch": true}` makes one Storage request of the function's own (its queue's properties, through the connection
+in os.environ, as a function reads its settings), for the round-trip counter to tell apart from the host's.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 
 import azure.functions as func
@@ -42,8 +45,14 @@ class Gate:
             self.calls.setdefault(function, []).append(msg.id)
             gate = self._open
         try:
-            if json.loads(msg.get_body()).get("fail"):
+            body = json.loads(msg.get_body())
+            if body.get("fail"):
                 raise RuntimeError("asked to fail")
+            if body.get("touch"):
+                from azure.storage.queue import QueueClient
+
+                connection = os.environ["AzureWebJobsStorage"]  # noqa: SIM112 - the Functions setting's name
+                QueueClient.from_connection_string(connection, os.environ["HOST_TEST_QUEUE"]).get_queue_properties()
             if not gate.acquire(timeout=30):  # a test that forgot to open the gate fails, it does not hang
                 raise RuntimeError("the gate stayed shut")
         finally:
