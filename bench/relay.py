@@ -6,10 +6,15 @@
 What it measures (each repeated, min / median / max):
 1. The send path against the naive pattern (a new credential, Key Vault read and token for every message), in
    process against the emulator with the real SDKs: time per message, and external calls per message.
-2. End to end on the local stack (Azurite, the emulator, one host process): msg/s for N requests from 40
-   mailboxes (so pacing, 30 a minute per mailbox, does not bind) at Graph latencies of 0 and 400 ms, with
-   host.json as it was (batchSize 1, newBatchThreshold 0) and as it is; the host's CPU ms per message and peak
-   RSS; Storage round trips per message (counted in process).
+2. End to end on the local stack (Azurite, the emulator, one host process running the functions as the Python
+   worker does: one thread pool of PYTHON_THREADPOOL_THREAD_COUNT threads for both queue functions): msg/s for N
+   requests from 40 mailboxes (so pacing, 30 a minute per mailbox, does not bind) at Graph latencies of 0 and
+   400 ms, with host.json as it was (batchSize 1, newBatchThreshold 0) and as it is; at 400 ms also the worker's
+   default pool as Azure runs it with the setting unset on a 1-vCPU instance (min(32, 1 + 4) = 5 threads, set to 5
+   here since this machine has more CPUs) against the deployment's setting (2 x (batchSize + newBatchThreshold)
+   from host.json, devstack.host.deployment_thread_count); the host's CPU ms per message and peak RSS.
+   Storage round trips per message are COUNTED in the host process (devstack/round_trips.py wraps azure-core's
+   transport there; DEVSTACK_ROUND_TRIPS_DIR), the function's own apart from the host's receives and deletes.
 3. Cold import of function_app against a bare `import azure.functions` (bench/import_cost.py).
 5. A large attachment (25 MB) end to end on the local stack: the client's upload and the whole trip to the
    emulator's outbox (draft, upload session, send), the client's peak traced memory, and the host process's
@@ -42,6 +47,9 @@ sys.path.insert(0, str(ROOT))
 
 MAILBOXES = [f"sender{i:02d}@contoso.com" for i in range(40)]
 TODAY_HOST_JSON = {"batchSize": 1, "newBatchThreshold": 0}  # host.json before issue 11
+# The Python worker's pool with PYTHON_THREADPOOL_THREAD_COUNT unset is Python's ThreadPoolExecutor default,
+# min(32, cpu_count + 4) (azure-functions-python-worker, dispatcher.py): 5 on a 1-vCPU instance.
+ONE_VCPU_DEFAULT_THREADS = min(32, 1 + 4)
 
 
 def spread(values: list[float]) -> str:
@@ -145,74 +153,154 @@ def stack_run(
     settings: dict[str, str] | None = None,
     time_scale: float | None = None,
     timeout: float = 900,
+    threads: int | None = None,
 ) -> dict[str, Any]:
-    """N requests through a fresh local stack with one host; what came out."""
-    from azure.storage.queue import QueueClient
-
-    from devstack.stack import LocalStack
-    from shared.queues import encode
+    """N requests through a fresh local stack with one host; what came out, and the Storage round trips the host
+    process counted. `threads`: PYTHON_THREADPOOL_THREAD_COUNT (default: the deployment's, as LocalStack sets it)."""
+    from devstack.round_trips import ENV as ROUND_TRIPS_DIR
 
     base = json.loads((ROOT / "host.json").read_text())
     base["extensions"]["queues"].update(host_json)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "host.json"
         path.write_text(json.dumps(base))
-        relay_settings = {"SEND_RETRY_BASE_SECONDS": "1", **(settings or {})}
-        with LocalStack(allowed_senders=tuple(senders), settings=relay_settings, host_json=path) as stack:
-            config: dict[str, Any] = {"graphLatencySeconds": latency}
-            if time_scale:
-                config["timeScale"] = time_scale
-            stack.emulator_post("throttling", config)
-            queue = QueueClient.from_connection_string(stack.storage_connection_string, stack.queue_name)
-            host_pid = stack.pids["host-1"]
-            cpu0, _ = _proc(host_pid)
-            started = time.monotonic()
-            for i in range(n):
-                request = {
-                    "id": f"bench-{i}",
-                    "from": senders[i % len(senders)],
-                    "to": ["ada@contoso.com"],
-                    "subject": f"bench {i}",
-                    "body": {"contentType": "text", "content": "bench"},
-                    "saveToSentItems": False,
-                }
-                queue.send_message(encode(request), time_to_live=-1)
-            deadline = started + timeout
-            while len(stack.emulator_get("outbox")) < n:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"only {len(stack.emulator_get('outbox'))} of {n} sent in {timeout:g} s")
-                time.sleep(0.2)
-            elapsed = time.monotonic() - started
-            cpu1, peak = _proc(host_pid)
-            outbox = stack.emulator_get("outbox")
-            copies = stack.emulator_get("copies")
-            poison = QueueClient.from_connection_string(stack.storage_connection_string, f"{stack.queue_name}-poison")
-            throttling = stack.emulator_get("throttling")
-            times = sorted(datetime.fromisoformat(e["receivedAt"]).timestamp() for e in outbox)
-            return {
-                "elapsed": elapsed,
-                "rate": n / elapsed,
-                "cpu_ms_per_message": (cpu1 - cpu0) * 1000 / n,
-                "peak_rss_mb": peak / 1024,
-                "throttled": throttling["concurrency429"] + throttling["requests429"],
-                "bounced": throttling["bounced"],
-                "delayed": throttling["delayed"],
-                "dead_letters": int(poison.get_queue_properties().approximate_message_count),
-                "duplicates": sum(c - 1 for c in copies.values() if c > 1),
-                "sent_times": times,
+        counted = Path(tmp) / "round-trips"
+        relay_settings = {"SEND_RETRY_BASE_SECONDS": "1", ROUND_TRIPS_DIR: str(counted), **(settings or {})}
+        if threads is not None:
+            relay_settings["PYTHON_THREADPOOL_THREAD_COUNT"] = str(threads)
+        result = _stack_run(n, latency, path, senders, relay_settings, time_scale, timeout)
+        # The host writes its counts as it stops, which the stack's stop has waited for.
+        result.update(round_trips_per_message(counted, n))
+        return result
+
+
+HOST_PER_MESSAGE = ("queue receive", "queue delete")
+
+
+def round_trips_per_message(directory: Path, n: int) -> dict[str, Any]:
+    """The hosts' counts (one file per host process) per request sent: the function's own Storage round trips
+    by operation, and the host's receives (those that brought messages), deletes and the rest."""
+    function: dict[str, float] = {}
+    host: dict[str, float] = {}
+    empty_receives = 0
+    threads = set()
+    files = sorted(directory.glob("round-trips-*.json"))
+    if not files:
+        raise RuntimeError(f"no round-trip counts in {directory}: did the host stop cleanly?")
+    for file in files:
+        data = json.loads(file.read_text())
+        threads.add(data.get("threadCount"))
+        empty_receives += sum(f.get("emptyReceives", 0) for f in data["functions"].values())
+        for actor, into in (("function", function), ("host", host)):
+            for service, operations in data["roundTrips"].get(actor, {}).items():
+                if service == "other":
+                    continue  # Key Vault and the managed identity: not Storage
+                for operation, count in operations.items():
+                    into[f"{service} {operation}"] = into.get(f"{service} {operation}", 0) + count
+    host["queue receive"] = host.get("queue receive", 0) - empty_receives  # idle polling: by the second, not message
+    return {
+        "function_rt": sum(function.values()) / n,
+        "function_ops": {op: count / n for op, count in sorted(function.items())},
+        "host_receive_rt": host.get("queue receive", 0) / n,
+        "host_delete_rt": host.get("queue delete", 0) / n,
+        # Lease renewals, visibility updates after a failure, poison moves; the queues' creation at start is not
+        # a cost of the messages.
+        "host_other_rt": sum(c for op, c in host.items() if op not in (*HOST_PER_MESSAGE, "queue create queue")) / n,
+        "empty_receives": empty_receives,
+        "threads": threads.pop() if len(threads) == 1 else sorted(threads, key=str),
+    }
+
+
+def _stack_run(
+    n: int,
+    latency: float,
+    host_json: Path,
+    senders: list[str],
+    relay_settings: dict[str, str],
+    time_scale: float | None,
+    timeout: float,
+) -> dict[str, Any]:
+    from azure.storage.queue import QueueClient
+
+    from devstack.stack import LocalStack
+    from shared.queues import encode
+
+    with LocalStack(allowed_senders=tuple(senders), settings=relay_settings, host_json=host_json) as stack:
+        config: dict[str, Any] = {"graphLatencySeconds": latency}
+        if time_scale:
+            config["timeScale"] = time_scale
+        stack.emulator_post("throttling", config)
+        queue = QueueClient.from_connection_string(stack.storage_connection_string, stack.queue_name)
+        host_pid = stack.pids["host-1"]
+        cpu0, _ = _proc(host_pid)
+        started = time.monotonic()
+        for i in range(n):
+            request = {
+                "id": f"bench-{i}",
+                "from": senders[i % len(senders)],
+                "to": ["ada@contoso.com"],
+                "subject": f"bench {i}",
+                "body": {"contentType": "text", "content": "bench"},
+                "saveToSentItems": False,
             }
+            queue.send_message(encode(request), time_to_live=-1)
+        deadline = started + timeout
+        while len(stack.emulator_get("outbox")) < n:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {len(stack.emulator_get('outbox'))} of {n} sent in {timeout:g} s")
+            time.sleep(0.2)
+        elapsed = time.monotonic() - started
+        cpu1, peak = _proc(host_pid)
+        outbox = stack.emulator_get("outbox")
+        copies = stack.emulator_get("copies")
+        poison = QueueClient.from_connection_string(stack.storage_connection_string, f"{stack.queue_name}-poison")
+        throttling = stack.emulator_get("throttling")
+        times = sorted(datetime.fromisoformat(e["receivedAt"]).timestamp() for e in outbox)
+        return {
+            "elapsed": elapsed,
+            "rate": n / elapsed,
+            "cpu_ms_per_message": (cpu1 - cpu0) * 1000 / n,
+            "peak_rss_mb": peak / 1024,
+            "throttled": throttling["concurrency429"] + throttling["requests429"],
+            "bounced": throttling["bounced"],
+            "delayed": throttling["delayed"],
+            "dead_letters": int(poison.get_queue_properties().approximate_message_count),
+            "duplicates": sum(c - 1 for c in copies.values() if c > 1),
+            "sent_times": times,
+        }
 
 
 def end_to_end(n_new: int, n_today: int, repeat: int) -> list[tuple[str, str]]:
+    """msg/s end to end. At 0 and 400 ms: host.json as it was (batchSize 1) and as it is, with the deployment's
+    thread count; at 400 ms also the worker's default pool on a 1-vCPU instance against the deployment's setting."""
+    from devstack.host import deployment_thread_count
+
     rows: list[tuple[str, str]] = []
     new_json = json.loads((ROOT / "host.json").read_text())["extensions"]["queues"]
     current = {"batchSize": new_json["batchSize"], "newBatchThreshold": new_json["newBatchThreshold"]}
+    deployed = deployment_thread_count()
     rates: dict[tuple[float, str], list[float]] = {}
     for latency in (0.0, 0.4):
-        for label, host_json, n in (("today", TODAY_HOST_JSON, n_today), ("new", current, n_new)):
-            results = [stack_run(n, latency, host_json, MAILBOXES) for _ in range(repeat)]
+        runs: list[tuple[str, dict[str, int], int, int | None]] = [
+            ("today", TODAY_HOST_JSON, n_today, None),  # None: the stack's default, the deployment's rule
+            ("new", current, n_new, deployed),
+        ]
+        if latency:
+            runs.insert(1, ("worker default", current, n_new, ONE_VCPU_DEFAULT_THREADS))
+        for label, host_json, n, threads in runs:
+            results = [stack_run(n, latency, host_json, MAILBOXES, threads=threads) for _ in range(repeat)]
             rates[(latency, label)] = [r["rate"] for r in results]
-            name = f"{int(latency * 1000)} ms, batchSize {host_json['batchSize']} + {host_json['newBatchThreshold']}"
+            pool = results[0]["threads"]
+            if label == "worker default":
+                pool_text = f"pool {pool} (PYTHON_THREADPOOL_THREAD_COUNT unset on 1 vCPU: min(32, 1 + 4))"
+            elif label == "new":
+                pool_text = f"pool {pool} (the deployment's PYTHON_THREADPOOL_THREAD_COUNT)"
+            else:
+                pool_text = f"pool {pool}"
+            name = (
+                f"{int(latency * 1000)} ms, batchSize {host_json['batchSize']} + {host_json['newBatchThreshold']}, "
+                f"{pool_text}"
+            )
             rows.append((f"end to end {name}, {n} requests: msg/s", spread([r["rate"] for r in results])))
             rows.append(
                 (
@@ -223,12 +311,28 @@ def end_to_end(n_new: int, n_today: int, repeat: int) -> list[tuple[str, str]]:
             )
             rows.append(
                 (
+                    "  Storage round trips per message, counted: the function's; the host's receive + delete",
+                    f"{spread([r['function_rt'] for r in results])}; "
+                    f"{spread([r['host_receive_rt'] + r['host_delete_rt'] for r in results])}",
+                )
+            )
+            rows.append(
+                (
                     "  duplicates, dead letters",
                     f"{sum(r['duplicates'] for r in results)}, {sum(r['dead_letters'] for r in results)}",
                 )
             )
         ratio = [b / a for a, b in zip(rates[(latency, "today")], rates[(latency, "new")], strict=True)]
         rows.append((f"end to end {int(latency * 1000)} ms: new / today", spread(ratio)))
+        if latency:
+            ratio = [b / a for a, b in zip(rates[(latency, "worker default")], rates[(latency, "new")], strict=True)]
+            rows.append(
+                (
+                    f"end to end {int(latency * 1000)} ms: the deployment's pool ({deployed}) / the worker's "
+                    f"default on 1 vCPU ({ONE_VCPU_DEFAULT_THREADS})",
+                    spread(ratio),
+                )
+            )
     return rows
 
 
@@ -266,67 +370,30 @@ def throttled(per_mailbox: int, scale: float, repeat: int) -> list[tuple[str, st
     return rows
 
 
-def storage_round_trips(n: int) -> list[tuple[str, str]]:
-    """Storage calls the function makes per message, counted at the HTTP transport, in process against Azurite and
-    the emulator; the host adds its own: one delete per message and one receive per batch."""
-    from azure.core.pipeline.transport import RequestsTransport
-    from azure.functions.queue import QueueMessage
-
-    from devstack.azurite import Azurite
-    from devstack.emulator import Emulator
-    from shared.bootstrap import build_runtime
-    from shared.handlers import handle_mail_message
-    from shared.settings import load_settings
-
-    counted: list[str] = []
-    original = RequestsTransport.send
-
-    def send(self: Any, request: Any, **kwargs: Any) -> Any:
-        counted.append(request.url)
-        return original(self, request, **kwargs)
-
-    tenant, client, secret = str(uuid.uuid4()), str(uuid.uuid4()), "bench~" + uuid.uuid4().hex
-    with Azurite() as azurite, Emulator() as emu:
-        emu.add_app(tenant, client, secret)
-        for box in MAILBOXES[:4]:
-            emu.add_mailbox(box, in_exchange_scope=True)
-        emu.set_secret("graph-client-secret", secret, expires_on=datetime.now(UTC) + timedelta(days=300))
-        env = {
-            **relay_env(emu, tenant, client, MAILBOXES[:4], azurite.connection_string),
-            "MAIL_QUEUE_NAME": "bench-outbox",
-        }
-        rt = build_runtime(load_settings(env))
-        for i in range(3):  # warm: tables created, token and secret cached
-            body = json.dumps(
-                {
-                    "from": MAILBOXES[0],
-                    "to": ["a@contoso.com"],
-                    "subject": "w",
-                    "id": f"warm-{i}",
-                    "body": {"contentType": "text", "content": "w"},
-                }
-            ).encode()
-            handle_mail_message(QueueMessage(id=f"w{i}", body=body, dequeue_count=1, pop_receipt="p"), rt)
-        RequestsTransport.send = send  # type: ignore[method-assign]
-        try:
-            for i in range(n):
-                body = json.dumps(
-                    {
-                        "from": MAILBOXES[i % 4],
-                        "to": ["a@contoso.com"],
-                        "subject": "s",
-                        "id": f"rt-{i}",
-                        "body": {"contentType": "text", "content": "s"},
-                    }
-                ).encode()
-                handle_mail_message(QueueMessage(id=f"m{i}", body=body, dequeue_count=1, pop_receipt="p"), rt)
-        finally:
-            RequestsTransport.send = original  # type: ignore[method-assign]
-        storage = [u for u in counted if f":{azurite.table_port}/" in u or f":{azurite.queue_port}/" in u]
-    per = len(storage) / n
+def storage_round_trips(n: int, repeat: int) -> list[tuple[str, str]]:
+    """Storage round trips per message, COUNTED in the host process on the local stack at 0 ms Graph latency (the
+    function's own, by operation, and the host's receive and delete), not computed."""
+    new_json = json.loads((ROOT / "host.json").read_text())["extensions"]["queues"]
+    current = {"batchSize": new_json["batchSize"], "newBatchThreshold": new_json["newBatchThreshold"]}
+    results = [stack_run(n, 0.0, current, MAILBOXES) for _ in range(repeat)]
+    operations = sorted({op for r in results for op in r["function_ops"]})
+    by_operation = ", ".join(
+        f"{op} {statistics.median(r['function_ops'].get(op, 0.0) for r in results):.2f}" for op in operations
+    )
+    total = [r["function_rt"] + r["host_receive_rt"] + r["host_delete_rt"] + r["host_other_rt"] for r in results]
     return [
-        ("Storage round trips per message, the function (claim, pace read + write, release, outcome)", f"{per:.2f}"),
-        ("Storage round trips per message, with the host's receive (per batch) and delete", f"{per + 1 + 1 / 8:.2f}"),
+        (
+            f"Storage round trips per message, counted in the host, {n} requests: the function's own",
+            spread([r["function_rt"] for r in results]),
+        ),
+        ("  the function's, by operation (median)", by_operation),
+        (
+            "  the host's: receive (batches that brought messages); delete; other (lease renewals, poison moves)",
+            f"{spread([r['host_receive_rt'] for r in results])}; {spread([r['host_delete_rt'] for r in results])}; "
+            f"{spread([r['host_other_rt'] for r in results])}",
+        ),
+        ("  function + host, per message", spread(total)),
+        ("  idle polls (receives that found a queue empty), per run", spread([r["empty_receives"] for r in results])),
     ]
 
 
@@ -451,7 +518,7 @@ def main() -> int:
     started = time.monotonic()
     sections: list[tuple[str, Callable[[], list[tuple[str, str]]]]] = [
         ("send path", lambda: send_path(20 if args.smoke else 100, args.repeat)),
-        ("storage round trips", lambda: storage_round_trips(10 if args.smoke else 100)),
+        ("storage round trips", lambda: storage_round_trips(10 if args.smoke else 200, args.repeat)),
         ("end to end", lambda: end_to_end(args.requests, args.requests_today, args.repeat)),
         ("import", lambda: import_cost(5 if args.smoke else 20)),
         # A minute lasts 20 s: long enough that the queue's whole-second delays and polling are small beside it,
