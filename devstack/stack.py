@@ -102,8 +102,9 @@ class LocalStack:
         finishes its renewals before it exits. `settings` add to or override the hosts' settings
         (host_settings()), e.g. {"GRAPH_TIMEOUT_SECONDS": "2"}. The emulator's and hosts' output is kept in
         files (see `log_tail`), and with `inherit_output` the hosts' is also echoed to this process's standard
-        error. `instances`: how many local hosts run against the one queue, as Azure scales out (each runs
-        up to batchSize + newBatchThreshold messages at once). `read_access`: whether the app may read its
+        error. `instances`: how many local hosts run against the one queue, as Azure scales out (each is handed
+        up to batchSize + newBatchThreshold messages per queue function, and runs PYTHON_THREADPOOL_THREAD_COUNT
+        of them at once in its worker's one thread pool). `read_access`: whether the app may read its
         mailboxes' Sent Items (Exchange role "Application Mail.Read" over the scope), which lets the relay
         resolve an unknown send instead of following SEND_UNKNOWN_OUTCOME; `set_read_access` changes it."""
         if isinstance(instances, bool) or not isinstance(instances, int) or instances < 1:
@@ -655,8 +656,9 @@ def run_foreground(
                 f"  allowed senders  {', '.join(stack.allowed_senders)}\n"
                 f"  Exchange scope   {', '.join(stack.exchange_scope)}\n"
                 f"  outside scope    {', '.join(stack.mailboxes) or '-'}\n"
-                f"  host instances   {instances} on these queues (each runs up to batchSize + newBatchThreshold "
-                "messages at once, as in Azure)\n"
+                f"  host instances   {instances} on these queues (each is handed up to batchSize + "
+                "newBatchThreshold messages per queue function and runs PYTHON_THREADPOOL_THREAD_COUNT of them at "
+                "once in one worker thread pool, as in Azure)\n"
                 f"  Sent Items       {sent_items_line(stack.read_access, stack.unknown_outcome())}\n"
                 f"  state file       {state_file} (read by `mailrelay send`, `dead-letters` and `expiry check`)\n"
                 f"  processes        {pids}\n"
