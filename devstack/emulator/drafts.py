@@ -120,7 +120,15 @@ class Drafts(Throttling):
             ]
 
     def draft_items(self, mailbox: str) -> list[dict[str, Any]]:
-        """The mailbox's Drafts folder as a message list (for the extended-property $filter)."""
+        """The mailbox's Drafts folder as a message list (for the extended-property $filter).
+
+        `isDraft`: the message resource's "Indicates whether the message is a draft. A message is a draft if it
+        hasn't been sent yet." (https://learn.microsoft.com/graph/api/resources/message; microsoft-graph-docs-contrib,
+        api-reference/v1.0/resources/message.md); EWS's IsDraft says the same ("A value of false indicates that a
+        message has been sent", exchange/client-developer/web-service-reference/isdraft). True from POST /messages
+        until the send. Assumed, as no page found states the isDraft of a message in transport: false once it is
+        sent (by sendMail or a draft's send) while it waits in Drafts for transport (transport.py), and true again
+        if its transport fails and it stays in Drafts (transport.py's docstring)."""
         with self._lock:
             return [
                 {
@@ -128,6 +136,7 @@ class Drafts(Throttling):
                     "createdDateTime": None,
                     "sentDateTime": None,
                     "subject": d.message.get("subject"),
+                    "isDraft": not d.in_transport,
                     "singleValueExtendedProperties": d.message.get("singleValueExtendedProperties") or [],
                 }
                 for d in self._drafts.values()

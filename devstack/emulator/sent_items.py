@@ -29,7 +29,8 @@ from devstack.emulator.state import TenantState
 EXTENDED_PROPERTY_READ: Final = ("Mail.Read", "Mail.ReadWrite")
 SENT_ITEMS: Final = "sentitems"  # the well-known folder name; Graph takes it in any case
 SELECTABLE_DEFAULT: Final = ("id", "sentDateTime", "internetMessageId", "subject")
-_SELECTABLE: Final = frozenset({"id", "sentDateTime", "internetMessageId", "subject", "createdDateTime"})
+# isDraft: a message in Sent Items was sent, so it is not a draft (the message resource, drafts.py cites it).
+_SELECTABLE: Final = frozenset({"id", "sentDateTime", "internetMessageId", "subject", "createdDateTime", "isDraft"})
 
 
 def select(items: list[dict[str, Any]], fields: list[str]) -> list[dict[str, Any]] | str:
@@ -60,6 +61,7 @@ class SentItems(TenantState):
             "createdDateTime": now,
             "internetMessageId": internet_message_id,
             "subject": message.get("subject"),
+            "isDraft": False,
             "singleValueExtendedProperties": properties,
         }
         with self._lock:

@@ -21,7 +21,12 @@ Assumed, as no page states it:
 - the NDR's shape: from "Microsoft Outlook" at the tenant's postmaster, subject "Undeliverable: " and the original
   subject, the diagnostic in bodyPreview; its default code 5.6.0 stands for "the message could not be copied into
   the pipeline" (the page gives no code). The daily-recipients bounce carries 5.1.90 (throttling.py names its page).
-- a message whose transport fails is not counted by Exchange's sending limits (it was never submitted).
+- a message whose transport fails is not counted by Exchange's sending limits (it was never submitted);
+- a message's `isDraft` (the message resource: "A message is a draft if it hasn't been sent yet") is false from
+  its send while it waits in Drafts for transport, and true again if its transport fails and it stays in Drafts
+  (drafts.py's `draft_items`). No page found states the isDraft of a message in transport; false is the reading of
+  "hasn't been sent yet" for a message that was submitted for sending. The NDR, and what Sent Items holds, are not
+  drafts.
 The admin's switches (admin API `POST transport`): a mailbox's transport fails until switched back, or the next N
 messages (of one mailbox, or of any) fail; each with the NDR's diagnostic text, or the default.
 """
@@ -200,6 +205,7 @@ def _non_delivery_report(done: _InTransport, draft: _Draft | None) -> dict[str, 
         "receivedDateTime": now,
         "sentDateTime": now,
         "subject": f"Undeliverable: {subject}",
+        "isDraft": False,
         "from": {"emailAddress": {"name": "Microsoft Outlook", "address": f"postmaster@{domain}"}},
         "bodyPreview": done.ndr,
         "internetMessageId": f"<{uuid.uuid4().hex}@{domain}>",

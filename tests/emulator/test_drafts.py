@@ -43,8 +43,8 @@ def call(
     )
 
 
-def draft(emu: Emulator, http: requests.Session, token: str) -> str:
-    message = mail(singleValueExtendedProperties=[{"id": MARK_PROPERTY_ID, "value": MARK}])["message"]
+def draft(emu: Emulator, http: requests.Session, token: str, mark: str = MARK) -> str:
+    message = mail(singleValueExtendedProperties=[{"id": MARK_PROPERTY_ID, "value": mark}])["message"]
     reply = call(emu, http, token, "POST", "messages", message)
     assert reply.status_code == 201, reply.text
     draft_id: str = reply.json()["id"]

@@ -42,9 +42,11 @@ def marked(save: bool = True, mark: str = MARK) -> dict[str, Any]:
     return body
 
 
-def folder(emu: Emulator, http: requests.Session, token: str, name: str, mailbox: str = BOX) -> list[dict[str, Any]]:
+def folder(
+    emu: Emulator, http: requests.Session, token: str, name: str, mailbox: str = BOX, select: str = "id,subject"
+) -> list[dict[str, Any]]:
     """A folder's messages, read through Graph as the relay reads them (with its mark's filter, but for the Inbox)."""
-    params = {"$select": "id,subject"}
+    params = {"$select": select}
     if name != "inbox":
         params["$filter"] = (
             f"singleValueExtendedProperties/Any(ep: ep/id eq '{MARK_PROPERTY_ID}' and ep/value eq '{MARK}')"
@@ -148,6 +150,34 @@ def test_a_sent_draft_stays_in_drafts_while_in_transport_and_cannot_be_changed_o
     assert call(emu, http, token, "POST", f"messages/{draft_id}/attachments", small).status_code == 404  # assumed
     time.sleep(0.6)
     assert emu.drafts_view() == [] and len(emu.sent_items(BOX)) == 1 and len(emu.outbox) == 1
+
+
+def drafts_flag(emu: Emulator, http: requests.Session, token: str, name: str = "drafts") -> list[bool]:
+    """isDraft of the marked messages in a folder, selected through Graph as the relay selects it."""
+    return [m["isDraft"] for m in folder(emu, http, token, name, select="id,isDraft")]
+
+
+def test_is_draft_is_true_until_the_send_false_in_transport_and_true_again_after_a_failed_transport(
+    emu: Emulator, http: requests.Session
+) -> None:
+    """The message resource's isDraft ("a draft if it hasn't been sent yet"); its value in transport is assumed
+    (transport.py): false, so that a sender can tell a submitted message from a leftover draft."""
+    emu.configure_exchange({"sentItemsDelaySeconds": 0.5})
+    token = token_for(emu, http)
+    draft_id = draft(emu, http, token, MARK)
+    assert drafts_flag(emu, http, token) == [True]
+    assert call(emu, http, token, "POST", f"messages/{draft_id}/send").status_code == 202
+    assert drafts_flag(emu, http, token) == [False]  # still in Drafts, in transport: sent
+    time.sleep(0.6)
+    assert drafts_flag(emu, http, token) == [] and drafts_flag(emu, http, token, "sentitems") == [False]
+    assert send(emu, http, marked(), token, mailbox=BOX).status_code == 202
+    assert drafts_flag(emu, http, token) == [False]  # sendMail's message waits in Drafts the same way
+    emu.fail_next_transports(1)
+    failing = draft(emu, http, token, MARK)
+    assert call(emu, http, token, "POST", f"messages/{failing}/send").status_code == 202
+    time.sleep(0.6)
+    (ndr,) = folder(emu, http, token, "inbox", select="id,isDraft")
+    assert ndr["isDraft"] is False and drafts_flag(emu, http, token) == [True]  # a draft again (assumed)
 
 
 def test_a_sent_draft_whose_transport_fails_stays_a_draft_with_an_ndr(emu: Emulator, http: requests.Session) -> None:
