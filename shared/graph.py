@@ -209,8 +209,11 @@ class GraphClient:
         return _reply(response)
 
     def find_drafts(self, sender: str, mark: str, token: str) -> GraphReply:
-        """The drafts marked `mark` a failed try left in the sender's Drafts."""
-        return self._find(sender, "drafts", mark, token, top=10)
+        """The messages marked `mark` in the sender's Drafts: drafts a failed try left, or a sent one still waiting
+        there for Exchange's transport (https://learn.microsoft.com/graph/outlook-things-to-know-about-send-mail).
+        `isDraft` tells them apart: "A message is a draft if it hasn't been sent yet"
+        (https://learn.microsoft.com/graph/api/resources/message)."""
+        return self._find(sender, "drafts", mark, token, top=10, select="id,isDraft")
 
     def find_sent(self, sender: str, mark: str, token: str) -> GraphReply:
         """Look for the message marked `mark` in the sender's Sent Items.
@@ -222,14 +225,16 @@ class GraphClient:
         """
         return self._find(sender, "sentitems", mark, token, top=1)
 
-    def _find(self, sender: str, folder: str, mark: str, token: str, top: int) -> GraphReply:
+    def _find(
+        self, sender: str, folder: str, mark: str, token: str, top: int, select: str = "id,sentDateTime"
+    ) -> GraphReply:
         from shared.status import MARK_PROPERTY_ID
 
         url = f"{self._user(sender)}/mailFolders/{folder}/messages"
         query = f"singleValueExtendedProperties/Any(ep: ep/id eq '{MARK_PROPERTY_ID}' and ep/value eq '{mark}')"
         response = self._session.get(
             url,
-            params={"$filter": query, "$select": "id,sentDateTime", "$top": str(top)},
+            params={"$filter": query, "$select": select, "$top": str(top)},
             headers=self._headers(token),
             timeout=self._timeout,
         )

@@ -167,6 +167,13 @@ _HINTS: Final[dict[str, str]] = {
         "Graph did not answer in time (GRAPH_TIMEOUT_SECONDS); the message may still have been accepted, so the "
         "relay looks for it in the sender's Sent Items before trying again (or follows SEND_UNKNOWN_OUTCOME)"
     ),
+    "StillInTransport": (
+        "an earlier try of this large message was sent and was still in Exchange's transport when the relay looked "
+        "(in the sender's Drafts, submitted, not yet in Sent Items): the relay sent nothing more and looks in Sent "
+        "Items again after GRAPH_TIMEOUT_SECONDS + SEND_UNKNOWN_SETTLE_SECONDS. If this recurs, raise "
+        "SEND_UNKNOWN_SETTLE_SECONDS to cover Exchange's transport time; if it ends in a dead letter, check the "
+        "sender's Drafts and the message trace (Get-MessageTraceV2) before requeueing"
+    ),
     "SendOutcomeUnknown": (
         "Graph may or may not have accepted this message (a timeout, a server error or a crash during the call), "
         "and the relay could not look in the sender's Sent Items (no Mail.Read in the app's Exchange scope, or "

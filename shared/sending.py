@@ -5,7 +5,9 @@ and body come to under 3 MB goes in one sendMail; a larger one goes through the 
 draft, add the small attachments, upload each large one through an upload session in ranges of at most 4 MB
 (honouring `nextExpectedRanges`), then send the draft. A message over MAX_MESSAGE_SIZE_MB is refused before
 anything is uploaded. The draft carries the request's mark, so a draft left by a crash is found and deleted
-before the next try creates its own, and a sent one is found in Sent Items: a crash never sends two copies.
+before the next try creates its own, and a sent one is found in Sent Items: a crash never sends two copies. A sent
+one still in Exchange's transport waits in Drafts with isDraft false: it is left alone, and the try's outcome stays
+unknown until Sent Items shows it (`_discard_leftovers`).
 
 Every Graph call that can send or change the mailbox (sendMail; the draft, each attachment, each uploaded range, the
 send, a leftover draft's deletion) first calls the `fence` the caller passed (shared/delivery.py proves there that
@@ -422,11 +424,28 @@ class Relay:
         self, graph: DraftSender, sender: str, mark: str, replies: list[GraphReply], fence: Fence | None = None
     ) -> None:
         """Delete the drafts an earlier try of this request left (a crash, a failed upload). Each delete is fenced:
-        a copy that lost its claim must not delete the draft the new owner is building (it carries the same mark)."""
+        a copy that lost its claim must not delete the draft the new owner is building (it carries the same mark).
+
+        A marked message in Drafts with isDraft false is not a leftover: an earlier try sent it and it waits there
+        for Exchange's transport, which moves it to Sent Items once done ("Things to know about sendMail"; the
+        message resource: "A message is a draft if it hasn't been sent yet"). Deleting it would not stop its
+        delivery, and sending again would deliver a second copy; so nothing is deleted or created, and the outcome
+        is unknown (StillInTransport, maybe_sent): delivery looks in Sent Items again after the settling time, and
+        the retry budget still ends it. Only an explicit false counts: Graph returns the selected isDraft."""
         found = self._step(lambda t: graph.find_drafts(sender, mark, t), replies, "looking for an earlier try's draft")
         items = found.value.get("value") if isinstance(found.value, dict) else None
-        for item in items if isinstance(items, list) else []:
-            draft_id = item.get("id") if isinstance(item, dict) else None
+        listed = [item for item in (items if isinstance(items, list) else []) if isinstance(item, dict)]
+        if any(item.get("isDraft") is False for item in listed):
+            raise RelayFailure(
+                transient(
+                    "StillInTransport",
+                    "an earlier try of this message was sent and is still in Exchange's transport (in the sender's "
+                    "Drafts with isDraft false, not yet in Sent Items); not sent again",
+                    maybe_sent=True,
+                )
+            )
+        for item in listed:
+            draft_id = item.get("id")
             if isinstance(draft_id, str) and draft_id:
                 reply = self._request(_deleter(graph, sender, draft_id), replies, sends=False, fence=fence)
                 if reply.status not in (204, 404):

@@ -197,3 +197,62 @@ def test_a_claim_checked_body_that_is_not_utf8_is_refused_with_a_reason() -> Non
     outcome = deliver(relay, request)
     assert isinstance(outcome, Permanent) and outcome.code == "PayloadMismatch" and "not UTF-8" in outcome.message
     assert graph.calls == []
+
+
+# --- An earlier try still in Exchange's transport -------------------------------------------------------------
+
+
+def found(*items: dict[str, Any]) -> GraphReply:
+    """find_drafts' answer: the marked messages in Drafts, with the isDraft the relay selects."""
+    return GraphReply(200, None, None, "req-f", value={"value": list(items)})
+
+
+def test_a_marked_message_in_drafts_that_was_sent_is_left_alone_and_the_outcome_stays_unknown() -> None:
+    """Exchange keeps a sent message in Drafts until its transport is done ("Things to know about sendMail"):
+    isDraft false. Deleting it would not stop its delivery and a new draft would be a second copy."""
+    relay, graph, _, request = setup(4 * MB)
+    graph.faults["find_drafts"] = [found({"id": "sent-earlier", "isDraft": False})]
+    outcome = deliver(relay, request)
+    assert isinstance(outcome, Transient) and outcome.code == "StillInTransport"
+    assert outcome.maybe_sent and not outcome.throttled  # delivery resolves it in Sent Items, after settling
+    assert "SEND_UNKNOWN_SETTLE_SECONDS" in outcome.hint and "transport" in outcome.message
+    assert graph.steps == ["find_drafts"]  # nothing deleted, no draft created, nothing sent
+    assert graph.drafts == {} and graph.sent_drafts == []
+
+
+def test_a_leftover_draft_beside_a_message_in_transport_is_not_deleted_either() -> None:
+    relay, graph, _, request = setup(4 * MB)
+    graph.faults["find_drafts"] = [found({"id": "left", "isDraft": True}, {"id": "sent-earlier", "isDraft": False})]
+    outcome = deliver(relay, request)
+    assert isinstance(outcome, Transient) and outcome.code == "StillInTransport" and outcome.maybe_sent
+    assert graph.steps == ["find_drafts"]
+
+
+def test_a_leftover_that_is_still_a_draft_is_deleted_and_the_message_sent_once() -> None:
+    relay, graph, _, request = setup(4 * MB)
+    graph.faults["upload_range"] = [requests.ConnectionError("reset")]
+    graph.faults["delete_message"] = [requests.ConnectionError("reset")]  # the crashed try's clean-up failed
+    assert isinstance(deliver(relay, request), Transient)
+    (left,) = graph.drafts
+    graph.faults["find_drafts"] = [found({"id": left, "isDraft": True})]  # never sent: a draft
+    assert deliver(relay, request) == Sent(202)
+    assert graph.steps.count("delete_message") == 2 and graph.drafts == {} and len(graph.sent_drafts) == 1
+
+
+def test_find_drafts_selects_is_draft() -> None:
+    from shared.graph import GraphClient
+
+    class Session:
+        params: dict[str, str] = {}
+
+        def get(self, url: str, *, params: dict[str, str], **_: Any) -> Any:
+            Session.params = params
+            reply = requests.Response()
+            reply.status_code, reply._content = 200, b'{"value": []}'
+            return reply
+
+    client = GraphClient(Session(), "https://graph.example")  # type: ignore[arg-type]
+    client.find_drafts(SENDER, MARK, "token")
+    assert Session.params["$select"] == "id,isDraft" and MARK in Session.params["$filter"]
+    client.find_sent(SENDER, MARK, "token")
+    assert Session.params["$select"] == "id,sentDateTime"  # Sent Items' look-up is unchanged
