@@ -158,3 +158,27 @@ def test_a_large_unknown_send_still_in_transport_when_the_relay_looks_is_left_al
     assert done.attempts >= 2  # the first send, then at least one round that found it in transport
     assert len(via_draft(emu)) == 1 and emu.copies_by_mark() == {mark(request_id): 1}  # delivered once
     assert emu.drafts_view() == [] and len(emu.sent_items(ALERTS)) == 1 and relay_env.poison_messages() == []
+
+
+def test_a_large_send_that_stays_in_transport_ends_at_the_retry_budget_with_its_code_and_is_not_sent_again(
+    azurite: Azurite,
+    relay_env: RelayEnv,
+    local_host: Callable[..., LocalHost],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bounded: the rounds that find the earlier try in transport spend the retry budget (SEND_MAX_ATTEMPTS here),
+    then the request is dead-lettered with StillInTransport's code and hint, without a second copy."""
+    monkeypatch.setenv("SEND_MAX_ATTEMPTS", "2")
+    bootstrap.reset()
+    emu = relay_env.emulator
+    emu.configure_exchange({"sentItemsDelaySeconds": 120})  # transport outlasts the whole budget
+    emu.add_fault("graph.sendMail", status=504, retry_after=None, accept=True)
+    local_host()
+    request_id = send_large(azurite, relay_env, tmp_path, "large-stuck")
+    wait_for(lambda: bool(relay_env.poison_messages()), 60, "the dead letter")
+    (letter,) = relay_env.poison_messages()
+    assert letter["error"]["code"] == "StillInTransport" and "SEND_UNKNOWN_SETTLE_SECONDS" in letter["error"]["hint"]
+    assert letter["attempts"] == 2
+    assert len(via_draft(emu)) == 1 and emu.copies_by_mark() == {mark(request_id): 1}  # the one in transport
+    assert [d["inTransport"] for d in emu.drafts_view()] == [True]  # left alone, not deleted
