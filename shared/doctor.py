@@ -167,8 +167,22 @@ NOT_ALLOWED_CAUSES: Final = (
 )
 
 
-def _verdict(reply_status: int, error: object) -> tuple[str, str]:
-    """("allowed" | "denied" | "blocked" | "missing" | "error", detail) of one probe or send."""
+# Under an application access policy, "Access to OData is disabled." is the policy's documented denial
+# (https://learn.microsoft.com/graph/auth-limit-mailbox-access, "Handling API errors") and also what a mailbox with
+# EWS/REST blocked answers: the doctor names both, with the check an admin runs for each (shared/outcomes.py).
+ODATA_DISABLED_POLICY_CAUSES: Final = (
+    "under an application access policy this answer has two causes: the mailbox is outside the policy's group "
+    "(`Test-ApplicationAccessPolicy -Identity <mailbox> -AppId <app id>` says Denied: fix the mail-enabled security "
+    "group's membership, then wait 30 minutes to 2 hours, or more), or EWS/REST is blocked for it "
+    "(`Get-CASMailbox <mailbox> | fl EwsEnabled` says False; also the organisation's EwsApplicationAccessPolicy and "
+    "block list: `Get-OrganizationConfig | fl Ews*`)"
+)
+
+
+def _verdict(reply_status: int, error: object, scope_model: str = "rbac") -> tuple[str, str]:
+    """("allowed" | "denied" | "blocked" | "missing" | "error", detail) of one probe or send. `scope_model`
+    (EXCHANGE_SCOPE_MODEL) says what "Access to OData is disabled." means: under RBAC for Applications, EWS/REST
+    blocked on the mailbox; under an access policy, that or the policy's denial (the text is the same)."""
     code = ""
     message = ""
     if isinstance(error, dict) and isinstance(error.get("error"), dict):
@@ -176,6 +190,11 @@ def _verdict(reply_status: int, error: object) -> tuple[str, str]:
         message = str(error["error"].get("message") or "")
     if 200 <= reply_status < 300:
         return "allowed", f"HTTP {reply_status}"
+    if code == "ErrorAccessDenied" and message.strip() == "Access to OData is disabled." and scope_model == "policy":
+        return "blocked", (
+            "ErrorAccessDenied: Access to OData is disabled (outside the application access policy's group, "
+            "or EWS/REST blocked on the mailbox)"
+        )
     if code == "ErrorAccessDenied" and message.strip() == "Access to OData is disabled.":
         return "blocked", "ErrorAccessDenied: Access to OData is disabled (EWS/REST blocked on the mailbox)"
     if code == "ErrorAccessDenied":
@@ -204,8 +223,9 @@ def scope_checks(
     ]
     graph = GraphClient(clients.session, settings.graph_base_url)
     token = clients.tokens.token()
+    model = settings.exchange_scope_model
     replies = {a: graph.read_inbox(a, token) for a in (*allowed, *denied)}
-    probes = {a: _verdict(reply.status, reply.error) for a, reply in replies.items()}
+    probes = {a: _verdict(reply.status, reply.error, model) for a, reply in replies.items()}
     # Reading is conclusive once one allowed mailbox answers: the app does hold a read permission.
     conclusive = any(v[0] == "allowed" for a, v in probes.items() if a in allowed) or any(
         v[0] == "allowed" for a, v in probes.items() if a in denied
@@ -234,7 +254,9 @@ def scope_checks(
         if verdict == "allowed":
             checks.append(Check(f"scope allows {address}", "ok", f"{detail} ({method})"))
         else:
-            checks.append(Check(f"scope allows {address}", "fail", f"refused: {detail} ({method})", NOT_ALLOWED_CAUSES))
+            blocked_by_either = verdict == "blocked" and model == "policy"
+            causes = ODATA_DISABLED_POLICY_CAUSES if blocked_by_either else NOT_ALLOWED_CAUSES
+            checks.append(Check(f"scope allows {address}", "fail", f"refused: {detail} ({method})", causes))
     checks.extend(sent_items_checks(clients, [a for a in allowed if results[a][0] == "allowed"]))
     for address in denied:
         verdict, detail = results[address]
@@ -301,6 +323,7 @@ def _send_test(clients: Clients, sender: str, recipient: str) -> tuple[str, str]
         return _verdict(
             403 if outcome.code == "ErrorAccessDenied" else 404,
             {"error": {"code": outcome.code, "message": outcome.message}},
+            clients.settings.exchange_scope_model,
         )
     return "error", f"{outcome.code}: {outcome.message[:120]}"
 

@@ -262,12 +262,29 @@ LARGE_MESSAGE_ACCESS_HINTS: Final[dict[str, str]] = {
 }
 
 
+# "Access to OData is disabled." is both the documented denial of an application access policy
+# (https://learn.microsoft.com/graph/auth-limit-mailbox-access, "Handling API errors") and what Exchange answers for
+# a mailbox with EWS/REST blocked: under the access policy the text cannot tell the two apart, so the hint names
+# both, with the check for each. Under RBAC for Applications a denial reads "Access is denied..." instead, so there
+# the text means EWS/REST blocked. (Some tenants add "[RAOP] : Blocked by tenant configured AppOnly AccessPolicy
+# settings.": that one names the policy, and gets the policy's hint.)
+EWS_BLOCKED_HINT: Final = (
+    "REST/EWS access is blocked for the app or the mailbox (EwsApplicationAccessPolicy, the EWS "
+    "block list, or EWS disabled on the mailbox: `Get-CASMailbox <mailbox> | fl EwsEnabled`)"
+)
+ODATA_DISABLED_POLICY_HINT: Final = (
+    "Exchange gives this answer for two causes, and the text does not say which: (1) the mailbox is outside the app's "
+    "application access policy (not a member of the policy's mail-enabled security group under RestrictAccess, or a "
+    "member under DenyAccess): check with `Test-ApplicationAccessPolicy -Identity <mailbox> -AppId <app id>` "
+    "(AccessCheckResult Denied) and fix the group's membership; or (2) EWS/REST is blocked for the mailbox or the "
+    "app: check with `Get-CASMailbox <mailbox> | fl EwsEnabled` (False blocks it) and the organisation's "
+    f"EwsApplicationAccessPolicy and block list (`Get-OrganizationConfig | fl Ews*`); {SCOPE_CHANGE_DELAY}"
+)
+
+
 def hint_for(code: str, message: str = "", scope_model: str = "rbac") -> str:
     if code == "ErrorAccessDenied" and "OData is disabled" in message and "AccessPolicy" not in message:
-        return (
-            "REST/EWS access is blocked for the app or the mailbox (EwsApplicationAccessPolicy, the EWS "
-            "block list, or EWS disabled on the mailbox: `Get-CASMailbox <mailbox> | fl EwsEnabled`)"
-        )
+        return ODATA_DISABLED_POLICY_HINT if scope_model == "policy" else EWS_BLOCKED_HINT
     if code == "ErrorAccessDenied":
         return ACCESS_DENIED_HINTS["policy" if "AccessPolicy" in message else scope_model]
     if code in _HINTS:

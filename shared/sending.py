@@ -416,7 +416,10 @@ class Relay:
         outcome = replace(outcome, message=f"{outcome.message} ({what})")
         if isinstance(outcome, Transient) and not sends:
             return replace(outcome, maybe_sent=False)  # a draft step sends nothing, whatever its answer
-        if isinstance(outcome, Permanent) and outcome.code == "ErrorAccessDenied" and not sends:
+        # "Access to OData is disabled." is not a missing Mail.ReadWrite: hint_for's hint (the access policy's
+        # group, or EWS/REST blocked) holds for the draft flow's calls too.
+        odata_disabled = "OData is disabled" in outcome.message
+        if isinstance(outcome, Permanent) and outcome.code == "ErrorAccessDenied" and not sends and not odata_disabled:
             return replace(outcome, hint=LARGE_MESSAGE_ACCESS_HINTS[self._scope_model])
         return outcome
 

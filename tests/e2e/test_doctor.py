@@ -152,3 +152,41 @@ def test_the_doctor_says_how_an_unknown_send_would_be_resolved(
     assert check.status == status and words in check.detail
     if status == "warn":
         assert "Application Mail.Read" in check.hint
+
+
+# --- "Access to OData is disabled.": the access policy's denial, or EWS/REST blocked ----------------------------
+
+
+def test_under_an_access_policy_odata_disabled_names_the_policys_group_or_ews_and_the_check_for_each(
+    relay_env: RelayEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The policy's documented denial and a mailbox with EWS/REST blocked answer the same text
+    (auth-limit-mailbox-access, "Handling API errors"): the doctor says so, with both checks."""
+    monkeypatch.setenv("EXCHANGE_SCOPE_MODEL", "policy")
+    relay_env.emulator.add_app(TENANT, CLIENT, SECRET, roles=("Mail.Send", "Mail.ReadBasic"), scope_model="policy")
+    checks = diagnose(os.environ, allowed=[ALERTS, NOT_ALLOWED], denied=[])
+    [refused] = [c for c in checks if c.name == f"scope allows {NOT_ALLOWED}"]  # outside the policy's group
+    assert refused.status == "fail" and "outside the application access policy's group" in refused.detail
+    assert "or EWS/REST blocked" in refused.detail
+    assert "Test-ApplicationAccessPolicy -Identity <mailbox>" in refused.hint and "fl EwsEnabled" in refused.hint
+
+
+def test_under_an_access_policy_a_test_mail_refused_with_odata_disabled_names_both_causes(
+    relay_env: RelayEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EXCHANGE_SCOPE_MODEL", "policy")
+    relay_env.emulator.set_exchange_scope(ALERTS, False, delay=0)  # out of the group: no probe can answer
+    found = scope(relay_env, _to="it@contoso.com", roles=("Mail.Send",), scope_model="policy")
+    [allowed] = [f for f in found if f[0] == f"scope allows {ALERTS}"]
+    assert allowed[1] == "fail" and "outside the application access policy's group" in allowed[2]
+    assert "Test-ApplicationAccessPolicy" in allowed[2] and "EwsEnabled" in allowed[2]
+
+
+def test_under_rbac_odata_disabled_still_means_ews_or_rest_blocked(relay_env: RelayEnv) -> None:
+    relay_env.emulator.add_mailbox(NOT_ALLOWED, in_exchange_scope=True, rest_enabled=False)
+    relay_env.emulator.add_app(TENANT, CLIENT, SECRET, exchange_roles=READS)
+    checks = diagnose(os.environ, allowed=[ALERTS, NOT_ALLOWED], denied=[])
+    [refused] = [c for c in checks if c.name == f"scope allows {NOT_ALLOWED}"]
+    assert refused.status == "fail" and "EWS/REST blocked on the mailbox" in refused.detail
+    assert "policy" not in refused.detail and "Test-ApplicationAccessPolicy" not in refused.hint
+    assert "EwsEnabled" in refused.hint

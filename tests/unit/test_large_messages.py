@@ -33,7 +33,9 @@ def claim_check(store: MemoryPayloads, blob: str, data: bytes) -> dict[str, Any]
     return {"blob": blob, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def setup(*sizes: int, max_mb: float = 35) -> tuple[Relay, FakeDrafts, MemoryPayloads, dict[str, Any]]:
+def setup(
+    *sizes: int, max_mb: float = 35, scope_model: str = "rbac"
+) -> tuple[Relay, FakeDrafts, MemoryPayloads, dict[str, Any]]:
     store = MemoryPayloads()
     attachments = []
     for i, size in enumerate(sizes):
@@ -52,6 +54,7 @@ def setup(*sizes: int, max_mb: float = 35) -> tuple[Relay, FakeDrafts, MemoryPay
         allowed_senders=frozenset({SENDER}),
         tokens=FakeTokens(),
         graph=graph,
+        scope_model=scope_model,
         payloads=store,
         max_message_bytes=int(max_mb * MB),
     )
@@ -256,3 +259,13 @@ def test_find_drafts_selects_is_draft() -> None:
     assert Session.params["$select"] == "id,isDraft" and MARK in Session.params["$filter"]
     client.find_sent(SENDER, MARK, "token")
     assert Session.params["$select"] == "id,sentDateTime"  # Sent Items' look-up is unchanged
+
+
+def test_odata_disabled_on_the_draft_flow_is_not_read_as_a_missing_mail_read_write() -> None:
+    """Under an access policy, the first call of the draft flow (the leftover look-up) meets the policy's denial,
+    whose text is EWS/REST's too: the hint names both, not Mail.ReadWrite."""
+    relay, graph, _, request = setup(4 * MB, scope_model="policy")
+    graph.faults["find_drafts"] = [graph_error(403, "ErrorAccessDenied", "Access to OData is disabled.")]
+    outcome = deliver(relay, request)
+    assert isinstance(outcome, Permanent) and "Test-ApplicationAccessPolicy" in outcome.hint
+    assert "EwsEnabled" in outcome.hint and "Mail.ReadWrite" not in outcome.hint

@@ -102,3 +102,38 @@ def test_readme_quotes_the_access_denied_hints_the_code_gives() -> None:
         assert hint in readme, f"README's quoted ErrorAccessDenied hint for {model} differs from the code's"
         assert hint_for("ErrorAccessDenied", "Access is denied. Check credentials and try again.", model) == hint
     assert "consent" in ACCESS_DENIED_HINTS["rbac"] and "send as anyone" in ACCESS_DENIED_HINTS["rbac"]
+
+
+# "Access to OData is disabled.": under an application access policy, its documented denial
+# (auth-limit-mailbox-access, "Handling API errors") and also EWS/REST blocked on the mailbox; under RBAC for
+# Applications, EWS/REST blocked only (a scope denial reads "Access is denied...").
+ODATA = "Access to OData is disabled."
+RAOP = "Access to OData is disabled: [RAOP] : Blocked by tenant configured AppOnly AccessPolicy settings."
+
+
+def test_odata_disabled_under_an_access_policy_names_both_causes_and_the_check_for_each() -> None:
+    outcome = classify_http(403, {"error": {"code": "ErrorAccessDenied", "message": ODATA}}, None, "policy")
+    assert isinstance(outcome, Permanent)
+    assert "application access policy" in outcome.hint and "Test-ApplicationAccessPolicy -Identity" in outcome.hint
+    assert "Get-CASMailbox <mailbox> | fl EwsEnabled" in outcome.hint and "30 minutes" in outcome.hint
+
+
+def test_odata_disabled_under_rbac_keeps_meaning_ews_or_rest_blocked() -> None:
+    outcome = classify_http(403, {"error": {"code": "ErrorAccessDenied", "message": ODATA}}, None, "rbac")
+    assert isinstance(outcome, Permanent)
+    assert "EwsEnabled" in outcome.hint and "Test-ApplicationAccessPolicy" not in outcome.hint
+    assert "application access policy" not in outcome.hint
+
+
+@pytest.mark.parametrize("model", ["rbac", "policy"])
+def test_the_raop_text_names_the_policy_whatever_the_model(model: str) -> None:
+    from shared.outcomes import ACCESS_DENIED_HINTS, hint_for
+
+    assert hint_for("ErrorAccessDenied", RAOP, model) == ACCESS_DENIED_HINTS["policy"]
+
+
+def test_a_send_still_in_transport_is_unknown_with_a_hint_about_the_settling_time() -> None:
+    from shared.outcomes import transient
+
+    outcome = transient("StillInTransport", "in transport", maybe_sent=True)
+    assert outcome.maybe_sent and "SEND_UNKNOWN_SETTLE_SECONDS" in outcome.hint and "Drafts" in outcome.hint
