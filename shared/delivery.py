@@ -300,7 +300,9 @@ def _pace(
         last_error_code="Paced",
         last_error_hint=f"waiting for the mailbox's {decided.limit} limit",
     )
-    _write(rt, waiting)
+    if not _held_write(rt, waiting):  # the claim was taken over during the wait: the new owner's record stands
+        _claim_lost(rt, checked, original_message_id, fields)
+        return None
     delay = _put_back(rt, checked, original_message_id, seconds, "paced")
     # The recipient budget is the one that can hold mail for hours: the operator must see it in the log.
     level = logging.WARNING if decided.limit == "recipients per day" else logging.INFO
@@ -453,7 +455,7 @@ def _resolve(
         )
         if now < settled:
             # Exchange may not have filed it yet: look again once the settling time has passed.
-            _reschedule(rt, checked, record, UNKNOWN, settled, original_message_id, "settling", fields, None)
+            _reschedule(rt, checked, record, UNKNOWN, settled, original_message_id, "settling", fields, None, held=True)
             return None
         resolution = "not in Sent Items after the settling time; sent again"
     elif lookup.no_access:
@@ -477,7 +479,9 @@ def _resolve(
             lost = permanent("SendOutcomeUnknown", f"the Sent Items lookup kept failing ({failure.code}); {spent}")
             _dead_letter(rt, checked.received, lost, record, fields, resolution=UNKNOWN)
             return None
-        _reschedule(rt, checked, record, UNKNOWN, when, original_message_id, "lookup failed", fields, failure)
+        _reschedule(
+            rt, checked, record, UNKNOWN, when, original_message_id, "lookup failed", fields, failure, held=True
+        )
         return None
     spent = _budget(rt, record, now)
     if spent:
@@ -558,9 +562,18 @@ class _Fence:
         raise RuntimeError("the claim could not be renewed in time for the Graph call; the host will deliver it again")
 
 
+def _held_write(rt: Runtime, record: StatusRecord) -> bool:
+    """Write a change that carries no news from Graph (nothing was sent since the claim: a paced copy going back
+    `queued`, an unknown try still settling) under the claim's ETag. False: another worker took the claim over
+    meanwhile, and its record must stand. Unlike an outcome (`_write`), such a change never overwrites another
+    worker's: a `queued` written over a claim in flight would let a later copy send without looking in Sent Items."""
+    return rt.status.replace(replace(record, updated_at=rt.clock())) is not None
+
+
 def _claim_lost(rt: Runtime, checked: Checked, original_message_id: str | None, fields: dict[str, Any]) -> None:
-    """The fence found the claim taken over: this copy sent nothing; put it back to look again (as `_wait` does),
-    so it finds the new owner's outcome (`sent`: completed) or takes over in turn if that one dies."""
+    """The claim was taken over (the fence, or a `_held_write`, found out): this copy sent nothing since it claimed.
+    Put it back to look again (as `_wait` does), so it finds the new owner's outcome (`sent`: completed) or takes
+    over in turn if that one dies."""
     delay = _put_back(rt, checked, original_message_id, 1, "claim lost")
     text = f"another worker took the claim over while this one stalled; not sent; looking again in {delay} s"
     _log(logging.WARNING, "mail.claim.lost", text, delaySeconds=delay, **fields)
@@ -622,13 +635,20 @@ def _reschedule(
     fields: dict[str, Any],
     failure: Transient | None,
     freeing: _Freeing | None = None,
+    *,
+    held: bool = False,
 ) -> None:
-    """Record `state` until `when`, and put the request on the retry queue hidden until then."""
+    """Record `state` until `when`, and put the request on the retry queue hidden until then. `held`: nothing was
+    sent since the claim (`_held_write`): written only while the claim is this copy's."""
     now = rt.clock()
     changed = replace(record, state=state, updated_at=now, lease_until=None, not_before=when)
     if failure is not None:
         changed = replace(changed, last_error_code=failure.code, last_error_hint=failure.hint)
-    _write(rt, changed, freeing, fields)
+    if not held:
+        _write(rt, changed, freeing, fields)
+    elif not _held_write(rt, changed):
+        _claim_lost(rt, checked, original_message_id, fields)
+        return
     delay = _put_back(rt, checked, original_message_id, (when - now).total_seconds(), reason)
     code = failure.code if failure else None
     event = "mail.unknown" if state == UNKNOWN else "mail.retry"

@@ -386,6 +386,50 @@ def test_a_worker_that_stalled_then_died_in_its_call_is_looked_up_after_its_leas
     assert s.record().resolution == "found in Sent Items"
 
 
+def take_over(s: Stack, who: str) -> None:
+    """Another worker takes the claim over, as `_claim` does once the lease has run out: its own lease, a new ETag."""
+    current = s.record()
+    s.status.replace(replace(current, state=SENDING, lease_until=s.clock.now + timedelta(seconds=60), resolution=who))
+
+
+def test_a_copy_paced_while_its_claim_was_taken_over_leaves_the_new_owners_claim_alone() -> None:
+    # The copy claimed, then waited on Storage for its pace slot past its lease; the new owner is sending. Going back
+    # `queued` over the new owner's claim would let a later copy send without looking in Sent Items: a duplicate.
+    s = paced(MAILBOX_MAX_CONCURRENT="1")
+    pacer = s.rt.pacer
+    assert pacer is not None
+
+    def meanwhile() -> None:
+        take_over(s, "the new owner")
+        assert not isinstance(pacer.acquire(SENDER, 1), Over)  # and holds the mailbox's one slot for its call
+
+    stall_after_claim(s, 200, during=meanwhile)
+    s.outbox()
+    assert s.graph.calls == []
+    record = s.record()
+    assert record.state == SENDING and record.resolution == "the new owner"  # not `queued`
+    assert [delay for _, delay in s.retries.puts] == [1]  # the copy looks again: it will find the outcome
+
+
+def test_a_resolution_still_settling_leaves_a_claim_taken_over_during_its_lookup_alone() -> None:
+    s = make()
+    s.graph.replies.append(graph_error(504, "GatewayTimeout", "upstream timed out"))
+    s.outbox()
+    s.status.replace(replace(s.record(), not_before=s.clock.now))  # a copy arrives early (another clock)
+    lookup = s.graph.find_sent
+
+    def slow_lookup(sender: str, mark: str, token: str) -> GraphReply:
+        s.clock.advance(61)  # the lookup outlasted the lease: another worker took the claim over
+        take_over(s, "the new owner")
+        return lookup(sender, mark, token)
+
+    s.graph.find_sent = slow_lookup  # type: ignore[method-assign]
+    s.outbox(msg_id="q-2")
+    record = s.record()
+    assert record.state == SENDING and record.resolution == "the new owner"  # not `unknown` over the new claim
+    assert len(s.graph.calls) == 1 and s.retries.puts[-1][1] == 1
+
+
 # The large-message flow: every call that changes the mailbox is fenced.
 
 
