@@ -531,7 +531,6 @@ class _Fence:
     def __init__(self, rt: Runtime, record: StatusRecord, fields: dict[str, Any]) -> None:
         self._rt = rt
         self.record = record
-        self.renewals = 0
         self._fields = fields
         settings = rt.settings
         self._call = timedelta(seconds=settings.graph_timeout_seconds)
@@ -555,7 +554,6 @@ class _Fence:
             if renewed is None:
                 raise ClaimLost("another worker took the request's claim over")
             self.record = renewed
-            self.renewals += 1
             text = f"the claim's lease ran short; renewed until {now + self._lease:%H:%M:%S}"
             _log(logging.INFO, "mail.claim.renewed", text, **self._fields)
         # Each renewal took longer than a lease leaves beyond a call (Storage answering that slowly): no call now.

@@ -365,6 +365,24 @@ def test_a_storage_error_during_the_renewal_sends_nothing_and_leaves_the_retry_t
     assert s.graph.copies(KEY.mark) == 1 and s.record().state == SENT
 
 
+def test_renewals_slower_than_a_lease_never_let_the_call_start() -> None:
+    # Storage answers each renewal only after the lease it wrote has nearly run out: the clock never vouches for the
+    # call, so after a few rounds the function fails before Graph (the host delivers the message again).
+    s = make()
+    stall_after_claim(s, 55)
+    update = s.status.replace
+
+    def slow(record: StatusRecord) -> StatusRecord | None:
+        written = update(record)
+        s.clock.advance(50)
+        return written
+
+    s.status.replace = slow  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="could not be renewed in time"):
+        s.outbox()
+    assert s.graph.calls == [] and s.record().state == SENDING
+
+
 def test_a_worker_that_stalled_then_died_in_its_call_is_looked_up_after_its_lease_and_the_settling_time() -> None:
     # The fence let the stalled worker call Graph 45 s after its claim (the clock still vouched for it), and it died
     # during the call after Graph accepted. Exchange had not filed it in Sent Items when the lease ran out: the new
