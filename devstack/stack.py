@@ -130,6 +130,7 @@ class LocalStack:
         self._emulator: subprocess.Popen[bytes] | None = None
         self._hosts: dict[str, subprocess.Popen[bytes]] = {}  # "host-1", "host-2", ...: one per instance
         self._killed: set[str] = set()  # instances stopped on purpose (kill_host): not a failure of the stack
+        self._frozen = False  # Azurite stopped by freeze_storage (SIGSTOP)
         self._logs: list[IO[bytes]] = []
         self._readers: list[threading.Thread] = []
         self._host_ready: dict[str, threading.Event] = {}
@@ -255,6 +256,7 @@ class LocalStack:
     def stop(self) -> None:
         """Stop the hosts, the emulator, then Azurite; remove the working directory. Safe to repeat."""
         self._stopped = True
+        self.thaw_storage()  # a stopped Azurite would not act on the SIGTERM below until continued
         for process in [*self._hosts.values(), self._emulator]:
             if process is not None:
                 _terminate(process)
@@ -303,6 +305,21 @@ class LocalStack:
         self._killed.add(name)
         process.kill()
         process.wait(10)
+
+    def freeze_storage(self) -> None:
+        """SIGSTOP Azurite: every Storage request (queues, tables, blobs) hangs from now on, connections included
+        (the kernel still accepts them), until thaw_storage; then each is answered, late. A Storage stall of any
+        length, as the hosts' clients meet it: nothing fails, everything waits."""
+        azurite = self._running_azurite()
+        assert azurite.pid is not None
+        os.kill(azurite.pid, signal.SIGSTOP)
+        self._frozen = True
+
+    def thaw_storage(self) -> None:
+        """SIGCONT Azurite after freeze_storage (nothing to do if it is not frozen)."""
+        if self._frozen and self._azurite is not None and self._azurite.pid is not None:
+            os.kill(self._azurite.pid, signal.SIGCONT)
+        self._frozen = False
 
     def start_host(self, index: int) -> None:
         """Start host instance `index` (1 to `instances`), or start it again after kill_host; returns once
