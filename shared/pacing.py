@@ -146,25 +146,13 @@ def decide(
     sends = [list(s) for s in state.sends if float(s[0]) > now - window]
     buckets = [list(b) for b in state.recipients if b[0] > now - limits.recipient_window_seconds]
     uploads = [list(u) for u in state.uploads if u[0] > now - limits.upload_window_seconds]
-    used = sum(int(b[1]) for b in buckets)
-    if used + recipients > limits.recipients_per_window and used > 0:
-        # Wait until enough of the oldest buckets have left the window: never let the mailbox be blocked.
-        freed, wait_until = 0, now
-        for start, count in sorted(buckets):
-            freed += int(count)
-            wait_until = start + limits.recipient_window_seconds
-            if used - freed + recipients <= limits.recipients_per_window:
-                break
-        return Over(max(wait_until - now, 1.0), "recipients per day")
-    uploaded = sum(int(u[1]) for u in uploads)
-    if uploaded + upload_bytes > limits.upload_bytes_per_window and uploaded > 0:
-        freed, wait_until = 0, now
-        for when, size in sorted(uploads):
-            freed += int(size)
-            wait_until = when + limits.upload_window_seconds
-            if uploaded - freed + upload_bytes <= limits.upload_bytes_per_window:
-                break
-        return Over(max(wait_until - now, 1.0), "uploads per 5 minutes")
+    # Wait until enough of the oldest entries have left their window: never let the mailbox be blocked.
+    wait = _until_room(buckets, recipients, limits.recipients_per_window, limits.recipient_window_seconds, now)
+    if wait is not None:
+        return Over(wait, "recipients per day")
+    wait = _until_room(uploads, upload_bytes, limits.upload_bytes_per_window, limits.upload_window_seconds, now)
+    if wait is not None:
+        return Over(wait, "uploads per 5 minutes")
     if len(sends) >= limits.messages_per_window:
         return Over(max(min(float(s[0]) for s in sends) + window - now, 0.5), "messages per minute")
     if len(slots) >= limits.max_concurrent:
@@ -182,6 +170,21 @@ def decide(
     if upload_bytes:
         uploads.append([now, float(upload_bytes)])
     return PaceState(slots, sends, buckets, uploads), Granted(slot, recipients)
+
+
+def _until_room(entries: list[list[float]], amount: float, limit: float, window: float, now: float) -> float | None:
+    """Seconds until `amount` more fits under `limit` in a window of [start, amount] entries, at least 1; None when
+    it fits now. One request larger than the whole limit goes alone: it fits once the window is empty."""
+    used = sum(int(e[1]) for e in entries)
+    if used + amount <= limit or used == 0:
+        return None
+    freed, wait_until = 0, now
+    for start, count in sorted(entries):
+        freed += int(count)
+        wait_until = start + window
+        if used - freed + amount <= limit:
+            break
+    return max(wait_until - now, 1.0)
 
 
 def released(state: PaceState, slot: str, now: float, *, given_back: bool = False) -> PaceState:
