@@ -722,7 +722,7 @@ def _write(
             writes = pacer.release_writes(freeing.sender, freeing.slot, given_back=freeing.given_back)
             written = rt.status.replace_with(changed, writes)
             if written.record is not None:
-                pacer.released_in(freeing.sender, writes, written.row_etag)
+                pacer.released_in(freeing.sender, written.row_write, written.row_etag)
                 if written.row_etag is None:  # the pace row is gone (cleaned up): nothing left to free
                     _log(logging.INFO, "pace.release", "no pace row to free the slot in", **(fields or {}))
                 return

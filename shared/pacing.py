@@ -273,7 +273,7 @@ class Pacer:
     def release_writes(self, sender: str, granted: Granted, *, given_back: bool = False) -> list[RowWrite]:
         """How to free `granted` in the outcome's transaction (StatusStore.replace_with), best first: the row as
         remembered, freed, under its ETag; else the release merged in without a condition (folded in by the next
-        write). Call `released_in` with what was written."""
+        write). Call `released_in` with the write that was made (Written.row_write)."""
         now = self._clock().timestamp()
         merge = RowWrite(PACE_ROW, {RELEASE_PREFIX + granted.slot: json.dumps([now, int(given_back)])})
         with self._lock:
@@ -283,10 +283,13 @@ class Pacer:
         state = released(known[0], granted.slot, now, given_back=given_back)
         return [RowWrite(PACE_ROW, row_properties(state), known[1]), merge]
 
-    def released_in(self, sender: str, writes: list[RowWrite], version: Any) -> None:
-        """Remember what the outcome's transaction wrote of the row: the whole row at `version`, or nothing certain."""
-        whole = version is not None and writes and writes[0].etag is not None and "state" in writes[0].properties
-        self._remember(sender, PaceState.from_row(writes[0].properties) if whole else None, version if whole else None)
+    def released_in(self, sender: str, written: RowWrite | None, version: Any) -> None:
+        """Remember what the outcome's transaction wrote of the row (`written`, at `version`): the whole row, when it
+        replaced it under the ETag remembered; after a merge (the row had changed) or nothing, nothing is certain."""
+        if written is None or version is None or written.etag is None:
+            self._remember(sender, None, None)
+        else:
+            self._remember(sender, PaceState.from_row(written.properties), version)
 
     def release(self, sender: str, granted: Granted, *, given_back: bool = False) -> None:
         """Free the slot on its own, one merge and no read, when no outcome is written with it. Best effort: a slot

@@ -81,11 +81,12 @@ class RowWrite:
 
 @dataclass(frozen=True)
 class Written:
-    """What `replace_with` achieved: the record (None: it changed meanwhile, nothing was written), and the other
-    row's new ETag (None: the row was not written, as when it does not exist)."""
+    """What `replace_with` achieved: the record (None: it changed meanwhile, nothing was written), which of the other
+    row's writes was made with it and that row's new ETag (None: the row was not written, as when it is gone)."""
 
     record: StatusRecord | None
     row_etag: Any = None
+    row_write: RowWrite | None = None
 
 
 class MemoryRows:
@@ -289,7 +290,7 @@ class MemoryStatusStore:
             for write in also:
                 row_etag = self.rows.write(record.key.entity_keys()[0], write.row_key, write)
                 if row_etag is not None:
-                    return Written(self._stamp(record), row_etag)
+                    return Written(self._stamp(record), row_etag, write)
             return Written(self._stamp(record))
 
     def find(self, value: str, sender: str | None = None) -> list[StatusRecord]:
@@ -480,7 +481,7 @@ class TableStatusStore:
                 results = self._client.submit_transaction([first, ("update", row, options)])
             except TableTransactionError:
                 continue
-            return Written(replace(record, etag=results[0].get("etag")), results[1].get("etag"))
+            return Written(replace(record, etag=results[0].get("etag")), results[1].get("etag"), write)
         return Written(self.replace(record))
 
     def find(self, value: str, sender: str | None = None) -> list[StatusRecord]:

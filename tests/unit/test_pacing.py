@@ -137,7 +137,7 @@ def test_a_release_folded_into_the_outcomes_write_keeps_the_row_known() -> None:
     writes = pacer.release_writes("alerts@contoso.com", granted)
     written = status.replace_with(replace(record, state="sent"), writes)
     assert written.record is not None and written.row_etag is not None and written.record.state == "sent"
-    pacer.released_in("alerts@contoso.com", writes, written.row_etag)
+    pacer.released_in("alerts@contoso.com", written.row_write, written.row_etag)
     state, _ = store.read("alerts@contoso.com")
     assert state.slots == {} and len(state.sends) == 1 and sum(b[1] for b in state.recipients) == 3
     assert isinstance(pacer.acquire("alerts@contoso.com", 1), Granted)
@@ -158,9 +158,16 @@ def test_a_stale_row_in_the_outcomes_write_falls_back_to_a_merge_and_frees_the_s
     assert len(writes) == 2 and writes[0].etag is not None and writes[1].etag is None
     written = status.replace_with(replace(record, state="sent"), writes)
     assert written.record is not None and written.row_etag is not None
-    mine.released_in("alerts@contoso.com", writes, written.row_etag)
+    assert written.row_write is writes[1]  # the merge, not the stale replace
+    mine.released_in("alerts@contoso.com", written.row_write, written.row_etag)
     state, _ = store.read("alerts@contoso.com")
     assert list(state.slots) == [other.slot]  # mine freed by the merge, theirs kept
+    # What this process wrote is not what the row holds now: its next slot must not be taken from memory (it
+    # would be written under the merge's ETag over their slot, and a fifth send could start).
+    again = mine.acquire("alerts@contoso.com", 1)
+    assert isinstance(again, Granted)
+    state, _ = store.read("alerts@contoso.com")
+    assert set(state.slots) == {other.slot, again.slot}
 
 
 def test_a_mailbox_over_its_pace_in_what_this_process_remembers_is_read_before_waiting() -> None:
