@@ -92,7 +92,7 @@ class PaceState:
     # before Graph answers, so counting from the answer keeps the relay's minute at least as full as Exchange's.
     sends: list[list[Any]] = field(default_factory=list)
     recipients: list[list[float]] = field(default_factory=list)  # [bucket start, count]
-    uploads: list[list[float]] = field(default_factory=list)  # [time, bytes] within the upload window
+    uploads: list[list[Any]] = field(default_factory=list)  # [time, bytes, slot id] within the upload window
 
     def to_json(self) -> str:
         return json.dumps(
@@ -168,18 +168,19 @@ def decide(
     else:
         buckets.append([start, float(recipients)])
     if upload_bytes:
-        uploads.append([now, float(upload_bytes)])
+        uploads.append([now, float(upload_bytes), slot])
     return PaceState(slots, sends, buckets, uploads), Granted(slot, recipients)
 
 
-def _until_room(entries: list[list[float]], amount: float, limit: float, window: float, now: float) -> float | None:
+def _until_room(entries: list[list[Any]], amount: float, limit: float, window: float, now: float) -> float | None:
     """Seconds until `amount` more fits under `limit` in a window of [start, amount] entries, at least 1; None when
     it fits now. One request larger than the whole limit goes alone: it fits once the window is empty."""
     used = sum(int(e[1]) for e in entries)
     if used + amount <= limit or used == 0:
         return None
     freed, wait_until = 0, now
-    for start, count in sorted(entries):
+    for entry in sorted(entries, key=lambda e: float(e[0])):
+        start, count = float(entry[0]), entry[1]
         freed += int(count)
         wait_until = start + window
         if used - freed + amount <= limit:
@@ -189,8 +190,11 @@ def _until_room(entries: list[list[float]], amount: float, limit: float, window:
 
 def released(state: PaceState, slot: str, now: float, *, given_back: bool = False) -> PaceState:
     """The state with `slot` freed. Its send counts from `now`, when Graph answered (see PaceState.sends); or, when
-    `given_back` (Graph did not accept the message), its send and recipients do not count at all. Uploaded bytes
-    stay counted: Graph counted them whatever it answered. A slot already gone (lapsed, or freed before) frees
+    `given_back` (Graph did not accept the message), its send, recipients and uploads do not count at all. Uploads
+    are given back too, although a large message refused at its last step did upload: a request refused before any
+    Graph call (over MAX_MESSAGE_SIZE_MB, a claim check that does not hold) uploaded nothing, and an app must not
+    spend a shared mailbox's upload budget, and with it every other app's sends, with sizes it only declares; an
+    upload counted short costs at most a 429, which is retried. A slot already gone (lapsed, or freed before) frees
     nothing more; its recipients are given back only while the slot still says where they were counted."""
     slots = {k: list(v) for k, v in state.slots.items() if k != slot}
     held = state.slots.get(slot)
@@ -204,7 +208,8 @@ def released(state: PaceState, slot: str, now: float, *, given_back: bool = Fals
             if b[0] == held[2]:
                 b[1] = max(b[1] - held[1], 0.0)
                 break
-    return PaceState(slots, sends, buckets, [list(u) for u in state.uploads])
+    uploads = [list(u) for u in state.uploads if not (given_back and len(u) > 2 and u[2] == slot)]
+    return PaceState(slots, sends, buckets, uploads)
 
 
 class PaceStore(Protocol):

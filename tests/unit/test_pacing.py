@@ -222,3 +222,20 @@ def test_a_release_after_another_workers_write_reads_again_and_keeps_its_slot() 
     pacer.release("alerts@contoso.com", first)  # its version is stale: the second grant wrote since
     state, _ = pacer._store.read("alerts@contoso.com")
     assert list(state.slots) == [second.slot]
+
+
+def test_uploads_of_a_try_graph_did_not_accept_are_given_back() -> None:
+    """An app declares a claim-checked attachment of 140 MB that the relay then refuses before any Graph call (too
+    large, or no such blob): the mailbox's upload budget, shared with every other app's sends, is untouched."""
+    pacer = Pacer(MemoryPaceStore(), LIMITS)
+    for _ in range(3):
+        granted = pacer.acquire("alerts@contoso.com", 1, upload_bytes=140_000_000)
+        assert isinstance(granted, Granted)
+        pacer.release("alerts@contoso.com", granted, given_back=True)
+    state, _ = pacer._store.read("alerts@contoso.com")
+    assert state.uploads == []
+    assert isinstance(pacer.acquire("alerts@contoso.com", 1, upload_bytes=140_000_000), Granted)
+    kept = decide(PaceState(), 1, 1000.0, LIMITS, upload_bytes=5)
+    assert not isinstance(kept, Over)
+    after = released(kept[0], kept[1].slot, 1001.0)
+    assert after.uploads == [[1000.0, 5.0, kept[1].slot]]  # an accepted send keeps its bytes
