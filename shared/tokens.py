@@ -64,8 +64,7 @@ def msal_throttle_seconds(reply: Any) -> int:
 
     The rules of msal/throttled_http_client.py (see above), restated because MSAL does not say how long it
     keeps an answer; tests/unit/test_tokens.py holds them to the MSAL installed."""
-    headers = {str(k).lower(): v for k, v in (getattr(reply, "headers", None) or {}).items()}
-    retry_after = headers.get("retry-after")
+    retry_after = _retry_after_header(reply)
     if reply.status_code == 429 or reply.status_code >= 500 or retry_after is not None:
         try:
             seconds = int(retry_after) if retry_after is not None else MSAL_CLIENT_THROTTLE_SECONDS
@@ -154,9 +153,15 @@ class _RecordingClient:
         """The session is shared with Graph: MSAL does not get to close it."""
 
 
-def _retry_after(reply: requests.Response) -> float | None:
+def _retry_after_header(reply: Any) -> str | None:
+    """The answer's Retry-After, whatever the header's case (a fake's plain dict too)."""
     headers = {str(k).lower(): v for k, v in (getattr(reply, "headers", None) or {}).items()}
-    return parse_retry_after(headers.get("retry-after"))
+    value = headers.get("retry-after")
+    return None if value is None else str(value)
+
+
+def _retry_after(reply: requests.Response) -> float | None:
+    return parse_retry_after(_retry_after_header(reply))
 
 
 def _throttled_or_failed(reply: requests.Response | None) -> bool:
