@@ -24,11 +24,11 @@ if TYPE_CHECKING:
     import requests
     from azure.keyvault.secrets import SecretClient
 
+    from shared.credentials import Credentials
     from shared.expiry import ExpiryCheck
     from shared.pacing import Pacer
     from shared.payloads import PayloadStore
-    from shared.secrets import KeyVaultSecret
-    from shared.tokens import MsalTokens
+    from shared.tokens import TokenSource
 
 
 @dataclass(frozen=True)
@@ -36,12 +36,17 @@ class Clients:
     """The outside services, built once per process."""
 
     settings: Settings
-    vault: SecretClient
-    secret: KeyVaultSecret  # the client secret, cached: read once, re-read when Entra rejects it
+    credentials: Credentials  # GRAPH_CREDENTIAL's token source, and what it holds (a secret, a certificate, nothing)
     session: requests.Session  # Entra and Graph, trusting MAILRELAY_CA_BUNDLE when set
-    tokens: MsalTokens
+    tokens: TokenSource
     relay: Relay
     storage_identity: Any  # the host's storage identity; None with a connection string
+    identity: Any = None  # the Function's identity (RelayCredential): Key Vault's reader, or the Graph credential
+
+    @property
+    def vault(self) -> SecretClient | None:
+        """Key Vault, in the modes that keep the credential there; None in federated and managed-identity."""
+        return self.credentials.vault
 
 
 def _utcnow() -> datetime:
@@ -73,23 +78,21 @@ class ExpiryRuntime:
 
 
 def build_clients(settings: Settings) -> Clients:
+    from shared.credentials import token_source
     from shared.graph import GraphClient, http_session
     from shared.payloads import PAYLOAD_CONTAINER, BlobPayloads
-    from shared.secrets import KeyVaultSecret, credential, key_vault_client
+    from shared.secrets import credential
     from shared.storage import container_client
-    from shared.tokens import MsalTokens
 
-    identity = credential(settings.managed_identity_client_id, settings.ca_bundle)
-    vault = key_vault_client(settings.key_vault_uri, identity, settings.ca_bundle)
-    secret = KeyVaultSecret(vault, settings.secret_name)
+    graph = settings.graph
+    # In the secretless modes the identity is the Graph credential itself: no Azure CLI fallback, which would
+    # be a person's sign-in and never what the app registration trusts.
+    identity = credential(settings.managed_identity_client_id, settings.ca_bundle, cli=graph.expires)
     session = http_session(settings.ca_bundle)
-    tokens = MsalTokens(
-        secret,
-        tenant_id=settings.tenant_id,
-        client_id=settings.client_id,
-        authority_host=settings.authority_host,
-        http_client=session,
+    credentials = token_source(
+        graph, identity=identity, session=session, authority_host=settings.authority_host, ca_bundle=settings.ca_bundle
     )
+    tokens = credentials.tokens
     storage_identity = None
     if not settings.storage.connection_string:
         # The host's identity-based connection names its own identity (AzureWebJobsStorage__clientId).
@@ -102,7 +105,7 @@ def build_clients(settings: Settings) -> Clients:
         payloads=BlobPayloads(container_client(settings, PAYLOAD_CONTAINER, storage_identity)),
         max_message_bytes=int(settings.max_message_size_mb * 1024 * 1024),
     )
-    return Clients(settings, vault, secret, session, tokens, relay, storage_identity)
+    return Clients(settings, credentials, session, tokens, relay, storage_identity, identity)
 
 
 def build_runtime(settings: Settings, clients: Clients | None = None) -> Runtime:
@@ -172,7 +175,9 @@ def build_expiry_runtime(
         connection_timeout=10,
     )
     check = ExpiryCheck(
-        secret=KeyVaultSecretProperties(clients.vault, relay_settings.secret_name, relay_settings.key_vault_uri),
+        secret=KeyVaultSecretProperties(
+            _vault_of(clients), str(relay_settings.graph.vault_item), str(relay_settings.key_vault_uri)
+        ),
         records=TableWarningRecords(records),
         channels=channels,
         warn_days=settings.warn_days,
@@ -182,6 +187,12 @@ def build_expiry_runtime(
         **({"clock": clock} if clock else {}),
     )
     return ExpiryRuntime(settings=settings, check=check)
+
+
+def _vault_of(clients: Clients) -> SecretClient:
+    if clients.vault is None:
+        raise NotImplementedError(f"the expiry check in GRAPH_CREDENTIAL={clients.settings.credential} mode")
+    return clients.vault
 
 
 _clients: Clients | None = None

@@ -109,9 +109,14 @@ def _outcome_check(name: str, action: Callable[[], Check]) -> Check:
 
 
 def _secret(clients: Clients) -> Check:
+    from shared.credentials import SecretCredential
+
     def read() -> Check:
-        clients.secret.get()  # the value stays in the cache, as when the relay reads it
-        return Check("key vault secret", "ok", f"{clients.settings.secret_name}, version {clients.secret.version}")
+        stored = clients.credentials.stored
+        assert isinstance(stored, SecretCredential)
+        stored.get()  # the value stays in the cache, as when the relay reads it
+        version = getattr(stored.source, "version", None)
+        return Check("key vault secret", "ok", f"{clients.settings.secret_name}, version {version}")
 
     return _outcome_check("key vault secret", read)
 

@@ -200,6 +200,39 @@ _HINTS: Final[dict[str, str]] = {
         "and that the app registration was not deleted"
     ),
     "AADSTS90002": "the tenant does not exist: check GRAPH_TENANT_ID",
+    # A certificate (GRAPH_CREDENTIAL=certificate) and a federated credential (GRAPH_CREDENTIAL=federated): the
+    # codes of https://learn.microsoft.com/entra/identity-platform/reference-error-codes and the workload identity
+    # federation troubleshooting page. `mailrelay doctor` names the federated credential's wrong field.
+    "AADSTS700027": (
+        "Entra ID refused the certificate's signature: the app registration does not hold this certificate's "
+        "public key (Key Vault renewed it and nobody uploaded the new one: run infra/scripts/sync-certificate.sh), "
+        "or the certificate has expired. The relay re-reads Key Vault on this answer"
+    ),
+    "AADSTS700024": (
+        "Entra ID found the client assertion outside its valid time: check this machine's clock (the assertion is "
+        "dated by it), or, with a federated credential, the identity's token has expired"
+    ),
+    "AADSTS70021": (
+        "no federated identity credential of the app registration matches the managed identity's token: its "
+        "issuer must be https://login.microsoftonline.com/<tenant>/v2.0, its subject the identity's principal "
+        "(object) id, its audience api://AzureADTokenExchange; `mailrelay doctor` names the field that differs"
+    ),
+    "AADSTS700211": (
+        "the app registration's federated identity credential names another issuer: it must be "
+        "https://login.microsoftonline.com/<GRAPH_TENANT_ID>/v2.0 (run `mailrelay doctor`)"
+    ),
+    "AADSTS700212": (
+        "the app registration's federated identity credential names another audience: it must be "
+        "api://AzureADTokenExchange (run `mailrelay doctor`)"
+    ),
+    "AADSTS700213": (
+        "the app registration's federated identity credential names another subject: it must be the principal "
+        "(object) id of the identity AZURE_CLIENT_ID names, not its client id (run `mailrelay doctor`)"
+    ),
+    "CertificateUnreadable": (
+        "GRAPH_CERTIFICATE_NAME must name a Key Vault certificate whose policy makes the key exportable, with "
+        "content type application/x-pem-file or application/x-pkcs12 and no password"
+    ),
     "EntraUnexpectedReply": (
         "the token endpoint answered in a way Entra ID never does (no OAuth error): check GRAPH_AUTHORITY_HOST "
         "(https://login.microsoftonline.com unless in a national cloud) and any proxy between the relay and Entra ID"
@@ -219,7 +252,7 @@ _HINTS: Final[dict[str, str]] = {
     ),
     "CredentialUnavailable": (
         "no managed identity answered: assign the user-assigned identity to the Function App and set "
-        "AZURE_CLIENT_ID to its client id"
+        "AZURE_CLIENT_ID to its client id (an identity deleted or detached since also answers this)"
     ),
     # The relay's own checks, made before Graph is called
     "InvalidRequest": (

@@ -37,6 +37,7 @@ class KeyVaultSecret:
         self._name = name
         self._value: str | None = None
         self.version: str | None = None
+        self.content_type: str | None = None  # a certificate's secret: application/x-pem-file or x-pkcs12
         self._lock = threading.Lock()
 
     def get(self) -> str:
@@ -59,25 +60,16 @@ class KeyVaultSecret:
             ServiceRequestError,
             ServiceResponseError,
         )
-        from azure.identity import CredentialUnavailableError
 
         try:
             secret = self._client.get_secret(self._name)
-        except IdentityEndpointUnavailable as e:
-            # The identity is there; its endpoint failed (RelayCredential tells the two apart): retry.
-            raise RelayFailure(transient("ManagedIdentityUnavailable", _first_line(e.message))) from None
         except ResourceNotFoundError as e:
             raise RelayFailure(permanent("SecretNotFound", _first_line(e.message))) from None
-        except CredentialUnavailableError as e:
-            # No identity at all (none assigned, AZURE_CLIENT_ID wrong, no `az login` on a workstation).
-            raise RelayFailure(permanent("CredentialUnavailable", _first_line(str(e)))) from None
         except ClientAuthenticationError as e:
-            # The identity refused the request (a 4xx from its endpoint) or Key Vault refused the token (401).
-            status = e.status_code if e.status_code is not None else getattr(e.response, "status_code", None)
-            if status is not None and (status >= 500 or status == 429):
-                message = f"the managed identity endpoint answered HTTP {status}: {_first_line(str(e))[:300]}"
-                raise RelayFailure(transient("ManagedIdentityUnavailable", message)) from None
-            raise RelayFailure(permanent("CredentialUnavailable", _first_line(str(e)))) from None
+            # The identity failed (shared.secrets.identity_failure), or Key Vault refused its token (401).
+            failure = identity_failure(e, "Key Vault")
+            assert failure is not None
+            raise failure from None
         except HttpResponseError as e:
             code = (e.error.code if e.error else None) or f"HTTP{e.status_code}"
             inner = getattr(getattr(e.error, "innererror", None), "get", lambda _k: None)("code")
@@ -107,11 +99,35 @@ class KeyVaultSecret:
         changed = self.version is not None and secret.properties.version != self.version
         self._value = secret.value
         self.version = secret.properties.version
+        self.content_type = secret.properties.content_type
         # The version id is not secret; it tells an operator which rotation is in use.
         log.info(
             "client secret read from Key Vault",
             extra={"event": "secret.read", "secretName": self._name, "secretVersion": self.version, "rotated": changed},
         )
+
+
+def identity_failure(error: BaseException, what: str) -> RelayFailure | None:
+    """The relay's outcome for a failure of the Function's identity (or of a service refusing its token), as a
+    dead letter or a retry must name it; None for an error that is not the identity's.
+
+    An outage of the identity endpoint is transient; no identity, or one that was refused, is configuration."""
+    from azure.identity import CredentialUnavailableError
+
+    if isinstance(error, IdentityEndpointUnavailable):
+        # The identity is there; its endpoint failed (RelayCredential tells the two apart): retry.
+        return RelayFailure(transient("ManagedIdentityUnavailable", _first_line(error.message)))
+    if isinstance(error, CredentialUnavailableError):
+        # No identity at all (none assigned, AZURE_CLIENT_ID wrong or removed, no `az login` on a workstation).
+        return RelayFailure(permanent("CredentialUnavailable", f"{what}: {_first_line(str(error))}"))
+    if isinstance(error, ClientAuthenticationError):
+        # The identity endpoint refused the request (a 4xx), or the service refused the token (401).
+        status = error.status_code if error.status_code is not None else getattr(error.response, "status_code", None)
+        if _endpoint_outage(status):
+            message = f"the managed identity endpoint answered HTTP {status}: {_first_line(str(error))[:300]}"
+            return RelayFailure(transient("ManagedIdentityUnavailable", message))
+        return RelayFailure(permanent("CredentialUnavailable", f"{what}: {_first_line(str(error))}"))
+    return None
 
 
 _ENDPOINT_STATUS = re.compile(r"Token request error: \(\w+\) (\d{3}),")
@@ -152,9 +168,9 @@ class RelayCredential:
     CLI, so the chain never reaches it there.
     """
 
-    def __init__(self, managed: Any, cli: Any):
+    def __init__(self, managed: Any, cli: Any | None):
         self._managed = managed
-        self._cli = cli
+        self._cli = cli  # None: the managed identity only (the secretless modes: a CLI sign-in is a user, not it)
 
     def get_token(self, *scopes: str, **kwargs: Any) -> Any:
         return self._first(lambda credential: credential.get_token(*scopes, **kwargs))
@@ -192,6 +208,8 @@ class RelayCredential:
                     message=f"the managed identity endpoint answered HTTP {status}: {_first_line(str(e))[:300]}"
                 ) from None
             raise
+        if self._cli is None:
+            raise CredentialUnavailableError(f"no managed identity answered ({no_identity})")
         try:
             return call(self._cli)
         except CredentialUnavailableError as e:
@@ -201,7 +219,8 @@ class RelayCredential:
 
     def close(self) -> None:
         for credential in (self._managed, self._cli):
-            credential.close()
+            if credential is not None:
+                credential.close()
 
     def __enter__(self) -> RelayCredential:
         return self
@@ -210,12 +229,15 @@ class RelayCredential:
         self.close()
 
 
-def credential(client_id: str | None, ca_bundle: str | None = None) -> RelayCredential:
-    """The identity the relay reads Key Vault and its storage with (RelayCredential)."""
+def credential(client_id: str | None, ca_bundle: str | None = None, *, cli: bool = True) -> RelayCredential:
+    """The identity the relay reads Key Vault and its storage with (RelayCredential); `cli=False`: the managed
+    identity alone, for the Graph credential of the federated and managed-identity modes, which only it can be."""
     from azure.identity import AzureCliCredential, ManagedIdentityCredential
 
     kwargs: dict[str, Any] = {"connection_verify": ca_bundle} if ca_bundle else {}
-    return RelayCredential(ManagedIdentityCredential(client_id=client_id, **kwargs), AzureCliCredential())
+    return RelayCredential(
+        ManagedIdentityCredential(client_id=client_id, **kwargs), AzureCliCredential() if cli else None
+    )
 
 
 def key_vault_client(vault_uri: str, cred: Any, ca_bundle: str | None = None) -> SecretClient:

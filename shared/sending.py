@@ -248,7 +248,7 @@ class Relay:
         # (a rotation Entra already knows about) once. A 401 is a refusal, so re-posting cannot send twice.
         renewals: list[Callable[[], str]] = [
             lambda: self._tokens.token(fresh=True),
-            self._renewed_secret_token,
+            self._renewed_credential_token,
         ]
         if not renew:  # an upload session's pre-authenticated URL: no token goes with it, none can be renewed
             renewals = []
@@ -462,8 +462,8 @@ class Relay:
         except Exception as e:
             log.warning("could not delete the draft of a failed try: %s", type(e).__name__)
 
-    def _renewed_secret_token(self) -> str:
-        self._tokens.renew_secret()
+    def _renewed_credential_token(self) -> str:
+        self._tokens.renew_credential()
         return self._tokens.token(fresh=True)
 
 

@@ -23,6 +23,9 @@ DEFAULT_AUTHORITY_HOST: Final = "https://login.microsoftonline.com"
 # Every app setting the deployed relay reads. infra/ must set each of them (a test checks the
 # Bicep), so adding a setting here without wiring it there fails CI, not production.
 DEPLOYED_SETTINGS: Final = (
+    # How the relay proves itself to Entra ID (shared/credentials.py), and the certificate mode's companion.
+    "GRAPH_CREDENTIAL",
+    "GRAPH_CERTIFICATE_NAME",
     "GRAPH_TENANT_ID",
     "GRAPH_CLIENT_ID",
     "KEY_VAULT_URI",
@@ -85,12 +88,53 @@ class StorageSettings:
     blob_service_uri: str | None = None  # identity-based Blob endpoint (the overflow store)
 
 
+CREDENTIAL_MODES: Final = ("secret", "certificate", "federated", "managed-identity")
+# What each mode needs beside GRAPH_TENANT_ID (README, "Credentials"): named at first use when missing.
+_MODE_NEEDS: Final = {
+    "secret": ("GRAPH_CLIENT_ID", "KEY_VAULT_URI", "GRAPH_CLIENT_SECRET_NAME"),
+    "certificate": ("GRAPH_CLIENT_ID", "KEY_VAULT_URI", "GRAPH_CERTIFICATE_NAME"),
+    "federated": ("GRAPH_CLIENT_ID", "AZURE_CLIENT_ID"),
+    "managed-identity": ("AZURE_CLIENT_ID",),
+}
+
+
+@dataclass(frozen=True)
+class GraphRegistration:
+    """One Graph caller and how it proves itself to Entra ID (GRAPH_CREDENTIAL).
+
+    An app registration with a client secret, a certificate or a federated credential that trusts the relay's
+    user-assigned identity; or, in `managed-identity` mode, that identity itself (no app registration, and
+    `client_id` is the identity's). The relay holds one today; a second is one more of these, built by
+    `registration_from(env, prefix)` from its own settings, and shared.credentials builds its token source
+    from this alone: configuration, not code.
+    """
+
+    name: str
+    mode: str  # one of CREDENTIAL_MODES
+    tenant_id: str
+    client_id: str  # the Graph caller's application (client) id
+    key_vault_uri: str | None = None  # secret and certificate modes
+    secret_name: str | None = None  # secret mode
+    certificate_name: str | None = None  # certificate mode
+    identity_client_id: str | None = None  # the user-assigned identity (federated, managed-identity; else Key Vault's)
+
+    @property
+    def expires(self) -> bool:
+        """Whether what the relay holds expires (a secret, a certificate); federated and managed-identity: no."""
+        return self.mode in ("secret", "certificate")
+
+    @property
+    def vault_item(self) -> str | None:
+        """The Key Vault item the credential lives in: the secret's or the certificate's name."""
+        return {"secret": self.secret_name, "certificate": self.certificate_name}.get(self.mode)
+
+
 @dataclass(frozen=True)
 class Settings:
     tenant_id: str
     client_id: str
-    key_vault_uri: str
-    secret_name: str
+    key_vault_uri: str | None  # None in federated and managed-identity modes: no Key Vault is read for Graph
+    secret_name: str | None  # secret mode only
     allowed_senders: frozenset[str]  # lower-cased: Exchange addresses are case-insensitive
     queue_name: str
     storage: StorageSettings
@@ -98,6 +142,8 @@ class Settings:
     graph_base_url: str
     authority_host: str
     ca_bundle: str | None  # extra CA to trust (the local emulator, or a TLS-inspecting proxy)
+    credential: str = "secret"  # GRAPH_CREDENTIAL: one of CREDENTIAL_MODES
+    certificate_name: str | None = None  # GRAPH_CERTIFICATE_NAME: the Key Vault certificate (certificate mode)
     # The retry budget and backoff for transient failures (shared/retries.py has the rules).
     max_attempts: int = 8
     max_age_hours: float = 24.0
@@ -128,6 +174,20 @@ class Settings:
     max_message_size_mb: float = 35.0
     payload_retention_days: float = 30.0
     send_at_tolerance_seconds: float = 300.0
+
+    @property
+    def graph(self) -> GraphRegistration:
+        """The relay's Graph caller and its credential (shared/credentials.py builds the token source from it)."""
+        return GraphRegistration(
+            name="default",
+            mode=self.credential,
+            tenant_id=self.tenant_id,
+            client_id=self.client_id,
+            key_vault_uri=self.key_vault_uri,
+            secret_name=self.secret_name,
+            certificate_name=self.certificate_name,
+            identity_client_id=self.managed_identity_client_id,
+        )
 
     @property
     def retry_policy(self) -> RetryPolicy:
@@ -225,16 +285,7 @@ UNKNOWN_OUTCOMES: Final = ("resend", "deadletter")
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and check every setting the send path needs; raise SettingsError naming the first bad one."""
     env = os.environ if env is None else env
-    tenant_id = _required(env, "GRAPH_TENANT_ID", "the directory (tenant) id of the app registration")
-    if not _GUID.match(tenant_id) and "." not in tenant_id:
-        raise SettingsError(f"Setting GRAPH_TENANT_ID must be a tenant GUID or domain, got {tenant_id!r}.")
-    client_id = _required(env, "GRAPH_CLIENT_ID", "the application (client) id of the app registration")
-    if not _GUID.match(client_id):
-        raise SettingsError(f"Setting GRAPH_CLIENT_ID must be a GUID, got {client_id!r}.")
-    key_vault_uri = _https_url(
-        env, "KEY_VAULT_URI", _required(env, "KEY_VAULT_URI", "the vault's URI, https://<name>.vault.azure.net/")
-    )
-    secret_name = _required(env, "GRAPH_CLIENT_SECRET_NAME", "the Key Vault secret holding the client secret")
+    graph = parse_registration(env)
     allowed = parse_senders(
         _required(env, "ALLOWED_SENDERS", "a comma-separated list of mailboxes the relay may send as")
     )
@@ -254,10 +305,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if ca_bundle and not os.path.isfile(ca_bundle):
         raise SettingsError(f"Setting MAILRELAY_CA_BUNDLE names a file that does not exist: {ca_bundle!r}.")
     return Settings(
-        tenant_id=tenant_id,
-        client_id=client_id,
-        key_vault_uri=key_vault_uri,
-        secret_name=secret_name,
+        tenant_id=graph.tenant_id,
+        client_id=graph.client_id,
+        key_vault_uri=graph.key_vault_uri,
+        secret_name=graph.secret_name,
+        credential=graph.mode,
+        certificate_name=graph.certificate_name,
         allowed_senders=allowed,
         queue_name=queue_name,
         storage=_storage(env),
@@ -275,6 +328,63 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         retry_base_seconds=_number(env, "SEND_RETRY_BASE_SECONDS", 30.0, low=0.0, high=3600, whole=False),
         exchange_scope_model=_scope_model(env),
         **_delivery(env),
+    )
+
+
+def parse_registration(env: Mapping[str, str], name: str = "default") -> GraphRegistration:
+    """A Graph caller from the GRAPH_* settings in `env` (and AZURE_CLIENT_ID, the user-assigned identity):
+    GRAPH_CREDENTIAL chooses the mode, and each mode's companions are required, named when missing."""
+    mode = env.get("GRAPH_CREDENTIAL", "").strip().lower() or "secret"
+    if mode not in CREDENTIAL_MODES:
+        raise SettingsError(
+            f"Setting GRAPH_CREDENTIAL must be one of {', '.join(CREDENTIAL_MODES)} (README, \"Credentials\"), "
+            f"got {mode!r}."
+        )
+    tenant_id = _required(env, "GRAPH_TENANT_ID", "the directory (tenant) id of the app registration")
+    if not _GUID.match(tenant_id) and "." not in tenant_id:
+        raise SettingsError(f"Setting GRAPH_TENANT_ID must be a tenant GUID or domain, got {tenant_id!r}.")
+    why = {
+        "GRAPH_CLIENT_ID": "the application (client) id of the app registration",
+        "KEY_VAULT_URI": "the vault's URI, https://<name>.vault.azure.net/",
+        "GRAPH_CLIENT_SECRET_NAME": "the Key Vault secret holding the client secret",
+        "GRAPH_CERTIFICATE_NAME": "the Key Vault certificate the relay signs its token requests with",
+        "AZURE_CLIENT_ID": (
+            "the client id of the Function's user-assigned managed identity, which "
+            + ("the app registration's federated credential trusts" if mode == "federated" else "calls Graph itself")
+            + " (a system-assigned identity is not supported: it is recreated with the app and loses its grants)"
+        ),
+    }
+    values = {
+        setting: _required(env, setting, f"GRAPH_CREDENTIAL={mode} needs {why[setting]}")
+        for setting in _MODE_NEEDS[mode]
+    }
+    identity = env.get("AZURE_CLIENT_ID", "").strip() or None
+    for setting in ("GRAPH_CLIENT_ID", "AZURE_CLIENT_ID"):
+        if values.get(setting) and not _GUID.match(values[setting]):
+            raise SettingsError(f"Setting {setting} must be a GUID, got {values[setting]!r}.")
+    client_id = values.get("GRAPH_CLIENT_ID") or env.get("GRAPH_CLIENT_ID", "").strip()
+    if mode == "managed-identity":
+        assert identity is not None
+        # The identity is the Graph caller: a different GRAPH_CLIENT_ID would be an app registration the relay
+        # never uses, and every hint and check would name the wrong principal.
+        if client_id and client_id.lower() != identity.lower():
+            raise SettingsError(
+                f"Setting GRAPH_CLIENT_ID ({client_id}) must be empty or equal AZURE_CLIENT_ID ({identity}) with "
+                "GRAPH_CREDENTIAL=managed-identity: the identity itself calls Graph; there is no app registration."
+            )
+        client_id = identity
+    elif not _GUID.match(client_id):
+        raise SettingsError(f"Setting GRAPH_CLIENT_ID must be a GUID, got {client_id!r}.")
+    vault = values.get("KEY_VAULT_URI")
+    return GraphRegistration(
+        name=name,
+        mode=mode,
+        tenant_id=tenant_id,
+        client_id=client_id,
+        key_vault_uri=_https_url(env, "KEY_VAULT_URI", vault) if vault else None,
+        secret_name=values.get("GRAPH_CLIENT_SECRET_NAME"),
+        certificate_name=values.get("GRAPH_CERTIFICATE_NAME"),
+        identity_client_id=identity,
     )
 
 

@@ -1,8 +1,9 @@
-"""App-only tokens for Microsoft Graph, from MSAL's client-credentials flow and MSAL's own cache.
+"""App-only tokens for Microsoft Graph: MSAL's client-credentials flow and MSAL's own cache (MsalTokens), or the
+Function's user-assigned identity's own token in managed-identity mode (ManagedIdentityTokens).
 
-One ConfidentialClientApplication per secret value: MSAL binds the credential at construction, so a
-rotated secret needs a new application object; its token cache starts empty, which is what we want
-after a rotation.
+One ConfidentialClientApplication per credential (shared/credentials.py: a secret value, a certificate, the
+federated assertion's source): MSAL binds the credential at construction, so a rotated secret or a renewed
+certificate needs a new application object; its token cache starts empty, which is what we want after a rotation.
 """
 
 from __future__ import annotations
@@ -21,14 +22,11 @@ if TYPE_CHECKING:
     import msal
     import requests
 
-    from shared.secrets import SecretSource
+    from shared.credentials import ClientCredential, MsalCredential
 
 log = logging.getLogger(__name__)
 
 GRAPH_SCOPES: Final = ["https://graph.microsoft.com/.default"]
-# Entra's "the client secret is wrong" and "the client secret has expired": worth one re-read of
-# Key Vault, where a rotated secret may be waiting.
-REREAD_SECRET_ON: Final = frozenset({7000215, 7000222})
 
 
 class TokenSource(Protocol):
@@ -36,8 +34,8 @@ class TokenSource(Protocol):
         """An access token for Graph; `fresh` skips the cache (Graph said the cached one is no good)."""
         ...
 
-    def renew_secret(self) -> None:
-        """Re-read the client secret (Graph refused even a fresh token)."""
+    def renew_credential(self) -> None:
+        """Re-read the stored credential, a secret or a certificate (Graph refused even a fresh token)."""
         ...
 
 
@@ -201,7 +199,7 @@ def classify_token_reply(reply: requests.Response | None, raised: str) -> Failur
 class MsalTokens:
     def __init__(
         self,
-        secret: SecretSource,
+        credential: ClientCredential,
         *,
         tenant_id: str,
         client_id: str,
@@ -209,24 +207,24 @@ class MsalTokens:
         http_client: requests.Session,
         wall_clock: Callable[[], float] = time.time,  # MSAL's throttle cache runs on time.time(); tests move both
     ):
-        self._secret = secret
+        self._credential = credential
         self._authority = f"{authority_host.rstrip('/')}/{tenant_id}"
         self._client_id = client_id
         self._wall_clock = wall_clock
         self._http = _RecordingClient(http_client, wall_clock)
         self._app: msal.ConfidentialClientApplication | None = None
-        self._app_secret: str | None = None
+        self._app_key: str | None = None  # MsalCredential.key of the credential the application was built with
         self._lock = threading.Lock()
 
-    def _application(self, secret: str) -> msal.ConfidentialClientApplication:
-        if self._app is None or self._app_secret != secret:
+    def _application(self, credential: MsalCredential) -> msal.ConfidentialClientApplication:
+        if self._app is None or self._app_key != credential.key:
             import msal
 
             # Building the application reads the tenant's OpenID configuration from Entra (a network call):
             # its failures are classified with the token request's, in _acquire.
             self._app = msal.ConfidentialClientApplication(
                 self._client_id,
-                client_credential=secret,
+                client_credential=credential.value,
                 authority=self._authority,
                 http_client=self._http,
                 timeout=15,
@@ -234,11 +232,11 @@ class MsalTokens:
                 # is configured explicitly, so the extra round trip buys nothing (and fails offline).
                 instance_discovery=False,
             )
-            self._app_secret = secret
+            self._app_key = credential.key
             self._http.held = None  # a new application has a new, empty throttle cache
         return self._app
 
-    def _acquire(self, secret: str, fresh: bool) -> dict[str, Any]:
+    def _acquire(self, credential: MsalCredential, fresh: bool) -> dict[str, Any]:
         """MSAL's result for a token request: a token, or Entra's OAuth error (a dict). What MSAL raises
         instead is turned into a classified RelayFailure here, so nothing escapes to the host's blind retry."""
         import msal
@@ -247,7 +245,7 @@ class MsalTokens:
         self._http.begin()
         try:
             try:
-                app = self._application(secret)
+                app = self._application(credential)
                 if fresh:
                     app.remove_tokens_for_client()
                 return app.acquire_token_for_client(GRAPH_SCOPES)  # type: ignore[no-any-return]
@@ -280,26 +278,54 @@ class MsalTokens:
 
     def token(self, *, fresh: bool = False) -> str:
         with self._lock:
-            secret = self._secret.get()
-            result = self._acquire(secret, fresh)
+            credential = self._credential.get()
+            result = self._acquire(credential, fresh)
             if "access_token" not in result and _throttled_or_failed(self._http.answer):
                 # An OAuth error body on a 429 or 5xx (MSAL returns those below 500): Entra is throttling or
                 # failing, whatever its error code says.
                 raise self._failure(classify_token_reply(self._http.answer, "error"))
-            if set(result.get("error_codes") or []) & REREAD_SECRET_ON:
-                codes = result.get("error_codes")
+            if set(result.get("error_codes") or []) & self._credential.reread_on:
+                mode = self._credential.mode
                 log.warning(
-                    "Entra ID rejected the client secret; re-reading Key Vault",
-                    extra={"event": "secret.rejected", "errorCodes": codes},
+                    "Entra ID rejected the client %s; re-reading Key Vault",
+                    mode,
+                    extra={"event": f"{mode}.rejected", "errorCodes": result.get("error_codes")},
                 )
-                renewed = self._secret.refresh()
-                if renewed != secret:
+                renewed = self._credential.refresh()
+                if renewed.key != credential.key:
                     result = self._acquire(renewed, fresh)
             if "access_token" in result:
                 return str(result["access_token"])
             raise self._failure(classify_entra(result))
 
-    def renew_secret(self) -> None:
+    def renew_credential(self) -> None:
         with self._lock:
-            self._secret.refresh()
+            self._credential.refresh()
             self._app = None
+
+
+class ManagedIdentityTokens:
+    """GRAPH_CREDENTIAL=managed-identity: the Function's user-assigned identity is the Graph caller. Its tokens come
+    from the identity endpoint through azure-identity, which caches them (for hours: a permission change reaches
+    the relay only with a new token). Graph's roles are those assigned to the identity's service principal, and
+    Exchange's RBAC for Applications points at that principal (README, "Credentials")."""
+
+    def __init__(self, identity: Any):
+        self._identity = identity  # a RelayCredential over the user-assigned identity, without the CLI fallback
+
+    def token(self, *, fresh: bool = False) -> str:
+        from shared.secrets import identity_failure
+
+        # `claims` makes azure-identity skip its cache (MSAL's ManagedIdentityClient, claims_challenge), as
+        # MsalTokens' `fresh` does: Graph refused the cached token.
+        kwargs = {"claims": "{}"} if fresh else {}
+        try:
+            return str(self._identity.get_token(*GRAPH_SCOPES, **kwargs).token)
+        except Exception as e:
+            failure = identity_failure(e, "the managed identity's Graph token")
+            if failure is None:
+                raise
+            raise failure from None
+
+    def renew_credential(self) -> None:
+        """Nothing is stored: the next `token(fresh=True)` asks the identity endpoint again."""

@@ -45,7 +45,7 @@ class FakeTokens:
             self.cached = f"token-{self.issued}"
         return self.cached
 
-    def renew_secret(self) -> None:
+    def renew_credential(self) -> None:
         self.renewed_secrets += 1
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import requests
 
+from shared.credentials import SecretCredential
 from shared.outcomes import Permanent, RelayFailure, Transient
 from shared.tokens import MsalTokens
 from tests.fakes import FakeSecret
@@ -69,7 +70,7 @@ def tokens(
 ) -> MsalTokens:
     entra = FakeEntra(list(replies)) if discovery_reply is None else FakeEntra(list(replies), discovery_reply)
     return MsalTokens(
-        FakeSecret("s3cret"),
+        SecretCredential(FakeSecret("s3cret")),
         tenant_id=TENANT,
         client_id=CLIENT,
         authority_host=AUTHORITY,
@@ -290,7 +291,7 @@ def test_a_rotated_secret_starts_with_an_empty_throttle_cache(wall: WallClock) -
     secret = FakeSecret("s3cret")
     entra = FakeEntra([Reply(503, "Service Unavailable"), TOKEN])
     source = MsalTokens(
-        secret,
+        SecretCredential(secret),
         tenant_id=TENANT,
         client_id=CLIENT,
         authority_host=AUTHORITY,
@@ -299,5 +300,5 @@ def test_a_rotated_secret_starts_with_an_empty_throttle_cache(wall: WallClock) -
     )
     assert not outcome_of(source).throttled
     secret.value = "rotated"
-    source.renew_secret()
+    source.renew_credential()
     assert source.token() == "t-2" and entra.posts == 2
