@@ -94,6 +94,45 @@ param graphClientSecret string = ''
 @description('End date of graphClientSecret, ISO 8601 UTC, e.g. 2027-05-01T00:00:00Z; stored as the secret\'s exp attribute. Required when graphClientSecret is given.')
 param graphClientSecretExpiresOn string = ''
 
+// How the relay proves itself to Entra ID (GRAPH_CREDENTIAL; infra/README.md compares the four modes):
+//   secret            a client secret in Key Vault (graphClientSecretName); expires, can leak; the default.
+//   certificate       a Key Vault certificate (graphCertificateName) with an AutoRenew policy (app/certificate.bicep);
+//                     the relay signs with its private key, which never leaves Key Vault and the relay's process.
+//   federated         no stored credential: the app registration trusts the relay's user-assigned identity
+//                     (a federated identity credential, app/entra-app.bicep with deployEntraApp).
+//   managed-identity  no app registration: the user-assigned identity itself calls Graph (app/identity-graph-roles.bicep
+//                     under ApplicationAccessPolicy; Exchange RBAC for Applications otherwise). deployEntraApp is
+//                     IGNORED in this mode (no app is created); GRAPH_CLIENT_ID is set to the identity's client id.
+// Never a system-assigned identity: it is created and deleted with the Function App, so a re-created app would get a
+// new principal id that neither a federated credential's subject, an app role assignment nor Exchange's service
+// principal knows (Microsoft: "Managed identity types", lifecycle "shared with the Azure resource"); api.bicep turns it off.
+@allowed([
+  'secret'
+  'certificate'
+  'federated'
+  'managed-identity'
+])
+@description('How the relay signs in to Entra ID (GRAPH_CREDENTIAL): secret (client secret in Key Vault, default), certificate (Key Vault certificate with AutoRenew; renewal must be registered on the app: infra/scripts/sync-app-certificate.sh), federated (the app registration trusts the relay\'s user-assigned identity: nothing stored, nothing expires), managed-identity (the identity itself calls Graph, no app registration; deployEntraApp is ignored).')
+param graphCredential string = 'secret'
+
+@minLength(1)
+@maxLength(127)
+@description('certificate mode: name of the Key Vault certificate (GRAPH_CERTIFICATE_NAME); the relay reads its key through the secret of the same name.')
+param graphCertificateName string = 'graph-client-certificate'
+
+@description('certificate mode: subject of the self-signed certificate Key Vault creates.')
+param graphCertificateSubject string = 'CN=graph-mail-relay'
+
+@minValue(1)
+@maxValue(24)
+@description('certificate mode: validity of each certificate version, in months.')
+param graphCertificateValidityMonths int = 12
+
+@minValue(7)
+@maxValue(180)
+@description('certificate mode: days before expiry at which Key Vault renews the certificate (AutoRenew). Keep it above the largest of expiryWarnDays, so a warning means the renewal, or its registration on the app, did not happen.')
+param graphCertificateRenewDaysBeforeExpiry int = 60
+
 // ---------------------------------------------------------------------------------------------
 // Relay behaviour (app settings, names as in shared/DESIGN.md)
 // ---------------------------------------------------------------------------------------------
@@ -258,6 +297,18 @@ var grantMailSendInEntra = exchangeScopeModel == 'ApplicationAccessPolicy'
 // with RBAC for Applications, Exchange grants "Application Mail.Read" itself (infra/exchange).
 var grantMailReadInEntra = grantMailSendInEntra && grantSentItemsRead
 
+// Which pieces each credential mode needs (graphCredential above).
+// Key Vault is read by the relay for Graph only in secret and certificate modes; in federated and managed-identity
+// modes the relay never reads it (the vault stays, for the other modes and an easy switch, but the relay's identity
+// holds no role on it then: app/rbac.bicep).
+var graphCredentialInKeyVault = graphCredential == 'secret' || graphCredential == 'certificate'
+// managed-identity mode has no app registration: deployEntraApp is ignored there (not refused: Bicep's fail() is
+// beyond the parser infra/check.sh runs).
+var deployEntraAppRegistration = deployEntraApp && graphCredential != 'managed-identity'
+// managed-identity mode under an application access policy: Graph's app roles go to the identity's service
+// principal; under RBAC for Applications no Entra consent at all (Exchange's RBAC points at the identity).
+var grantGraphRolesToIdentity = graphCredential == 'managed-identity' && exchangeScopeModel == 'ApplicationAccessPolicy'
+
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
   name: !empty(resourceGroupName) ? resourceGroupName : '${abbrs.resourcesResourceGroups}${environmentName}'
   location: location
@@ -418,8 +469,9 @@ module keyVault 'br/public:avm/res/key-vault/vault:0.13.0' = {
   }
 }
 
-// Optional: the secret itself, always with an expiry (exp) that the relay's timer watches.
-module graphSecret 'app/secret.bicep' = if (!empty(graphClientSecret)) {
+// Optional: the secret itself, always with an expiry (exp) that the relay's timer watches. Secret mode only: in the
+// other modes no client secret is stored, even when graphClientSecret is given.
+module graphSecret 'app/secret.bicep' = if (graphCredential == 'secret' && !empty(graphClientSecret)) {
   name: 'relay-graph-secret'
   scope: rg
   params: {
@@ -430,11 +482,28 @@ module graphSecret 'app/secret.bicep' = if (!empty(graphClientSecret)) {
   }
 }
 
+// Certificate mode: the Key Vault certificate with its AutoRenew policy, made by a deployment script (ARM cannot
+// create a Key Vault certificate), which runs as its own identity with Key Vault Certificates Officer.
+module graphCertificate 'app/certificate.bicep' = if (graphCredential == 'certificate') {
+  name: 'relay-graph-certificate'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    keyVaultName: keyVault.outputs.name
+    certificateName: graphCertificateName
+    subject: graphCertificateSubject
+    validityInMonths: graphCertificateValidityMonths
+    renewDaysBeforeExpiry: graphCertificateRenewDaysBeforeExpiry
+    scriptIdentityName: '${abbrs.managedIdentityUserAssignedIdentities}mailrelay-certscript-${resourceToken}'
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Optional Entra app registration (Microsoft Graph Bicep extension)
 // ---------------------------------------------------------------------------------------------
 
-module entraApp 'app/entra-app.bicep' = if (deployEntraApp) {
+module entraApp 'app/entra-app.bicep' = if (deployEntraAppRegistration) {
   name: 'relay-entra-app'
   scope: rg
   params: {
@@ -445,10 +514,29 @@ module entraApp 'app/entra-app.bicep' = if (deployEntraApp) {
     uniqueName: 'graph-mail-relay-${resourceToken}'
     grantMailSend: grantMailSendInEntra
     grantMailRead: grantMailReadInEntra
+    // federated: the subject of the federated identity credential is the relay's identity (empty: none).
+    federatedIdentityPrincipalId: graphCredential == 'federated' ? identity.outputs.principalId : ''
+    // certificate: the current certificate's public key and dates, from the deployment script (empty: none).
+    certificatePublicKey: graphCredential == 'certificate' ? graphCertificate!.outputs.publicKey : ''
+    certificateNotBefore: graphCredential == 'certificate' ? graphCertificate!.outputs.notBefore : ''
+    certificateExpires: graphCredential == 'certificate' ? graphCertificate!.outputs.expires : ''
   }
 }
 
-var effectiveGraphClientId = deployEntraApp ? entraApp!.outputs.appId : graphClientId
+// managed-identity mode, application access policy model: Mail.Send (and Mail.Read with grantSentItemsRead) assigned
+// to the identity's service principal, for the policy to narrow.
+module identityGraphRoles 'app/identity-graph-roles.bicep' = if (grantGraphRolesToIdentity) {
+  name: 'relay-identity-graph-roles'
+  scope: rg
+  params: {
+    identityPrincipalId: identity.outputs.principalId
+    grantMailRead: grantSentItemsRead
+  }
+}
+
+// The Graph caller's client id: in managed-identity mode the identity's own (the relay requires GRAPH_CLIENT_ID, when
+// set, to equal AZURE_CLIENT_ID there), else the app registration's.
+var effectiveGraphClientId = graphCredential == 'managed-identity' ? identity.outputs.clientId : (deployEntraAppRegistration ? entraApp!.outputs.appId : graphClientId)
 
 // ---------------------------------------------------------------------------------------------
 // Compute: Flex Consumption plan + Function App
@@ -486,10 +574,12 @@ module api 'app/api.bicep' = {
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB
     appSettings: {
+      GRAPH_CREDENTIAL: graphCredential
       GRAPH_TENANT_ID: graphTenantId
       GRAPH_CLIENT_ID: effectiveGraphClientId
       KEY_VAULT_URI: keyVault.outputs.uri
       GRAPH_CLIENT_SECRET_NAME: graphClientSecretName
+      GRAPH_CERTIFICATE_NAME: graphCertificateName
       ALLOWED_SENDERS: allowedSenders
       MAIL_QUEUE_NAME: mailQueueName
       SEND_MAX_ATTEMPTS: string(sendMaxAttempts)
@@ -529,6 +619,8 @@ module rbac 'app/rbac.bicep' = {
     keyVaultName: keyVault.outputs.name
     appInsightsName: appInsights.outputs.name
     relayPrincipalId: identity.outputs.principalId
+    relayReadsKeyVault: graphCredentialInKeyVault
+    deployerManagesCertificates: graphCredential == 'certificate'
     senderPrincipalIds: senderPrincipalIds
     statusReaderPrincipalIds: statusReaderPrincipalIds
     deployerPrincipalId: principalId
@@ -581,4 +673,7 @@ output APPLICATIONINSIGHTS_NAME string = appInsights.outputs.name
 output LOG_ANALYTICS_WORKSPACE_ID string = logAnalytics.outputs.resourceId
 output EXCHANGE_SCOPE_MODEL string = exchangeScopeModel
 output GRANT_SENT_ITEMS_READ bool = grantSentItemsRead
-output ENTRA_APP_SERVICE_PRINCIPAL_ID string = deployEntraApp ? entraApp!.outputs.servicePrincipalId : ''
+output ENTRA_APP_SERVICE_PRINCIPAL_ID string = deployEntraAppRegistration ? entraApp!.outputs.servicePrincipalId : ''
+output GRAPH_CREDENTIAL string = graphCredential
+output GRAPH_CERTIFICATE_NAME string = graphCertificateName
+output GRAPH_CERTIFICATE_THUMBPRINT string = graphCredential == 'certificate' ? graphCertificate!.outputs.thumbprint : ''

@@ -9,9 +9,15 @@
 // need Privileged Role Administrator or Global Administrator. Without them, create the app in the portal instead
 // (infra/README.md, step 1) and leave deployEntraApp false.
 //
-// What it does not do: client secrets cannot be created here (their value could not be kept out of
-// the deployment); create one with `az ad app credential reset` (README step 5). The Exchange Online
-// scope is set by infra/exchange/*.ps1.
+// The credential follows main.bicep's graphCredential (GRAPH_CREDENTIAL):
+//   federated    a federated identity credential that trusts the relay's user-assigned identity (below);
+//   certificate  the Key Vault certificate's public key in keyCredentials (app/certificate.bicep makes it);
+//   secret       nothing here: a client secret's value could not be kept out of the deployment; create one with
+//                `az ad app credential reset` (README step 5).
+// With deployEntraApp this module owns the app's keyCredentials: exactly the current certificate in certificate
+// mode, none in the others (the app is the relay's own, one per environment). managed-identity mode has no app
+// registration at all; main.bicep does not deploy this module then. The Exchange Online scope is set by
+// infra/exchange/*.ps1.
 //
 // Note for infra/check.sh: pycep-parser 0.5.1 (the version checkov pins) predates the `extension`
 // keyword; check.sh blanks that one line before parsing. Everything else here is plain Bicep.
@@ -36,6 +42,23 @@ param grantMailSend bool = false
 
 @description('Declare and grant Mail.Read (application permission) with admin consent, tenant-wide, so the relay can look an unknown send up in the sender\'s Sent Items. Only for the ApplicationAccessPolicy model, where the policy narrows it to the same mailboxes as Mail.Send; with RBAC for Applications Exchange grants "Application Mail.Read" instead (infra/exchange), and an Entra consent would let the app read every mailbox in the tenant.')
 param grantMailRead bool = false
+
+@description('federated mode: principal (object) id of the relay\'s user-assigned identity, the subject of the federated identity credential. Empty: no federated credential.')
+param federatedIdentityPrincipalId string = ''
+
+@minLength(1)
+@maxLength(120)
+@description('Name of the federated identity credential (the extension\'s alternate key under the app; URL friendly, at most 120 characters).')
+param federatedCredentialName string = 'graph-mail-relay-identity'
+
+@description('certificate mode: base64 DER of the Key Vault certificate\'s current version (app/certificate.bicep). Empty: no key credential.')
+param certificatePublicKey string = ''
+
+@description('certificate mode: start of the certificate\'s validity (ISO 8601).')
+param certificateNotBefore string = ''
+
+@description('certificate mode: end of the certificate\'s validity (ISO 8601).')
+param certificateExpires string = ''
 
 // Microsoft Graph's first-party application id, the same in every tenant.
 var microsoftGraphAppId = '00000003-0000-0000-c000-000000000000'
@@ -63,6 +86,36 @@ var mailReadAccess = {
 }
 var declaredAccess = grantMailRead ? concat(array(mailSendAccess), array(mailReadAccess)) : array(mailSendAccess)
 
+// Workload identity federation with a managed identity ("Configure an application to trust a managed identity",
+// learn.microsoft.com/entra/workload-id/workload-identity-federation-config-app-trust-managed-identity): the issuer is
+// the managed identity's tenant's v2.0 authority, the subject its principal (object) id, the audience
+// api://AzureADTokenExchange. The same expressions as Microsoft's quickstart (microsoftgraph/msgraph-bicep-types,
+// quickstart-templates/msi-as-a-fic-secretless/main.bicep: issuer '${loginEndpoint}${tenantId}/v2.0' with
+// loginEndpoint = environment().authentication.loginEndpoint, which ends in '/'). The identity lives in this
+// deployment's tenant, hence tenant(), not graphTenantId. Entra checks none of the three when the credential is
+// saved: a wrong one fails only at token time (Entra error codes reference: AADSTS700211 issuer, AADSTS700212
+// audience, AADSTS700213 subject: "No matching federated identity record found for presented assertion ..."), which `mailrelay doctor`
+// names.
+var federatedIdentityIssuer = '${environment().authentication.loginEndpoint}${tenant().tenantId}/v2.0'
+// The public cloud's token exchange audience; the Graph Bicep extension deploys to the public cloud only (the same
+// quickstart: "Microsoft Graph Bicep file deployment is only supported in Public Cloud"), and the relay asks its
+// identity for a token for exactly this audience.
+var federatedIdentityAudience = 'api://AzureADTokenExchange'
+
+// keyCredentials entry for the certificate (Graph keyCredential: type AsymmetricX509Cert, usage Verify, key = the
+// certificate's raw data in base64; customKeyIdentifier left out, so Graph sets it to the thumbprint). As in
+// Microsoft's quickstart create-client-app-sp-with-kv-cert (microsoftgraph/msgraph-bicep-types), from the
+// deployment script's outputs.
+var certificateKeyCredential = {
+  displayName: 'graph-mail-relay Key Vault certificate'
+  type: 'AsymmetricX509Cert'
+  usage: 'Verify'
+  key: certificatePublicKey
+  startDateTime: certificateNotBefore
+  endDateTime: certificateExpires
+}
+var keyCredentials = empty(certificatePublicKey) ? [] : array(certificateKeyCredential)
+
 resource app 'Microsoft.Graph/applications@v1.0' = {
   uniqueName: uniqueName
   displayName: displayName
@@ -75,6 +128,22 @@ resource app 'Microsoft.Graph/applications@v1.0' = {
       resourceAppId: microsoftGraphAppId
       resourceAccess: declaredAccess
     }
+  ]
+  keyCredentials: keyCredentials
+}
+
+// federated mode: the app trusts tokens the relay's user-assigned identity gets for api://AzureADTokenExchange.
+// A child of the application, named '<app uniqueName>/<credential name>' (Microsoft.Graph/applications/
+// federatedIdentityCredentials@v1.0: name is "Required, Identifier ... Alternate key", generated/microsoftgraph/
+// microsoft.graph/v1.0/1.0.0/types.md; the quickstart's name: '${myApp.uniqueName}/msiAsFic'). A redeploy finds it
+// by that name and updates it in place.
+resource federatedCredential 'Microsoft.Graph/applications/federatedIdentityCredentials@v1.0' = if (!empty(federatedIdentityPrincipalId)) {
+  name: '${app.uniqueName}/${federatedCredentialName}'
+  description: 'Graph Mail Relay: the Function App\'s user-assigned managed identity signs in as this app.'
+  issuer: federatedIdentityIssuer
+  subject: federatedIdentityPrincipalId
+  audiences: [
+    federatedIdentityAudience
   ]
 }
 
@@ -124,3 +193,6 @@ output applicationObjectId string = app.id
 
 @description('Object id of the service principal (enterprise application); the Exchange scripts need it.')
 output servicePrincipalId string = servicePrincipal.id
+
+@description('Issuer of the federated identity credential (empty without one).')
+output federatedCredentialIssuer string = empty(federatedIdentityPrincipalId) ? '' : federatedIdentityIssuer

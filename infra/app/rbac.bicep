@@ -10,7 +10,13 @@
 //                                                    one pace row per sender mailbox)
 //   Storage Blob Data Owner         storage account  host leases/timers/keys and the Flex deployment container;
 //                                                    mail-relay-overflow; mail-payloads: read, check and delete payloads
-//   Key Vault Secrets User          key vault        read the Graph client secret and its exp attribute
+//   Key Vault Secrets User          key vault        read the Graph client secret and its exp attribute, or (certificate
+//                                                    mode) the certificate's key through its secret: "Read secret
+//                                                    contents including secret portion of a certificate with private
+//                                                    key" (built-in roles, security#key-vault-secrets-user). Key Vault
+//                                                    Certificate User would add reading certificate objects, which the
+//                                                    relay does not do. Only in secret and certificate modes: in
+//                                                    federated and managed-identity modes it reads no vault (relayReadsKeyVault).
 //   Monitoring Metrics Publisher    App Insights     send telemetry with Entra auth (local auth is off)
 // The storage account is dedicated to the relay, so account scope means exactly its queues,
 // tables and containers.
@@ -44,6 +50,9 @@
 //
 // Whoever runs azd (optional, principalId):
 //   Key Vault Secrets Officer          key vault        store/rotate the Graph client secret (README step 5)
+//   Key Vault Certificates Officer     key vault        certificate mode only: read the certificate's public part for
+//                                                    infra/scripts/sync-app-certificate.sh, renew it by hand; not its
+//                                                    private key ("excluding reading the secret and key portions")
 
 @description('Name of the relay\'s storage account.')
 param storageAccountName string
@@ -59,6 +68,12 @@ param appInsightsName string
 
 @description('Principal id of the relay\'s user-assigned identity.')
 param relayPrincipalId string
+
+@description('The relay reads its Graph credential from Key Vault (secret and certificate modes): it gets Key Vault Secrets User.')
+param relayReadsKeyVault bool = true
+
+@description('Certificate mode: the deployer gets Key Vault Certificates Officer, to register renewals on the app (infra/scripts/sync-app-certificate.sh).')
+param deployerManagesCertificates bool = false
 
 @description('Name of the table of status records (mailstatus).')
 param statusTableName string
@@ -87,6 +102,7 @@ var monitoringMetricsPublisherRoleId = subscriptionResourceId('Microsoft.Authori
 var storageQueueDataMessageSenderRoleId = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', 'c6a89b2d-59bc-44d0-9896-0f6e12d7b80a') // Storage Queue Data Message Sender
 var storageTableDataReaderRoleId = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', '76199698-9eea-4c19-bc75-cec21354c6b6') // Storage Table Data Reader
 var keyVaultSecretsOfficerRoleId = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7') // Key Vault Secrets Officer
+var keyVaultCertificatesOfficerRoleId = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', 'a4417e6f-fecd-4de8-b567-7b0420556985') // Key Vault Certificates Officer
 // Storage Blob Data Contributor: read, write and delete blob containers and data
 // (https://learn.microsoft.com/azure/role-based-access-control/built-in-roles/storage#storage-blob-data-contributor).
 var storageBlobDataContributorRoleId = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', 'ba92f5b4-2d11-453d-a403-e96b0029c9fe') // Storage Blob Data Contributor
@@ -179,15 +195,16 @@ resource relayBlobDataOwner 'Microsoft.Authorization/roleAssignments@2022-04-01'
   }
 }
 
-// Key Vault Secrets User: read the Graph client secret (value and exp); no write, no list of keys.
-resource relaySecretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+// Key Vault Secrets User: read the Graph client secret (value and exp), or the certificate's key and certificate
+// through the secret of the same name; no write, no list of keys. Not in federated and managed-identity modes.
+resource relaySecretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (relayReadsKeyVault) {
   name: guid(keyVault.id, relayPrincipalId, keyVaultSecretsUserRoleId)
   scope: keyVault
   properties: {
     roleDefinitionId: keyVaultSecretsUserRoleId
     principalId: relayPrincipalId
     principalType: 'ServicePrincipal'
-    description: 'Graph Mail Relay: read the Graph client secret.'
+    description: 'Graph Mail Relay: read the Graph client secret or certificate.'
   }
 }
 
@@ -255,5 +272,19 @@ resource deployerSecretsOfficer 'Microsoft.Authorization/roleAssignments@2022-04
     principalId: deployerPrincipalId
     principalType: deployerPrincipalType
     description: 'Graph Mail Relay: the deployer stores and rotates the Graph client secret.'
+  }
+}
+
+// Key Vault Certificates Officer (certificate mode): read the certificate's public part and dates for
+// infra/scripts/sync-app-certificate.sh, renew by hand; "excluding reading the secret and key portions"
+// (learn.microsoft.com/azure/role-based-access-control/built-in-roles/security#key-vault-certificates-officer).
+resource deployerCertificatesOfficer 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(deployerPrincipalId) && deployerManagesCertificates) {
+  name: guid(keyVault.id, deployerPrincipalId, keyVaultCertificatesOfficerRoleId)
+  scope: keyVault
+  properties: {
+    roleDefinitionId: keyVaultCertificatesOfficerRoleId
+    principalId: deployerPrincipalId
+    principalType: deployerPrincipalType
+    description: 'Graph Mail Relay: the deployer registers renewed Graph certificates on the app registration.'
   }
 }

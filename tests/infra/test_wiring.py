@@ -692,8 +692,9 @@ def test_the_secret_always_carries_an_expiry() -> None:
     assert "@secure()" in decorators_of(text, "param", "secretValue")
     main = source(MAIN)
     assert "@secure()" in decorators_of(main, "param", "graphClientSecret")
-    conditional = r"module\s+graphSecret\s+'app/secret\.bicep'\s*=\s*if\s*\(\s*!empty\(graphClientSecret\)\s*\)"
-    assert re.search(conditional, main), "the secret module runs only when a secret is given"
+    conditional = (r"module\s+graphSecret\s+'app/secret\.bicep'\s*=\s*"
+                   r"if\s*\(\s*graphCredential\s*==\s*'secret'\s*&&\s*!empty\(graphClientSecret\)\s*\)")
+    assert re.search(conditional, main), "the secret module runs only in secret mode, and only when a secret is given"
 
 
 def test_the_instance_cap_deploys_in_every_region_and_bounds_cost_not_graph() -> None:
@@ -840,7 +841,10 @@ def test_alert_on_secret_expiry_matches_the_code_once_it_exists() -> None:
 def test_entra_module_is_optional_and_grants_mail_send_as_an_application_permission() -> None:
     main = source(MAIN)
     assert param_default(main, "deployEntraApp") == "false"
-    assert re.search(r"module\s+entraApp\s+'app/entra-app\.bicep'\s*=\s*if\s*\(\s*deployEntraApp\s*\)", main)
+    # Optional, and never in managed-identity mode (no app registration there): deployEntraApp is ignored.
+    assert re.search(r"module\s+entraApp\s+'app/entra-app\.bicep'\s*=\s*if\s*\(\s*deployEntraAppRegistration\s*\)", main)
+    assert re.search(r"^\s*var\s+deployEntraAppRegistration\s*=\s*deployEntraApp\s*&&\s*graphCredential\s*!=\s*"
+                     r"'managed-identity'\s*$", main, re.MULTILINE)
     text = ENTRA.read_text(encoding="utf-8")
     assert re.search(r"^extension\s+microsoftGraphV1\s*$", text, re.MULTILINE)
     assert "b633e1c5-b582-4048-a93e-9f11b44c7e96" in text  # Microsoft Graph app role Mail.Send
