@@ -9,29 +9,37 @@ from typing import Any
 from devstack.emulator.common import _json_object, _json_response, _Request, _required_str, _Response
 from devstack.emulator.entra import EntraID
 from devstack.emulator.graph import GraphMail
+from devstack.emulator.identity import ManagedIdentity
 from devstack.emulator.keyvault import KeyVault
 
+_SEED_KEYS = ("apps", "identities", "mailboxes", "secrets", "certificates", "faults")
 
-class AdminAPI(EntraID, KeyVault, GraphMail):
+
+class AdminAPI(EntraID, ManagedIdentity, KeyVault, GraphMail):
     """The admin and inspection API under /_emulator/, and seeds: each entry goes to its service's parser.
 
     A part of `Emulator`; the state it reads and resets is `TenantState`'s.
     """
 
     def load_seed(self, seed: Mapping[str, Any]) -> None:
-        """Apply a seed document: ``{"apps": [...], "mailboxes": [...], "secrets": [...], "faults": [...]}``.
+        """Apply a seed document: ``{"apps": [...], "identities": [...], "mailboxes": [...], "secrets": [...],
+        "certificates": [...], "faults": [...]}``, in that order (an identity's default tenant is the first app's).
 
         Entries use the admin API's camelCase fields (see the package docstring, in __init__.py).
         """
-        unknown = set(seed) - {"apps", "mailboxes", "secrets", "faults"}
+        unknown = set(seed) - set(_SEED_KEYS)
         if unknown:
             raise ValueError(f"unknown seed keys: {', '.join(sorted(unknown))}")
         for entry in seed.get("apps", []):
             self._apply_app(entry)
+        for entry in seed.get("identities", []):
+            self._apply_identity(entry)
         for entry in seed.get("mailboxes", []):
             self._apply_mailbox(entry)
         for entry in seed.get("secrets", []):
             self._apply_secret(entry)
+        for entry in seed.get("certificates", []):
+            self._apply_certificate(entry)
         for entry in seed.get("faults", []):
             self._apply_fault(entry)
 
@@ -63,8 +71,16 @@ class AdminAPI(EntraID, KeyVault, GraphMail):
                 self.reset()
             elif route[1] == "expire-tokens":
                 self.expire_tokens()
-            elif route[1] == "apps":
+            elif route[1] in ("apps", "app"):
                 self._apply_app(_json_object(payload))
+            elif route[1] == "identity":
+                self._apply_identity(_json_object(payload))
+            elif route[1] == "app-federated-credential":
+                return _json_response(200, {"id": self._apply_app_federated_credential(_json_object(payload))})
+            elif route[1] == "app-key-credential":
+                return _json_response(200, {"keyId": self._apply_app_key_credential(_json_object(payload))})
+            elif route[1] == "certificate":
+                return _json_response(200, {"version": self._apply_certificate(_json_object(payload))})
             elif route[1] == "app-secret":
                 self._apply_app_secret(_json_object(payload))
             elif route[1] == "app-credentials":

@@ -15,6 +15,7 @@ SERVICES: tuple[str, ...] = (
     "entra.token",
     "msi.token",
     "keyvault.getSecret",
+    "keyvault.getCertificate",
     "graph.sendMail",
     "graph.applications",
     "graph.mailFolders",

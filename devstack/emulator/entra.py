@@ -36,9 +36,20 @@ from devstack.emulator.common import (
     _retry_after_headers,
     _utcnow,
 )
+from devstack.emulator.credentials import (
+    JWT_BEARER,
+    TOKEN_EXCHANGE_AUDIENCE,
+    Assertion,
+    AssertionRefusal,
+    add_federated_credential,
+    check_certificate_assertion,
+    check_federated_assertion,
+    federated_credential,
+    key_credential,
+)
 from devstack.emulator.exchange import POLICY_ACCESS, SCOPE_MODELS
 from devstack.emulator.faults import Faults, _Fault
-from devstack.emulator.state import TOKEN_LIFETIME_SECONDS, _App, _PasswordCredential
+from devstack.emulator.state import TOKEN_LIFETIME_SECONDS, _App, _FederatedCredential, _PasswordCredential
 
 # Graph's addPassword: a client secret without an endDateTime lives two years.
 DEFAULT_SECRET_LIFETIME = timedelta(days=730)
@@ -64,21 +75,26 @@ class EntraID(Faults):
         self,
         tenant_id: str,
         client_id: str,
-        secret: str,
+        secret: str | None,
         roles: Sequence[str] = (),
         secret_expired: bool = False,
         secret_end: datetime | None = None,
         scope_model: str = "rbac",
         policy_access: str = "RestrictAccess",
         exchange_roles: Sequence[str] = ("Application Mail.Send",),
+        key_credentials: Sequence[str] = (),
+        federated_credentials: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         """Register an app in a tenant, with its one valid client secret and its application roles.
 
         ``roles`` is the tenant-wide Entra consent (the token's roles): none by default, as under RBAC for
         Applications, where ``exchange_roles`` over the scope ``scope_model`` grant what the app may do.
 
-        ``secret_end`` is the secret's endDateTime in Entra (default: two years from now, as addPassword);
-        once it has passed, Entra refuses the secret with AADSTS7000222, as ``secret_expired`` does.
+        ``secret`` None registers an app with no client secret (one that signs in with a certificate or a
+        federated credential). ``secret_end`` is the secret's endDateTime in Entra (default: two years from now,
+        as addPassword); once it has passed, Entra refuses the secret with AADSTS7000222, as ``secret_expired``
+        does. ``key_credentials`` are PEM certificates (keyCredentials); ``federated_credentials`` mappings with
+        name, issuer, subject, audiences (federatedIdentityCredentials).
         """
         if isinstance(roles, str):
             raise TypeError("roles must be a sequence of role names, not a string")
@@ -86,22 +102,69 @@ class EntraID(Faults):
             raise ValueError(f"scope_model is one of {SCOPE_MODELS}, policy_access one of {POLICY_ACCESS}")
         app = _App(tenant_id, client_id, secret, tuple(roles), bool(secret_expired))
         app.scope_model, app.policy_access, app.exchange_roles = scope_model, policy_access, frozenset(exchange_roles)
-        app.credentials = [_password_credential(secret, secret_end)]
+        app.credentials = [_password_credential(secret, secret_end)] if secret is not None else []
+        app.key_credentials = [key_credential(pem) for pem in key_credentials]
+        for entry in federated_credentials:
+            add_federated_credential(app.federated_credentials, _federated_credential_of(entry))
         with self._lock:
             self._apps[(tenant_id.lower(), client_id.lower())] = app
+
+    def _registered_apps(self, client_id: str) -> list[_App]:
+        """The app registrations (not managed identities) with this client id, in any tenant; KeyError if none."""
+        apps = [
+            app for app in self._apps.values() if app.client_id.lower() == client_id.lower() and app.identity is None
+        ]
+        if not apps:
+            raise KeyError(f"no app with client id {client_id!r}")
+        return apps
+
+    def add_key_credential(self, client_id: str, certificate_pem: str, display_name: str | None = None) -> str:
+        """Upload a certificate's public key to the app registration (keyCredentials). Returns its keyId."""
+        credential = key_credential(certificate_pem, display_name)
+        with self._lock:
+            for app in self._registered_apps(client_id):
+                app.key_credentials.append(copy.copy(credential))
+        return credential.key_id
+
+    def remove_key_credential(self, client_id: str, key_id: str) -> None:
+        with self._lock:
+            for app in self._registered_apps(client_id):
+                app.key_credentials = [k for k in app.key_credentials if k.key_id != key_id]
+
+    def set_federated_credential(
+        self,
+        client_id: str,
+        name: str,
+        issuer: str,
+        subject: str,
+        audiences: Sequence[str] = (TOKEN_EXCHANGE_AUDIENCE,),
+        description: str | None = None,
+    ) -> str:
+        """Add or replace (by name) a federated identity credential on the app registration. Returns its id.
+
+        Saved as Graph saves it: a wrong issuer, subject or audience is accepted, and fails at token time; a 21st
+        credential is refused."""
+        credential = federated_credential(name, issuer, subject, audiences, description)
+        with self._lock:
+            for app in self._registered_apps(client_id):
+                add_federated_credential(app.federated_credentials, copy.copy(credential))
+        return credential.id
+
+    def remove_federated_credential(self, client_id: str, name: str) -> None:
+        with self._lock:
+            for app in self._registered_apps(client_id):
+                app.federated_credentials = [c for c in app.federated_credentials if c.name.lower() != name.lower()]
 
     def set_app_secret(
         self, client_id: str, secret: str, expired: bool = False, secret_end: datetime | None = None
     ) -> None:
         """Rotate the app's secret in Entra: the old one stops working at once (and is no longer listed)."""
         with self._lock:
-            apps = [app for app in self._apps.values() if app.client_id.lower() == client_id.lower()]
-            if not apps:
-                raise KeyError(f"no app with client id {client_id!r}")
-            for app in apps:
+            for app in self._registered_apps(client_id):
+                had_secret = app.secret is not None
                 app.secret = secret
                 app.secret_expired = bool(expired)
-                app.credentials[:1] = [_password_credential(secret, secret_end)]
+                app.credentials[: 1 if had_secret else 0] = [_password_credential(secret, secret_end)]
 
     def add_password_credential(self, client_id: str, end: datetime, display_name: str | None = None) -> str:
         """List a further client secret in the app registration (an old one not yet deleted, say).
@@ -111,10 +174,7 @@ class EntraID(Faults):
         """
         credential = _password_credential(None, end, display_name)
         with self._lock:
-            apps = [app for app in self._apps.values() if app.client_id.lower() == client_id.lower()]
-            if not apps:
-                raise KeyError(f"no app with client id {client_id!r}")
-            for app in apps:
+            for app in self._registered_apps(client_id):
                 app.credentials.append(copy.copy(credential))
         return credential.key_id
 
@@ -124,16 +184,58 @@ class EntraID(Faults):
         for name, value in (("roles", roles), ("exchangeRoles", exchange_roles)):
             if not isinstance(value, list) or not all(isinstance(role, str) for role in value):
                 raise ValueError(f"{name} must be a list of strings")
+        secret = entry.get("secret")
+        if secret is not None and (not isinstance(secret, str) or not secret):
+            raise ValueError("secret must be a non-empty string, or absent for an app with no client secret")
+        federated = entry.get("federatedCredentials", [])
+        keys = entry.get("keyCredentials", [])
+        if not isinstance(federated, list) or not all(isinstance(f, dict) for f in federated):
+            raise ValueError("federatedCredentials must be a list of objects")
+        if not isinstance(keys, list) or not all(isinstance(k, dict) for k in keys):
+            raise ValueError("keyCredentials must be a list of objects")
         self.add_app(
             _required_str(entry, "tenantId"),
             _required_str(entry, "clientId"),
-            _required_str(entry, "secret"),
+            secret,
             roles=tuple(roles),
             secret_expired=_optional_bool(entry, "secretExpired", False),
             secret_end=_optional_datetime(entry, "secretEnd"),
             scope_model=str(entry.get("scopeModel", "rbac")),
             policy_access=str(entry.get("policyAccess", "RestrictAccess")),
             exchange_roles=tuple(exchange_roles),
+            federated_credentials=federated,
+        )
+        for key in keys:
+            display_name = key.get("displayName")
+            self.add_key_credential(
+                _required_str(entry, "clientId"),
+                _required_str(key, "certificate"),
+                display_name if isinstance(display_name, str) else None,
+            )
+
+    def _apply_app_federated_credential(self, entry: Mapping[str, Any]) -> str | None:
+        """Admin `app-federated-credential`: add or replace by name, or ``"delete": true`` to remove."""
+        client_id, name = _required_str(entry, "clientId"), _required_str(entry, "name")
+        if _optional_bool(entry, "delete", False):
+            self.remove_federated_credential(client_id, name)
+            return None
+        credential = _federated_credential_of(entry)
+        return self.set_federated_credential(
+            client_id,
+            credential.name,
+            credential.issuer,
+            credential.subject,
+            credential.audiences,
+            credential.description,
+        )
+
+    def _apply_app_key_credential(self, entry: Mapping[str, Any]) -> str:
+        """Admin `app-key-credential`: upload a certificate; returns its keyId."""
+        display_name = entry.get("displayName")
+        return self.add_key_credential(
+            _required_str(entry, "clientId"),
+            _required_str(entry, "certificate"),
+            display_name if isinstance(display_name, str) else None,
         )
 
     def _apply_app_secret(self, entry: Mapping[str, Any]) -> None:
@@ -263,6 +365,51 @@ class EntraID(Faults):
         jwk.update({"kid": self._key_id, "x5t": self._key_id, "use": "sig", "issuer": f"{self.url}/{tenant}/v2.0"})
         return _json_response(200, {"keys": [jwk]})
 
+    def _check_client_assertion(
+        self, app: _App, tenant: str, client_secret: str | None, assertion_type: str | None, raw: str
+    ) -> AssertionRefusal | None:
+        """A JWT client assertion: the app's own, signed with one of its certificates (iss = the client id), or
+        another issuer's token matched against its federated identity credentials (credentials.py)."""
+        if client_secret:
+            # Assumed: no page gives Entra's answer to both credentials at once; it takes one client credential.
+            return AssertionRefusal(
+                400,
+                "invalid_request",
+                90023,
+                "Only one client credential, 'client_secret' or 'client_assertion', may be presented.",
+            )
+        if assertion_type != JWT_BEARER:
+            return AssertionRefusal(
+                400,
+                "invalid_request",
+                900144 if not assertion_type else 90023,
+                "The request body must contain the following parameter: 'client_assertion_type'."
+                if not assertion_type
+                else f"The client_assertion_type '{assertion_type}' isn't supported; use '{JWT_BEARER}'.",
+            )
+        assertion = Assertion.parse(raw)
+        if isinstance(assertion, AssertionRefusal):
+            return assertion
+        now = _utcnow()
+        if str(assertion.claims.get("iss", "")).lower() == app.client_id.lower():
+            token_endpoint = f"{self.url}/{tenant}/oauth2/v2.0/token"
+            claims = dict(assertion.claims)
+            if isinstance(claims.get("aud"), str) and claims["aud"].lower() == token_endpoint.lower():
+                claims["aud"] = token_endpoint
+            return check_certificate_assertion(
+                Assertion(assertion.raw, assertion.header, claims),
+                app.client_id,
+                token_endpoint,
+                app.key_credentials,
+                now,
+            )
+
+        def entra_signed(token: str) -> bool:
+            # Entra's own keys: a token this emulator's identity endpoint issued; revocation does not apply.
+            return self._check_token(token)[0] in ("ok", "expired", "revoked")
+
+        return check_federated_assertion(assertion, app.federated_credentials, self._known_tenant, entra_signed, now)
+
     def _token(self, request: _Request, tenant: str) -> _Response:
         """Client credentials grant, with Entra's status codes and AADSTS errors."""
         if request.method != "POST":
@@ -344,7 +491,9 @@ class EntraID(Faults):
                 "consented to by any user in the tenant. You may have sent your authentication request to "
                 "the wrong tenant.",
             )
-        if not client_secret:
+        assertion_type = form.get("client_assertion_type")
+        raw_assertion = form.get("client_assertion")
+        if not client_secret and not raw_assertion:
             return self._entra_error(
                 request,
                 401,
@@ -352,7 +501,13 @@ class EntraID(Faults):
                 7000216,
                 "'client_assertion', 'client_secret' or 'request' is required for the 'client_credentials' grant type.",
             )
-        if client_secret != app.secret:
+        if raw_assertion:
+            refusal = self._check_client_assertion(app, tenant, client_secret, assertion_type, raw_assertion)
+            if refusal is not None:
+                return self._entra_error(request, refusal.status, refusal.error, refusal.code, refusal.description)
+        elif app.secret is None or client_secret != app.secret:
+            # An app with no secret at all, and a managed identity (which has no application object, so no
+            # secret), answer as a wrong secret does: assumed, no page states either case.
             return self._entra_error(
                 request,
                 401,
@@ -361,7 +516,7 @@ class EntraID(Faults):
                 "Invalid client secret provided. Ensure the secret being sent in the request is the client "
                 f"secret value, not the client secret ID, for a secret added to app '{app.client_id}'.",
             )
-        if app.secret_expired or (app.secret_end is not None and app.secret_end <= _utcnow()):
+        elif app.secret_expired or (app.secret_end is not None and app.secret_end <= _utcnow()):
             return self._entra_error(
                 request,
                 401,
@@ -395,6 +550,20 @@ class EntraID(Faults):
                 "access_token": token,
             },
         )
+
+
+def _federated_credential_of(entry: Mapping[str, Any]) -> _FederatedCredential:
+    audiences = entry.get("audiences", [TOKEN_EXCHANGE_AUDIENCE])
+    if not isinstance(audiences, list):
+        raise ValueError("audiences must be a list of strings")
+    description = entry.get("description")
+    return federated_credential(
+        _required_str(entry, "name"),
+        _required_str(entry, "issuer"),
+        _required_str(entry, "subject"),
+        audiences,
+        description if isinstance(description, str) else None,
+    )
 
 
 def _password_credential(

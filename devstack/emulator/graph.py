@@ -18,7 +18,7 @@ import copy
 import json
 import re
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -474,11 +474,16 @@ class GraphMail(ExchangeScope, Faults, Transport):
             ids, fault.status, fault.code or code, fault.message or message, _retry_after_headers(fault.retry_after)
         )
 
-    def _graph_application(self, request: _Request, app_id: str) -> _Response:
-        """GET /v1.0/applications(appId='{id}'): the app registration, passwordCredentials included.
+    def _graph_application(self, request: _Request, app_id: str, rest: Sequence[str] = ()) -> _Response:
+        """GET /v1.0/applications(appId='{id}'): the app registration, passwordCredentials and keyCredentials
+        included; GET .../federatedIdentityCredentials: its federated identity credentials.
 
         App-only, Graph wants Application.Read.All (or Application.ReadWrite.*/Directory.Read.All) in
-        the token's roles, and answers 403 Authorization_RequestDenied without it.
+        the token's roles, and answers 403 Authorization_RequestDenied without it. Shapes: the application,
+        passwordCredential, keyCredential (customKeyIdentifier: the SHA-1 thumbprint, Binary so base64; key null
+        unless selected) and federatedIdentityCredential resource pages (microsoft-graph-docs-contrib
+        api-reference/v1.0/resources). A managed identity has a service principal and no application object:
+        404 here, as for an unknown appId.
         """
         ids = _GraphIds.of(request)
         if request.method != "GET":
@@ -507,8 +512,13 @@ class GraphMail(ExchangeScope, Faults, Transport):
             return self._graph_error(
                 ids, fault.status, fault.code or code, fault.message or message, _retry_after_headers(fault.retry_after)
             )
+        if len(rest) > 1 or (rest and rest[0].lower() != "federatedidentitycredentials"):
+            return self._graph_error(ids, 400, "BadRequest", f"Resource not found for the segment '{rest[-1]}'.")
         with self._lock:
-            app = next((a for a in self._apps.values() if a.client_id.lower() == app_id.lower()), None)
+            app = next(
+                (a for a in self._apps.values() if a.client_id.lower() == app_id.lower() and a.identity is None),
+                None,
+            )
             app = copy.deepcopy(app) if app is not None else None
         if app is None:
             return self._graph_error(
@@ -533,7 +543,37 @@ class GraphMail(ExchangeScope, Faults, Transport):
                 }
                 for c in app.credentials
             ],
+            "keyCredentials": [
+                {
+                    "customKeyIdentifier": base64.b64encode(k.sha1).decode(),
+                    "displayName": k.display_name,
+                    "endDateTime": _graph_datetime(k.end),
+                    "key": None,
+                    "keyId": k.key_id,
+                    "startDateTime": _graph_datetime(k.start),
+                    "type": "AsymmetricX509Cert",
+                    "usage": "Verify",
+                }
+                for k in app.key_credentials
+            ],
         }
+        if rest:
+            context = (
+                f"https://graph.microsoft.com/v1.0/$metadata#applications('{resource['id']}')/"
+                "federatedIdentityCredentials"
+            )
+            listed = [
+                {
+                    "id": f.id,
+                    "name": f.name,
+                    "issuer": f.issuer,
+                    "subject": f.subject,
+                    "description": f.description,
+                    "audiences": list(f.audiences),
+                }
+                for f in app.federated_credentials
+            ]
+            return _json_response(200, {"@odata.context": context, "value": listed}, ids.headers())
         select = [f.strip() for f in (request.param("$select") or "").split(",") if f.strip()]
         if select:
             resource = {k: v for k, v in resource.items() if k in select}

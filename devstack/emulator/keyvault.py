@@ -1,21 +1,30 @@
-"""Azure Key Vault secrets: versions, attributes, the challenge, and Key Vault's error shapes.
+"""Azure Key Vault secrets and certificates: versions, attributes, the challenge, and Key Vault's error shapes.
 
 Sources: Key Vault's REST reference (Get Secret, Get Secret Versions: https://learn.microsoft.com/rest/api/keyvault/
-secrets/) and its authentication page (the 401 challenge naming the tenant and resource). Assumed: the error
+secrets/; Get Certificate: https://learn.microsoft.com/rest/api/keyvault/certificates/get-certificate, its
+CertificateBundle's id, kid, sid, x5t, cer, attributes) and its authentication page (the 401 challenge naming the
+tenant and resource). A certificate's private key is read through the secrets API: "About Azure Key Vault
+certificates" (https://learn.microsoft.com/azure/key-vault/certificates/about-certificates, "Composition of a
+certificate": an addressable key and secret of the same name, the secret's content type application/x-pem-file
+or application/x-pkcs12, managed by Key Vault, its attributes the certificate's nbf and exp). Assumed: the error
 messages' wording (the REST reference gives the codes, e.g. SecretNotFound, Forbidden, not the texts), as the SDK
 surfaces them in users' reports."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from http import HTTPStatus
 from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from devstack.emulator.common import (
     VAULT_APP_ID,
@@ -31,6 +40,10 @@ from devstack.emulator.common import (
 )
 from devstack.emulator.faults import Faults
 from devstack.emulator.state import _SecretVersion
+
+#: The content type of a PEM certificate's secret (Key Vault's certificate docs: application/x-pem-file or
+#: application/x-pkcs12).
+PEM_CONTENT_TYPE = "application/x-pem-file"
 
 # update_secret's "not given": there, expires_on=None clears the expiry.
 _UNSET: Any = object()
@@ -62,6 +75,39 @@ class KeyVault(Faults):
         with self._lock:
             self._secrets.setdefault(name.lower(), []).append(version)
         return version.version
+
+    def set_certificate(self, name: str, pem: str) -> str:
+        """Add a new version of a Key Vault certificate from a PEM holding its private key and certificate (an
+        imported certificate, or one the vault issued or renewed). Returns its version id.
+
+        As Key Vault keeps a certificate: a secret of the same name and version holds the key and certificate
+        (content type application/x-pem-file, managed: true), whose exp and nbf are the certificate's; GET
+        /certificates/{name} gives the public part."""
+        if not _SECRET_NAME.match(name):
+            raise ValueError(f"invalid Key Vault certificate name: {name!r}")
+        try:
+            certificate = x509.load_pem_x509_certificate(pem.encode("ascii"))
+            serialization.load_pem_private_key(pem.encode("ascii"), password=None)
+        except (ValueError, TypeError) as exc:
+            # The messages name the field, never the key material.
+            raise ValueError("pem must hold an unencrypted private key and its X.509 certificate, PEM-encoded") from exc
+        version = _SecretVersion(
+            name=name,
+            version=uuid.uuid4().hex,
+            value=pem,
+            created=int(time.time()),
+            expires_on=int(certificate.not_valid_after_utc.timestamp()),
+            enabled=True,
+            content_type=PEM_CONTENT_TYPE,
+            not_before=int(certificate.not_valid_before_utc.timestamp()),
+            certificate_der=certificate.public_bytes(serialization.Encoding.DER),
+        )
+        with self._lock:
+            self._secrets.setdefault(name.lower(), []).append(version)
+        return version.version
+
+    def _apply_certificate(self, entry: Mapping[str, Any]) -> str:
+        return self.set_certificate(_required_str(entry, "name"), _required_str(entry, "pem"))
 
     def update_secret(
         self,
@@ -115,7 +161,10 @@ class KeyVault(Faults):
         with self._lock:
             (self._vault_denied.discard if can_read_secrets else self._vault_denied.add)(client_id.lower())
 
-    def _keyvault(self, request: _Request, parts: list[str]) -> _Response:
+    def _keyvault(self, request: _Request, parts: list[str], collection: str = "secrets") -> _Response:
+        """/secrets/... (``collection`` "secrets") or /certificates/{name}[/{version}] ("certificates")."""
+        certificates = collection == "certificates"
+        service = "keyvault.getCertificate" if certificates else "keyvault.getSecret"
         request_id = str(uuid.uuid4())
         base_headers = [
             ("x-ms-request-id", request_id),
@@ -176,7 +225,7 @@ class KeyVault(Faults):
             )
         # Counted once authenticated: the SDK's bare challenge probe and its CAE retry are protocol
         # overhead, and whether they happen depends on process-wide SDK caches, not on the caller.
-        self._count("keyvault.getSecret")
+        self._count(service)
         with self._lock:
             denied = str(claims.get("appid", "")).lower() in self._vault_denied
         if denied:
@@ -185,10 +234,17 @@ class KeyVault(Faults):
             # message naming caller, action and DecisionReason (hashicorp/terraform-provider-azurerm#27817,
             # piyushsachdeva/Terraform_AKS#2).
             caller = f"appid={claims.get('appid')};oid={claims.get('oid')};iss={claims.get('iss')}"
+            # Assumed for certificates: the same refusal naming the certificates read action, and one role flag for
+            # both (a vault's "Key Vault Secrets User" alone would not read /certificates; not modelled).
+            action = (
+                "Microsoft.KeyVault/vaults/certificates/read"
+                if certificates
+                else "Microsoft.KeyVault/vaults/secrets/getSecret/action"
+            )
             message = (
                 "Caller is not authorized to perform action on resource.\r\nIf role assignments, deny assignments "
                 "or role definitions were changed recently, please observe propagation time.\r\n"
-                f"Caller: {caller}\r\nAction: 'Microsoft.KeyVault/vaults/secrets/getSecret/action'\r\n"
+                f"Caller: {caller}\r\nAction: '{action}'\r\n"
                 "Assignment: (not found)\r\nDenyAssignmentId: null\r\nDecisionReason: 'DeniedWithNoValidRBAC' \r\n"
             )
             return _json_response(
@@ -196,7 +252,7 @@ class KeyVault(Faults):
             )
         if not request.param("api-version"):
             return error(400, "BadParameter", "The api-version query parameter is missing.")
-        fault = self._next_fault("keyvault.getSecret")
+        fault = self._next_fault(service)
         if fault is not None:
             assert fault.status is not None
             default = (
@@ -211,7 +267,9 @@ class KeyVault(Faults):
                 extra=_retry_after_headers(fault.retry_after),
             )
         if request.method != "GET":
-            return error(405, "BadParameter", f"The emulator serves GET on secrets only, not {request.method}.")
+            return error(405, "BadParameter", f"The emulator serves GET on {collection} only, not {request.method}.")
+        if certificates:
+            return self._certificate_bundle(parts, error, base_headers)
         if not parts or len(parts) > 2:
             return error(404, "BadParameter", "The emulator serves /secrets/{name}[/{version}|/versions] only.")
         name = parts[0]
@@ -244,13 +302,57 @@ class KeyVault(Faults):
             )
         if not found.enabled:
             return error(403, "Forbidden", "Operation get is not allowed on a disabled secret.", inner="SecretDisabled")
-        bundle = {
+        bundle: dict[str, Any] = {
             "value": found.value,
             "id": f"{self.url}/secrets/{found.name}/{found.version}",
             "attributes": self._secret_attributes(found),
             "tags": {},
         }
+        if found.content_type is not None:
+            bundle["contentType"] = found.content_type
+        if found.certificate_der is not None:
+            # A certificate's secret (Get Secret's SecretBundle): managed by Key Vault, and kid names the key of the
+            # same name and version.
+            bundle["managed"] = True
+            bundle["kid"] = f"{self.url}/keys/{found.name}/{found.version}"
         return _json_response(200, bundle, base_headers)
+
+    def _certificate_bundle(
+        self, parts: list[str], error: Callable[..., _Response], headers: list[tuple[str, str]]
+    ) -> _Response:
+        """GET /certificates/{name}[/{version}]: Get Certificate's CertificateBundle (id, kid, sid, x5t, cer,
+        attributes). Assumed: the policy is left out (the emulator keeps none), and "CertificateNotFound" texts."""
+        if not parts or len(parts) > 2:
+            return error(404, "BadParameter", "The emulator serves /certificates/{name}[/{version}] only.")
+        name = parts[0]
+        if not _SECRET_NAME.match(name):
+            return error(400, "BadParameter", f"The request URI contains an invalid name: {name}")
+        wanted = parts[1] if len(parts) == 2 else None
+        with self._lock:
+            versions = [v for v in self._secrets.get(name.lower(), []) if v.certificate_der is not None]
+        found = (
+            versions[-1] if versions and wanted is None else next((v for v in versions if v.version == wanted), None)
+        )
+        if found is None or found.certificate_der is None:
+            shown = name if wanted is None else f"{name}/{wanted}"
+            return error(
+                404,
+                "CertificateNotFound",
+                f"A certificate with (name/id) {shown} was not found in this key vault. If you recently deleted "
+                "this certificate you may be able to recover it using the correct recovery command. For help "
+                "resolving this issue, please see https://go.microsoft.com/fwlink/?linkid=2125182",
+            )
+        der = found.certificate_der
+        bundle = {
+            "id": f"{self.url}/certificates/{found.name}/{found.version}",
+            "kid": f"{self.url}/keys/{found.name}/{found.version}",
+            "sid": f"{self.url}/secrets/{found.name}/{found.version}",
+            "x5t": base64.urlsafe_b64encode(hashlib.sha1(der).digest()).decode().rstrip("="),  # noqa: S324
+            "cer": base64.b64encode(der).decode(),
+            "attributes": self._secret_attributes(found),
+            "tags": {},
+        }
+        return _json_response(200, bundle, headers)
 
     @staticmethod
     def _secret_attributes(version: _SecretVersion) -> dict[str, Any]:
@@ -263,6 +365,8 @@ class KeyVault(Faults):
         }
         if version.expires_on is not None:
             attributes["exp"] = version.expires_on
+        if version.not_before is not None:
+            attributes["nbf"] = version.not_before
         return attributes
 
 

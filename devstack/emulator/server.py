@@ -141,6 +141,8 @@ class Emulator(AdminAPI, EntraID, ManagedIdentity, KeyVault, GraphMail, Exchange
             return self._msi_token(request)
         if lowered[:1] == ["secrets"]:
             return self._keyvault(request, parts[1:])
+        if lowered[:1] == ["certificates"]:
+            return self._keyvault(request, parts[1:], "certificates")
         if len(parts) == 4 and lowered[:2] == ["v1.0", "users"] and lowered[3] == "sendmail":
             self._count("graph.sendMail")
             return self._graph_send_mail(request, parts[2])
@@ -161,10 +163,10 @@ class Emulator(AdminAPI, EntraID, ManagedIdentity, KeyVault, GraphMail, Exchange
         ):
             self._count("graph.messages")
             return self._graph_folder_messages(request, parts[2], parts[4])
-        application = _APPLICATION_BY_APP_ID.match(parts[1]) if len(parts) == 2 and lowered[0] == "v1.0" else None
+        application = _APPLICATION_BY_APP_ID.match(parts[1]) if len(parts) in (2, 3) and lowered[0] == "v1.0" else None
         if application is not None:
             self._count("graph.applications")
-            return self._graph_application(request, application.group(1))
+            return self._graph_application(request, application.group(1), parts[2:])
         if lowered[:1] == ["v1.0"]:
             message = f"Resource not found for the segment '{parts[-1]}'."
             return self._graph_error(_GraphIds.of(request), 400, "BadRequest", message)

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import jwt
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from devstack.emulator.common import DEFAULT_TENANT_ID, SERVICES
@@ -41,14 +42,55 @@ class _PasswordCredential:
 
 
 @dataclass
+class _KeyCredential:
+    """A certificate in the app registration's keyCredentials (keyCredential resource: type AsymmetricX509Cert,
+    usage Verify; startDateTime and endDateTime are the certificate's own dates)."""
+
+    key_id: str
+    display_name: str | None
+    certificate: x509.Certificate
+    start: datetime
+    end: datetime
+    sha1: bytes  # the thumbprint Graph lists as customKeyIdentifier and an RS256 assertion names in x5t
+    sha256: bytes  # what a PS256 assertion names in x5t#S256
+
+
+@dataclass
+class _FederatedCredential:
+    """A federatedIdentityCredential on the app registration: which external token it accepts."""
+
+    id: str
+    name: str
+    issuer: str
+    subject: str
+    audiences: tuple[str, ...]
+    description: str | None = None
+
+
+@dataclass
+class _Identity:
+    """A user-assigned managed identity the App Service identity endpoint can hand tokens for."""
+
+    client_id: str
+    principal_id: str  # its service principal's object id: the `sub` and `oid` of its tokens
+    tenant_id: str
+    resource_id: str | None = None  # the ARM id App Service accepts as mi_res_id
+
+
+@dataclass
 class _App:
     tenant_id: str
     client_id: str
-    secret: str
+    secret: str | None  # None: no client secret at all (a certificate or federated app, or an identity)
     roles: tuple[str, ...]  # Entra consent: the application permissions granted tenant-wide (token roles)
     secret_expired: bool
     # The current secret's entry first; then any added with add_password_credential (listed only).
     credentials: list[_PasswordCredential] = field(default_factory=list)
+    key_credentials: list[_KeyCredential] = field(default_factory=list)
+    federated_credentials: list[_FederatedCredential] = field(default_factory=list)
+    # A managed identity's service principal (no application object): Graph and Exchange authorise its tokens
+    # like an app's, Entra's token endpoint takes no credential for it, and GET /applications does not list it.
+    identity: _Identity | None = None
     # Exchange's scope on the app (devstack/emulator/exchange.py): "rbac" (RBAC for Applications, the
     # relay's default), "policy" (an application access policy) or "none".
     scope_model: str = "rbac"
@@ -79,6 +121,11 @@ class _SecretVersion:
     created: int
     expires_on: int | None
     enabled: bool
+    # A Key Vault certificate's secret (keyvault.py): its content type, managed=true, the certificate's nbf, and
+    # the certificate itself (DER) for GET /certificates.
+    content_type: str | None = None
+    not_before: int | None = None
+    certificate_der: bytes | None = None
 
 
 class TenantState(abc.ABC):
@@ -93,6 +140,8 @@ class TenantState(abc.ABC):
         self._key_id = uuid.uuid4().hex
 
         self._apps: dict[tuple[str, str], _App] = {}
+        # User-assigned managed identities by client id (lower-cased); each is also a principal in _apps.
+        self._identities: dict[str, _Identity] = {}
         self._mailboxes: dict[str, _Mailbox] = {}
         self._secrets: dict[str, list[_SecretVersion]] = {}
         self._faults: list[_Fault] = []
@@ -174,6 +223,7 @@ class TenantState(abc.ABC):
         """Clear apps, mailboxes, secrets, faults, outbox and stats. Issued tokens stay valid."""
         with self._lock:
             self._apps.clear()
+            self._identities.clear()
             self._mailboxes.clear()
             self._secrets.clear()
             self._faults.clear()
@@ -202,11 +252,24 @@ class TenantState(abc.ABC):
 
     # ------------------------------------------------------------------ tokens
 
-    def _issue_token(self, audience: str, tenant_id: str, app_id: str, roles: Sequence[str]) -> tuple[str, int]:
-        """An RS256 access token shaped like Entra's v1 app-only tokens. Returns (token, exp)."""
+    def _issue_token(
+        self,
+        audience: str,
+        tenant_id: str,
+        app_id: str,
+        roles: Sequence[str],
+        object_id: str | None = None,
+        lifetime: int = TOKEN_LIFETIME_SECONDS,
+    ) -> tuple[str, int]:
+        """An RS256 access token shaped like Entra's v1 app-only tokens. Returns (token, exp).
+
+        ``object_id`` is the caller's service principal (a managed identity's principal id); by default one is
+        derived from the app id. ``lifetime`` may be negative: an already expired token, for tests.
+        """
         now = int(time.time())
-        expires = now + TOKEN_LIFETIME_SECONDS
+        expires = now + lifetime
         token_id = uuid.uuid4().hex
+        principal = object_id or str(uuid.uuid5(uuid.NAMESPACE_URL, f"sp:{tenant_id}:{app_id}".lower()))
         claims: dict[str, Any] = {
             "aud": audience,
             "iss": f"https://sts.windows.net/{tenant_id}/",
@@ -214,23 +277,29 @@ class TenantState(abc.ABC):
             "nbf": now,
             "exp": expires,
             "appid": app_id,
-            "appidacr": "1",
+            # 2: a certificate or a managed identity; 1: a secret (access-token claims reference). Assumed 1 for
+            # every app, as the relay's default mode; managed identities 2.
+            "appidacr": "2" if object_id else "1",
             "idp": f"https://sts.windows.net/{tenant_id}/",
             "idtyp": "app",
-            "oid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"sp:{tenant_id}:{app_id}".lower())),
-            "sub": str(uuid.uuid5(uuid.NAMESPACE_URL, f"sp:{tenant_id}:{app_id}".lower())),
+            "oid": principal,
+            "sub": principal,
             "tid": tenant_id,
             "uti": token_id,
             "ver": "1.0",
         }
         if roles:
             claims["roles"] = list(roles)
+        return self._sign(claims), expires
+
+    def _sign(self, claims: dict[str, Any]) -> str:
+        """Sign with this instance's key, and remember the token id (expire_tokens() can revoke it)."""
         token = jwt.encode(
             claims, self._signing_key, algorithm="RS256", headers={"kid": self._key_id, "x5t": self._key_id}
         )
         with self._lock:
-            self._issued_token_ids.add(token_id)
-        return token, expires
+            self._issued_token_ids.add(str(claims["uti"]))
+        return token
 
     def _check_token(self, token: str) -> tuple[str, dict[str, Any]]:
         """Validate signature and lifetime.

@@ -261,6 +261,8 @@ def test_openid_configuration_points_at_the_emulator(emu: Emulator, http: reques
 def managed_identity(emu: Emulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[ManagedIdentityCredential]:
     monkeypatch.setenv("IDENTITY_ENDPOINT", emu.msi_endpoint)
     monkeypatch.setenv("IDENTITY_HEADER", emu.identity_header)
+    # A user-assigned identity answers only once the Function App has it (an unknown one is a 400).
+    emu.add_identity("9c7e5a3b-1d2f-4e6a-8b0c-3f5d7a9e1c24", "3b1d9e7a-5c2f-4a8e-b6d0-7f9a1c3e5b24")
     # The credential has its own HTTP pipeline: SecretClient's connection_verify does not reach it.
     credential = ManagedIdentityCredential(
         client_id="9c7e5a3b-1d2f-4e6a-8b0c-3f5d7a9e1c24", connection_verify=emu.ca_cert_path
@@ -396,6 +398,7 @@ def test_managed_identity_credential_needs_connection_verify_of_its_own(
 
 
 def test_managed_identity_endpoint_shapes(emu: Emulator, http: requests.Session) -> None:
+    emu.add_identity("mi-7", "0f6b2d8e-4a1c-4e3b-9d5f-7a2c8e1b4d60")
     params = {"api-version": "2019-08-01", "resource": "https://vault.azure.net", "client_id": "mi-7"}
     good = http.get(emu.msi_endpoint, params=params, headers={"X-IDENTITY-HEADER": emu.identity_header})
     assert good.status_code == 200
