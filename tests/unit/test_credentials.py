@@ -394,3 +394,25 @@ def test_the_secretless_modes_build_no_key_vault(mode: str) -> None:
     built = token_source(graph, identity=FakeIdentity(), session=FakeEntra([]), authority_host=AUTHORITY)  # type: ignore[arg-type]
     assert built.vault is None and built.stored is None
     assert isinstance(built.tokens, ManagedIdentityTokens if mode == "managed-identity" else MsalTokens)
+
+
+def test_a_second_registration_is_configuration_not_code() -> None:
+    # "Apps as principals" gives an app its own registration: its settings, parsed by the same function, build a
+    # token source of its own (its own MSAL application and cache), beside the relay's.
+    from shared.settings import parse_registration
+
+    billing_id = "0b111111-2222-4333-8444-555555555555"
+    first = load_settings(settings_env("federated")).graph
+    second = parse_registration(
+        {"GRAPH_CREDENTIAL": "federated", "GRAPH_TENANT_ID": TENANT, "GRAPH_CLIENT_ID": billing_id,
+         "AZURE_CLIENT_ID": IDENTITY},
+        name="billing",
+    )
+    assert second.name == "billing" and second.client_id == billing_id
+    entra = RecordingEntra([TOKEN, TOKEN])
+    built = [
+        token_source(graph, identity=FakeIdentity(), session=entra, authority_host=AUTHORITY)  # type: ignore[arg-type]
+        for graph in (first, second)
+    ]
+    assert [b.tokens.token() for b in built] == ["graph-token", "graph-token"]
+    assert [form["client_id"] for form in entra.forms] == [first.client_id, billing_id]
