@@ -205,7 +205,7 @@ _HINTS: Final[dict[str, str]] = {
     # federation troubleshooting page. `mailrelay doctor` names the federated credential's wrong field.
     "AADSTS700027": (
         "Entra ID refused the certificate's signature: the app registration does not hold this certificate's "
-        "public key (Key Vault renewed it and nobody uploaded the new one: run infra/scripts/sync-certificate.sh), "
+        "public key (Key Vault renewed it and nobody uploaded the new one: run infra/scripts/sync-app-certificate.sh), "
         "or the certificate has expired. The relay re-reads Key Vault on this answer"
     ),
     "AADSTS700024": (
