@@ -19,6 +19,15 @@ The emulator and the host run in their own sessions, so a Ctrl-C in the terminal
 parent, which then stops them in order. On Linux they also get SIGTERM if the parent dies without
 cleaning up (PR_SET_PDEATHSIG), so a killed test run leaves nothing behind.
 
+Each GRAPH_CREDENTIAL mode runs here as in Azure (README, "Credentials"; `credential=`, `mailrelay local
+--credential MODE`): the emulator is seeded with what the mode needs, and nothing else, and the hosts get the
+settings infra/ gives the Function.
+
+    with LocalStack(credential="federated") as stack:
+        stack.set_federated_credential(subject="wrong"); stack.delete_federated_credential(); stack.delete_identity()
+    with LocalStack(credential="certificate") as stack:
+        stack.renew_certificate(register=True); stack.remove_old_certificate_keys()
+
 `run_foreground` is `mailrelay local`: it writes the state file the other `mailrelay` commands read.
 """
 
@@ -36,16 +45,25 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, Any
 
 from devstack.azurite import Azurite, die_with_parent, owned_workdir, pid_alive, sweep_stale_workdirs
-from shared.settings import DEFAULT_QUEUE_NAME, RETRY_QUEUE_SUFFIX, SettingsError, load_settings
+from shared.settings import CREDENTIAL_MODES, DEFAULT_QUEUE_NAME, RETRY_QUEUE_SUFFIX, SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET_NAME = "graph-client-secret"
+CERTIFICATE_NAME = "graph-client-certificate"  # the Key Vault certificate of GRAPH_CREDENTIAL=certificate
+FEDERATED_CREDENTIAL_NAME = "mailrelay-function-identity"  # the app registration's federated identity credential
+# What a federated identity credential that trusts a managed identity names ("Configure an application to trust a
+# managed identity", https://learn.microsoft.com/entra/workload-id/workload-identity-federation-config-app-trust-
+# managed-identity): the issuer is Entra's v2.0 issuer of the identity's tenant, the subject the identity's object
+# (principal) id, the audience api://AzureADTokenExchange (public cloud).
+FEDERATED_ISSUER = "https://login.microsoftonline.com/{tenant}/v2.0"
+TOKEN_EXCHANGE_AUDIENCE = "api://AzureADTokenExchange"
 DEFAULT_QUEUE = DEFAULT_QUEUE_NAME
 HOST_READY = "local host ready"  # devstack.host logs this once its listeners poll
 HOST_PART = "host"  # the hosts' parts are host-1, host-2, ...; log_tail("host") reads them all
@@ -78,6 +96,61 @@ class StackError(RuntimeError):
     """A part of the stack did not start or died; the message names it and ends with its output."""
 
 
+@dataclass(frozen=True)
+class LocalCertificate:
+    """A throwaway self-signed certificate of GRAPH_CREDENTIAL=certificate, as Key Vault would make one.
+
+    `pem` (the private key and the certificate) goes to the emulator's Key Vault only; `certificate_pem` (public)
+    to the app registration's keyCredentials. `version` is the Key Vault version once stored, `key_id` the app
+    registration's keyCredential id once registered."""
+
+    pem: str = field(repr=False)
+    certificate_pem: str
+    thumbprint_sha1: str  # hex, upper case: the portal's thumbprint, keyCredentials' customKeyIdentifier
+    not_before: datetime
+    not_after: datetime
+    version: str | None = None
+    key_id: str | None = None
+
+
+def make_certificate(tenant_id: str, lifetime: timedelta, now: datetime | None = None) -> LocalCertificate:
+    """A self-signed RSA 2048 certificate valid from a few minutes ago for `lifetime` (Key Vault's self-signed
+    policy: issuerParameters.name Self, keyType RSA, keySize 2048, as infra/ asks for;
+    https://learn.microsoft.com/azure/key-vault/certificates/about-certificates). Throwaway: nothing real."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    now = now or datetime.now(UTC)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"mailrelay-local-{tenant_id[:8]}")])
+    # Five minutes back: a host whose clock is a little behind must not see a certificate from the future.
+    not_before = now - timedelta(minutes=5)
+    not_after = now + lifetime
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .sign(key, hashes.SHA256())
+    )
+    certificate_pem = certificate.public_bytes(serialization.Encoding.PEM).decode()
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    return LocalCertificate(
+        pem=key_pem + certificate_pem,
+        certificate_pem=certificate_pem,
+        thumbprint_sha1=certificate.fingerprint(hashes.SHA1()).hex().upper(),  # noqa: S303 - Entra's thumbprint
+        not_before=certificate.not_valid_before_utc,
+        not_after=certificate.not_valid_after_utc,
+    )
+
+
 class LocalStack:
     """Start and stop the three parts; expose their endpoints. Not reusable once stopped."""
 
@@ -92,9 +165,11 @@ class LocalStack:
         startup_timeout: float = 30.0,
         lease_seconds: float = 5.0,
         host_json: Path | None = None,
-        secret_expires_in_days: float = 365.0,
+        secret_expires_in_days: float | None = None,
         instances: int = 1,
         read_access: bool = True,
+        credential: str = "secret",
+        expires_in_days: float | None = None,
     ) -> None:
         """`exchange_scope`: mailboxes inside the app's Exchange scope (default: the allowed senders not
         named in `mailboxes`); `mailboxes`: mailboxes that exist but are outside it. `lease_seconds`: the
@@ -106,9 +181,26 @@ class LocalStack:
         up to batchSize + newBatchThreshold messages per queue function, and runs PYTHON_THREADPOOL_THREAD_COUNT
         of them at once in its worker's one thread pool). `read_access`: whether the app may read its
         mailboxes' Sent Items (Exchange role "Application Mail.Read" over the scope), which lets the relay
-        resolve an unknown send instead of following SEND_UNKNOWN_OUTCOME; `set_read_access` changes it."""
+        resolve an unknown send instead of following SEND_UNKNOWN_OUTCOME; `set_read_access` changes it.
+
+        `credential`: GRAPH_CREDENTIAL, how the relay proves itself to Entra ID, and what the emulator is seeded
+        with for it (README, "Credentials"; contract of issue 19):
+        - "secret": an app registration with a client secret, the secret in Key Vault (as before);
+        - "certificate": an app registration with a self-signed certificate's public key (keyCredentials) and no
+          secret; the certificate, key included, in Key Vault as CERTIFICATE_NAME (`renew_certificate`);
+        - "federated": an app registration with no secret and a federated identity credential that trusts a
+          user-assigned managed identity (`identity_client_id`, `identity_principal_id`); Key Vault holds nothing;
+        - "managed-identity": no app registration: the user-assigned identity itself holds Exchange's roles.
+        `expires_in_days` (`secret_expires_in_days` is its older name): the secret's or the certificate's lifetime
+        from now (default 365); nothing expires in the other two modes."""
         if isinstance(instances, bool) or not isinstance(instances, int) or instances < 1:
             raise StackError(f"instances must be a whole number, at least 1, got {instances!r}")
+        if credential not in CREDENTIAL_MODES:
+            raise StackError(f"credential must be one of {', '.join(CREDENTIAL_MODES)}, got {credential!r}")
+        if None not in (expires_in_days, secret_expires_in_days) and expires_in_days != secret_expires_in_days:
+            raise StackError("expires_in_days and secret_expires_in_days name one lifetime: give one of them")
+        lifetime = expires_in_days if expires_in_days is not None else secret_expires_in_days
+        self.credential = credential
         self.instances = instances
         self.read_access = read_access
         self.allowed_senders = list(allowed_senders)
@@ -120,7 +212,7 @@ class LocalStack:
         self.mailboxes = [m for m in mailboxes if m.lower() not in inside]
         self._lease_seconds = lease_seconds
         self._host_json = host_json  # another host.json for the hosts (the benchmark compares two)
-        self._secret_expires_in = timedelta(days=secret_expires_in_days)
+        self._expires_in = timedelta(days=365.0 if lifetime is None else lifetime)
         self.queue_name = queue_name
         self._settings = dict(settings or {})
         self._inherit_output = inherit_output
@@ -139,7 +231,27 @@ class LocalStack:
         # A throwaway app registration, new for every stack: nothing here is a real credential.
         self.tenant_id = str(uuid.uuid4())
         self.client_id = str(uuid.uuid4())
-        self._client_secret = secrets.token_urlsafe(24)
+        # Only the secret mode has a client secret: the others have none anywhere, in Entra or in Key Vault.
+        self._client_secret: str | None = secrets.token_urlsafe(24) if credential == "secret" else None
+        # The user-assigned managed identity of the secretless modes (random ids, as Azure gives them).
+        self.identity_client_id: str | None = None
+        self.identity_principal_id: str | None = None
+        if credential in ("federated", "managed-identity"):
+            self.identity_client_id = str(uuid.uuid4())
+            self.identity_principal_id = str(uuid.uuid4())
+        if credential == "managed-identity":
+            # The identity is the Graph caller: the ids others read as the app's are the identity's.
+            assert self.identity_client_id is not None
+            self.client_id = self.identity_client_id
+        self._identity_exists = credential in ("federated", "managed-identity")
+        # The federated identity credential on the app registration (None: deleted, or not this mode).
+        self._federated: dict[str, Any] | None = None
+        if credential == "federated":
+            self._federated = self.expected_federated_credential()
+        # The certificate mode's certificates: the newest is Key Vault's current version; `_registered` are those
+        # whose public keys the app registration holds (keyCredentials), oldest first.
+        self.certificates: list[LocalCertificate] = []
+        self._registered: list[LocalCertificate] = []
 
     # --- endpoints -------------------------------------------------------------------------------
 
@@ -188,15 +300,29 @@ class LocalStack:
             "instances": self.instances,
             "readAccess": self.read_access,
             "pids": self.pids,
+            **self.credential_state(),
         }
+
+    def credential_state(self) -> dict[str, Any]:
+        """The credential's public facts, for the state file and the banner: the mode, the identity's ids, the
+        certificate's thumbprint and dates. Never a key or a secret."""
+        state: dict[str, Any] = {"credential": self.credential}
+        if self.identity_client_id is not None:
+            state["identity"] = {"clientId": self.identity_client_id, "principalId": self.identity_principal_id}
+        if self.certificates:
+            current = self.certificates[-1]
+            state["certificate"] = {
+                "name": CERTIFICATE_NAME,
+                "thumbprint": current.thumbprint_sha1,
+                "notAfter": current.not_after.isoformat(),
+                "version": current.version,
+            }
+        return state
 
     def host_settings(self) -> dict[str, str]:
         """The relay's settings for this stack, as the local host gets them."""
         return {
-            "GRAPH_TENANT_ID": self.tenant_id,
-            "GRAPH_CLIENT_ID": self.client_id,
-            "KEY_VAULT_URI": self.emulator_url,
-            "GRAPH_CLIENT_SECRET_NAME": SECRET_NAME,
+            **self._credential_settings(),
             "ALLOWED_SENDERS": ",".join(self.allowed_senders),
             "MAIL_QUEUE_NAME": self.queue_name,
             "AzureWebJobsStorage": self.storage_connection_string,
@@ -213,6 +339,39 @@ class LocalStack:
             **self._settings,
         }
 
+    def _credential_settings(self) -> dict[str, str]:
+        """GRAPH_CREDENTIAL and its companions, as infra/ sets them for each mode (contract of issue 19): only what
+        the mode needs, so a relay that reached for more (Key Vault in a secretless mode) would fail here too."""
+        if self.credential == "secret":
+            return {  # as before the modes: GRAPH_CREDENTIAL unset is the secret
+                "GRAPH_TENANT_ID": self.tenant_id,
+                "GRAPH_CLIENT_ID": self.client_id,
+                "KEY_VAULT_URI": self.emulator_url,
+                "GRAPH_CLIENT_SECRET_NAME": SECRET_NAME,
+            }
+        if self.credential == "certificate":
+            return {
+                "GRAPH_CREDENTIAL": "certificate",
+                "GRAPH_TENANT_ID": self.tenant_id,
+                "GRAPH_CLIENT_ID": self.client_id,
+                "KEY_VAULT_URI": self.emulator_url,
+                "GRAPH_CERTIFICATE_NAME": CERTIFICATE_NAME,
+            }
+        assert self.identity_client_id is not None
+        if self.credential == "federated":
+            return {
+                "GRAPH_CREDENTIAL": "federated",
+                "GRAPH_TENANT_ID": self.tenant_id,
+                "GRAPH_CLIENT_ID": self.client_id,
+                "AZURE_CLIENT_ID": self.identity_client_id,
+            }
+        # managed-identity: no app registration, so no GRAPH_CLIENT_ID (optional; it would have to equal this).
+        return {
+            "GRAPH_CREDENTIAL": "managed-identity",
+            "GRAPH_TENANT_ID": self.tenant_id,
+            "AZURE_CLIENT_ID": self.identity_client_id,
+        }
+
     def _deployment_thread_count(self) -> int:
         from devstack.host import HOST_JSON, deployment_thread_count
 
@@ -225,13 +384,101 @@ class LocalStack:
     def emulator_post(self, path: str, body: Mapping[str, Any]) -> Any:
         """POST to one of the emulator's admin endpoints (`scope`, `mailboxes`, `faults`, ...)."""
         answer = self._emulator_call("POST", path, body)
-        if path == "app-secret" and str(body.get("clientId", "")).lower() == self.client_id:
+        if path == "app-secret" and str(body.get("clientId", "")).lower() == self.client_id.lower():
             # The app's secret was rotated in Entra: set_read_access re-registers the app with this one.
             self._client_secret = str(body["secret"])
         return answer
 
     def set_exchange_scope(self, address: str, in_scope: bool) -> None:
         self.emulator_post("scope", {"address": address, "inScope": in_scope})
+
+    # --- the credential, changed while the stack runs ------------------------------------------------
+
+    def renew_certificate(self, *, register: bool = True) -> LocalCertificate:
+        """A new version of the Key Vault certificate (a new key, the same lifetime from now), as Key Vault's
+        AutoRenew lifetime action makes one; with `register`, its public key is also added to the app registration's
+        keyCredentials, as infra/scripts' sync does in Azure (Key Vault's renewal does not tell Entra). The old key
+        stays registered until `remove_old_certificate_keys`. The relay is not told: it must find the new one."""
+        self._need_mode("certificate", "renew_certificate")
+        fresh = make_certificate(self.tenant_id, self._expires_in)
+        version = self.emulator_post("certificate", {"name": CERTIFICATE_NAME, "pem": fresh.pem})
+        fresh = replace(fresh, version=_answer_field(version, "version"))
+        if register:
+            key_id = self.emulator_post(
+                "app-key-credential",
+                {"clientId": self.client_id, "certificate": fresh.certificate_pem, "displayName": _cn(fresh)},
+            )
+            fresh = replace(fresh, key_id=_answer_field(key_id, "keyId"))
+            self._registered.append(fresh)
+        self.certificates.append(fresh)
+        return fresh
+
+    def remove_old_certificate_keys(self) -> None:
+        """Leave on the app registration only the key of Key Vault's current certificate version (the sync's clean-up
+        in Azure): Entra then refuses an assertion signed with an older one (AADSTS700027). The emulator's admin API
+        replaces an app whole (`POST apps`), so the app is registered again with its one key."""
+        self._need_mode("certificate", "remove_old_certificate_keys")
+        current = self.certificates[-1]
+        self._registered = [c for c in self._registered if c.thumbprint_sha1 == current.thumbprint_sha1]
+        self.emulator_post("apps", self._app_entry(read_access=self.read_access))
+
+    def expected_federated_credential(self) -> dict[str, Any]:
+        """The federated identity credential that trusts this stack's identity, as Microsoft documents it."""
+        self._need_mode("federated", "expected_federated_credential")
+        return {
+            "name": FEDERATED_CREDENTIAL_NAME,
+            "issuer": FEDERATED_ISSUER.format(tenant=self.tenant_id),
+            "subject": self.identity_principal_id,
+            "audiences": [TOKEN_EXCHANGE_AUDIENCE],
+        }
+
+    @property
+    def federated_credential(self) -> dict[str, Any] | None:
+        """The app registration's federated identity credential now (None once deleted)."""
+        return dict(self._federated) if self._federated is not None else None
+
+    def set_federated_credential(
+        self, *, issuer: str | None = None, subject: str | None = None, audiences: Sequence[str] | None = None
+    ) -> None:
+        """Replace the federated identity credential (by its name) with the fields given, the others as documented:
+        `set_federated_credential(subject=stack.identity_client_id)` is the classic mistake (the client id where the
+        principal id belongs). Entra accepts any of them when saved; the relay's token request fails. With no
+        argument, the credential as Microsoft documents it is put back (after a delete too)."""
+        expected = self.expected_federated_credential()
+        changed = {
+            **expected,
+            **{k: v for k, v in (("issuer", issuer), ("subject", subject)) if v is not None},
+            **({"audiences": list(audiences)} if audiences is not None else {}),
+        }
+        self.emulator_post("app-federated-credential", {"clientId": self.client_id, **changed})
+        self._federated = changed
+
+    def delete_federated_credential(self) -> None:
+        """Remove the app registration's federated identity credential: the app has no credential left at all."""
+        self._need_mode("federated", "delete_federated_credential")
+        self.emulator_post(
+            "app-federated-credential", {"clientId": self.client_id, "name": FEDERATED_CREDENTIAL_NAME, "delete": True}
+        )
+        self._federated = None
+
+    def delete_identity(self) -> None:
+        """Remove the user-assigned managed identity (as deleting it, or unassigning it from the Function, does):
+        the identity endpoint refuses its client id from now on. `restore_identity` puts it back with the same ids."""
+        if self.identity_client_id is None:
+            raise StackError(f"the {self.credential} mode has no user-assigned identity to delete")
+        self.emulator_post("identity", {"clientId": self.identity_client_id, "delete": True})
+        self._identity_exists = False
+
+    def restore_identity(self) -> None:
+        """Register the user-assigned identity again, with its ids, and its roles as set_read_access left them."""
+        if self.identity_client_id is None:
+            raise StackError(f"the {self.credential} mode has no user-assigned identity")
+        self.emulator_post("identity", self._identity_entry(read_access=self.read_access))
+        self._identity_exists = True
+
+    def _need_mode(self, mode: str, what: str) -> None:
+        if self.credential != mode:
+            raise StackError(f"{what} needs credential={mode!r}; this stack runs {self.credential!r}")
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -346,8 +593,13 @@ class LocalStack:
 
         The emulator's admin API has no call for one role, so the app is registered again (`POST apps`) with
         the same ids, its current secret (rotations through emulator_post are followed) and the new roles;
-        Exchange reads the roles at each request, so tokens already issued see the change."""
-        self.emulator_post("apps", self._app_entry(read_access=granted))
+        Exchange reads the roles at each request, so tokens already issued see the change. In managed-identity mode
+        the roles are the identity's: it is registered again instead (unless delete_identity removed it)."""
+        if self.credential == "managed-identity":
+            if self._identity_exists:
+                self.emulator_post("identity", self._identity_entry(read_access=granted))
+        else:
+            self.emulator_post("apps", self._app_entry(read_access=granted))
         self.read_access = granted
 
     def unknown_outcome(self) -> str:
@@ -395,31 +647,67 @@ class LocalStack:
     def _seed(self) -> dict[str, Any]:
         # A minute's margin: "expires in 10 days", checked a moment after start, must still read 10 days
         # (whole days left, rounded down), not 9.
-        expires = (datetime.now(UTC) + self._secret_expires_in + timedelta(minutes=1)).isoformat()
+        lifetime = self._expires_in + timedelta(minutes=1)
         mailboxes = [{"address": a, "inExchangeScope": True} for a in _unique(self.exchange_scope)]
         mailboxes += [{"address": a, "inExchangeScope": False} for a in _unique(self.mailboxes)]
-        return {
-            "apps": [self._app_entry(read_access=self.read_access)],
-            "mailboxes": mailboxes,
-            "secrets": [{"name": SECRET_NAME, "value": self._client_secret, "expiresOn": expires}],
-        }
+        seed: dict[str, Any] = {"mailboxes": mailboxes}
+        if self.credential != "managed-identity":  # that mode has no app registration at all
+            if self.credential == "certificate" and not self.certificates:
+                first = make_certificate(self.tenant_id, lifetime)
+                self.certificates.append(first)
+                self._registered.append(first)
+            seed["apps"] = [self._app_entry(read_access=self.read_access)]
+        if self.identity_client_id is not None:
+            seed["identities"] = [self._identity_entry(read_access=self.read_access)]
+        if self.credential == "secret":
+            expires = (datetime.now(UTC) + lifetime).isoformat()
+            seed["secrets"] = [{"name": SECRET_NAME, "value": self._client_secret, "expiresOn": expires}]
+        if self.credential == "certificate":
+            # A Key Vault certificate: the emulator keeps it as the secret of the same name (PEM, managed, exp/nbf
+            # the certificate's), which is what the relay reads.
+            seed["certificates"] = [{"name": CERTIFICATE_NAME, "pem": self.certificates[-1].pem}]
+        return seed
+
+    def _exchange_roles(self, read_access: bool) -> list[str]:
+        # RBAC for Applications, as infra/ sets it up: no Entra consent; Exchange's roles over the scope.
+        return [*EXCHANGE_ROLES, READ_ROLE, WRITE_ROLE] if read_access else list(EXCHANGE_ROLES)
 
     def _app_entry(self, *, read_access: bool) -> dict[str, Any]:
-        # RBAC for Applications, as infra/ sets it up: no Entra consent; Exchange's roles over the scope.
-        roles = [*EXCHANGE_ROLES, READ_ROLE, WRITE_ROLE] if read_access else list(EXCHANGE_ROLES)
-        return {
+        entry: dict[str, Any] = {
             "tenantId": self.tenant_id,
             "clientId": self.client_id,
-            "secret": self._client_secret,
             "roles": [],
             "scopeModel": "rbac",
-            "exchangeRoles": roles,
+            "exchangeRoles": self._exchange_roles(read_access),
+        }
+        if self._client_secret is not None:  # certificate and federated apps have no client secret
+            entry["secret"] = self._client_secret
+        if self.credential == "certificate":
+            entry["keyCredentials"] = [
+                {"certificate": c.certificate_pem, "displayName": _cn(c)} for c in self._registered
+            ]
+        if self._federated is not None:
+            entry["federatedCredentials"] = [self._federated]
+        return entry
+
+    def _identity_entry(self, *, read_access: bool) -> dict[str, Any]:
+        # The user-assigned identity. In federated mode it only vouches for the app (its token is the assertion):
+        # no roles of its own. In managed-identity mode it is the Graph caller, with the app's usual Exchange roles
+        # (RBAC for Applications pointing at its service principal) and no Entra consent.
+        caller = self.credential == "managed-identity"
+        return {
+            "clientId": self.identity_client_id,
+            "principalId": self.identity_principal_id,
+            "tenantId": self.tenant_id,
+            "roles": [],
+            "exchangeRoles": self._exchange_roles(read_access) if caller else [],
+            "scopeModel": "rbac",
         }
 
     def _start_emulator(self) -> None:
         assert self._workdir is not None
         seed = self._workdir / "seed.json"
-        # The seed holds the throwaway secret: readable by this user only, and removed by stop().
+        # The seed holds the throwaway secret or certificate key: readable by this user only, removed once read.
         fd = os.open(seed, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as file:
             json.dump(self._seed(), file)
@@ -514,6 +802,18 @@ class LocalStack:
         return response.json() if response.content else None
 
 
+def _answer_field(answer: Any, name: str) -> str | None:
+    """A field of an admin POST's JSON answer (the new version, the keyId), if it has one."""
+    return str(answer[name]) if isinstance(answer, dict) and answer.get(name) is not None else None
+
+
+def _cn(certificate: LocalCertificate) -> str:
+    # The keyCredential's displayName, as the portal shows an uploaded certificate: its subject, "CN=...".
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificate(certificate.certificate_pem.encode()).subject.rfc4514_string()
+
+
 def relay_queue_names(queue_name: str) -> tuple[str, ...]:
     """The outbox, its poison queue, the relay's retry queue and its poison queue (shared/settings.py's names)."""
     retry = f"{queue_name}{RETRY_QUEUE_SUFFIX}"
@@ -591,6 +891,28 @@ def sent_items_line(read_access: bool, unknown_outcome: str) -> str:
     )
 
 
+def credential_line(mode: str, facts: Mapping[str, Any]) -> str:
+    """The banner's word on GRAPH_CREDENTIAL: the mode and what the emulator holds for it (public facts only)."""
+    identity = facts.get("identity") or {}
+    certificate = facts.get("certificate") or {}
+    if mode == "certificate":
+        return (
+            f"certificate: Key Vault certificate {CERTIFICATE_NAME} (thumbprint {certificate.get('thumbprint')}, "
+            f"until {certificate.get('notAfter')}), its public key on the app registration; no client secret"
+        )
+    if mode == "federated":
+        return (
+            f"federated: user-assigned identity {identity.get('clientId')} (principal {identity.get('principalId')}) "
+            "trusted by the app registration's federated credential; no secret, nothing in Key Vault"
+        )
+    if mode == "managed-identity":
+        return (
+            f"managed-identity: user-assigned identity {identity.get('clientId')} (principal "
+            f"{identity.get('principalId')}) calls Graph itself; no app registration, nothing in Key Vault"
+        )
+    return f"secret: the app registration's client secret, in Key Vault as {SECRET_NAME}"
+
+
 def write_state(path: Path, state: Mapping[str, Any]) -> None:
     """Atomically, readable by this user only (it holds a connection string)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -626,9 +948,10 @@ def run_foreground(
     mailboxes: Sequence[str],
     queue_name: str = DEFAULT_QUEUE,
     state_file: Path,
-    secret_expires_in_days: float = 365.0,
+    expires_in_days: float = 365.0,
     instances: int = 1,
     read_access: bool = True,
+    credential: str = "secret",
 ) -> int:
     """`mailrelay local`: start the stack, write the state file, serve until Ctrl-C or SIGTERM."""
     out = sys.stdout
@@ -648,9 +971,10 @@ def run_foreground(
             mailboxes,
             queue_name,
             inherit_output=True,
-            secret_expires_in_days=secret_expires_in_days,
+            expires_in_days=expires_in_days,
             instances=instances,
             read_access=read_access,
+            credential=credential,
         )
         state: dict[str, Any] = {}
         console = None
@@ -670,6 +994,7 @@ def run_foreground(
                 f"  retry queue      {retry} (the relay's own; dead letters: {retry_poison})\n"
                 f"  emulator         {stack.emulator_url} (outbox: {stack.emulator_url}/_emulator/outbox)\n"
                 f"  emulator CA      {stack.ca_cert_path}\n"
+                f"  credential       {credential_line(credential, state)}\n"
                 f"  allowed senders  {', '.join(stack.allowed_senders)}\n"
                 f"  Exchange scope   {', '.join(stack.exchange_scope)}\n"
                 f"  outside scope    {', '.join(stack.mailboxes) or '-'}\n"

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared.cli.common import DEFAULT_QUEUE, DEFAULT_STATE_FILE, EXIT_USAGE, default_state_file, fail
+from shared.settings import CREDENTIAL_MODES
 
 if TYPE_CHECKING:
     from shared.cli.common import Subparsers
@@ -49,12 +50,23 @@ def register(subparsers: Subparsers) -> None:
     )
     parser.add_argument("--queue", metavar="NAME", default=DEFAULT_QUEUE, help="queue name (default mail-outbox)")
     parser.add_argument(
+        "--credential",
+        choices=CREDENTIAL_MODES,
+        default="secret",
+        help="GRAPH_CREDENTIAL, how the relay proves itself to Entra ID (default secret): secret (a client secret "
+        "in Key Vault), certificate (a Key Vault certificate whose public key the app registration holds), "
+        "federated (the app registration trusts a user-assigned managed identity: no secret anywhere), "
+        "managed-identity (the identity calls Graph itself: no app registration); README, \"Credentials\"",
+    )
+    parser.add_argument(
+        "--expires-in",
         "--secret-expires-in",
+        dest="expires_in",
         metavar="DAYS",
         type=float,
         default=365.0,
-        help="the emulated client secret's exp, in days from now (default 365); e.g. 10 to see "
-        "`mailrelay expiry check` warn",
+        help="the emulated secret's or certificate's lifetime, in days from now (default 365); e.g. 10 to see "
+        "`mailrelay expiry check` warn. --secret-expires-in is its older name",
     )
     parser.add_argument(
         "--instances",
@@ -179,8 +191,9 @@ def run(args: argparse.Namespace) -> int:
         mailboxes=outside,
         queue_name=args.queue,
         state_file=state_file,
-        secret_expires_in_days=args.secret_expires_in,
+        expires_in_days=args.expires_in,
         instances=args.instances,
         read_access=args.read_access,
+        credential=args.credential,
     )
     return result
