@@ -134,7 +134,8 @@ def build_runtime(settings: Settings, clients: Clients | None = None) -> Runtime
 def build_expiry_runtime(
     settings: ExpirySettings, clients: Clients | None = None, clock: Callable[[], datetime] | None = None
 ) -> ExpiryRuntime:
-    """The expiry check with its real clients: Key Vault (properties only), Table storage, the channels."""
+    """The expiry check with its real clients: Key Vault (properties only; secret and certificate modes) or the
+    token source (federated, managed-identity), Table storage, the channels."""
     from shared.expiry import (
         TABLE_NAME,
         Channel,
@@ -158,11 +159,12 @@ def build_expiry_runtime(
         # Public CAs for the webhook: MAILRELAY_CA_BUNDLE (the local emulator's CA) would refuse Teams or Slack.
         channels.append(WebhookChannel(http_session(None), settings.webhook_url))
     channels.append(LogChannel())
+    graph = relay_settings.graph
+    # EXPIRY_COMPARE_ENTRA compares with the app registration's credentials: only where something stored expires
+    # (in managed-identity mode there is no app registration at all).
     entra = (
-        GraphApplicationCredentials(
-            clients.session, relay_settings.graph_base_url, relay_settings.client_id, clients.tokens
-        )
-        if settings.compare_entra
+        GraphApplicationCredentials(clients.session, relay_settings.graph_base_url, graph.client_id, clients.tokens)
+        if settings.compare_entra and graph.expires
         else None
     )
     # Few retries: an unreachable record store must not hold the daily check for minutes; it warns anyway.
@@ -174,25 +176,39 @@ def build_expiry_runtime(
         retry_backoff_factor=0.5,
         connection_timeout=10,
     )
+    properties: KeyVaultSecretProperties | None = None
+    if graph.expires:
+        # secret and certificate: the Key Vault item's dates (token_source built the vault in these modes only).
+        assert clients.vault is not None and graph.vault_item is not None and graph.key_vault_uri is not None
+        properties = KeyVaultSecretProperties(clients.vault, graph.vault_item, graph.key_vault_uri, kind=graph.mode)
+    # Otherwise (federated, managed-identity) the check asks for a fresh token and never touches Key Vault.
     check = ExpiryCheck(
-        secret=KeyVaultSecretProperties(
-            _vault_of(clients), str(relay_settings.graph.vault_item), str(relay_settings.key_vault_uri)
-        ),
+        secret=properties,
         records=TableWarningRecords(records),
         channels=channels,
         warn_days=settings.warn_days,
-        client_id=relay_settings.client_id,
-        tenant_id=relay_settings.tenant_id,
+        client_id=graph.client_id,
+        tenant_id=graph.tenant_id,
         entra=entra,
+        mode=graph.mode,
+        tokens=None if graph.expires else clients.tokens,
+        thumbprint=_certificate_in_use(clients),
         **({"clock": clock} if clock else {}),
     )
     return ExpiryRuntime(settings=settings, check=check)
 
 
-def _vault_of(clients: Clients) -> SecretClient:
-    if clients.vault is None:
-        raise NotImplementedError(f"the expiry check in GRAPH_CREDENTIAL={clients.settings.credential} mode")
-    return clients.vault
+def _certificate_in_use(clients: Clients) -> Callable[[], tuple[str | None, str] | None]:
+    """(Key Vault version, SHA-1 thumbprint) of the certificate the relay has read, if any: the timer shares the
+    relay's clients, so it knows the certificate in use without reading the value again."""
+    from shared.credentials import CertificateCredential
+
+    def in_use() -> tuple[str | None, str] | None:
+        stored = clients.credentials.stored
+        info = stored.info if isinstance(stored, CertificateCredential) else None
+        return (info.version, info.thumbprint_sha1) if info is not None else None
+
+    return in_use
 
 
 _clients: Clients | None = None

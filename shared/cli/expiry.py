@@ -1,4 +1,4 @@
-"""`mailrelay expiry check`: the client secret's expiry, checked and warned about as the daily timer does.
+"""`mailrelay expiry check`: the Graph credential's expiry, checked and warned about as the daily timer does.
 
 The check itself is shared.expiry's (imported when the command runs); this module is its command line.
 """
@@ -20,20 +20,26 @@ if TYPE_CHECKING:
 def register(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "expiry",
-        help="the Graph client secret's expiry",
-        description="Commands about the expiry of the client secret the relay keeps in Key Vault.",
+        help="the Graph credential's expiry (client secret or certificate), or its token in the secretless modes",
+        description=(
+            "Commands about the expiry of the Graph credential GRAPH_CREDENTIAL names: the client secret or the "
+            "certificate the relay keeps in Key Vault; in federated and managed-identity modes nothing expires, "
+            "and the check proves a Graph token can be had instead."
+        ),
     )
     commands = parser.add_subparsers(title="expiry commands", metavar="COMMAND", required=True)
     check = commands.add_parser(
         "check",
-        help="check the client secret's expiry now, and warn as the daily timer does",
+        help="check the credential's expiry now, and warn as the daily timer does",
         description=(
-            "Read the current version of the client secret's Key Vault secret (its properties, never its "
-            "value), compare its exp with the thresholds in EXPIRY_WARN_DAYS, and warn through the "
-            "configured channels exactly as the daily timer function does (once per threshold and secret "
-            "version). Settings come from the environment, or else from the stack `mailrelay local` runs. "
-            "Exit code: 0 fine, 1 warning, 2 critical "
-            "(expired, disabled or missing secret) or the check could not run (a setting is wrong)."
+            "Read the current version of the client secret's or the certificate's Key Vault item (its "
+            "properties, never its value), compare its exp with the thresholds in EXPIRY_WARN_DAYS, and warn "
+            "through the configured channels exactly as the daily timer function does (once per threshold and "
+            "version). In federated and managed-identity modes nothing expires: ask for a fresh Graph token "
+            "instead, and alert on every run while none can be had. Settings come from the environment, or "
+            "else from the stack `mailrelay local` runs. Exit code: 0 fine, 1 warning, 2 critical (expired, "
+            "disabled or missing secret or certificate, no Graph token) or the check could not run (a setting "
+            "is wrong)."
         ),
     )
     check.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -59,8 +65,9 @@ def run_check(args: argparse.Namespace) -> int:
         env = settings_env(args.state_file, os.environ)
         from shared.cli.common import not_listening, unreachable_local_endpoint
 
-        # Key Vault only: with the record store down the check still warns (a duplicate beats silence).
-        down = unreachable_local_endpoint(url=env.get("KEY_VAULT_URI"))
+        # Key Vault only (or, in the secretless modes, Entra's and the identity's emulator): with the record store
+        # down the check still warns (a duplicate beats silence).
+        down = unreachable_local_endpoint(url=env.get("KEY_VAULT_URI") or env.get("GRAPH_AUTHORITY_HOST"))
         if down:
             print(f"mailrelay expiry check: {not_listening(down)}", file=sys.stderr)
             return EXIT_CODES["critical"]

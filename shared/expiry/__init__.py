@@ -1,9 +1,15 @@
-"""The client secret's expiry: read its dates, decide, and warn once per threshold through independent channels.
+"""The Graph credential's expiry: read its dates, decide, and warn once per threshold through independent channels.
+
+It follows GRAPH_CREDENTIAL. A client secret (secret) and a Key Vault certificate (certificate) expire: their dates
+are checked as below. A federated credential and a managed identity (federated, managed-identity) store nothing and
+expire never: the check says so and asks for a fresh Graph token instead, alerting on every run while none can be
+had (a deleted federated credential, a removed identity); Key Vault is not touched then.
 
 One `ExpiryCheck.run()` serves the daily timer (function_app.py) and `mailrelay expiry check`:
 1. read the current version's properties from Key Vault (version, enabled, exp), never its value;
 2. decide: ok, a threshold crossed (EXPIRY_WARN_DAYS), no exp, expired, disabled; optionally compare
-   with the app registration's passwordCredentials in Entra (EXPIRY_COMPARE_ENTRA);
+   with the app registration's passwordCredentials, or keyCredentials for a certificate, in Entra
+   (EXPIRY_COMPARE_ENTRA);
 3. for each warning not yet sent, notify every configured channel (mail, webhook, log) independently,
    and record which channels got it in Table storage, keyed by secret version and threshold.
 
@@ -29,8 +35,14 @@ from shared.expiry.channels import (
     is_slack_url,
     webhook_payload,
 )
-from shared.expiry.check import ExpiryCheck, days_left, evaluate, format_table
-from shared.expiry.entra import GraphApplicationCredentials, compare_with_entra, parse_graph_datetime
+from shared.expiry.check import SECRETLESS_MODES, ExpiryCheck, days_left, evaluate, format_table, token_finding
+from shared.expiry.entra import (
+    GraphApplicationCredentials,
+    compare_certificate_with_entra,
+    compare_with_entra,
+    parse_graph_datetime,
+    thumbprint_of,
+)
 from shared.expiry.model import (
     ENTRA_TOLERANCE,
     EVENT,
@@ -43,10 +55,12 @@ from shared.expiry.model import (
     EntraCredentials,
     ExpiryReadError,
     Finding,
+    GraphToken,
     Report,
     SecretInfo,
     SecretProperties,
     WarningRecords,
+    certificate_renewal_steps,
     renewal_steps,
 )
 from shared.expiry.records import MemoryWarningRecords, TableWarningRecords
@@ -56,6 +70,7 @@ __all__ = [
     "ENTRA_TOLERANCE",
     "EVENT",
     "EXIT_CODES",
+    "SECRETLESS_MODES",
     "TABLE_NAME",
     "TEAMS_CARD",
     "Alert",
@@ -67,6 +82,7 @@ __all__ = [
     "ExpiryReadError",
     "Finding",
     "GraphApplicationCredentials",
+    "GraphToken",
     "KeyVaultSecretProperties",
     "LogChannel",
     "MailChannel",
@@ -78,6 +94,8 @@ __all__ = [
     "TableWarningRecords",
     "WarningRecords",
     "WebhookChannel",
+    "certificate_renewal_steps",
+    "compare_certificate_with_entra",
     "compare_with_entra",
     "days_left",
     "evaluate",
@@ -85,5 +103,7 @@ __all__ = [
     "is_slack_url",
     "parse_graph_datetime",
     "renewal_steps",
+    "thumbprint_of",
+    "token_finding",
     "webhook_payload",
 ]

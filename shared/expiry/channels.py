@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mailrelay.expiry")
 
+
 class MailSink(Protocol):
     """The relay's own send path (shared.sending.Relay)."""
 
@@ -25,8 +26,8 @@ class MailSink(Protocol):
 class MailChannel:
     """Mail through the relay's own send path: a request built per the contract, from an allowed sender.
 
-    It needs the expiring secret, so it is the channel that fails when the secret has expired; that is
-    why it is never the only one.
+    It needs the expiring secret (or certificate, or the federated credential and the identity), so it is the
+    channel that fails when that has expired or is gone; that is why it is never the only one.
     """
 
     name = "mail"
@@ -78,12 +79,17 @@ def webhook_payload(alert: Alert, *, slack: bool) -> dict[str, Any]:
     if slack:
         steps = "\n".join(f"{i}. {s}" for i, s in enumerate(alert.steps, 1))
         emoji = ":rotating_light:" if alert.state == "critical" else ":warning:"
-        return {"text": f"{emoji} *{alert.summary}*\n" + "\n".join(alert.details) + f"\n*To renew:*\n{steps}"}
-    facts = [
-        {"title": "Secret", "value": f"{alert.secret.name} (version {alert.secret.version or '?'})"},
-        {"title": "Key Vault", "value": alert.secret.vault_uri or "?"},
-        {"title": "Expires", "value": iso(alert.secret.expires_on) if alert.secret.expires_on else "not set"},
-        {"title": "Days left", "value": "-" if alert.days_left is None else str(alert.days_left)},
+        return {"text": f"{emoji} *{alert.summary}*\n" + "\n".join(alert.details) + f"\n*{alert.steps_title}*\n{steps}"}
+    item = alert.secret
+    facts = [{"title": "Credential", "value": f"GRAPH_CREDENTIAL={alert.mode}"}]
+    if item is not None:
+        facts += [
+            {"title": item.kind.capitalize(), "value": f"{item.name} (version {item.version or '?'})"},
+            {"title": "Key Vault", "value": item.vault_uri or "?"},
+            {"title": "Expires", "value": iso(item.expires_on) if item.expires_on else "not set"},
+            {"title": "Days left", "value": "-" if alert.days_left is None else str(alert.days_left)},
+        ]
+    facts += [
         {"title": "App (client) id", "value": alert.client_id},
         {"title": "State", "value": alert.state},
     ]
@@ -101,7 +107,7 @@ def webhook_payload(alert: Alert, *, slack: bool) -> dict[str, Any]:
                 "color": "Attention" if alert.state == "critical" else "Warning",
             },
             {"type": "FactSet", "facts": facts},
-            {"type": "TextBlock", "text": "To renew the client secret:", "weight": "Bolder", "wrap": True},
+            {"type": "TextBlock", "text": alert.steps_title, "weight": "Bolder", "wrap": True},
             *({"type": "TextBlock", "text": f"{i}. {step}", "wrap": True} for i, step in enumerate(alert.steps, 1)),
         ],
     }
@@ -189,7 +195,7 @@ class LogChannel:
             "%s: %s",
             EVENT,
             alert.summary,
-            extra=log_fields(alert.secret, alert.days_left, alert.threshold, alert.state, alert.kind),
+            extra=log_fields(alert.secret, alert.days_left, alert.threshold, alert.state, alert.kind, alert.mode),
         )
 
 

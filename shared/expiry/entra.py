@@ -1,4 +1,5 @@
-"""The app registration's passwordCredentials in Entra ID, compared with the Key Vault secret's dates."""
+"""The app registration's credentials in Entra ID compared with Key Vault: its passwordCredentials with the client
+secret's dates, its keyCredentials with the certificate's (GRAPH_CREDENTIAL=certificate)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ if TYPE_CHECKING:
     import requests
 
     from shared.tokens import TokenSource
+
 
 def compare_with_entra(secret: SecretInfo, credentials: Sequence[EntraCredential], now: datetime) -> list[Finding]:
     """Warn when Key Vault's exp does not match any Entra end date, or Entra holds a credential ending sooner."""
@@ -49,11 +51,73 @@ def compare_with_entra(secret: SecretInfo, credentials: Sequence[EntraCredential
     return findings
 
 
+def compare_certificate_with_entra(
+    certificate: SecretInfo, credentials: Sequence[EntraCredential], thumbprint: str | None
+) -> list[Finding]:
+    """Warn when the Key Vault certificate is not among the app registration's keyCredentials: Key Vault renewed
+    it and nobody gave Entra the new public key, so Entra refuses its assertions (AADSTS700027) as soon as the
+    relay uses it. Matched by thumbprint when the relay knows the current version's (it has read it), else by the
+    end date: a keyCredential's endDateTime is the certificate's own not-after, as Key Vault's exp is."""
+    if certificate.version is None or (certificate.expires_on is None and thumbprint is None):
+        return []  # not-found and no-exp already say what to do
+    if thumbprint is not None:
+        registered = any(c.thumbprint == thumbprint for c in credentials)
+        which = f"thumbprint {thumbprint}"
+    else:
+        assert certificate.expires_on is not None
+        exp = certificate.expires_on
+        registered = any(c.end is not None and abs(c.end - exp) <= ENTRA_TOLERANCE for c in credentials)
+        which = f"ending {day(exp)}"
+    if registered:
+        return []
+    held = (
+        ", ".join(
+            f"{_label(c)}{f' thumbprint {c.thumbprint}' if c.thumbprint else ''} ends {day(c.end) if c.end else '?'}"
+            for c in credentials
+        )
+        or "no certificate"
+    )
+    return [
+        Finding(
+            "warning",
+            "entra-certificate-unregistered",
+            f"Key Vault certificate '{certificate.name}' (version {certificate.version}, {which}) is not among the "
+            f"app registration's certificates (Entra: {held}): Key Vault renewed it and Entra ID was not told, so "
+            "Entra refuses it (AADSTS700027) once the relay uses it; upload its public key to the app registration "
+            '(infra/README.md, "Certificate")',
+            key="entra-certificate-unregistered",
+        )
+    ]
+
+
+def thumbprint_of(custom_key_identifier: Any) -> str | None:
+    """A keyCredential's customKeyIdentifier as a hex thumbprint. Graph types it Binary (base64 in JSON) and fills
+    it with the certificate's thumbprint when the upload gave none (keyCredential resource type,
+    https://learn.microsoft.com/graph/api/resources/keycredential): the 20 bytes of the SHA-1 digest, or (assumed:
+    uploads through older tools) the 40 hex characters of it. Anything else is a custom identifier: None."""
+    import base64
+    import binascii
+    import re
+
+    if not isinstance(custom_key_identifier, str) or not custom_key_identifier:
+        return None
+    try:
+        raw = base64.b64decode(custom_key_identifier, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if len(raw) == 20:
+        return raw.hex().upper()
+    text = raw.decode("ascii", "replace")
+    return text.upper() if re.fullmatch(r"[0-9A-Fa-f]{40}", text) else None
+
+
 # --- The check ------------------------------------------------------------------------------------
 
 
 class GraphApplicationCredentials:
-    """GET /v1.0/applications(appId='...')?$select=passwordCredentials with the relay's own token.
+    """GET /v1.0/applications(appId='...')?$select=passwordCredentials,keyCredentials with the relay's own token
+    (application resource type, https://learn.microsoft.com/graph/api/resources/application: both are returned only
+    when selected). A run asks for the one list its mode compares.
 
     Needs the application permission Application.Read.All (admin consent); EXPIRY_COMPARE_ENTRA turns
     this on. The relay's token is the one the expiring secret buys, so this fails once it has expired.
@@ -68,11 +132,19 @@ class GraphApplicationCredentials:
         timeout: tuple[float, float] = (5.0, 15.0),
     ):
         self._session = session
-        self._url = f"{base_url.rstrip('/')}/v1.0/applications(appId='{client_id}')?$select=passwordCredentials"
+        self._url = (
+            f"{base_url.rstrip('/')}/v1.0/applications(appId='{client_id}')?$select=passwordCredentials,keyCredentials"
+        )
         self._tokens = tokens
         self._timeout = timeout
 
     def password_credentials(self) -> list[EntraCredential]:
+        return self._credentials("passwordCredentials")
+
+    def key_credentials(self) -> list[EntraCredential]:
+        return self._credentials("keyCredentials")
+
+    def _credentials(self, which: str) -> list[EntraCredential]:
         import requests
 
         from shared.outcomes import RelayFailure
@@ -93,17 +165,18 @@ class GraphApplicationCredentials:
             code = _graph_code(response)
             raise ExpiryReadError(f"Graph answered HTTP {response.status_code}{f' {code}' if code else ''}")
         try:
-            items = response.json().get("passwordCredentials") or []
+            items = response.json().get(which) or []
             return [
                 EntraCredential(
                     key_id=str(item.get("keyId")),
                     display_name=item.get("displayName"),
                     end=parse_graph_datetime(item.get("endDateTime")),
+                    thumbprint=thumbprint_of(item.get("customKeyIdentifier")) if which == "keyCredentials" else None,
                 )
                 for item in items
             ]
         except (ValueError, AttributeError, TypeError):
-            raise ExpiryReadError("Graph answered with an unexpected passwordCredentials shape") from None
+            raise ExpiryReadError(f"Graph answered with an unexpected {which} shape") from None
 
 
 def parse_graph_datetime(value: Any) -> datetime | None:

@@ -1,5 +1,5 @@
-"""The expiry check's vocabulary: what a secret looks like, what was found, what is reported, and the
-interfaces of the outside services (Key Vault, Entra, the warning records, the channels)."""
+"""The expiry check's vocabulary: what a secret or a certificate looks like, what was found, what is reported, and
+the interfaces of the outside services (Key Vault, Entra, the Graph token, the warning records, the channels)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
-
-if TYPE_CHECKING:
-
-    pass
+from typing import Any, Final, Literal, Protocol
 
 EVENT: Final = "secret.expiry"  # infra/app/alerts.bicep matches on this (customDimensions.event and message text)
 TABLE_NAME: Final = "expirywarnings"  # created by infra/main.bicep; created on first use locally
@@ -36,24 +32,34 @@ class ChannelError(RuntimeError):
 
 @dataclass(frozen=True)
 class SecretInfo:
-    """The current version of the Key Vault secret, as properties only: the value is never read here."""
+    """The current version of the Key Vault item the credential lives in, as properties only: the value is never
+    read here. A client secret (GRAPH_CREDENTIAL=secret), or a certificate (certificate): a Key Vault certificate's
+    addressable secret, whose exp and nbf are the certificate's own dates ("About Azure Key Vault certificates",
+    "Composition of a Certificate": https://learn.microsoft.com/azure/key-vault/certificates/about-certificates)."""
 
     name: str
     vault_uri: str
-    version: str | None  # None: the secret has no version at all
+    version: str | None  # None: the item has no version at all
     enabled: bool = True
     expires_on: datetime | None = None
     created_on: datetime | None = None
+    kind: str = "secret"  # "secret" or "certificate": what the relay holds (GRAPH_CREDENTIAL)
+
+    @property
+    def noun(self) -> str:
+        """What it is called in a finding: "client secret" or "certificate"."""
+        return "certificate" if self.kind == "certificate" else "client secret"
 
 
 @dataclass(frozen=True)
 class EntraCredential:
-    """One of the app registration's passwordCredentials. Graph's `hint` (the value's first three
-    characters) is deliberately not kept: it is part of the secret."""
+    """One of the app registration's passwordCredentials or keyCredentials. Graph's `hint` (a secret value's first
+    three characters) is deliberately not kept: it is part of the secret."""
 
     key_id: str
     display_name: str | None
     end: datetime | None
+    thumbprint: str | None = None  # a keyCredential's SHA-1 thumbprint (customKeyIdentifier), hex, upper case
 
 
 class SecretProperties(Protocol):
@@ -66,6 +72,16 @@ class EntraCredentials(Protocol):
     def password_credentials(self) -> list[EntraCredential]:
         """The app registration's password credentials; raise ExpiryReadError when Graph cannot be read."""
         ...
+
+    def key_credentials(self) -> list[EntraCredential]:
+        """The app registration's certificates (keyCredentials); raise ExpiryReadError when Graph cannot be read."""
+        ...
+
+
+class GraphToken(Protocol):
+    """The relay's Graph token source (shared.tokens.TokenSource): what the secretless modes check instead."""
+
+    def token(self, *, fresh: bool = False) -> str: ...
 
 
 class WarningRecords(Protocol):
@@ -105,15 +121,17 @@ class Alert:
     """One warning, with everything a channel renders. Never holds the secret's value."""
 
     state: State
-    kind: str  # threshold | no-exp | expired | disabled | not-found | unreadable | entra-*
+    kind: str  # threshold | no-exp | expired | disabled | not-found | unreadable | entra-* | token-*
     summary: str  # one line, no CR/LF (a mail subject)
     details: tuple[str, ...]
-    secret: SecretInfo
+    secret: SecretInfo | None  # None: the secretless modes, where nothing is stored (a token failure)
     client_id: str
     tenant_id: str
     days_left: int | None
     threshold: int | None
     at: datetime
+    mode: str = "secret"  # GRAPH_CREDENTIAL
+    fix: tuple[str, ...] | None = None  # what to do, when it is not renewing the stored item (a token failure)
 
     @property
     def log_level(self) -> int:
@@ -125,11 +143,19 @@ class Alert:
 
     @property
     def steps(self) -> tuple[str, ...]:
+        if self.fix is not None or self.secret is None:
+            return self.fix or ()
         return renewal_steps(self.secret, self.client_id)
+
+    @property
+    def steps_title(self) -> str:
+        if self.fix is not None or self.secret is None:
+            return "To fix it:"
+        return f"To renew the {self.secret.noun}:"
 
     def text(self) -> str:
         """Plain text: the mail body, and the webhook's fallback text."""
-        lines = [self.summary, "", *self.details, "", "To renew the client secret:"]
+        lines = [self.summary, "", *self.details, "", self.steps_title]
         lines += [f"{i}. {step}" for i, step in enumerate(self.steps, 1)]
         lines += ["", f"Checked at {iso(self.at)} by Graph Mail Relay (event {EVENT})."]
         return "\n".join(lines)
@@ -149,6 +175,7 @@ class Finding:
     failed: dict[str, str] = field(default_factory=dict)  # channel -> safe reason
     previously: list[str] = field(default_factory=list)  # channels that got it on an earlier run
     would_notify: list[str] = field(default_factory=list)  # --dry-run: who would get it now
+    fix: tuple[str, ...] | None = None  # what to do, when it is not the stored item's renewal (a token failure)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -161,6 +188,7 @@ class Finding:
             "failed": self.failed,
             "previouslyNotified": self.previously,
             "wouldNotify": self.would_notify,
+            **({"fix": list(self.fix)} if self.fix else {}),
         }
 
 
@@ -172,6 +200,7 @@ class Report:
     findings: list[Finding]
     dry_run: bool = False
     store_error: str | None = None
+    mode: str = "secret"  # GRAPH_CREDENTIAL: what was checked (a secret's or a certificate's dates, or a token)
 
     @property
     def state(self) -> State:
@@ -189,6 +218,9 @@ class Report:
         s = self.secret
         return {
             "state": self.state,
+            "credential": self.mode,
+            # What expires: the Key Vault secret or certificate; null in the secretless modes (nothing stored).
+            "itemKind": s.kind if s else None,
             "checkedAt": iso(self.checked_at),
             "secretName": s.name if s else None,
             "secretVersion": s.version if s else None,
@@ -220,21 +252,27 @@ def safe_reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {first[:200]}"
 
 
-def log_fields(secret: SecretInfo, left: int | None, threshold: int | None, state: str, kind: str) -> dict[str, Any]:
+def log_fields(
+    secret: SecretInfo | None, left: int | None, threshold: int | None, state: str, kind: str, mode: str = "secret"
+) -> dict[str, Any]:
     # The fields infra's alert rule and dashboards read; the secret's name and version are not secret.
     return {
         "event": "secret.expiry",  # EVENT, spelt out: infra's wiring test looks for this very text
-        "secretName": secret.name,
-        "secretVersion": secret.version,
+        "credential": mode,
+        "itemKind": secret.kind if secret else None,
+        "secretName": secret.name if secret else None,
+        "secretVersion": secret.version if secret else None,
         "daysLeft": left,
         "threshold": threshold,
         "state": state,
         "kind": kind,
-        "expiresOn": iso(secret.expires_on) if secret.expires_on else None,
+        "expiresOn": iso(secret.expires_on) if secret and secret.expires_on else None,
     }
 
 
 def renewal_steps(secret: SecretInfo, client_id: str) -> tuple[str, ...]:
+    if secret.kind == "certificate":
+        return certificate_renewal_steps(secret, client_id)
     vault = vault_name(secret.vault_uri)
     return (
         f"Create a new client secret in the app registration {client_id} (Entra admin center > App "
@@ -246,6 +284,29 @@ def renewal_steps(secret: SecretInfo, client_id: str) -> tuple[str, ...]:
         "Nothing to restart: the relay re-reads Key Vault when Entra rejects the secret it holds, and this "
         "check watches the new version from its next run (`mailrelay expiry check` shows it at once). "
         "Delete the old client secret from the app registration once mail flows with the new one.",
+    )
+
+
+def certificate_renewal_steps(certificate: SecretInfo, client_id: str) -> tuple[str, ...]:
+    """A Key Vault certificate renews itself by its policy's lifetime action (AutoRenew: "Renew a certificate in
+    Azure Key Vault", https://learn.microsoft.com/azure/key-vault/certificates/overview-renew-certificate); Entra is
+    not told: the app registration must get the new public key ("Add a certificate to an app":
+    https://learn.microsoft.com/graph/applications-how-to-add-certificate). infra/README.md has the steps."""
+    vault, name = vault_name(certificate.vault_uri), certificate.name
+    return (
+        f"Key Vault renews the certificate '{name}' by its policy's lifetime action (AutoRenew): check that a new "
+        f"version exists (`az keyvault certificate list-versions --vault-name {vault} --name {name}`). Without "
+        f"AutoRenew, or with an issuer that cannot renew, make one: `az keyvault certificate create --vault-name "
+        f'{vault} --name {name} --policy "$(az keyvault certificate show --vault-name {vault} --name {name} '
+        '--query policy)"`.',
+        f"Give the app registration {client_id} the new version's public key: Key Vault's renewal does not tell "
+        'Entra ID (infra/README.md, "Certificate"; by hand: `az keyvault certificate download --vault-name '
+        f"{vault} --name {name} --file cert.pem`, then `az ad app credential reset --id {client_id} --cert "
+        "@cert.pem --append`). Only the public certificate leaves Key Vault.",
+        "Nothing to restart: the relay reads the new version when Entra refuses the one it holds (AADSTS700027) "
+        "or once that one has ended, and this check watches the new version from its next run (`mailrelay expiry "
+        "check` shows it at once). Remove the old certificate from the app registration once mail flows with the "
+        "new one.",
     )
 
 
