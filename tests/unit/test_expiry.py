@@ -65,11 +65,17 @@ class FakeProperties:
 class FakeEntra:
     credentials: list[EntraCredential] = field(default_factory=list)
     error: ExpiryReadError | None = None
+    keys: list[EntraCredential] = field(default_factory=list)  # keyCredentials: the certificates
 
     def password_credentials(self) -> list[EntraCredential]:
         if self.error:
             raise self.error
         return list(self.credentials)
+
+    def key_credentials(self) -> list[EntraCredential]:
+        if self.error:
+            raise self.error
+        return list(self.keys)
 
 
 @dataclass
