@@ -11,9 +11,9 @@
 //   Storage Blob Data Owner         storage account  host leases/timers/keys and the Flex deployment container;
 //                                                    mail-relay-overflow; mail-payloads: read, check and delete payloads
 //   Key Vault Secrets User          key vault        read the Graph client secret and its exp attribute, or (certificate
-//                                                    mode) the certificate's key through its secret: "Read secret
-//                                                    contents including secret portion of a certificate with private
-//                                                    key" (built-in roles, security#key-vault-secrets-user). Key Vault
+//                                                    mode) the certificate's key through its secret:
+//                                                    "Read secret contents including secret portion of a certificate with private key"
+//                                                    (built-in roles, security#key-vault-secrets-user). Key Vault
 //                                                    Certificate User would add reading certificate objects, which the
 //                                                    relay does not do. Only in secret and certificate modes: in
 //                                                    federated and managed-identity modes it reads no vault (relayReadsKeyVault).

@@ -39,6 +39,12 @@
 
 .PARAMETER AppId
     Application (client) id of the app registration: GRAPH_CLIENT_ID.
+    In managed-identity mode (no app registration), the client id of the relay's user-assigned identity
+    (RELAY_IDENTITY_CLIENT_ID); -IdentityClientId is the same parameter. The identity's service principal then holds
+    Graph's Mail.Send as an app role (main.bicep, app/identity-graph-roles.bicep), and the policy names it by that
+    client id, its appId. Assumed: New-ApplicationAccessPolicy documents -AppId as an application's id and no
+    Microsoft page mentions managed identities; a managed identity's token carries its client id as appid, which
+    is what Exchange matches. Check with Test-ExchangeScope.ps1 -IdentityClientId, and prefer RBAC for Applications.
 
 .PARAMETER GroupIdentity
     The MAIL-ENABLED SECURITY GROUP whose members the relay may send as (address preferred). Policies
@@ -60,6 +66,7 @@
 [CmdletBinding(SupportsShouldProcess)]
 param(
     [Parameter(Mandatory)]
+    [Alias('IdentityClientId')]
     [ValidatePattern('^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$')]
     [string] $AppId,
 

@@ -72,6 +72,20 @@
     Object id of the app's SERVICE PRINCIPAL (Entra ID > Enterprise applications > the app >
     Object ID; or `az ad sp show --id <AppId> --query id -o tsv`). Not the app registration's object id.
 
+.PARAMETER IdentityClientId
+    managed-identity mode (GRAPH_CREDENTIAL=managed-identity, no app registration): the client id of the relay's
+    user-assigned identity (azd output RELAY_IDENTITY_CLIENT_ID; `az identity show --query clientId`). Used instead
+    of -AppId: a managed identity's service principal carries the identity's client id as its appId.
+
+.PARAMETER IdentityPrincipalId
+    managed-identity mode: the principal id of the relay's user-assigned identity (azd output
+    RELAY_IDENTITY_PRINCIPAL_ID; `az identity show --query principalId`). Used instead of -ServicePrincipalObjectId:
+    New-ServicePrincipal -ObjectId takes the service principal's object id ("The Object ID property from Enterprise
+    applications", MicrosoftDocs/office-docs-powershell, exchange/exchange-ps/ExchangePowerShell/
+    New-ServicePrincipal.md), and a managed identity's principalId is exactly that: "The id of the service principal
+    object associated with the created identity" (ARM reference, Microsoft.ManagedIdentity/userAssignedIdentities,
+    properties.principalId). Never a system-assigned identity's: it changes whenever the Function App is re-created.
+
 .PARAMETER GroupIdentity
     The mail-enabled security group whose members the relay may send as: address, name or DN. It must be
     mail-enabled: a MemberOfGroup scope matches only groups Exchange recognises (an Entra-only group, none).
@@ -129,17 +143,30 @@
 .EXAMPLE
     ./Set-RbacApplicationScope.ps1 -AppId $env:GRAPH_CLIENT_ID -ServicePrincipalObjectId $spId `
         -GroupIdentity relay-senders@contoso.com -GrantSentItemsRead -GrantLargeMessages
+
+.EXAMPLE
+    # managed-identity mode: Exchange's RBAC points at the relay's user-assigned identity itself.
+    ./Set-RbacApplicationScope.ps1 -IdentityClientId $env:RELAY_IDENTITY_CLIENT_ID `
+        -IdentityPrincipalId $env:RELAY_IDENTITY_PRINCIPAL_ID -GroupIdentity relay-senders@contoso.com -GrantSentItemsRead
 #>
 #Requires -Modules ExchangeOnlineManagement
-[CmdletBinding(SupportsShouldProcess)]
+[CmdletBinding(SupportsShouldProcess, DefaultParameterSetName = 'AppRegistration')]
 param(
-    [Parameter(Mandatory)]
+    [Parameter(Mandatory, ParameterSetName = 'AppRegistration')]
     [ValidatePattern('^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$')]
     [string] $AppId,
 
-    [Parameter(Mandatory)]
+    [Parameter(Mandatory, ParameterSetName = 'AppRegistration')]
     [ValidatePattern('^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$')]
     [string] $ServicePrincipalObjectId,
+
+    [Parameter(Mandatory, ParameterSetName = 'ManagedIdentity')]
+    [ValidatePattern('^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$')]
+    [string] $IdentityClientId,
+
+    [Parameter(Mandatory, ParameterSetName = 'ManagedIdentity')]
+    [ValidatePattern('^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$')]
+    [string] $IdentityPrincipalId,
 
     [Parameter(Mandatory)]
     [ValidateNotNullOrEmpty()]
@@ -174,6 +201,13 @@ param(
 Set-StrictMode -Version 3.0
 $ErrorActionPreference = 'Stop'
 . (Join-Path $PSScriptRoot 'ExchangeScope.Common.ps1')  # Get-Prop, Connect-ExchangeIfNeeded
+
+if ($PSCmdlet.ParameterSetName -eq 'ManagedIdentity') {
+    # The identity's service principal is the Graph caller: its client id is the AppId Exchange knows it by, its
+    # principal id the service principal's object id (see -IdentityPrincipalId). From here on both modes are one.
+    $AppId = $IdentityClientId
+    $ServicePrincipalObjectId = $IdentityPrincipalId
+}
 
 # Exchange's application roles (https://learn.microsoft.com/en-us/exchange/permissions-exo/application-rbac).
 $SendRoleName = 'Application Mail.Send'

@@ -32,6 +32,9 @@
 
 .PARAMETER AppId
     Application (client) id of the app registration: GRAPH_CLIENT_ID.
+    In managed-identity mode (no app registration), the client id of the relay's user-assigned identity
+    (RELAY_IDENTITY_CLIENT_ID); -IdentityClientId is the same parameter. Exchange's service principal for the
+    identity carries that id as its AppId (Set-RbacApplicationScope.ps1 -IdentityClientId -IdentityPrincipalId).
 
 .PARAMETER AllowedAddress
     Mailboxes the relay SHOULD be able to send as (members of the scope group; ALLOWED_SENDERS).
@@ -72,6 +75,7 @@
 [CmdletBinding(SupportsShouldProcess)]
 param(
     [Parameter(Mandatory)]
+    [Alias('IdentityClientId')]
     [ValidatePattern('^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$')]
     [string] $AppId,
 

@@ -842,7 +842,8 @@ def test_entra_module_is_optional_and_grants_mail_send_as_an_application_permiss
     main = source(MAIN)
     assert param_default(main, "deployEntraApp") == "false"
     # Optional, and never in managed-identity mode (no app registration there): deployEntraApp is ignored.
-    assert re.search(r"module\s+entraApp\s+'app/entra-app\.bicep'\s*=\s*if\s*\(\s*deployEntraAppRegistration\s*\)", main)
+    assert re.search(r"module\s+entraApp\s+'app/entra-app\.bicep'\s*=\s*if\s*\(\s*deployEntraAppRegistration\s*\)",
+                     main)
     assert re.search(r"^\s*var\s+deployEntraAppRegistration\s*=\s*deployEntraApp\s*&&\s*graphCredential\s*!=\s*"
                      r"'managed-identity'\s*$", main, re.MULTILINE)
     text = ENTRA.read_text(encoding="utf-8")
