@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -259,3 +261,67 @@ def test_a_deleted_identity_is_dead_lettered_as_a_missing_credential(stack: Loca
     send(stack, subject)
     wait_delivered(stack, subject)
     assert vault_reads(stack) == reads
+
+
+def test_mailrelay_local_takes_the_mode_and_the_lifetime_under_both_names(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from devstack import stack as stack_module
+    from shared.cli import main
+
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(stack_module, "run_foreground", lambda **kwargs: calls.append(kwargs) or 0)
+    assert main(["local", "--credential", "certificate", "--expires-in", "10"]) == 0
+    assert main(["local", "--secret-expires-in", "12"]) == 0  # the older name still works
+    assert [(c["credential"], c["expires_in_days"]) for c in calls] == [("certificate", 10.0), ("secret", 12.0)]
+    assert main(["local", "--credential", "password"]) == 2
+    assert "invalid choice: 'password'" in capsys.readouterr().err and len(calls) == 2
+
+
+def test_mailrelay_local_runs_a_mode_and_says_so(tmp_path: Path) -> None:
+    """The real command, as a user runs it: the banner and the state file name the mode and the certificate (never
+    its key), and a request sent with `mailrelay send` through the state file is delivered."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from shared.cli import main
+
+    state_file = tmp_path / "local.json"
+    banner = tmp_path / "banner.txt"
+    with banner.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", "local", "--credential", "certificate", "--expires-in", "10",
+             "--state-file", str(state_file)],
+            cwd=Path(__file__).parents[2],
+            stdout=out,
+            stderr=subprocess.DEVNULL,
+        )
+    try:
+        wait_for(lambda: state_file.exists() or process.poll() is not None, 40, "the state file")
+        wait_for(lambda: "Ctrl-C stops everything" in banner.read_text(), 10, "the banner")
+        state = json.loads(state_file.read_text())
+        assert state["credential"] == "certificate" and "identity" not in state
+        not_after = datetime.fromisoformat(state["certificate"]["notAfter"])
+        assert timedelta(days=10) <= not_after - datetime.now(UTC) <= timedelta(days=10, minutes=2)
+        assert state["relaySettings"]["GRAPH_CERTIFICATE_NAME"] == CERTIFICATE_NAME
+        assert "PRIVATE KEY" not in state_file.read_text()
+        text = banner.read_text()
+        assert f"credential       certificate: Key Vault certificate {CERTIFICATE_NAME} (thumbprint " in text
+        assert state["certificate"]["thumbprint"] in text
+        subject = subject_of("sent with mailrelay local --credential certificate")
+        command = ["send", "--state-file", str(state_file), "--from", SENDER, "--to", "ada@contoso.com"]
+        assert main([*command, "--subject", subject, "--text", "t"]) == 0
+
+        def outbox() -> list[str]:
+            entries = requests.get(
+                f"{state['emulatorUrl']}/_emulator/outbox", verify=state["caCertPath"], timeout=5
+            ).json()
+            return [e["message"]["message"]["subject"] for e in entries]
+
+        wait_for(lambda: subject in outbox(), TIMEOUT, "the send")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+    assert not state_file.exists()
