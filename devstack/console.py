@@ -58,8 +58,10 @@ class Console:
         dead_letters: Callable[[], Any],
         host: str = "127.0.0.1",
         port: int = 0,
+        credential: str | None = None,
     ) -> None:
         self._outbox = outbox
+        self._credential = credential  # GRAPH_CREDENTIAL of the stack, shown in every page's header
         self._faults = faults
         self._emulator_post = emulator_post
         self._dead_letters = dead_letters
@@ -184,7 +186,9 @@ class Console:
         return (
             f'<!doctype html><html><head><meta charset="utf-8">{meta}<title>{esc(title)} · mailrelay local</title>'
             f"<style>{STYLE}</style></head><body><header><b>mailrelay local</b> &nbsp; "
-            '<a href="/">Outbox</a><a href="/dead-letters">Dead letters</a><a href="/faults">Faults</a></header>'
+            '<a href="/">Outbox</a><a href="/dead-letters">Dead letters</a><a href="/faults">Faults</a>'
+            + (f"<span>credential: {esc(self._credential)}</span>" if self._credential else "")
+            + "</header>"
             f"<main><h2>{esc(title)}</h2>{content}</main></body></html>"
         )
 

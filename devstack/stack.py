@@ -869,6 +869,7 @@ def start_console(stack: LocalStack) -> Any:
         faults=lambda: stack.emulator_get("faults"),
         emulator_post=stack.emulator_post,
         dead_letters=lambda: open_queues(stack.queue_name, connection_string=stack.storage_connection_string),
+        credential=stack.credential,
     ).start()
 
 

@@ -270,7 +270,12 @@ def test_mailrelay_local_takes_the_mode_and_the_lifetime_under_both_names(
     from shared.cli import main
 
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(stack_module, "run_foreground", lambda **kwargs: calls.append(kwargs) or 0)
+
+    def run_foreground(**kwargs: Any) -> int:
+        calls.append(kwargs)
+        return 0
+
+    monkeypatch.setattr(stack_module, "run_foreground", run_foreground)
     assert main(["local", "--credential", "certificate", "--expires-in", "10"]) == 0
     assert main(["local", "--secret-expires-in", "12"]) == 0  # the older name still works
     assert [(c["credential"], c["expires_in_days"]) for c in calls] == [("certificate", 10.0), ("secret", 12.0)]
@@ -310,6 +315,7 @@ def test_mailrelay_local_runs_a_mode_and_says_so(tmp_path: Path) -> None:
         text = banner.read_text()
         assert f"credential       certificate: Key Vault certificate {CERTIFICATE_NAME} (thumbprint " in text
         assert state["certificate"]["thumbprint"] in text
+        assert "<span>credential: certificate</span>" in requests.get(state["consoleUrl"], timeout=5).text
         subject = subject_of("sent with mailrelay local --credential certificate")
         command = ["send", "--state-file", str(state_file), "--from", SENDER, "--to", "ada@contoso.com"]
         assert main([*command, "--subject", subject, "--text", "t"]) == 0
