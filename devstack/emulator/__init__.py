@@ -19,8 +19,8 @@ Python use::
 
 Process use: ``python -m devstack.emulator --port 0 [--seed seed.json] [--ready-file PATH]`` prints (and
 writes) ``{"url", "caCertPath", "identityHeader", "msiEndpoint"}`` once ready, and serves until SIGTERM or
-SIGINT. The seed file has the lists ``apps``, ``mailboxes``, ``secrets`` (and ``faults``), entries shaped as
-the admin API's bodies below.
+SIGINT. The seed file has the lists ``apps``, ``identities``, ``mailboxes``, ``secrets``, ``certificates`` (and
+``faults``), entries shaped as the admin API's bodies below.
 
 Admin API (no auth, JSON in and out), under ``{url}/_emulator/``:
 
@@ -35,8 +35,16 @@ Admin API (no auth, JSON in and out), under ``{url}/_emulator/``:
   "canReadSecrets": bool}`` (Key Vault RBAC); ``POST scope`` also takes ``"delaySeconds"``; ``POST apps`` also
   ``"scopeModel"`` (rbac | policy | none), ``"policyAccess"``, ``"exchangeRoles"``; ``POST mailboxes`` also
   ``"exchangeOnline"``
-- ``POST apps`` ``{"tenantId", "clientId", "secret", "roles"?: [...], "secretExpired"?: bool,
-  "secretEnd"?: iso}``
+- ``POST apps`` (or ``app``) ``{"tenantId", "clientId", "secret"?, "roles"?: [...], "secretExpired"?: bool,
+  "secretEnd"?: iso, "keyCredentials"?: [{"certificate": PEM, "displayName"?}], "federatedCredentials"?: [{"name",
+  "issuer", "subject", "audiences"}]}`` (no ``secret``: an app with no client secret)
+- ``POST identity`` ``{"clientId", "principalId", "roles"?, "exchangeRoles"?, "scopeModel"?, "tenantId"?,
+  "resourceId"?}`` (a user-assigned managed identity; add or replace) or ``{"clientId", "delete": true}``
+- ``POST app-federated-credential`` ``{"clientId", "name", "issuer", "subject", "audiences"?}`` -> ``{"id"}`` (add
+  or replace by name; at most 20) or ``{"clientId", "name", "delete": true}``
+- ``POST app-key-credential`` ``{"clientId", "certificate": PEM, "displayName"?}`` -> ``{"keyId"}``
+- ``POST certificate`` ``{"name", "pem": private key + certificate PEM}`` -> ``{"version"}`` (a Key Vault
+  certificate: a managed application/x-pem-file secret version, exp/nbf the certificate's)
 - ``POST app-secret`` ``{"clientId", "secret", "expired"?: bool, "secretEnd"?: iso}``
 - ``POST app-credentials`` ``{"clientId", "endDateTime": iso, "displayName"?}`` -> ``{"keyId"}`` (listed only)
 - ``POST mailboxes`` ``{"address", "inExchangeScope"?: bool, "restEnabled"?: bool}``
@@ -48,21 +56,25 @@ Admin API (no auth, JSON in and out), under ``{url}/_emulator/``:
   "message"?}``
 
 Emulated endpoints: ``GET /{tenant}/v2.0/.well-known/openid-configuration``, ``GET
-/{tenant}/discovery/v2.0/keys``, ``POST /{tenant}/oauth2/v2.0/token`` (client credentials), ``GET
-/msi/token`` (App Service managed identity, api-version 2019-08-01), ``GET /secrets/{name}[/{version}]``
-and ``GET /secrets/{name}/versions`` (Key Vault; the vault URL is the emulator's URL), ``POST
+/{tenant}/discovery/v2.0/keys``, ``POST /{tenant}/oauth2/v2.0/token`` (client credentials: a secret, a
+certificate's assertion or a federated one), ``GET /msi/token`` (App Service managed identity, api-version
+2019-08-01: the system-assigned identity, or a user-assigned one by client_id, principal_id/object_id or mi_res_id),
+``GET /secrets/{name}[/{version}]``, ``GET /secrets/{name}/versions`` and ``GET
+/certificates/{name}[/{version}]`` (Key Vault; the vault URL is the emulator's URL), ``POST
 /v1.0/users/{id or upn}/sendMail``, ``GET /v1.0/users/{id or upn}/mailFolders/inbox`` (a read, scoped by
-Exchange as sending is) and ``GET /v1.0/applications(appId='{id}')[?$select=...]`` (Graph; the latter needs
-the application role Application.Read.All, as the real one does app-only).
+Exchange as sending is) and ``GET /v1.0/applications(appId='{id}')[?$select=...]`` and its
+``/federatedIdentityCredentials`` (Graph; these need the application role Application.Read.All, as the real ones do
+app-only).
 
-Layout: one module per service it plays, each a part of `Emulator` holding that service's rules and error
-shapes: ``entra`` (token endpoint, OIDC configuration, JWKS), ``identity`` (App Service managed identity),
-``keyvault`` (secrets, the challenge), ``graph`` (sendMail, mailboxes, applications), ``drafts`` (drafts and
-upload sessions), ``sent_items``, ``transport`` (Drafts to Sent Items, or an NDR), ``throttling`` (Graph's and
-Exchange's limits) and ``exchange`` (Exchange Online's scope on the app). ``state`` holds what they share
-(apps, mailboxes, secrets, outbox, stats, and the tokens they issue and check), ``faults`` the fault injection,
-``admin`` the admin API above and seeds, ``server`` the HTTPS server and the dispatch, ``common`` requests,
-responses and small helpers.
+Layout: one module per service it plays, each a part of `Emulator` holding that service's rules and error shapes:
+``entra`` (token endpoint, OIDC configuration, JWKS), ``credentials`` (certificate and federated assertions,
+keyCredentials, federated identity credentials), ``identity`` (App Service managed identity and user-assigned
+identities), ``keyvault`` (secrets, certificates, the challenge), ``graph`` (sendMail, mailboxes, applications),
+``drafts`` (drafts and upload sessions), ``sent_items``, ``transport`` (Drafts to Sent Items, or an NDR),
+``throttling`` (Graph's and Exchange's limits) and ``exchange`` (Exchange Online's scope on the app). ``state``
+holds what they share (apps, mailboxes, secrets, outbox, stats, and the tokens they issue and check), ``faults`` the
+fault injection, ``admin`` the admin API above and seeds, ``server`` the HTTPS server and the dispatch, ``common``
+requests, responses and small helpers.
 """
 
 from devstack.emulator.common import SERVICES, EmulatorError

@@ -1,11 +1,16 @@
-"""Entra ID: app registrations and their secrets, the token endpoint (client credentials), OIDC
-configuration and JWKS, and Entra's error shapes. Tokens are signed and checked in state.py.
+"""Entra ID: app registrations and their credentials (secrets, certificates, federated identity credentials), the
+token endpoint (client credentials, with a secret or a JWT client assertion), OIDC configuration and JWKS, and
+Entra's error shapes. Tokens are signed and checked in state.py; the assertion rules live in credentials.py, with
+their sources and the AADSTS codes they answer (700211/700212/700213, 700027, 700024, 50027).
 
 Sources: the client credentials flow (https://learn.microsoft.com/entra/identity-platform/v2-oauth2-client-creds-grant-flow:
-the request, the token response, the error response's fields) and Entra's error codes
-(https://learn.microsoft.com/entra/identity-platform/reference-error-codes: AADSTS7000215, 7000222, 700016, 90002...).
-Assumed: the error descriptions' wording beyond the code (the pages give each code's meaning, not Entra's text), and
-the token's claims beyond those the access-token reference lists."""
+the request with client_secret or client_assertion_type + client_assertion, the token response, the error response's
+fields) and Entra's error codes (https://learn.microsoft.com/entra/identity-platform/reference-error-codes:
+AADSTS7000215, 7000222, 700016, 90002, 900144...).
+Assumed: the error descriptions' wording beyond the code (the pages give each code's meaning, not Entra's text);
+the token's claims beyond those the access-token reference lists; that an app with no client secret, and a managed
+identity's client id, asked with a secret answer 7000215 as a wrong secret does; that a secret sent beside an
+assertion is refused (400 invalid_request, AADSTS90023)."""
 
 from __future__ import annotations
 
