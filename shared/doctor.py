@@ -1,7 +1,10 @@
 """`mailrelay doctor`: is the relay set up to send? Checks each piece in the order a send needs it.
 
-Nothing is written: settings, then the client secret in Key Vault, then a token from Entra ID (and the
-application permissions it carries, read against EXCHANGE_SCOPE_MODEL), then the queues and tables.
+Nothing is written: settings, then the Graph credential GRAPH_CREDENTIAL names (the client secret in Key Vault; the
+Key Vault certificate, parsed; the managed identity's assertion for a federated credential, against what the app
+registration's federated identity credential must hold; or the managed identity's own Graph token), then a token
+from Entra ID (and the application permissions it carries, read against EXCHANGE_SCOPE_MODEL; a federated
+credential's wrong issuer, subject or audience named from Entra's answer), then the queues and tables.
 With `--allowed` and `--denied` it verifies the Exchange scope, the usual second check after setting it
 up: without sending, by reading each mailbox's inbox id when the app may read mail (Exchange scopes that
 as it scopes Mail.Send); else, with `--send-test-to`, by a real test mail from each address. A denied
@@ -15,7 +18,8 @@ import base64
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Final, Literal
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 if TYPE_CHECKING:
     from shared.bootstrap import Clients
@@ -33,16 +37,36 @@ class Check:
 
 
 MAIL_SEND_ROLE: Final = "Mail.Send"
+# Graph's application permissions on mail (https://learn.microsoft.com/graph/permissions-reference). Consented
+# tenant-wide, each reaches every mailbox, and Exchange's RBAC for Applications adds to it rather than narrowing it
+# ("Role Based Access Control for Applications in Exchange Online": https://learn.microsoft.com/exchange/
+# permissions-exo/application-rbac, "Unsupported scenarios" and the note that Entra consent and RBAC add up).
+MAIL_ROLES: Final = ("Mail.Send", "Mail.ReadWrite", "Mail.Read", "Mail.ReadBasic", "Mail.ReadBasic.All")
+# What a federated identity credential that trusts the managed identity must hold ("Configure an application to
+# trust a managed identity": https://learn.microsoft.com/entra/workload-id/
+# workload-identity-federation-config-app-trust-managed-identity): issuer, the identity's tenant's v2.0 endpoint;
+# subject, its object (principal) id; audience, api://AzureADTokenExchange (public cloud).
+FIC_ISSUER: Final = "https://login.microsoftonline.com/{tenant}/v2.0"
+# Entra's answers when a presented assertion matches no federated credential (reference-error-codes,
+# https://learn.microsoft.com/entra/identity-platform/reference-error-codes, and the workload identity federation
+# troubleshooting page): one field each, and 70021 when none matches without saying which.
+FIC_FIELD_CODES: Final = {"AADSTS700211": "issuer", "AADSTS700212": "audience", "AADSTS700213": "subject"}
+FIC_NO_MATCH: Final = "AADSTS70021"
 
 
-def token_roles(token: str) -> list[str]:
-    """The `roles` claim of an access token (read, not verified: the relay only reports it)."""
+def token_claims(token: str) -> dict[str, Any]:
+    """An access token's claims (read, not verified: the relay only reports them); {} for anything else."""
     try:
         payload = token.split(".")[1]
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     except (IndexError, ValueError):
-        return []
-    roles = claims.get("roles") if isinstance(claims, dict) else None
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
+def token_roles(token: str) -> list[str]:
+    """The `roles` claim of an access token (read, not verified: the relay only reports it)."""
+    roles = token_claims(token).get("roles")
     return [str(r) for r in roles] if isinstance(roles, list) else []
 
 
@@ -80,9 +104,7 @@ def diagnose(
     from shared.bootstrap import build_clients
 
     clients = build_clients(settings)
-    checks.append(_secret(clients))
-    if checks[-1].status == "ok":
-        checks.append(_token(clients))
+    checks.extend(credential_checks(clients))
     checks.extend(_storage(settings, clients))
     token = next((c for c in checks if c.name == "entra token"), None)
     if allowed or denied:
@@ -108,6 +130,28 @@ def _outcome_check(name: str, action: Callable[[], Check]) -> Check:
         return Check(name, "fail", f"{e.outcome.code}: {e.outcome.message}", e.outcome.hint)
 
 
+def credential_checks(clients: Clients, now: datetime | None = None) -> list[Check]:
+    """GRAPH_CREDENTIAL's checks in the order a send needs them: what the relay presents to Entra ID, then a token.
+
+    secret: the Key Vault secret; certificate: the Key Vault certificate, parsed; federated: the managed identity's
+    assertion against what the federated credential must hold; managed-identity: the identity's own Graph token.
+    No token is asked for when what it needs failed."""
+    mode = clients.settings.credential
+    if mode == "certificate":
+        first = _certificate(clients, now or datetime.now(UTC))
+    elif mode == "federated":
+        first, claims = _federated_identity(clients)
+        checks = [first]
+        if first.status != "fail":
+            checks.append(_federated_token(clients, claims))
+        return checks
+    elif mode == "managed-identity":
+        first = _managed_identity(clients)
+    else:
+        first = _secret(clients)
+    return [first, _token(clients)] if first.status != "fail" else [first]
+
+
 def _secret(clients: Clients) -> Check:
     from shared.credentials import SecretCredential
 
@@ -121,27 +165,178 @@ def _secret(clients: Clients) -> Check:
     return _outcome_check("key vault secret", read)
 
 
+CERTIFICATE_WARN_DAYS: Final = 30
+
+
+def _certificate(clients: Clients, now: datetime) -> Check:
+    """Read and parse the Key Vault certificate as the relay does (the key stays in memory); show what the portal
+    shows of it (the SHA-1 thumbprint, as the app registration's Certificates & secrets lists it), and its end."""
+    from shared.credentials import CertificateCredential
+    from shared.expiry import days_left
+    from shared.expiry.model import day
+
+    name = "key vault certificate"
+
+    def read() -> Check:
+        stored = clients.credentials.stored
+        assert isinstance(stored, CertificateCredential)
+        stored.get()
+        info = stored.info
+        assert info is not None
+        left = days_left(info.not_after, now)
+        detail = (
+            f"{clients.settings.certificate_name}, version {info.version}: thumbprint {info.thumbprint_sha1} "
+            f"(SHA-1), subject {info.subject}, not after {day(info.not_after)}"
+        )
+        renew = (
+            "Key Vault renews it by its policy's AutoRenew lifetime action, and the app registration must then get "
+            'the new public key (infra/README.md, "Certificate"); `mailrelay expiry check` warns before it ends'
+        )
+        if info.not_after <= now:
+            return Check(name, "fail", f"{detail}: EXPIRED", f"Entra ID refuses an expired certificate. {renew}")
+        if left < CERTIFICATE_WARN_DAYS:
+            return Check(name, "warn", f"{detail}, {left} days left", renew)
+        return Check(name, "ok", f"{detail}, {left} days left")
+
+    return _outcome_check(name, read)
+
+
+def _federated_identity(clients: Clients) -> tuple[Check, dict[str, Any]]:
+    """The managed identity's token for api://AzureADTokenExchange, the assertion the relay presents: its iss, sub
+    and aud, and what the app registration's federated identity credential must hold to accept it."""
+    from shared.credentials import TOKEN_EXCHANGE_AUDIENCE
+    from shared.outcomes import RelayFailure
+
+    name = "managed identity"
+    settings = clients.settings
+    federated = clients.credentials.federated
+    assert federated is not None
+    try:
+        claims = federated.assertion_claims()
+    except RelayFailure as e:
+        return Check(name, "fail", f"{e.outcome.code}: {e.outcome.message}", e.outcome.hint), {}
+    issuer = FIC_ISSUER.format(tenant=settings.tenant_id)
+    audiences = claims.get("aud")
+    audiences = [str(a) for a in audiences] if isinstance(audiences, list) else [str(audiences)]
+    subject = str(claims.get("sub"))
+    expected = {"issuer": issuer, "subject": subject, "audience": TOKEN_EXCHANGE_AUDIENCE}
+    detail = (
+        f"identity {settings.managed_identity_client_id}: its assertion has iss {claims.get('iss')}, sub {subject}, "
+        f"aud {', '.join(audiences)}; the app registration's federated identity credential must hold issuer "
+        f"{issuer}, subject {subject} (the identity's principal id), audience {TOKEN_EXCHANGE_AUDIENCE}"
+    )
+    problems = []
+    if claims.get("iss") != issuer:
+        problems.append(
+            f"its issuer is not {issuer} (GRAPH_TENANT_ID's): the identity lives in another tenant than the app "
+            "registration, or GRAPH_TENANT_ID is wrong"
+        )
+    if TOKEN_EXCHANGE_AUDIENCE not in audiences:
+        problems.append(
+            f"its audience is not {TOKEN_EXCHANGE_AUDIENCE}: Entra ID accepts only that audience from a managed "
+            "identity in the public cloud"
+        )
+    if problems:
+        return Check(name, "warn", detail, "; ".join(problems)), expected
+    return Check(name, "ok", detail), expected
+
+
+def _fic_where(client_id: str) -> str:
+    return (
+        f"Entra admin center > App registrations > {client_id} > Certificates & secrets > Federated credentials, "
+        f"or `az ad app federated-credential list --id {client_id}` and `az ad app federated-credential update "
+        f'--id {client_id} --federated-credential-id <name> --parameters <json>` (infra/README.md, "Federated")'
+    )
+
+
+def _federated_token(clients: Clients, expected: Mapping[str, str]) -> Check:
+    """The token request with the assertion: Entra's answer names the federated credential's field that differs
+    (AADSTS700211 issuer, 700212 audience, 700213 subject); 70021 names none, so all three are shown."""
+    from shared.outcomes import RelayFailure
+
+    try:
+        clients.tokens.token()
+    except RelayFailure as e:
+        outcome = e.outcome
+        client_id = clients.settings.client_id
+        field = FIC_FIELD_CODES.get(outcome.code)
+        entra = " ".join(outcome.message.split())[:300]
+        if field is not None:
+            return Check(
+                "entra token",
+                "fail",
+                f"{outcome.code}: the app registration's federated identity credential has the wrong {field}: it "
+                f"must be {expected.get(field, '?')} (Entra: {entra})",
+                f"set the {field} to {expected.get(field, '?')} in {_fic_where(client_id)}",
+            )
+        if outcome.code == FIC_NO_MATCH:
+            wanted = ", ".join(f"{k} {v}" for k, v in expected.items())
+            return Check(
+                "entra token",
+                "fail",
+                f"{outcome.code}: no federated identity credential of the app registration matches the identity's "
+                f"token (deleted, or a field differs): one must hold {wanted} (Entra: {entra})",
+                f"create or correct it in {_fic_where(client_id)}",
+            )
+        return Check("entra token", "fail", f"{outcome.code}: {outcome.message}", outcome.hint)
+    return _token(clients)
+
+
+def _managed_identity(clients: Clients) -> Check:
+    """GRAPH_CREDENTIAL=managed-identity: a Graph token from the identity itself, its appid and roles."""
+    name = "managed identity"
+
+    def acquire() -> Check:
+        token = clients.tokens.token()
+        claims, roles = token_claims(token), token_roles(token)
+        identity = clients.settings.managed_identity_client_id or "?"
+        appid = str(claims.get("appid") or claims.get("azp") or "?")
+        detail = f"Graph token of the identity {identity}: appid {appid}, roles: {', '.join(roles) or 'none'}"
+        if appid.lower() != identity.lower():
+            return Check(
+                name,
+                "fail",
+                detail,
+                "the token is not the identity AZURE_CLIENT_ID names: set AZURE_CLIENT_ID to the client id of the "
+                "user-assigned identity assigned to the Function App (never a system-assigned one)",
+            )
+        return Check(name, "ok", detail)
+
+    return _outcome_check(name, acquire)
+
+
 def _token(clients: Clients) -> Check:
-    """The token's roles read against the scope model: the same role is right under one, a hole under the other."""
+    """The token's roles read against the scope model: the same role is right under one, a hole under the other.
+
+    Under RBAC for Applications any tenant-wide mail consent (MAIL_ROLES) adds to Exchange's scope, so it warns;
+    under an application access policy the consent is what the policy narrows: expected (Mail.Send required)."""
     model = clients.settings.exchange_scope_model
 
     def acquire() -> Check:
         roles = token_roles(clients.tokens.token())
         shown = ", ".join(roles) or "none"
-        if model == "rbac" and MAIL_SEND_ROLE in roles:
+        consented = [r for r in MAIL_ROLES if r in roles]
+        if model == "rbac" and consented:
+            effects = []
+            if MAIL_SEND_ROLE in consented:
+                effects.append("send as anyone")
+            if any(r != MAIL_SEND_ROLE for r in consented):
+                effects.append("read every mailbox")
             return Check(
                 "entra token",
                 "warn",
-                f"app-only token WITH the Entra consent {MAIL_SEND_ROLE} (roles: {shown}), under RBAC for Applications",
-                "this consent lets the app send as anyone: Entra consent and RBAC for Applications add up, so the "
-                "Exchange scope restricts nothing. Remove it (infra/exchange/Set-RbacApplicationScope.ps1 "
-                "-RemoveEntraConsent); Exchange's role assignment alone should grant Mail.Send",
+                f"app-only token WITH the Entra consent {', '.join(consented)} (roles: {shown}), under RBAC for "
+                "Applications",
+                f"this consent lets the app {' and '.join(effects)}: Entra consent and RBAC for Applications add up, "
+                "so the Exchange scope restricts nothing. Remove it (infra/exchange/Set-RbacApplicationScope.ps1 "
+                "-RemoveEntraConsent, or Entra admin center > Enterprise applications > the app > Permissions); "
+                "Exchange's role assignments alone should grant the mail roles",
             )
         if model == "rbac":
             return Check(
                 "entra token",
                 "ok",
-                f"app-only token without Entra's {MAIL_SEND_ROLE} (roles: {shown}): "
+                f"app-only token without a tenant-wide mail consent ({', '.join(MAIL_ROLES)}; roles: {shown}): "
                 "Exchange's RBAC for Applications scope alone authorises, as it should",
             )
         if MAIL_SEND_ROLE in roles:

@@ -15,12 +15,17 @@ if TYPE_CHECKING:
 def register(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "doctor",
-        help="check the relay's settings, Key Vault secret, Entra token, queues and tables; send nothing",
+        help="check the relay's settings, Graph credential, Entra token, queues and tables; send nothing",
         description=(
             "Check each piece a send needs, in order: the settings (a missing or malformed one is named), "
-            "the client secret in Key Vault, an app-only token from Entra ID and the application permissions "
-            "it carries, the mail and dead-letter queues, and the tables. Nothing is sent or written; no secret "
-            "or token is shown. With --allowed and --denied it verifies Exchange's scope: by reading each mailbox's "
+            "the Graph credential GRAPH_CREDENTIAL names (the client secret in Key Vault; the Key Vault "
+            "certificate, parsed, with its thumbprint and end; the managed identity's assertion and what the "
+            "app registration's federated credential must hold; or the managed identity's own Graph token), an "
+            "app-only token from Entra ID (a federated credential's wrong issuer, subject or audience is named) "
+            "and the application permissions it carries (a tenant-wide mail consent beside an Exchange RBAC "
+            "scope warns: they add up), the mail and dead-letter queues, and the tables. Nothing is sent or "
+            "written; no secret or token is shown. With --allowed and --denied it verifies Exchange's scope: by "
+            "reading each mailbox's "
             "inbox id when the app may read mail, else (--send-test-to) by a real test mail from each address; a "
             "denied address that Exchange allows fails: the scope does not restrict. Settings come from the "
             "environment, or else from the stack `mailrelay local` runs. Exit code 0: nothing failed; 1: something "
