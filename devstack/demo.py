@@ -1,6 +1,7 @@
 """The relay end to end on the local stack: five requests, five outcomes, one table.
 
     python -m devstack.demo        (scripts/demo installs everything first, then runs this)
+    python -m devstack.demo --credential federated    (any GRAPH_CREDENTIAL mode: the same five outcomes)
 
 Starts Azurite, the emulator and the local host (devstack.stack), sends five requests the way apps do,
 waits for each outcome, prints a table (case, expected, actual, detail) and exits 1 if any case is not
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from devstack.stack import LocalStack, StackError, sigterm_as_keyboard_interrupt
+from devstack.stack import LocalStack, StackError, credential_line, sigterm_as_keyboard_interrupt
 
 ALLOWED_IN_SCOPE = "alerts@contoso.com"
 ALLOWED_OUT_OF_SCOPE = "hr@contoso.com"
@@ -148,7 +149,19 @@ def table(cases: list[Case], width: int = 100) -> str:
     return "\n\n".join(blocks)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from shared.settings import CREDENTIAL_MODES
+
+    parser = argparse.ArgumentParser(prog="scripts/demo", description="The relay end to end on the local stack.")
+    parser.add_argument(
+        "--credential",
+        choices=CREDENTIAL_MODES,
+        default="secret",
+        help="GRAPH_CREDENTIAL the relay runs with (default secret); the five outcomes are the same in every mode",
+    )
+    args = parser.parse_args(argv or [])  # None: a caller's own sys.argv (pytest's) is not the demo's
     started = time.monotonic()
     with sigterm_as_keyboard_interrupt():
         try:
@@ -157,8 +170,10 @@ def main() -> int:
                 allowed_senders=[ALLOWED_IN_SCOPE, ALLOWED_OUT_OF_SCOPE],
                 exchange_scope=[ALLOWED_IN_SCOPE, NOT_ALLOWED],
                 mailboxes=[ALLOWED_OUT_OF_SCOPE],
+                credential=args.credential,
             ) as stack:
                 print(f"  storage queue {stack.queue_endpoint}/{stack.queue_name}, emulator {stack.emulator_url}")
+                print(f"  credential: {credential_line(stack.credential, stack.credential_state())}")
                 print(f"  allow-list: {ALLOWED_IN_SCOPE}, {ALLOWED_OUT_OF_SCOPE}")
                 print(f"  Exchange scope: {ALLOWED_IN_SCOPE}, {NOT_ALLOWED} ({ALLOWED_OUT_OF_SCOPE} is outside)")
                 cases = run(stack)
@@ -180,4 +195,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -331,3 +331,11 @@ def test_mailrelay_local_runs_a_mode_and_says_so(tmp_path: Path) -> None:
         process.send_signal(signal.SIGTERM)
         process.wait(30)
     assert not state_file.exists()
+
+
+def test_the_demo_runs_in_certificate_mode_with_the_same_five_outcomes(capsys: pytest.CaptureFixture[str]) -> None:
+    from devstack import demo
+
+    assert demo.main(["--credential", "certificate"]) == 0, capsys.readouterr()
+    out = capsys.readouterr().out
+    assert "credential: certificate: Key Vault certificate" in out and "5 of 5 cases as expected" in out
