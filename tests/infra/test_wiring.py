@@ -996,7 +996,8 @@ def test_the_script_switches_the_docs_name_exist() -> None:
         block = re.search(r"^param\((.*?)^\)", text, re.MULTILINE | re.DOTALL)
         assert block, f"{script}: no param( ... ) block"
         declared = re.findall(r"\]\s*\$(\w+)\s*(?:=|,|$)", block.group(1), re.MULTILINE)
-        return {name.lower() for name in [*declared, "WhatIf", "Confirm", "Verbose"]}
+        aliases = re.findall(r"\[Alias\('(\w+)'\)\]", block.group(1))  # another name of the same parameter
+        return {name.lower() for name in [*declared, *aliases, "WhatIf", "Confirm", "Verbose"]}
 
     switches = {name: parameters(name) for name in ("Set-RbacApplicationScope.ps1", "Test-ExchangeScope.ps1")}
     assert {"grantlargemessages", "grantsentitemsread", "appid"} <= switches["Set-RbacApplicationScope.ps1"]
