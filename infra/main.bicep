@@ -5,7 +5,7 @@
 // mail-outbox-retry and mail-outbox-retry-poison; tables expirywarnings and mailstatus, which holds the status
 // records and one pace row per sender mailbox; the Flex deployment container, the relay's overflow container and mail-payloads, where apps put large attachments and
 // bodies for the relay to fetch (claim check); shared keys off), a Key Vault (RBAC, soft delete, purge protection) for the
-// Graph client secret, Log Analytics + Application Insights (Entra auth only), two log alerts and
+// Graph client secret or certificate (graphCredential: secret, certificate; federated and managed-identity store nothing), Log Analytics + Application Insights (Entra auth only), two log alerts and
 // an optional action group. The Entra app registration is optional (app/entra-app.bicep); the
 // Exchange Online scope is set by the scripts in infra/exchange/, never by this template.
 //
