@@ -190,7 +190,8 @@ def _certificate(clients: Clients, now: datetime) -> Check:
         )
         renew = (
             "Key Vault renews it by its policy's AutoRenew lifetime action, and the app registration must then get "
-            'the new public key (infra/README.md, "Certificate"); `mailrelay expiry check` warns before it ends'
+            "the new public key (infra/scripts/sync-app-certificate.sh; infra/README.md, `certificate`); "
+            "`mailrelay expiry check` warns before it ends"
         )
         if info.not_after <= now:
             return Check(name, "fail", f"{detail}: EXPIRED", f"Entra ID refuses an expired certificate. {renew}")
@@ -245,7 +246,7 @@ def _fic_where(client_id: str) -> str:
     return (
         f"Entra admin center > App registrations > {client_id} > Certificates & secrets > Federated credentials, "
         f"or `az ad app federated-credential list --id {client_id}` and `az ad app federated-credential update "
-        f'--id {client_id} --federated-credential-id <name> --parameters <json>` (infra/README.md, "Federated")'
+        f"--id {client_id} --federated-credential-id <name> --parameters <json>` (infra/README.md, `federated`)"
     )
 
 

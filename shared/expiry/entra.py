@@ -84,7 +84,7 @@ def compare_certificate_with_entra(
             f"Key Vault certificate '{certificate.name}' (version {certificate.version}, {which}) is not among the "
             f"app registration's certificates (Entra: {held}): Key Vault renewed it and Entra ID was not told, so "
             "Entra refuses it (AADSTS700027) once the relay uses it; upload its public key to the app registration "
-            '(infra/README.md, "Certificate")',
+            "(infra/scripts/sync-app-certificate.sh; infra/README.md, `certificate`)",
             key="entra-certificate-unregistered",
         )
     ]

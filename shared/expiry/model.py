@@ -300,9 +300,9 @@ def certificate_renewal_steps(certificate: SecretInfo, client_id: str) -> tuple[
         f'{vault} --name {name} --policy "$(az keyvault certificate show --vault-name {vault} --name {name} '
         '--query policy)"`.',
         f"Give the app registration {client_id} the new version's public key: Key Vault's renewal does not tell "
-        'Entra ID (infra/README.md, "Certificate"; by hand: `az keyvault certificate download --vault-name '
-        f"{vault} --name {name} --file cert.pem`, then `az ad app credential reset --id {client_id} --cert "
-        "@cert.pem --append`). Only the public certificate leaves Key Vault.",
+        f"Entra ID. Run `infra/scripts/sync-app-certificate.sh --vault-name {vault} --certificate-name {name} "
+        f"--app-id {client_id}` (infra/README.md, `certificate`), or by hand `az ad app credential reset --id "
+        f"{client_id} --keyvault {vault} --cert {name} --append`. Only the public certificate leaves Key Vault.",
         "Nothing to restart: the relay reads the new version when Entra refuses the one it holds (AADSTS700027) "
         "or once that one has ended, and this check watches the new version from its next run (`mailrelay expiry "
         "check` shows it at once). Remove the old certificate from the app registration once mail flows with the "

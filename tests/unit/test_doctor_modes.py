@@ -63,7 +63,7 @@ def clients(mode: str, tokens: FakeTokens, stored: Any = None, federated: Any = 
     return SimpleNamespace(
         settings=relay_settings,
         credentials=Credentials(tokens, stored, federated),
-        tokens=tokens,  # type: ignore[arg-type]
+        tokens=tokens,
     )
 
 
@@ -132,7 +132,7 @@ def test_the_certificate_is_read_and_shown_with_its_thumbprint_and_days_left(day
     if status == "ok":
         assert f"{days} days left" in check.detail and checks["entra token"].status == "ok"
     if status == "warn":
-        assert "AutoRenew" in check.hint and 'infra/README.md, "Certificate"' in check.hint
+        assert "AutoRenew" in check.hint and "infra/scripts/sync-app-certificate.sh" in check.hint
     if status == "fail":
         assert "EXPIRED" in check.detail and "entra token" not in checks
 

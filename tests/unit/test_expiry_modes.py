@@ -99,9 +99,9 @@ def test_the_certificates_alert_says_certificate_and_gives_its_renewal_steps() -
     (alert,) = s.mail.alerts
     text = alert.text()
     assert "To renew the certificate:" in text and "To renew the client secret" not in text
-    assert "AutoRenew" in text and 'infra/README.md, "Certificate"' in text
-    assert f"az ad app credential reset --id {CLIENT} --cert @cert.pem --append" in text
-    assert "az keyvault certificate download --vault-name relay-kv --name graph-client-certificate" in text
+    assert "AutoRenew" in text and "infra/scripts/sync-app-certificate.sh" in text
+    assert f"--vault-name relay-kv --certificate-name {CERT} --app-id {CLIENT}" in text
+    assert f"az ad app credential reset --id {CLIENT} --keyvault relay-kv --cert {CERT} --append" in text
     assert "certificate 'graph-client-certificate', version c1" in text
     assert "new client secret" not in text.lower()
     facts = {
@@ -160,7 +160,7 @@ def test_a_renewed_certificate_entra_was_not_told_about_warns_once_naming_the_fi
     assert kinds == ["ok", "entra-certificate-unregistered"] and report.state == "warning"
     message = report.findings[1].message
     assert "version c2" in message and "Entra ID was not told" in message and "AADSTS700027" in message
-    assert 'infra/README.md, "Certificate"' in message
+    assert "infra/scripts/sync-app-certificate.sh" in message
     s.check.run()
     assert [a.kind for a in s.mail.alerts] == ["entra-certificate-unregistered"]  # once per version
     assert (CERT, "c2", "entra-certificate-unregistered") in s.records.rows
