@@ -233,6 +233,7 @@ def test_mailrelay_local_serves_and_stops_on_sigterm_leaving_nothing(tmp_path: P
             "pids",
             "instances",
             "readAccess",
+            "credential",  # the mode (secret here); the secretless modes add "identity", certificate "certificate"
         }
         assert oct(state_file.stat().st_mode & 0o777) == "0o600"
         children = _children(process.pid)
