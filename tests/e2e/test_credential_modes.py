@@ -339,3 +339,30 @@ def test_the_demo_runs_in_certificate_mode_with_the_same_five_outcomes(capsys: p
     assert demo.main(["--credential", "certificate"]) == 0, capsys.readouterr()
     out = capsys.readouterr().out
     assert "credential: certificate: Key Vault certificate" in out and "5 of 5 cases as expected" in out
+
+
+def test_the_stack_refuses_an_unknown_mode_and_two_different_lifetimes() -> None:
+    from devstack.stack import StackError
+
+    with pytest.raises(StackError, match="credential must be one of secret, certificate, federated, managed-identity"):
+        LocalStack(credential="password")
+    with pytest.raises(StackError, match="name one lifetime"):
+        LocalStack(expires_in_days=10, secret_expires_in_days=20)
+    with pytest.raises(StackError, match="renew_certificate needs credential='certificate'"):
+        LocalStack(credential="federated").renew_certificate()
+    # What each mode seeds, read before anything starts: nothing secret outside its own mode.
+    seeds = {mode: LocalStack(credential=mode)._seed() for mode in MODES}
+    assert [sorted(seed) for seed in seeds.values()] == [
+        ["apps", "mailboxes", "secrets"],
+        ["apps", "certificates", "mailboxes"],
+        ["apps", "identities", "mailboxes"],
+        ["identities", "mailboxes"],
+    ]
+    assert "secret" not in seeds["certificate"]["apps"][0] and "secret" not in seeds["federated"]["apps"][0]
+    assert len(seeds["certificate"]["apps"][0]["keyCredentials"]) == 1
+    federated = seeds["federated"]["apps"][0]["federatedCredentials"][0]
+    identity = seeds["federated"]["identities"][0]
+    assert federated["subject"] == identity["principalId"] != identity["clientId"]
+    assert federated["audiences"] == ["api://AzureADTokenExchange"]
+    assert federated["issuer"] == f"https://login.microsoftonline.com/{identity['tenantId']}/v2.0"
+    assert identity["exchangeRoles"] == [] and seeds["managed-identity"]["identities"][0]["exchangeRoles"]
