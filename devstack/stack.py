@@ -404,15 +404,22 @@ class LocalStack:
         fresh = make_certificate(self.tenant_id, self._expires_in)
         version = self.emulator_post("certificate", {"name": CERTIFICATE_NAME, "pem": fresh.pem})
         fresh = replace(fresh, version=_answer_field(version, "version"))
-        if register:
-            key_id = self.emulator_post(
-                "app-key-credential",
-                {"clientId": self.client_id, "certificate": fresh.certificate_pem, "displayName": _cn(fresh)},
-            )
-            fresh = replace(fresh, key_id=_answer_field(key_id, "keyId"))
-            self._registered.append(fresh)
         self.certificates.append(fresh)
-        return fresh
+        return self.register_certificate() if register else fresh
+
+    def register_certificate(self) -> LocalCertificate:
+        """Add the public key of Key Vault's current certificate version to the app registration's keyCredentials
+        (infra/scripts/sync-app-certificate.sh in Azure: `az ad app credential reset --cert --append`); returns it
+        with its keyId."""
+        self._need_mode("certificate", "register_certificate")
+        current = self.certificates[-1]
+        answer = self.emulator_post(
+            "app-key-credential",
+            {"clientId": self.client_id, "certificate": current.certificate_pem, "displayName": _cn(current)},
+        )
+        current = self.certificates[-1] = replace(current, key_id=_answer_field(answer, "keyId"))
+        self._registered.append(current)
+        return current
 
     def remove_old_certificate_keys(self) -> None:
         """Leave on the app registration only the key of Key Vault's current certificate version (the sync's clean-up

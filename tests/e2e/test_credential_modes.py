@@ -194,9 +194,7 @@ def test_a_renewed_certificate_never_registered_is_dead_lettered_with_the_sync_h
     assert "sync-app-certificate.sh" in letter.hint and letter.attempts == 1
     assert delivered(stack, subject) == []
     # Registered now (the sync script's job): the next request is delivered, still without a restart.
-    stack.emulator_post(
-        "app-key-credential", {"clientId": stack.client_id, "certificate": stack.certificates[-1].certificate_pem}
-    )
+    assert stack.register_certificate().key_id
     subject = subject_of("registered after all")
     send(stack, subject)
     wait_delivered(stack, subject)
