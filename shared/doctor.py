@@ -263,11 +263,13 @@ def _federated_token(clients: Clients, expected: Mapping[str, str]) -> Check:
         field = FIC_FIELD_CODES.get(outcome.code)
         entra = " ".join(outcome.message.split())[:300]
         if field is not None:
+            # Entra matches the issuer first: an app with no federated credential at all answers 700211 too.
+            none = " (or it has none at all)" if field == "issuer" else ""
             return Check(
                 "entra token",
                 "fail",
                 f"{outcome.code}: the app registration's federated identity credential has the wrong {field}: it "
-                f"must be {expected.get(field, '?')} (Entra: {entra})",
+                f"must be {expected.get(field, '?')}{none} (Entra: {entra})",
                 f"set the {field} to {expected.get(field, '?')} in {_fic_where(client_id)}",
             )
         if outcome.code == FIC_NO_MATCH:

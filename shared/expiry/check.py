@@ -101,7 +101,8 @@ def token_finding(mode: str, failure: Failure | None) -> Finding:
 
     if failure is None:
         return Finding("ok", "token", f"A fresh Graph token was obtained (GRAPH_CREDENTIAL={mode})")
-    text = " ".join(f"{failure.code}: {failure.message}".split())  # one line: it is a mail's subject
+    message = failure.message if failure.message.startswith(failure.code) else f"{failure.code}: {failure.message}"
+    text = " ".join(message.split())  # one line: it is a mail's subject
     fix = (failure.hint,) if failure.hint else ("run `mailrelay doctor`: it names what is wrong",)
     if isinstance(failure, Transient):
         return Finding(
@@ -197,14 +198,29 @@ class ExpiryCheck:
                     findings += compare_with_entra(secret, self._entra.password_credentials(), now)
             except ExpiryReadError as e:
                 what = "certificates" if certificate else "client secrets"
-                findings.append(
-                    Finding(
-                        "warning",
-                        "entra-unavailable",
-                        f"The app registration's {what} could not be read for comparison: {e}",
-                        key="entra-unavailable",
+                if certificate and e.code == "AADSTS700027":
+                    # No token to read keyCredentials with: Entra refuses the certificate Key Vault serves now. In
+                    # a new process the relay reads Key Vault's current version, so this is the renewal Entra was
+                    # not told about (or an expired registration), and no send succeeds: every run.
+                    findings.append(
+                        Finding(
+                            "critical",
+                            "entra-certificate-unregistered",
+                            f"Entra ID refuses Key Vault certificate '{secret.name}' (version {secret.version}): "
+                            "AADSTS700027, its public key is not on the app registration (renewed by Key Vault, "
+                            "Entra not told); upload it (infra/scripts/sync-app-certificate.sh; infra/README.md, "
+                            "`certificate`)",
+                        )
                     )
-                )
+                else:
+                    findings.append(
+                        Finding(
+                            "warning",
+                            "entra-unavailable",
+                            f"The app registration's {what} could not be read for comparison: {e}",
+                            key="entra-unavailable",
+                        )
+                    )
         report = Report(secret, now, left, findings, dry_run, mode=self._mode)
         for finding in findings:
             self._deliver(report, finding, secret, now)

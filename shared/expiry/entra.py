@@ -153,7 +153,7 @@ class GraphApplicationCredentials:
             token = self._tokens.token()
             response = self._session.get(self._url, headers={"Authorization": f"Bearer {token}"}, timeout=self._timeout)
         except RelayFailure as e:
-            raise ExpiryReadError(f"no Graph token ({e.outcome.code})") from None
+            raise ExpiryReadError(f"no Graph token ({e.outcome.code})", e.outcome.code) from None
         except requests.RequestException as e:
             raise ExpiryReadError(f"Graph unreachable ({type(e).__name__})") from None
         if response.status_code == 403:

@@ -20,7 +20,12 @@ EXIT_CODES: Final[dict[str, int]] = {"ok": 0, "warning": 1, "critical": 2}
 
 
 class ExpiryReadError(RuntimeError):
-    """Key Vault or Graph could not be read. The message is safe to show: no secret value, no token."""
+    """Key Vault or Graph could not be read. The message is safe to show: no secret value, no token. `code`: the
+    relay's outcome code when no token could be had (AADSTS700027: Entra refuses the certificate)."""
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message)
+        self.code = code
 
 
 class ChannelError(RuntimeError):
