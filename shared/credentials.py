@@ -77,6 +77,10 @@ class ClientCredential(Protocol):
         """Read the stored credential again (Entra rejected the cached one)."""
         ...
 
+    def skip_cache(self) -> None:
+        """The next credential MSAL asks for must not come from a cache (a fresh token was asked for)."""
+        ...
+
 
 def _digest(value: str | bytes) -> str:
     return hashlib.sha256(value.encode() if isinstance(value, str) else value).hexdigest()
@@ -98,6 +102,9 @@ class SecretCredential:
     def refresh(self) -> MsalCredential:
         value = self.source.refresh()
         return MsalCredential(_digest(value), value)
+
+    def skip_cache(self) -> None:
+        """The secret is what Key Vault holds; Entra's verdict on it, not a cache, decides a re-read."""
 
 
 @dataclass(frozen=True)
@@ -209,6 +216,9 @@ class CertificateCredential:
         with self._lock:
             return self._parse(self._source.refresh())
 
+    def skip_cache(self) -> None:
+        """As the secret's: Entra's refusal (AADSTS700027) or the certificate's end decide a re-read."""
+
     def _parse(self, value: str) -> MsalCredential:
         key_pem, cert_pem, info = parse_certificate(value, self._source.content_type, self._source.version)
         credential = MsalCredential(info.thumbprint_sha256, {"private_key": key_pem, "public_certificate": cert_pem})
@@ -237,14 +247,23 @@ class FederatedCredential:
     def __init__(self, identity: Any):
         self._identity = identity  # a RelayCredential over the user-assigned identity (shared/secrets.py)
         self._credential = MsalCredential("federated", {"client_assertion": self.assertion})
+        self._skip_cache = False
+
+    def skip_cache(self) -> None:
+        """The next assertion comes from the identity endpoint, not azure-identity's cache: a fresh Graph token
+        (the expiry check's health check, a 401 from Graph) must prove the identity is still there."""
+        self._skip_cache = True
 
     def assertion(self) -> str:
         """A token for the exchange audience; azure-identity serves it from its cache until near its expiry. A
         failure of the identity raises the relay's RelayFailure, which passes through MSAL to shared/tokens.py."""
         from shared.secrets import identity_failure
 
+        # `claims` makes azure-identity skip its cache (MSAL's ManagedIdentityClient, claims_challenge).
+        kwargs = {"claims": "{}"} if self._skip_cache else {}
+        self._skip_cache = False
         try:
-            return str(self._identity.get_token(TOKEN_EXCHANGE_SCOPE).token)
+            return str(self._identity.get_token(TOKEN_EXCHANGE_SCOPE, **kwargs).token)
         except Exception as e:
             failure = identity_failure(e, "the federated credential's assertion")
             if failure is None:

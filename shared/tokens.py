@@ -278,6 +278,8 @@ class MsalTokens:
 
     def token(self, *, fresh: bool = False) -> str:
         with self._lock:
+            if fresh:
+                self._credential.skip_cache()
             credential = self._credential.get()
             result = self._acquire(credential, fresh)
             if "access_token" not in result and _throttled_or_failed(self._http.answer):

@@ -416,3 +416,13 @@ def test_a_second_registration_is_configuration_not_code() -> None:
     ]
     assert [b.tokens.token() for b in built] == ["graph-token", "graph-token"]
     assert [form["client_id"] for form in entra.forms] == [first.client_id, billing_id]
+
+
+def test_a_fresh_token_asks_the_identity_past_its_cache() -> None:
+    # A removed identity must show on the expiry check's fresh token, not a day later when azure-identity's cached
+    # assertion runs out.
+    identity = FakeIdentity()
+    source, _ = msal_tokens(FederatedCredential(identity), TOKEN, TOKEN)
+    source.token()
+    source.token(fresh=True)
+    assert [kwargs for _, kwargs in identity.asked] == [{}, {"claims": "{}"}]
