@@ -63,7 +63,8 @@
     Who runs it: a member of Exchange's Organization Management role group (Entra role: Exchange
     Administrator). The Entra consent check also needs Microsoft Graph PowerShell with
     Application.Read.All (removal: Application.Read.All and AppRoleAssignment.ReadWrite.All).
-    It looks for tenant-wide consents of Mail.Send, Mail.Read AND Mail.ReadWrite: each would reach every mailbox.
+    It looks for tenant-wide consents of Mail.Send, Mail.Read, Mail.ReadWrite, Mail.ReadBasic and Mail.ReadBasic.All:
+    each would reach every mailbox.
 
 .PARAMETER AppId
     Application (client) id of the app registration: GRAPH_CLIENT_ID.
@@ -124,7 +125,8 @@
     PowerShell needed).
 
 .PARAMETER RemoveEntraConsent
-    Remove a tenant-wide Entra consent of Mail.Send, Mail.Read or Mail.ReadWrite if one is found (asks for
+    Remove a tenant-wide Entra consent of a mail permission (Mail.Send, Mail.Read, Mail.ReadWrite, Mail.ReadBasic,
+    Mail.ReadBasic.All) if one is found (asks for
     confirmation).
 
 .EXAMPLE
@@ -222,6 +224,8 @@ $EntraConsentsThatWiden = @{
     'b633e1c5-b582-4048-a93e-9f11b44c7e96' = 'Mail.Send' # send as any user
     '810c84a8-4a9e-49e6-bf7d-12d183f40d01' = 'Mail.Read' # read mail in all mailboxes
     'e2a3a72e-5f79-4c64-b1b1-878b674786c9' = 'Mail.ReadWrite' # read and write mail in all mailboxes
+    '6be147d2-ea4f-4b5a-a3fa-3eab6f3c140a' = 'Mail.ReadBasic' # basic properties of all mail in all mailboxes
+    '693c5e45-0940-467d-9b8a-1022fb9d42ef' = 'Mail.ReadBasic.All' # the same (mailrelay doctor warns on each)
 }
 
 function Get-NormalizedFilter {
