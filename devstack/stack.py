@@ -117,35 +117,17 @@ def make_certificate(tenant_id: str, lifetime: timedelta, now: datetime | None =
     """A self-signed RSA 2048 certificate valid from a few minutes ago for `lifetime` (Key Vault's self-signed
     policy: issuerParameters.name Self, keyType RSA, keySize 2048, as infra/ asks for;
     https://learn.microsoft.com/azure/key-vault/certificates/about-certificates). Throwaway: nothing real."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
+    from devstack.certificates import certificate_pem, key_pem, self_signed, sha1_thumbprint
 
     now = now or datetime.now(UTC)
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"mailrelay-local-{tenant_id[:8]}")])
-    # Five minutes back: a host whose clock is a little behind must not see a certificate from the future.
-    not_before = now - timedelta(minutes=5)
-    not_after = now + lifetime
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .sign(key, hashes.SHA256())
+    key, certificate = self_signed(
+        f"mailrelay-local-{tenant_id[:8]}", not_before=now - timedelta(minutes=5), not_after=now + lifetime
     )
-    certificate_pem = certificate.public_bytes(serialization.Encoding.PEM).decode()
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
+    public = certificate_pem(certificate)
     return LocalCertificate(
-        pem=key_pem + certificate_pem,
-        certificate_pem=certificate_pem,
-        thumbprint_sha1=certificate.fingerprint(hashes.SHA1()).hex().upper(),  # noqa: S303 - Entra's thumbprint
+        pem=key_pem(key) + public,
+        certificate_pem=public,
+        thumbprint_sha1=sha1_thumbprint(certificate),
         not_before=certificate.not_valid_before_utc,
         not_after=certificate.not_valid_after_utc,
     )

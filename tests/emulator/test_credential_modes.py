@@ -21,10 +21,9 @@ import requests
 from azure.identity import CredentialUnavailableError, ManagedIdentityCredential
 from azure.keyvault.secrets import SecretClient
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
+from devstack import certificates
 from devstack.emulator import Emulator
 
 TENANT = "4f2b8d6e-1a3c-4e5f-9b7d-0c2e4a6b8d13"
@@ -84,27 +83,12 @@ def certificate(
     not_before: datetime | None = None, not_after: datetime | None = None
 ) -> tuple[str, str, x509.Certificate]:
     """A self-signed certificate: (private key PEM, certificate PEM, certificate)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mailrelay-graph")])
     start = not_before or datetime.now(UTC) - timedelta(hours=1)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(not_after or start + timedelta(days=365))
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    return key_pem, cert.public_bytes(serialization.Encoding.PEM).decode(), cert
+    key, cert = certificates.self_signed(not_before=start, not_after=not_after or start + timedelta(days=365))
+    return certificates.key_pem(key), certificates.certificate_pem(cert), cert
 
 
-def sha1_hex(cert: x509.Certificate) -> str:
-    return cert.fingerprint(hashes.SHA1()).hex().upper()  # noqa: S303 - the thumbprint Entra names keys by
+sha1_hex = certificates.sha1_thumbprint
 
 
 def app(emu: Emulator, http: requests.Session, credential: Any) -> msal.ConfidentialClientApplication:

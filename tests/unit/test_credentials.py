@@ -19,8 +19,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
-from cryptography.x509.oid import NameOID
 
+from devstack.certificates import certificate_pem, key_pem, self_signed
 from shared.credentials import (
     TOKEN_EXCHANGE_SCOPE,
     CertificateCredential,
@@ -117,30 +117,12 @@ def test_an_identity_that_is_no_guid_is_named() -> None:
 # --- certificates ---------------------------------------------------------------------------------
 
 
-def make_certificate(
-    days: float = 365, subject: str = "graph-mail-relay"
-) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    now = datetime.now(UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=days))
-        .sign(key, hashes.SHA256())
-    )
-    return key, certificate
+def make_certificate(days: float = 365, subject: str = "relay") -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
+    return self_signed(subject, not_after=datetime.now(UTC) + timedelta(days=days))
 
 
 def pem_of(key: rsa.RSAPrivateKey, *certificates: x509.Certificate) -> str:
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return (key_pem + b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates)).decode()
+    return key_pem(key) + certificate_pem(*certificates)
 
 
 def test_a_pem_certificate_is_read_with_its_leaf_whatever_the_chain_order() -> None:

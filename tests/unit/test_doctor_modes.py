@@ -75,27 +75,11 @@ def by_name(checks: list[Check]) -> dict[str, Check]:
 
 
 def certificate_pem(not_after: datetime) -> str:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
+    """A Key Vault certificate's PEM secret (key and certificate) ending at `not_after`."""
+    from devstack import certificates
 
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mailrelay-graph")])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_after - timedelta(days=365))
-        .not_valid_after(not_after)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    return key_pem + cert.public_bytes(serialization.Encoding.PEM).decode()
+    key, certificate = certificates.self_signed(not_before=not_after - timedelta(days=365), not_after=not_after)
+    return certificates.key_pem(key) + certificates.certificate_pem(certificate)
 
 
 @dataclass
