@@ -131,10 +131,7 @@ class GraphRegistration:
 
 @dataclass(frozen=True)
 class Settings:
-    tenant_id: str
-    client_id: str
-    key_vault_uri: str | None  # None in federated and managed-identity modes: no Key Vault is read for Graph
-    secret_name: str | None  # secret mode only
+    graph: GraphRegistration  # the Graph caller and its credential (GRAPH_CREDENTIAL and its companions)
     allowed_senders: frozenset[str]  # lower-cased: Exchange addresses are case-insensitive
     queue_name: str
     storage: StorageSettings
@@ -142,8 +139,6 @@ class Settings:
     graph_base_url: str
     authority_host: str
     ca_bundle: str | None  # extra CA to trust (the local emulator, or a TLS-inspecting proxy)
-    credential: str = "secret"  # GRAPH_CREDENTIAL: one of CREDENTIAL_MODES
-    certificate_name: str | None = None  # GRAPH_CERTIFICATE_NAME: the Key Vault certificate (certificate mode)
     # The retry budget and backoff for transient failures (shared/retries.py has the rules).
     max_attempts: int = 8
     max_age_hours: float = 24.0
@@ -175,19 +170,31 @@ class Settings:
     payload_retention_days: float = 30.0
     send_at_tolerance_seconds: float = 300.0
 
+    # The Graph caller's settings, as the rest of the relay has always read them.
     @property
-    def graph(self) -> GraphRegistration:
-        """The relay's Graph caller and its credential (shared/credentials.py builds the token source from it)."""
-        return GraphRegistration(
-            name="default",
-            mode=self.credential,
-            tenant_id=self.tenant_id,
-            client_id=self.client_id,
-            key_vault_uri=self.key_vault_uri,
-            secret_name=self.secret_name,
-            certificate_name=self.certificate_name,
-            identity_client_id=self.managed_identity_client_id,
-        )
+    def tenant_id(self) -> str:
+        return self.graph.tenant_id
+
+    @property
+    def client_id(self) -> str:
+        return self.graph.client_id
+
+    @property
+    def credential(self) -> str:
+        return self.graph.mode
+
+    @property
+    def key_vault_uri(self) -> str | None:
+        """None in federated and managed-identity modes: no Key Vault is read for Graph."""
+        return self.graph.key_vault_uri
+
+    @property
+    def secret_name(self) -> str | None:
+        return self.graph.secret_name
+
+    @property
+    def certificate_name(self) -> str | None:
+        return self.graph.certificate_name
 
     @property
     def retry_policy(self) -> RetryPolicy:
@@ -305,12 +312,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if ca_bundle and not os.path.isfile(ca_bundle):
         raise SettingsError(f"Setting MAILRELAY_CA_BUNDLE names a file that does not exist: {ca_bundle!r}.")
     return Settings(
-        tenant_id=graph.tenant_id,
-        client_id=graph.client_id,
-        key_vault_uri=graph.key_vault_uri,
-        secret_name=graph.secret_name,
-        credential=graph.mode,
-        certificate_name=graph.certificate_name,
+        graph=graph,
         allowed_senders=allowed,
         queue_name=queue_name,
         storage=_storage(env),
