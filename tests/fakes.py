@@ -29,6 +29,24 @@ class FakeSecret:
 
 
 @dataclass
+class ScriptedTokens:
+    """A token source that answers `token_value`, or raises `failure`; `calls` records each ask's `fresh`."""
+
+    token_value: str = "header.payload.signature"
+    failure: Exception | None = None
+    calls: list[bool] = field(default_factory=list)
+
+    def token(self, *, fresh: bool = False) -> str:
+        self.calls.append(fresh)
+        if self.failure:
+            raise self.failure
+        return self.token_value
+
+    def renew_credential(self) -> None:
+        """Nothing stored to read again."""
+
+
+@dataclass
 class FakeTokens:
     """Tokens numbered by issue; `renewed_secrets` counts secret re-reads."""
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -17,6 +17,7 @@ from shared.credentials import CertificateCredential, Credentials, FederatedCred
 from shared.doctor import MAIL_ROLES, Check, credential_checks
 from shared.outcomes import RelayFailure, classify_entra, permanent
 from shared.settings import load_settings
+from tests.fakes import ScriptedTokens
 from tests.unit.test_settings import GOOD
 
 TENANT = GOOD["GRAPH_TENANT_ID"]
@@ -33,23 +34,7 @@ def jwt(**claims: Any) -> str:
     return f"{part({'alg': 'RS256', 'typ': 'JWT'})}.{part(claims)}.signature"
 
 
-@dataclass
-class FakeTokens:
-    token_value: str = ""
-    failure: RelayFailure | None = None
-    calls: list[bool] = field(default_factory=list)
-
-    def token(self, *, fresh: bool = False) -> str:
-        self.calls.append(fresh)
-        if self.failure:
-            raise self.failure
-        return self.token_value
-
-    def renew_credential(self) -> None:
-        pass
-
-
-def clients(mode: str, tokens: FakeTokens, stored: Any = None, federated: Any = None, **settings: str) -> Any:
+def clients(mode: str, tokens: ScriptedTokens, stored: Any = None, federated: Any = None, **settings: str) -> Any:
     env = dict(GOOD, GRAPH_CREDENTIAL=mode, **settings)
     if mode == "certificate":
         env.setdefault("GRAPH_CERTIFICATE_NAME", "graph-client-certificate")
@@ -106,7 +91,7 @@ def test_the_certificate_is_read_and_shown_with_its_thumbprint_and_days_left(day
 
     pem = certificate_pem(NOW + timedelta(days=days, hours=1))
     stored = CertificateCredential(FakeVaultSecret(pem), clock=lambda: NOW)  # type: ignore[arg-type]
-    c = clients("certificate", FakeTokens(jwt(roles=[])), stored=stored)
+    c = clients("certificate", ScriptedTokens(jwt(roles=[])), stored=stored)
     checks = by_name(credential_checks(c, now=NOW))
     check = checks["key vault certificate"]
     thumbprint = x509.load_pem_x509_certificate(pem.encode()).fingerprint(hashes.SHA1()).hex().upper()  # noqa: S303
@@ -123,7 +108,7 @@ def test_the_certificate_is_read_and_shown_with_its_thumbprint_and_days_left(day
 
 def test_an_unreadable_certificate_fails_with_the_codes_hint() -> None:
     bad = FakeVaultSecret("-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n")
-    c = clients("certificate", FakeTokens(), stored=CertificateCredential(bad))  # type: ignore[arg-type]
+    c = clients("certificate", ScriptedTokens(""), stored=CertificateCredential(bad))  # type: ignore[arg-type]
     (check,) = credential_checks(c, now=NOW)
     assert check.status == "fail" and check.detail.startswith("CertificateUnreadable")
     assert "GRAPH_CERTIFICATE_NAME" in check.hint
@@ -155,12 +140,12 @@ def entra_refusal(code: int, text: str) -> RelayFailure:
     )
 
 
-def federated(identity: FakeIdentity, tokens: FakeTokens) -> list[Check]:
+def federated(identity: FakeIdentity, tokens: ScriptedTokens) -> list[Check]:
     return credential_checks(clients("federated", tokens, federated=FederatedCredential(identity)))
 
 
 def test_a_working_federated_credential_shows_what_the_fic_must_hold() -> None:
-    checks = by_name(federated(FakeIdentity(assertion()), FakeTokens(jwt(roles=[]))))
+    checks = by_name(federated(FakeIdentity(assertion()), ScriptedTokens(jwt(roles=[]))))
     identity = checks["managed identity"]
     assert identity.status == "ok"
     assert f"issuer {RIGHT_ISSUER}" in identity.detail and f"subject {PRINCIPAL}" in identity.detail
@@ -179,7 +164,7 @@ def test_a_working_federated_credential_shows_what_the_fic_must_hold() -> None:
 )
 def test_a_fic_with_a_wrong_field_is_named_with_the_value_it_must_hold(code: int, field: str, value: str) -> None:
     refusal = entra_refusal(code, f"No matching federated identity record found for presented assertion {field}.")
-    checks = by_name(federated(FakeIdentity(assertion()), FakeTokens(failure=refusal)))
+    checks = by_name(federated(FakeIdentity(assertion()), ScriptedTokens(failure=refusal)))
     token = checks["entra token"]
     assert token.status == "fail" and token.detail.startswith(f"AADSTS{code}")
     assert f"has the wrong {field}: it must be {value}" in token.detail
@@ -191,7 +176,7 @@ def test_a_fic_with_a_wrong_field_is_named_with_the_value_it_must_hold(code: int
 
 def test_no_matching_fic_names_all_three_values() -> None:
     refusal = entra_refusal(70021, "No matching federated identity record found for presented assertion.")
-    token = by_name(federated(FakeIdentity(assertion()), FakeTokens(failure=refusal)))["entra token"]
+    token = by_name(federated(FakeIdentity(assertion()), ScriptedTokens(failure=refusal)))["entra token"]
     assert token.status == "fail" and token.detail.startswith("AADSTS70021")
     for text in (f"issuer {RIGHT_ISSUER}", f"subject {PRINCIPAL}", "audience api://AzureADTokenExchange"):
         assert text in token.detail
@@ -205,7 +190,7 @@ def test_no_matching_fic_names_all_three_values() -> None:
     ],
 )
 def test_an_assertion_entra_would_not_expect_is_itself_a_finding(claims: dict[str, Any], words: str) -> None:
-    checks = by_name(federated(FakeIdentity(claims), FakeTokens(jwt(roles=[]))))
+    checks = by_name(federated(FakeIdentity(claims), ScriptedTokens(jwt(roles=[]))))
     assert checks["managed identity"].status == "warn" and words in checks["managed identity"].hint
     assert "entra token" in checks  # still tried: Entra's answer says whether it matters
 
@@ -213,7 +198,7 @@ def test_an_assertion_entra_would_not_expect_is_itself_a_finding(claims: dict[st
 def test_no_identity_fails_before_any_token_request() -> None:
     from azure.identity import CredentialUnavailableError
 
-    tokens = FakeTokens(jwt(roles=[]))
+    tokens = ScriptedTokens(jwt(roles=[]))
     identity = FakeIdentity(assertion(), failure=CredentialUnavailableError("no managed identity answered"))
     (check,) = federated(identity, tokens)
     assert check.name == "managed identity" and check.status == "fail"
@@ -225,7 +210,7 @@ def test_no_identity_fails_before_any_token_request() -> None:
 
 
 def test_the_managed_identitys_token_shows_its_appid_and_roles() -> None:
-    tokens = FakeTokens(jwt(appid=IDENTITY, roles=["User.Read.All"]))
+    tokens = ScriptedTokens(jwt(appid=IDENTITY, roles=["User.Read.All"]))
     checks = by_name(credential_checks(clients("managed-identity", tokens)))
     identity = checks["managed identity"]
     assert identity.status == "ok" and f"appid {IDENTITY}" in identity.detail and "User.Read.All" in identity.detail
@@ -233,14 +218,14 @@ def test_the_managed_identitys_token_shows_its_appid_and_roles() -> None:
 
 
 def test_a_token_of_another_identity_fails() -> None:
-    tokens = FakeTokens(jwt(appid="ffffffff-0000-0000-0000-000000000000", roles=[]))
+    tokens = ScriptedTokens(jwt(appid="ffffffff-0000-0000-0000-000000000000", roles=[]))
     check = by_name(credential_checks(clients("managed-identity", tokens)))["managed identity"]
     assert check.status == "fail" and "system-assigned" in check.hint
 
 
 def test_a_removed_identity_fails_with_its_hint() -> None:
     gone = RelayFailure(permanent("CredentialUnavailable", "the managed identity's Graph token: no identity"))
-    (check,) = credential_checks(clients("managed-identity", FakeTokens(failure=gone)))
+    (check,) = credential_checks(clients("managed-identity", ScriptedTokens(failure=gone)))
     assert check.status == "fail" and "deleted or detached" in check.hint
 
 
@@ -249,7 +234,7 @@ def test_a_removed_identity_fails_with_its_hint() -> None:
 
 @pytest.mark.parametrize("role", MAIL_ROLES)
 def test_any_tenant_wide_mail_consent_beside_rbac_warns(role: str) -> None:
-    c = clients("managed-identity", FakeTokens(jwt(appid=IDENTITY, roles=[role, "User.Read.All"])))
+    c = clients("managed-identity", ScriptedTokens(jwt(appid=IDENTITY, roles=[role, "User.Read.All"])))
     token = by_name(credential_checks(c))["entra token"]
     assert token.status == "warn" and f"WITH the Entra consent {role}" in token.detail
     assert "add up" in token.hint
@@ -260,5 +245,5 @@ def test_any_tenant_wide_mail_consent_beside_rbac_warns(role: str) -> None:
 @pytest.mark.parametrize("role", MAIL_ROLES)
 def test_under_an_access_policy_the_consent_is_expected(role: str) -> None:
     roles = sorted({"Mail.Send", role})
-    c = clients("managed-identity", FakeTokens(jwt(appid=IDENTITY, roles=roles)), EXCHANGE_SCOPE_MODEL="policy")
+    c = clients("managed-identity", ScriptedTokens(jwt(appid=IDENTITY, roles=roles)), EXCHANGE_SCOPE_MODEL="policy")
     assert by_name(credential_checks(c))["entra token"].status == "ok"

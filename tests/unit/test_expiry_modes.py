@@ -21,6 +21,7 @@ from shared.expiry import (
 )
 from shared.expiry.check import _details
 from shared.outcomes import RelayFailure, classify_entra, permanent, transient
+from tests.fakes import ScriptedTokens
 from tests.unit.test_expiry import (
     CLIENT,
     START,
@@ -207,20 +208,8 @@ def test_custom_key_identifier_reads_as_a_thumbprint() -> None:
 
 
 @dataclass
-class FakeTokenSource:
-    failure: RelayFailure | None = None
-    calls: list[bool] = field(default_factory=list)
-
-    def token(self, *, fresh: bool = False) -> str:
-        self.calls.append(fresh)
-        if self.failure:
-            raise self.failure
-        return "header.payload.signature"
-
-
-@dataclass
 class TokenStack:
-    tokens: FakeTokenSource
+    tokens: ScriptedTokens
     records: MemoryWarningRecords
     mail: RecordingChannel
     webhook: RecordingChannel
@@ -228,7 +217,7 @@ class TokenStack:
 
 
 def make_secretless(mode: str, failure: RelayFailure | None = None) -> TokenStack:
-    tokens, records = FakeTokenSource(failure), MemoryWarningRecords()
+    tokens, records = ScriptedTokens(failure=failure), MemoryWarningRecords()
     mail, webhook = RecordingChannel("mail"), RecordingChannel("webhook")
     check = ExpiryCheck(
         secret=None,
@@ -316,7 +305,7 @@ def test_the_secretless_modes_never_take_a_key_vault_reader_and_the_stored_modes
             client_id=CLIENT,
             tenant_id=TENANT,
             mode="federated",
-            tokens=FakeTokenSource(),
+            tokens=ScriptedTokens(),
         )
     with pytest.raises(ValueError):
         ExpiryCheck(
