@@ -1,15 +1,36 @@
 """The relay's triggers. Logic lives in shared/; this module stays cheap to import for the host's indexing."""
 
+import os
+
 import azure.functions as func
 
+from shared.apps import app_queue, indexed_apps, trigger_name
 from shared.handlers import handle_expiry_timer, handle_mail_message, handle_retry_message, handle_status_cleanup
 
 app = func.FunctionApp()
+CONNECTION = "AzureWebJobsStorage"
 
 
 @app.queue_trigger(arg_name="msg", queue_name="%MAIL_QUEUE_NAME%", connection="AzureWebJobsStorage")
 def send_mail(msg: func.QueueMessage) -> None:
     handle_mail_message(msg)
+
+
+# One trigger per declared app (MAILRELAY_APPS), on the app's own queue: the queue is the identity, so the app comes
+# from which trigger ran, never from the message. The host indexes this module by importing it and reading
+# app.get_functions() (azure-functions-python-worker, loader.index_function_app), after the app settings are in
+# the environment; each function needs a unique name (azure-functions-python-library, decorators/function_app.py,
+# _validate_function refuses a duplicate), hence function_name. A new app needs a restart to be indexed, which
+# changing the app setting causes.
+def _app_trigger(name: str) -> None:
+    @app.function_name(name=trigger_name(name))
+    @app.queue_trigger(arg_name="msg", queue_name=app_queue("%MAIL_QUEUE_NAME%", name), connection=CONNECTION)
+    def send_app_mail(msg: func.QueueMessage) -> None:
+        handle_mail_message(msg, app=name)
+
+
+for _name in indexed_apps(os.environ):
+    _app_trigger(_name)
 
 
 # The relay's own retry queue: only its identity may write it, so the retries it carries cannot be forged.

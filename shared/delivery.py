@@ -115,8 +115,8 @@ def deliver(
     """Take one checked request from claim to recorded outcome (the module's steps). `enqueued_at`: when the app
     enqueued it, for a request read from the outbox (a `sendAt` is judged against it)."""
     req = checked.request
-    key = StatusKey.of(req.sender, req.id, original_message_id)
-    fields.update(sender=req.sender, keyKind=key.kind, key=key.value)
+    key = StatusKey.of(req.sender, req.id, original_message_id, checked.app)
+    fields.update(app=checked.app, sender=req.sender, keyKind=key.kind, key=key.value)
     send_at = req.send_time()
     if send_at is not None:
         refused = _send_at_refusal(rt, send_at, enqueued_at)
@@ -667,7 +667,8 @@ def _put_back(rt: Runtime, checked: Checked, original_message_id: str | None, se
     from shared.retries import fit_on_queue, wrap
 
     delay = max(1, math.ceil(seconds))  # whole seconds, the queue's unit, never below the wait asked for
-    rt.retries.put(fit_on_queue(wrap(checked.received, original_message_id, reason), rt.overflow), delay)
+    wrapper = wrap(checked.received, original_message_id, reason, checked.app)
+    rt.retries.put(fit_on_queue(wrapper, rt.overflow), delay)
     return delay
 
 
@@ -685,7 +686,8 @@ def _dead_letter(
 
     attempts = record.attempts if record else 0
     origin = (record.message_id if record else None) or fields.get("queueMessageId")
-    rt.dead_letters.put(dead_letter_envelope(request, failure, attempts=attempts, queue_message_id=origin))
+    app = record.key.app if record else fields.get("app")
+    rt.dead_letters.put(dead_letter_envelope(request, failure, attempts=attempts, queue_message_id=origin, app=app))
     if record is not None:
         _write(
             rt,

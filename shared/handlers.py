@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
+from shared.apps import DEFAULT_APP
+
 if TYPE_CHECKING:
     from datetime import datetime
 
@@ -37,8 +39,9 @@ class TimerRequestLike(Protocol):
     def past_due(self) -> bool: ...
 
 
-def handle_mail_message(msg: QueueMessageLike, rt: Runtime | None = None) -> None:
-    """Handle one request from the outbox and return, so the host completes (deletes) the message.
+def handle_mail_message(msg: QueueMessageLike, rt: Runtime | None = None, app: str = DEFAULT_APP) -> None:
+    """Handle one request from an app's queue (the outbox: the default app) and return, so the host completes
+    (deletes) the message. `app` is which trigger ran, so which queue the message came from: the app's identity.
 
     Whatever an app wrote is a request: a retry wrapper ("$retry") on the outbox is refused, never trusted,
     since retries are the relay's own (shared/retries.py). The rest is shared/delivery.py's: sent once,
@@ -51,12 +54,17 @@ def handle_mail_message(msg: QueueMessageLike, rt: Runtime | None = None) -> Non
 
     rt = rt or runtime()
     raw = msg.get_body()
-    fields: dict[str, Any] = {"queueMessageId": msg.id, "originalMessageId": msg.id, "dequeueCount": msg.dequeue_count}
+    fields: dict[str, Any] = {
+        "app": app,
+        "queueMessageId": msg.id,
+        "originalMessageId": msg.id,
+        "dequeueCount": msg.dequeue_count,
+    }
     if is_wrapper(raw):
         refused = permanent("RetryWrapperRefused", 'a "$retry" wrapper on the outbox; the relay writes retries itself')
         _dead_letter(rt, as_received(raw), refused, fields)
         return
-    _process(rt, raw, msg.id, fields, enqueued_at=msg.insertion_time)
+    _process(rt, raw, msg.id, fields, app, enqueued_at=msg.insertion_time)
 
 
 def handle_retry_message(msg: QueueMessageLike, rt: Runtime | None = None) -> None:
@@ -76,8 +84,8 @@ def handle_retry_message(msg: QueueMessageLike, rt: Runtime | None = None) -> No
     # The relay always writes the first message's id; without one (never from the relay), this message's own
     # id keys a request that has no `id`, so it is still sent at most once from here on.
     original = unwrapped.original_message_id or msg.id
-    fields.update(originalMessageId=original, step=unwrapped.reason)
-    _process(rt, unwrapped.body, original, fields)
+    fields.update(app=unwrapped.app, originalMessageId=original, step=unwrapped.reason)
+    _process(rt, unwrapped.body, original, fields, unwrapped.app)
     if unwrapped.stored and rt.overflow:
         # Its next step is written (sent, dead-lettered or re-queued with its own copy): the stored request of
         # this retry is no longer needed. Only after the writes: a crash before leaves it.
@@ -89,13 +97,20 @@ def _process(
     raw: bytes,
     original_message_id: str | None,
     fields: dict[str, Any],
+    app_name: str,
     enqueued_at: datetime | None = None,
 ) -> None:
     from shared.delivery import deliver
-    from shared.outcomes import Sent
+    from shared.outcomes import Sent, as_received, permanent
     from shared.sending import Attempt
+    from shared.settings import SettingsError
 
-    checked = rt.relay.check(raw)
+    try:
+        app = rt.settings.app(app_name)
+    except SettingsError as e:  # a retry of an app removed from MAILRELAY_APPS since: nobody may send it as that app
+        _dead_letter(rt, as_received(raw), permanent("AppNotDeclared", str(e)), fields)
+        return
+    checked = rt.relay.check(raw, app)
     if isinstance(checked, Attempt):  # the contract or the allow-list refused it: no record, no Graph
         fields["sender"] = checked.sender
         assert not isinstance(checked.outcome, Sent)
@@ -110,7 +125,8 @@ def _dead_letter(rt: Runtime, request: Any, failure: Failure, fields: dict[str, 
     from shared.outcomes import dead_letter_envelope
 
     origin = fields.get("originalMessageId") or fields.get("queueMessageId")
-    rt.dead_letters.put(dead_letter_envelope(request, failure, attempts=0, queue_message_id=origin))
+    envelope = dead_letter_envelope(request, failure, attempts=0, queue_message_id=origin, app=fields.get("app"))
+    rt.dead_letters.put(envelope)
     _log(logging.ERROR, "mail.deadlettered", failure.code, code=failure.code, hint=failure.hint, **fields)
 
 

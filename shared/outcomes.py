@@ -272,6 +272,15 @@ _HINTS: Final[dict[str, str]] = {
         "the 'from' mailbox is not on the relay's allow-list (ALLOWED_SENDERS); add it there and to the "
         "app's Exchange scope if it should be allowed"
     ),
+    "SenderNotAllowedForApp": (
+        "the app may not send as this mailbox: it is not among the app's senders in MAILRELAY_APPS (infra/: the "
+        "`apps` parameter). If the app should send as it, the relay's admin adds it to that app's senders; "
+        "otherwise send from one of the app's own mailboxes"
+    ),
+    "AppNotDeclared": (
+        "the request came from an app MAILRELAY_APPS no longer declares (a retry of an app since removed): declare "
+        "the app again, or requeue the request on another app's queue"
+    ),
 }
 
 _TRANSIENT_STATUS: Final = frozenset({408, 429, 500, 502, 503, 504})
@@ -427,13 +436,19 @@ def as_received(raw: bytes | str) -> Any:
 
 
 def dead_letter_envelope(
-    request: Any, failure: Failure, attempts: int, now: datetime | None = None, queue_message_id: str | None = None
+    request: Any,
+    failure: Failure,
+    attempts: int,
+    now: datetime | None = None,
+    queue_message_id: str | None = None,
+    app: str | None = None,
 ) -> dict[str, Any]:
     """DESIGN.md's dead-letter envelope: the request as received, why it failed, and how often it was tried.
 
     `queueMessageId` is the id of the queue message that first carried the request: the id `mailrelay send`
-    and the client print, so `mailrelay dead-letters show <that id>` finds the letter."""
-    envelope = {
+    and the client print, so `mailrelay dead-letters show <that id>` finds the letter. `app`: whose queue it came
+    from (shared/apps.py), so a requeue goes back to that app's queue."""
+    envelope: dict[str, Any] = {
         "request": request,
         "error": {"code": failure.code, "message": failure.message, "hint": failure.hint},
         "attempts": attempts,
@@ -441,4 +456,6 @@ def dead_letter_envelope(
     }
     if queue_message_id:
         envelope["queueMessageId"] = queue_message_id
+    if app:
+        envelope["app"] = app
     return envelope

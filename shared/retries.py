@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
+from shared.apps import DEFAULT_APP
+
 # The backoff's ceiling is the queue's: a message cannot stay hidden longer.
 from shared.queues import MAX_VISIBILITY_SECONDS as MAX_VISIBILITY_SECONDS
 
@@ -62,6 +64,7 @@ class Unwrapped:
     original_message_id: str | None
     reason: str = ""
     stored: dict[str, Any] | None = None  # the overflow reference the body was read from, if any
+    app: str = DEFAULT_APP  # the app whose queue the request first came from (shared/apps.py)
 
 
 def is_wrapper(raw: bytes) -> bool:
@@ -97,6 +100,7 @@ def unwrap(raw: bytes, load: Callable[[dict[str, Any]], bytes] | None = None) ->
         )
     original = _original_message_id(meta.get("originalMessageId"))
     reason = str(meta.get("reason") or "")[:40]
+    app = _app(meta.get("app"))
     if isinstance(stored, dict):
         from shared.queues import StoredPayloadError, check_reference
 
@@ -107,12 +111,24 @@ def unwrap(raw: bytes, load: Callable[[dict[str, Any]], bytes] | None = None) ->
         if load is None:
             raise MalformedWrapper("the retry's request is stored, and this relay has no overflow store to read it")
         try:
-            return Unwrapped(load(stored), original, reason, stored)
+            return Unwrapped(load(stored), original, reason, stored, app)
         except StoredPayloadError as e:  # gone or altered: permanent. The store unreachable: the host retries.
             raise MalformedWrapper(f"the retry's stored request cannot be read: {e}") from None
     from shared.queues import json_bytes
 
-    return Unwrapped(json_bytes(request), original, reason)
+    return Unwrapped(json_bytes(request), original, reason, app=app)
+
+
+def _app(value: Any) -> str:
+    """`$retry.app`: the app the relay read the request from; absent for the default app (and in wrappers written
+    before apps). Only the relay writes the retry queue; the name is checked all the same."""
+    from shared.apps import is_app_name
+
+    if value is None:
+        return DEFAULT_APP
+    if not isinstance(value, str) or not is_app_name(value):
+        raise MalformedWrapper('"$retry.app" must be an app\'s name')
+    return value
 
 
 def _original_message_id(value: Any) -> str | None:
@@ -127,9 +143,14 @@ def _original_message_id(value: Any) -> str | None:
     return value
 
 
-def wrap(request: dict[str, Any], original_message_id: str | None, reason: str) -> dict[str, Any]:
-    """The retry-queue message for `request`: the request as received, and where it came from."""
-    return {RETRY_KEY: {"originalMessageId": original_message_id, "reason": reason}, REQUEST_KEY: request}
+def wrap(
+    request: dict[str, Any], original_message_id: str | None, reason: str, app: str = DEFAULT_APP
+) -> dict[str, Any]:
+    """The retry-queue message for `request`: the request as received, where it came from, and its app."""
+    meta: dict[str, Any] = {"originalMessageId": original_message_id, "reason": reason}
+    if app != DEFAULT_APP:
+        meta["app"] = app
+    return {RETRY_KEY: meta, REQUEST_KEY: request}
 
 
 @dataclass(frozen=True)

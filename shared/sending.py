@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Final
 
+from shared.apps import DEFAULT_APP
 from shared.graph import GraphReply, MailSender, build_send_mail_body
 from shared.outcomes import (
     LARGE_MESSAGE_ACCESS_HINTS,
@@ -39,6 +40,7 @@ from shared.outcomes import (
 from shared.tokens import TokenSource
 
 if TYPE_CHECKING:
+    from shared.apps import App
     from shared.contract import Attachment, Body, SendRequest
     from shared.graph import DraftSender
     from shared.payloads import PayloadError, PayloadStore, Reader
@@ -101,10 +103,11 @@ class Lookup:
 
 @dataclass(frozen=True)
 class Checked:
-    """A request that passed the contract and the allow-list: ready for Graph."""
+    """A request that passed the contract, the allow-list and its app's senders: ready for Graph."""
 
     request: SendRequest
     received: dict[str, Any]  # the JSON object as the app wrote it: kept whole for a dead letter
+    app: str = DEFAULT_APP  # whose queue it came from (shared/apps.py): part of its key
 
 
 class Relay:
@@ -133,8 +136,9 @@ class Relay:
         checked = self.check(raw)
         return checked if isinstance(checked, Attempt) else self.deliver(checked)
 
-    def check(self, raw: bytes | str) -> Checked | Attempt:
-        """The request if the contract and the allow-list accept it, else the permanent failure that says why."""
+    def check(self, raw: bytes | str, app: App | None = None) -> Checked | Attempt:
+        """The request if the contract, the allow-list and `app`'s senders accept it, else the permanent failure
+        that says why. `app` is known from the queue the request came from, never from the request."""
         from shared.contract import ContractError, parse_request
 
         request = as_received(raw)
@@ -147,8 +151,12 @@ class Relay:
             return Attempt(
                 permanent("SenderNotAllowed", f"{req.sender} is not on the relay's allow-list"), request, req.sender
             )
+        if app is not None and req.sender.lower() not in app.senders:
+            # Before any state is written and before Graph: an app sends only as its own mailboxes.
+            message = f"app {app.name!r} may not send as {req.sender}: it is not among the app's senders"
+            return Attempt(permanent("SenderNotAllowedForApp", message), request, req.sender)
         assert isinstance(request, dict)  # parse_request accepted it, so it is a JSON object
-        return Checked(req, request)
+        return Checked(req, request, app.name if app is not None else DEFAULT_APP)
 
     def send_as(self, sender: str, request: dict[str, Any]) -> Outcome:
         """Send past the allow-list: for `mailrelay doctor --send-test-to`, which must see what *Exchange*

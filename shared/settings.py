@@ -7,6 +7,7 @@ raises one `SettingsError` that names it, so the log line says exactly what to f
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
+    from shared.apps import App
     from shared.retries import RetryPolicy
 
 DEFAULT_QUEUE_NAME: Final = "mail-outbox"
@@ -32,6 +34,8 @@ DEPLOYED_SETTINGS: Final = (
     "GRAPH_CLIENT_SECRET_NAME",
     "ALLOWED_SENDERS",
     "MAIL_QUEUE_NAME",
+    # The apps sharing the relay, each on its own queue with its own senders (shared/apps.py).
+    "MAILRELAY_APPS",
     "AZURE_CLIENT_ID",
     "AzureWebJobsStorage__queueServiceUri",
     "AzureWebJobsStorage__credential",
@@ -139,6 +143,7 @@ class Settings:
     graph_base_url: str
     authority_host: str
     ca_bundle: str | None  # extra CA to trust (the local emulator, or a TLS-inspecting proxy)
+    apps: tuple[App, ...] = ()  # MAILRELAY_APPS: the declared apps, each on its own queue (shared/apps.py)
     # The retry budget and backoff for transient failures (shared/retries.py has the rules).
     max_attempts: int = 8
     max_age_hours: float = 24.0
@@ -169,6 +174,18 @@ class Settings:
     max_message_size_mb: float = 35.0
     payload_retention_days: float = 30.0
     send_at_tolerance_seconds: float = 300.0
+
+    def app(self, name: str) -> App:
+        """The app `name` (the default one: the outbox, every allowed sender). A name not declared is a trigger
+        this deployment's settings do not know: SettingsError, naming it."""
+        from shared.apps import DEFAULT_APP, default_app
+
+        if name == DEFAULT_APP:
+            return default_app(self.queue_name, self.allowed_senders)
+        for app in self.apps:
+            if app.name == name:
+                return app
+        raise SettingsError(f"Setting MAILRELAY_APPS declares no app {name!r}, whose queue a message came from.")
 
     # The Graph caller's settings, as the rest of the relay has always read them.
     @property
@@ -311,10 +328,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     ca_bundle = env.get("MAILRELAY_CA_BUNDLE", "").strip() or None
     if ca_bundle and not os.path.isfile(ca_bundle):
         raise SettingsError(f"Setting MAILRELAY_CA_BUNDLE names a file that does not exist: {ca_bundle!r}.")
+    from shared.apps import SETTING as APPS_SETTING
+
     return Settings(
         graph=graph,
         allowed_senders=allowed,
         queue_name=queue_name,
+        apps=parse_apps(env.get(APPS_SETTING, ""), allowed, queue_name),
         storage=_storage(env),
         managed_identity_client_id=env.get("AZURE_CLIENT_ID", "").strip() or None,
         graph_base_url=_https_url(
@@ -331,6 +351,61 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         exchange_scope_model=_scope_model(env),
         **_delivery(env),
     )
+
+
+def parse_apps(value: str, allowed: frozenset[str], queue_name: str) -> tuple[App, ...]:
+    """The declared apps (not the default one) from MAILRELAY_APPS; raises SettingsError naming what is wrong."""
+    from shared.apps import FIELDS, NAME_RULE, POISON_SUFFIX, RESERVED_NAMES, SETTING, App, app_queue, is_declarable
+
+    def refuse(why: str) -> SettingsError:
+        return SettingsError(f"Setting {SETTING} {why}.")
+
+    if not value.strip():
+        return ()
+    try:
+        declared = json.loads(value)
+    except ValueError:
+        raise refuse(
+            'must be a JSON array of apps, like [{"name": "billing", "senders": ["billing@contoso.com"]}]'
+        ) from None
+    if not isinstance(declared, list):
+        raise refuse("must be a JSON array of apps")
+    apps: list[App] = []
+    for index, entry in enumerate(declared):
+        if not isinstance(entry, dict):
+            raise refuse(f"holds something that is not an app (an object) at position {index + 1}")
+        name = entry.get("name")
+        label = f"app {name!r}" if isinstance(name, str) else f"the app at position {index + 1}"
+        unknown = sorted(set(entry) - FIELDS)
+        if unknown:
+            raise refuse(f"gives {label} an unknown field {unknown[0]!r} (known: {', '.join(sorted(FIELDS))})")
+        if not isinstance(name, str) or not (is_declarable(name) or name in RESERVED_NAMES):
+            raise refuse(f"names {label} wrongly: {NAME_RULE}")
+        if name in RESERVED_NAMES:
+            raise refuse(f"names an app {name!r}, which is reserved ({', '.join(sorted(RESERVED_NAMES))})")
+        if any(a.name == name for a in apps):
+            raise refuse(f"declares app {name!r} twice")
+        queue = app_queue(queue_name, name)
+        if len(queue) + len(POISON_SUFFIX) > 63:
+            raise refuse(
+                f"gives app {name!r} the queue {queue}, whose poison queue {queue}{POISON_SUFFIX} would be longer than "
+                "a queue name may be (63 characters): shorten the app's name or MAIL_QUEUE_NAME"
+            )
+        senders = entry.get("senders")
+        if not isinstance(senders, list) or not senders or not all(isinstance(s, str) for s in senders):
+            raise refuse(f"gives {label} no senders: list the addresses it may send as")
+        addresses = parse_senders(",".join(senders), f"{SETTING} (app {name!r})")
+        outside = sorted(addresses - allowed)
+        if outside:
+            raise refuse(
+                f"allows app {name!r} to send as {outside[0]}, which is not on ALLOWED_SENDERS: add it there first "
+                "(the relay's own allow-list bounds every app's)"
+            )
+        principals = entry.get("principals", [])
+        if not isinstance(principals, list) or not all(isinstance(p, str) and _GUID.match(p) for p in principals):
+            raise refuse(f"gives {label} principals that are not Entra object ids (GUIDs)")
+        apps.append(App(name, queue, addresses))
+    return tuple(apps)
 
 
 def parse_registration(env: Mapping[str, str], name: str = "default") -> GraphRegistration:

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from shared.apps import DEFAULT_APP
+
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
 
@@ -125,31 +127,38 @@ class MemoryRows:
 
 @dataclass(frozen=True)
 class StatusKey:
-    """Which request a record is about: the sending mailbox and the request's `id`, or the first queue
-    message's id when the request has none."""
+    """Which request a record is about: the app (shared/apps.py: the queue it came from), the sending mailbox and
+    the request's `id`, or the first queue message's id when the request has none. Ids are per app: no app can
+    squat, block or read another's."""
 
     sender: str  # lower-cased: Exchange addresses are case-insensitive
     kind: str  # "id" (the app's `id`) or "msg" (the first queue message's id)
     value: str
+    app: str = DEFAULT_APP
 
     @classmethod
-    def of(cls, sender: str, request_id: str | None, message_id: str | None) -> StatusKey:
+    def of(cls, sender: str, request_id: str | None, message_id: str | None, app: str = DEFAULT_APP) -> StatusKey:
         if request_id:
-            return cls(sender.lower(), "id", request_id)
+            return cls(sender.lower(), "id", request_id, app)
         if message_id:
-            return cls(sender.lower(), "msg", message_id)
+            return cls(sender.lower(), "msg", message_id, app)
         raise ValueError("a request without an id needs the id of the queue message that carried it")
+
+    @property
+    def _scoped(self) -> str:
+        # The default app's keys are what they were before apps: its records and marks stay valid.
+        key = f"{self.kind}:{self.value}"
+        return key if self.app == DEFAULT_APP else f"{self.app}\n{key}"
 
     def entity_keys(self) -> tuple[str, str]:
         """(PartitionKey, RowKey). Table keys refuse "/", "\\", "#", "?" and control characters, and an `id`
         or an address may hold any of them: hashes are always valid keys. One partition per mailbox."""
-        row = hashlib.sha256(f"{self.kind}:{self.value}".encode()).hexdigest()
-        return partition_of(self.sender), row
+        return partition_of(self.sender), hashlib.sha256(self._scoped.encode()).hexdigest()
 
     @property
     def mark(self) -> str:
         """The value of the mark property: derived from the key alone, so every try of a request carries it."""
-        return hashlib.sha256(f"{self.sender}\n{self.kind}:{self.value}".encode()).hexdigest()
+        return hashlib.sha256(f"{self.sender}\n{self._scoped}".encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -178,6 +187,7 @@ class StatusRecord:
     def to_json(self) -> dict[str, Any]:
         """The record as `mailrelay status --json` and the client show it."""
         out: dict[str, Any] = {
+            "app": self.key.app,
             "sender": self.key.sender,
             "key": self.key.value,
             "keyKind": self.key.kind,
@@ -348,6 +358,7 @@ def to_entity(record: StatusRecord) -> dict[str, Any]:
     entity: dict[str, Any] = {
         "PartitionKey": partition,
         "RowKey": row,
+        "app": record.key.app,
         "sender": record.key.sender,
         "keyKind": record.key.kind,
         "key": record.key.value,
@@ -373,7 +384,9 @@ def from_entity(entity: Any) -> StatusRecord:
             return None
         return value if value.tzinfo else value.replace(tzinfo=UTC)
 
-    key = StatusKey(str(entity["sender"]), str(entity["keyKind"]), str(entity["key"]))
+    # Records written before apps name none: they are the default app's.
+    app = str(entity.get("app") or DEFAULT_APP)
+    key = StatusKey(str(entity["sender"]), str(entity["keyKind"]), str(entity["key"]), app)
     metadata = getattr(entity, "metadata", None) or {}
     texts: dict[str, Any] = {attr: entity.get(prop) or None for prop, attr in _TEXTS}
     texts["fingerprint"] = texts["fingerprint"] or ""

@@ -1,0 +1,90 @@
+"""Apps as principals: each app declared once (MAILRELAY_APPS), with its own queue and its own senders.
+
+The queue is the identity. Only an app's principals hold Storage Queue Data Message Sender on its queue
+(infra/), so the relay knows the app from the queue a message came from (function_app.py registers one trigger
+per app), never from anything the app wrote. The outbox, MAIL_QUEUE_NAME, is the implicit app `default`, whose
+senders are all of ALLOWED_SENDERS: a deployment that declares no app behaves as before.
+
+shared.settings parses and checks the declaration (parse_apps). It is a JSON array:
+[{"name": "billing", "senders": ["billing@contoso.com"], "principals": [...]}].
+`principals` (the Entra object ids allowed to enqueue) are the Bicep's business; the relay checks their form only.
+
+Cheap to import: function_app.py reads the declaration here when the host indexes it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+log = logging.getLogger(__name__)
+
+DEFAULT_APP: Final = "default"
+# Names an app may not take: the implicit app, and those that would make an app's queue one of the relay's own
+# (<MAIL_QUEUE_NAME>-retry, -poison, -retry-poison).
+RESERVED_NAMES: Final = frozenset({DEFAULT_APP, "retry", "poison", "retry-poison"})
+NAME_RULE: Final = "2 to 24 lower-case letters, digits and single hyphens, starting with a letter"
+_NAME = re.compile(r"^[a-z](?:[a-z0-9]|-(?=[a-z0-9])){1,23}$")
+FIELDS: Final = frozenset({"name", "senders", "principals"})
+SETTING: Final = "MAILRELAY_APPS"
+POISON_SUFFIX: Final = "-poison"
+
+
+@dataclass(frozen=True)
+class App:
+    """One app: the queue it enqueues on, and the mailboxes it may send as."""
+
+    name: str
+    queue: str
+    senders: frozenset[str]  # lower-cased, a subset of ALLOWED_SENDERS
+
+    @property
+    def function_name(self) -> str:
+        return trigger_name(self.name)
+
+
+def is_app_name(name: str) -> bool:
+    """A name a declared app may have, or the default app's."""
+    return name == DEFAULT_APP or is_declarable(name)
+
+
+def is_declarable(name: str) -> bool:
+    """A name an app may be declared with (NAME_RULE, and not reserved)."""
+    return bool(_NAME.match(name)) and name not in RESERVED_NAMES
+
+
+def trigger_name(app: str) -> str:
+    """The app's queue trigger's name in function_app.py: unique per app, as the programming model requires."""
+    return "send_mail" if app == DEFAULT_APP else f"send_mail_{app.replace('-', '_')}"
+
+
+def app_queue(queue_name: str, app: str) -> str:
+    """The queue of `app`: the outbox itself for the default app, else `<outbox>-<app>`."""
+    return queue_name if app == DEFAULT_APP else f"{queue_name}-{app}"
+
+
+def default_app(queue_name: str, allowed: frozenset[str]) -> App:
+    """The outbox as an app: every sender on ALLOWED_SENDERS, as before apps were declared."""
+    return App(DEFAULT_APP, queue_name, allowed)
+
+
+def indexed_apps(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The names of the declared apps function_app.py registers a trigger for, read when the host indexes it.
+
+    Lenient by design: an import error would hide every function ("0 functions found"), so a malformed declaration
+    registers no app trigger here (their messages wait on their queues, nothing is lost) and fails, named, when
+    the relay loads its settings (the outbox's first message, the timer, `mailrelay doctor`)."""
+    try:
+        declared: Any = json.loads(env.get(SETTING, "") or "[]")
+        names = [entry["name"] for entry in declared]
+    except (ValueError, TypeError, KeyError):
+        log.error("%s is malformed: no app's queue is listened to until it is fixed", SETTING)
+        return ()
+    valid = tuple(dict.fromkeys(n for n in names if isinstance(n, str) and is_declarable(n)))
+    if len(valid) != len(names):
+        log.error("%s names an app wrongly: its queue is not listened to until it is fixed", SETTING)
+    return valid

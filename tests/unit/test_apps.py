@@ -1,0 +1,214 @@
+"""Apps as principals, without I/O: the declaration's rules, a trigger per app, the sender policy per app, ids per
+app (no squatting, no blocking), the app carried by the relay's own retry wrapper and dead letters."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.functions.queue import QueueMessage
+
+from shared.apps import DEFAULT_APP, indexed_apps
+from shared.handlers import handle_mail_message
+from shared.retries import MalformedWrapper, unwrap, wrap
+from shared.settings import SettingsError, load_settings
+from shared.status import SCHEDULED, SENT, StatusKey
+from tests.unit.test_delivery import REQUEST, SENDER, Stack, make
+from tests.unit.test_settings import GOOD
+
+ROOT = Path(__file__).resolve().parents[2]
+RECEIPTS = "receipts@contoso.com"
+APPS = json.dumps(
+    [
+        {"name": "alerts", "senders": [SENDER]},
+        {"name": "billing", "senders": [RECEIPTS], "principals": ["0b111111-2222-4333-8444-555555555555"]},
+    ]
+)
+
+
+def declared(value: Any, **env: str) -> Any:
+    settings = {**GOOD, "ALLOWED_SENDERS": f"{SENDER},{RECEIPTS}", **env}
+    settings["MAILRELAY_APPS"] = value if isinstance(value, str) else json.dumps(value)
+    return load_settings(settings)
+
+
+# --- the declaration -------------------------------------------------------------------------------------------
+
+
+def test_apps_are_declared_with_their_queue_and_senders() -> None:
+    settings = declared(APPS)
+    billing = settings.app("billing")
+    assert billing.queue == "mail-outbox-billing" and billing.senders == frozenset({RECEIPTS})
+    assert billing.function_name == "send_mail_billing"
+    # The outbox stays the default app, with every allowed sender: a single-app deployment is unchanged.
+    default = settings.app(DEFAULT_APP)
+    assert default.queue == "mail-outbox" and default.senders == settings.allowed_senders
+
+
+def test_no_declaration_is_one_app_as_before() -> None:
+    settings = load_settings(GOOD)
+    assert settings.apps == () and settings.app(DEFAULT_APP).queue == "mail-outbox"
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("not json", "must be a JSON array of apps"),
+        ({"name": "billing"}, "must be a JSON array of apps"),
+        (["billing"], "not an app (an object) at position 1"),
+        ([{"name": "billing", "senders": [RECEIPTS], "queue": "x"}], "unknown field 'queue'"),
+        ([{"name": "Billing", "senders": [RECEIPTS]}], "names app 'Billing' wrongly"),
+        ([{"name": "b", "senders": [RECEIPTS]}], "wrongly"),
+        ([{"name": "bill--ing", "senders": [RECEIPTS]}], "wrongly"),
+        ([{"name": "retry", "senders": [RECEIPTS]}], "'retry', which is reserved"),
+        ([{"name": "default", "senders": [RECEIPTS]}], "'default', which is reserved"),
+        ([{"name": "billing", "senders": [RECEIPTS]}] * 2, "declares app 'billing' twice"),
+        ([{"name": "billing", "senders": []}], "gives app 'billing' no senders"),
+        ([{"name": "billing", "senders": ["ceo@contoso.com"]}], "ceo@contoso.com, which is not on ALLOWED_SENDERS"),
+        ([{"name": "billing", "senders": ["not an address"]}], "not an email address"),
+        ([{"name": "billing", "senders": [RECEIPTS], "principals": ["billing-app"]}], "not Entra object ids"),
+    ],
+)
+def test_a_bad_declaration_is_refused_naming_the_setting_and_the_app(value: Any, says: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        declared(value)
+    assert "MAILRELAY_APPS" in str(caught.value) and says in str(caught.value)
+
+
+def test_an_app_whose_poison_queue_name_would_be_too_long_is_refused() -> None:
+    long_queue = "q" * 40
+    with pytest.raises(SettingsError, match="longer than a queue name may be"):
+        declared([{"name": "billing-department-x", "senders": [RECEIPTS]}], MAIL_QUEUE_NAME=long_queue)
+
+
+def test_an_undeclared_app_is_named() -> None:
+    with pytest.raises(SettingsError, match="declares no app 'hr'"):
+        declared(APPS).app("hr")
+
+
+def test_indexing_is_lenient_so_a_bad_declaration_never_hides_every_function() -> None:
+    assert indexed_apps({"MAILRELAY_APPS": APPS}) == ("alerts", "billing")
+    assert indexed_apps({}) == ()
+    assert indexed_apps({"MAILRELAY_APPS": "not json"}) == ()
+    assert indexed_apps({"MAILRELAY_APPS": '[{"name": "retry"}, {"name": "billing"}]'}) == ("billing",)
+
+
+def test_the_host_indexes_one_trigger_per_declared_app() -> None:
+    # As the worker does: import function_app.py with the app settings in the environment, read its functions.
+    script = (
+        "import json, function_app\n"
+        "print(json.dumps({f.get_function_name(): f.get_trigger().queue_name for f in function_app.app.get_functions()"
+        " if f.get_trigger().type == 'queueTrigger'}))"
+    )
+    env = {"PATH": "/usr/bin:/bin", "MAILRELAY_APPS": APPS}
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == {
+        "send_mail": "%MAIL_QUEUE_NAME%",
+        "send_mail_alerts": "%MAIL_QUEUE_NAME%-alerts",
+        "send_mail_billing": "%MAIL_QUEUE_NAME%-billing",
+        "retry_mail": "%MAIL_QUEUE_NAME%-retry",
+    }
+
+
+# --- the relay, per app ------------------------------------------------------------------------------------------
+
+
+def apps_stack() -> Stack:
+    return make(ALLOWED_SENDERS=f"{SENDER},{RECEIPTS}", MAILRELAY_APPS=APPS)
+
+
+def from_app(s: Stack, app: str, request: dict[str, Any], msg_id: str) -> None:
+    body = json.dumps(request).encode()
+    handle_mail_message(QueueMessage(id=msg_id, body=body, dequeue_count=1, pop_receipt="p"), s.rt, app=app)
+
+
+def test_an_app_sending_as_another_apps_sender_is_dead_lettered_before_any_state_or_graph() -> None:
+    s = apps_stack()
+    from_app(s, "billing", REQUEST, "q-1")  # REQUEST is from alerts@, the alerts app's sender
+    assert s.graph.calls == [] and s.status.writes == 0
+    (envelope,) = s.dead.envelopes
+    assert envelope["error"]["code"] == "SenderNotAllowedForApp" and envelope["app"] == "billing"
+    assert "billing" in envelope["error"]["message"] and SENDER in envelope["error"]["message"]
+    assert "MAILRELAY_APPS" in envelope["error"]["hint"]
+
+
+def test_an_app_sends_as_its_own_sender_and_the_record_names_it() -> None:
+    s = apps_stack()
+    from_app(s, "alerts", REQUEST, "q-1")
+    assert len(s.graph.calls) == 1
+    record = s.record(StatusKey(SENDER, "id", "order-42", "alerts"))
+    assert record.state == SENT and record.to_json()["app"] == "alerts"
+
+
+def test_another_app_cannot_squat_an_id() -> None:
+    # Two apps allowed the same mailbox (the default outbox and alerts): B sends A's id first, with other content.
+    s = apps_stack()
+    from_app(s, DEFAULT_APP, {**REQUEST, "subject": "squatter"}, "q-1")
+    from_app(s, "alerts", REQUEST, "q-2")
+    assert len(s.graph.calls) == 2 and s.dead.envelopes == []  # no DuplicateKey for A
+    assert s.record(StatusKey(SENDER, "id", "order-42", "alerts")).state == SENT
+    # Each carries its own mark, so a look-up in Sent Items finds only its own message.
+    marks = [body["message"]["singleValueExtendedProperties"][0]["value"] for _, body, _ in s.graph.calls]
+    assert len(set(marks)) == 2
+
+
+def test_another_app_cannot_block_an_id_with_a_schedule() -> None:
+    s = apps_stack()
+    later = (s.clock.now + timedelta(days=6)).isoformat()
+    from_app(s, DEFAULT_APP, {**REQUEST, "subject": "blocker", "sendAt": later}, "q-1")
+    assert s.record(StatusKey(SENDER, "id", "order-42")).state == SCHEDULED
+    from_app(s, "alerts", REQUEST, "q-2")
+    assert len(s.graph.calls) == 1 and s.dead.envelopes == []
+    sent = s.record(StatusKey(SENDER, "id", "order-42", "alerts"))
+    waiting = s.record(StatusKey(SENDER, "id", "order-42"))
+    # Two records: A's sent now, B's still waiting for its own time, neither touching the other.
+    assert sent.state == SENT and waiting.state == SCHEDULED and sent.fingerprint != waiting.fingerprint
+
+
+def test_the_default_apps_keys_are_what_they_were() -> None:
+    # Records and Sent Items marks written before apps stay valid for the single-app deployment.
+    old = StatusKey(SENDER, "id", "order-42")
+    assert old.app == DEFAULT_APP and old.entity_keys()[1] == StatusKey.of(SENDER, "order-42", None).entity_keys()[1]
+    assert StatusKey(SENDER, "id", "order-42", "alerts").entity_keys() != old.entity_keys()
+
+
+def test_a_retry_goes_back_to_its_app() -> None:
+    s = apps_stack()
+    from tests.fakes import graph_error
+
+    s.graph.replies = [graph_error(503, "ServiceUnavailable", "try later")]
+    from_app(s, "alerts", REQUEST, "q-1")
+    (wrapper, _) = s.pending[0]
+    assert wrapper["$retry"]["app"] == "alerts"
+    s.clock.advance(3600)
+    s.run_retries()
+    assert s.record(StatusKey(SENDER, "id", "order-42", "alerts")).state == SENT
+
+
+def test_a_retry_of_an_app_no_longer_declared_is_dead_lettered_naming_it() -> None:
+    s = apps_stack()
+    s.pending.append((wrap(REQUEST, "q-1", "transient", "hr"), s.clock.now))
+    s.run_retries()
+    assert s.graph.calls == []
+    (envelope,) = s.dead.envelopes
+    assert envelope["error"]["code"] == "AppNotDeclared" and envelope["app"] == "hr"
+
+
+@pytest.mark.parametrize("forged", ["Billing", "../x", 7, "retry"])
+def test_a_wrapper_naming_no_valid_app_is_malformed(forged: Any) -> None:
+    body = json.dumps({"$retry": {"originalMessageId": "q-1", "reason": "x", "app": forged}, "request": REQUEST})
+    with pytest.raises(MalformedWrapper, match="app"):
+        unwrap(body.encode())
+
+
+def test_a_dead_letter_of_the_default_app_names_it() -> None:
+    s = apps_stack()
+    from_app(s, DEFAULT_APP, {**REQUEST, "from": "ceo@contoso.com"}, "q-1")
+    (envelope,) = s.dead.envelopes
+    assert envelope["error"]["code"] == "SenderNotAllowed" and envelope["app"] == DEFAULT_APP
+    assert s.status.get(StatusKey("ceo@contoso.com", "id", "order-42")) is None
