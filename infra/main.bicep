@@ -164,8 +164,17 @@ param expiryAlertRecipients string = ''
 @description('Optional webhook (e.g. a Teams workflow URL) for expiry warnings (EXPIRY_ALERT_WEBHOOK_URL); a channel that does not need the expiring secret.')
 param expiryAlertWebhookUrl string = ''
 
-@description('Principal (object) ids of the apps allowed to enqueue mail, their service principals or managed identities (the assignments carry principalType ServicePrincipal, so a user or group id is refused): each gets Storage Queue Data Message Sender on the mail-outbox queue only (not on the relay-internal retry queue).')
+@description('Principal (object) ids of the apps allowed to enqueue mail on the outbox (the implicit app default), their service principals or managed identities (the assignments carry principalType ServicePrincipal, so a user or group id is refused): each gets Storage Queue Data Message Sender on the mail-outbox queue only (not on the relay-internal retry queue) and Storage Blob Data Contributor on mail-payloads. IGNORED when apps are declared (see apps): no app then holds a role on the outbox.')
 param senderPrincipalIds array = []
+
+// Apps as principals (issue 20; infra/README.md, "Apps"). Each declared app enqueues on its own queue,
+// <mailQueueName>-<name> (the queue is the identity: the relay knows the app from the queue a message came from),
+// and only its principals hold Storage Queue Data Message Sender there; each gets its own payload container,
+// mail-payloads-<name>. The same declaration, less `principals`, is the relay's MAILRELAY_APPS setting.
+// The names are checked below (appDeclarationCheck) as far as Bicep's functions reach; the relay checks the whole
+// declaration again at start (shared/settings.py parse_apps) and refuses it, named.
+@description('The apps that share the relay, each {"name": "billing", "senders": ["billing@contoso.com"], "principals": ["<Entra object id>"]}: name 2 to 24 lower-case letters, digits and single hyphens, starting with a letter, not default, retry, poison or retry-poison; senders, exact addresses, each on allowedSenders; principals, the object ids of the service principals or managed identities that enqueue for it (Storage Queue Data Message Sender on its queue mail-outbox-<name> only, Storage Blob Data Contributor on its container mail-payloads-<name> only). Empty: the single outbox, as before. With apps declared, senderPrincipalIds is ignored.')
+param apps array = []
 
 @description('Principal (object) ids of apps or operators that may read the status records (`mailrelay status`, the client library\'s status()): each gets Storage Table Data Reader on the mailstatus table only. The records hold states, codes, timestamps and sender mailboxes, never subjects, bodies or recipients.')
 param statusReaderPrincipalIds array = []
@@ -290,6 +299,94 @@ var statusTableName = 'mailstatus'
 // RowKey "pace", in the partition of that mailbox's status records, so freeing a slot joins the outcome's write
 // in one entity group transaction. There is no separate pace table (the former mailpace).
 
+// ---------------------------------------------------------------------------------------------
+// Apps (the parameter apps; infra/README.md, "Apps")
+// ---------------------------------------------------------------------------------------------
+
+// The relay's own queues and containers (the storage module below adds each app's).
+var relayQueues = [
+  {
+    name: mailQueueName
+  }
+  {
+    name: poisonQueueName
+  }
+  {
+    name: retryQueueName
+  }
+  {
+    name: retryPoisonQueueName
+  }
+]
+var relayContainers = [
+  {
+    name: deploymentContainerName
+    publicAccess: 'None'
+  }
+  {
+    name: overflowContainerName
+    publicAccess: 'None'
+  }
+  {
+    name: payloadContainerName
+    publicAccess: 'None'
+  }
+]
+// Each app's queue and the host's poison queue for it (shared/apps.py app_queue; function_app.py binds
+// "%MAIL_QUEUE_NAME%-<name>"), and its payload container. The relay's identity needs no role of its own on them: its
+// Storage Queue Data Contributor and Storage Blob Data Owner are on the account (app/rbac.bicep), as for the outbox.
+var appQueues = [for app in apps: {
+  name: '${mailQueueName}-${app.name}'
+}]
+var appPoisonQueues = [for app in apps: {
+  name: '${mailQueueName}-${app.name}-poison'
+}]
+var appPayloadContainers = [for app in apps: {
+  name: '${payloadContainerName}-${app.name}'
+  publicAccess: 'None'
+}]
+// MAILRELAY_APPS: the declaration less `principals`, which the relay never reads (shared/apps.py): the app settings
+// hold names and senders only. string() of an array is its JSON ("Bicep string functions", string).
+var relayApps = [for app in apps: {
+  name: app.name
+  senders: app.?senders ?? []
+}]
+// The outbox is the implicit app `default`. With apps declared, no app holds a role there: senderPrincipalIds is
+// ignored (not refused: Bicep's fail() is beyond the parser infra/check.sh runs). Assignments made by an earlier
+// deployment stay until removed by hand (an incremental deployment deletes nothing; infra/README.md, "Apps").
+var outboxSenderPrincipalIds = empty(apps) ? senderPrincipalIds : []
+
+// The checks of the names, as far as Bicep reaches without fail(), user-defined types or map() (the header's note):
+// each rule is a list of the names that break it, and app/apps-check.bicep takes each list with @maxLength(0), so a
+// name that breaks a rule fails the deployment naming the rule, before the storage account (which depends on it)
+// gets a queue or the app a role. Same rules as the relay's (shared/apps.py NAME_RULE, RESERVED_NAMES). Characters
+// are checked one by one: the names joined, split by a loop (range() parses only as a loop's source here).
+var appNames = [for app in apps: app.name]
+var reservedAppNames = [
+  'default'
+  'retry'
+  'poison'
+  'retry-poison'
+]
+var appNameLetters = 'abcdefghijklmnopqrstuvwxyz'
+var appNameCharacters = '${appNameLetters}0123456789-'
+var appNamesJoined = join(appNames, '')
+var appNamesCharacterList = [for i in range(0, length(appNamesJoined)): substring(appNamesJoined, i, 1)]
+var appNamesStrayCharacters = filter(appNamesCharacterList, character => !contains(appNameCharacters, character))
+var appSenderList = [for sender in split(allowedSenders, ','): toLower(trim(sender))]
+var appsWithoutSenders = filter(apps, app => empty(app.?senders ?? []))
+var appsWithSendersNotAllowed = filter(apps, app => !empty(filter(app.?senders ?? [], sender => !contains(appSenderList, toLower(trim(sender))))))
+var appNamesWithoutSenders = [for app in appsWithoutSenders: app.name]
+var appNamesWithSendersNotAllowed = [for app in appsWithSendersNotAllowed: app.name]
+var appNamesOfWrongLength = filter(appNames, name => length(name) < 2 || length(name) > 24)
+var appNamesWithOtherCharacters = filter(appNames, name => !empty(filter(appNamesStrayCharacters, character => contains(name, character))))
+var appNamesNotStartingWithALetter = filter(appNames, name => !contains(appNameLetters, first(name)))
+var appNamesWithMisplacedHyphens = filter(appNames, name => contains(name, '--') || endsWith(name, '-'))
+var appNamesReserved = filter(appNames, name => contains(reservedAppNames, name))
+var appNamesDeclaredTwice = filter(appNames, name => length(filter(appNames, other => other == name)) > 1)
+// An app named <other app>-poison would enqueue on the other app's poison queue.
+var appNamesTakingAPoisonQueue = filter(appNames, name => !empty(filter(appNames, other => name == '${other}-poison')))
+
 // Entra consent of Mail.Send only for the legacy model: with RBAC for Applications it would widen
 // the Exchange scope to every mailbox in the tenant.
 var grantMailSendInEntra = exchangeScopeModel == 'ApplicationAccessPolicy'
@@ -356,40 +453,14 @@ module storage 'br/public:avm/res/storage/storage-account:0.8.3' = {
       bypass: 'AzureServices'
     }
     blobServices: {
-      containers: [
-        {
-          name: deploymentContainerName
-          publicAccess: 'None'
-        }
-        {
-          name: overflowContainerName
-          publicAccess: 'None'
-        }
-        {
-          name: payloadContainerName
-          publicAccess: 'None'
-        }
-      ]
+      containers: concat(relayContainers, appPayloadContainers)
       containerDeleteRetentionPolicyEnabled: true
       containerDeleteRetentionPolicyDays: 7
       deleteRetentionPolicyEnabled: true
       deleteRetentionPolicyDays: 7
     }
     queueServices: {
-      queues: [
-        {
-          name: mailQueueName
-        }
-        {
-          name: poisonQueueName
-        }
-        {
-          name: retryQueueName
-        }
-        {
-          name: retryPoisonQueueName
-        }
-      ]
+      queues: concat(relayQueues, appQueues, appPoisonQueues)
     }
     tableServices: {
       tables: [
@@ -402,6 +473,10 @@ module storage 'br/public:avm/res/storage/storage-account:0.8.3' = {
       ]
     }
   }
+  // No queue, container or role for any app before its name passed the checks.
+  dependsOn: [
+    appDeclarationCheck
+  ]
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -596,6 +671,7 @@ module api 'app/api.bicep' = {
       STATUS_CLEANUP_SCHEDULE: statusCleanupSchedule
       MAX_MESSAGE_SIZE_MB: maxMessageSizeMb
       PAYLOAD_RETENTION_DAYS: payloadRetentionDays
+      MAILRELAY_APPS: string(relayApps)
     }
   }
   // Roles first, so the host's first start and azd's first deployment find their access in place.
@@ -621,12 +697,45 @@ module rbac 'app/rbac.bicep' = {
     relayPrincipalId: identity.outputs.principalId
     relayReadsKeyVault: graphCredentialInKeyVault
     deployerManagesCertificates: graphCredential == 'certificate'
-    senderPrincipalIds: senderPrincipalIds
+    senderPrincipalIds: outboxSenderPrincipalIds
     statusReaderPrincipalIds: statusReaderPrincipalIds
     deployerPrincipalId: principalId
     deployerPrincipalType: principalType
   }
 }
+
+// The apps' declaration checked (the appNames... lists above): a module of no resources whose parameters, one per
+// rule, each take at most zero names (@maxLength(0)); Azure Resource Manager refuses a parameter value that breaks its
+// constraint, naming the parameter.
+module appDeclarationCheck 'app/apps-check.bicep' = {
+  name: 'relay-apps-check'
+  scope: rg
+  params: {
+    namesOfWrongLength: appNamesOfWrongLength
+    namesWithOtherCharacters: appNamesWithOtherCharacters
+    namesNotStartingWithALetter: appNamesNotStartingWithALetter
+    namesWithMisplacedHyphens: appNamesWithMisplacedHyphens
+    namesReserved: appNamesReserved
+    namesDeclaredTwice: appNamesDeclaredTwice
+    namesTakingAPoisonQueue: appNamesTakingAPoisonQueue
+    namesWithoutSenders: appNamesWithoutSenders
+    namesWithSendersNotAllowed: appNamesWithSendersNotAllowed
+  }
+}
+
+// Each app's roles, on its own queue and payload container only (app/app-access.bicep). Its queue, poison queue and
+// container are created by the storage module (their names above), which waits for appDeclarationCheck.
+module appAccess 'app/app-access.bicep' = [for app in apps: {
+  name: 'relay-app-${app.name}'
+  scope: rg
+  params: {
+    storageAccountName: storage.outputs.name
+    appName: app.name
+    queueName: '${mailQueueName}-${app.name}'
+    payloadContainerName: '${payloadContainerName}-${app.name}'
+    principalIds: app.?principals ?? []
+  }
+}]
 
 // ---------------------------------------------------------------------------------------------
 // Alerts: dead-lettered mail, expiring client secret

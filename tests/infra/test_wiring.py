@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.infra.bicep_eval import Template
+
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
 MAIN = INFRA / "main.bicep"
@@ -206,6 +208,11 @@ def app_settings() -> dict[str, str]:
             continue  # main.bicep's settings, read above
         settings.update(top_level_pairs(declaration(api, "var", part)))
     return settings
+
+
+def main_template(**params: object) -> Template:
+    """main.bicep evaluated for `params` (tests/infra/bicep_eval.py); the required parameters get placeholders."""
+    return Template(MAIN, {"environmentName": "dev", "location": "westeurope", **params})
 
 
 def role_assignments() -> list[dict[str, str]]:
@@ -433,7 +440,10 @@ def test_enqueuers_get_message_sender_on_the_outbox_queue_and_nothing_else() -> 
     rbac_params = top_level_pairs(block_after(top_level_pairs(declaration(main, "module", "rbac"))["params"], 0))
     assert rbac_params["mailQueueName"] == "mailQueueName"
     assert string_var(main, "mailQueueName") == DEFAULT_QUEUE_NAME
-    assert rbac_params["senderPrincipalIds"] == "senderPrincipalIds"
+    # The outbox's senders, unless apps are declared (then none: tests/infra/test_apps.py).
+    assert rbac_params["senderPrincipalIds"] == "outboxSenderPrincipalIds"
+    assert re.search(r"^\s*var\s+outboxSenderPrincipalIds\s*=\s*empty\(apps\)\s*\?\s*senderPrincipalIds\s*:\s*\[\]\s*$",
+                     main, re.MULTILINE)
     assert re.search(r"^\s*param\s+senderPrincipalIds\s+array\s*=\s*\[\]", main, re.MULTILINE)
     # and to no other module: read as a value once, by the rbac module above (a key `x:` is not a read).
     reads = re.findall(r"(?<!param )\bsenderPrincipalIds\b(?!\s*:)", main)
@@ -564,8 +574,10 @@ def test_queue_and_table_names_match_the_code() -> None:
         "statusTableName": string_var(main, "statusTableName"),
     }
     params = storage_params()
-    assert names_in(params["queueServices"], variables) == {
-        "mail-outbox", "mail-outbox-poison", "mail-outbox-retry", "mail-outbox-retry-poison"}
+    queues = {q["name"] for q in main_template().module_params("storage")["queueServices"]["queues"]}
+    assert queues == {"mail-outbox", "mail-outbox-poison", "mail-outbox-retry", "mail-outbox-retry-poison"}
+    relay_queue_vars = ("mailQueueName", "poisonQueueName", "retryQueueName", "retryPoisonQueueName")
+    assert {variables[n] for n in relay_queue_vars} == queues
     tables = names_in(params["tableServices"], variables)
     # The pace of each sender mailbox is one row of mailstatus (RowKey "pace", in the mailbox's partition), not a
     # table of its own: no template may create mailpace or scope a role to it.
@@ -595,25 +607,17 @@ def test_tables_the_code_names_exist_in_the_template() -> None:
 
 
 def test_the_deployment_container_is_created_and_used() -> None:
-    params = storage_params()
-    assert "deploymentContainerName" in params["blobServices"]
+    main = main_template()
+    assert main.value("deploymentContainerName") in containers_created()
     api = source(API)
     assert "'${stg.properties.primaryEndpoints.blob}${deploymentContainerName}'" in api
     assert "type: 'UserAssignedIdentity'" in api
 
 
-def containers_created() -> dict[str, dict[str, str]]:
-    """The storage module's blobServices.containers, by the `name:` each entry gives (a var name or a literal)."""
-    blob = block_after(storage_params()["blobServices"], 0)
-    listing = block_after(top_level_pairs(blob)["containers"], 0)
-    found: dict[str, dict[str, str]] = {}
-    i = 1
-    while (start := listing.find("{", i)) >= 0:
-        entry = block_after(listing, start)
-        pairs = top_level_pairs(entry)
-        found[pairs["name"]] = pairs
-        i = start + len(entry)
-    return found
+def containers_created(**params: object) -> dict[str, dict[str, object]]:
+    """The storage module's blobServices.containers, evaluated (tests/infra/bicep_eval.py), by name."""
+    containers = main_template(**params).module_params("storage")["blobServices"]["containers"]
+    return {c["name"]: c for c in containers}
 
 
 def test_the_payload_container_is_created_private_and_named_as_the_code_names_it() -> None:
@@ -621,9 +625,11 @@ def test_the_payload_container_is_created_private_and_named_as_the_code_names_it
     its name reaches rbac.bicep and the azd outputs (apps and `mailrelay send --attach` need it)."""
     main = source(MAIN)
     created = containers_created()
-    assert "payloadContainerName" in created, f"mail-payloads is not created: {sorted(created)}"
-    assert created["payloadContainerName"]["publicAccess"] == "'None'"
-    assert all(c.get("publicAccess") == "'None'" for c in created.values()), created
+    assert "mail-payloads" in created, f"mail-payloads is not created: {sorted(created)}"
+    assert all(c.get("publicAccess") == "None" for c in created.values()), created
+    with_apps = containers_created(apps=[{"name": "billing", "senders": ["billing@contoso.com"]}],
+                                   allowedSenders="billing@contoso.com")
+    assert all(c.get("publicAccess") == "None" for c in with_apps.values()), with_apps
     assert string_var(main, "payloadContainerName") == "mail-payloads"
     assert re.search(r"^\s*output\s+PAYLOAD_CONTAINER_NAME\s+string\s*=\s*payloadContainerName\s*$", main, re.MULTILINE)
     # Once the relay's code names the container (shared/payloads.py), it must be this one.
