@@ -6,7 +6,8 @@
 // records and one pace row per sender mailbox; the Flex deployment container, the relay's overflow container and mail-payloads, where apps put large attachments and
 // bodies for the relay to fetch (claim check); shared keys off), a Key Vault (RBAC, soft delete, purge protection) for the
 // Graph client secret or certificate (graphCredential: secret, certificate; federated and managed-identity store nothing), Log Analytics + Application Insights (Entra auth only), two log alerts and
-// an optional action group. The Entra app registration is optional (app/entra-app.bicep); the
+// an optional action group; per declared app (param apps) a queue, its poison queue, a payload container and its
+// principals' roles there (app/app-access.bicep). The Entra app registration is optional (app/entra-app.bicep); the
 // Exchange Online scope is set by the scripts in infra/exchange/, never by this template.
 //
 // Syntax note: infra/check.sh parses every file with pycep-parser (the parser checkov uses), which

@@ -36,6 +36,11 @@
 //   checks before it sends, so a swapped payload is refused rather than sent; that one app can read another
 //   app's attachments is not prevented here.
 //
+// Declared apps (main.bicep's parameter apps) get their roles in app/app-access.bicep, on their own queue
+// mail-outbox-<name> and container mail-payloads-<name> only; with apps declared, main.bicep passes an empty
+// senderPrincipalIds here, so no app holds a role on the outbox. The relay's account-scoped roles above cover the
+// apps' queues, poison queues and containers as they cover the outbox.
+//
 // Status readers (statusReaderPrincipalIds, optional):
 //   Storage Table Data Reader          the mailstatus table only (mailrelay status, the client's status()); the
 //                                      pace rows in it carry counts and times per sender mailbox, nothing more
