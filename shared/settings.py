@@ -405,6 +405,13 @@ def parse_apps(value: str, allowed: frozenset[str], queue_name: str) -> tuple[Ap
         if not isinstance(principals, list) or not all(isinstance(p, str) and _GUID.match(p) for p in principals):
             raise refuse(f"gives {label} principals that are not Entra object ids (GUIDs)")
         apps.append(App(name, queue, addresses))
+    names = {a.name for a in apps}
+    for app in apps:
+        if app.name.endswith(POISON_SUFFIX) and app.name.removesuffix(POISON_SUFFIX) in names:
+            raise refuse(
+                f"declares app {app.name!r}, whose queue {app.queue} is app "
+                f"{app.name.removesuffix(POISON_SUFFIX)!r}'s poison queue: rename it"
+            )
     return tuple(apps)
 
 

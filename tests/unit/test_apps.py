@@ -68,6 +68,10 @@ def test_no_declaration_is_one_app_as_before() -> None:
         ([{"name": "retry", "senders": [RECEIPTS]}], "'retry', which is reserved"),
         ([{"name": "default", "senders": [RECEIPTS]}], "'default', which is reserved"),
         ([{"name": "billing", "senders": [RECEIPTS]}] * 2, "declares app 'billing' twice"),
+        (
+            [{"name": "billing", "senders": [RECEIPTS]}, {"name": "billing-poison", "senders": [RECEIPTS]}],
+            "is app 'billing''s poison queue",
+        ),
         ([{"name": "billing", "senders": []}], "gives app 'billing' no senders"),
         ([{"name": "billing", "senders": ["ceo@contoso.com"]}], "ceo@contoso.com, which is not on ALLOWED_SENDERS"),
         ([{"name": "billing", "senders": ["not an address"]}], "not an email address"),
