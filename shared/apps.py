@@ -29,7 +29,7 @@ DEFAULT_APP: Final = "default"
 RESERVED_NAMES: Final = frozenset({DEFAULT_APP, "retry", "poison", "retry-poison"})
 NAME_RULE: Final = "2 to 24 lower-case letters, digits and single hyphens, starting with a letter"
 _NAME = re.compile(r"^[a-z](?:[a-z0-9]|-(?=[a-z0-9])){1,23}$")
-FIELDS: Final = frozenset({"name", "senders", "principals"})
+FIELDS: Final = frozenset({"name", "senders", "principals", "messagesPerMinute", "recipientsPerDay"})
 SETTING: Final = "MAILRELAY_APPS"
 POISON_SUFFIX: Final = "-poison"
 
@@ -41,6 +41,11 @@ class App:
     name: str
     queue: str
     senders: frozenset[str]  # lower-cased, a subset of ALLOWED_SENDERS
+    # Its share of each of its sender mailboxes' budgets (shared/pacing.py): at most this many messages a minute
+    # and recipients a day, whatever other apps do. None: no share of its own; the apps without one share what the
+    # declared shares leave of the mailbox's limits.
+    messages_per_minute: int | None = None
+    recipients_per_day: int | None = None
 
     @property
     def function_name(self) -> str:

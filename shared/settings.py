@@ -330,27 +330,43 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError(f"Setting MAILRELAY_CA_BUNDLE names a file that does not exist: {ca_bundle!r}.")
     from shared.apps import SETTING as APPS_SETTING
 
-    return Settings(
-        graph=graph,
-        allowed_senders=allowed,
-        queue_name=queue_name,
-        apps=parse_apps(env.get(APPS_SETTING, ""), allowed, queue_name),
-        storage=_storage(env),
-        managed_identity_client_id=env.get("AZURE_CLIENT_ID", "").strip() or None,
-        graph_base_url=_https_url(
-            env, "GRAPH_BASE_URL", env.get("GRAPH_BASE_URL", "").strip() or DEFAULT_GRAPH_BASE_URL
-        ),
-        authority_host=_https_url(
-            env, "GRAPH_AUTHORITY_HOST", env.get("GRAPH_AUTHORITY_HOST", "").strip() or DEFAULT_AUTHORITY_HOST
-        ),
-        ca_bundle=ca_bundle,
-        # A budget of 1 attempt means "never retry"; 100 attempts or 7 days is beyond any mail's use.
-        max_attempts=int(_number(env, "SEND_MAX_ATTEMPTS", 8, low=1, high=100, whole=True)),
-        max_age_hours=_number(env, "SEND_MAX_AGE_HOURS", 24.0, low=0.01, high=168, whole=False),
-        retry_base_seconds=_number(env, "SEND_RETRY_BASE_SECONDS", 30.0, low=0.0, high=3600, whole=False),
-        exchange_scope_model=_scope_model(env),
-        **_delivery(env),
+    return _shares_fit(
+        Settings(
+            graph=graph,
+            allowed_senders=allowed,
+            queue_name=queue_name,
+            apps=parse_apps(env.get(APPS_SETTING, ""), allowed, queue_name),
+            storage=_storage(env),
+            managed_identity_client_id=env.get("AZURE_CLIENT_ID", "").strip() or None,
+            graph_base_url=_https_url(
+                env, "GRAPH_BASE_URL", env.get("GRAPH_BASE_URL", "").strip() or DEFAULT_GRAPH_BASE_URL
+            ),
+            authority_host=_https_url(
+                env, "GRAPH_AUTHORITY_HOST", env.get("GRAPH_AUTHORITY_HOST", "").strip() or DEFAULT_AUTHORITY_HOST
+            ),
+            ca_bundle=ca_bundle,
+            # A budget of 1 attempt means "never retry"; 100 attempts or 7 days is beyond any mail's use.
+            max_attempts=int(_number(env, "SEND_MAX_ATTEMPTS", 8, low=1, high=100, whole=True)),
+            max_age_hours=_number(env, "SEND_MAX_AGE_HOURS", 24.0, low=0.01, high=168, whole=False),
+            retry_base_seconds=_number(env, "SEND_RETRY_BASE_SECONDS", 30.0, low=0.0, high=3600, whole=False),
+            exchange_scope_model=_scope_model(env),
+            **_delivery(env),
+        )
     )
+
+
+# An app's share of a mailbox's budget never exceeds Microsoft's limit for the mailbox itself (settings'
+# MAILBOX_MESSAGES_PER_MINUTE and MAILBOX_RECIPIENTS_PER_DAY are checked against the sum in load_settings).
+_SHARE_CEILINGS: Final = {"messagesPerMinute": 30, "recipientsPerDay": 10_000}
+
+
+def _share(entry: Mapping[str, Any], field: str, name: str, ceiling: int, refuse: Any) -> int | None:
+    value = entry.get(field)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= ceiling:
+        raise refuse(f"gives app {name!r} a {field} that is not a whole number from 1 to {ceiling}")
+    return value
 
 
 def parse_apps(value: str, allowed: frozenset[str], queue_name: str) -> tuple[App, ...]:
@@ -404,7 +420,8 @@ def parse_apps(value: str, allowed: frozenset[str], queue_name: str) -> tuple[Ap
         principals = entry.get("principals", [])
         if not isinstance(principals, list) or not all(isinstance(p, str) and _GUID.match(p) for p in principals):
             raise refuse(f"gives {label} principals that are not Entra object ids (GUIDs)")
-        apps.append(App(name, queue, addresses))
+        shares = {field: _share(entry, field, name, ceiling, refuse) for field, ceiling in _SHARE_CEILINGS.items()}
+        apps.append(App(name, queue, addresses, shares["messagesPerMinute"], shares["recipientsPerDay"]))
     names = {a.name for a in apps}
     for app in apps:
         if app.name.endswith(POISON_SUFFIX) and app.name.removesuffix(POISON_SUFFIX) in names:
@@ -421,7 +438,7 @@ def parse_registration(env: Mapping[str, str], name: str = "default") -> GraphRe
     mode = env.get("GRAPH_CREDENTIAL", "").strip().lower() or "secret"
     if mode not in CREDENTIAL_MODES:
         raise SettingsError(
-            f"Setting GRAPH_CREDENTIAL must be one of {', '.join(CREDENTIAL_MODES)} (README, \"Credentials\"), "
+            f'Setting GRAPH_CREDENTIAL must be one of {", ".join(CREDENTIAL_MODES)} (README, "Credentials"), '
             f"got {mode!r}."
         )
     tenant_id = _required(env, "GRAPH_TENANT_ID", "the directory (tenant) id of the app registration")
@@ -470,6 +487,26 @@ def parse_registration(env: Mapping[str, str], name: str = "default") -> GraphRe
         certificate_name=values.get("GRAPH_CERTIFICATE_NAME"),
         identity_client_id=identity,
     )
+
+
+def _shares_fit(settings: Settings) -> Settings:
+    """Each mailbox's declared shares fit in its limits: the apps that may send as a mailbox cannot be promised
+    more of its minute or its day than the mailbox has, or one app's share would be another's wait."""
+    limits = {
+        "messagesPerMinute": ("messages_per_minute", settings.mailbox_messages_per_minute),
+        "recipientsPerDay": ("recipients_per_day", settings.mailbox_recipients_per_day),
+    }
+    for mailbox in sorted(settings.allowed_senders):
+        sharing = [a for a in settings.apps if mailbox in a.senders]
+        for field, (attr, limit) in limits.items():
+            promised = sum(getattr(a, attr) or 0 for a in sharing)
+            if promised > limit:
+                names = ", ".join(f"{a.name} {getattr(a, attr)}" for a in sharing if getattr(a, attr))
+                raise SettingsError(
+                    f"Setting MAILRELAY_APPS promises {mailbox} {promised} {field} in all ({names}), more than the "
+                    f"mailbox's limit of {limit}: lower the shares"
+                )
+    return settings
 
 
 def _delivery(env: Mapping[str, str]) -> dict[str, Any]:

@@ -84,6 +84,29 @@ def test_a_bad_declaration_is_refused_naming_the_setting_and_the_app(value: Any,
     assert "MAILRELAY_APPS" in str(caught.value) and says in str(caught.value)
 
 
+def test_shares_are_declared_per_app() -> None:
+    settings = declared([{"name": "billing", "senders": [RECEIPTS], "messagesPerMinute": 10, "recipientsPerDay": 2000}])
+    billing = settings.app("billing")
+    assert (billing.messages_per_minute, billing.recipients_per_day) == (10, 2000)
+    assert settings.app(DEFAULT_APP).messages_per_minute is None  # the outbox shares what is left
+
+
+@pytest.mark.parametrize("share", [0, 31, 2.5, True, "10"])
+def test_a_share_outside_the_mailbox_limit_is_refused(share: Any) -> None:
+    with pytest.raises(SettingsError, match="messagesPerMinute that is not a whole number from 1 to 30"):
+        declared([{"name": "billing", "senders": [RECEIPTS], "messagesPerMinute": share}])
+
+
+def test_shares_promised_beyond_a_mailbox_limit_are_refused_naming_the_mailbox() -> None:
+    apps = [
+        {"name": "billing", "senders": [RECEIPTS], "recipientsPerDay": 6000},
+        {"name": "shop", "senders": [RECEIPTS], "recipientsPerDay": 3000},
+    ]
+    assert declared(apps).app("shop").recipients_per_day == 3000
+    with pytest.raises(SettingsError, match=f"promises {RECEIPTS} 9000 recipientsPerDay in all"):
+        declared(apps, MAILBOX_RECIPIENTS_PER_DAY="8000")
+
+
 def test_an_app_whose_poison_queue_name_would_be_too_long_is_refused() -> None:
     long_queue = "q" * 40
     with pytest.raises(SettingsError, match="longer than a queue name may be"):
