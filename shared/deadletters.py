@@ -15,7 +15,8 @@ then makes every one visible again at once. Nothing consumes the poison queue, s
 there means nothing, and a scan cut short (Ctrl-C) only hides messages until the timeout runs out.
 
 Requeue puts the plain request (envelope or retry wrapper stripped, so the attempt count starts again)
-on the main queue first, and deletes the dead letter only after that succeeded: a failure in between
+on its app's queue first (the envelope's "app", the retry wrapper's "$retry.app"; none: the outbox, the
+default app's: shared/apps.py), and deletes the dead letter only after that succeeded: a failure in between
 leaves a duplicate, never a loss (and the request's status record keeps the duplicate from being sent
 twice: shared/status.py).
 """
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
+from shared.apps import DEFAULT_APP, app_queue, is_app_name
 from shared.queues import decode, json_object
 
 if TYPE_CHECKING:
@@ -80,6 +82,10 @@ class DeadLetter:
     inserted_on: datetime | None = None
     dequeue_count: int | None = None  # of the poison queue; scans add one
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. the retry wrapper's lastError
+    # Whose queue the request came from (shared/apps.py), as the relay wrote it: the envelope's "app", the retry
+    # wrapper's "$retry.app"; a message the host moved from the outbox is the default app's. Requeue puts the
+    # request back on that app's queue, so it is judged again by that app's senders and ids.
+    app: str = DEFAULT_APP
 
     @property
     def sender(self) -> str | None:
@@ -96,6 +102,11 @@ class DeadLetter:
         """The plain request to put back on the main queue; NotRequeueable says why there is none."""
         from shared.contract import ContractError, parse_request
 
+        if not is_app_name(self.app):
+            raise NotRequeueable(
+                f"dead letter {self.id} names no app's queue to go back to (its app is not an app's name): "
+                "send the mail again from the app"
+            )
         if not isinstance(self.request, dict):
             raise NotRequeueable(
                 f"dead letter {self.id} holds no JSON request ({self.code}): there is nothing to send; "
@@ -134,6 +145,7 @@ class DeadLetter:
         return {
             "id": self.id,
             "form": self.form,
+            "app": self.app,
             "error": {"code": self.code, "message": self.message, "hint": self.hint},
             "attempts": self.attempts,
             "failedAt": self.failed_at,
@@ -198,6 +210,7 @@ def parse_dead_letter(
             request=obj.get("request"),
             attempts=obj.get("attempts") if isinstance(obj.get("attempts"), int) else None,
             failed_at=str(obj["failedAt"]) if obj.get("failedAt") else moved_at,
+            app=_app_of(obj.get("app")),
             # An envelope too large for the queue: its request and full error are in the overflow store.
             extra={
                 **({STORED: obj[STORED]} if isinstance(obj.get(STORED), dict) else {}),
@@ -216,6 +229,7 @@ def parse_dead_letter(
         if isinstance(stored_request, dict):
             extra[STORED_REQUEST] = stored_request
         return DeadLetter(
+            app=_app_of(retry.get("app")),
             form="raw",
             code=MAX_DEQUEUE,
             message=_last_error_text(last_error) or "failed on every try",
@@ -236,6 +250,15 @@ def parse_dead_letter(
         failed_at=moved_at,
         **common,
     )
+
+
+def _app_of(value: Any) -> str:
+    """The app a relay-written envelope or retry wrapper names: none (written before apps, or the default app's
+    retry) is the default app. Kept as found otherwise, for the listing; requeue_payload refuses a name that is
+    no app's."""
+    if value is None:
+        return DEFAULT_APP
+    return value if isinstance(value, str) else repr(value)[:64]
 
 
 def _last_error_text(last_error: Any) -> str:
@@ -269,7 +292,8 @@ class MainQueueClient(Protocol):
 @dataclass(frozen=True)
 class Requeued:
     dead_letter_id: str
-    message_id: str  # the new message's id on the main queue
+    message_id: str  # the new message's id on its app's queue
+    app: str = DEFAULT_APP  # whose queue it went back to (app_queue(<outbox>, app))
 
 
 Visit = tuple[bool, bool]  # (consumed: deleted, so not to be made visible again; stop scanning)
@@ -317,12 +341,28 @@ def _parse(message: Any) -> DeadLetter:
 
 
 class DeadLetterQueue:
-    """The poison queue, and the main queue that requeue puts requests back on."""
+    """The poison queue, and the queues requeue puts requests back on: the outbox (`main`, the default app's) and,
+    through `app_queue(name)`, each declared app's (<outbox>-<name>)."""
 
-    def __init__(self, poison: PoisonQueueClient, main: MainQueueClient, overflow: Overflow | None = None) -> None:
+    def __init__(
+        self,
+        poison: PoisonQueueClient,
+        main: MainQueueClient,
+        overflow: Overflow | None = None,
+        app_queue: Callable[[str], MainQueueClient] | None = None,
+    ) -> None:
         self._poison = poison
         self._main = main
         self._overflow = overflow  # where the relay stored the request of an envelope too large for the queue
+        self._app_queue = app_queue
+
+    def _queue_of(self, app: str) -> MainQueueClient:
+        """Where a letter of `app` goes back to (its name checked by requeue_payload already)."""
+        if app == DEFAULT_APP:
+            return self._main
+        if self._app_queue is None:
+            raise NotRequeueable(f"app {app!r}'s queue is not known here: requeue it where the apps' queues are")
+        return self._app_queue(app)
 
     def _read(self, message: Any) -> DeadLetter:
         letter = _parse(message)
@@ -448,6 +488,8 @@ class DeadLetterQueue:
     def _requeue_where(
         self, wanted: Callable[[DeadLetter], bool], stop_after_first: bool = False
     ) -> list[Requeued | NotRequeueable]:
+        from azure.core.exceptions import ResourceNotFoundError
+
         from shared.queues import encode
 
         results: list[Requeued | NotRequeueable] = []
@@ -458,14 +500,26 @@ class DeadLetterQueue:
                 return False, False
             try:
                 payload = letter.requeue_payload()
+                target = self._queue_of(letter.app)
+                # Enqueue first, delete second: a failure in between leaves a duplicate, never a loss.
+                sent = target.send_message(encode(payload), time_to_live=-1)
             except NotRequeueable as exc:
                 results.append(exc)
                 return False, stop_after_first
-            # Enqueue first, delete second: a failure in between leaves a duplicate, never a loss.
-            sent = self._main.send_message(encode(payload), time_to_live=-1)
+            except ResourceNotFoundError as exc:
+                if getattr(exc, "error_code", None) != "QueueNotFound":
+                    raise
+                # The app was removed from MAILRELAY_APPS (and its queue with it): nothing would read it there.
+                results.append(
+                    NotRequeueable(
+                        f"dead letter {letter.id} is app {letter.app!r}'s, whose queue does not exist: declare the "
+                        "app again (MAILRELAY_APPS), or send the mail again from another app"
+                    )
+                )
+                return False, stop_after_first
             self._poison.delete_message(message, pop_receipt=message.pop_receipt)
             self._forget_stored(letter)
-            results.append(Requeued(letter.id, str(sent.id)))
+            results.append(Requeued(letter.id, str(sent.id), letter.app))
             return True, stop_after_first
 
         self.scan(visit)
@@ -481,7 +535,8 @@ def open_queues(
     poison_suffix: str = "-poison",
 ) -> DeadLetterQueue:
     """The dead-letter queue of `queue_name` (`<queue_name>-poison`, or with `poison_suffix` "-retry-poison" the
-    retry queue's, where the host moves retries it gave up on) on a storage account; requeue goes to the outbox."""
+    retry queue's, where the host moves retries it gave up on) on a storage account; requeue goes to the letter's
+    app's queue (`<queue_name>-<app>`; the outbox for the default app)."""
     from azure.storage.blob import ContainerClient
     from azure.storage.queue import QueueClient
 
@@ -491,6 +546,10 @@ def open_queues(
         main = QueueClient.from_connection_string(connection_string, queue_name)
         poison = QueueClient.from_connection_string(connection_string, f"{queue_name}{poison_suffix}")
         container = ContainerClient.from_connection_string(connection_string, OVERFLOW_CONTAINER)
+
+        def of_app(app: str) -> MainQueueClient:
+            return QueueClient.from_connection_string(connection_string, app_queue(queue_name, app))
+
     else:
         assert queue_url is not None
         main = QueueClient.from_queue_url(queue_url, credential=credential)
@@ -498,4 +557,13 @@ def open_queues(
         # The same account's blob endpoint: https://<account>.queue.core... -> https://<account>.blob.core...
         account = queue_url.rstrip("/").rsplit("/", 1)[0]
         container = ContainerClient(account.replace(".queue.", ".blob.", 1), OVERFLOW_CONTAINER, credential=credential)
-    return DeadLetterQueue(poison, main, BlobOverflow(container))
+        from urllib.parse import urlsplit, urlunsplit
+
+        url = urlsplit(queue_url)
+
+        def of_app(app: str) -> MainQueueClient:
+            # The app's queue beside the outbox, a SAS query (if any) kept as it is.
+            path = app_queue(url.path.rstrip("/"), app)
+            return QueueClient.from_queue_url(urlunsplit(url._replace(path=path)), credential=credential)
+
+    return DeadLetterQueue(poison, main, BlobOverflow(container), of_app)

@@ -21,7 +21,7 @@ from shared.cli.common import (
 
 if TYPE_CHECKING:
     from shared.cli.common import Subparsers
-    from shared.deadletters import DeadLetter, DeadLetterQueue
+    from shared.deadletters import DeadLetter, DeadLetterQueue, Requeued
 
 
 def register(subparsers: Subparsers) -> None:
@@ -62,8 +62,9 @@ def register(subparsers: Subparsers) -> None:
         "requeue",
         help="put requests back on the queue after the cause is fixed",
         description=(
-            "Puts the plain request (envelope stripped, so the relay's attempt count starts again) on the main "
-            "queue, then deletes the dead letter: enqueue before delete, so nothing is lost. A dead letter that "
+            "Puts the plain request (envelope stripped, so the relay's attempt count starts again) back on its "
+            "app's queue (<queue>-<app>; the outbox for the default app), then deletes the dead letter: enqueue "
+            "before delete, so nothing is lost. A dead letter that "
             "holds no valid request stays where it is, and the reason is printed. Exit 1 if any stayed."
         ),
     )
@@ -96,19 +97,23 @@ def _json(value: Any) -> str:
 
 def dead_letter_table(letters: Sequence[DeadLetter], hint_width: int = 60) -> str:
     """The human list: one line per dead letter, no request content beyond the sender."""
-    rows = [("ID", "FAILED AT", "CODE", "SENDER", "HINT")]
+    rows = [("ID", "FAILED AT", "APP", "CODE", "SENDER", "HINT")]
     for letter in letters:
         rows.append(
             (
                 shorten(letter.id, 64),
                 shorten(letter.failed_at or "-", 32),
+                shorten(letter.app, 24),
                 shorten(letter.code, 48),
                 shorten(letter.sender or "-", 64),
                 shorten(letter.hint, hint_width),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    return "\n".join("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4] for row in rows)
+    last = len(rows[0]) - 1  # the hint, unpadded
+    widths = [max(len(row[i]) for row in rows) for i in range(last)]
+    return "\n".join(
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:last])) + "  " + row[last] for row in rows
+    )
 
 
 def dead_letter_details(letter: DeadLetter) -> str:
@@ -116,6 +121,7 @@ def dead_letter_details(letter: DeadLetter) -> str:
 
     lines = [
         f"id:           {safe(letter.id)}",
+        f"app:          {safe(letter.app)}",
         f"form:         {letter.form}"
         + (" (the relay's envelope)" if letter.form == "envelope" else " (moved by the host as it was)"),
         f"code:         {safe(letter.code)}",
@@ -191,13 +197,13 @@ def run_requeue(args: argparse.Namespace) -> int:
                 done = queue.requeue(args.id)
             except (DeadLetterNotFound, NotRequeueable) as exc:
                 return fail("dead-letters requeue", str(exc), EXIT_INVALID)
-            print(f"requeued {done.dead_letter_id} as {done.message_id} on {conn.queue_name}")
+            print(f"requeued {done.dead_letter_id} as {done.message_id} on {_target(conn, done)}")
             return EXIT_OK
         results = queue.requeue_all()
         requeued = [r for r in results if isinstance(r, Requeued)]
         refused = [r for r in results if isinstance(r, NotRequeueable)]
         for r in requeued:
-            print(f"requeued {r.dead_letter_id} as {r.message_id} on {conn.queue_name}")
+            print(f"requeued {r.dead_letter_id} as {r.message_id} on {_target(conn, r)}")
         for reason in refused:
             print(f"not requeued: {reason}", file=sys.stderr)
         print(f"{len(requeued)} requeued, {len(refused)} left in {_poison_name(conn, args.retries)}", file=sys.stderr)
@@ -206,12 +212,20 @@ def run_requeue(args: argparse.Namespace) -> int:
     return run_with_queue("dead-letters requeue", args, run)
 
 
+def _target(conn: Connection, done: Requeued) -> str:
+    """The queue a requeued letter went back to: its app's."""
+    from shared.apps import app_queue
+
+    return app_queue(conn.queue_name, done.app)
+
+
 def _add_retries_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--retries",
         action="store_true",
         help="the relay's retry queue's dead letters (<queue>-retry-poison): retries the host gave up on after "
-        "maxDequeueCount failed deliveries (storage unreachable, say); requeue puts their requests on the outbox",
+        "maxDequeueCount failed deliveries (storage unreachable, say); requeue puts their requests back on their app's "
+        "queue",
     )
 
 

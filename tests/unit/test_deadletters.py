@@ -356,3 +356,82 @@ def test_a_request_too_large_to_requeue_stays_with_its_reason_and_the_others_are
     assert "64 KiB" in str(refused) and "id-0" in str(refused)
     assert [r.dead_letter_id for r in results if isinstance(r, Requeued)] == ["id-1"]
     assert [m.id for m in poison.messages] == ["id-0"]
+
+
+# --- apps: a letter goes back to its own app's queue ----------------------------------------------
+
+
+def app_envelope(app: str | None, request: Any = REQUEST) -> str:
+    return encode(dead_letter_envelope(request, permanent("ErrorAccessDenied", "denied"), 1, now=WHEN, app=app))
+
+
+def app_queues(texts: list[str]) -> tuple[DeadLetterQueue, FakeQueue, FakeQueue, dict[str, FakeQueue]]:
+    log: list[str] = []
+    poison = FakeQueue([Message(f"id-{i}", t) for i, t in enumerate(texts)], log, "poison")
+    main = FakeQueue([], log, "main")
+    opened: dict[str, FakeQueue] = {}
+
+    def of_app(app: str) -> FakeQueue:
+        return opened.setdefault(app, FakeQueue([], log, f"app {app}"))
+
+    return DeadLetterQueue(poison, main, app_queue=of_app), poison, main, opened
+
+
+def test_the_app_is_read_from_the_envelope_and_the_retry_wrapper_and_none_is_the_default_app() -> None:
+    assert parse_dead_letter("m", app_envelope("billing")).app == "billing"
+    assert parse_dead_letter("m", app_envelope(None)).app == "default"  # written before apps
+    wrapper = {"$retry": {"attempts": 5, "app": "hr-portal"}, "request": REQUEST}
+    assert parse_dead_letter("m", encode(wrapper)).app == "hr-portal"
+    assert parse_dead_letter("m", encode({"$retry": {"attempts": 5}, "request": REQUEST})).app == "default"
+    # A message the host moved from the outbox as it was: the outbox's app, whatever it says inside.
+    assert parse_dead_letter("m", encode({**REQUEST})).app == "default"
+    assert parse_dead_letter("m", app_envelope("billing")).to_json()["app"] == "billing"
+
+
+def test_requeue_puts_each_letter_back_on_its_own_apps_queue() -> None:
+    wrapper = {"$retry": {"attempts": 5, "app": "hr-portal"}, "request": REQUEST}
+    dlq, poison, main, opened = app_queues([app_envelope("billing"), app_envelope(None), encode(wrapper)])
+    results = dlq.requeue_all()
+    assert [(r.dead_letter_id, r.app) for r in results if isinstance(r, Requeued)] == [
+        ("id-0", "billing"),
+        ("id-1", "default"),
+        ("id-2", "hr-portal"),
+    ]
+    assert [json.loads(base64.b64decode(m.content)) for m in opened["billing"].messages] == [REQUEST]
+    assert [json.loads(base64.b64decode(m.content)) for m in opened["hr-portal"].messages] == [REQUEST]
+    assert len(main.messages) == 1 and poison.messages == []
+    assert "default" not in opened  # the default app's letters go to the outbox itself
+
+
+def test_a_letter_naming_no_valid_app_is_not_requeued_anywhere() -> None:
+    for app in ("../other", "Billing", "retry", 7):
+        text = encode({**dead_letter_envelope(REQUEST, permanent("X", "y"), 1, now=WHEN), "app": app})
+        dlq, poison, main, opened = app_queues([text])
+        with pytest.raises(NotRequeueable, match="names no app"):
+            dlq.requeue("id-0")
+        assert main.messages == [] and opened == {} and len(poison.messages) == 1
+
+
+def test_without_the_apps_queues_an_apps_letter_stays_with_the_reason() -> None:
+    dlq, poison, main = queues([app_envelope("billing")])
+    with pytest.raises(NotRequeueable, match="app 'billing'"):
+        dlq.requeue("id-0")
+    assert main.messages == [] and len(poison.messages) == 1
+
+
+def test_a_letter_of_an_app_whose_queue_is_gone_stays_with_the_reason() -> None:
+    from azure.core.exceptions import ResourceNotFoundError
+
+    dlq, poison, _main, opened = app_queues([app_envelope("gone"), app_envelope("billing")])
+
+    class Missing(FakeQueue):
+        def send_message(self, content: Any, **kwargs: Any) -> Message:
+            error = ResourceNotFoundError("The specified queue does not exist.")
+            error.error_code = "QueueNotFound"  # type: ignore[attr-defined]
+            raise error
+
+    opened["gone"] = Missing([], [], "gone")
+    gone, billing = dlq.requeue_all()
+    assert isinstance(gone, NotRequeueable) and "declare the app again" in str(gone)
+    assert isinstance(billing, Requeued) and billing.app == "billing"
+    assert [m.id for m in poison.messages] == ["id-0"]
