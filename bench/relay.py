@@ -21,6 +21,9 @@ What it measures (each repeated, min / median / max):
    peak RSS growth over a small message's, each as a share of the file's size (at most one copy: streamed).
 4. Against the throttling emulator (time-scaled: a minute lasts 60 / SCALE seconds), 1 mailbox and 4 at once:
    throughput as a share of Exchange's 30 messages a minute, 429s provoked, dead letters, duplicates.
+6. Each GRAPH_CREDENTIAL mode end to end on the local stack: the calls N sends make to Key Vault, Entra's token
+   endpoint and the managed-identity endpoint (COUNTED by the emulator), and the first send's enqueue-to-sent time
+   (a cold host: the credential read and the first token) as a ratio to the secret mode's in the same run.
 
 It is not a test: nothing here asserts a speed. CI runs `--smoke` so the script keeps working.
 """
@@ -397,6 +400,79 @@ def storage_round_trips(n: int, repeat: int) -> list[tuple[str, str]]:
     ]
 
 
+# --- 6. Credential modes -----------------------------------------------------------------------------------------
+
+CREDENTIAL_MODES = ("secret", "certificate", "federated", "managed-identity")
+
+
+def _credential_run(mode: str, n: int) -> dict[str, Any]:
+    from azure.storage.queue import QueueClient
+
+    from devstack.stack import LocalStack
+    from shared.queues import encode
+
+    with LocalStack(allowed_senders=(MAILBOXES[0],), credential=mode) as stack:
+        queue = QueueClient.from_connection_string(stack.storage_connection_string, stack.queue_name)
+        before = stack.emulator_get("stats")
+
+        def send(i: int) -> None:
+            request = {
+                "id": f"cred-{mode}-{i}",
+                "from": MAILBOXES[0],
+                "to": ["ada@contoso.com"],
+                "subject": f"credential {i}",
+                "body": {"contentType": "text", "content": "bench"},
+                "saveToSentItems": False,
+            }
+            queue.send_message(encode(request), time_to_live=-1)
+
+        def wait_for(count: int) -> None:
+            deadline = time.monotonic() + 300
+            while len(stack.emulator_get("outbox")) < count:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{mode}: only {len(stack.emulator_get('outbox'))} of {count} sent")
+                time.sleep(0.05)
+
+        started = time.monotonic()
+        send(0)
+        wait_for(1)
+        first = time.monotonic() - started
+        for i in range(1, n):
+            send(i)
+        wait_for(n)
+        after = stack.emulator_get("stats")
+    calls = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    return {
+        "first": first,
+        "keyvault": calls.get("keyvault.getSecret", 0) + calls.get("keyvault.getCertificate", 0),
+        "entra": calls.get("entra.token", 0),
+        "msi": calls.get("msi.token", 0),
+    }
+
+
+def credential_modes(n: int, repeat: int) -> list[tuple[str, str]]:
+    """Per mode: what N sends cost in calls to Key Vault, Entra's token endpoint and the managed-identity endpoint
+    (the host's Key Vault reader and storage use a connection string locally: these are the Graph credential's), and
+    the cold first send against the secret mode's. Modes interleaved per repeat, so drift hits all alike."""
+    runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in CREDENTIAL_MODES}
+    for _ in range(repeat):
+        for mode in CREDENTIAL_MODES:
+            runs[mode].append(_credential_run(mode, n))
+    base = statistics.median(r["first"] for r in runs["secret"])
+    rows = [(f"Credential modes, {n} sends each on one mailbox: calls made (median of {repeat})", "")]
+    for mode in CREDENTIAL_MODES:
+        got = runs[mode]
+        rows.append(
+            (
+                f"  {mode}: Key Vault, Entra token endpoint, managed-identity endpoint; first send vs secret's",
+                f"{statistics.median(r['keyvault'] for r in got):g}, {statistics.median(r['entra'] for r in got):g}, "
+                f"{statistics.median(r['msi'] for r in got):g}; "
+                f"{statistics.median(r['first'] for r in got) / base:.2f}x",
+            )
+        )
+    return rows
+
+
 # --- 3. Cold import ------------------------------------------------------------------------------------------
 
 
@@ -510,7 +586,8 @@ def main() -> int:
     parser.add_argument("--write", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument(
         "--only",
-        help="run one section (send path, storage round trips, end to end, import, throttling, large); writes nothing",
+        help="run one section (send path, storage round trips, end to end, import, throttling, large, credentials); "
+        "writes nothing",
     )
     args = parser.parse_args()
     if args.smoke:
@@ -525,6 +602,7 @@ def main() -> int:
         # as they are beside a real minute; 90 per mailbox is three windows' worth.
         ("throttling", lambda: throttled(10 if args.smoke else 90, 10.0 if args.smoke else 3.0, args.repeat)),
         ("large", lambda: large_message(4 if args.smoke else 25, args.repeat)),
+        ("credentials", lambda: credential_modes(3 if args.smoke else 20, args.repeat)),
     ]
     if args.only:
         sections = [(name, run) for name, run in sections if name == args.only]
