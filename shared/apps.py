@@ -19,7 +19,10 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from shared.settings import GraphRegistration
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +32,14 @@ DEFAULT_APP: Final = "default"
 RESERVED_NAMES: Final = frozenset({DEFAULT_APP, "retry", "poison", "retry-poison"})
 NAME_RULE: Final = "2 to 24 lower-case letters, digits and single hyphens, starting with a letter"
 _NAME = re.compile(r"^[a-z](?:[a-z0-9]|-(?=[a-z0-9])){1,23}$")
-FIELDS: Final = frozenset({"name", "senders", "principals", "messagesPerMinute", "recipientsPerDay"})
+FIELDS: Final = frozenset({"name", "senders", "principals", "messagesPerMinute", "recipientsPerDay", "graph"})
+# An app's own Graph app registration ("graph"): GRAPH_CREDENTIAL's companions, by the same names, in camel case.
+GRAPH_FIELDS: Final = {
+    "credential": "GRAPH_CREDENTIAL",
+    "clientId": "GRAPH_CLIENT_ID",
+    "secretName": "GRAPH_CLIENT_SECRET_NAME",
+    "certificateName": "GRAPH_CERTIFICATE_NAME",
+}
 SETTING: Final = "MAILRELAY_APPS"
 POISON_SUFFIX: Final = "-poison"
 
@@ -46,6 +56,9 @@ class App:
     # declared shares leave of the mailbox's limits.
     messages_per_minute: int | None = None
     recipients_per_day: int | None = None
+    # Its own Graph app registration and credential (shared/credentials.py), so that Exchange, too, scopes it to
+    # its senders: a bug in the relay's policy still cannot send as another app's mailbox. None: the relay's.
+    graph: GraphRegistration | None = None
 
     @property
     def function_name(self) -> str:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +42,10 @@ class Clients:
     relay: Relay
     storage_identity: Any  # the host's storage identity; None with a connection string
     identity: Any = None  # the Function's identity (RelayCredential): Key Vault's reader, or the Graph credential
+    # The apps that bring their own Graph app registration (MAILRELAY_APPS "graph"): their credentials, and the
+    # relay calling Graph as each.
+    app_credentials: Mapping[str, Credentials] = field(default_factory=dict)
+    app_relays: Mapping[str, Relay] = field(default_factory=dict)
 
     @property
     def vault(self) -> SecretClient | None:
@@ -67,6 +71,12 @@ class Runtime:
     pacer: Pacer | None = None  # per-mailbox pacing, shared by every instance (shared/pacing.py)
     sleep: Callable[[float], None] = time.sleep  # a short pacing wait held in the worker; tests move the clock
     payloads: PayloadStore | None = None  # claim-checked attachments and bodies (shared/payloads.py)
+    app_relays: Mapping[str, Relay] = field(default_factory=dict)  # apps with their own Graph registration
+
+    def for_app(self, app: str) -> Runtime:
+        """This runtime as `app` sends: through its own Graph registration when it has one, else the relay's."""
+        relay = self.app_relays.get(app)
+        return self if relay is None else replace(self, relay=relay)
 
 
 @dataclass(frozen=True)
@@ -105,7 +115,21 @@ def build_clients(settings: Settings) -> Clients:
         payloads=BlobPayloads(container_client(settings, PAYLOAD_CONTAINER, storage_identity)),
         max_message_bytes=int(settings.max_message_size_mb * 1024 * 1024),
     )
-    return Clients(settings, credentials, session, tokens, relay, storage_identity, identity)
+    app_credentials = {
+        app.name: token_source(
+            app.graph,
+            identity=credential(settings.managed_identity_client_id, settings.ca_bundle, cli=app.graph.expires),
+            session=session,
+            authority_host=settings.authority_host,
+            ca_bundle=settings.ca_bundle,
+        )
+        for app in settings.apps
+        if app.graph is not None
+    }
+    app_relays = {name: relay.with_tokens(built.tokens) for name, built in app_credentials.items()}
+    return Clients(
+        settings, credentials, session, tokens, relay, storage_identity, identity, app_credentials, app_relays
+    )
 
 
 def build_runtime(settings: Settings, clients: Clients | None = None) -> Runtime:
@@ -128,6 +152,7 @@ def build_runtime(settings: Settings, clients: Clients | None = None) -> Runtime
         pacer=Pacer(TablePaceStore(status_table), limits_of(settings)),
         overflow=overflow,
         payloads=clients.relay.payloads,
+        app_relays=clients.app_relays,
     )
 
 

@@ -110,6 +110,7 @@ def _process(
     except SettingsError as e:  # a retry of an app removed from MAILRELAY_APPS since: nobody may send it as that app
         _dead_letter(rt, as_received(raw), permanent("AppNotDeclared", str(e)), fields)
         return
+    rt = rt.for_app(app.name)  # its own Graph registration, if it has one
     checked = rt.relay.check(raw, app)
     if isinstance(checked, Attempt):  # the contract or the allow-list refused it: no record, no Graph
         fields["sender"] = checked.sender

@@ -17,6 +17,7 @@ is not made. Reads (the Sent Items and Drafts lookups) are not fenced: they chan
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -131,6 +132,12 @@ class Relay:
     @property
     def payloads(self) -> PayloadStore | None:
         return self._payloads
+
+    def with_tokens(self, tokens: TokenSource) -> Relay:
+        """The same relay calling Graph as another app registration (an app's own, shared/apps.py)."""
+        other = copy.copy(self)
+        other._tokens = tokens
+        return other
 
     def send(self, raw: bytes | str) -> Attempt:
         checked = self.check(raw)

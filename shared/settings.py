@@ -335,7 +335,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             graph=graph,
             allowed_senders=allowed,
             queue_name=queue_name,
-            apps=parse_apps(env.get(APPS_SETTING, ""), allowed, queue_name),
+            apps=parse_apps(env.get(APPS_SETTING, ""), allowed, queue_name, env),
             storage=_storage(env),
             managed_identity_client_id=env.get("AZURE_CLIENT_ID", "").strip() or None,
             graph_base_url=_https_url(
@@ -369,9 +369,33 @@ def _share(entry: Mapping[str, Any], field: str, name: str, ceiling: int, refuse
     return value
 
 
-def parse_apps(value: str, allowed: frozenset[str], queue_name: str) -> tuple[App, ...]:
+def _app_registration(value: Any, name: str, relay_env: Mapping[str, str], refuse: Any) -> GraphRegistration:
+    """An app's own Graph registration: its "graph" object names the mode and its companions as the relay's own
+    settings do (GRAPH_FIELDS); the tenant, the vault and the Function's identity are the relay's."""
+    from shared.apps import GRAPH_FIELDS
+
+    if (
+        not isinstance(value, dict)
+        or set(value) - set(GRAPH_FIELDS)
+        or not all(isinstance(v, str) for v in value.values())
+    ):
+        raise refuse(f"gives app {name!r} a graph that is not an object of {', '.join(GRAPH_FIELDS)} (strings)")
+    own = {setting: value.get(field, "") for field, setting in GRAPH_FIELDS.items()}
+    shared_settings = {k: relay_env.get(k, "") for k in ("GRAPH_TENANT_ID", "KEY_VAULT_URI", "AZURE_CLIENT_ID")}
+    try:
+        return parse_registration({**shared_settings, **own}, name=name)
+    except SettingsError as e:
+        # The message names the relay's setting; say which app's "graph" it came from.
+        raise refuse(f"gives app {name!r} a graph the relay cannot use: {str(e).rstrip('.')}") from None
+
+
+def parse_apps(
+    value: str, allowed: frozenset[str], queue_name: str, relay_env: Mapping[str, str] | None = None
+) -> tuple[App, ...]:
     """The declared apps (not the default one) from MAILRELAY_APPS; raises SettingsError naming what is wrong."""
     from shared.apps import FIELDS, NAME_RULE, POISON_SUFFIX, RESERVED_NAMES, SETTING, App, app_queue, is_declarable
+
+    relay_env = relay_env or {}
 
     def refuse(why: str) -> SettingsError:
         return SettingsError(f"Setting {SETTING} {why}.")
@@ -421,7 +445,8 @@ def parse_apps(value: str, allowed: frozenset[str], queue_name: str) -> tuple[Ap
         if not isinstance(principals, list) or not all(isinstance(p, str) and _GUID.match(p) for p in principals):
             raise refuse(f"gives {label} principals that are not Entra object ids (GUIDs)")
         shares = {field: _share(entry, field, name, ceiling, refuse) for field, ceiling in _SHARE_CEILINGS.items()}
-        apps.append(App(name, queue, addresses, shares["messagesPerMinute"], shares["recipientsPerDay"]))
+        graph = _app_registration(entry.get("graph"), name, relay_env, refuse) if "graph" in entry else None
+        apps.append(App(name, queue, addresses, shares["messagesPerMinute"], shares["recipientsPerDay"], graph))
     names = {a.name for a in apps}
     for app in apps:
         if app.name.endswith(POISON_SUFFIX) and app.name.removesuffix(POISON_SUFFIX) in names:

@@ -239,3 +239,50 @@ def test_a_dead_letter_of_the_default_app_names_it() -> None:
     (envelope,) = s.dead.envelopes
     assert envelope["error"]["code"] == "SenderNotAllowed" and envelope["app"] == DEFAULT_APP
     assert s.status.get(StatusKey("ceo@contoso.com", "id", "order-42")) is None
+
+
+# --- an app's own Graph registration -----------------------------------------------------------------------------
+
+BILLING_CLIENT = "0c222222-3333-4444-8555-666666666666"
+IDENTITY = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
+
+
+def test_an_app_may_bring_its_own_registration_configured_like_the_relays() -> None:
+    own = {"credential": "federated", "clientId": BILLING_CLIENT}
+    graph = (
+        declared([{"name": "billing", "senders": [RECEIPTS], "graph": own}], AZURE_CLIENT_ID=IDENTITY)
+        .app("billing")
+        .graph
+    )
+    assert graph is not None and (graph.name, graph.mode, graph.client_id) == ("billing", "federated", BILLING_CLIENT)
+    assert graph.tenant_id == GOOD["GRAPH_TENANT_ID"] and graph.identity_client_id == IDENTITY
+
+
+@pytest.mark.parametrize(
+    ("graph", "identity", "says"),
+    [
+        ({"credential": "federated", "clientId": BILLING_CLIENT}, "", "AZURE_CLIENT_ID is missing"),
+        ({"credential": "secret", "clientId": BILLING_CLIENT}, IDENTITY, "GRAPH_CLIENT_SECRET_NAME is missing"),
+        ({"credential": "federated", "clientId": "billing"}, IDENTITY, "GRAPH_CLIENT_ID must be a GUID"),
+        ({"credential": "federated", "tenant": "x"}, IDENTITY, "a graph that is not an object of credential, clientId"),
+        ("federated", IDENTITY, "a graph that is not an object"),
+    ],
+)
+def test_an_unusable_registration_is_refused_naming_the_app(graph: Any, identity: str, says: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        declared([{"name": "billing", "senders": [RECEIPTS], "graph": graph}], AZURE_CLIENT_ID=identity)
+    assert "app 'billing'" in str(caught.value) and says in str(caught.value)
+
+
+def test_an_app_with_its_own_registration_sends_with_its_tokens() -> None:
+    from dataclasses import replace
+
+    from tests.fakes import FakeTokens
+
+    s = apps_stack()
+    own = FakeTokens()
+    own.cached = "billing-token"
+    s.rt = replace(s.rt, app_relays={"billing": s.rt.relay.with_tokens(own)})
+    from_app(s, "billing", {**REQUEST, "from": RECEIPTS}, "q-1")
+    from_app(s, "alerts", REQUEST, "q-2")
+    assert [token for _, _, token in s.graph.calls] == ["billing-token", "token-1"]

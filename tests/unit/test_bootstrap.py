@@ -36,3 +36,27 @@ def test_reset_builds_afresh(environment: None) -> None:
     first = bootstrap.runtime()
     bootstrap.reset()
     assert bootstrap.runtime() is not first
+
+
+def test_an_app_with_its_own_registration_gets_a_relay_calling_graph_as_it(
+    environment: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from shared.tokens import MsalTokens
+
+    billing = "0c222222-3333-4444-8555-666666666666"
+    monkeypatch.setenv("AZURE_CLIENT_ID", "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d")
+    own = {"credential": "federated", "clientId": billing}
+    apps = [
+        {"name": "billing", "senders": ["alerts@contoso.com"], "graph": own},
+        {"name": "ops", "senders": ["alerts@contoso.com"]},
+    ]
+    monkeypatch.setenv("MAILRELAY_APPS", json.dumps(apps))
+    rt = bootstrap.runtime()
+    billing_rt = rt.for_app("billing")
+    tokens = billing_rt.relay._tokens
+    assert isinstance(tokens, MsalTokens) and tokens._client_id == billing
+    # The others, the outbox included, call Graph as the relay; all share one Graph client and payload store.
+    assert rt.for_app("ops") is rt and rt.for_app("default") is rt
+    assert billing_rt.relay._graph is rt.relay._graph and billing_rt.relay.payloads is rt.relay.payloads
