@@ -42,8 +42,8 @@ class Clients:
     relay: Relay
     storage_identity: Any  # the host's storage identity; None with a connection string
     identity: Any = None  # the Function's identity (RelayCredential): Key Vault's reader, or the Graph credential
-    # The apps that bring their own Graph app registration (MAILRELAY_APPS "graph"): their credentials, and the
-    # relay calling Graph as each.
+    # The apps that bring their own Graph app registration (MAILRELAY_APPS "graph"): their credentials; and the
+    # relay as each declared app uses it (its payload container, its registration if it has one).
     app_credentials: Mapping[str, Credentials] = field(default_factory=dict)
     app_relays: Mapping[str, Relay] = field(default_factory=dict)
 
@@ -71,12 +71,18 @@ class Runtime:
     pacer: Pacer | None = None  # per-mailbox pacing, shared by every instance (shared/pacing.py)
     sleep: Callable[[float], None] = time.sleep  # a short pacing wait held in the worker; tests move the clock
     payloads: PayloadStore | None = None  # claim-checked attachments and bodies (shared/payloads.py)
-    app_relays: Mapping[str, Relay] = field(default_factory=dict)  # apps with their own Graph registration
+    app_relays: Mapping[str, Relay] = field(default_factory=dict)  # each declared app's (Clients.app_relays)
 
     def for_app(self, app: str) -> Runtime:
-        """This runtime as `app` sends: through its own Graph registration when it has one, else the relay's."""
+        """This runtime as `app` sends: its payload container, and its own Graph registration when it has one."""
         relay = self.app_relays.get(app)
-        return self if relay is None else replace(self, relay=relay)
+        return self if relay is None else replace(self, relay=relay, payloads=relay.payloads)
+
+    @property
+    def all_payloads(self) -> list[PayloadStore]:
+        """Every payload container the relay reads: the outbox's and each declared app's (the clean-up's)."""
+        stores = [self.payloads, *(relay.payloads for relay in self.app_relays.values())]
+        return [s for s in dict.fromkeys(stores) if s is not None]
 
 
 @dataclass(frozen=True)
@@ -90,7 +96,7 @@ class ExpiryRuntime:
 def build_clients(settings: Settings) -> Clients:
     from shared.credentials import token_source
     from shared.graph import GraphClient, http_session
-    from shared.payloads import PAYLOAD_CONTAINER, BlobPayloads
+    from shared.payloads import PAYLOAD_CONTAINER, BlobPayloads, payload_container
     from shared.secrets import credential
     from shared.storage import container_client
 
@@ -126,7 +132,14 @@ def build_clients(settings: Settings) -> Clients:
         for app in settings.apps
         if app.graph is not None
     }
-    app_relays = {name: relay.with_tokens(built.tokens) for name, built in app_credentials.items()}
+    # Every declared app reads its payloads from its own container; those with a registration call Graph as it.
+    app_relays = {
+        app.name: relay.for_app(
+            tokens=app_credentials[app.name].tokens if app.name in app_credentials else None,
+            payloads=BlobPayloads(container_client(settings, payload_container(app.name), storage_identity)),
+        )
+        for app in settings.apps
+    }
     return Clients(
         settings, credentials, session, tokens, relay, storage_identity, identity, app_credentials, app_relays
     )

@@ -147,9 +147,9 @@ def handle_status_cleanup(timer: TimerRequestLike | None = None, rt: Runtime | N
     rt = rt or runtime()
     deleted = rt.status.delete_expired(retention_cutoff(rt.settings.status_retention_days, rt.clock()))
     _log(logging.INFO, "status.cleanup", f"deleted {deleted} records older than the retention", deleted=deleted)
-    if rt.payloads is not None:
+    for store in rt.all_payloads:  # the outbox's container and each app's
         try:
-            blobs = rt.payloads.delete_older_than(retention_cutoff(rt.settings.payload_retention_days, rt.clock()))
+            blobs = store.delete_older_than(retention_cutoff(rt.settings.payload_retention_days, rt.clock()))
         except Exception as e:  # the records are cleaned; the payloads wait for the next run
             _log(logging.WARNING, "payload.cleanup", f"payload clean-up failed for now: {type(e).__name__}")
         else:

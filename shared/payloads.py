@@ -27,6 +27,15 @@ if TYPE_CHECKING:
     from shared.contract import Attachment, Body
 
 PAYLOAD_CONTAINER: Final = "mail-payloads"
+
+
+def payload_container(app: str) -> str:
+    """Where an app's payloads live: its own container (`mail-payloads-<app>`, writable by that app alone, infra/),
+    the shared one for the default app. The relay reads a request's payloads only from its app's."""
+    from shared.apps import DEFAULT_APP
+
+    return PAYLOAD_CONTAINER if app == DEFAULT_APP else f"{PAYLOAD_CONTAINER}-{app}"
+
 # Graph's upload sessions take ranges "less than 4 MB" (https://learn.microsoft.com/graph/outlook-large-attachments,
 # step 2), and the page does not say whether a MB is 10^6 or 2^20 bytes: 3.75 MiB (3,932,160 bytes) is under both
 # readings, and a multiple of 320 KiB, the unit Graph's other upload sessions ask for. The relay reads the blob in

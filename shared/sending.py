@@ -133,10 +133,12 @@ class Relay:
     def payloads(self) -> PayloadStore | None:
         return self._payloads
 
-    def with_tokens(self, tokens: TokenSource) -> Relay:
-        """The same relay calling Graph as another app registration (an app's own, shared/apps.py)."""
+    def for_app(self, tokens: TokenSource | None = None, payloads: PayloadStore | None = None) -> Relay:
+        """The same relay for one app (shared/apps.py): calling Graph as its own registration (`tokens`), reading
+        claim-checked payloads from its own container (`payloads`); what is not given stays the relay's."""
         other = copy.copy(self)
-        other._tokens = tokens
+        other._tokens = tokens or self._tokens
+        other._payloads = payloads or self._payloads
         return other
 
     def send(self, raw: bytes | str) -> Attempt:

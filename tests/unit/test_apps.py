@@ -282,7 +282,52 @@ def test_an_app_with_its_own_registration_sends_with_its_tokens() -> None:
     s = apps_stack()
     own = FakeTokens()
     own.cached = "billing-token"
-    s.rt = replace(s.rt, app_relays={"billing": s.rt.relay.with_tokens(own)})
+    s.rt = replace(s.rt, app_relays={"billing": s.rt.relay.for_app(tokens=own)})
     from_app(s, "billing", {**REQUEST, "from": RECEIPTS}, "q-1")
     from_app(s, "alerts", REQUEST, "q-2")
     assert [token for _, _, token in s.graph.calls] == ["billing-token", "token-1"]
+
+
+# --- payloads per app ---------------------------------------------------------------------------------------------
+
+
+def test_an_app_reads_its_payloads_from_its_own_container_only() -> None:
+    from dataclasses import replace
+
+    from shared.payloads import MemoryPayloads, payload_container
+    from tests.unit.test_large_messages import claim_check, payload
+
+    assert (payload_container("billing"), payload_container(DEFAULT_APP)) == ("mail-payloads-billing", "mail-payloads")
+    s = apps_stack()
+    shared_store, billing_store = MemoryPayloads(), MemoryPayloads()
+    s.rt = replace(s.rt, payloads=shared_store, app_relays={"billing": s.rt.relay.for_app(payloads=billing_store)})
+    data = payload(1000)
+    # The default app's blob, named by billing: billing's container has no such blob, so billing cannot use it.
+    ref = claim_check(shared_store, "0" * 32 + "/report.pdf", data)
+    attachment = {"name": "report.pdf", "contentType": "application/pdf", **ref}
+    from_app(s, "billing", {**REQUEST, "from": RECEIPTS, "attachments": [attachment]}, "q-1")
+    assert s.graph.calls == []
+    (envelope,) = s.dead.envelopes
+    assert envelope["error"]["code"] == "PayloadMissing" and envelope["app"] == "billing"
+    # The same bytes in billing's own container: sent, and then deleted from there, not from the shared one.
+    claim_check(billing_store, "1" * 32 + "/report.pdf", data)
+    own = {**attachment, "blob": "1" * 32 + "/report.pdf"}
+    from_app(s, "billing", {**REQUEST, "id": "order-43", "from": RECEIPTS, "attachments": [own]}, "q-2")
+    assert len(s.graph.calls) == 1
+    assert billing_store.blobs == {} and "0" * 32 + "/report.pdf" in shared_store.blobs
+
+
+def test_the_clean_up_reaches_every_apps_container() -> None:
+    from dataclasses import replace
+
+    from shared.handlers import handle_status_cleanup
+    from shared.payloads import MemoryPayloads
+    from tests.unit.test_large_messages import claim_check, payload
+
+    s = apps_stack()
+    shared_store, billing_store = MemoryPayloads(), MemoryPayloads()
+    claim_check(billing_store, "2" * 32 + "/old.bin", payload(10))
+    s.rt = replace(s.rt, payloads=shared_store, app_relays={"billing": s.rt.relay.for_app(payloads=billing_store)})
+    s.clock.advance(86_400 * 60)
+    handle_status_cleanup(None, s.rt)
+    assert billing_store.blobs == {}

@@ -57,6 +57,11 @@ def test_an_app_with_its_own_registration_gets_a_relay_calling_graph_as_it(
     billing_rt = rt.for_app("billing")
     tokens = billing_rt.relay._tokens
     assert isinstance(tokens, MsalTokens) and tokens._client_id == billing
-    # The others, the outbox included, call Graph as the relay; all share one Graph client and payload store.
-    assert rt.for_app("ops") is rt and rt.for_app("default") is rt
-    assert billing_rt.relay._graph is rt.relay._graph and billing_rt.relay.payloads is rt.relay.payloads
+    # An app without one calls Graph as the relay; each declared app reads its own payload container; the outbox
+    # is the relay itself; all share one Graph client.
+    ops_rt = rt.for_app("ops")
+    assert ops_rt.relay._tokens is rt.relay._tokens and rt.for_app("default") is rt
+    assert billing_rt.relay._graph is rt.relay._graph is ops_rt.relay._graph
+    containers = [r.payloads._container.container_name for r in (rt, billing_rt, ops_rt)]  # type: ignore[union-attr]
+    assert containers == ["mail-payloads", "mail-payloads-billing", "mail-payloads-ops"]
+    assert billing_rt.payloads is billing_rt.relay.payloads  # what the relay reads is what delivery deletes
