@@ -275,14 +275,14 @@ def _pace(
     req = checked.request
     recipients = len(req.to) + len(req.cc) + len(req.bcc)
     uploads = mail_size(req)  # what the send uploads to Graph, near enough (its body and encoded attachments)
-    decided = rt.pacer.acquire(req.sender, recipients, uploads)
+    decided = rt.pacer.acquire(req.sender, recipients, uploads, checked.app)
     held = 0.0
     # A wait shorter than the queue's smallest delay (a whole second, then a poll) is cheaper held here: a
     # slot frees within a Graph call, and a minute's oldest send leaves it at a known moment.
     while isinstance(decided, Over) and decided.seconds <= MAX_HOLD_SECONDS and held < MAX_HOLD_SECONDS * 3:
         rt.sleep(decided.seconds)
         held += decided.seconds
-        decided = rt.pacer.acquire(req.sender, recipients, uploads)
+        decided = rt.pacer.acquire(req.sender, recipients, uploads, checked.app)
     if not isinstance(decided, Over):
         return decided
     now = rt.clock()
@@ -298,7 +298,7 @@ def _pace(
         lease_until=None,
         not_before=when,
         last_error_code="Paced",
-        last_error_hint=f"waiting for the mailbox's {decided.limit} limit",
+        last_error_hint=f"waiting for {decided.reason}",  # the app's own share, or the mailbox's limit
     )
     if not _held_write(rt, waiting):  # the claim was taken over during the wait: the new owner's record stands
         _claim_lost(rt, checked, original_message_id, fields)
@@ -306,8 +306,11 @@ def _pace(
     delay = _put_back(rt, checked, original_message_id, seconds, "paced")
     # The recipient budget is the one that can hold mail for hours: the operator must see it in the log.
     level = logging.WARNING if decided.limit == "recipients per day" else logging.INFO
-    text = f"over the mailbox's {decided.limit} limit; queued for {delay} s"
-    _log(level, "mail.paced", text, delaySeconds=delay, **fields)
+    text = f"over {decided.reason}; queued for {delay} s"
+    # paceShare: whose budget is spent, for an alert to match ("app": the request's app's own share; "pool": the
+    # apps without a share; "mailbox": Microsoft's limit for all apps together).
+    spent = "app" if decided.app else "pool" if decided.pooled else "mailbox"
+    _log(level, "mail.paced", text, delaySeconds=delay, paceShare=spent, **fields)
     return None
 
 

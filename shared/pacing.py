@@ -15,6 +15,16 @@ send the relay takes a slot in its mailbox's pace row, a Table entity changed un
   "150 megabytes (MB) upload (PATCH, POST, PUT) in a 5 minute period" per app and mailbox, throttling-limits
   "Outlook service limits"; five windows, so that time-scaled tests scale it with the minute).
 
+Within these, each app's share (issue 20, item 5; MAILRELAY_APPS' messagesPerMinute and recipientsPerDay): an app
+with a declared share never uses more than it of a mailbox's minute or day; the apps without one (the default
+outbox among them) share, together, what the declared shares of the apps that may send as that mailbox leave of its
+limit. Settings refuse shares that do not fit the limit (shared/settings.py, _shares_fit), so the mailbox's sends
+are at most the sum of what each app and the pool may use, which is the limit: an app within its share always finds
+room in the mailbox's minute and day, whatever the other apps do. Its wait is its own share's (Over.app names it).
+Concurrency and uploads stay the mailbox's, for all apps together, as Microsoft counts them. The counts are the
+row's own entries, tagged with the app that took them (a send, a slot, a recipient bucket's per-app counts), so
+a share costs no extra round trip: taking a slot stays one conditional write.
+
 A request over its mailbox's pace is not sent: it goes back on the retry queue with the delay it needs, in state
 `queued`, without spending its retry budget. One busy mailbox holds up only its own mail: every other mailbox has
 its own row. The decision is a pure function (`decide`); the stores only keep the state.
@@ -37,6 +47,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from shared.apps import DEFAULT_APP
 from shared.status import MemoryRows, RowWrite, partition_of
 
 if TYPE_CHECKING:
@@ -53,8 +64,33 @@ UPLOAD_BYTES_PER_WINDOW: Final = 150_000_000  # "150 MB", read as decimal megaby
 
 
 @dataclass(frozen=True)
+class AppShare:
+    """An app's declared share of each of its sender mailboxes' minute and day (None: none of its own)."""
+
+    app: str
+    senders: frozenset[str]  # lower-cased
+    messages_per_window: int | None = None
+    recipients_per_window: int | None = None
+
+
+@dataclass(frozen=True)
+class Share:
+    """What one app may use of one mailbox's budget (messages or recipients): its own declared share (`app` set),
+    or, for an app without one, the pool the apps without a share use together (`app` None): the limit less the
+    `declared` apps' shares."""
+
+    cap: int
+    app: str | None
+    declared: frozenset[str]  # the apps with a share of their own of this budget on this mailbox
+
+    def counts(self, app: str) -> bool:
+        """Whether an entry taken by `app` counts against this share."""
+        return app == self.app if self.app is not None else app not in self.declared
+
+
+@dataclass(frozen=True)
 class Limits:
-    """Microsoft's figures by default (settings MAILBOX_*)."""
+    """Microsoft's figures by default (settings MAILBOX_*), and the apps' declared shares (MAILRELAY_APPS)."""
 
     max_concurrent: int = 4
     messages_per_window: int = 30
@@ -63,10 +99,27 @@ class Limits:
     recipient_window_seconds: float = 86_400.0
     slot_lease_seconds: float = 150.0  # a slot outlives any try; a dead worker's slot lapses after it
     upload_bytes_per_window: int = UPLOAD_BYTES_PER_WINDOW
+    shares: tuple[AppShare, ...] = ()
 
     @property
     def upload_window_seconds(self) -> float:
         return self.rate_window_seconds * UPLOAD_WINDOWS
+
+    def share(self, mailbox: str, app: str, budget: str) -> Share | None:
+        """`app`'s share of `mailbox`'s `budget` ("messages" or "recipients"); None when no app that may send as
+        the mailbox declares one (the mailbox's own limit is then the only one)."""
+        mailbox = mailbox.lower()
+        declared = {
+            s.app: amount
+            for s in self.shares
+            if mailbox in s.senders and (amount := getattr(s, f"{budget}_per_window")) is not None
+        }
+        if not declared:
+            return None
+        names = frozenset(declared)
+        if app in declared:
+            return Share(declared[app], app, names)
+        return Share(getattr(self, f"{budget}_per_window") - sum(declared.values()), None, names)
 
 
 def limits_of(settings: Settings) -> Limits:
@@ -78,6 +131,11 @@ def limits_of(settings: Settings) -> Limits:
         recipients_per_window=settings.mailbox_recipients_per_day,
         recipient_window_seconds=settings.mailbox_recipient_window_seconds,
         slot_lease_seconds=settings.claim_lease_seconds,
+        shares=tuple(
+            AppShare(a.name, frozenset(a.senders), a.messages_per_minute, a.recipients_per_day)
+            for a in settings.apps
+            if a.messages_per_minute is not None or a.recipients_per_day is not None
+        ),
     )
 
 
@@ -85,13 +143,14 @@ def limits_of(settings: Settings) -> Limits:
 class PaceState:
     """One mailbox's pace: epoch seconds throughout, so the state is plain JSON."""
 
-    # slot id -> [lease expiry, recipients, the recipient bucket they were counted in]: enough to give them back
-    slots: dict[str, list[float]] = field(default_factory=dict)
-    # [time, slot id] of the sends within the rate window. The time is the slot's until the send is answered,
+    # slot id -> [lease expiry, recipients, the recipient bucket they were counted in, app]: enough to give them back
+    slots: dict[str, list[Any]] = field(default_factory=dict)
+    # [time, slot id, app] of the sends within the rate window. The time is the slot's until the send is answered,
     # then the answer's: Exchange counts a message when it accepts it, which is after the slot was taken and
     # before Graph answers, so counting from the answer keeps the relay's minute at least as full as Exchange's.
     sends: list[list[Any]] = field(default_factory=list)
-    recipients: list[list[float]] = field(default_factory=list)  # [bucket start, count]
+    # [bucket start, count, {app: its part of count}]: the mailbox's count and each app's
+    recipients: list[list[Any]] = field(default_factory=list)
     uploads: list[list[Any]] = field(default_factory=list)  # [time, bytes, slot id] within the upload window
 
     def to_json(self) -> str:
@@ -104,11 +163,20 @@ class PaceState:
         if not text:
             return cls()
         data = json.loads(text)
+        # A row written before apps (or before slots held their recipients) was the default app's alone.
         slots = {
-            k: (list(v) if isinstance(v, list) else [float(v), 0.0, 0.0]) for k, v in data.get("slots", {}).items()
+            k: (
+                list(v) + [0.0, 0.0, DEFAULT_APP][len(v) - 1 :]
+                if isinstance(v, list)
+                else [float(v), 0.0, 0.0, DEFAULT_APP]
+            )
+            for k, v in data.get("slots", {}).items()
         }
-        sends = [s if isinstance(s, list) else [s, ""] for s in data.get("sends", [])]
-        buckets = [list(b) for b in data.get("recipients", [])]
+        sends = [
+            list(s) + ["", DEFAULT_APP][len(s) - 1 :] if isinstance(s, list) else [s, "", DEFAULT_APP]
+            for s in data.get("sends", [])
+        ]
+        buckets = [list(b) if len(b) > 2 else [b[0], b[1], {DEFAULT_APP: b[1]}] for b in data.get("recipients", [])]
         return cls(slots, sends, buckets, [list(u) for u in data.get("uploads", [])])
 
     @classmethod
@@ -130,22 +198,56 @@ class Granted:
 
 @dataclass(frozen=True)
 class Over:
-    """Over the pace: try again in `seconds`; `limit` names which one, for the log and the status record."""
+    """Over the pace: try again in `seconds`; `limit` names which one, for the log and the status record. `app`:
+    the app whose own share is spent (the wait is its own, whatever other apps do); `pooled`: the share the apps
+    without one use together is spent; neither: the mailbox's limit, for all apps together."""
 
     seconds: float
     limit: str
+    app: str | None = None
+    pooled: bool = False
+
+    @property
+    def reason(self) -> str:
+        """What is spent, for a log line and a status record's hint: "your share" told from "the mailbox"."""
+        if self.app is not None:
+            return f"app {self.app}'s share of the mailbox's {self.limit}"
+        if self.pooled:
+            return f"the share of the mailbox's {self.limit} left to the apps without one"
+        return f"the mailbox's {self.limit} limit"
 
 
 def decide(
-    state: PaceState, recipients: int, now: float, limits: Limits, upload_bytes: int = 0
+    state: PaceState,
+    recipients: int,
+    now: float,
+    limits: Limits,
+    upload_bytes: int = 0,
+    *,
+    app: str = DEFAULT_APP,
+    mailbox: str = "",
 ) -> tuple[PaceState, Granted] | Over:
-    """Take a slot for a send to `recipients` recipients uploading `upload_bytes` at `now`, or say how long to
-    wait. Pure."""
+    """Take a slot for `app`'s send as `mailbox` to `recipients` recipients uploading `upload_bytes` at `now`, or
+    say how long to wait. Pure."""
     slots = {k: list(v) for k, v in state.slots.items() if v[0] > now}
     window = limits.rate_window_seconds
     sends = [list(s) for s in state.sends if float(s[0]) > now - window]
     buckets = [list(b) for b in state.recipients if b[0] > now - limits.recipient_window_seconds]
     uploads = [list(u) for u in state.uploads if u[0] > now - limits.upload_window_seconds]
+    # The app's share first: over it, the wait is the app's own and says so. Within it, the mailbox's minute and
+    # day below have room (the module's docstring), so only another app's concurrency or uploads can hold it.
+    share = limits.share(mailbox, app, "recipients")
+    if share is not None:
+        mine = [[b[0], b[2].get(a, 0)] for b in buckets for a in b[2] if share.counts(a)]
+        wait = _until_room(mine, recipients, share.cap, limits.recipient_window_seconds, now)
+        if wait is not None or share.cap <= 0:
+            return Over(wait or limits.recipient_window_seconds, "recipients per day", share.app, share.app is None)
+    share = limits.share(mailbox, app, "messages")
+    if share is not None:
+        mine = [s for s in sends if share.counts(s[2])]
+        if len(mine) >= share.cap:
+            seconds = max(min(float(s[0]) for s in mine) + window - now, 0.5) if mine else window
+            return Over(seconds, "messages per minute", share.app, share.app is None)
     # Wait until enough of the oldest entries have left their window: never let the mailbox be blocked.
     wait = _until_room(buckets, recipients, limits.recipients_per_window, limits.recipient_window_seconds, now)
     if wait is not None:
@@ -161,12 +263,13 @@ def decide(
     slot = uuid.uuid4().hex
     bucket_width = limits.recipient_window_seconds / BUCKETS_PER_WINDOW
     start = now - now % bucket_width
-    slots[slot] = [now + limits.slot_lease_seconds, float(recipients), start]
-    sends.append([now, slot])
-    if buckets and buckets[-1][0] == start:
-        buckets[-1] = [start, buckets[-1][1] + recipients]
-    else:
-        buckets.append([start, float(recipients)])
+    slots[slot] = [now + limits.slot_lease_seconds, float(recipients), start, app]
+    sends.append([now, slot, app])
+    if not (buckets and buckets[-1][0] == start):
+        buckets.append([start, 0.0, {}])
+    per_app = dict(buckets[-1][2])
+    per_app[app] = per_app.get(app, 0) + recipients
+    buckets[-1] = [start, buckets[-1][1] + recipients, per_app]
     if upload_bytes:
         uploads.append([now, float(upload_bytes), slot])
     return PaceState(slots, sends, buckets, uploads), Granted(slot, recipients)
@@ -201,12 +304,13 @@ def released(state: PaceState, slot: str, now: float, *, given_back: bool = Fals
     if given_back:
         sends = [list(s) for s in state.sends if not (len(s) > 1 and s[1] == slot)]
     else:
-        sends = [[now, s[1]] if len(s) > 1 and s[1] == slot else list(s) for s in state.sends]
-    buckets = [list(b) for b in state.recipients]
+        sends = [[now, *s[1:]] if len(s) > 1 and s[1] == slot else list(s) for s in state.sends]
+    buckets = [[b[0], b[1], dict(b[2])] for b in state.recipients]
     if given_back and held is not None:
         for b in buckets:
             if b[0] == held[2]:
                 b[1] = max(b[1] - held[1], 0.0)
+                b[2][held[3]] = max(b[2].get(held[3], 0) - held[1], 0)
                 break
     uploads = [list(u) for u in state.uploads if not (given_back and len(u) > 2 and u[2] == slot)]
     return PaceState(slots, sends, buckets, uploads)
@@ -254,13 +358,16 @@ class Pacer:
             else:
                 self._known[sender.lower()] = (state, version)
 
-    def acquire(self, sender: str, recipients: int, upload_bytes: int = 0) -> Granted | Over:
+    def acquire(self, sender: str, recipients: int, upload_bytes: int = 0, app: str = DEFAULT_APP) -> Granted | Over:
+        """A slot for `app`'s send as `sender`, within `app`'s share of the mailbox (Limits.shares), or how long
+        to wait (Over)."""
         with self._lock:
             known = self._known.get(sender.lower())
         for _ in range(CONTENTION_ROUNDS):
             fresh = known is None
             state, version = self._store.read(sender) if known is None else known
-            decided = decide(state, recipients, self._clock().timestamp(), self.limits, upload_bytes)
+            now = self._clock().timestamp()
+            decided = decide(state, recipients, now, self.limits, upload_bytes, app=app, mailbox=sender)
             if isinstance(decided, Over):
                 if not fresh:
                     known = None  # what this process remembers may be stale: only the row itself may say wait

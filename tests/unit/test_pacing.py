@@ -185,7 +185,7 @@ def test_a_try_graph_did_not_accept_gives_back_its_recipients_and_its_minute() -
     after = released(state, granted.slot, 1001.0, given_back=True)
     assert after.slots == {} and after.sends == [] and sum(b[1] for b in after.recipients) == 0
     kept = released(state, granted.slot, 1001.0, given_back=False)
-    assert kept.sends == [[1001.0, granted.slot]] and sum(b[1] for b in kept.recipients) == 500
+    assert kept.sends == [[1001.0, granted.slot, "default"]] and sum(b[1] for b in kept.recipients) == 500
 
 
 def test_a_500_recipient_request_throttled_twenty_times_counts_500_not_10000() -> None:
