@@ -174,7 +174,7 @@ param senderPrincipalIds array = []
 // mail-payloads-<name>. The same declaration, less `principals`, is the relay's MAILRELAY_APPS setting.
 // The names are checked below (appDeclarationCheck) as far as Bicep's functions reach; the relay checks the whole
 // declaration again at start (shared/settings.py parse_apps) and refuses it, named.
-@description('The apps that share the relay, each {"name": "billing", "senders": ["billing@contoso.com"], "principals": ["<Entra object id>"]}: name 2 to 24 lower-case letters, digits and single hyphens, starting with a letter, not default, retry, poison or retry-poison; senders, exact addresses, each on allowedSenders; principals, the object ids of the service principals or managed identities that enqueue for it (Storage Queue Data Message Sender on its queue mail-outbox-<name> only, Storage Blob Data Contributor on its container mail-payloads-<name> only). Empty: the single outbox, as before. With apps declared, senderPrincipalIds is ignored.')
+@description('The apps that share the relay, each {"name": "billing", "senders": ["billing@contoso.com"], "principals": ["<Entra object id>"]}: name 2 to 24 lower-case letters, digits and single hyphens, starting with a letter, not default, retry, poison or retry-poison; senders, exact addresses, each on allowedSenders; principals, the object ids of the service principals or managed identities that enqueue for it (Storage Queue Data Message Sender on its queue mail-outbox-<name> only, Storage Blob Data Contributor on its container mail-payloads-<name> only); optional messagesPerMinute (1 to 30) and recipientsPerDay (1 to 10,000), its share of each of its sender mailboxes, passed to the relay, which refuses shares that do not fit a mailbox\'s limits. Empty: the single outbox, as before. With apps declared, senderPrincipalIds is ignored.')
 param apps array = []
 
 @description('Principal (object) ids of apps or operators that may read the status records (`mailrelay status`, the client library\'s status()): each gets Storage Table Data Reader on the mailstatus table only. The records hold states, codes, timestamps and sender mailboxes, never subjects, bodies or recipients.')
@@ -347,11 +347,11 @@ var appPayloadContainers = [for app in apps: {
   publicAccess: 'None'
 }]
 // MAILRELAY_APPS: the declaration less `principals`, which the relay never reads (shared/apps.py): the app settings
-// hold names and senders only. string() of an array is its JSON ("Bicep string functions", string).
-var relayApps = [for app in apps: {
-  name: app.name
-  senders: app.?senders ?? []
-}]
+// hold names, senders and the shares (messagesPerMinute, recipientsPerDay: the app's part of each sender mailbox's
+// minute and day, shared/pacing.py), each only when declared, as the relay reads an absent share as none. string() of
+// an array is its JSON ("Bicep string functions", string); union() of objects merges their properties ("Bicep
+// object functions", union).
+var relayApps = [for app in apps: union({ name: app.name, senders: app.?senders ?? [] }, contains(app, 'messagesPerMinute') ? { messagesPerMinute: app.messagesPerMinute } : {}, contains(app, 'recipientsPerDay') ? { recipientsPerDay: app.recipientsPerDay } : {})]
 // The outbox is the implicit app `default`. With apps declared, no app holds a role there: senderPrincipalIds is
 // ignored (not refused: Bicep's fail() is beyond the parser infra/check.sh runs). Assignments made by an earlier
 // deployment stay until removed by hand (an incremental deployment deletes nothing; infra/README.md, "Apps").

@@ -139,13 +139,31 @@ def test_mailrelay_apps_holds_names_and_senders_and_no_principal_and_the_relay_l
 
     deployment = Deployment(APPS)
     value = deployment.settings["MAILRELAY_APPS"]
-    assert json.loads(value) == [{"name": a["name"], "senders": a["senders"]} for a in APPS]
+    assert json.loads(value) == [{"name": a["name"], "senders": a["senders"]} for a in APPS]  # no share: none
     for principal in [*BILLING, *HR]:
         assert principal not in value
     assert "principals" not in value
     apps = parse_apps(value, parse_senders(ALLOWED), "mail-outbox")
     assert {a.queue for a in apps} == set(deployment.queues) - RELAY_QUEUES - {f"{q}-poison" for q in
                                                                                   deployment.queues}
+
+
+def test_mailrelay_apps_passes_the_declared_shares_through_and_the_relay_reads_them() -> None:
+    from shared.settings import parse_apps, parse_senders
+
+    shared = [
+        {"name": "billing", "senders": ["alerts@contoso.com"], "principals": BILLING, "messagesPerMinute": 10},
+        {"name": "bulk", "senders": ["alerts@contoso.com"], "principals": HR, "messagesPerMinute": 20,
+         "recipientsPerDay": 5000},
+    ]
+    value = Deployment(shared).settings["MAILRELAY_APPS"]
+    assert json.loads(value) == [
+        {"name": "billing", "senders": ["alerts@contoso.com"], "messagesPerMinute": 10},
+        {"name": "bulk", "senders": ["alerts@contoso.com"], "messagesPerMinute": 20, "recipientsPerDay": 5000},
+    ]
+    billing, bulk = parse_apps(value, parse_senders(ALLOWED), "mail-outbox")
+    assert (billing.messages_per_minute, billing.recipients_per_day) == (10, None)
+    assert (bulk.messages_per_minute, bulk.recipients_per_day) == (20, 5000)
 
 
 def test_a_deployment_without_apps_is_todays() -> None:
