@@ -32,7 +32,14 @@ DEFAULT_APP: Final = "default"
 RESERVED_NAMES: Final = frozenset({DEFAULT_APP, "retry", "poison", "retry-poison"})
 NAME_RULE: Final = "2 to 24 lower-case letters, digits and single hyphens, starting with a letter"
 _NAME = re.compile(r"^[a-z](?:[a-z0-9]|-(?=[a-z0-9])){1,23}$")
-FIELDS: Final = frozenset({"name", "senders", "principals", "messagesPerMinute", "recipientsPerDay", "graph"})
+FIELDS: Final = frozenset(
+    {"name", "senders", "principals", "messagesPerMinute", "recipientsPerDay", "maxScheduled", "graph"}
+)
+# How many requests waiting for their `sendAt` a declared app may hold at once: enough for any app's reminders,
+# few enough that one app cannot fill the relay's table and retry queue for a week. The outbox (the default app)
+# keeps no cap: a single-app deployment behaves as before.
+DEFAULT_MAX_SCHEDULED: Final = 1000
+MAX_SCHEDULED_CEILING: Final = 100_000
 # An app's own Graph app registration ("graph"): GRAPH_CREDENTIAL's companions, by the same names, in camel case.
 GRAPH_FIELDS: Final = {
     "credential": "GRAPH_CREDENTIAL",
@@ -56,6 +63,7 @@ class App:
     # declared shares leave of the mailbox's limits.
     messages_per_minute: int | None = None
     recipients_per_day: int | None = None
+    max_scheduled: int | None = DEFAULT_MAX_SCHEDULED  # None: no cap (the default app)
     # Its own Graph app registration and credential (shared/credentials.py), so that Exchange, too, scopes it to
     # its senders: a bug in the relay's policy still cannot send as another app's mailbox. None: the relay's.
     graph: GraphRegistration | None = None
@@ -86,8 +94,8 @@ def app_queue(queue_name: str, app: str) -> str:
 
 
 def default_app(queue_name: str, allowed: frozenset[str]) -> App:
-    """The outbox as an app: every sender on ALLOWED_SENDERS, as before apps were declared."""
-    return App(DEFAULT_APP, queue_name, allowed)
+    """The outbox as an app: every sender on ALLOWED_SENDERS, no cap on scheduled requests, as before apps."""
+    return App(DEFAULT_APP, queue_name, allowed, max_scheduled=None)
 
 
 def indexed_apps(env: Mapping[str, str]) -> tuple[str, ...]:

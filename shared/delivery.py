@@ -208,6 +208,10 @@ def _schedule(
     other content): the claim decides that."""
     now = rt.clock()
     scheduled = _new_record(key, checked, original_message_id, now, state=SCHEDULED, attempts=0, not_before=when)
+    refused = _over_schedule_cap(rt, checked, key)
+    if refused is not None:
+        _dead_letter(rt, checked.received, refused, None, fields)
+        return True  # settled: dead-lettered, nothing held
     if rt.status.create(scheduled) is None:
         current = rt.status.get(key)
         if current is None or current.state == SENT or current.fingerprint != scheduled.fingerprint:
@@ -221,6 +225,25 @@ def _schedule(
         **fields,
     )
     return True
+
+
+def _over_schedule_cap(rt: Runtime, checked: Checked, key: StatusKey) -> Failure | None:
+    """The app already holds its maxScheduled requests waiting for their time: refuse one more, so one app cannot
+    fill the table and the retry queue for a week. A redelivery of a request already scheduled is not a new one.
+    Counted, not reserved: two instances scheduling at the same moment may pass the cap by one each (a bound on
+    abuse, not an exact quota)."""
+    from shared.outcomes import permanent
+
+    app = rt.settings.app(checked.app)
+    if app.max_scheduled is None:
+        return None
+    held = rt.status.count_scheduled(app.name, app.senders, app.max_scheduled)
+    if held < app.max_scheduled or (rt.status.get(key) is not None):
+        return None
+    return permanent(
+        "ScheduleLimitReached",
+        f"app {app.name!r} already holds {held} requests waiting for their sendAt, its maxScheduled",
+    )
 
 
 def _drop_payloads(rt: Runtime, checked: Checked, fields: dict[str, Any]) -> None:

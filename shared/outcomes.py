@@ -277,6 +277,11 @@ _HINTS: Final[dict[str, str]] = {
         "`apps` parameter). If the app should send as it, the relay's admin adds it to that app's senders; "
         "otherwise send from one of the app's own mailboxes"
     ),
+    "ScheduleLimitReached": (
+        "the app holds as many scheduled requests (sendAt in the future) as its maxScheduled in MAILRELAY_APPS "
+        "allows: send this one later, cancel none (the relay has no cancel), or ask the relay's admin to raise "
+        "the app's maxScheduled"
+    ),
     "AppNotDeclared": (
         "the request came from an app MAILRELAY_APPS no longer declares (a retry of an app since removed): declare "
         "the app again, or requeue the request on another app's queue"

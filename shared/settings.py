@@ -393,7 +393,18 @@ def parse_apps(
     value: str, allowed: frozenset[str], queue_name: str, relay_env: Mapping[str, str] | None = None
 ) -> tuple[App, ...]:
     """The declared apps (not the default one) from MAILRELAY_APPS; raises SettingsError naming what is wrong."""
-    from shared.apps import FIELDS, NAME_RULE, POISON_SUFFIX, RESERVED_NAMES, SETTING, App, app_queue, is_declarable
+    from shared.apps import (
+        DEFAULT_MAX_SCHEDULED,
+        FIELDS,
+        MAX_SCHEDULED_CEILING,
+        NAME_RULE,
+        POISON_SUFFIX,
+        RESERVED_NAMES,
+        SETTING,
+        App,
+        app_queue,
+        is_declarable,
+    )
 
     relay_env = relay_env or {}
 
@@ -446,7 +457,18 @@ def parse_apps(
             raise refuse(f"gives {label} principals that are not Entra object ids (GUIDs)")
         shares = {field: _share(entry, field, name, ceiling, refuse) for field, ceiling in _SHARE_CEILINGS.items()}
         graph = _app_registration(entry.get("graph"), name, relay_env, refuse) if "graph" in entry else None
-        apps.append(App(name, queue, addresses, shares["messagesPerMinute"], shares["recipientsPerDay"], graph))
+        cap = _share(entry, "maxScheduled", name, MAX_SCHEDULED_CEILING, refuse)
+        apps.append(
+            App(
+                name,
+                queue,
+                addresses,
+                shares["messagesPerMinute"],
+                shares["recipientsPerDay"],
+                DEFAULT_MAX_SCHEDULED if cap is None else cap,
+                graph,
+            )
+        )
     names = {a.name for a in apps}
     for app in apps:
         if app.name.endswith(POISON_SUFFIX) and app.name.removesuffix(POISON_SUFFIX) in names:

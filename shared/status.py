@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -257,6 +257,10 @@ class StatusStore(Protocol):
         """Delete records last changed before `before`; how many."""
         ...
 
+    def count_scheduled(self, app: str, senders: Iterable[str], stop_at: int) -> int:
+        """How many of `app`'s requests wait for their `sendAt` (state scheduled), counted up to `stop_at`."""
+        ...
+
 
 class MemoryStatusStore:
     """Records in a dict with the Table's semantics (insert-if-absent, ETag conditions): unit tests only."""
@@ -322,6 +326,14 @@ class MemoryStatusStore:
             for k in old:
                 del self._records[k]
             return len(old)
+
+    def count_scheduled(self, app: str, senders: Iterable[str], stop_at: int) -> int:
+        mailboxes = {s.lower() for s in senders}
+        with self._lock:
+            found = [
+                k for k, r in self._records.items() if k.app == app and k.sender in mailboxes and r.state == SCHEDULED
+            ]
+        return min(len(found), stop_at)
 
     def __len__(self) -> int:
         return len(self._records)
@@ -525,6 +537,26 @@ class TableStatusStore:
                 yield from_entity(entity)
         except ResourceNotFoundError:
             return
+
+    def count_scheduled(self, app: str, senders: Iterable[str], stop_at: int) -> int:
+        """One query per sender mailbox, in its partition (the app's records live in its mailboxes' partitions),
+        filtered server-side and cut at `stop_at`: a cost paid only when an app schedules a request."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        found = 0
+        for sender in sorted({s.lower() for s in senders}):
+            query = "PartitionKey eq @partition and app eq @app and state eq @state"
+            parameters = {"partition": partition_of(sender), "app": app, "state": SCHEDULED}
+            try:
+                for _ in self._client.query_entities(
+                    query, parameters=parameters, select=["RowKey"], results_per_page=min(stop_at, 1000)
+                ):
+                    found += 1
+                    if found >= stop_at:
+                        return found
+            except ResourceNotFoundError:
+                return found
+        return found
 
     def delete_expired(self, before: datetime) -> int:
         from azure.core.exceptions import ResourceNotFoundError

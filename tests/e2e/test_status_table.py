@@ -155,3 +155,20 @@ def test_a_stale_pace_row_falls_back_to_a_merge_that_frees_only_its_own_slot(sto
     assert list(state.slots) == [other.slot] and sum(b[1] for b in state.recipients) == 3
     assert isinstance(theirs.acquire("alerts@contoso.com", 1), Granted)  # the merge is folded into the next write
     assert not any(k.startswith("r_") for k in store._client.get_entity(created.key.entity_keys()[0], "pace"))
+
+
+def test_an_apps_scheduled_requests_are_counted_in_its_mailboxes_partitions_only(store: TableStatusStore) -> None:
+    # What the relay counts against an app's maxScheduled, as Table storage answers the query (Azurite).
+    def scheduled(value: str, sender: str, app: str, state: str = "scheduled") -> None:
+        key = StatusKey(sender.lower(), "id", value, app)
+        assert store.create(replace(record(value, sender), key=key, state=state)) is not None
+
+    for i in range(3):
+        scheduled(f"r-{i}", "billing@contoso.com", "billing")
+    scheduled("r-9", "shop@contoso.com", "billing")
+    scheduled("x-1", "billing@contoso.com", "shop")  # another app in the same partition
+    scheduled("s-1", "billing@contoso.com", "billing", state="sent")
+    assert store.count_scheduled("billing", ["Billing@Contoso.com", "shop@contoso.com"], 100) == 4
+    assert store.count_scheduled("billing", ["billing@contoso.com"], 100) == 3
+    assert store.count_scheduled("billing", ["billing@contoso.com"], 2) == 2  # cut at the cap: no more read
+    assert store.count_scheduled("shop", ["billing@contoso.com"], 100) == 1

@@ -331,3 +331,33 @@ def test_the_clean_up_reaches_every_apps_container() -> None:
     s.clock.advance(86_400 * 60)
     handle_status_cleanup(None, s.rt)
     assert billing_store.blobs == {}
+
+
+# --- the scheduled-request cap ------------------------------------------------------------------------------------
+
+
+def test_an_app_over_its_scheduled_cap_is_dead_lettered_and_the_outbox_has_none() -> None:
+    capped = json.dumps([{"name": "alerts", "senders": [SENDER], "maxScheduled": 2}])
+    s = make(ALLOWED_SENDERS=f"{SENDER},{RECEIPTS}", MAILRELAY_APPS=capped)
+    later = (s.clock.now + timedelta(days=3)).isoformat()
+    for i in range(3):
+        from_app(s, "alerts", {**REQUEST, "id": f"remind-{i}", "sendAt": later}, f"q-{i}")
+    (envelope,) = s.dead.envelopes
+    assert envelope["error"]["code"] == "ScheduleLimitReached" and envelope["app"] == "alerts"
+    assert "maxScheduled" in envelope["error"]["message"] and "maxScheduled" in envelope["error"]["hint"]
+    assert s.status.get(StatusKey(SENDER, "id", "remind-2", "alerts")) is None
+    # A redelivery of one already scheduled is not one more.
+    from_app(s, "alerts", {**REQUEST, "id": "remind-0", "sendAt": later}, "q-0")
+    assert len(s.dead.envelopes) == 1
+    # Another app's schedule is its own count; the outbox (the default app) has no cap, as before apps.
+    for i in range(3):
+        from_app(s, DEFAULT_APP, {**REQUEST, "id": f"outbox-{i}", "sendAt": later}, f"o-{i}")
+    assert len(s.dead.envelopes) == 1
+
+
+def test_the_cap_defaults_for_declared_apps_and_is_checked() -> None:
+    from shared.apps import DEFAULT_MAX_SCHEDULED
+
+    assert declared(APPS).app("billing").max_scheduled == DEFAULT_MAX_SCHEDULED
+    with pytest.raises(SettingsError, match="maxScheduled that is not a whole number from 1 to 100000"):
+        declared([{"name": "billing", "senders": [RECEIPTS], "maxScheduled": 0}])
