@@ -28,6 +28,12 @@ settings infra/ gives the Function.
     with LocalStack(credential="certificate") as stack:
         stack.renew_certificate(register=True); stack.remove_old_certificate_keys()
 
+Apps (README, "Apps"; MAILRELAY_APPS) are declared as the relay's setting declares them, each on its own queue
+(<queue>-<name>, created here with its poison queue), its senders joining the allow-list and the Exchange scope:
+
+    with LocalStack(apps=[{"name": "billing", "senders": ["billing@contoso.com"]}]) as stack:
+        stack.app_queue("billing")  # "mail-outbox-billing"
+
 `run_foreground` is `mailrelay local`: it writes the state file the other `mailrelay` commands read.
 """
 
@@ -52,7 +58,16 @@ from types import FrameType, TracebackType
 from typing import IO, Any
 
 from devstack.azurite import Azurite, die_with_parent, owned_workdir, pid_alive, sweep_stale_workdirs
-from shared.settings import CREDENTIAL_MODES, DEFAULT_QUEUE_NAME, RETRY_QUEUE_SUFFIX, SettingsError, load_settings
+from shared.apps import SETTING as APPS_SETTING
+from shared.apps import app_queue
+from shared.settings import (
+    CREDENTIAL_MODES,
+    DEFAULT_QUEUE_NAME,
+    RETRY_QUEUE_SUFFIX,
+    SettingsError,
+    load_settings,
+    parse_apps,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET_NAME = "graph-client-secret"
@@ -152,6 +167,7 @@ class LocalStack:
         read_access: bool = True,
         credential: str = "secret",
         expires_in_days: float | None = None,
+        apps: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         """`exchange_scope`: mailboxes inside the app's Exchange scope (default: the allowed senders not
         named in `mailboxes`); `mailboxes`: mailboxes that exist but are outside it. `lease_seconds`: the
@@ -174,7 +190,13 @@ class LocalStack:
           user-assigned managed identity (`identity_client_id`, `identity_principal_id`); Key Vault holds nothing;
         - "managed-identity": no app registration: the user-assigned identity itself holds Exchange's roles.
         `expires_in_days` (`secret_expires_in_days` is its older name): the secret's or the certificate's lifetime
-        from now (default 365); nothing expires in the other two modes."""
+        from now (default 365); nothing expires in the other two modes.
+
+        `apps`: the declaration's objects (MAILRELAY_APPS; README, "Apps"), e.g. [{"name": "billing", "senders":
+        ["billing@contoso.com"], "messagesPerMinute": 10}]. Each app gets its queue (<queue_name>-<name>) and its
+        poison queue in Azurite, and the hosts a trigger on it; its senders join `allowed_senders`, and the Exchange
+        scope unless `exchange_scope` is given or `mailboxes` names them. A declaration the relay would refuse is
+        refused here, with the relay's words, before anything starts. None: the outbox alone, as before."""
         if isinstance(instances, bool) or not isinstance(instances, int) or instances < 1:
             raise StackError(f"instances must be a whole number, at least 1, got {instances!r}")
         if credential not in CREDENTIAL_MODES:
@@ -185,10 +207,13 @@ class LocalStack:
         self.credential = credential
         self.instances = instances
         self.read_access = read_access
-        self.allowed_senders = list(allowed_senders)
+        self.apps = [dict(app) for app in apps]
+        # An app's senders must be on ALLOWED_SENDERS (the relay refuses the declaration otherwise): they join it.
+        app_senders = [s for app in self.apps for s in app.get("senders") or [] if isinstance(s, str)]
+        self.allowed_senders = _unique([*allowed_senders, *app_senders])
         outside = {m.lower() for m in mailboxes}
         if exchange_scope is None:
-            exchange_scope = [s for s in allowed_senders if s.lower() not in outside]
+            exchange_scope = [s for s in self.allowed_senders if s.lower() not in outside]
         self.exchange_scope = list(exchange_scope)
         inside = {s.lower() for s in self.exchange_scope}
         self.mailboxes = [m for m in mailboxes if m.lower() not in inside]
@@ -196,6 +221,11 @@ class LocalStack:
         self._host_json = host_json  # another host.json for the hosts (the benchmark compares two)
         self._expires_in = timedelta(days=365.0 if lifetime is None else lifetime)
         self.queue_name = queue_name
+        if self.apps:
+            try:  # the relay's own check, so the stack refuses what the relay would, in its words
+                parse_apps(json.dumps(self.apps), frozenset(a.lower() for a in self.allowed_senders), queue_name)
+            except SettingsError as e:
+                raise StackError(str(e)) from None
         self._settings = dict(settings or {})
         self._inherit_output = inherit_output
         self._startup_timeout = startup_timeout
@@ -283,7 +313,20 @@ class LocalStack:
             "readAccess": self.read_access,
             "pids": self.pids,
             **self.credential_state(),
+            # Only with apps declared: `mailrelay send --app NAME` checks the name and finds the queue here.
+            **({"apps": self.app_state()} if self.apps else {}),
         }
+
+    def app_queue(self, name: str) -> str:
+        """The queue app `name` enqueues on (shared.apps.app_queue): <queue_name>-<name>; the outbox for default."""
+        return app_queue(self.queue_name, name)
+
+    def app_state(self) -> list[dict[str, Any]]:
+        """Each declared app's name, queue and senders, for the state file and the banner (no principals)."""
+        return [
+            {"name": str(app["name"]), "queue": self.app_queue(str(app["name"])), "senders": list(app["senders"])}
+            for app in self.apps
+        ]
 
     def credential_state(self) -> dict[str, Any]:
         """The credential's public facts, for the state file and the banner: the mode, the identity's ids, the
@@ -319,6 +362,7 @@ class LocalStack:
             # (devstack.host.deployment_thread_count, from this stack's host.json).
             "PYTHON_THREADPOOL_THREAD_COUNT": str(self._deployment_thread_count()),
             **TIMER_SCHEDULES,
+            **({APPS_SETTING: json.dumps(self.apps, separators=(",", ":"))} if self.apps else {}),
             **self._settings,
         }
 
@@ -621,7 +665,9 @@ class LocalStack:
         from azure.storage.queue import QueueServiceClient
 
         service = QueueServiceClient.from_connection_string(self.storage_connection_string)
-        for name in relay_queue_names(self.queue_name):
+        # Each app's queue and the host's poison queue for it, as infra/main.bicep creates them per app.
+        apps = [self.app_queue(str(app["name"])) for app in self.apps]
+        for name in [*relay_queue_names(self.queue_name), *apps, *(f"{queue}-poison" for queue in apps)]:
             with contextlib.suppress(ResourceExistsError):
                 service.create_queue(name)
         # And the tables, as infra/main.bicep creates them in Azure: `mailrelay doctor` is green at once.
@@ -882,6 +928,18 @@ def sent_items_line(read_access: bool, unknown_outcome: str) -> str:
     )
 
 
+def apps_lines(apps: Sequence[Mapping[str, Any]]) -> str:
+    """The banner's lines on the declared apps: each one's queue and senders (none: the outbox is the one app)."""
+    if not apps:
+        return "  apps             none declared: the outbox is the one app, sending as any allowed sender\n"
+    lines = [
+        f"  app {app['name']!s:<12} queue {app['queue']} as {', '.join(app['senders'])} (`mailrelay send "
+        f"--app {app['name']}`)\n"
+        for app in apps
+    ]
+    return "".join(lines)
+
+
 def credential_line(mode: str, facts: Mapping[str, Any]) -> str:
     """The banner's word on GRAPH_CREDENTIAL: the mode and what the emulator holds for it (public facts only)."""
     identity = facts.get("identity") or {}
@@ -943,6 +1001,7 @@ def run_foreground(
     instances: int = 1,
     read_access: bool = True,
     credential: str = "secret",
+    apps: Sequence[Mapping[str, Any]] = (),
 ) -> int:
     """`mailrelay local`: start the stack, write the state file, serve until Ctrl-C or SIGTERM."""
     out = sys.stdout
@@ -956,17 +1015,22 @@ def run_foreground(
         )
         return 2
     with sigterm_as_keyboard_interrupt():
-        stack = LocalStack(
-            allowed_senders,
-            exchange_scope,
-            mailboxes,
-            queue_name,
-            inherit_output=True,
-            expires_in_days=expires_in_days,
-            instances=instances,
-            read_access=read_access,
-            credential=credential,
-        )
+        try:
+            stack = LocalStack(
+                allowed_senders,
+                exchange_scope,
+                mailboxes,
+                queue_name,
+                inherit_output=True,
+                expires_in_days=expires_in_days,
+                instances=instances,
+                read_access=read_access,
+                credential=credential,
+                apps=apps,
+            )
+        except StackError as exc:  # a declaration the relay would refuse: nothing started
+            print(f"mailrelay local: {exc}", file=sys.stderr, flush=True)
+            return 2
         state: dict[str, Any] = {}
         console = None
         try:
@@ -983,6 +1047,7 @@ def run_foreground(
                 f"  console          {console.url}  (the outbox, dead letters and faults, in a browser)\n"
                 f"  queue            {stack.queue_endpoint}/{outbox} (dead letters: {poison})\n"
                 f"  retry queue      {retry} (the relay's own; dead letters: {retry_poison})\n"
+                f"{apps_lines(stack.app_state())}"
                 f"  emulator         {stack.emulator_url} (outbox: {stack.emulator_url}/_emulator/outbox)\n"
                 f"  emulator CA      {stack.ca_cert_path}\n"
                 f"  credential       {credential_line(credential, state)}\n"

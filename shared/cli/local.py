@@ -25,7 +25,10 @@ def register(subparsers: Subparsers) -> None:
             "running function_app.py. Writes the state file that the other commands read, prints the endpoints, "
             "and runs until Ctrl-C or SIGTERM, then stops all three."
         ),
-        epilog="example: mailrelay local --allowed-senders alerts@contoso.com,hr@contoso.com --mailbox hr@contoso.com",
+        epilog=(
+            "examples: mailrelay local --allowed-senders alerts@contoso.com,hr@contoso.com --mailbox hr@contoso.com; "
+            "mailrelay local --app billing=billing@contoso.com --app hr=hr-noreply@contoso.com"
+        ),
     )
     parser.add_argument(
         "--allowed-senders",
@@ -49,6 +52,16 @@ def register(subparsers: Subparsers) -> None:
         help="mailboxes that exist but are outside the Exchange scope; repeatable",
     )
     parser.add_argument("--queue", metavar="NAME", default=DEFAULT_QUEUE, help="queue name (default mail-outbox)")
+    parser.add_argument(
+        "--app",
+        dest="apps",
+        action="append",
+        default=[],
+        metavar="NAME=SENDER[,SENDER]",
+        help="declare an app (MAILRELAY_APPS; README, \"Apps\"): its own queue <queue>-NAME, sending only as these "
+        "senders, which join the allow-list and the Exchange scope; repeatable. `mailrelay send --app NAME` "
+        "enqueues on it. None: the outbox is the one app, as before",
+    )
     parser.add_argument(
         "--credential",
         choices=CREDENTIAL_MODES,
@@ -136,6 +149,24 @@ def print_env(state_file: Path, fmt: str = "shell") -> int:
     return 0
 
 
+def parse_app_flags(values: Sequence[str]) -> list[dict[str, Any]]:
+    """--app NAME=SENDER[,SENDER] flags as the declaration's objects; UsageError says what is wrong. The name's
+    rules are the relay's own (shared/settings.parse_apps), checked when the stack is built."""
+    from shared.cli.common import UsageError
+
+    apps: list[dict[str, Any]] = []
+    for value in values:
+        name, sep, senders = value.partition("=")
+        addresses = split_addresses([senders])
+        if not sep or not name.strip() or not addresses:
+            raise UsageError(f"--app takes NAME=SENDER[,SENDER], got {value[:80]!r}")
+        bad = [a for a in addresses if not _looks_like_address(a)]
+        if bad:
+            raise UsageError(f"--app {name.strip()}: not an email address: {', '.join(repr(a) for a in bad)}")
+        apps.append({"name": name.strip(), "senders": addresses})
+    return apps
+
+
 def _looks_like_address(value: str) -> bool:
     local, _, domain = value.partition("@")
     return bool(local) and "." in domain and not any(c.isspace() or c in "<>,;@" for c in local + domain)
@@ -174,6 +205,12 @@ def run(args: argparse.Namespace) -> int:
             "installed): clone it and run `scripts/demo` or `.venv/bin/mailrelay local` there",
             EXIT_USAGE,
         )
+    from shared.cli.common import UsageError
+
+    try:
+        apps = parse_app_flags(args.apps)
+    except UsageError as exc:
+        return fail("local", str(exc), EXIT_USAGE)
     allowed = split_addresses(args.allowed_senders) or ["alerts@contoso.com"]
     outside = split_addresses(args.mailbox)
     # Checked before anything starts: a bad address used to surface as a traceback from the stack.
@@ -182,9 +219,11 @@ def run(args: argparse.Namespace) -> int:
         return fail("local", f"not an email address: {', '.join(repr(a) for a in bad)}", EXIT_USAGE)
     if not 1 <= args.instances <= 8:
         return fail("local", f"--instances takes 1 to 8 (infra/ caps Azure at 4), got {args.instances}", EXIT_USAGE)
-    # By default the allowed senders are inside the Exchange scope, except those named by --mailbox.
+    # By default the allowed senders (the apps' included: they join the allow-list) are inside the Exchange scope,
+    # except those named by --mailbox.
     outside_lower = {m.lower() for m in outside}
-    scope = split_addresses(args.exchange_scope) or [a for a in allowed if a.lower() not in outside_lower]
+    senders = [*allowed, *(s for app in apps for s in app["senders"])]
+    scope = split_addresses(args.exchange_scope) or [a for a in senders if a.lower() not in outside_lower]
     result: int = stack_module.run_foreground(
         allowed_senders=allowed,
         exchange_scope=scope,
@@ -195,5 +234,6 @@ def run(args: argparse.Namespace) -> int:
         instances=args.instances,
         read_access=args.read_access,
         credential=args.credential,
+        apps=apps,
     )
     return result

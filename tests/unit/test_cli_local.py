@@ -35,6 +35,12 @@ class FakeStack:
     def state(self) -> dict[str, Any]:
         return {"pid": 0}
 
+    def app_state(self) -> list[dict[str, Any]]:
+        return [
+            {"name": a["name"], "queue": f"mail-outbox-{a['name']}", "senders": a["senders"]}
+            for a in self.kwargs.get("apps", [])
+        ]
+
     def unknown_outcome(self) -> str:
         return "resend"
 
@@ -118,3 +124,91 @@ def test_host_instances_are_numbered_from_one() -> None:
     for wrong in (0, 3):
         with pytest.raises(StackError, match="numbered 1 to 2"):
             stack.host_name(wrong)
+
+
+def test_each_app_flag_declares_an_app_whose_senders_join_the_exchange_scope_and_the_banner(
+    fake_stack: list[dict[str, Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = str(tmp_path / "state.json")
+    argv = ["local", "--state-file", state, "--mailbox", "hr@contoso.com"]
+    argv += ["--app", "billing=billing@contoso.com, invoices@contoso.com", "--app", "hr=hr@contoso.com"]
+    assert main(argv) == 1
+    (made,) = fake_stack
+    assert made["apps"] == [
+        {"name": "billing", "senders": ["billing@contoso.com", "invoices@contoso.com"]},
+        {"name": "hr", "senders": ["hr@contoso.com"]},
+    ]
+    # The apps' senders are in the Exchange scope by default, except one --mailbox puts outside it.
+    assert made["args"][1] == ["alerts@contoso.com", "billing@contoso.com", "invoices@contoso.com"]
+    out = capsys.readouterr().out
+    assert "app billing      queue mail-outbox-billing as billing@contoso.com, invoices@contoso.com" in out
+    assert "`mailrelay send --app hr`" in out
+
+
+def test_no_app_flag_declares_none_and_the_banner_says_the_outbox_is_the_one_app(
+    fake_stack: list[dict[str, Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["local", "--state-file", str(tmp_path / "s.json")]) == 1
+    assert fake_stack[0]["apps"] == []
+    assert "none declared: the outbox is the one app" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("flag", "says"),
+    [
+        ("billing", "NAME=SENDER"),
+        ("=billing@contoso.com", "NAME=SENDER"),
+        ("billing=", "NAME=SENDER"),
+        ("billing=not-an-address", "--app billing: not an email address: 'not-an-address'"),
+    ],
+)
+def test_a_malformed_app_flag_is_a_usage_error_before_anything_starts(
+    fake_stack: list[dict[str, Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, says: str
+) -> None:
+    assert main(["local", "--state-file", str(tmp_path / "s.json"), "--app", flag]) == 2
+    assert fake_stack == []
+    assert says in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("apps", "says"),
+    [
+        ([{"name": "Billing", "senders": ["b@contoso.com"]}], "names app 'Billing' wrongly"),
+        ([{"name": "retry", "senders": ["b@contoso.com"]}], "reserved"),
+        ([{"name": "b1", "senders": ["b@contoso.com"]}, {"name": "b1", "senders": ["c@contoso.com"]}], "twice"),
+        ([{"name": "billing", "senders": ["b@contoso.com"], "quota": 3}], "unknown field 'quota'"),
+        ([{"name": "billing", "senders": []}], "no senders"),
+    ],
+)
+def test_the_stack_refuses_a_declaration_the_relay_would_refuse_in_its_words(apps: Any, says: str) -> None:
+    with pytest.raises(StackError, match="MAILRELAY_APPS") as caught:
+        stack_module.LocalStack(apps=apps)
+    assert says in str(caught.value)
+
+
+def test_a_refused_declaration_ends_mailrelay_local_with_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(local, "_import_devstack", lambda: stack_module)
+    assert main(["local", "--state-file", str(tmp_path / "s.json"), "--app", "retry=r@contoso.com"]) == 2
+    assert "reserved" in capsys.readouterr().err
+    assert not (tmp_path / "s.json").exists()
+
+
+def test_the_apps_senders_join_the_allow_list_and_the_scope_and_each_app_has_its_queue() -> None:
+    stack = stack_module.LocalStack(
+        allowed_senders=["alerts@contoso.com"],
+        mailboxes=["hr@contoso.com"],
+        queue_name="relay-q",
+        apps=[
+            {"name": "billing", "senders": ["Billing@contoso.com", "alerts@contoso.com"]},
+            {"name": "hr", "senders": ["hr@contoso.com"]},
+        ],
+    )
+    assert stack.allowed_senders == ["alerts@contoso.com", "Billing@contoso.com", "hr@contoso.com"]
+    assert stack.exchange_scope == ["alerts@contoso.com", "Billing@contoso.com"]  # hr: outside, as --mailbox says
+    assert stack.app_queue("billing") == "relay-q-billing" and stack.app_queue("default") == "relay-q"
+    assert stack.app_state() == [
+        {"name": "billing", "queue": "relay-q-billing", "senders": ["Billing@contoso.com", "alerts@contoso.com"]},
+        {"name": "hr", "queue": "relay-q-hr", "senders": ["hr@contoso.com"]},
+    ]
