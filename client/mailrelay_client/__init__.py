@@ -3,6 +3,7 @@
     from mailrelay_client import MailClient
 
     mail = MailClient.from_connection_string(conn_str)                 # or MailClient(queue_url, credential)
+    billing = MailClient.from_connection_string(conn_str, app="billing")  # app billing's own queue
     message_id = mail.send({"from": "alerts@contoso.com", "to": ["ops@contoso.com"],
                             "subject": "Disk almost full", "body": {"contentType": "text", "content": "97%"}})
 
@@ -10,6 +11,7 @@ Importing it is cheap (standard library only): the Storage SDK and jsonschema lo
 """
 
 from mailrelay_client.client import (
+    DEFAULT_APP,
     DEFAULT_QUEUE_NAME,
     MAX_MESSAGE_BYTES,
     MAX_REQUEST_BYTES,
@@ -18,6 +20,7 @@ from mailrelay_client.client import (
     QueueNotFound,
     RequestTooLarge,
     SendAtRefused,
+    app_queue,
     check_files,
     encode_request,
 )
@@ -25,6 +28,7 @@ from mailrelay_client.status import AmbiguousKey
 from mailrelay_client.validation import ContractError, Violation, schema, validate, violations
 
 __all__ = [
+    "DEFAULT_APP",
     "DEFAULT_QUEUE_NAME",
     "MAX_MESSAGE_BYTES",
     "MAX_REQUEST_BYTES",
@@ -36,6 +40,7 @@ __all__ = [
     "RequestTooLarge",
     "SendAtRefused",
     "Violation",
+    "app_queue",
     "check_files",
     "encode_request",
     "schema",

@@ -9,7 +9,9 @@ Why use it rather than the Storage SDK directly:
   `mail-payloads` container, and the request names them (a claim check: blob, size, SHA-256); files given to
   `send(..., files=[File(path)])` are streamed from disk, never held whole in memory;
 - a request with `sendAt` is enqueued hidden until then (the queue's initial visibility, 7 days at most);
-- messages never expire (time-to-live -1): a mail waiting out an outage must not vanish after 7 days.
+- messages never expire (time-to-live -1): a mail waiting out an outage must not vanish after 7 days;
+- with `app=NAME` it enqueues on that app's own queue, `<outbox>-<NAME>` (the relay's README, "Apps"): the queue
+  is the app's identity, so the relay judges the request by that app's senders and ids.
 """
 
 from __future__ import annotations
@@ -29,6 +31,28 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 DEFAULT_QUEUE_NAME: Final = "mail-outbox"
+# Apps (the relay's shared/apps.py, copied: the client is its own distribution and must not import the relay; a
+# test holds the two to the same answers). The outbox itself is the implicit app "default".
+DEFAULT_APP: Final = "default"
+_RESERVED_APPS: Final = frozenset({DEFAULT_APP, "retry", "poison", "retry-poison"})
+_APP_NAME: Final = re.compile(r"^[a-z](?:[a-z0-9]|-(?=[a-z0-9])){1,23}$")
+
+
+def app_queue(queue_name: str, app: str) -> str:
+    """The queue of `app`: the outbox itself for the default app, else `<outbox>-<app>` (shared.apps.app_queue)."""
+    return queue_name if app == DEFAULT_APP else f"{queue_name}-{app}"
+
+
+def _app_name(app: str | None) -> str:
+    """`app` checked against the relay's naming rule (None: the default app, the outbox)."""
+    if app is None or app == DEFAULT_APP:
+        return DEFAULT_APP
+    if not isinstance(app, str) or not _APP_NAME.match(app) or app in _RESERVED_APPS:
+        raise ValueError(
+            f"app must be a declared app's name (2 to 24 lower-case letters, digits and single hyphens, starting "
+            f"with a letter), got {str(app)[:40]!r}"
+        )
+    return app
 # Azure Storage queues hold at most 64 KiB per message. The relay's messages are base64 (ASCII), so
 # characters and bytes agree: 65,536 characters of base64, about 48 KiB of JSON.
 MAX_MESSAGE_BYTES: Final = 64 * 1024
@@ -97,12 +121,28 @@ class _QueueSender(Protocol):
 
 
 class MailClient:
-    """Sends requests to the relay's queue. Thread-safe as the underlying QueueClient is."""
+    """Sends requests to the relay's queue (an app's own with `app=`). Thread-safe as the underlying QueueClient is."""
 
-    def __init__(self, queue_url: str, credential: Any = None) -> None:
+    app: str  # whose queue this client enqueues on: DEFAULT_APP for the outbox
+
+    def __init__(self, queue_url: str, credential: Any = None, app: str | None = None) -> None:
         """`queue_url`: https://<account>.queue.core.windows.net/<queue>; `credential`: e.g.
-        azure.identity.DefaultAzureCredential(), or a SAS token / account key the SDK accepts."""
+        azure.identity.DefaultAzureCredential(), or a SAS token / account key the SDK accepts. `app`: the app
+        whose queue to use, `<queue>-<app>` beside the outbox the URL names (None: the outbox itself)."""
+        from urllib.parse import urlsplit, urlunsplit
+
         from azure.storage.queue import QueueClient
+
+        self.app = _app_name(app)
+        if self.app != DEFAULT_APP:
+            parts = urlsplit(queue_url)
+            outbox = parts.path.rstrip("/")
+            if outbox.endswith(f"-{self.app}"):
+                raise ValueError(
+                    f"queue_url already names app {self.app!r}'s queue: give the outbox's URL with app=, or the app's "
+                    "queue URL without it"
+                )
+            queue_url = urlunsplit(parts._replace(path=app_queue(outbox, self.app)))
 
         if queue_url.lower().startswith("http://") and hasattr(credential, "get_token"):
             # The Azure SDK refuses token credentials over plain http ("Token credential is only supported
@@ -116,23 +156,30 @@ class MailClient:
         self._payloads: Any = _container_from_queue_url(queue_url, credential)
 
     @classmethod
-    def from_connection_string(cls, conn_str: str, queue_name: str = DEFAULT_QUEUE_NAME) -> MailClient:
+    def from_connection_string(
+        cls, conn_str: str, queue_name: str = DEFAULT_QUEUE_NAME, app: str | None = None
+    ) -> MailClient:
+        """`queue_name`: the relay's outbox (MAIL_QUEUE_NAME); `app`: the app whose queue to use, `<outbox>-<app>`
+        (None: the outbox itself)."""
         from azure.storage.queue import QueueClient
 
-        client = cls.from_queue_client(QueueClient.from_connection_string(conn_str, queue_name))
+        name = _app_name(app)
+        queue = QueueClient.from_connection_string(conn_str, app_queue(queue_name, name))
+        client = cls.from_queue_client(queue, app=name)
         client._status_table = ("connection-string", conn_str)
         client._payloads = ("connection-string", conn_str)
         return client
 
     @classmethod
     def from_queue_client(
-        cls, queue_client: _QueueSender, status_table: Any = None, payloads: Any = None
+        cls, queue_client: _QueueSender, status_table: Any = None, payloads: Any = None, app: str | None = None
     ) -> MailClient:
-        """Wrap a QueueClient the app configured itself (retry policy, proxies, ...); `status_table`, an
-        azure.data.tables.TableClient for the relay's `mailstatus` table, if the app reads status; `payloads`,
+        """Wrap a QueueClient the app configured itself (retry policy, proxies, ...), on its own queue; `status_table`,
+        an azure.data.tables.TableClient for the relay's `mailstatus` table, if the app reads status; `payloads`,
         an azure.storage.blob.ContainerClient for the relay's `mail-payloads` container, if the app sends
-        anything too large for a queue message."""
+        anything too large for a queue message. `app`: whose queue it is (status() reads that app's records)."""
         client = cls.__new__(cls)
+        client.app = _app_name(app)
         client._queue = queue_client
         client._status_table = status_table
         client._payloads = payloads
@@ -141,11 +188,12 @@ class MailClient:
     def status(self, key: str, sender: str | None = None) -> dict[str, Any] | None:
         """What became of a request: its status record (state, attempts, last error and hint, times, Graph's
         request ids), or None. `key` is the request's `id`, or the message id `send` returned for a request
-        without one. Needs the `status` extra and Storage Table Data Reader on the relay's `mailstatus` table.
+        without one: ids are per app, so this client's app's record. Needs the `status` extra and Storage Table
+        Data Reader on the relay's `mailstatus` table.
         """
         from mailrelay_client.status import read_status
 
-        return read_status(self._table(), key, sender)
+        return read_status(self._table(), key, sender, self.app)
 
     def _table(self) -> Any:
         from mailrelay_client.status import TABLE_NAME
@@ -195,6 +243,12 @@ class MailClient:
                 message = self._queue.send_message(text, time_to_live=-1, visibility_timeout=visibility)
             except ResourceNotFoundError as exc:
                 if getattr(exc, "error_code", None) == "QueueNotFound":
+                    if self.app != DEFAULT_APP:
+                        raise QueueNotFound(
+                            f"app {self.app!r}'s queue does not exist on this storage account: is the app declared "
+                            "(MAILRELAY_APPS; `mailrelay local --app NAME=SENDER`), and the outbox's name right "
+                            "(MAIL_QUEUE_NAME, default mail-outbox)?"
+                        ) from None
                     raise QueueNotFound(
                         "the relay's queue does not exist on this storage account: check the queue name "
                         "(MAIL_QUEUE_NAME, default mail-outbox) and the account"

@@ -23,11 +23,16 @@ class AmbiguousKey(LookupError):
     """Several sender mailboxes used this key: name the sender."""
 
 
-def entity_keys(sender: str, kind: str, key: str) -> tuple[str, str]:
+DEFAULT_APP: Final = "default"
+
+
+def entity_keys(sender: str, kind: str, key: str, app: str = DEFAULT_APP) -> tuple[str, str]:
     """(PartitionKey, RowKey) of the record for `key` ("id" kind: the request's id; "msg": the queue
-    message id of a request without one) sent from `sender`."""
+    message id of a request without one) sent from `sender` by `app` (ids are per app: a declared app's key
+    is prefixed with its name; the default app's is as it was before apps)."""
     partition = hashlib.sha256(sender.lower().encode("utf-8")).hexdigest()[:32]
-    row = hashlib.sha256(f"{kind}:{key}".encode()).hexdigest()
+    scoped = f"{kind}:{key}" if app == DEFAULT_APP else f"{app}\n{kind}:{key}"
+    row = hashlib.sha256(scoped.encode()).hexdigest()
     return partition, row
 
 
@@ -41,19 +46,22 @@ def public(entity: Any) -> dict[str, Any]:
     return out
 
 
-def read_status(table: Any, key: str, sender: str | None = None) -> dict[str, Any] | None:
-    """The record for `key` (a request's id, or the queue message id `send` returned for a request without
-    one), or None if the relay has none (not received yet, refused before sending, or past its retention).
+def read_status(
+    table: Any, key: str, sender: str | None = None, app: str = DEFAULT_APP
+) -> dict[str, Any] | None:
+    """The record of `app` for `key` (a request's id, or the queue message id `send` returned for a request
+    without one), or None if the relay has none (not received yet, refused before sending, or past its retention).
 
     With `sender`, one point read per key kind; without, a query on the key across the table (slower on a
-    large table) that raises AmbiguousKey if several mailboxes used it.
+    large table) that raises AmbiguousKey if several mailboxes used it. Another app's record of the same key is
+    never returned (its `app` differs; a record without one, written before apps, is the default app's).
     """
     from azure.core.exceptions import ResourceNotFoundError
 
     if sender:
         for kind in ("id", "msg"):
             try:
-                return public(table.get_entity(*entity_keys(sender, kind, key)))
+                return public(table.get_entity(*entity_keys(sender, kind, key, app)))
             except ResourceNotFoundError:
                 continue
         return None
@@ -61,6 +69,7 @@ def read_status(table: Any, key: str, sender: str | None = None) -> dict[str, An
         found = [public(e) for e in table.query_entities("key eq @key", parameters={"key": key})]
     except ResourceNotFoundError:
         return None  # no table yet: the relay has recorded nothing
+    found = [r for r in found if (r.get("app") or DEFAULT_APP) == app]
     if len({r.get("sender") for r in found}) > 1:
         senders = ", ".join(sorted(str(r.get("sender")) for r in found))
         raise AmbiguousKey(f"the key {key!r} was used from several mailboxes ({senders}): pass sender=")

@@ -292,3 +292,112 @@ def test_status_needs_a_table_when_the_client_was_built_from_a_queue_client() ->
     client = MailClient.from_queue_client(object())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="status_table="):
         client.status("order-42")
+
+
+# --- apps: each on its own queue ---------------------------------------------------------------------
+
+
+APP_NAMES = [
+    "billing",
+    "hr-portal",
+    "a1",
+    "default",
+    "Billing",
+    "retry",
+    "poison",
+    "retry-poison",
+    "a",
+    "a--b",
+    "b-",
+    "1abc",
+    "x" * 24,
+    "x" * 25,
+    "../x",
+    "a_b",
+    "",
+]
+
+
+def test_the_clients_app_naming_agrees_with_the_relays() -> None:
+    from mailrelay_client import app_queue
+    from mailrelay_client.client import _app_name
+
+    from shared import apps
+
+    for name in APP_NAMES:
+        try:
+            accepted = _app_name(name) == name
+        except ValueError:
+            accepted = False
+        assert accepted == apps.is_app_name(name), name
+        if accepted:
+            assert app_queue("mail-outbox", name) == apps.app_queue("mail-outbox", name)
+            assert app_queue("q", name) == apps.app_queue("q", name)
+
+
+def test_a_client_of_an_app_enqueues_on_the_apps_queue_and_the_default_stays_the_outbox() -> None:
+    conn = "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;QueueEndpoint=http://127.0.0.1:1/devstoreaccount1;"
+    assert getattr(MailClient.from_connection_string(conn)._queue, "queue_name", None) == "mail-outbox"
+    billing = MailClient.from_connection_string(conn, app="billing")
+    assert billing.app == "billing" and getattr(billing._queue, "queue_name", None) == "mail-outbox-billing"
+    other = MailClient.from_connection_string(conn, "relay-q", app="hr-portal")
+    assert getattr(other._queue, "queue_name", None) == "relay-q-hr-portal"
+    url = MailClient("https://relaystore.queue.core.windows.net/mail-outbox?sv=x&sig=y", app="billing")
+    assert getattr(url._queue, "queue_name", None) == "mail-outbox-billing"
+    assert "sig=y" in str(getattr(url._queue, "url", ""))  # the SAS stays on the app's queue's URL
+    assert MailClient("https://relaystore.queue.core.windows.net/mail-outbox", "key").app == "default"
+
+
+@pytest.mark.parametrize("app", ["Billing", "retry", "../x", "a"])
+def test_a_name_no_app_can_have_is_refused_before_any_queue_is_touched(app: str) -> None:
+    with pytest.raises(ValueError, match="declared app's name"):
+        MailClient.from_connection_string("UseDevelopmentStorage=true", app=app)
+    with pytest.raises(ValueError, match="declared app's name"):
+        MailClient("https://relaystore.queue.core.windows.net/mail-outbox", "key", app=app)
+
+
+def test_an_app_given_twice_in_the_url_and_the_argument_is_refused() -> None:
+    with pytest.raises(ValueError, match="already names app 'billing'"):
+        MailClient("https://relaystore.queue.core.windows.net/mail-outbox-billing", "key", app="billing")
+
+
+def test_the_missing_queue_of_an_app_is_named_as_the_apps() -> None:
+    from azure.core.exceptions import ResourceNotFoundError
+    from mailrelay_client import QueueNotFound
+
+    class Missing(FakeQueue):
+        def send_message(self, content: Any, **kwargs: Any) -> Sent:
+            error = ResourceNotFoundError("The specified queue does not exist.")
+            error.error_code = "QueueNotFound"  # type: ignore[attr-defined]
+            raise error
+
+    with pytest.raises(QueueNotFound, match="app 'billing''s queue does not exist"):
+        MailClient.from_queue_client(Missing(), app="billing").send(REQUEST)
+
+
+def test_an_apps_status_record_is_found_where_the_relay_writes_it_and_never_another_apps() -> None:
+    from mailrelay_client.status import entity_keys, read_status
+
+    from shared.status import StatusKey
+
+    for app in ("default", "billing", "hr-portal"):
+        for sender, kind, key in [("Alerts@Contoso.com", "id", "order/42#?"), ("a@b.example", "msg", "3f25-04e0")]:
+            expected = StatusKey(sender.lower(), kind, key, app).entity_keys()
+            assert entity_keys(sender, kind, key, app) == expected
+
+    class Table:
+        def query_entities(self, query: str, parameters: dict[str, Any]) -> list[dict[str, Any]]:
+            return [
+                {"app": "billing", "sender": "a@contoso.com", "key": parameters["key"], "state": "sent"},
+                {"app": "hr", "sender": "a@contoso.com", "key": parameters["key"], "state": "dead-lettered"},
+                {"sender": "b@contoso.com", "key": parameters["key"], "state": "queued"},  # before apps: default's
+            ]
+
+    assert read_status(Table(), "order-42", app="billing") == {
+        "app": "billing",
+        "sender": "a@contoso.com",
+        "key": "order-42",
+        "state": "sent",
+    }
+    assert (read_status(Table(), "order-42") or {}).get("sender") == "b@contoso.com"
+    assert read_status(Table(), "order-42", app="payroll") is None
