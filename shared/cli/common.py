@@ -73,6 +73,7 @@ class Connection:
     connection_string: str | None = None
     queue_url: str | None = None  # the main queue's URL (identity-based access)
     source: str = ""  # where it came from, for messages: never the connection string itself
+    state: Mapping[str, Any] | None = None  # the local stack's state file, when it came from there
 
     @property
     def poison_queue_name(self) -> str:
@@ -131,7 +132,41 @@ def resolve_connection(args: argparse.Namespace, env: Mapping[str, str] | None =
     if not isinstance(conn, str) or not conn:
         raise UsageError(f"the state file {state_file} has no storageConnectionString; restart `mailrelay local`")
     state_queue = state.get("queueName") if isinstance(state.get("queueName"), str) else None
-    return Connection(queue or state_queue or DEFAULT_QUEUE, connection_string=conn, source=str(state_file))
+    return Connection(
+        queue or state_queue or DEFAULT_QUEUE, connection_string=conn, source=str(state_file), state=state
+    )
+
+
+def add_app_arg(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--app", metavar="NAME", type=app_name, help=help)
+
+
+def app_name(value: str) -> str:
+    """--app's value: a name an app may have (shared/apps.py), or `default` (the outbox)."""
+    from shared.apps import NAME_RULE, RESERVED_NAMES, is_app_name
+
+    if not is_app_name(value):
+        reserved = ", ".join(sorted(RESERVED_NAMES - {"default"}))
+        raise argparse.ArgumentTypeError(
+            f"{value[:40]!r} is not an app's name ({NAME_RULE}; not {reserved}), nor default (the outbox)"
+        )
+    return value
+
+
+def check_declared(conn: Connection, app: str) -> None:
+    """Against the local stack (the state file), an app it does not declare is named at once, with those it does,
+    instead of a missing queue. Elsewhere the queue's existence decides."""
+    from shared.apps import DEFAULT_APP
+
+    if app == DEFAULT_APP or conn.state is None:
+        return
+    declared = [str(a.get("name")) for a in conn.state.get("apps") or [] if isinstance(a, dict)]
+    if app not in declared:
+        which = f"declares {', '.join(declared)}" if declared else "declares no app"
+        raise UsageError(
+            f"the local stack ({conn.source}) {which}, not {app!r}: start it with `mailrelay local --app "
+            f"{app}=SENDER[,SENDER]`"
+        )
 
 
 # Azurite's well-known development account (public: github.com/Azure/Azurite, "Default Storage Account").

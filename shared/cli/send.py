@@ -17,7 +17,9 @@ from shared.cli.common import (
     EXIT_USAGE,
     Connection,
     UsageError,
+    add_app_arg,
     add_connection_args,
+    check_declared,
     credential,
     fail,
     read_input,
@@ -115,6 +117,11 @@ def register(subparsers: Subparsers) -> None:
     parser.add_argument("--importance", choices=("low", "normal", "high"))
     parser.add_argument("--id", metavar="KEY", help="idempotency key: one key is sent at most once")
     parser.add_argument("--no-save", action="store_true", help="do not keep a copy in Sent Items")
+    add_app_arg(
+        parser,
+        "enqueue as app NAME, on its own queue <queue>-NAME (MAILRELAY_APPS; README, \"Apps\"): the relay sends only "
+        "as that app's senders; default: the outbox, the default app",
+    )
     add_connection_args(parser)
     parser.set_defaults(handler=run)
 
@@ -236,9 +243,12 @@ def run(args: argparse.Namespace) -> int:
     except RequestTooLarge as exc:
         return fail("send", str(exc), EXIT_INVALID)
 
+    app = args.app or "default"
+
     def send(conn: Connection) -> int:
+        check_declared(conn, app)
         try:
-            message_id = _mail_client(conn).send(request, files)
+            message_id = _mail_client(conn, app).send(request, files)
         except QueueNotFound as exc:
             return fail("send", str(exc), EXIT_UNAVAILABLE)
         except (RequestTooLarge, SendAtRefused) as exc:
@@ -248,16 +258,21 @@ def run(args: argparse.Namespace) -> int:
         request_id = request.get("id")
         key = request_id if isinstance(request_id, str) and request_id else str(message_id)
         sender = request.get("from")
-        print(f"look it up: mailrelay status {shlex.quote(key)} --from {shlex.quote(str(sender))}", file=sys.stderr)
+        of_app = f" --app {app}" if app != "default" else ""
+        print(
+            f"look it up: mailrelay status {shlex.quote(key)} --from {shlex.quote(str(sender))}{of_app}",
+            file=sys.stderr,
+        )
         return EXIT_OK
 
     return run_with_queue("send", args, send)
 
 
-def _mail_client(conn: Connection) -> Any:
+def _mail_client(conn: Connection, app: str = "default") -> Any:
+    """The client on `app`'s queue: the outbox the connection names, or `<outbox>-<app>` beside it."""
     from mailrelay_client import MailClient
 
     if conn.connection_string:
-        return MailClient.from_connection_string(conn.connection_string, conn.queue_name)
+        return MailClient.from_connection_string(conn.connection_string, conn.queue_name, app=app)
     assert conn.queue_url is not None
-    return MailClient(conn.queue_url, credential())
+    return MailClient(conn.queue_url, credential(), app=app)

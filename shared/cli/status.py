@@ -8,9 +8,20 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from shared.cli.common import EXIT_INVALID, EXIT_OK, EXIT_USAGE, Connection, UsageError, add_connection_args, fail
+from shared.cli.common import (
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_USAGE,
+    Connection,
+    UsageError,
+    add_app_arg,
+    add_connection_args,
+    fail,
+)
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from shared.cli.common import Subparsers
     from shared.status import StatusRecord, StatusStore
 
@@ -37,6 +48,11 @@ def register(subparsers: Subparsers) -> None:
     parser.add_argument("--since", metavar="SPAN", help="list the records changed in the last SPAN: 30m, 1h, 2d")
     parser.add_argument("--state", choices=STATES, help="with --since: only records in this state")
     parser.add_argument("--json", action="store_true", help="as JSON")
+    add_app_arg(
+        parser,
+        "only app NAME's records (ids are per app: two apps' requests may share a KEY); default (the outbox's app) "
+        "is a name too. Every record names its app",
+    )
     add_connection_args(parser)
     parser.set_defaults(handler=run)
 
@@ -60,18 +76,20 @@ def run(args: argparse.Namespace) -> int:
         store = status_store(conn)
         if args.since:
             since = datetime.now(UTC) - parse_span(args.since)
-            records = sorted(store.since(since, args.state), key=lambda r: r.updated_at)
+            records = sorted(of_app(store.since(since, args.state), args.app), key=lambda r: r.updated_at)
             if args.json:
                 print(json.dumps([r.to_json() for r in records], indent=2))
             elif not records:
                 which = f" in state {args.state}" if args.state else ""
+                which += f" of app {args.app}" if args.app else ""
                 print(f"no records changed since {since:%Y-%m-%d %H:%M:%S} UTC{which}")
             else:
                 print(status_table(records))
             return EXIT_OK
-        found = store.find(args.key, args.sender)
+        found = of_app(store.find(args.key, args.sender), args.app)
         if not found:
             where = f" from {args.sender}" if args.sender else ""
+            where += f" of app {args.app}" if args.app else ""
             return fail(
                 "status",
                 f"no record for {args.key!r}{where}: not received by the relay yet (still on the queue), refused "
@@ -85,6 +103,11 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return run_with_queue("status", args, body)
+
+
+def of_app(records: Iterable[StatusRecord], app: str | None) -> list[StatusRecord]:
+    """The records of `app` (all with None)."""
+    return [r for r in records if app is None or r.key.app == app]
 
 
 def status_store(conn: Connection) -> StatusStore:
@@ -112,13 +135,14 @@ def status_store(conn: Connection) -> StatusStore:
 def status_table(records: list[StatusRecord]) -> str:
     from shared.cli.dead_letters import shorten
 
-    rows = [("UPDATED", "STATE", "ATTEMPTS", "SENDER", "KEY", "LAST ERROR")]
+    rows = [("UPDATED", "STATE", "ATTEMPTS", "APP", "SENDER", "KEY", "LAST ERROR")]
     for r in records:
         rows.append(
             (
                 f"{r.updated_at:%Y-%m-%d %H:%M:%S}",
                 r.state,
                 str(r.attempts),
+                shorten(r.key.app, 24),
                 shorten(r.key.sender, 40),
                 shorten(r.key.value, 40),
                 shorten(r.last_error_code or "-", 40),

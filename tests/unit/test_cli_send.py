@@ -169,7 +169,7 @@ def test_send_prints_the_message_id(capsys: pytest.CaptureFixture[str], monkeypa
             sent.append(request)
             return "id-42"
 
-    monkeypatch.setattr(send, "_mail_client", lambda conn: Client())
+    monkeypatch.setattr(send, "_mail_client", lambda conn, app: Client())
     remote = AZURITE.replace("http://127.0.0.1:10001", "https://account.queue.core.windows.net")  # never dialled
     code = main(
         [
@@ -312,3 +312,52 @@ def test_version_and_the_help_example_read_as_meant(capsys: pytest.CaptureFixtur
     assert main(["send", "--help"]) == 0
     out = capsys.readouterr().out
     assert "97% used" in out and "%%" not in out
+
+
+SEND_ARGS = ["--from", "billing@contoso.com", "--to", "b@contoso.com", "--subject", "s", "--text", "t"]
+
+
+def test_send_app_enqueues_on_the_apps_queue_and_the_hint_names_the_app(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queues: list[str] = []
+
+    class Queue:
+        def send_message(self, content: Any, **kwargs: Any) -> Any:
+            return type("Sent", (), {"id": "id-7"})()
+
+    from mailrelay_client import MailClient
+
+    def from_connection_string(conn: str, queue_name: str = "mail-outbox", app: str | None = None) -> MailClient:
+        from mailrelay_client import app_queue
+
+        queues.append(app_queue(queue_name, app or "default"))
+        return MailClient.from_queue_client(Queue(), app=app)
+
+    monkeypatch.setattr(MailClient, "from_connection_string", staticmethod(from_connection_string))
+    remote = AZURITE.replace("http://127.0.0.1:10001", "https://account.queue.core.windows.net")  # never dialled
+    assert main(["send", "--connection-string", remote, "--app", "billing", "--id", "inv-1", *SEND_ARGS]) == 0
+    assert main(["send", "--connection-string", remote, "--queue", "relay-q", *SEND_ARGS]) == 0
+    assert queues == ["mail-outbox-billing", "relay-q"]
+    err = capsys.readouterr().err
+    assert "mailrelay status inv-1 --from billing@contoso.com --app billing" in err
+
+
+@pytest.mark.parametrize("app", ["Billing", "retry", "../x"])
+def test_send_refuses_a_name_no_app_can_have(capsys: pytest.CaptureFixture[str], app: str) -> None:
+    assert main(["send", "--connection-string", AZURITE, "--app", app, *SEND_ARGS]) == 2
+    assert "is not an app's name" in capsys.readouterr().err
+
+
+def test_send_app_against_the_local_stack_names_the_apps_it_declares(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AzureWebJobsStorage", raising=False)
+    monkeypatch.delenv("MAIL_QUEUE_NAME", raising=False)
+    remote = AZURITE.replace("http://127.0.0.1:10001", "https://account.queue.core.windows.net")  # never dialled
+    state = tmp_path / "state.json"
+    apps = [{"name": "billing", "queue": "mail-outbox-billing", "senders": ["billing@contoso.com"]}]
+    state.write_text(json.dumps({"storageConnectionString": remote, "queueName": "mail-outbox", "apps": apps}))
+    assert main(["send", "--state-file", str(state), "--app", "hr", *SEND_ARGS]) == 2
+    err = capsys.readouterr().err
+    assert "declares billing, not 'hr'" in err and "mailrelay local --app hr=SENDER" in err

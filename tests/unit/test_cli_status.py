@@ -52,5 +52,58 @@ def test_a_record_is_shown_on_one_line_per_field_with_app_text_escaped() -> None
     assert "\x1b" not in shown and "order\\x0a42" in shown
     assert "state:            retrying" in shown and "recipientDomains: contoso.com, fabrikam.example" in shown
     table = status_table([record])
-    assert table.splitlines()[0].split() == ["UPDATED", "STATE", "ATTEMPTS", "SENDER", "KEY", "LAST", "ERROR"]
+    assert table.splitlines()[0].split() == ["UPDATED", "STATE", "ATTEMPTS", "APP", "SENDER", "KEY", "LAST", "ERROR"]
     assert "\n" not in table.splitlines()[1] and "ApplicationThrottled" in table
+
+
+def _record(app: str, state: str, when: datetime) -> StatusRecord:
+    key = StatusKey("billing@contoso.com", "id", "inv-1", app)
+    return StatusRecord(key=key, state=state, attempts=1, created_at=when, updated_at=when)
+
+
+@pytest.fixture
+def two_apps_one_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two apps' records under one key and sender (ids are per app), and the default app's."""
+    from shared.cli import status
+    from shared.status import MemoryStatusStore
+
+    store = MemoryStatusStore()
+    now = datetime.now(UTC)
+    for app, state in (("billing", "sent"), ("hr", "dead-lettered"), ("default", "queued")):
+        assert store.create(_record(app, state, now)) is not None
+    monkeypatch.setattr(status, "status_store", lambda conn: store)
+    monkeypatch.delenv("AzureWebJobsStorage", raising=False)
+
+
+REMOTE = [
+    "--connection-string",
+    "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=a2V5;QueueEndpoint=https://a.queue.core.windows.net;",
+]
+
+
+def test_status_app_shows_only_that_apps_record_of_a_key_and_each_record_names_its_app(
+    two_apps_one_key: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    assert main(["status", "inv-1", "--app", "billing", "--json", *REMOTE]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert (record["app"], record["state"]) == ("billing", "sent")
+    assert main(["status", "inv-1", "--json", *REMOTE]) == 0
+    assert sorted(r["app"] for r in json.loads(capsys.readouterr().out)) == ["billing", "default", "hr"]
+    assert main(["status", "inv-1", "--app", "default", *REMOTE]) == 0
+    assert "app:              default" in capsys.readouterr().out
+    assert main(["status", "inv-1", "--app", "payroll", *REMOTE]) == 1
+    assert "no record for 'inv-1' of app payroll" in capsys.readouterr().err
+
+
+def test_status_since_app_lists_that_apps_records_with_the_app_column(
+    two_apps_one_key: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["status", "--since", "1h", "--app", "hr", *REMOTE]) == 0
+    _header, *rows = capsys.readouterr().out.splitlines()
+    assert len(rows) == 1 and rows[0].split()[2:5] == ["dead-lettered", "1", "hr"]
+    assert main(["status", "--since", "1h", "--app", "payroll", *REMOTE]) == 0
+    assert "of app payroll" in capsys.readouterr().out
+    assert main(["status", "--since", "1h", *REMOTE]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 4
