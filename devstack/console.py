@@ -4,8 +4,8 @@ Pages (server-rendered, standard library only, no build step, nothing fetched fr
 - `/`: the emulator's outbox, newest first, refreshed every 3 s; `/message/N`: one message, its HTML body
   rendered in a sandboxed frame (no scripts, no same origin, so a mail cannot reach the console), its
   text body escaped, its attachments with names and sizes;
-- `/dead-letters`: the poison queue (both forms, via shared.deadletters) with code, hint and attempts,
-  and a requeue button;
+- `/dead-letters`: the poison queue (both forms, via shared.deadletters) with the app (whose queue the request
+  came from), code, hint and attempts, and a requeue button (back to that app's queue);
 - `/faults`: the emulator's queued faults (throttling, outages), to add or clear.
 There are no status records yet (the delivery-guarantees issue adds them), so there is no status page.
 
@@ -256,14 +256,15 @@ class Console:
     def _dead_letters_page(self) -> str:
         letters = self._dead_letters().peek()
         rows = "".join(
-            f"<tr><td>{esc(d.id)}</td><td><b>{esc(d.code)}</b><div class=hint>{esc(d.hint)}</div></td>"
+            f"<tr><td>{esc(d.id)}</td><td>{esc(d.app)}</td>"
+            f"<td><b>{esc(d.code)}</b><div class=hint>{esc(d.hint)}</div></td>"
             f"<td>{esc(d.sender or '-')}</td><td>{esc(d.attempts if d.attempts is not None else '?')}</td>"
             f'<td>{esc(d.failed_at or "-")}</td><td><form method=post action="/dead-letters/{esc(d.id)}/requeue">'
             f'<input type=hidden name=token value="{esc(self.token)}"><button>Requeue</button></form></td></tr>'
             for d in letters
         )
         table = (
-            "<table><tr><th>Id</th><th>Code and hint</th><th>Sender</th><th>Attempts</th><th>Failed at</th>"
+            "<table><tr><th>Id</th><th>App</th><th>Code and hint</th><th>Sender</th><th>Attempts</th><th>Failed at</th>"
             "<th></th></tr>"
             f"{rows}</table>"
             if rows
