@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
             else:
                 print(status_table(records))
             return EXIT_OK
-        found = of_app(store.find(args.key, args.sender), args.app)
+        found = lookup(store, args.key, args.sender, args.app)
         if not found:
             where = f" from {args.sender}" if args.sender else ""
             where += f" of app {args.app}" if args.app else ""
@@ -103,6 +103,19 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return run_with_queue("status", args, body)
+
+
+def lookup(store: StatusStore, key: str, sender: str | None, app: str | None) -> list[StatusRecord]:
+    """The records of `key`: with a sender and an app, point reads of that app's key (ids are per app); otherwise a
+    query on the key across the table, narrowed to the sender and the app given. Not the store's find(key, sender),
+    whose point reads know only the default app's keys."""
+    from shared.status import StatusKey
+
+    if sender and app:
+        found = [store.get(StatusKey(sender.lower(), kind, key, app)) for kind in ("id", "msg")]
+        return [r for r in found if r is not None]
+    records = store.find(key)
+    return of_app([r for r in records if sender is None or r.key.sender == sender.lower()], app)
 
 
 def of_app(records: Iterable[StatusRecord], app: str | None) -> list[StatusRecord]:

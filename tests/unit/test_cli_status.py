@@ -107,3 +107,15 @@ def test_status_since_app_lists_that_apps_records_with_the_app_column(
     assert "of app payroll" in capsys.readouterr().out
     assert main(["status", "--since", "1h", *REMOTE]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 4
+
+
+def test_status_from_a_sender_finds_each_apps_record_of_the_key(
+    two_apps_one_key: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    assert main(["status", "inv-1", "--from", "Billing@contoso.com", "--app", "hr", "--json", *REMOTE]) == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "dead-lettered"
+    assert main(["status", "inv-1", "--from", "billing@contoso.com", "--json", *REMOTE]) == 0
+    assert sorted(r["app"] for r in json.loads(capsys.readouterr().out)) == ["billing", "default", "hr"]
+    assert main(["status", "inv-1", "--from", "other@contoso.com", *REMOTE]) == 1
