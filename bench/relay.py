@@ -24,6 +24,9 @@ What it measures (each repeated, min / median / max):
 6. Each GRAPH_CREDENTIAL mode end to end on the local stack: the calls N sends make to Key Vault, Entra's token
    endpoint and the managed-identity endpoint (COUNTED by the emulator), and the first send's enqueue-to-sent time
    (a cold host: the credential read and the first token) as a ratio to the secret mode's in the same run.
+7. The fair share of a mailbox (issue 20, item 5): Storage round trips per message, COUNTED in the host as in 2,
+   for two apps with shares on the same mailboxes (each request's mailbox used by both at once) against one app
+   without a share: what counting each app's sends and recipients in the pace row costs.
 
 It is not a test: nothing here asserts a speed. CI runs `--smoke` so the script keeps working.
 """
@@ -473,6 +476,89 @@ def credential_modes(n: int, repeat: int) -> list[tuple[str, str]]:
     return rows
 
 
+# --- 7. Fair share ------------------------------------------------------------------------------------------------
+
+# Two apps sharing every mailbox, with shares that fit its 30 a minute and 10,000 recipients a day; against the same
+# two apps without shares (the same queues and the same concurrency on each pace row: only the shares differ), and
+# one app (both halves of the traffic on one queue).
+FAIR_SHARE_APPS = [
+    {"name": "billing", "senders": MAILBOXES, "messagesPerMinute": 10, "recipientsPerDay": 3_000},
+    {"name": "bulk", "senders": MAILBOXES, "messagesPerMinute": 20, "recipientsPerDay": 5_000},
+]
+TWO_APPS = [{"name": "billing", "senders": MAILBOXES}, {"name": "bulk", "senders": MAILBOXES}]
+ONE_APP = [{"name": "solo", "senders": MAILBOXES}]
+
+
+def _fair_share_run(apps: list[dict[str, Any]], n: int) -> dict[str, Any]:
+    """N requests through a fresh local stack, alternating between `apps`' queues, each pair of requests from one
+    mailbox (with two apps, both on its pace row at once; with one, the same pairs, so the rows see the same
+    traffic); 40 mailboxes, so no share or limit binds and what is counted is the bookkeeping. The host's counts
+    per message (round_trips_per_message), and the dead letters."""
+    from azure.storage.queue import QueueClient
+
+    from devstack.round_trips import ENV as ROUND_TRIPS_DIR
+    from devstack.stack import LocalStack
+    from shared.queues import encode
+
+    with tempfile.TemporaryDirectory() as tmp:
+        counted = Path(tmp) / "round-trips"
+        settings = {"SEND_RETRY_BASE_SECONDS": "1", ROUND_TRIPS_DIR: str(counted)}
+        with LocalStack(allowed_senders=tuple(MAILBOXES), apps=apps, settings=settings) as stack:
+            connection = stack.storage_connection_string
+            queues = [QueueClient.from_connection_string(connection, stack.app_queue(a["name"])) for a in apps]
+            for i in range(n):
+                request = {
+                    "id": f"fair-{i}",
+                    "from": MAILBOXES[(i // 2) % len(MAILBOXES)],
+                    "to": ["ada@contoso.com"],
+                    "subject": f"fair {i}",
+                    "body": {"contentType": "text", "content": "bench"},
+                    "saveToSentItems": False,
+                }
+                queues[i % len(queues)].send_message(encode(request), time_to_live=-1)
+            deadline = time.monotonic() + 600
+            while len(stack.emulator_get("outbox")) < n:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"fair share: only {len(stack.emulator_get('outbox'))} of {n} sent")
+                time.sleep(0.2)
+            poison = QueueClient.from_connection_string(connection, f"{stack.queue_name}-poison")
+            dead = int(poison.get_queue_properties().approximate_message_count)
+        result = round_trips_per_message(counted, n)  # written as the host stopped, which the stack waited for
+    result["dead_letters"] = dead
+    return result
+
+
+def fair_share(n: int, repeat: int) -> list[tuple[str, str]]:
+    """Storage round trips per message with two apps keeping shares of their mailboxes, against the same two apps
+    without shares and against one app: the function's own, by operation, and the ratios. Runs interleaved per
+    repeat, so drift hits all alike."""
+    runs: dict[str, list[dict[str, Any]]] = {"one app": [], "two apps": [], "two apps with shares": []}
+    for _ in range(repeat):
+        for label, apps in (("one app", ONE_APP), ("two apps", TWO_APPS), ("two apps with shares", FAIR_SHARE_APPS)):
+            runs[label].append(_fair_share_run(apps, n))
+
+    def by_operation(results: list[dict[str, Any]]) -> str:
+        operations = sorted({op for r in results for op in r["function_ops"]})
+        return ", ".join(
+            f"{op} {statistics.median(r['function_ops'].get(op, 0.0) for r in results):.2f}" for op in operations
+        )
+
+    def ratio(over: str, under: str) -> str:
+        pairs = zip(runs[under], runs[over], strict=True)
+        return spread([b["function_rt"] / a["function_rt"] for a, b in pairs])
+
+    rows = [(f"fair share, {n} requests on 40 mailboxes, two per mailbox at once: Storage round trips per message", "")]
+    for label, results in runs.items():
+        rows.append((f"  {label}: the function's", spread([r["function_rt"] for r in results])))
+        rows.append(("    by operation (median)", by_operation(results)))
+    rows += [
+        ("  two apps with shares / two apps without", ratio("two apps with shares", "two apps")),
+        ("  two apps with shares / one app", ratio("two apps with shares", "one app")),
+        ("  dead letters", ", ".join(str(sum(r["dead_letters"] for r in results)) for results in runs.values())),
+    ]
+    return rows
+
+
 # --- 3. Cold import ------------------------------------------------------------------------------------------
 
 
@@ -586,8 +672,8 @@ def main() -> int:
     parser.add_argument("--write", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument(
         "--only",
-        help="run one section (send path, storage round trips, end to end, import, throttling, large, credentials); "
-        "writes nothing",
+        help="run one section (send path, storage round trips, end to end, import, throttling, large, credentials, "
+        "fair share); writes nothing",
     )
     args = parser.parse_args()
     if args.smoke:
@@ -603,6 +689,7 @@ def main() -> int:
         ("throttling", lambda: throttled(10 if args.smoke else 90, 10.0 if args.smoke else 3.0, args.repeat)),
         ("large", lambda: large_message(4 if args.smoke else 25, args.repeat)),
         ("credentials", lambda: credential_modes(3 if args.smoke else 20, args.repeat)),
+        ("fair share", lambda: fair_share(10 if args.smoke else 200, args.repeat)),
     ]
     if args.only:
         sections = [(name, run) for name, run in sections if name == args.only]
