@@ -214,7 +214,7 @@ class LocalStack:
         outside = {m.lower() for m in mailboxes}
         if exchange_scope is None:
             exchange_scope = [s for s in self.allowed_senders if s.lower() not in outside]
-        self.exchange_scope = list(exchange_scope)
+        self.exchange_scope = _unique(exchange_scope)  # an address two apps share is one mailbox
         inside = {s.lower() for s in self.exchange_scope}
         self.mailboxes = [m for m in mailboxes if m.lower() not in inside]
         self._lease_seconds = lease_seconds

@@ -212,3 +212,15 @@ def test_the_apps_senders_join_the_allow_list_and_the_scope_and_each_app_has_its
         {"name": "billing", "queue": "relay-q-billing", "senders": ["Billing@contoso.com", "alerts@contoso.com"]},
         {"name": "hr", "queue": "relay-q-hr", "senders": ["hr@contoso.com"]},
     ]
+
+
+def test_a_sender_two_apps_share_is_one_mailbox_in_the_scope() -> None:
+    stack = stack_module.LocalStack(
+        apps=[
+            {"name": "billing", "senders": ["orders@contoso.com"]},
+            {"name": "bulk", "senders": ["Orders@contoso.com"]},
+        ],
+        exchange_scope=["orders@contoso.com", "Orders@contoso.com", "alerts@contoso.com"],
+    )
+    assert stack.exchange_scope == ["orders@contoso.com", "alerts@contoso.com"]
+    assert stack.allowed_senders == ["alerts@contoso.com", "orders@contoso.com"]
