@@ -21,9 +21,15 @@ outbox among them) share, together, what the declared shares of the apps that ma
 limit. Settings refuse shares that do not fit the limit (shared/settings.py, _shares_fit), so the mailbox's sends
 are at most the sum of what each app and the pool may use, which is the limit: an app within its share always finds
 room in the mailbox's minute and day, whatever the other apps do. Its wait is its own share's (Over.app names it).
-Concurrency and uploads stay the mailbox's, for all apps together, as Microsoft counts them. The counts are the
-row's own entries, tagged with the app that took them (a send, a slot, a recipient bucket's per-app counts), so
-a share costs no extra round trip: taking a slot stays one conditional write.
+Concurrency and uploads stay the mailbox's, for all apps together, as Microsoft counts them. One exception to the
+proof, as for the mailbox's own limit: a request with more recipients than its whole share (a share under 500,
+Exchange's most per message) goes alone once the share's day is empty, or it could never go; it then takes its
+excess from what the others may use. Shares that leave the apps without one nothing hold their mail, named.
+
+The counts are the row's own entries, tagged with the app that took them: `slots` {slot: [lease, recipients,
+bucket, app]}, `sends` [[time, slot, app]], `recipients` [[bucket start, count, {app: its part}]] (a row written
+before apps reads as the default app's). A share so costs no extra round trip: taking a slot stays one conditional
+write, and the row grows by an app's name per send and per bucket.
 
 A request over its mailbox's pace is not sent: it goes back on the retry queue with the delay it needs, in state
 `queued`, without spending its retry budget. One busy mailbox holds up only its own mail: every other mailbox has

@@ -130,6 +130,15 @@ def test_shares_that_leave_the_others_nothing_hold_their_mail_named_not_forever_
     assert not isinstance(decide(PaceState(), 1, 1000.0, full, app="billing", mailbox=SHARED), Over)
 
 
+def test_a_request_larger_than_its_apps_whole_share_goes_alone_once_the_apps_day_is_empty() -> None:
+    """The one exception to the proof (the module's docstring): held forever otherwise."""
+    small = Limits(shares=(AppShare("billing", frozenset({SHARED}), None, 300),))
+    state = take(PaceState(), "billing", 1000.0, recipients=400, limits=small)  # alone: its day was empty
+    over = decide(state, 1, 1001.0, small, app="billing", mailbox=SHARED)
+    # Its hour's bucket (from 0) leaves the day at 86,400.
+    assert isinstance(over, Over) and over.app == "billing" and over.seconds == 86_400.0 - 1001.0
+
+
 def test_a_try_graph_did_not_accept_gives_back_the_apps_counts_too() -> None:
     state = flood(PaceState(), "bulk", 14, 1000.0, recipients=100)
     decided = decide(state, 500, 1002.0, LIMITS, app="bulk", mailbox=SHARED)
