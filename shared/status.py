@@ -512,16 +512,13 @@ class TableStatusStore:
     def find(self, value: str, sender: str | None = None) -> list[StatusRecord]:
         from azure.core.exceptions import ResourceNotFoundError
 
+        # One sender: its partition alone, where every app's records of that mailbox live (ids are per app, and a
+        # point read would need the app). Else a query across the table.
+        query = f"key eq {_odata_string(value)}"
         if sender is not None:
-            found = []
-            for kind in ("id", "msg"):
-                record = self.get(StatusKey(sender.lower(), kind, value))
-                if record is not None:
-                    found.append(record)
-            return found
+            query = f"PartitionKey eq {_odata_string(partition_of(sender))} and {query}"
         try:
-            entities = self._client.query_entities(f"key eq {_odata_string(value)}")
-            return [from_entity(e) for e in entities]
+            return [from_entity(e) for e in self._client.query_entities(query)]
         except ResourceNotFoundError:
             return []
 

@@ -172,3 +172,14 @@ def test_an_apps_scheduled_requests_are_counted_in_its_mailboxes_partitions_only
     assert store.count_scheduled("billing", ["billing@contoso.com"], 100) == 3
     assert store.count_scheduled("billing", ["billing@contoso.com"], 2) == 2  # cut at the cap: no more read
     assert store.count_scheduled("shop", ["billing@contoso.com"], 100) == 1
+
+
+def test_find_by_sender_finds_every_apps_record_of_that_key(store: TableStatusStore) -> None:
+    for app in ("default", "billing"):
+        key = StatusKey("alerts@contoso.com", "id", "order-7", app)
+        assert store.create(replace(record("order-7"), key=key)) is not None
+    other = StatusKey("receipts@contoso.com", "id", "order-7", "billing")
+    assert store.create(replace(record("order-7", "receipts@contoso.com"), key=other)) is not None
+    found = store.find("order-7", "Alerts@Contoso.com")
+    assert sorted(r.key.app for r in found) == ["billing", "default"]
+    assert len(store.find("order-7")) == 3
