@@ -6,7 +6,8 @@ Why use it rather than the Storage SDK directly:
 - it base64-encodes the JSON, as the relay's host.json (`messageEncoding`) expects. The Python queue SDK
   sends text unencoded by default, and the host then refuses the message: the classic pitfall;
 - it stores what does not fit in a queue message (large attachments, a long body) as blobs in the relay's
-  `mail-payloads` container, and the request names them (a claim check: blob, size, SHA-256); files given to
+  `mail-payloads` container (an app's own, `mail-payloads-<app>`, with `app=`), and the request names them (a claim
+  check: blob, size, SHA-256); files given to
   `send(..., files=[File(path)])` are streamed from disk, never held whole in memory;
 - a request with `sendAt` is enqueued hidden until then (the queue's initial visibility, 7 days at most);
 - messages never expire (time-to-live -1): a mail waiting out an outage must not vanish after 7 days;
@@ -62,6 +63,12 @@ MAX_MESSAGE_BYTES: Final = 64 * 1024
 RELAY_OVERHEAD_BYTES: Final = 2 * 1024
 MAX_REQUEST_BYTES: Final = MAX_MESSAGE_BYTES - RELAY_OVERHEAD_BYTES
 PAYLOAD_CONTAINER: Final = "mail-payloads"
+
+
+def payload_container(app: str) -> str:
+    """Where an app puts its claim-checked payloads: its own container, the shared one for the default app
+    (shared.payloads.payload_container: the relay reads an app's payloads from there only)."""
+    return PAYLOAD_CONTAINER if app == DEFAULT_APP else f"{PAYLOAD_CONTAINER}-{app}"
 # A file up to this size travels inline in the request; a larger one is stored as a blob (a claim check), so a
 # request with a few attachments never comes near the queue's limit.
 INLINE_FILE_BYTES: Final = 16 * 1024
@@ -357,11 +364,12 @@ class MailClient:
                 "queue message): build the client with MailClient(queue_url, credential) or "
                 "from_connection_string, or pass payloads=<ContainerClient> to from_queue_client"
             )
+        name = payload_container(self.app)
         if isinstance(container, tuple) and container[0] == "connection-string":
-            container = ContainerClient.from_connection_string(container[1], PAYLOAD_CONTAINER, **options)
+            container = ContainerClient.from_connection_string(container[1], name, **options)
         elif isinstance(container, tuple):
             _, endpoint, credential = container
-            container = ContainerClient(endpoint, PAYLOAD_CONTAINER, credential=credential, **options)
+            container = ContainerClient(endpoint, name, credential=credential, **options)
         self._payloads = container
         return container
 

@@ -263,3 +263,24 @@ def test_the_outbox_is_still_the_default_app_sending_as_any_allowed_sender(
     assert main(["status", as_app, "--app", "bulk", "--json", *conn]) == 0
     assert json.loads(capsys.readouterr().out)["app"] == "bulk"
     assert main(["status", as_app, "--app", "billing", *conn]) == 1
+
+
+def test_an_apps_attachment_goes_through_its_own_payload_container(
+    stack: LocalStack, status: TableStatusStore, tmp_path: Any
+) -> None:
+    from azure.storage.blob import ContainerClient
+
+    # Over 16 KiB: the client stores it as a blob (a claim check), in the app's own container, where the relay
+    # reads it for this app, and deletes it once sent.
+    path = tmp_path / "invoice.pdf"
+    path.write_bytes(b"%PDF-1.7 " + bytes(range(256)) * 200)
+    subject = unique("billing-attachment")
+    client(stack, "billing").send(request(BILLING, subject, unique("inv")), files=[path])
+    wait_for(lambda: subject in subjects_sent(stack), WAIT, f"{subject!r} sent")
+    (entry,) = [e for e in stack.emulator_get("outbox") if e["message"]["message"]["subject"] == subject]
+    (attachment,) = entry["message"]["message"]["attachments"]
+    assert attachment["name"] == "invoice.pdf" and len(attachment["contentBytes"]) > 0
+    own = ContainerClient.from_connection_string(stack.storage_connection_string, "mail-payloads-billing")
+    shared = ContainerClient.from_connection_string(stack.storage_connection_string, "mail-payloads")
+    wait_for(lambda: not list(own.list_blobs()), WAIT, "the app's blob deleted once sent")
+    assert not shared.exists() or not list(shared.list_blobs())  # nothing went through the shared container

@@ -321,8 +321,10 @@ APP_NAMES = [
 def test_the_clients_app_naming_agrees_with_the_relays() -> None:
     from mailrelay_client import app_queue
     from mailrelay_client.client import _app_name
+    from mailrelay_client.client import payload_container as client_payload_container
 
     from shared import apps
+    from shared.payloads import payload_container as relay_payload_container
 
     for name in APP_NAMES:
         try:
@@ -333,6 +335,15 @@ def test_the_clients_app_naming_agrees_with_the_relays() -> None:
         if accepted:
             assert app_queue("mail-outbox", name) == apps.app_queue("mail-outbox", name)
             assert app_queue("q", name) == apps.app_queue("q", name)
+            # An app uploads its payloads where the relay reads them for it, and only there.
+            assert client_payload_container(name) == relay_payload_container(name)
+
+
+def test_an_apps_payloads_go_to_its_own_container() -> None:
+    conn = "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;BlobEndpoint=http://127.0.0.1:1/devstoreaccount1;QueueEndpoint=http://127.0.0.1:1/devstoreaccount1;"
+    own = MailClient.from_connection_string(conn, app="billing")._container()
+    outbox = MailClient.from_connection_string(conn)._container()
+    assert (own.container_name, outbox.container_name) == ("mail-payloads-billing", "mail-payloads")
 
 
 def test_a_client_of_an_app_enqueues_on_the_apps_queue_and_the_default_stays_the_outbox() -> None:
