@@ -166,6 +166,24 @@ def test_mailrelay_apps_passes_the_declared_shares_through_and_the_relay_reads_t
     assert (bulk.messages_per_minute, bulk.recipients_per_day) == (20, 5000)
 
 
+def test_mailrelay_apps_passes_the_scheduled_cap_and_an_apps_own_registration_through() -> None:
+    from shared.settings import parse_apps, parse_senders
+
+    registration = {"credential": "federated", "clientId": "0c222222-3333-4444-8555-666666666666"}
+    declared = [
+        {"name": "billing", "senders": ["alerts@contoso.com"], "principals": BILLING, "maxScheduled": 50,
+         "graph": registration},
+    ]
+    value = Deployment(declared).settings["MAILRELAY_APPS"]
+    assert json.loads(value) == [
+        {"name": "billing", "senders": ["alerts@contoso.com"], "maxScheduled": 50, "graph": registration}
+    ]
+    env = {"GRAPH_TENANT_ID": "11111111-2222-3333-4444-555555555555",
+           "AZURE_CLIENT_ID": "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"}
+    (billing,) = parse_apps(value, parse_senders(ALLOWED), "mail-outbox", env)
+    assert billing.max_scheduled == 50 and billing.graph is not None and billing.graph.mode == "federated"
+
+
 def test_a_deployment_without_apps_is_todays() -> None:
     """apps = []: the four relay queues, the three containers, the outbox's senders on the outbox and mail-payloads,
     no app module, and MAILRELAY_APPS '[]', which the relay reads as no app at all."""
