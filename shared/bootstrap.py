@@ -52,6 +52,15 @@ class Clients:
         """Key Vault, in the modes that keep the credential there; None in federated and managed-identity."""
         return self.credentials.vault
 
+    def for_app(self, name: str) -> Clients:
+        """The clients as app `name` uses them: its senders, and its own Graph registration when it has one (the
+        settings' graph then is the app's, so every check reads the app's credential). SettingsError: undeclared."""
+        app = self.settings.app(name)
+        settings = replace(self.settings, allowed_senders=app.senders, graph=app.graph or self.settings.graph)
+        credentials = self.app_credentials.get(name, self.credentials)
+        relay = self.app_relays.get(name, self.relay)
+        return replace(self, settings=settings, credentials=credentials, tokens=credentials.tokens, relay=relay)
+
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)

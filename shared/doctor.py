@@ -77,7 +77,10 @@ def diagnose(
     allowed: Sequence[str] = (),
     denied: Sequence[str] = (),
     send_test_to: str | None = None,
+    app: str | None = None,
 ) -> list[Check]:
+    """The checks, in order. `app`: as that declared app sends (MAILRELAY_APPS): its senders, and its own Graph
+    registration when it has one, so `--allowed`/`--denied` verify Exchange's scope on the app's registration."""
     from shared.settings import SettingsError, load_expiry_settings, load_settings
 
     checks: list[Check] = []
@@ -104,6 +107,22 @@ def diagnose(
     from shared.bootstrap import build_clients
 
     clients = build_clients(settings)
+    if app is not None:
+        try:
+            clients = clients.for_app(app)
+        except SettingsError as e:
+            declared = ", ".join(a.name for a in settings.apps) or "none"
+            return [*checks, Check("app", "fail", str(e), f"declared apps: {declared}")]
+        registration = clients.settings.graph
+        own = registration.name == app
+        checks.append(
+            Check(
+                "app",
+                "ok",
+                f"{app}: queue {settings.app(app).queue}, {len(clients.settings.allowed_senders)} sender(s); Graph as "
+                + (f"its own registration {registration.client_id} ({registration.mode})" if own else "the relay's"),
+            )
+        )
     checks.extend(credential_checks(clients))
     checks.extend(_storage(settings, clients))
     token = next((c for c in checks if c.name == "entra token"), None)

@@ -52,6 +52,12 @@ def register(subparsers: Subparsers) -> None:
         metavar="ADDRESS",
         help="when the app may not read mail, verify the scope by a real test mail from each address to ADDRESS",
     )
+    parser.add_argument(
+        "--app",
+        metavar="NAME",
+        help="check as this declared app sends (MAILRELAY_APPS): its senders, and its own Graph registration when it "
+        "has one, so --allowed/--denied verify Exchange's scope on that registration",
+    )
     parser.add_argument("--json", action="store_true", help="print the checks as JSON")
     parser.add_argument(
         "--state-file",
@@ -83,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         allowed=args.allowed,
         denied=args.denied,
         send_test_to=args.send_test_to,
+        app=args.app,
     )
     print(render(checks, as_json=args.json))
     return exit_code(checks)

@@ -247,3 +247,44 @@ def test_under_an_access_policy_the_consent_is_expected(role: str) -> None:
     roles = sorted({"Mail.Send", role})
     c = clients("managed-identity", ScriptedTokens(jwt(appid=IDENTITY, roles=roles)), EXCHANGE_SCOPE_MODEL="policy")
     assert by_name(credential_checks(c))["entra token"].status == "ok"
+
+
+# --- an app, as it sends ---------------------------------------------------------------------------------------
+
+
+def test_the_doctor_checks_an_app_under_its_own_registration_and_senders(monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from shared import doctor
+
+    billing_client = "0c222222-3333-4444-8555-666666666666"
+    apps = [
+        {
+            "name": "billing",
+            "senders": ["alerts@contoso.com"],
+            "graph": {"credential": "federated", "clientId": billing_client},
+        },
+        {"name": "ops", "senders": ["alerts@contoso.com"]},
+    ]
+    env = dict(GOOD, AZURE_CLIENT_ID=IDENTITY, MAILRELAY_APPS=json.dumps(apps))
+    seen: list[Any] = []
+
+    def credential_checks(clients: Any, now: Any = None) -> list[Check]:
+        seen.append(clients)
+        return []
+
+    monkeypatch.setattr(doctor, "credential_checks", credential_checks)
+    monkeypatch.setattr(doctor, "_storage", lambda settings, clients: [])
+    checks = by_name(doctor.diagnose(env, app="billing"))
+    assert checks["app"].status == "ok" and f"its own registration {billing_client} (federated)" in checks["app"].detail
+    (billing,) = seen
+    assert billing.settings.graph.client_id == billing_client and billing.settings.credential == "federated"
+    assert billing.settings.allowed_senders == frozenset({"alerts@contoso.com"})
+    assert billing.tokens is billing.credentials.tokens is billing.app_credentials["billing"].tokens
+    checks = by_name(doctor.diagnose(env, app="ops"))
+    assert (
+        "Graph as the relay's" in checks["app"].detail and seen[-1].settings.graph.client_id == GOOD["GRAPH_CLIENT_ID"]
+    )
+    checks = by_name(doctor.diagnose(env, app="hr"))
+    assert checks["app"].status == "fail" and "declares no app 'hr'" in checks["app"].detail
+    assert checks["app"].hint == "declared apps: billing, ops"
