@@ -37,7 +37,9 @@ class Token:
     pos: int
 
 
-def _strip_comments(text: str) -> str:
+def strip_comments(text: str) -> str:
+    """Remove // and /* */ comments, leaving strings ('...' and '''...''') intact. A '...' string ends at its line's
+    end at the latest, as Bicep's do."""
     out: list[str] = []
     i, n = 0, len(text)
     while i < n:
@@ -48,7 +50,7 @@ def _strip_comments(text: str) -> str:
             i = end
         elif text[i] == "'":
             j = i + 1
-            while j < n and text[j] != "'":
+            while j < n and text[j] != "'" and text[j] != "\n":
                 j += 2 if text[j] == "\\" else 1
             out.append(text[i : j + 1])
             i = j + 1
@@ -344,7 +346,7 @@ class Declaration:
 
 
 def declarations(text: str) -> dict[str, Declaration]:
-    parser = Parser(_strip_comments(text))
+    parser = Parser(strip_comments(text))
     found: dict[str, Declaration] = {}
     decorators: dict[str, list[Node]] = {}
     while parser.peek().kind != "eof":

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.infra.bicep_eval import Template
+from tests.infra.bicep_eval import Template, strip_comments
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
@@ -68,34 +68,6 @@ ROLE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
 # --------------------------------------------------------------------------------------------
 # A little Bicep reading
 # --------------------------------------------------------------------------------------------
-
-
-def strip_comments(text: str) -> str:
-    """Remove // and /* */ comments, leaving strings ('...' and '''...''') intact."""
-    out: list[str] = []
-    i, n = 0, len(text)
-    while i < n:
-        if text.startswith("'''", i):
-            end = text.find("'''", i + 3)
-            end = n if end < 0 else end + 3
-            out.append(text[i:end])
-            i = end
-        elif text[i] == "'":
-            j = i + 1
-            while j < n and text[j] != "'" and text[j] != "\n":
-                j += 2 if text[j] == "\\" else 1
-            out.append(text[i : j + 1])
-            i = j + 1
-        elif text.startswith("//", i):
-            end = text.find("\n", i)
-            i = n if end < 0 else end
-        elif text.startswith("/*", i):
-            end = text.find("*/", i + 2)
-            i = n if end < 0 else end + 2
-        else:
-            out.append(text[i])
-            i += 1
-    return "".join(out)
 
 
 @cache
