@@ -350,11 +350,16 @@ class DeadLetterQueue:
         main: MainQueueClient,
         overflow: Overflow | None = None,
         app_queue: Callable[[str], MainQueueClient] | None = None,
+        owner: str | None = None,
     ) -> None:
         self._poison = poison
         self._main = main
         self._overflow = overflow  # where the relay stored the request of an envelope too large for the queue
         self._app_queue = app_queue
+        # An app's own poison queue (<outbox>-<app>-poison): the host moved there what THAT app wrote, as it was,
+        # so every letter in it is that app's, whatever app it names inside (a forged name must not send a
+        # request back on another app's queue).
+        self._owner = owner
 
     def _queue_of(self, app: str) -> MainQueueClient:
         """Where a letter of `app` goes back to (its name checked by requeue_payload already)."""
@@ -366,6 +371,8 @@ class DeadLetterQueue:
 
     def _read(self, message: Any) -> DeadLetter:
         letter = _parse(message)
+        if self._owner is not None:
+            letter = replace(letter, app=self._owner)
         refs = letter.stored_references()
         if not refs or self._overflow is None:
             return letter
@@ -533,18 +540,22 @@ def open_queues(
     queue_url: str | None = None,
     credential: Any = None,
     poison_suffix: str = "-poison",
+    app: str | None = None,
 ) -> DeadLetterQueue:
     """The dead-letter queue of `queue_name` (`<queue_name>-poison`, or with `poison_suffix` "-retry-poison" the
     retry queue's, where the host moves retries it gave up on) on a storage account; requeue goes to the letter's
-    app's queue (`<queue_name>-<app>`; the outbox for the default app)."""
+    app's queue (`<queue_name>-<app>`; the outbox for the default app). With `app`, that app's own poison queue
+    (`<queue_name>-<app>-poison`, where the host moves what it could not deliver from the app's queue), every
+    letter in it the app's."""
     from azure.storage.blob import ContainerClient
     from azure.storage.queue import QueueClient
 
     from shared.queues import OVERFLOW_CONTAINER, BlobOverflow
 
+    poisoned = app_queue(queue_name, app) if app else queue_name
     if connection_string:
         main = QueueClient.from_connection_string(connection_string, queue_name)
-        poison = QueueClient.from_connection_string(connection_string, f"{queue_name}{poison_suffix}")
+        poison = QueueClient.from_connection_string(connection_string, f"{poisoned}{poison_suffix}")
         container = ContainerClient.from_connection_string(connection_string, OVERFLOW_CONTAINER)
 
         def of_app(app: str) -> MainQueueClient:
@@ -552,18 +563,21 @@ def open_queues(
 
     else:
         assert queue_url is not None
-        main = QueueClient.from_queue_url(queue_url, credential=credential)
-        poison = QueueClient.from_queue_url(queue_url.rstrip("/") + poison_suffix, credential=credential)
-        # The same account's blob endpoint: https://<account>.queue.core... -> https://<account>.blob.core...
-        account = queue_url.rstrip("/").rsplit("/", 1)[0]
-        container = ContainerClient(account.replace(".queue.", ".blob.", 1), OVERFLOW_CONTAINER, credential=credential)
         from urllib.parse import urlsplit, urlunsplit
 
+        main = QueueClient.from_queue_url(queue_url, credential=credential)
         url = urlsplit(queue_url)
+        # The poison queue beside it, a SAS query (if any) kept as it is.
+        poison_path = app_queue(url.path.rstrip("/"), app) if app else url.path.rstrip("/")
+        poison_url = urlunsplit(url._replace(path=poison_path + poison_suffix))
+        poison = QueueClient.from_queue_url(poison_url, credential=credential)
+        # The same account's blob endpoint: https://<account>.queue.core... -> https://<account>.blob.core...
+        account = f"{url.scheme}://{url.netloc}{url.path.rstrip('/').rsplit('/', 1)[0]}"
+        container = ContainerClient(account.replace(".queue.", ".blob.", 1), OVERFLOW_CONTAINER, credential=credential)
 
         def of_app(app: str) -> MainQueueClient:
             # The app's queue beside the outbox, a SAS query (if any) kept as it is.
             path = app_queue(url.path.rstrip("/"), app)
             return QueueClient.from_queue_url(urlunsplit(url._replace(path=path)), credential=credential)
 
-    return DeadLetterQueue(poison, main, BlobOverflow(container), of_app)
+    return DeadLetterQueue(poison, main, BlobOverflow(container), of_app, owner=app)

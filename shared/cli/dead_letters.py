@@ -150,7 +150,7 @@ def run_list(args: argparse.Namespace) -> int:
     from shared.deadletters import PEEK_LIMIT
 
     def run(conn: Connection) -> int:
-        queue = _dead_letter_queue(conn, args.retries)
+        queue = _dead_letter_queue(conn, args.retries, args.app)
         if not queue.main_queue_exists():
             # A typo in --queue would otherwise read as "no dead letters": say the queue is not there.
             return fail(
@@ -163,7 +163,7 @@ def run_list(args: argparse.Namespace) -> int:
         if args.json:
             print(_json([letter.to_json() for letter in letters]))
         elif not letters:
-            print(f"no dead letters in {_poison_name(conn, args.retries)}")
+            print(f"no dead letters in {_poison_name(conn, args.retries, args.app)}")
         else:
             print(dead_letter_table(letters))
         if not args.all and len(letters) == PEEK_LIMIT:
@@ -178,7 +178,7 @@ def run_show(args: argparse.Namespace) -> int:
 
     def run(conn: Connection) -> int:
         try:
-            letter = _dead_letter_queue(conn, args.retries).get(args.id)
+            letter = _dead_letter_queue(conn, args.retries, args.app).get(args.id)
         except DeadLetterNotFound as exc:
             return fail("dead-letters show", str(exc), EXIT_INVALID)
         print(_json(letter.to_json()) if args.json else dead_letter_details(letter))
@@ -191,7 +191,7 @@ def run_requeue(args: argparse.Namespace) -> int:
     from shared.deadletters import DeadLetterNotFound, NotRequeueable, Requeued
 
     def run(conn: Connection) -> int:
-        queue = _dead_letter_queue(conn, args.retries)
+        queue = _dead_letter_queue(conn, args.retries, args.app)
         if not args.all:
             try:
                 done = queue.requeue(args.id)
@@ -206,7 +206,8 @@ def run_requeue(args: argparse.Namespace) -> int:
             print(f"requeued {r.dead_letter_id} as {r.message_id} on {_target(conn, r)}")
         for reason in refused:
             print(f"not requeued: {reason}", file=sys.stderr)
-        print(f"{len(requeued)} requeued, {len(refused)} left in {_poison_name(conn, args.retries)}", file=sys.stderr)
+        left_in = _poison_name(conn, args.retries, args.app)
+        print(f"{len(requeued)} requeued, {len(refused)} left in {left_in}", file=sys.stderr)
         return EXIT_INVALID if refused else EXIT_OK
 
     return run_with_queue("dead-letters requeue", args, run)
@@ -220,26 +221,41 @@ def _target(conn: Connection, done: Requeued) -> str:
 
 
 def _add_retries_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
         "--retries",
         action="store_true",
         help="the relay's retry queue's dead letters (<queue>-retry-poison): retries the host gave up on after "
         "maxDequeueCount failed deliveries (storage unreachable, say); requeue puts their requests back on their app's "
         "queue",
     )
+    which.add_argument(
+        "--app",
+        metavar="NAME",
+        help="a declared app's own poison queue (<queue>-NAME-poison): what the host moved from the app's queue "
+        "(not base64, or failing every try); every letter there is that app's, and requeue puts it back on its queue",
+    )
 
 
-def _poison_name(conn: Connection, retries: bool) -> str:
+def _poison_name(conn: Connection, retries: bool, app: str | None = None) -> str:
+    from shared.apps import app_queue
+
+    if app:
+        return f"{app_queue(conn.queue_name, app)}-poison"
     return f"{conn.queue_name}-retry-poison" if retries else conn.poison_queue_name
 
 
-def _dead_letter_queue(conn: Connection, retries: bool = False) -> DeadLetterQueue:
+def _dead_letter_queue(conn: Connection, retries: bool = False, app: str | None = None) -> DeadLetterQueue:
+    from shared.apps import is_declarable
     from shared.deadletters import open_queues
 
+    if app is not None and not is_declarable(app):
+        raise ValueError(f"--app {app!r} is no app's name (a declared app: lower-case letters, digits, hyphens)")
     return open_queues(
         conn.queue_name,
         connection_string=conn.connection_string,
         queue_url=conn.queue_url,
         credential=credential() if conn.queue_url else None,
         poison_suffix="-retry-poison" if retries else "-poison",
+        app=app,
     )

@@ -284,3 +284,26 @@ def test_an_apps_attachment_goes_through_its_own_payload_container(
     shared = ContainerClient.from_connection_string(stack.storage_connection_string, "mail-payloads")
     wait_for(lambda: not list(own.list_blobs()), WAIT, "the app's blob deleted once sent")
     assert not shared.exists() or not list(shared.list_blobs())  # nothing went through the shared container
+
+
+def test_what_the_host_moves_from_an_apps_queue_is_listed_and_requeued_as_that_apps(
+    stack: LocalStack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Text that is not base64 on billing's queue: the host moves it to billing's own poison queue without calling
+    # the function. `dead-letters --app billing` finds it there as billing's (a unit test shows a forged "app"
+    # inside changes nothing), and requeue sends it back, encoded, on billing's queue.
+    subject = unique("moved raw")
+    raw = json.dumps(request(BILLING, subject, unique("raw")))
+    QueueClient.from_connection_string(stack.storage_connection_string, stack.app_queue("billing")).send_message(raw)
+    poison = QueueClient.from_connection_string(stack.storage_connection_string, "mail-outbox-billing-poison")
+    wait_for(lambda: bool(poison.peek_messages()), WAIT, "the raw message in billing's poison queue")
+    conn = ["--connection-string", stack.storage_connection_string, "--queue", stack.queue_name]
+    assert main(["dead-letters", "list", *conn]) == 0
+    assert "InvalidEncoding" not in capsys.readouterr().out  # the outbox's poison queue does not hold it
+    assert main(["dead-letters", "list", "--app", "billing", "--json", *conn]) == 0
+    (letter,) = json.loads(capsys.readouterr().out)
+    assert (letter["error"]["code"], letter["app"]) == ("InvalidEncoding", "billing")
+    assert main(["dead-letters", "requeue", "--all", "--app", "billing", *conn]) == 0
+    assert "on mail-outbox-billing" in capsys.readouterr().out
+    wait_for(lambda: subject in subjects_sent(stack), WAIT, f"{subject!r} sent as billing")
+    assert main(["dead-letters", "list", "--app", "billing", "--retries", *conn]) == 2  # one poison queue at a time

@@ -435,3 +435,34 @@ def test_a_letter_of_an_app_whose_queue_is_gone_stays_with_the_reason() -> None:
     assert isinstance(gone, NotRequeueable) and "declare the app again" in str(gone)
     assert isinstance(billing, Requeued) and billing.app == "billing"
     assert [m.id for m in poison.messages] == ["id-0"]
+
+
+def test_an_apps_own_poison_queue_makes_every_letter_that_apps_whatever_it_names() -> None:
+    # The host moved these from billing's queue as billing wrote them: a forged "app" inside must not send the
+    # request back on another app's queue.
+    log: list[str] = []
+    poison = FakeQueue([Message("m-0", app_envelope("bulk")), Message("m-1", encode(REQUEST))], log, "poison")
+    opened: dict[str, FakeQueue] = {}
+
+    def of_app(app: str) -> FakeQueue:
+        return opened.setdefault(app, FakeQueue([], log, f"app {app}"))
+
+    dlq = DeadLetterQueue(poison, FakeQueue([], log, "main"), app_queue=of_app, owner="billing")
+    assert [letter.app for letter in dlq.peek()] == ["billing", "billing"]
+    dlq.requeue_all()
+    assert list(opened) == ["billing"] and len(opened["billing"].messages) == 2
+
+
+def test_open_queues_finds_an_apps_poison_queue_beside_the_outbox_keeping_a_sas() -> None:
+    from shared.deadletters import open_queues
+
+    url = "https://acct.queue.core.windows.net/mail-outbox?sv=2024&sig=abc"
+    dlq = open_queues("mail-outbox", queue_url=url, app="billing")
+    assert dlq._poison.url.startswith("https://acct.queue.core.windows.net/mail-outbox-billing-poison")
+    assert "sig=abc" in dlq._poison.url
+    plain = open_queues("mail-outbox", queue_url=url)
+    assert plain._poison.url.startswith("https://acct.queue.core.windows.net/mail-outbox-poison")
+    conn = "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;QueueEndpoint=http://127.0.0.1:1/devstoreaccount1;BlobEndpoint=http://127.0.0.1:1/devstoreaccount1;"
+    assert open_queues("mail-outbox", connection_string=conn, app="billing")._poison.queue_name == (
+        "mail-outbox-billing-poison"
+    )
