@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared.queues import DeadLetters, Overflow, Requeue
 from shared.sending import Relay
-from shared.settings import ExpirySettings, Settings, load_expiry_settings, load_settings
+from shared.settings import ExpirySettings, GraphRegistration, Settings, load_expiry_settings, load_settings
 from shared.status import StatusStore
 
 if TYPE_CHECKING:
@@ -99,7 +99,8 @@ class ExpiryRuntime:
     """What the expiry timer and `mailrelay expiry check` need."""
 
     settings: ExpirySettings
-    check: ExpiryCheck
+    check: ExpiryCheck  # the relay's own Graph registration's
+    apps: Mapping[str, ExpiryCheck] = field(default_factory=dict)  # each app's own registration's, if it has one
 
 
 def build_clients(settings: Settings) -> Clients:
@@ -206,52 +207,65 @@ def build_expiry_runtime(
         # Public CAs for the webhook: MAILRELAY_CA_BUNDLE (the local emulator's CA) would refuse Teams or Slack.
         channels.append(WebhookChannel(http_session(None), settings.webhook_url))
     channels.append(LogChannel())
-    graph = relay_settings.graph
-    # EXPIRY_COMPARE_ENTRA compares with the app registration's credentials: only where something stored expires
-    # (in managed-identity mode there is no app registration at all).
-    entra = (
-        GraphApplicationCredentials(clients.session, relay_settings.graph_base_url, graph.client_id, clients.tokens)
-        if settings.compare_entra and graph.expires
-        else None
-    )
     # Few retries: an unreachable record store must not hold the daily check for minutes; it warns anyway.
-    records = table_client(
-        relay_settings,
-        TABLE_NAME,
-        clients.storage_identity,
-        retry_total=2,
-        retry_backoff_factor=0.5,
-        connection_timeout=10,
+    records = TableWarningRecords(
+        table_client(
+            relay_settings,
+            TABLE_NAME,
+            clients.storage_identity,
+            retry_total=2,
+            retry_backoff_factor=0.5,
+            connection_timeout=10,
+        )
     )
-    properties: KeyVaultSecretProperties | None = None
-    if graph.expires:
-        # secret and certificate: the Key Vault item's dates (token_source built the vault in these modes only).
-        assert clients.vault is not None and graph.vault_item is not None and graph.key_vault_uri is not None
-        properties = KeyVaultSecretProperties(clients.vault, graph.vault_item, graph.key_vault_uri, kind=graph.mode)
-    # Otherwise (federated, managed-identity) the check asks for a fresh token and never touches Key Vault.
-    check = ExpiryCheck(
-        secret=properties,
-        records=TableWarningRecords(records),
-        channels=channels,
-        warn_days=settings.warn_days,
-        client_id=graph.client_id,
-        tenant_id=graph.tenant_id,
-        entra=entra,
-        mode=graph.mode,
-        tokens=None if graph.expires else clients.tokens,
-        thumbprint=_certificate_in_use(clients),
-        **({"clock": clock} if clock else {}),
-    )
-    return ExpiryRuntime(settings=settings, check=check)
+
+    def check_of(credentials: Credentials, graph: GraphRegistration) -> ExpiryCheck:
+        """The check of one Graph registration: the relay's, or an app's own (MAILRELAY_APPS "graph")."""
+        # EXPIRY_COMPARE_ENTRA compares with the app registration's credentials: only where something stored
+        # expires (in managed-identity mode there is no app registration at all).
+        entra = (
+            GraphApplicationCredentials(
+                clients.session, relay_settings.graph_base_url, graph.client_id, credentials.tokens
+            )
+            if settings.compare_entra and graph.expires
+            else None
+        )
+        properties: KeyVaultSecretProperties | None = None
+        if graph.expires:
+            # secret and certificate: the Key Vault item's dates (token_source built the vault in these modes only).
+            vault = credentials.vault
+            assert vault is not None and graph.vault_item is not None and graph.key_vault_uri is not None
+            properties = KeyVaultSecretProperties(vault, graph.vault_item, graph.key_vault_uri, kind=graph.mode)
+        # Otherwise (federated, managed-identity) the check asks for a fresh token and never touches Key Vault.
+        return ExpiryCheck(
+            secret=properties,
+            records=records,
+            channels=channels,
+            warn_days=settings.warn_days,
+            client_id=graph.client_id,
+            tenant_id=graph.tenant_id,
+            entra=entra,
+            mode=graph.mode,
+            tokens=None if graph.expires else credentials.tokens,
+            thumbprint=_certificate_in_use(credentials),
+            **({"clock": clock} if clock else {}),
+        )
+
+    apps = {
+        app.name: check_of(clients.app_credentials[app.name], app.graph)
+        for app in relay_settings.apps
+        if app.graph is not None and app.name in clients.app_credentials
+    }
+    return ExpiryRuntime(settings=settings, check=check_of(clients.credentials, relay_settings.graph), apps=apps)
 
 
-def _certificate_in_use(clients: Clients) -> Callable[[], tuple[str | None, str] | None]:
+def _certificate_in_use(credentials: Credentials) -> Callable[[], tuple[str | None, str] | None]:
     """(Key Vault version, SHA-1 thumbprint) of the certificate the relay has read, if any: the timer shares the
     relay's clients, so it knows the certificate in use without reading the value again."""
     from shared.credentials import CertificateCredential
 
     def in_use() -> tuple[str | None, str] | None:
-        stored = clients.credentials.stored
+        stored = credentials.stored
         info = stored.info if isinstance(stored, CertificateCredential) else None
         return (info.version, info.thumbprint_sha1) if info is not None else None
 

@@ -159,7 +159,8 @@ def handle_status_cleanup(timer: TimerRequestLike | None = None, rt: Runtime | N
 
 
 def handle_expiry_timer(timer: TimerRequestLike | None = None) -> Report:
-    """Run the secret-expiry check with the process's runtime; what function_app.py's timer calls."""
+    """Run the secret-expiry check with the process's runtime, for the relay's Graph registration and each app's own;
+    what function_app.py's timer calls. Returns the relay's report."""
     from shared.bootstrap import expiry_runtime
     from shared.expiry import EVENT
     from shared.settings import SettingsError
@@ -167,7 +168,7 @@ def handle_expiry_timer(timer: TimerRequestLike | None = None) -> Report:
     if timer is not None and timer.past_due:
         log.info("the expiry check runs late (the timer was past due)")
     try:
-        check = expiry_runtime().check
+        runtime = expiry_runtime()
     except SettingsError as e:
         # No channel can be built; the log still can say that nothing is watching the secret.
         log.critical(
@@ -177,4 +178,18 @@ def handle_expiry_timer(timer: TimerRequestLike | None = None) -> Report:
             extra={"event": EVENT, "state": "critical", "kind": "misconfigured"},
         )
         raise
-    return check.run()
+    # The relay's own Graph registration, then each app's own (MAILRELAY_APPS "graph"): every credential the relay
+    # sends with is watched. One app's failing check must not keep the next from running.
+    report = runtime.check.run()
+    for app, check in runtime.apps.items():
+        try:
+            check.run()
+        except Exception as e:
+            log.error(
+                "%s: the expiry check of app %s's registration failed: %s",
+                EVENT,
+                app,
+                type(e).__name__,
+                extra={"event": EVENT, "state": "warning", "kind": "check-failed", "app": app},
+            )
+    return report

@@ -65,3 +65,47 @@ def test_an_app_with_its_own_registration_gets_a_relay_calling_graph_as_it(
     containers = [r.payloads._container.container_name for r in (rt, billing_rt, ops_rt)]  # type: ignore[union-attr]
     assert containers == ["mail-payloads", "mail-payloads-billing", "mail-payloads-ops"]
     assert billing_rt.payloads is billing_rt.relay.payloads  # what the relay reads is what delivery deletes
+
+
+def test_the_expiry_check_watches_each_apps_own_registration(
+    environment: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    monkeypatch.setenv("AZURE_CLIENT_ID", "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d")
+    own = {"credential": "federated", "clientId": "0c222222-3333-4444-8555-666666666666"}
+    apps = [
+        {"name": "billing", "senders": ["alerts@contoso.com"], "graph": own},
+        {"name": "ops", "senders": ["alerts@contoso.com"]},
+    ]
+    monkeypatch.setenv("MAILRELAY_APPS", json.dumps(apps))
+    expiry = bootstrap.expiry_runtime()
+    assert list(expiry.apps) == ["billing"]  # ops sends as the relay: the relay's check covers it
+    billing = expiry.apps["billing"]
+    assert billing._mode == "federated" and billing._secret is None  # nothing to expire: a fresh token instead
+    assert billing._tokens is bootstrap.runtime().for_app("billing").relay._tokens
+    assert billing._client_id == own["clientId"] and expiry.check._mode == "secret"
+
+
+def test_the_timer_runs_every_registrations_check_even_when_one_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import dataclass, field
+    from typing import Any
+
+    from shared import handlers
+
+    @dataclass
+    class Check:
+        failure: Exception | None = None
+        runs: list[int] = field(default_factory=list)
+
+        def run(self) -> Any:
+            self.runs.append(1)
+            if self.failure:
+                raise self.failure
+            return "report"
+
+    relay, broken, fine = Check(), Check(RuntimeError("store down")), Check()
+    runtime = bootstrap.ExpiryRuntime(settings=None, check=relay, apps={"billing": broken, "shop": fine})  # type: ignore[arg-type]
+    monkeypatch.setattr(bootstrap, "expiry_runtime", lambda: runtime)
+    assert handlers.handle_expiry_timer() == "report"
+    assert (relay.runs, broken.runs, fine.runs) == ([1], [1], [1])
