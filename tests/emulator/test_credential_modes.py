@@ -441,16 +441,7 @@ def test_graph_lists_key_and_federated_credentials_in_its_shapes(emu: Emulator, 
     _, cert_pem, cert = certificate()
     key_id = emu.add_key_credential(CLIENT, cert_pem, "relay-cert")
     fic_id = emu.set_federated_credential(CLIENT, "relay-identity", ISSUER, PRINCIPAL, [EXCHANGE])
-    token = http.post(
-        f"{emu.url}/{TENANT}/oauth2/v2.0/token",
-        data={
-            "grant_type": "client_credentials",
-            "client_id": CLIENT,
-            "scope": GRAPH_SCOPE,
-            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-            "client_assertion": emu.identity_token(IDENTITY, EXCHANGE),
-        },
-    ).json()["access_token"]
+    token = post_assertion(emu, http, emu.identity_token(IDENTITY, EXCHANGE)).json()["access_token"]
     auth = {"Authorization": f"Bearer {token}"}
     body = http.get(
         f"{emu.url}/v1.0/applications(appId='{CLIENT}')?$select=passwordCredentials,keyCredentials", headers=auth
