@@ -68,10 +68,6 @@ class App:
     # its senders: a bug in the relay's policy still cannot send as another app's mailbox. None: the relay's.
     graph: GraphRegistration | None = None
 
-    @property
-    def function_name(self) -> str:
-        return trigger_name(self.name)
-
 
 def is_app_name(name: str) -> bool:
     """A name a declared app may have, or the default app's."""

@@ -360,7 +360,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 _SHARE_CEILINGS: Final = {"messagesPerMinute": 30, "recipientsPerDay": 10_000}
 
 
-def _share(entry: Mapping[str, Any], field: str, name: str, ceiling: int, refuse: Any) -> int | None:
+def _whole_number(entry: Mapping[str, Any], field: str, name: str, ceiling: int, refuse: Any) -> int | None:
+    """An app's optional whole-number field (a share, its maxScheduled) from 1 to `ceiling`; None when absent."""
     value = entry.get(field)
     if value is None:
         return None
@@ -455,9 +456,9 @@ def parse_apps(
         principals = entry.get("principals", [])
         if not isinstance(principals, list) or not all(isinstance(p, str) and _GUID.match(p) for p in principals):
             raise refuse(f"gives {label} principals that are not Entra object ids (GUIDs)")
-        shares = {field: _share(entry, field, name, ceiling, refuse) for field, ceiling in _SHARE_CEILINGS.items()}
+        shares = {f: _whole_number(entry, f, name, ceiling, refuse) for f, ceiling in _SHARE_CEILINGS.items()}
         graph = _app_registration(entry.get("graph"), name, relay_env, refuse) if "graph" in entry else None
-        cap = _share(entry, "maxScheduled", name, MAX_SCHEDULED_CEILING, refuse)
+        cap = _whole_number(entry, "maxScheduled", name, MAX_SCHEDULED_CEILING, refuse)
         apps.append(
             App(
                 name,

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from azure.functions.queue import QueueMessage
 
-from shared.apps import DEFAULT_APP, indexed_apps
+from shared.apps import DEFAULT_APP, indexed_apps, trigger_name
 from shared.handlers import handle_mail_message
 from shared.retries import MalformedWrapper, unwrap, wrap
 from shared.settings import SettingsError, load_settings
@@ -44,7 +44,7 @@ def test_apps_are_declared_with_their_queue_and_senders() -> None:
     settings = declared(APPS)
     billing = settings.app("billing")
     assert billing.queue == "mail-outbox-billing" and billing.senders == frozenset({RECEIPTS})
-    assert billing.function_name == "send_mail_billing"
+    assert trigger_name(billing.name) == "send_mail_billing" and trigger_name(DEFAULT_APP) == "send_mail"
     # The outbox stays the default app, with every allowed sender: a single-app deployment is unchanged.
     default = settings.app(DEFAULT_APP)
     assert default.queue == "mail-outbox" and default.senders == settings.allowed_senders
