@@ -673,11 +673,13 @@ class LocalStack:
         # And the tables, as infra/main.bicep creates them in Azure: `mailrelay doctor` is green at once.
         from azure.data.tables import TableServiceClient
 
+        from shared.apps import status_table
         from shared.expiry import TABLE_NAME as EXPIRY_TABLE
         from shared.status import TABLE_NAME as STATUS_TABLE  # the pace rows live in it too (shared/pacing.py)
 
         tables = TableServiceClient.from_connection_string(self.storage_connection_string)
-        for table in (STATUS_TABLE, EXPIRY_TABLE):
+        # Each app's status table too, where its records live (shared/apps.py status_table).
+        for table in (STATUS_TABLE, *(status_table(str(app["name"])) for app in self.apps), EXPIRY_TABLE):
             tables.create_table_if_not_exists(table)
 
     def _seed(self) -> dict[str, Any]:

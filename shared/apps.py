@@ -49,6 +49,7 @@ GRAPH_FIELDS: Final = {
 }
 SETTING: Final = "MAILRELAY_APPS"
 POISON_SUFFIX: Final = "-poison"
+STATUS_TABLE: Final = "mailstatus"  # the status records' table (shared/status.py); a declared app has its own
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,17 @@ def is_declarable(name: str) -> bool:
 def trigger_name(app: str) -> str:
     """The app's queue trigger's name in function_app.py: unique per app, as the programming model requires."""
     return "send_mail" if app == DEFAULT_APP else f"send_mail_{app.replace('-', '_')}"
+
+
+def status_table(app: str) -> str:
+    """The table of `app`'s status records: `mailstatus` for the default app (beside every mailbox's pace row),
+    `mailstatus<app, without its hyphens>` for a declared app (table names are letters and digits). A table is the
+    narrowest scope of a role on table data ("subscription, resource group, storage account, or table":
+    https://learn.microsoft.com/azure/storage/tables/assign-azure-role-data-access), so a table of its own is how
+    an app's credentials read its records and no other app's. Two names alike but for hyphens would share one:
+    the declaration is refused (shared/settings.py parse_apps). Here, not in shared/status.py, so the settings
+    can check names without importing Storage."""
+    return STATUS_TABLE if app == DEFAULT_APP else STATUS_TABLE + app.replace("-", "")
 
 
 def app_queue(queue_name: str, app: str) -> str:

@@ -156,23 +156,28 @@ def build_clients(settings: Settings) -> Clients:
 
 
 def build_runtime(settings: Settings, clients: Clients | None = None) -> Runtime:
+    from shared.apps import status_table
     from shared.pacing import Pacer, TablePaceStore, limits_of
     from shared.queues import OVERFLOW_CONTAINER, BlobOverflow, QueueDeadLetters, QueueRequeue
-    from shared.status import TABLE_NAME, TableStatusStore
+    from shared.status import TABLE_NAME, AppStatusStore, TableStatusStore
     from shared.storage import container_client, queue_client, table_client
 
     clients = clients or build_clients(settings)
     identity = clients.storage_identity
     overflow = BlobOverflow(container_client(settings, OVERFLOW_CONTAINER, identity))
-    # One client for the status table: the pace rows live in it, beside each sender's status records.
-    status_table = table_client(settings, TABLE_NAME, identity)
+    # One client for the status table: the pace rows live in it, beside the default app's status records; each
+    # declared app's records in a table of its own, which its credentials alone may read (shared/status.py).
+    status_table_client = table_client(settings, TABLE_NAME, identity)
+    app_status = {
+        app.name: TableStatusStore(table_client(settings, status_table(app.name), identity)) for app in settings.apps
+    }
     return Runtime(
         settings=settings,
         relay=clients.relay,
         dead_letters=QueueDeadLetters(queue_client(settings, settings.poison_queue_name, identity), overflow),
         retries=QueueRequeue(queue_client(settings, settings.retry_queue_name, identity)),
-        status=TableStatusStore(status_table),
-        pacer=Pacer(TablePaceStore(status_table), limits_of(settings)),
+        status=AppStatusStore(TableStatusStore(status_table_client), app_status),
+        pacer=Pacer(TablePaceStore(status_table_client), limits_of(settings)),
         overflow=overflow,
         payloads=clients.relay.payloads,
         app_relays=clients.app_relays,

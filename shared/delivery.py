@@ -751,7 +751,10 @@ def _write(
             written = rt.status.replace_with(changed, writes)
             if written.record is not None:
                 pacer.released_in(freeing.sender, written.row_write, written.row_etag)
-                if written.row_etag is None:  # the pace row is gone (cleaned up): nothing left to free
+                if written.row_error is not None:
+                    text = f"the slot stays taken until its lease ends: {written.row_error}"
+                    _log(logging.WARNING, "pace.release", text, **(fields or {}))
+                elif written.row_etag is None:  # the pace row is gone (cleaned up): nothing left to free
                     _log(logging.INFO, "pace.release", "no pace row to free the slot in", **(fields or {}))
                 return
         current = rt.status.get(record.key)

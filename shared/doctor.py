@@ -594,7 +594,9 @@ def _storage(settings: Settings, clients: Clients) -> list[Check]:
         pass  # created by the host on its first give-up: none so far
     except AzureError:
         pass  # the queue checks above already report an unreachable account
-    for table in (STATUS_TABLE, EXPIRY_TABLE):
+    from shared.apps import status_table
+
+    for table in (STATUS_TABLE, *(status_table(app.name) for app in settings.apps), EXPIRY_TABLE):
         try:
             client = table_client(settings, table, clients.storage_identity)
             next(iter(client.list_entities(results_per_page=1, select=["RowKey"])), None)

@@ -405,6 +405,7 @@ def parse_apps(
         App,
         app_queue,
         is_declarable,
+        status_table,
     )
 
     relay_env = relay_env or {}
@@ -477,6 +478,15 @@ def parse_apps(
                 f"declares app {app.name!r}, whose queue {app.queue} is app "
                 f"{app.name.removesuffix(POISON_SUFFIX)!r}'s poison queue: rename it"
             )
+    tables: dict[str, str] = {}
+    for app in apps:
+        table = status_table(app.name)
+        if table in tables:
+            raise refuse(
+                f"declares apps {tables[table]!r} and {app.name!r}, whose status records would share the table "
+                f"{table} (table names hold no hyphens): rename one"
+            )
+        tables[table] = app.name
     return tuple(apps)
 
 

@@ -21,7 +21,8 @@ States (DESIGN.md, "Trust and delivery"):
 - `queued`: received, waiting for its turn without having been tried (pacing).
 
 In Azure the records are the Table `mailstatus` on the host's storage account (identity-based,
-`AzureWebJobsStorage__tableServiceUri`); locally Azurite's. Records expire after STATUS_RETENTION_DAYS
+`AzureWebJobsStorage__tableServiceUri`), a declared app's in a table of its own (`status_table`, AppStatusStore);
+locally Azurite's. Records expire after STATUS_RETENTION_DAYS
 (`delete_expired`, run by the cleanup timer): an `id` is sent at most once within that window.
 """
 
@@ -29,17 +30,17 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from shared.apps import DEFAULT_APP
+from shared.apps import DEFAULT_APP, STATUS_TABLE
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
 
-TABLE_NAME: Final = "mailstatus"
+TABLE_NAME: Final = STATUS_TABLE  # the default app's, with every mailbox's pace row
 
 QUEUED: Final = "queued"
 SCHEDULED: Final = "scheduled"  # held until its sendAt
@@ -89,6 +90,7 @@ class Written:
     record: StatusRecord | None
     row_etag: Any = None
     row_write: RowWrite | None = None
+    row_error: str | None = None  # why the other row could not be written after the record (AppStatusStore)
 
 
 class MemoryRows:
@@ -307,6 +309,10 @@ class MemoryStatusStore:
                     return Written(self._stamp(record), row_etag, write)
             return Written(self._stamp(record))
 
+    def write_row(self, partition: str, write: RowWrite) -> Any:
+        """One of `partition`'s other rows written on its own (AppStatusStore): its new version, or None."""
+        return self.rows.write(partition, write.row_key, write)
+
     def find(self, value: str, sender: str | None = None) -> list[StatusRecord]:
         with self._lock:
             return [
@@ -509,6 +515,24 @@ class TableStatusStore:
             return Written(replace(record, etag=results[0].get("etag")), results[1].get("etag"), write)
         return Written(self.replace(record))
 
+    def write_row(self, partition: str, write: RowWrite) -> Any:
+        """One of `partition`'s other rows written on its own, as `replace_with` writes it beside a record (under
+        its ETag, or merged without one): its new ETag, or None when the condition fails or the row is gone."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        row = {"PartitionKey": partition, "RowKey": write.row_key, **write.properties}
+        conditions: dict[str, Any] = (
+            {"mode": UpdateMode.MERGE}
+            if write.etag is None
+            else {"mode": UpdateMode.REPLACE, "etag": write.etag, "match_condition": MatchConditions.IfNotModified}
+        )
+        try:
+            return self._client.update_entity(row, **conditions).get("etag")
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return None
+
     def find(self, value: str, sender: str | None = None) -> list[StatusRecord]:
         from azure.core.exceptions import ResourceNotFoundError
 
@@ -574,6 +598,72 @@ class TableStatusStore:
             for start in range(0, len(operations), 100):
                 self._client.submit_transaction(operations[start : start + 100])
         return len(old)
+
+
+class AppStatusStore:
+    """Each app's records in its own table (`status_table`), routed by the key's app.
+
+    The default app's records stay in `mailstatus`, beside every mailbox's pace row, so its outcome and the pace slot
+    it frees are one entity group transaction, as before apps. A declared app's record lives in its own table and a
+    transaction holds one table only, so its outcome is written first and the slot freed after it in `mailstatus`:
+    one round trip more per outcome (bench/relay.py, "apps"), the price of records an app's credentials can read
+    alone. A slot not freed then (Storage failed between the two) lapses with its lease, as any slot of a worker
+    that died."""
+
+    def __init__(self, default: TableStatusStore | MemoryStatusStore, apps: Mapping[str, StatusStore]) -> None:
+        self._default = default
+        self._apps = dict(apps)
+
+    def store(self, app: str) -> StatusStore:
+        """`app`'s table; a name not declared is refused (the relay dead-letters its requests before any record)."""
+        if app == DEFAULT_APP:
+            return self._default
+        try:
+            return self._apps[app]
+        except KeyError:
+            raise ValueError(f"app {app!r} is not declared (MAILRELAY_APPS): it has no status records") from None
+
+    @property
+    def stores(self) -> list[StatusStore]:
+        return [self._default, *self._apps.values()]
+
+    def get(self, key: StatusKey) -> StatusRecord | None:
+        return self.store(key.app).get(key)
+
+    def create(self, record: StatusRecord) -> StatusRecord | None:
+        return self.store(record.key.app).create(record)
+
+    def replace(self, record: StatusRecord) -> StatusRecord | None:
+        return self.store(record.key.app).replace(record)
+
+    def replace_with(self, record: StatusRecord, also: Sequence[RowWrite]) -> Written:
+        if record.key.app == DEFAULT_APP:
+            return self._default.replace_with(record, also)
+        written = self.store(record.key.app).replace(record)
+        if written is None:
+            return Written(None)
+        partition, _ = record.key.entity_keys()
+        try:
+            for write in also:
+                etag = self._default.write_row(partition, write)
+                if etag is not None:
+                    return Written(written, etag, write)
+        except Exception as e:  # the outcome is written, which is what matters: the caller logs the slot's fate
+            return Written(written, row_error=type(e).__name__)
+        return Written(written)
+
+    def find(self, value: str, sender: str | None = None) -> list[StatusRecord]:
+        return [r for store in self.stores for r in store.find(value, sender)]
+
+    def since(self, when: datetime, state: str | None = None) -> Iterator[StatusRecord]:
+        for store in self.stores:
+            yield from store.since(when, state)
+
+    def delete_expired(self, before: datetime) -> int:
+        return sum(store.delete_expired(before) for store in self.stores)
+
+    def count_scheduled(self, app: str, senders: Iterable[str], stop_at: int) -> int:
+        return self.store(app).count_scheduled(app, senders, stop_at)
 
 
 def retention_cutoff(days: float, now: datetime | None = None) -> datetime:

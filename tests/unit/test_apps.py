@@ -4,8 +4,10 @@ app (no squatting, no blocking), the app carried by the relay's own retry wrappe
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -13,11 +15,12 @@ from typing import Any
 import pytest
 from azure.functions.queue import QueueMessage
 
-from shared.apps import DEFAULT_APP, indexed_apps, trigger_name
+from shared.apps import DEFAULT_APP, indexed_apps, status_table, trigger_name
 from shared.handlers import handle_mail_message
+from shared.pacing import Limits, MemoryPaceStore, Pacer
 from shared.retries import MalformedWrapper, unwrap, wrap
 from shared.settings import SettingsError, load_settings
-from shared.status import SCHEDULED, SENT, StatusKey
+from shared.status import SCHEDULED, SENT, AppStatusStore, MemoryStatusStore, StatusKey
 from tests.unit.test_delivery import REQUEST, SENDER, Stack, make
 from tests.unit.test_settings import GOOD
 
@@ -146,7 +149,11 @@ def test_the_host_indexes_one_trigger_per_declared_app() -> None:
 
 
 def apps_stack() -> Stack:
-    return make(ALLOWED_SENDERS=f"{SENDER},{RECEIPTS}", MAILRELAY_APPS=APPS)
+    """The relay with two apps, each app's records in a store of its own, as build_runtime routes them to tables."""
+    s = make(ALLOWED_SENDERS=f"{SENDER},{RECEIPTS}", MAILRELAY_APPS=APPS)
+    s.status = AppStatusStore(s.status, {"alerts": MemoryStatusStore(), "billing": MemoryStatusStore()})
+    s.rt = replace(s.rt, status=s.status)
+    return s
 
 
 def from_app(s: Stack, app: str, request: dict[str, Any], msg_id: str) -> None:
@@ -157,7 +164,7 @@ def from_app(s: Stack, app: str, request: dict[str, Any], msg_id: str) -> None:
 def test_an_app_sending_as_another_apps_sender_is_dead_lettered_before_any_state_or_graph() -> None:
     s = apps_stack()
     from_app(s, "billing", REQUEST, "q-1")  # REQUEST is from alerts@, the alerts app's sender
-    assert s.graph.calls == [] and s.status.writes == 0
+    assert s.graph.calls == [] and all(store.writes == 0 for store in s.status.stores)
     (envelope,) = s.dead.envelopes
     assert envelope["error"]["code"] == "SenderNotAllowedForApp" and envelope["app"] == "billing"
     assert "billing" in envelope["error"]["message"] and SENDER in envelope["error"]["message"]
@@ -195,6 +202,71 @@ def test_another_app_cannot_block_an_id_with_a_schedule() -> None:
     waiting = s.record(StatusKey(SENDER, "id", "order-42"))
     # Two records: A's sent now, B's still waiting for its own time, neither touching the other.
     assert sent.state == SENT and waiting.state == SCHEDULED and sent.fingerprint != waiting.fingerprint
+
+
+def test_each_apps_records_live_in_a_table_of_their_own() -> None:
+    """Table storage's roles stop at the table: an app's credentials can be kept to its records only if no other
+    app's record is in its table, and none of its records in another's."""
+    s = apps_stack()
+    from_app(s, DEFAULT_APP, REQUEST, "q-1")
+    from_app(s, "alerts", REQUEST, "q-2")  # the same sender and id, another app
+    outbox, alerts, billing = s.status.stores
+    assert [r.key.app for r in outbox.since(s.clock.now - timedelta(hours=1))] == [DEFAULT_APP]
+    assert [r.key.app for r in alerts.since(s.clock.now - timedelta(hours=1))] == ["alerts"]
+    assert len(billing) == 0
+    assert {r.key.app for r in s.status.find("order-42", SENDER)} == {DEFAULT_APP, "alerts"}  # an operator sees all
+    with pytest.raises(ValueError, match="'hr' is not declared"):
+        s.status.get(StatusKey(SENDER, "id", "order-42", "hr"))
+
+
+def test_status_tables_are_named_for_their_app_and_two_that_would_collide_are_refused() -> None:
+    assert [status_table(a) for a in (DEFAULT_APP, "billing", "billing-eu")] == [
+        "mailstatus",
+        "mailstatusbilling",
+        "mailstatusbillingeu",
+    ]
+    with pytest.raises(SettingsError, match=r"'billing-eu' and 'billingeu'.*share the table mailstatusbillingeu"):
+        declared([{"name": "billing-eu", "senders": [RECEIPTS]}, {"name": "billingeu", "senders": [RECEIPTS]}])
+
+
+def paced(s: Stack) -> MemoryPaceStore:
+    """Pacing on, its rows in the default app's table (the outbox's store), as in Table `mailstatus`."""
+    rows = MemoryPaceStore(s.status.stores[0].rows)
+    s.rt = replace(s.rt, pacer=Pacer(rows, Limits()))
+    return rows
+
+
+def test_a_declared_apps_outcome_frees_its_pace_slot_after_the_record() -> None:
+    """A transaction holds one table: the app's record first, then the slot freed in the pace row (a merge, or the
+    row under its ETag), one round trip more than the default app's outcome and the same row after it."""
+    s = apps_stack()
+    pace = paced(s)
+    from_app(s, "alerts", REQUEST, "q-1")
+    assert s.record(StatusKey(SENDER, "id", "order-42", "alerts")).state == SENT
+    state, _ = pace.read(SENDER)
+    assert state.slots == {} and len(state.sends) == 1 and sum(b[1] for b in state.recipients) == 3  # REQUEST's
+    outbox, alerts, _ = s.status.stores
+    assert (alerts.writes, outbox.writes) == (2, 0)  # the claim and the outcome, in the app's table only
+
+
+def test_a_slot_not_freed_after_a_declared_apps_outcome_keeps_the_outcome_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    s = apps_stack()
+    pace = paced(s)
+    outbox = s.status.stores[0]
+
+    def unreachable(partition: str, write: Any) -> Any:
+        raise ConnectionError("storage went away")
+
+    outbox.write_row = unreachable  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="mailrelay"):
+        from_app(s, "alerts", REQUEST, "q-1")
+    assert s.record(StatusKey(SENDER, "id", "order-42", "alerts")).state == SENT and len(s.graph.calls) == 1
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("pace.release")]
+    assert "stays taken until its lease ends: ConnectionError" in line
+    state, _ = pace.read(SENDER)
+    assert len(state.slots) == 1  # held until its lease lapses, as a dead worker's
 
 
 def test_the_default_apps_keys_are_what_they_were() -> None:
@@ -275,8 +347,6 @@ def test_an_unusable_registration_is_refused_naming_the_app(graph: Any, identity
 
 
 def test_an_app_with_its_own_registration_sends_with_its_tokens() -> None:
-    from dataclasses import replace
-
     from tests.fakes import FakeTokens
 
     s = apps_stack()
@@ -292,8 +362,6 @@ def test_an_app_with_its_own_registration_sends_with_its_tokens() -> None:
 
 
 def test_an_app_reads_its_payloads_from_its_own_container_only() -> None:
-    from dataclasses import replace
-
     from shared.payloads import MemoryPayloads, payload_container
     from tests.unit.test_large_messages import claim_check, payload
 
@@ -318,8 +386,6 @@ def test_an_app_reads_its_payloads_from_its_own_container_only() -> None:
 
 
 def test_the_clean_up_reaches_every_apps_container() -> None:
-    from dataclasses import replace
-
     from shared.handlers import handle_status_cleanup
     from shared.payloads import MemoryPayloads
     from tests.unit.test_large_messages import claim_check, payload

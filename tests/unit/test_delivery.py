@@ -70,7 +70,7 @@ class Stack:
     graph: FakeGraph
     dead: FakeDeadLetters
     retries: FakeRequeue
-    status: MemoryStatusStore
+    status: Any  # a MemoryStatusStore; with apps an AppStatusStore over one per app (tests/unit/test_apps.py)
     clock: Clock
     pending: list[tuple[dict[str, Any], datetime]]  # retry-queue messages and when each becomes visible
 
