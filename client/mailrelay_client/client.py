@@ -182,7 +182,8 @@ class MailClient:
         cls, queue_client: _QueueSender, status_table: Any = None, payloads: Any = None, app: str | None = None
     ) -> MailClient:
         """Wrap a QueueClient the app configured itself (retry policy, proxies, ...), on its own queue; `status_table`,
-        an azure.data.tables.TableClient for the relay's `mailstatus` table, if the app reads status; `payloads`,
+        an azure.data.tables.TableClient for the app's status table (`mailstatus`, or its own: status.status_table), if
+        the app reads status; `payloads`,
         an azure.storage.blob.ContainerClient for the relay's `mail-payloads` container, if the app sends
         anything too large for a queue message. `app`: whose queue it is (status() reads that app's records)."""
         client = cls.__new__(cls)
@@ -195,15 +196,16 @@ class MailClient:
     def status(self, key: str, sender: str | None = None) -> dict[str, Any] | None:
         """What became of a request: its status record (state, attempts, last error and hint, times, Graph's
         request ids), or None. `key` is the request's `id`, or the message id `send` returned for a request
-        without one: ids are per app, so this client's app's record. Needs the `status` extra and Storage Table
-        Data Reader on the relay's `mailstatus` table.
+        without one: ids are per app, so this client's app's record, from its app's table (`mailstatus`, or a
+        declared app's own `mailstatus<app without hyphens>`). Needs the `status` extra and Storage Table Data
+        Reader on that table.
         """
         from mailrelay_client.status import read_status
 
         return read_status(self._table(), key, sender, self.app)
 
     def _table(self) -> Any:
-        from mailrelay_client.status import TABLE_NAME
+        from mailrelay_client.status import status_table
 
         try:
             from azure.data.tables import TableClient
@@ -215,10 +217,10 @@ class MailClient:
         if table is None:
             raise ValueError("this client was built from a QueueClient: pass status_table= to read status")
         if isinstance(table, tuple) and table[0] == "connection-string":
-            table = TableClient.from_connection_string(table[1], TABLE_NAME)
+            table = TableClient.from_connection_string(table[1], status_table(self.app))
         elif isinstance(table, tuple):
             _, endpoint, credential = table
-            table = TableClient(endpoint, TABLE_NAME, credential=credential)
+            table = TableClient(endpoint, status_table(self.app), credential=credential)
         self._status_table = table
         return table
 

@@ -1,9 +1,11 @@
-"""What became of a request: the relay's status record, read from its Table `mailstatus`.
+"""What became of a request: the relay's status record, read from its Table `mailstatus` (a declared app's own
+table, `mailstatus<app without hyphens>`: `status_table`).
 
 The relay writes one record per request (never its subject, body or a recipient's address): the state
 (queued, sending, sent, retrying, unknown, dead-lettered), the attempts, the last error's code and hint,
 timestamps and Graph's request ids. An app reads it with Storage Table Data Reader on that table
-(infra/: `statusReaderPrincipalIds`). Needs the `status` extra (azure-data-tables).
+(infra/: an app's principals on its own table; `statusReaderPrincipalIds` on `mailstatus`). Needs the `status`
+extra (azure-data-tables).
 
 The record's address in the table is derived from the sender mailbox and the key, exactly as the relay
 derives it (shared/status.py, StatusKey.entity_keys; a test holds the two to the same answer).
@@ -24,6 +26,12 @@ class AmbiguousKey(LookupError):
 
 
 DEFAULT_APP: Final = "default"
+
+
+def status_table(app: str) -> str:
+    """The table of `app`'s records, as the relay names it (shared/apps.py status_table; a test holds the two to
+    the same answers): the outbox's `mailstatus`, or an app's own, where only its credentials may read."""
+    return TABLE_NAME if app == DEFAULT_APP else TABLE_NAME + app.replace("-", "")
 
 
 def entity_keys(sender: str, kind: str, key: str, app: str = DEFAULT_APP) -> tuple[str, str]:

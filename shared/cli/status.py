@@ -36,7 +36,8 @@ def register(subparsers: Subparsers) -> None:
         "status",
         help="what became of a request: its state, attempts, last error and hint",
         description=(
-            "Reads the relay's status records (Table mailstatus): one per request, keyed by the sender mailbox "
+            "Reads the relay's status records (Table mailstatus, and each app's own, mailstatus<app>): one per "
+            "request, keyed by the sender mailbox "
             "and the request's id, or, for a request without one, the queue message id `mailrelay send` printed. "
             "A record holds states, counts, codes, hints, times and Graph's request ids; never a subject, a body "
             "or a recipient's address. Requests refused before sending (invalid, sender not allowed) have no "
@@ -73,10 +74,11 @@ def run(args: argparse.Namespace) -> int:
         return fail("status", "--state goes with --since", EXIT_USAGE)
 
     def body(conn: Connection) -> int:
-        store = status_store(conn)
+        stores = status_stores(conn, args.app)
         if args.since:
             since = datetime.now(UTC) - parse_span(args.since)
-            records = sorted(of_app(store.since(since, args.state), args.app), key=lambda r: r.updated_at)
+            changed = (r for store in stores for r in store.since(since, args.state))
+            records = sorted(of_app(changed, args.app), key=lambda r: r.updated_at)
             if args.json:
                 print(json.dumps([r.to_json() for r in records], indent=2))
             elif not records:
@@ -86,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
             else:
                 print(status_table(records))
             return EXIT_OK
-        found = lookup(store, args.key, args.sender, args.app)
+        found = lookup(stores, args.key, args.sender, args.app)
         if not found:
             where = f" from {args.sender}" if args.sender else ""
             where += f" of app {args.app}" if args.app else ""
@@ -105,17 +107,16 @@ def run(args: argparse.Namespace) -> int:
     return run_with_queue("status", args, body)
 
 
-def lookup(store: StatusStore, key: str, sender: str | None, app: str | None) -> list[StatusRecord]:
+def lookup(stores: list[StatusStore], key: str, sender: str | None, app: str | None) -> list[StatusRecord]:
     """The records of `key`: with a sender and an app, point reads of that app's key (ids are per app); otherwise a
-    query on the key across the table, narrowed to the sender and the app given. Not the store's find(key, sender),
-    whose point reads know only the default app's keys."""
+    query on the key across the tables, narrowed to the sender and the app given."""
     from shared.status import StatusKey
 
     if sender and app:
-        found = [store.get(StatusKey(sender.lower(), kind, key, app)) for kind in ("id", "msg")]
+        found = [store.get(StatusKey(sender.lower(), kind, key, app)) for store in stores for kind in ("id", "msg")]
         return [r for r in found if r is not None]
-    records = store.find(key)
-    return of_app([r for r in records if sender is None or r.key.sender == sender.lower()], app)
+    records = [r for store in stores for r in store.find(key, sender)]
+    return of_app(records, app)
 
 
 def of_app(records: Iterable[StatusRecord], app: str | None) -> list[StatusRecord]:
@@ -123,26 +124,45 @@ def of_app(records: Iterable[StatusRecord], app: str | None) -> list[StatusRecor
     return [r for r in records if app is None or r.key.app == app]
 
 
-def status_store(conn: Connection) -> StatusStore:
-    """The status records on the account that holds the queue."""
-    from azure.data.tables import TableClient
+def status_stores(conn: Connection, app: str | None) -> list[StatusStore]:
+    """Where the records are read: app NAME's own table with --app (the one table an app's credentials may read,
+    shared/apps.py status_table), else every status table on the account that holds the queue, the outbox's
+    `mailstatus` and each app's `mailstatus<name>`: the operator's view."""
+    import sys
 
+    from azure.core.exceptions import HttpResponseError
+    from azure.data.tables import TableServiceClient
+
+    from shared.apps import STATUS_TABLE, status_table
     from shared.cli.common import credential
-    from shared.status import TABLE_NAME, TableStatusStore
+    from shared.status import TableStatusStore
 
     if conn.connection_string:
         if "TableEndpoint=" not in conn.connection_string and "AccountName=" not in conn.connection_string:
             raise UsageError("the connection string names no Table endpoint; status records live in Table storage")
-        return TableStatusStore(TableClient.from_connection_string(conn.connection_string, TABLE_NAME))
-    from urllib.parse import urlsplit
+        service = TableServiceClient.from_connection_string(conn.connection_string)
+    else:
+        from urllib.parse import urlsplit
 
-    assert conn.queue_url is not None
-    parts = urlsplit(conn.queue_url)
-    host = parts.hostname or ""
-    if ".queue." not in host:
-        raise UsageError("give --connection-string: the table endpoint cannot be told from this --queue-url")
-    endpoint = f"https://{host.replace('.queue.', '.table.', 1)}"
-    return TableStatusStore(TableClient(endpoint, TABLE_NAME, credential=credential()))
+        assert conn.queue_url is not None
+        host = urlsplit(conn.queue_url).hostname or ""
+        if ".queue." not in host:
+            raise UsageError("give --connection-string: the table endpoint cannot be told from this --queue-url")
+        service = TableServiceClient(f"https://{host.replace('.queue.', '.table.', 1)}", credential=credential())
+    if app is not None:
+        return [TableStatusStore(service.get_table_client(status_table(app)))]
+    try:
+        names = sorted(t.name for t in service.list_tables() if t.name.lower().startswith(STATUS_TABLE))
+    except HttpResponseError as e:
+        # Listing tables needs a role on the account; an app's reader holds one on its own table only.
+        why = getattr(e, "error_code", None) or type(e).__name__
+        print(
+            f"mailrelay status: cannot list the account's tables ({why}): reading {STATUS_TABLE} only; an app's "
+            "records: --app NAME",
+            file=sys.stderr,
+        )
+        names = []
+    return [TableStatusStore(service.get_table_client(name)) for name in names or [STATUS_TABLE]]
 
 
 def status_table(records: list[StatusRecord]) -> str:

@@ -24,10 +24,11 @@ from azure.storage.queue import QueueClient
 from mailrelay_client import MailClient
 
 from devstack.stack import LocalStack, start_console
+from shared.apps import status_table
 from shared.cli import main
 from shared.deadletters import DeadLetter, open_queues
 from shared.queues import encode
-from shared.status import SENT, TABLE_NAME, StatusKey, StatusRecord, TableStatusStore
+from shared.status import SENT, TABLE_NAME, AppStatusStore, StatusKey, StatusRecord, TableStatusStore
 from tests.e2e.conftest import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -53,8 +54,13 @@ def stack() -> Iterator[LocalStack]:
 
 
 @pytest.fixture(scope="module")
-def status(stack: LocalStack) -> TableStatusStore:
-    return TableStatusStore(TableClient.from_connection_string(stack.storage_connection_string, TABLE_NAME))
+def status(stack: LocalStack) -> AppStatusStore:
+    """The records as the relay routes them: the outbox's in mailstatus, each app's in its own table."""
+
+    def table(name: str) -> TableStatusStore:
+        return TableStatusStore(TableClient.from_connection_string(stack.storage_connection_string, name))
+
+    return AppStatusStore(table(TABLE_NAME), {a["name"]: table(status_table(a["name"])) for a in APPS})
 
 
 def request(sender: str, subject: str, request_id: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -92,7 +98,7 @@ def dead_letter_of(stack: LocalStack, request_id: str) -> DeadLetter | None:
     return next((d for d in dead_letters(stack) if d.matches(request_id)), None)
 
 
-def sent_record(status: TableStatusStore, key: StatusKey) -> StatusRecord | None:
+def sent_record(status: AppStatusStore, key: StatusKey) -> StatusRecord | None:
     record = status.get(key)
     return record if record is not None and record.state == SENT else None
 
@@ -110,7 +116,7 @@ def test_the_host_listens_on_each_declared_apps_queue(stack: LocalStack) -> None
 
 
 def test_an_app_sending_as_another_apps_sender_is_dead_lettered_and_graph_is_never_called(
-    stack: LocalStack, status: TableStatusStore, capsys: pytest.CaptureFixture[str]
+    stack: LocalStack, status: AppStatusStore, capsys: pytest.CaptureFixture[str]
 ) -> None:
     request_id, subject = unique("not-mine"), unique("bulk as billing")
     calls = send_mail_calls(stack)
@@ -133,7 +139,7 @@ def test_an_app_sending_as_another_apps_sender_is_dead_lettered_and_graph_is_nev
     assert json.loads(capsys.readouterr().out)["app"] == "bulk"
 
 
-def test_an_app_cannot_squat_another_apps_id_on_a_shared_mailbox(stack: LocalStack, status: TableStatusStore) -> None:
+def test_an_app_cannot_squat_another_apps_id_on_a_shared_mailbox(stack: LocalStack, status: AppStatusStore) -> None:
     request_id = unique("order")
     squat, own = unique("bulk squats"), unique("billing's own")
     # B sends A's id first, as the mailbox they share, with other content; then A sends its request.
@@ -149,8 +155,30 @@ def test_an_app_cannot_squat_another_apps_id_on_a_shared_mailbox(stack: LocalSta
     assert dead_letter_of(stack, request_id) is None  # no DuplicateKey
 
 
+def test_each_apps_records_are_in_its_own_table_where_its_client_reads_them_and_no_other_app_can(
+    stack: LocalStack, status: AppStatusStore
+) -> None:
+    """Table storage's roles stop at the table (Azurite grants every key holder everything, so the roles themselves
+    are pinned in tests/infra): the relay writes an app's records to its own table, the one its credentials read."""
+    request_id = unique("invoice")
+    billing = client(stack, "billing")
+    billing.send(request(SHARED, unique("billing's"), request_id))
+    key = StatusKey.of(SHARED, request_id, None, "billing")
+    wait_for(lambda: sent_record(status, key) is not None, WAIT, "billing's request sent")
+    tables = {
+        name: [e["app"] for e in table.query_entities("key eq @k", parameters={"k": request_id})]
+        for name in ("mailstatus", "mailstatusbilling", "mailstatusbulk")
+        for table in [TableClient.from_connection_string(stack.storage_connection_string, name)]
+    }
+    assert tables == {"mailstatus": [], "mailstatusbilling": ["billing"], "mailstatusbulk": []}
+    found = billing.status(request_id, SHARED)
+    assert found is not None and (found["app"], found["state"]) == ("billing", SENT)
+    assert client(stack, "bulk").status(request_id, SHARED) is None  # bulk's client reads bulk's table only
+    assert client(stack).status(request_id, SHARED) is None  # and the outbox's, mailstatus
+
+
 def test_an_app_cannot_block_another_apps_id_by_scheduling_it_days_ahead(
-    stack: LocalStack, status: TableStatusStore
+    stack: LocalStack, status: AppStatusStore
 ) -> None:
     request_id = unique("alert")
     blocker, own = unique("bulk blocks"), unique("billing now")
@@ -170,7 +198,7 @@ def test_an_app_cannot_block_another_apps_id_by_scheduling_it_days_ahead(
     assert dead_letter_of(stack, request_id) is None
 
 
-def test_a_retry_after_a_graph_fault_is_delivered_as_its_app(stack: LocalStack, status: TableStatusStore) -> None:
+def test_a_retry_after_a_graph_fault_is_delivered_as_its_app(stack: LocalStack, status: AppStatusStore) -> None:
     request_id, subject = unique("retried"), unique("billing retried")
     calls = send_mail_calls(stack)
     stack.emulator_post(
@@ -192,7 +220,7 @@ def test_a_retry_after_a_graph_fault_is_delivered_as_its_app(stack: LocalStack, 
 
 
 def test_a_dead_letter_requeued_goes_back_to_its_apps_queue_and_is_delivered(
-    stack: LocalStack, status: TableStatusStore, capsys: pytest.CaptureFixture[str]
+    stack: LocalStack, status: AppStatusStore, capsys: pytest.CaptureFixture[str]
 ) -> None:
     request_id, subject = unique("archived"), unique("billing archive")
     # billing may send as it, the relay allows it, but Exchange's scope does not include it yet: ErrorAccessDenied.
@@ -221,7 +249,7 @@ def test_a_dead_letter_requeued_goes_back_to_its_apps_queue_and_is_delivered(
 
 
 def test_the_outbox_is_still_the_default_app_sending_as_any_allowed_sender(
-    stack: LocalStack, status: TableStatusStore, capsys: pytest.CaptureFixture[str]
+    stack: LocalStack, status: AppStatusStore, capsys: pytest.CaptureFixture[str]
 ) -> None:
     by_client, by_cli = unique("default client"), unique("default cli")
     client(stack).send(request(ALERTS, by_client, by_client))
@@ -266,7 +294,7 @@ def test_the_outbox_is_still_the_default_app_sending_as_any_allowed_sender(
 
 
 def test_an_apps_attachment_goes_through_its_own_payload_container(
-    stack: LocalStack, status: TableStatusStore, tmp_path: Any
+    stack: LocalStack, status: AppStatusStore, tmp_path: Any
 ) -> None:
     from azure.storage.blob import ContainerClient
 

@@ -67,11 +67,15 @@ def two_apps_one_key(monkeypatch: pytest.MonkeyPatch) -> None:
     from shared.cli import status
     from shared.status import MemoryStatusStore
 
-    store = MemoryStatusStore()
+    stores = {app: MemoryStatusStore() for app in ("billing", "hr", "default")}  # a table each, as in Storage
     now = datetime.now(UTC)
     for app, state in (("billing", "sent"), ("hr", "dead-lettered"), ("default", "queued")):
-        assert store.create(_record(app, state, now)) is not None
-    monkeypatch.setattr(status, "status_store", lambda conn: store)
+        assert stores[app].create(_record(app, state, now)) is not None
+
+    def tables(conn: object, app: str | None) -> list[MemoryStatusStore]:
+        return list(stores.values()) if app is None else [stores.get(app, MemoryStatusStore())]
+
+    monkeypatch.setattr(status, "status_stores", tables)
     monkeypatch.delenv("AzureWebJobsStorage", raising=False)
 
 

@@ -322,6 +322,7 @@ def test_the_clients_app_naming_agrees_with_the_relays() -> None:
     from mailrelay_client import app_queue
     from mailrelay_client.client import _app_name
     from mailrelay_client.client import payload_container as client_payload_container
+    from mailrelay_client.status import status_table as client_status_table
 
     from shared import apps
     from shared.payloads import payload_container as relay_payload_container
@@ -337,6 +338,8 @@ def test_the_clients_app_naming_agrees_with_the_relays() -> None:
             assert app_queue("q", name) == apps.app_queue("q", name)
             # An app uploads its payloads where the relay reads them for it, and only there.
             assert client_payload_container(name) == relay_payload_container(name)
+            # And reads its status records where the relay writes them.
+            assert client_status_table(name) == apps.status_table(name)
 
 
 def test_an_apps_payloads_go_to_its_own_container() -> None:
