@@ -3,11 +3,12 @@
 // One resource group holds: a user-assigned identity, a Flex Consumption Function App (Linux,
 // Python 3.11), a storage account (queues mail-outbox, mail-outbox-poison and the relay-internal
 // mail-outbox-retry and mail-outbox-retry-poison; tables expirywarnings and mailstatus, which holds the status
-// records and one pace row per sender mailbox; the Flex deployment container, the relay's overflow container and mail-payloads, where apps put large attachments and
+// records of the outbox (the implicit app default) and one pace row per sender mailbox; the Flex deployment container, the relay's overflow container and mail-payloads, where apps put large attachments and
 // bodies for the relay to fetch (claim check); shared keys off), a Key Vault (RBAC, soft delete, purge protection) for the
 // Graph client secret or certificate (graphCredential: secret, certificate; federated and managed-identity store nothing), Log Analytics + Application Insights (Entra auth only), two log alerts and
-// an optional action group; per declared app (param apps) a queue, its poison queue, a payload container and its
-// principals' roles there (app/app-access.bicep). The Entra app registration is optional (app/entra-app.bicep); the
+// an optional action group; per declared app (param apps) a queue, its poison queue, a payload container, a status
+// table mailstatus<name without its hyphens> for its status records, and its principals' roles there
+// (app/app-access.bicep). The Entra app registration is optional (app/entra-app.bicep); the
 // Exchange Online scope is set by the scripts in infra/exchange/, never by this template.
 //
 // Syntax note: infra/check.sh parses every file with pycep-parser (the parser checkov uses), which
@@ -171,13 +172,14 @@ param senderPrincipalIds array = []
 // Apps as principals (issue 20; infra/README.md, "Apps"). Each declared app enqueues on its own queue,
 // <mailQueueName>-<name> (the queue is the identity: the relay knows the app from the queue a message came from),
 // and only its principals hold Storage Queue Data Message Sender there; each gets its own payload container,
-// mail-payloads-<name>. The same declaration, less `principals`, is the relay's MAILRELAY_APPS setting.
+// mail-payloads-<name>, and its own status table, mailstatus<name without its hyphens>, which only its principals (and
+// the relay) may read. The same declaration, less `principals`, is the relay's MAILRELAY_APPS setting.
 // The names are checked below (appDeclarationCheck) as far as Bicep's functions reach; the relay checks the whole
 // declaration again at start (shared/settings.py parse_apps) and refuses it, named.
-@description('The apps that share the relay, each {"name": "billing", "senders": ["billing@contoso.com"], "principals": ["<Entra object id>"]}: name 2 to 24 lower-case letters, digits and single hyphens, starting with a letter, not default, retry, poison or retry-poison; senders, exact addresses, each on allowedSenders; principals, the object ids of the service principals or managed identities that enqueue for it (Storage Queue Data Message Sender on its queue mail-outbox-<name> only, Storage Blob Data Contributor on its container mail-payloads-<name> only); optional messagesPerMinute (1 to 30) and recipientsPerDay (1 to 10,000), its share of each of its sender mailboxes, passed to the relay, which refuses shares that do not fit a mailbox\'s limits; optional maxScheduled (1 to 100,000, default 1,000), how many requests waiting for their sendAt it may hold; optional graph ({"credential": "federated", "clientId": "<its app registration>"}, or secretName / certificateName in the relay\'s vault), its own Graph app registration, set up by its owners (a federated credential to the relay\'s identity needs no secret). Empty: the single outbox, as before. With apps declared, senderPrincipalIds is ignored.')
+@description('The apps that share the relay, each {"name": "billing", "senders": ["billing@contoso.com"], "principals": ["<Entra object id>"]}: name 2 to 24 lower-case letters, digits and single hyphens, starting with a letter, not default, retry, poison or retry-poison, and not another app\'s name but for hyphens (billing-eu and billingeu would share a status table); senders, exact addresses, each on allowedSenders; principals, the object ids of the service principals or managed identities that enqueue for it (Storage Queue Data Message Sender on its queue mail-outbox-<name> only, Storage Blob Data Contributor on its container mail-payloads-<name> only, Storage Table Data Reader on its status table mailstatus<name without its hyphens> only, e.g. mailstatusbillingeu for billing-eu); optional messagesPerMinute (1 to 30) and recipientsPerDay (1 to 10,000), its share of each of its sender mailboxes, passed to the relay, which refuses shares that do not fit a mailbox\'s limits; optional maxScheduled (1 to 100,000, default 1,000), how many requests waiting for their sendAt it may hold; optional graph ({"credential": "federated", "clientId": "<its app registration>"}, or secretName / certificateName in the relay\'s vault), its own Graph app registration, set up by its owners (a federated credential to the relay\'s identity needs no secret). Empty: the single outbox, as before. With apps declared, senderPrincipalIds is ignored.')
 param apps array = []
 
-@description('Principal (object) ids of apps or operators that may read the status records (`mailrelay status`, the client library\'s status()): each gets Storage Table Data Reader on the mailstatus table only. The records hold states, codes, timestamps and sender mailboxes, never subjects, bodies or recipients.')
+@description('Principal (object) ids of apps or operators that may read the status records (`mailrelay status`, the client library\'s status()): each gets Storage Table Data Reader on the mailstatus table only, which holds the status records of the outbox (the implicit app default) and the pace rows, not a declared app\'s: an app\'s records are in its own table, mailstatus<name without its hyphens>, which its principals read (see apps). The records hold states, codes, timestamps and sender mailboxes, never subjects, bodies or recipients.')
 param statusReaderPrincipalIds array = []
 
 @allowed([
@@ -294,7 +296,8 @@ var expiryWarningsTableName = 'expirywarnings'
 // Dead-lettered requests keep theirs until PAYLOAD_RETENTION_DAYS. Never public.
 var payloadContainerName = 'mail-payloads'
 // Status records (shared/status.py TABLE_NAME): one per sender mailbox and request id, the atomic
-// claim before Graph and what became of each request. Replaces the former sentrequests ledger.
+// claim before Graph and what became of each request. Replaces the former sentrequests ledger. This table holds the
+// outbox's (the implicit app default); each declared app's are in a table of its own (appStatusTableNames below).
 var statusTableName = 'mailstatus'
 // The relay's pacing per sender mailbox (shared/pacing.py) lives in the same table: one row per sender mailbox,
 // RowKey "pace", in the partition of that mailbox's status records, so freeing a slot joins the outcome's write
@@ -346,6 +349,20 @@ var appPayloadContainers = [for app in apps: {
   name: '${payloadContainerName}-${app.name}'
   publicAccess: 'None'
 }]
+// Each app's status table (shared/apps.py status_table): mailstatus followed by the app's name without its hyphens,
+// as table names hold letters and digits only, 3 to 63 of them, case-insensitive
+// (https://learn.microsoft.com/rest/api/storageservices/understanding-the-table-service-data-model); 10 + at most 24
+// characters fit. A role on table data is scoped to a subscription, resource group, storage account or table, nothing
+// narrower (https://learn.microsoft.com/azure/storage/tables/assign-azure-role-data-access), so a table of its own is
+// how an app's principals read its records and no other app's (Storage Table Data Reader there, app/app-access.bicep).
+// The relay's identity needs no role of its own on them: its Storage Table Data Contributor is on the account
+// (app/rbac.bicep), which holds every table in it. Names alike but for hyphens would share a table: refused below
+// (appNamesSharingAStatusTable). replace(): "Bicep string functions", replace
+// (https://learn.microsoft.com/azure/azure-resource-manager/bicep/bicep-functions-string#replace).
+var appStatusTableNames = [for app in apps: '${statusTableName}${replace(app.name, '-', '')}']
+var appStatusTables = [for name in appStatusTableNames: {
+  name: name
+}]
 // MAILRELAY_APPS: the declaration less `principals`, which the relay never reads (shared/apps.py): the app settings
 // hold names, senders and the shares (messagesPerMinute, recipientsPerDay: the app's part of each sender mailbox's
 // minute and day, shared/pacing.py), each only when declared, as the relay reads an absent share as none. string() of
@@ -387,6 +404,9 @@ var appNamesReserved = filter(appNames, name => contains(reservedAppNames, name)
 var appNamesDeclaredTwice = filter(appNames, name => length(filter(appNames, other => other == name)) > 1)
 // An app named <other app>-poison would enqueue on the other app's poison queue.
 var appNamesTakingAPoisonQueue = filter(appNames, name => !empty(filter(appNames, other => name == '${other}-poison')))
+// Two apps whose names differ only by hyphens (billing-eu, billingeu) would share one status table (appStatusTableNames);
+// the same name twice is appNamesDeclaredTwice's.
+var appNamesSharingAStatusTable = filter(appNames, name => !empty(filter(appNames, other => other != name && replace(other, '-', '') == replace(name, '-', ''))))
 
 // Entra consent of Mail.Send only for the legacy model: with RBAC for Applications it would widen
 // the Exchange scope to every mailbox in the tenant.
@@ -463,15 +483,16 @@ module storage 'br/public:avm/res/storage/storage-account:0.8.3' = {
     queueServices: {
       queues: concat(relayQueues, appQueues, appPoisonQueues)
     }
+    // The relay's tables, then each app's status table (appStatusTableNames).
     tableServices: {
-      tables: [
+      tables: concat([
         {
           name: expiryWarningsTableName
         }
         {
           name: statusTableName
         }
-      ]
+      ], appStatusTables)
     }
   }
   // No queue, container or role for any app before its name passed the checks.
@@ -721,12 +742,14 @@ module appDeclarationCheck 'app/apps-check.bicep' = {
     namesTakingAPoisonQueue: appNamesTakingAPoisonQueue
     namesWithoutSenders: appNamesWithoutSenders
     namesWithSendersNotAllowed: appNamesWithSendersNotAllowed
+    namesSharingAStatusTable: appNamesSharingAStatusTable
   }
 }
 
-// Each app's roles, on its own queue and payload container only (app/app-access.bicep). Its queue, poison queue and
-// container are created by the storage module (their names above), which waits for appDeclarationCheck.
-module appAccess 'app/app-access.bicep' = [for app in apps: {
+// Each app's roles, on its own queue, payload container and status table only (app/app-access.bicep). Its queue,
+// poison queue, container and table are created by the storage module (their names above), which waits for
+// appDeclarationCheck.
+module appAccess 'app/app-access.bicep' = [for (app, i) in apps: {
   name: 'relay-app-${app.name}'
   scope: rg
   params: {
@@ -734,6 +757,7 @@ module appAccess 'app/app-access.bicep' = [for app in apps: {
     appName: app.name
     queueName: '${mailQueueName}-${app.name}'
     payloadContainerName: '${payloadContainerName}-${app.name}'
+    statusTableName: appStatusTableNames[i]
     principalIds: app.?principals ?? []
   }
 }]

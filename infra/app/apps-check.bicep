@@ -46,3 +46,7 @@ param namesWithoutSenders array = []
 @maxLength(0)
 @description('Apps with a sender that is not on allowedSenders (ALLOWED_SENDERS bounds every app\'s senders).')
 param namesWithSendersNotAllowed array = []
+
+@maxLength(0)
+@description('Apps whose name is another app\'s but for hyphens (billing-eu, billingeu): they would share a status table, mailstatus<name without its hyphens> (table names hold letters and digits only).')
+param namesSharingAStatusTable array = []

@@ -7,7 +7,8 @@
 //   Storage Queue Data Contributor  storage account  queue triggers (mail-outbox, mail-outbox-retry); writes the
 //                                                    retry queue and dead-letter envelopes to mail-outbox-poison
 //   Storage Table Data Contributor  storage account  tables expirywarnings and mailstatus (status records and
-//                                                    one pace row per sender mailbox)
+//                                                    one pace row per sender mailbox), and each declared app's
+//                                                    status table mailstatus<name without its hyphens>
 //   Storage Blob Data Owner         storage account  host leases/timers/keys and the Flex deployment container;
 //                                                    mail-relay-overflow; mail-payloads: read, check and delete payloads
 //   Key Vault Secrets User          key vault        read the Graph client secret and its exp attribute, or (certificate
@@ -37,13 +38,17 @@
 //   app's attachments is not prevented here.
 //
 // Declared apps (main.bicep's parameter apps) get their roles in app/app-access.bicep, on their own queue
-// mail-outbox-<name> and container mail-payloads-<name> only; with apps declared, main.bicep passes an empty
-// senderPrincipalIds here, so no app holds a role on the outbox. The relay's account-scoped roles above cover the
-// apps' queues, poison queues and containers as they cover the outbox.
+// mail-outbox-<name>, container mail-payloads-<name> and status table mailstatus<name without its hyphens> only; with
+// apps declared, main.bicep passes an empty senderPrincipalIds here, so no app holds a role on the outbox. The relay's
+// account-scoped roles above cover the apps' queues, poison queues, containers and status tables as they cover the
+// outbox and mailstatus (a table role assigned on the account reaches every table in it:
+// https://learn.microsoft.com/azure/storage/tables/assign-azure-role-data-access).
 //
 // Status readers (statusReaderPrincipalIds, optional):
-//   Storage Table Data Reader          the mailstatus table only (mailrelay status, the client's status()); the
-//                                      pace rows in it carry counts and times per sender mailbox, nothing more
+//   Storage Table Data Reader          the mailstatus table only (mailrelay status, the client's status()): the
+//                                      outbox's records; the pace rows in it carry counts and times per sender
+//                                      mailbox, nothing more. A declared app's records are in its own table, read by
+//                                      its principals (app/app-access.bicep), not by these.
 //
 // principalType: set to 'ServicePrincipal' wherever the principal is an app identity (the relay's managed
 // identity, the enqueuing apps' service principals or managed identities). Azure RBAC resolves a role

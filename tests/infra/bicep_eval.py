@@ -494,6 +494,7 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "toLower": lambda s: s.lower(),
     "toUpper": lambda s: s.upper(),
     "trim": lambda s: s.strip(),
+    "replace": lambda s, old, new: s.replace(old, new),  # every instance (bicep-functions-string, replace)
     "split": _split,
     "substring": lambda s, start, length=None: s[start:] if length is None else s[start : start + length],
     "range": lambda start, count: list(range(start, start + count)),
