@@ -173,13 +173,10 @@ def test_each_app_queue_exists_with_its_poison_queue_its_container_and_its_statu
 
 
 def test_the_template_names_and_refuses_status_tables_as_the_relay_does() -> None:
-    import shared.apps
     import shared.status
+    from shared.apps import status_table as relay_status_table
     from shared.settings import SettingsError, parse_apps, parse_senders
 
-    relay_status_table = getattr(shared.apps, "status_table", None)
-    if relay_status_table is None:
-        pytest.skip("the relay has no status table per app yet (shared/apps.py status_table)")
     deployment = Deployment(APPS)
     assert deployment.tables[2:] == [relay_status_table(app["name"]) for app in APPS]
     assert deployment.tables[1] == relay_status_table("default") == shared.status.TABLE_NAME
