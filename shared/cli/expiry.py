@@ -39,7 +39,8 @@ def register(subparsers: Subparsers) -> None:
             "instead, and alert on every run while none can be had. Settings come from the environment, or "
             "else from the stack `mailrelay local` runs. Exit code: 0 fine, 1 warning, 2 critical (expired, "
             "disabled or missing secret or certificate, no Graph token) or the check could not run (a setting "
-            "is wrong)."
+            "is wrong). A declared app with its own Graph registration (MAILRELAY_APPS \"graph\") is checked "
+            "too, after the relay's, and the exit code is the worst of them."
         ),
     )
     check.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -87,10 +88,27 @@ def run_cli(*, as_json: bool, dry_run: bool, env: Mapping[str, str] | None = Non
     import json
 
     from shared.bootstrap import build_expiry_runtime
-    from shared.expiry import format_table
+    from shared.expiry import EXIT_CODES, format_table
     from shared.settings import load_expiry_settings
 
     settings = load_expiry_settings(env)  # a SettingsError names the setting; the CLI prints it
-    report = build_expiry_runtime(settings).check.run(dry_run=dry_run)
-    text = json.dumps(report.to_json(), indent=2) if as_json else format_table(report)
-    return report.exit_code, text
+    runtime = build_expiry_runtime(settings)
+    report = runtime.check.run(dry_run=dry_run)
+    code, tables, apps = report.exit_code, [format_table(report)], {}
+    # Each app's own Graph registration (MAILRELAY_APPS "graph"), as the timer checks it: one app's check failing
+    # is that app's critical finding, and the next is checked all the same.
+    for name, check in runtime.apps.items():
+        heading = f"app {name} (its own Graph registration):"
+        try:
+            own = check.run(dry_run=dry_run)
+        except Exception as e:
+            code = max(code, EXIT_CODES["critical"])
+            apps[name] = {"state": "critical", "error": f"the check failed: {type(e).__name__}"}
+            tables.append(f"{heading} critical: the check failed: {type(e).__name__}")
+            continue
+        code = max(code, own.exit_code)
+        apps[name] = own.to_json()
+        tables.append(f"{heading}\n{format_table(own)}")
+    if as_json:
+        return code, json.dumps({**report.to_json(), **({"apps": apps} if apps else {})}, indent=2)
+    return code, "\n\n".join(tables)

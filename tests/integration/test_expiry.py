@@ -285,6 +285,40 @@ def test_cli_names_a_bad_setting_with_exit_2(
     assert "EXPIRY_ALERT_SENDER" in capsys.readouterr().err
 
 
+BILLING_CLIENT = "0c222222-3333-4444-8555-666666666666"
+BILLING_SECRET = "Bq7~billing.secret-value-cccccccccccccc"
+BILLING_SECRET_NAME = "billing-graph-secret"
+
+
+def test_cli_checks_each_apps_own_registration_after_the_relays_and_exits_with_the_worst(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An app that brings its own Graph registration (MAILRELAY_APPS "graph") has its own secret to expire: the CLI
+    checks it as the timer does, after the relay's, so an admin running `mailrelay expiry check` sees it too."""
+    now = datetime.now(UTC)
+    stack.emulator.set_secret(SECRET_NAME, SECRET_V1, expires_on=now + timedelta(days=400))
+    stack.emulator.add_app(
+        TENANT, BILLING_CLIENT, BILLING_SECRET, roles=("Mail.Send",), secret_end=now + timedelta(days=5)
+    )
+    stack.emulator.set_secret(BILLING_SECRET_NAME, BILLING_SECRET, expires_on=now + timedelta(days=5, hours=1))
+    own = {"credential": "secret", "clientId": BILLING_CLIENT, "secretName": BILLING_SECRET_NAME}
+    monkeypatch.setenv("MAILRELAY_APPS", json.dumps([{"name": "billing", "senders": [ALERTS], "graph": own}]))
+    code, report = _cli_json(["expiry", "check", "--json", "--dry-run"])
+    assert code == 1  # the relay's is fine; billing's ends in 5 days
+    assert report["findings"][0]["state"] == "ok"
+    (finding,) = report["apps"]["billing"]["findings"]
+    assert (finding["state"], finding["threshold"]) == ("warning", 7)
+    assert mailrelay(["expiry", "check", "--dry-run"]) == 1
+    out = capsys.readouterr().out
+    relay, billing = out.split("app billing (its own Graph registration):")
+    assert SECRET_NAME in relay and BILLING_SECRET_NAME not in relay and BILLING_SECRET_NAME in billing
+    assert BILLING_SECRET not in outputs(stack, caplog, out) and BILLING_SECRET[:12] not in out
+    # Without its own registration, the app sends as the relay: nothing more to check, and no "apps" key.
+    monkeypatch.setenv("MAILRELAY_APPS", json.dumps([{"name": "billing", "senders": [ALERTS]}]))
+    code, report = _cli_json(["expiry", "check", "--json", "--dry-run"])
+    assert code == 0 and "apps" not in report
+
+
 def _cli_json(argv: list[str]) -> tuple[int, dict[str, Any]]:
     import contextlib
     import io
