@@ -114,6 +114,8 @@ def deliver(
 ) -> None:
     """Take one checked request from claim to recorded outcome (the module's steps). `enqueued_at`: when the app
     enqueued it, for a request read from the outbox (a `sendAt` is judged against it)."""
+    if enqueued_at is not None and checked.enqueued_at is None:
+        checked = replace(checked, enqueued_at=enqueued_at)
     req = checked.request
     key = StatusKey.of(req.sender, req.id, original_message_id, checked.app)
     fields.update(app=checked.app, sender=req.sender, keyKind=key.kind, key=key.value)
@@ -416,6 +418,7 @@ def _new_record(
         fingerprint=fingerprint(checked.received),
         created_at=now,
         updated_at=now,
+        enqueued_at=checked.enqueued_at,
         message_id=original_message_id,
         recipients=count,
         recipient_domains=domains,

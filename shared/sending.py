@@ -41,6 +41,8 @@ from shared.outcomes import (
 from shared.tokens import TokenSource
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from shared.apps import App
     from shared.contract import Attachment, Body, SendRequest
     from shared.graph import DraftSender
@@ -109,6 +111,7 @@ class Checked:
     request: SendRequest
     received: dict[str, Any]  # the JSON object as the app wrote it: kept whole for a dead letter
     app: str = DEFAULT_APP  # whose queue it came from (shared/apps.py): part of its key
+    enqueued_at: datetime | None = None  # when the app enqueued it (the outbox message's insertion time), if known
 
 
 class Relay:

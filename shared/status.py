@@ -171,6 +171,7 @@ class StatusRecord:
     attempts: int = 0  # sendMail calls made
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     updated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    enqueued_at: datetime | None = None  # when the app enqueued it (the queue's insertion time): the report's start
     first_attempt_at: datetime | None = None
     last_attempt_at: datetime | None = None  # when the latest sendMail call started
     lease_until: datetime | None = None  # state sending: the claim holds until then
@@ -197,6 +198,7 @@ class StatusRecord:
             "attempts": self.attempts,
         }
         for name, value in (
+            ("enqueuedAt", self.enqueued_at),
             ("createdAt", self.created_at),
             ("updatedAt", self.updated_at),
             ("firstAttemptAt", self.first_attempt_at),
@@ -348,6 +350,7 @@ class MemoryStatusStore:
 # --- Table storage -------------------------------------------------------------------------------------
 
 _DATES: Final = (
+    ("enqueuedAt", "enqueued_at"),
     ("createdAt", "created_at"),
     ("updatedAt", "updated_at"),
     ("firstAttemptAt", "first_attempt_at"),

@@ -138,6 +138,22 @@ def test_a_first_delivery_claims_sends_and_records_in_two_writes() -> None:
     assert s.graph.copies(KEY.mark) == 1
 
 
+def test_the_record_keeps_when_the_app_enqueued_the_request() -> None:
+    """The queue's insertion time, where enqueue-to-sent starts (mailrelay report); kept through a retry."""
+    from tests.fakes import graph_error
+
+    s = make()
+    enqueued = s.clock.now - timedelta(seconds=42)
+    s.graph.replies = [graph_error(503, "ServiceUnavailable", "try later")]
+    body = json.dumps(REQUEST).encode()
+    message = QueueMessage(id="q-1", body=body, dequeue_count=1, pop_receipt="p", insertion_time=enqueued)
+    handle_mail_message(message, s.rt)
+    assert s.record().enqueued_at == enqueued and s.record().to_json()["enqueuedAt"] == "2026-12-05T08:59:18Z"
+    s.clock.advance(3600)
+    s.run_retries()
+    assert s.record().state == SENT and s.record().enqueued_at == enqueued
+
+
 def test_every_message_carries_the_keys_mark_in_an_extended_property() -> None:
     s = make()
     s.outbox()
