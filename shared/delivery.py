@@ -162,6 +162,11 @@ def deliver(
         raise
     record = fence.record  # with the ETag of the fence's last renewal, if it renewed: the outcome is written under it
     outcome = attempt.outcome
+    if attempt.graph_ms is not None:
+        from shared.telemetry import record as record_metric
+
+        fields["graphLatencyMs"] = round(attempt.graph_ms)
+        record_metric("mailrelay.graph_latency", attempt.graph_ms, **fields)
     # Graph did not accept what it refused, throttled, or never saw: its recipients and its minute are given back.
     accepted = isinstance(outcome, Sent) or (isinstance(outcome, Transient) and outcome.maybe_sent)
     freeing = _Freeing(req.sender, slot, given_back=not accepted)
@@ -335,7 +340,7 @@ def _pace(
     # paceShare: whose budget is spent, for an alert to match ("app": the request's app's own share; "pool": the
     # apps without a share; "mailbox": Microsoft's limit for all apps together).
     spent = "app" if decided.app else "pool" if decided.pooled else "mailbox"
-    _log(level, "mail.paced", text, delaySeconds=delay, paceShare=spent, **fields)
+    _log(level, "mail.paced", text, delaySeconds=delay, paceLimit=decided.limit, paceShare=spent, **fields)
     return None
 
 
@@ -476,6 +481,7 @@ def _resolve(
     if lookup.found:
         _write(rt, replace(record, state=SENT, sent_at=now, lease_until=None, resolution="found in Sent Items"))
         _drop_payloads(rt, checked, fields)
+        _resolved("found", "the unknown try went out: found in Sent Items", fields)
         _log(logging.INFO, "mail.sent", "the unknown try went out: found in Sent Items; not sent again", **fields)
         return None
     if lookup.failure is None:
@@ -487,6 +493,7 @@ def _resolve(
             _reschedule(rt, checked, record, UNKNOWN, settled, original_message_id, "settling", fields, None, held=True)
             return None
         resolution = "not in Sent Items after the settling time; sent again"
+        _resolved("resent", resolution, fields)
     elif lookup.no_access:
         failure = lookup.failure
         assert failure is not None
@@ -495,10 +502,12 @@ def _resolve(
                 "SendOutcomeUnknown",
                 f"the last try may have been accepted, and the relay cannot look in Sent Items ({failure.code})",
             )
+            _resolved("deadlettered", "dead-lettered: Sent Items cannot be read (SEND_UNKNOWN_OUTCOME)", fields)
             _dead_letter(rt, checked.received, unknown, record, fields, resolution=UNKNOWN)
             return None
         resolution = f"sent again without a look in Sent Items ({failure.code}; SEND_UNKNOWN_OUTCOME=resend)"
         _log(logging.WARNING, "mail.unknown", resolution, code=failure.code, **fields)
+        _resolved("resent-unchecked", resolution, fields)
     else:  # the lookup failed for now (Graph or Entra unavailable): stay unknown, look again later
         failure = lookup.failure
         assert isinstance(failure, Transient)
@@ -506,6 +515,7 @@ def _resolve(
         spent = _budget(rt, record, now)
         if spent:
             lost = permanent("SendOutcomeUnknown", f"the Sent Items lookup kept failing ({failure.code}); {spent}")
+            _resolved("deadlettered", "dead-lettered: the Sent Items lookup kept failing", fields)
             _dead_letter(rt, checked.received, lost, record, fields, resolution=UNKNOWN)
             return None
         _reschedule(
@@ -623,6 +633,8 @@ def _settle(
     now = rt.clock()
     record = replace(record, graph_request_id=request_id, client_request_id=client_request_id)
     fields.update(graphRequestId=request_id, clientRequestId=client_request_id)
+    if record.enqueued_at is not None:  # enqueue to this outcome, for the metric and the report (sent, or not)
+        fields["enqueueToOutcomeMs"] = max(round((now - record.enqueued_at).total_seconds() * 1000), 0)
     if isinstance(outcome, Sent):
         _write(rt, replace(record, state=SENT, sent_at=now, lease_until=None, last_error_code=None), freeing, fields)
         _log(logging.INFO, "mail.sent", "Graph accepted the message (202)", **fields)
@@ -641,6 +653,7 @@ def _settle(
         )
         return
     if outcome.throttled:
+        fields["throttled"] = True  # a 429: counted as such (mailrelay.throttled), and the alert on their rate
         # Throttling is the service's pace, not the request's fault: the try is given back, Retry-After kept.
         record = replace(record, attempts=max(record.attempts - 1, 0))
     spent = _budget(rt, record, now)
@@ -772,6 +785,12 @@ def _write(
         raise RuntimeError("the status record kept changing under this worker; the host will deliver it again")
     if freeing is not None:
         _release(rt, freeing, fields or {})
+
+
+def _resolved(resolution: str, text: str, fields: dict[str, Any]) -> None:
+    """An unknown outcome settled: `resolution` is one of found, resent, resent-unchecked, deadlettered (a fixed
+    set: the metric mailrelay.unknown_resolved counts by it)."""
+    _log(logging.INFO, "mail.resolved", text, resolution=resolution, **fields)
 
 
 def _log(level: int, event: str, text: str, **fields: Any) -> None:

@@ -104,6 +104,7 @@ class GraphReply:
     request_id: str | None
     client_request_id: str | None = None  # the id the relay sent, echoed by Graph: both go in the status record
     value: Any = None  # a successful GET's JSON body
+    elapsed_ms: float = 0.0  # how long the call took, request to answer (set by the caller: shared/sending.py)
 
 
 def upload_item(a: Attachment) -> dict[str, Any]:

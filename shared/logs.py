@@ -1,10 +1,10 @@
 """The relay's log lines: one physical line per event, whatever an app put in the fields.
 
 Apps are not trusted: an `id`, a sender, a retry field or an error message that Graph echoes back can
-hold any character. A line feed there would start a second log line, and an infra alert rule matches log
-*text* (the Python worker forwards only the message text to Application Insights), so a forged line such
-as "CRITICAL mailrelay: secret.expiry: ..." would raise a false alarm or bury a real one. Every value
-that reaches a log line goes through `safe`, which escapes what could break the line and caps its length.
+hold any character. A line feed there would start a second log line, and a forged line such as "CRITICAL
+mailrelay: secret.expiry: ..." would mislead whoever reads the log (the alert rules query the records'
+dimensions, shared/telemetry.py, never the text, so an app's `id` of "secret.expiry" fires nothing). Every
+value that reaches a log line goes through `safe`, which escapes what could break the line and caps its length.
 """
 
 from __future__ import annotations
@@ -43,15 +43,19 @@ def safe(value: object, limit: int = MAX_FIELD_CHARS) -> str:
 
 
 def log_event(logger: logging.Logger, level: int, event: str, text: str, **fields: Any) -> None:
-    """One line per event: the event name first, then the fields, also as `extra` for structured sinks.
+    """One line per event: the event name first, then the fields, also as `extra`, which the worker's OpenTelemetry
+    distro exports as the record's dimensions (shared/telemetry.py: their names are fixed there, and the alerts
+    query them, never the text); and the metrics the event counts.
 
-    The Functions Python worker forwards only a record's message text to Application Insights (`extra`
-    stays behind unless OpenTelemetry is configured), so the text itself carries what an alert rule or an
-    operator searches for: "mail.deadlettered: ErrorAccessDenied [queueMessageId=… sender=…]". Fields never
-    hold a request's subject, body, a secret or a token. Every value is passed through `safe`, in the
-    text and in `extra` alike.
+    Without OpenTelemetry the Functions Python worker forwards only the message text, so the text carries the
+    fields too, for an operator reading it: "mail.deadlettered: ErrorAccessDenied [queueMessageId=… sender=…]".
+    Fields never hold a request's subject, body, a secret or a token. Every value is passed through `safe`, in
+    the text and in `extra` alike.
     """
     # Numbers and booleans stay typed in `extra`; every string is made safe there as in the text.
+    from shared.telemetry import count_event
+
     clean = {k: v if isinstance(v, int | float) else safe(v) for k, v in fields.items() if v is not None}
     shown = " ".join(f"{k}={safe(v)}" for k, v in clean.items() if k != "hint")
     logger.log(level, "%s: %s [%s]", event, safe(text, 1000), shown, extra={"event": event, **clean})
+    count_event(event, clean)

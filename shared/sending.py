@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Final
@@ -89,6 +90,7 @@ class Attempt:
     sender: str | None = None
     request_id: str | None = None  # Graph's request-id of the sendMail call, if it answered
     client_request_id: str | None = None  # the relay's client-request-id of that call
+    graph_ms: float | None = None  # the Graph calls' time, answered ones summed (a large message makes several)
 
 
 @dataclass(frozen=True)
@@ -213,6 +215,7 @@ class Relay:
             req.sender,
             last.request_id if last else None,
             last.client_request_id if last else None,
+            sum(r.elapsed_ms for r in replies) if replies else None,
         )
 
     def find_sent(self, sender: str, mark: str) -> Lookup:
@@ -276,6 +279,7 @@ class Relay:
         while True:
             if fence is not None:
                 fence()
+            started = time.monotonic()
             try:
                 reply = call(token)
             except requests.ConnectTimeout:
@@ -289,6 +293,7 @@ class Relay:
                 maybe = sends and not _before_sending(e)
                 failure = transient("ConnectionError", f"Graph unreachable: {type(e).__name__}", maybe_sent=maybe)
                 raise RelayFailure(failure) from None
+            reply = replace(reply, elapsed_ms=(time.monotonic() - started) * 1000)
             if replies is not None:
                 replies.append(reply)
             if reply.status != 401 or not renewals:
