@@ -5,7 +5,13 @@ import os
 import azure.functions as func
 
 from shared.apps import app_queue, indexed_apps, trigger_name
-from shared.handlers import handle_expiry_timer, handle_mail_message, handle_retry_message, handle_status_cleanup
+from shared.handlers import (
+    handle_expiry_timer,
+    handle_mail_message,
+    handle_queue_depths,
+    handle_retry_message,
+    handle_status_cleanup,
+)
 
 app = func.FunctionApp()
 CONNECTION = "AzureWebJobsStorage"
@@ -53,3 +59,10 @@ def check_secret_expiry(timer: func.TimerRequest) -> None:
 @app.timer_trigger(arg_name="timer", schedule="%STATUS_CLEANUP_SCHEDULE%", run_on_startup=False, use_monitor=False)
 def clean_status_records(timer: func.TimerRequest) -> None:
     handle_status_cleanup(timer)
+
+
+# Each queue's depth as a metric (QUEUE_DEPTH_SCHEDULE, every 5 minutes by default): the alerts on poison depth and
+# on mail waiting with nothing sent read it. A missed run is only a gap in the chart: no monitor.
+@app.timer_trigger(arg_name="timer", schedule="%QUEUE_DEPTH_SCHEDULE%", run_on_startup=False, use_monitor=False)
+def record_queue_depths(timer: func.TimerRequest) -> None:
+    handle_queue_depths(timer)

@@ -84,7 +84,11 @@ HOST_READY = "local host ready"  # devstack.host logs this once its listeners po
 HOST_PART = "host"  # the hosts' parts are host-1, host-2, ...; log_tail("host") reads them all
 # The timers' schedules (function_app.py binds them to these settings; the host refuses to start while one
 # is missing, as Azure's does). The local host does not run timers: `python -m devstack.timers NAME` does.
-TIMER_SCHEDULES = {"EXPIRY_CHECK_SCHEDULE": "0 0 7 * * *", "STATUS_CLEANUP_SCHEDULE": "0 */10 * * * *"}
+TIMER_SCHEDULES = {
+    "EXPIRY_CHECK_SCHEDULE": "0 0 7 * * *",
+    "STATUS_CLEANUP_SCHEDULE": "0 */10 * * * *",
+    "QUEUE_DEPTH_SCHEDULE": "0 */5 * * * *",
+}
 # Exchange's roles for the app (RBAC for Applications, as infra/ assigns them over the sending scope).
 # Mail.Send to send; Mail.ReadBasic so `mailrelay doctor --allowed/--denied` can probe a mailbox without
 # sending; Mail.Read, optional, so the relay can find its mark (an extended property, which Mail.ReadBasic

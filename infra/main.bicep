@@ -195,6 +195,9 @@ param statusRetentionDays string = '30'
 @description('NCRONTAB schedule of the clean-up of expired status records (STATUS_CLEANUP_SCHEDULE), in UTC. Default: hourly at minute 30.')
 param statusCleanupSchedule string = '0 30 * * * *'
 
+@description('NCRONTAB schedule on which each queue\'s depth is recorded as the metric mailrelay.queue_depth (QUEUE_DEPTH_SCHEDULE), in UTC: the alerts on poison depth and on mail waiting with nothing sent read it. Default: every 5 minutes.')
+param queueDepthSchedule string = '0 */5 * * * *'
+
 // Large messages (shared/payloads.py): both settings take fractions (shared/settings.py reads them as numbers, not
 // whole numbers), so they are strings like statusRetentionDays: Bicep's @minValue/@maxValue take integers only, and
 // the relay checks the range on first use (a value out of range fails naming the setting; `mailrelay doctor` shows it).
@@ -691,6 +694,7 @@ module api 'app/api.bicep' = {
       SEND_UNKNOWN_OUTCOME: sendUnknownOutcome
       STATUS_RETENTION_DAYS: statusRetentionDays
       STATUS_CLEANUP_SCHEDULE: statusCleanupSchedule
+      QUEUE_DEPTH_SCHEDULE: queueDepthSchedule
       MAX_MESSAGE_SIZE_MB: maxMessageSizeMb
       PAYLOAD_RETENTION_DAYS: payloadRetentionDays
       MAILRELAY_APPS: string(relayApps)

@@ -81,6 +81,8 @@ class Runtime:
     sleep: Callable[[float], None] = time.sleep  # a short pacing wait held in the worker; tests move the clock
     payloads: PayloadStore | None = None  # claim-checked attachments and bodies (shared/payloads.py)
     app_relays: Mapping[str, Relay] = field(default_factory=dict)  # each declared app's (Clients.app_relays)
+    # A queue's approximate message count by name (0 when it does not exist): the queue-depth timer's only I/O.
+    queue_depth: Callable[[str], int] | None = None
 
     def for_app(self, app: str) -> Runtime:
         """This runtime as `app` sends: its payload container, and its own Graph registration when it has one."""
@@ -160,7 +162,7 @@ def build_runtime(settings: Settings, clients: Clients | None = None) -> Runtime
     from shared.pacing import Pacer, TablePaceStore, limits_of
     from shared.queues import OVERFLOW_CONTAINER, BlobOverflow, QueueDeadLetters, QueueRequeue
     from shared.status import TABLE_NAME, AppStatusStore, TableStatusStore
-    from shared.storage import container_client, queue_client, table_client
+    from shared.storage import approximate_count, container_client, queue_client, table_client
 
     clients = clients or build_clients(settings)
     identity = clients.storage_identity
@@ -181,6 +183,7 @@ def build_runtime(settings: Settings, clients: Clients | None = None) -> Runtime
         overflow=overflow,
         payloads=clients.relay.payloads,
         app_relays=clients.app_relays,
+        queue_depth=lambda name: approximate_count(queue_client(settings, name, identity)),
     )
 
 

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from shared.bootstrap import Runtime
     from shared.expiry import Report
     from shared.outcomes import Failure
+    from shared.settings import Settings
 
 log = logging.getLogger("mailrelay")
 
@@ -60,6 +61,11 @@ def handle_mail_message(msg: QueueMessageLike, rt: Runtime | None = None, app: s
         "originalMessageId": msg.id,
         "dequeueCount": msg.dequeue_count,
     }
+    if msg.insertion_time is not None:
+        from shared.telemetry import record
+
+        # How long the request waited on the app's queue before a worker picked it up: the backlog's age.
+        record("mailrelay.queue_age", max((rt.clock() - msg.insertion_time).total_seconds(), 0.0), app=app)
     if is_wrapper(raw):
         refused = permanent("RetryWrapperRefused", 'a "$retry" wrapper on the outbox; the relay writes retries itself')
         _dead_letter(rt, as_received(raw), refused, fields)
@@ -135,6 +141,45 @@ def _log(level: int, event: str, text: str, **fields: Any) -> None:
     from shared.logs import log_event
 
     log_event(log, level, event, text, **fields)
+
+
+def queues_watched(settings: Settings) -> list[tuple[str, str, str]]:
+    """(app, kind, queue name) of every queue whose depth the timer records: each app's queue and the poison queue
+    the host moves its undeliverable messages to, the relay's dead letters (the outbox's poison queue) and its
+    retry queue with the retry queue's own poison queue."""
+    watched = [
+        (DEFAULT_APP, "outbox", settings.queue_name),
+        (DEFAULT_APP, "poison", settings.poison_queue_name),
+        (DEFAULT_APP, "retry", settings.retry_queue_name),
+        (DEFAULT_APP, "retry-poison", settings.retry_poison_queue_name),
+    ]
+    for app in settings.apps:
+        watched += [(app.name, "outbox", app.queue), (app.name, "poison", f"{app.queue}-poison")]
+    return watched
+
+
+def handle_queue_depths(timer: TimerRequestLike | None = None, rt: Runtime | None = None) -> dict[str, int]:
+    """Record each watched queue's depth (the gauge mailrelay.queue_depth, by app and kind): what the alerts on
+    poison depth and on mail waiting with nothing sent read. A poison queue that is not empty is also logged
+    (queue.depth), since the host moves messages there without the relay seeing them. Returns depth by queue."""
+    from shared.bootstrap import runtime
+    from shared.telemetry import record
+
+    rt = rt or runtime()
+    assert rt.queue_depth is not None, "the runtime reads no queue depths"
+    depths: dict[str, int] = {}
+    for app, kind, name in queues_watched(rt.settings):
+        try:
+            depth = rt.queue_depth(name)
+        except Exception as e:  # one queue unreadable: the others are still recorded
+            _log(logging.WARNING, "queue.depth", f"{name}: not read ({type(e).__name__})", app=app, queue=kind)
+            continue
+        depths[name] = depth
+        record("mailrelay.queue_depth", depth, app=app, queue=kind)
+        if depth and kind.endswith("poison"):
+            text = f"{name} holds about {depth} message(s): `mailrelay dead-letters` shows them"
+            _log(logging.WARNING, "queue.depth", text, app=app, queue=kind, depth=depth)
+    return depths
 
 
 def handle_status_cleanup(timer: TimerRequestLike | None = None, rt: Runtime | None = None) -> int:

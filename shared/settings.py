@@ -62,6 +62,8 @@ DEPLOYED_SETTINGS: Final = (
     "SEND_UNKNOWN_OUTCOME",
     "STATUS_RETENTION_DAYS",
     "STATUS_CLEANUP_SCHEDULE",
+    # Telemetry (shared/telemetry.py): how often each queue's depth is recorded as a metric.
+    "QUEUE_DEPTH_SCHEDULE",
     # Large messages (shared/payloads.py): the largest message the relay sends (Exchange's maximum message size
     # for the sending mailboxes), and how long a claim-checked payload nobody deletes is kept.
     "MAX_MESSAGE_SIZE_MB",

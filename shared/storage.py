@@ -48,6 +48,17 @@ def queue_client(settings: Settings, queue_name: str, credential: Any = None) ->
     return QueueClient(storage.queue_service_uri, queue_name, credential=credential, **transport_options())
 
 
+def approximate_count(queue: QueueClient) -> int:
+    """The queue's approximate message count (Get Queue Metadata: one round trip); 0 for a queue not created yet
+    (the relay's retry and dead-letter queues are made on first use)."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        return int(queue.get_queue_properties().approximate_message_count or 0)
+    except ResourceNotFoundError:
+        return 0
+
+
 def table_client(settings: Settings, table_name: str, credential: Any = None, **options: Any) -> TableClient:
     """A client for one table; `options` go to the SDK (retry_total, connection_timeout, ...)."""
     from azure.data.tables import TableClient

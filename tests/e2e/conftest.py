@@ -157,6 +157,7 @@ def relay_env(azurite: Azurite, emulator: Emulator, monkeypatch: pytest.MonkeyPa
         # host it refuses to start while a binding's %SETTING% does not resolve.
         "EXPIRY_CHECK_SCHEDULE": "0 0 7 * * *",
         "STATUS_CLEANUP_SCHEDULE": "0 30 * * * *",
+        "QUEUE_DEPTH_SCHEDULE": "0 */5 * * * *",
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)

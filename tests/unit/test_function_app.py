@@ -69,6 +69,10 @@ def test_the_cleanup_timer_runs_on_its_setting(indexed: dict[str, Any]) -> None:
     assert indexed["clean_status_records"].trigger["schedule"] == "%STATUS_CLEANUP_SCHEDULE%"
 
 
+def test_the_queue_depth_timer_runs_on_its_setting(indexed: dict[str, Any]) -> None:
+    assert indexed["record_queue_depths"].trigger["schedule"] == "%QUEUE_DEPTH_SCHEDULE%"
+
+
 def test_sent_request_completes_without_dead_letter(
     functions: dict[str, Callable[..., None]], fakes: tuple[FakeGraph, FakeDeadLetters]
 ) -> None:
@@ -151,5 +155,5 @@ def test_the_host_indexes_both_functions_with_no_settings_at_all() -> None:
         text=True,
         check=True,
     ).stdout.splitlines()
-    assert out[0] == "['check_secret_expiry', 'clean_status_records', 'retry_mail', 'send_mail']"
+    assert out[0] == "['check_secret_expiry', 'clean_status_records', 'record_queue_depths', 'retry_mail', 'send_mail']"
     assert out[1] == "[]", f"heavy SDKs loaded at indexing: {out[1]}"
