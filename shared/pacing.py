@@ -384,9 +384,18 @@ class Pacer:
             written = self._store.write(sender, new_state, version)
             self._remember(sender, new_state if written is not None else None, written)
             if written is not None:
+                self._report_day(sender, new_state)
                 return granted
             known = None  # another worker wrote since: read the row
         return Over(1.0, "contention on the mailbox's pace row")
+
+    def _report_day(self, sender: str, state: PaceState) -> None:
+        """The share of the mailbox's daily recipients its window holds now, as the gauge the alert "a mailbox near
+        its daily recipient budget" reads (shared/telemetry.py): no Storage call, the row is in hand."""
+        from shared.telemetry import record
+
+        used = sum(float(b[1]) for b in state.recipients)
+        record("mailrelay.mailbox_recipients_used", used / max(self.limits.recipients_per_window, 1), sender=sender)
 
     def release_writes(self, sender: str, granted: Granted, *, given_back: bool = False) -> list[RowWrite]:
         """How to free `granted` in the outcome's transaction (StatusStore.replace_with), best first: the row as

@@ -252,3 +252,11 @@ def test_the_queue_age_at_pick_up_is_recorded_per_app(captured: Captured) -> Non
     )
     ((attrs, (count, total)),) = captured.points()["mailrelay.queue_age"]
     assert attrs == {"app": "default"} and (count, total) == (1, 90.0)
+
+
+def test_a_mailboxs_share_of_its_daily_recipients_is_a_gauge_updated_as_slots_are_taken(captured: Captured) -> None:
+    p = paced(MAILBOX_RECIPIENTS_PER_DAY="30")
+    p.outbox({**REQUEST, "id": "first"}, msg_id="q-1")
+    p.outbox({**REQUEST, "id": "second"}, msg_id="q-2")
+    ((attrs, value),) = captured.points()["mailrelay.mailbox_recipients_used"]
+    assert attrs == {"sender": SENDER} and value == pytest.approx(6 / 30)  # two requests of 3 recipients
