@@ -324,6 +324,7 @@ def _pace(
         record,
         state=QUEUED,
         attempts=max(record.attempts - 1, 0),
+        paced=record.paced + 1,  # kept after the hint is gone: the delivery report counts paced requests
         updated_at=now,
         lease_until=None,
         not_before=when,

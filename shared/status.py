@@ -169,6 +169,9 @@ class StatusRecord:
     state: str
     fingerprint: str = ""  # a digest of the request's content: a redelivery is told from a reused id
     attempts: int = 0  # sendMail calls made
+    # Times the pacing put it back `queued` (shared/delivery.py `_pace`): the hint says so only while it waits, and
+    # a later outcome overwrites it, so the delivery report (shared/report.py) counts paced requests from this.
+    paced: int = 0
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     updated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     enqueued_at: datetime | None = None  # when the app enqueued it (the queue's insertion time): the report's start
@@ -197,6 +200,8 @@ class StatusRecord:
             "state": self.state,
             "attempts": self.attempts,
         }
+        if self.paced:
+            out["paced"] = self.paced
         for name, value in (
             ("enqueuedAt", self.enqueued_at),
             ("createdAt", self.created_at),
@@ -385,6 +390,7 @@ def to_entity(record: StatusRecord) -> dict[str, Any]:
         "key": record.key.value,
         "state": record.state,
         "attempts": record.attempts,
+        "paced": record.paced,
         "recipients": record.recipients,
     }
     for prop, attr in _DATES:
@@ -420,6 +426,7 @@ def from_entity(entity: Any) -> StatusRecord:
         key=key,
         state=str(entity["state"]),
         attempts=int(entity.get("attempts") or 0),
+        paced=int(entity.get("paced") or 0),  # records written before it was kept: 0
         recipients=int(entity.get("recipients") or 0),
         etag=metadata.get("etag"),
         **texts,
