@@ -1,6 +1,6 @@
 """`mailrelay`'s top-level parser: registers each subcommand's module and dispatches to it.
 
-Each subcommand module (validate, send, status, dead_letters, local, expiry, doctor) has a `register` that adds
+Each subcommand module (validate, send, status, report, dead_letters, local, expiry, doctor) has a `register` that adds
 its parser to the subparsers and sets the handler that runs it and returns the exit code. List the
 `register` in SUBCOMMANDS to make the subcommand available; the list's order is --help's.
 
@@ -14,7 +14,7 @@ import argparse
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from shared.cli import dead_letters, doctor, expiry, local, send, status, validate
+from shared.cli import dead_letters, doctor, expiry, local, report, send, status, validate
 from shared.cli.common import EXIT_OK, EXIT_USAGE, Handler
 
 if TYPE_CHECKING:
@@ -24,6 +24,7 @@ SUBCOMMANDS: Sequence[Callable[[Subparsers], None]] = (
     validate.register,
     send.register,
     status.register,
+    report.register,
     dead_letters.register,
     local.register,
     expiry.register,

@@ -11,7 +11,7 @@ from pathlib import Path
 import shared.cli
 
 ROOT = Path(__file__).parents[2]
-COMMANDS = ["validate", "send", "status", "dead-letters", "local", "expiry", "doctor"]
+COMMANDS = ["validate", "send", "status", "report", "dead-letters", "local", "expiry", "doctor"]
 
 
 def test_importing_the_cli_does_not_import_pydantic() -> None:
