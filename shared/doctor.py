@@ -25,7 +25,11 @@ if TYPE_CHECKING:
     from shared.bootstrap import Clients
     from shared.settings import Settings
 
-Status = Literal["ok", "warn", "fail", "skip"]
+# "unproven": a check the user asked for (--allowed, --denied) that proved nothing either way. It is not a pass, so it
+# exits non-zero (EXIT_UNPROVEN) even though nothing was found wrong: the user asked for a proof and did not get one.
+Status = Literal["ok", "warn", "fail", "skip", "unproven"]
+EXIT_FAILED: Final = 1
+EXIT_UNPROVEN: Final = 3
 
 
 @dataclass(frozen=True)
@@ -426,10 +430,38 @@ def _verdict(reply_status: int, error: object, scope_model: str = "rbac") -> tup
     return "error", f"HTTP {reply_status} {code}: {message[:120]}"
 
 
+# How many other allowed senders the doctor reads when every address named was refused: one that answers proves the
+# app holds a read role, which turns the refusals into findings. A few, so a long allow-list costs a few requests.
+SCOPE_WITNESSES: Final = 3
+
+
+def _unproven_hint(model: str) -> str:
+    """What proves the scope when a read probe cannot: a read role, a test mail, or Exchange's own test cmdlet."""
+    cmdlet = (
+        "`Test-ApplicationAccessPolicy -Identity <mailbox> -AppId <app id>`"
+        if model == "policy"
+        else "`Test-ServicePrincipalAuthorization -Identity <app id> -Resource <mailbox>` (InScope)"
+    )
+    # Test-ServicePrincipalAuthorization: https://learn.microsoft.com/powershell/module/exchange/
+    # Test-ServicePrincipalAuthorization; Test-ApplicationAccessPolicy: https://learn.microsoft.com/powershell/module/
+    # exchange/Test-ApplicationAccessPolicy. Both answer for one mailbox without sending.
+    return (
+        "to prove it, run again with --send-test-to ADDRESS (a real test mail from each address), or grant the app a "
+        'read role in the same scope (RBAC: "Application Mail.ReadBasic", or "Application Mail.Read", which also lets '
+        f"the relay resolve unknown sends) so the doctor can probe without sending, or ask Exchange: {cmdlet}"
+    )
+
+
 def scope_checks(
     clients: Clients, allowed: Sequence[str], denied: Sequence[str], send_test_to: str | None = None
 ) -> list[Check]:
-    """Exchange's scope, address by address: allowed ones must work, denied ones must be refused."""
+    """Exchange's scope, address by address: allowed ones must work, denied ones must be refused.
+
+    Each address gets one of: ok (proved), fail (proved wrong: an allowed address that cannot send, a denied one that
+    can), or unproven (the answer cannot tell, and the user asked for a proof). A refused read probe proves a refusal
+    only once the app is known to read mail: an address named, or one of a few other allowed senders, that answers
+    (Exchange scopes a read role as it scopes Mail.Send when both are assigned on one scope, as infra/ does). A denied
+    address with no Exchange Online mailbox proves nothing: nothing can send as a mailbox that does not exist."""
     from shared.graph import GraphClient
 
     settings = clients.settings
@@ -448,53 +480,70 @@ def scope_checks(
     model = settings.exchange_scope_model
     replies = {a: graph.read_inbox(a, token) for a in (*allowed, *denied)}
     probes = {a: _verdict(reply.status, reply.error, model) for a, reply in replies.items()}
-    # Reading is conclusive once one allowed mailbox answers: the app does hold a read permission.
-    conclusive = any(v[0] == "allowed" for a, v in probes.items() if a in allowed) or any(
-        v[0] == "allowed" for a, v in probes.items() if a in denied
-    )
-    if conclusive:
-        method = "read probe (GET mailFolders/inbox)"
-        results = probes
-    elif send_test_to:
+    method = "read probe (GET mailFolders/inbox)"
+    # Reading is conclusive once one mailbox answers: the app does hold a read permission.
+    conclusive = any(v[0] == "allowed" for v in probes.values())
+    if not conclusive:
+        named = {a.lower() for a in (*allowed, *denied)}
+        for other in sorted(settings.allowed_senders - named)[:SCOPE_WITNESSES]:
+            reply = graph.read_inbox(other, token)
+            if _verdict(reply.status, reply.error, model)[0] == "allowed":
+                conclusive = True
+                method = f"read probe (GET mailFolders/inbox; the app reads {other}, so a refusal is the scope's)"
+                break
+    results = probes
+    if not conclusive and send_test_to:
         method = f"test mail to {send_test_to}"
         results = {a: _send_test(clients, a, send_test_to) for a in (*allowed, *denied)}
-    else:
-        return [
-            *checks,
-            Check(
-                "exchange scope",
-                "warn",
-                "not verified: every read probe was refused, so either the app may not read mail or no allowed "
-                "address is in its scope; Exchange's scope cannot be told apart from that without sending",
-                'grant the app a read role in the same scope (RBAC: "Application Mail.ReadBasic", or "Application '
-                'Mail.Read", which also lets the relay resolve unknown sends), or run again '
-                "with --send-test-to ADDRESS: a real test mail from each address",
-            ),
-        ]
+        conclusive = True  # a refused sendMail is the answer itself
+    unproven_hint = _unproven_hint(model)
+    not_told = (
+        "not verified: the read probe was refused, and no other allowed sender answered one either: the app may not "
+        "read mail at all, or {address} is outside its scope; a read probe cannot tell the two apart"
+    )
     for address in allowed:
         verdict, detail = results[address]
+        name = f"scope allows {address}"
         if verdict == "allowed":
-            checks.append(Check(f"scope allows {address}", "ok", f"{detail} ({method})"))
-        else:
+            checks.append(Check(name, "ok", f"{detail} ({method})"))
+        elif verdict == "error":
+            checks.append(Check(name, "unproven", f"could not tell: {detail} ({method})", unproven_hint))
+        elif verdict == "missing" or conclusive:  # no mailbox cannot send, whatever the app may read
             blocked_by_either = verdict == "blocked" and model == "policy"
             causes = ODATA_DISABLED_POLICY_CAUSES if blocked_by_either else NOT_ALLOWED_CAUSES
-            checks.append(Check(f"scope allows {address}", "fail", f"refused: {detail} ({method})", causes))
+            checks.append(Check(name, "fail", f"refused: {detail} ({method}): {address} cannot send", causes))
+        else:
+            checks.append(Check(name, "unproven", f"{not_told.format(address=address)} ({detail})", unproven_hint))
     checks.extend(sent_items_checks(clients, [a for a in allowed if results[a][0] == "allowed"]))
     for address in denied:
         verdict, detail = results[address]
+        name = f"scope denies {address}"
         if verdict == "allowed":
             checks.append(
                 Check(
-                    f"scope denies {address}",
+                    name,
                     "fail",
                     f"NOT RESTRICTED: the app can act on {address} ({method}); the scope does not restrict",
                     NON_RESTRICTING_CAUSES,
                 )
             )
-        elif verdict in ("denied", "blocked", "missing"):
-            checks.append(Check(f"scope denies {address}", "ok", f"refused as it should be: {detail} ({method})"))
+        elif verdict == "missing":
+            checks.append(
+                Check(
+                    name,
+                    "unproven",
+                    f"proves nothing: {detail}, and nothing can send as a mailbox that does not exist, whatever the "
+                    "scope says",
+                    "check the address for a typo, or name a mailbox that exists in Exchange Online and must stay "
+                    "outside the scope (the CEO's, a shared mailbox not in the scope's group)",
+                )
+            )
+        elif verdict == "error":
+            checks.append(Check(name, "unproven", f"could not tell: {detail} ({method})", unproven_hint))
+        elif conclusive:
+            checks.append(Check(name, "ok", f"refused as it should be: {detail} ({method})"))
         else:
-            checks.append(Check(f"scope denies {address}", "warn", f"could not tell: {detail} ({method})"))
+            checks.append(Check(name, "unproven", f"{not_told.format(address=address)} ({detail})", unproven_hint))
     return checks
 
 
@@ -615,16 +664,20 @@ def _storage(settings: Settings, clients: Clients) -> list[Check]:
 
 
 def exit_code(checks: list[Check]) -> int:
-    return 1 if any(c.status == "fail" for c in checks) else 0
+    """1 when a check failed; else 3 when a check asked for proved nothing (not a pass: no proof); else 0."""
+    if any(c.status == "fail" for c in checks):
+        return EXIT_FAILED
+    return EXIT_UNPROVEN if any(c.status == "unproven" for c in checks) else 0
 
 
 def render(checks: list[Check], *, as_json: bool) -> str:
     if as_json:
         return json.dumps({"ok": exit_code(checks) == 0, "checks": [asdict(c) for c in checks]}, indent=2)
     width = max(len(c.name) for c in checks)
+    column = max(4, *(len(c.status) for c in checks))
     lines = []
     for c in checks:
-        lines.append(f"{c.status:<4}  {c.name:<{width}}  {c.detail}")
-        if c.hint and c.status in ("warn", "fail"):
-            lines.append(f"{'':<4}  {'':<{width}}  hint: {c.hint}")
+        lines.append(f"{c.status:<{column}}  {c.name:<{width}}  {c.detail}")
+        if c.hint and c.status in ("warn", "fail", "unproven"):
+            lines.append(f"{'':<{column}}  {'':<{width}}  hint: {c.hint}")
     return "\n".join(lines)

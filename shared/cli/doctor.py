@@ -26,10 +26,12 @@ def register(subparsers: Subparsers) -> None:
             "scope warns: they add up), the mail and dead-letter queues, and the tables. Nothing is sent or "
             "written; no secret or token is shown. With --allowed and --denied it verifies Exchange's scope: by "
             "reading each mailbox's "
-            "inbox id when the app may read mail, else (--send-test-to) by a real test mail from each address; a "
-            "denied address that Exchange allows fails: the scope does not restrict. Settings come from the "
-            "environment, or else from the stack `mailrelay local` runs. Exit code 0: nothing failed; 1: something "
-            "failed; 2: the command line is wrong."
+            "inbox id when the app may read mail, else (--send-test-to) by a real test mail from each address; an "
+            "allowed address that cannot send fails, and a denied address that Exchange allows fails: the scope "
+            "does not restrict. A check that proves nothing says so (unproven): a denied address with no mailbox, "
+            "or refused probes when the app may not read mail. Settings come from the environment, or else from the "
+            "stack `mailrelay local` runs. Exit code 0: nothing failed; 1: something failed; 2: the command line "
+            "is wrong; 3: nothing failed but a check asked for (--allowed, --denied) proved nothing."
         ),
     )
     parser.add_argument("--offline", action="store_true", help="check the settings only; contact no service")
@@ -38,14 +40,16 @@ def register(subparsers: Subparsers) -> None:
         nargs="+",
         default=[],
         metavar="ADDRESS",
-        help="mailboxes the app must be able to send as: on ALLOWED_SENDERS and inside Exchange's scope",
+        help="mailboxes the app must be able to send as: on ALLOWED_SENDERS and inside Exchange's scope (else it "
+        "fails)",
     )
     parser.add_argument(
         "--denied",
         nargs="+",
         default=[],
         metavar="ADDRESS",
-        help="mailboxes Exchange must refuse to the app (the CEO's, say); one allowed: the scope restricts nothing",
+        help="existing mailboxes Exchange must refuse to the app (the CEO's, say); one allowed: the scope restricts "
+        "nothing; one that does not exist proves nothing (unproven)",
     )
     parser.add_argument(
         "--send-test-to",

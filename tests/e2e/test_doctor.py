@@ -10,7 +10,7 @@ import pytest
 
 from shared.cli import main
 from shared.doctor import diagnose, exit_code, token_roles
-from tests.e2e.conftest import ALERTS, CLIENT, NOT_ALLOWED, SECRET, TENANT, RelayEnv
+from tests.e2e.conftest import ALERTS, CLIENT, NOT_ALLOWED, OUT_OF_SCOPE, SECRET, TENANT, RelayEnv
 
 
 def by_name(env: RelayEnv) -> dict[str, tuple[str, str, str]]:
@@ -110,8 +110,12 @@ def test_a_consent_beside_rbac_defeats_the_scope_and_the_doctor_says_so(relay_en
 
 def test_a_mailbox_outside_the_scope_lists_the_causes(relay_env: RelayEnv) -> None:
     relay_env.emulator.set_exchange_scope(ALERTS, False)
-    # Nothing answers a read probe now: inconclusive (no read role, or nothing in scope); a test mail tells.
-    assert [s for _, s, _ in scope(relay_env, exchange_roles=READS)] == ["warn"]
+    # Nothing answers a read probe now, nor does the other allowed sender (hr@, out of scope too): inconclusive (no
+    # read role, or nothing in scope); each address says it proved nothing, and a test mail tells.
+    assert [(n, s) for n, s, _ in scope(relay_env, exchange_roles=READS)] == [
+        (f"scope allows {ALERTS}", "unproven"),
+        (f"scope denies {NOT_ALLOWED}", "unproven"),
+    ]
     found = scope(relay_env, _to="it@contoso.com", exchange_roles=READS)
     [allowed] = [f for f in found if f[0].startswith("scope allows")]
     assert allowed[1] == "fail" and "EwsEnabled" in allowed[2] and "replicated" in allowed[2]
@@ -119,8 +123,12 @@ def test_a_mailbox_outside_the_scope_lists_the_causes(relay_env: RelayEnv) -> No
 
 def test_without_read_access_the_doctor_says_so_and_can_send_a_test(relay_env: RelayEnv) -> None:
     found = scope(relay_env)  # Application Mail.Send only: no read role
-    assert [(n, s) for n, s, _ in found] == [("exchange scope", "warn")]
-    assert "--send-test-to" in found[0][2]
+    assert [(n, s) for n, s, _ in found] == [
+        (f"scope allows {ALERTS}", "unproven"),
+        (f"scope denies {NOT_ALLOWED}", "unproven"),
+    ]
+    assert all("--send-test-to" in text and "Test-ServicePrincipalAuthorization" in text for _, _, text in found)
+    assert exit_code(diagnose(os.environ, allowed=[ALERTS], denied=[NOT_ALLOWED])) == 3  # asked for, not proved
     sent_before = len(relay_env.emulator.outbox)
     found = scope(relay_env, _to="it@contoso.com")
     assert [(n, s) for n, s, _ in found] == [(f"scope allows {ALERTS}", "ok"), (f"scope denies {NOT_ALLOWED}", "ok")]
@@ -152,6 +160,58 @@ def test_the_doctor_says_how_an_unknown_send_would_be_resolved(
     assert check.status == status and words in check.detail
     if status == "warn":
         assert "Application Mail.Read" in check.hint
+
+
+# --- Issue 21's first-hour defects: a check fails when the mailbox cannot send, and says when it proved nothing
+
+
+def test_an_allowed_mailbox_outside_the_scope_fails_and_exits_1(
+    relay_env: RelayEnv, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """hr@ alone: its refused read probe used to be inconclusive (a warning, exit 0). The other allowed sender's inbox
+    answers, so the app can read and hr@'s refusal is the scope's: it cannot send."""
+    relay_env.emulator.add_app(TENANT, CLIENT, SECRET, exchange_roles=READS)  # as the local stack sets it up
+    assert main(["doctor", "--allowed", OUT_OF_SCOPE]) == 1
+    out = capsys.readouterr().out
+    [line] = [line for line in out.splitlines() if f"scope allows {OUT_OF_SCOPE}" in line]
+    assert line.startswith("fail") and f"{OUT_OF_SCOPE} cannot send" in line and f"the app reads {ALERTS}" in line
+    assert "EwsEnabled" in out  # the causes, as the hint
+
+
+def test_a_denied_mailbox_that_does_not_exist_is_not_green_and_says_what_to_do(
+    relay_env: RelayEnv, capsys: pytest.CaptureFixture[str]
+) -> None:
+    relay_env.emulator.add_app(TENANT, CLIENT, SECRET, exchange_roles=READS)
+    assert main(["doctor", "--allowed", ALERTS, "--denied", "nobody@contoso.com", "--json"]) == 3
+    report = json.loads(capsys.readouterr().out)
+    [check] = [c for c in report["checks"] if c["name"] == "scope denies nobody@contoso.com"]
+    assert check["status"] == "unproven" and "proves nothing" in check["detail"]
+    assert "ErrorInvalidUser" in check["detail"]
+    assert "typo" in check["hint"] and "must stay outside the scope" in check["hint"]
+    assert report["ok"] is False
+    assert {c["name"]: c["status"] for c in report["checks"]}[f"scope allows {ALERTS}"] == "ok"
+
+
+def test_an_allowed_address_with_no_mailbox_fails_even_when_the_app_cannot_read(
+    relay_env: RelayEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ALLOWED_SENDERS", f"{ALERTS},ghost@contoso.com")
+    relay_env.emulator.add_app(TENANT, CLIENT, SECRET)  # Mail.Send only: no read probe answers
+    checks = diagnose(os.environ, allowed=["ghost@contoso.com"])
+    [check] = [c for c in checks if c.name == "scope allows ghost@contoso.com"]
+    assert check.status == "fail" and "ErrorInvalidUser" in check.detail
+    assert exit_code(checks) == 1
+
+
+def test_the_text_report_shows_an_unproven_check_with_its_hint(
+    relay_env: RelayEnv, capsys: pytest.CaptureFixture[str]
+) -> None:
+    relay_env.emulator.add_app(TENANT, CLIENT, SECRET)  # Mail.Send only
+    assert main(["doctor", "--allowed", ALERTS]) == 3
+    lines = capsys.readouterr().out.splitlines()
+    at = next(i for i, line in enumerate(lines) if f"scope allows {ALERTS}" in line)
+    assert lines[at].startswith("unproven  ") and "not verified" in lines[at]
+    assert "hint:" in lines[at + 1] and "--send-test-to" in lines[at + 1]
 
 
 # --- "Access to OData is disabled.": the access policy's denial, or EWS/REST blocked ----------------------------
