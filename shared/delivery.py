@@ -176,13 +176,13 @@ def deliver(
 # --- 0. Scheduled sends ------------------------------------------------------------------------------------
 
 # A queue message stays hidden 7 days at most (DESIGN.md, "Limits to respect"), and a scheduled request waits
-# hidden on a queue: the app's enqueue with an initial visibility, or the relay's retry queue.
+# hidden on the relay's retry queue, or on the app's queue when the app enqueued it hidden (clients did, before 21).
 MAX_SEND_AT_AHEAD = timedelta(days=7)
 
 
 def _send_at_refusal(rt: Runtime, send_at: datetime, enqueued_at: datetime | None) -> Failure | None:
     """A `sendAt` that cannot be honoured, judged against the moment the app enqueued the request (a request
-    the client enqueued hidden until its time is read after it, and that is no mistake)."""
+    an app enqueued hidden until its time, as clients did before issue 21, is read after it: no mistake)."""
     if enqueued_at is None:
         return None  # read from the retry queue: judged on its first delivery
     tolerance = timedelta(seconds=rt.settings.send_at_tolerance_seconds)

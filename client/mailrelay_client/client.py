@@ -9,7 +9,9 @@ Why use it rather than the Storage SDK directly:
   `mail-payloads` container (an app's own, `mail-payloads-<app>`, with `app=`), and the request names them (a claim
   check: blob, size, SHA-256); files given to
   `send(..., files=[File(path)])` are streamed from disk, never held whole in memory;
-- a request with `sendAt` is enqueued hidden until then (the queue's initial visibility, 7 days at most);
+- a request with `sendAt` is enqueued visible at once: the relay records it `scheduled` (so `status()` and
+  `mailrelay status` show it, with its notBefore, and an app's maxScheduled counts it) and holds it on its own
+  retry queue until then. A sendAt is checked here first: not in the past, at most 7 days ahead;
 - messages never expire (time-to-live -1): a mail waiting out an outage must not vanish after 7 days;
 - with `app=NAME` it enqueues on that app's own queue, `<outbox>-<NAME>` (the relay's README, "Apps"): the queue
   is the app's identity, so the relay judges the request by that app's senders and ids.
@@ -21,7 +23,6 @@ import base64
 import contextlib
 import hashlib
 import json
-import math
 import mimetypes
 import re
 import uuid
@@ -74,8 +75,8 @@ def payload_container(app: str) -> str:
 INLINE_FILE_BYTES: Final = 16 * 1024
 # Blocks of 4 MiB: the SDK reads and sends a file block by block instead of reading it whole for one request.
 _BLOCK_BYTES: Final = 4 * 1024 * 1024
-# A queue message can be hidden 7 days at most (its visibility timeout); a sendAt a few minutes in the past is
-# clock skew, and is sent at once.
+# The relay holds a scheduled request on its retry queue, and a queue message can be hidden 7 days at most (its
+# visibility timeout); a sendAt a few minutes in the past is clock skew, and is sent at once.
 MAX_SEND_AT_AHEAD: Final = timedelta(days=7)
 SEND_AT_TOLERANCE: Final = timedelta(minutes=5)
 
@@ -229,7 +230,8 @@ class MailClient:
 
         Files over 16 KiB, and any attachment or body that would push the message over the queue's limit, are
         stored as blobs in the relay's `mail-payloads` container first (Storage Blob Data Contributor on it).
-        A request with `sendAt` is enqueued hidden until that time.
+        A request with `sendAt` is enqueued visible at once, like any other: the relay records it `scheduled` at
+        once (status() finds it under its key) and sends it at that time.
 
         Raises ContractError (the request breaks the contract), RequestTooLarge, SendAtRefused, QueueNotFound,
         OSError (a file cannot be read), or the Azure SDK's errors for anything the service refuses. Blobs
@@ -238,7 +240,7 @@ class MailClient:
         from azure.core.exceptions import ResourceNotFoundError
 
         check_files(request, files)  # every rule before any upload: a bad request stores nothing
-        visibility = _visibility(request.get("sendAt"))
+        _check_send_at(request.get("sendAt"))
         stored: list[str] = []
         try:
             prepared = dict(request)
@@ -248,8 +250,11 @@ class MailClient:
                 prepared["attachments"] = attachments
             text = self._fit(prepared, stored)
             try:
-                # time_to_live=-1: never expires; the service default (7 days) would drop mail silently.
-                message = self._queue.send_message(text, time_to_live=-1, visibility_timeout=visibility)
+                # time_to_live=-1: never expires; the service default (7 days) would drop mail silently. No
+                # visibility_timeout, even with a sendAt: a request hidden until its time is one the relay cannot
+                # see, so status() would answer "no record" and the app's maxScheduled would not count it until
+                # then. Visible, it is recorded `scheduled` at once and held on the relay's retry queue.
+                message = self._queue.send_message(text, time_to_live=-1)
             except ResourceNotFoundError as exc:
                 if getattr(exc, "error_code", None) == "QueueNotFound":
                     if self.app != DEFAULT_APP:
@@ -435,10 +440,11 @@ def _blob_name(label: str) -> str:
     return f"{uuid.uuid4().hex}/{safe}"
 
 
-def _visibility(send_at: Any) -> int | None:
-    """The initial visibility for a request's `sendAt` (validated by the contract already), in whole seconds."""
+def _check_send_at(send_at: Any) -> None:
+    """SendAtRefused for a `sendAt` (its format validated by the contract already) the relay would dead-letter: in
+    the past beyond clock skew, or more than 7 days ahead. Said here, at once, rather than by a dead letter later."""
     if not isinstance(send_at, str):
-        return None
+        return
     when = datetime.fromisoformat(send_at)
     now = datetime.now(UTC)
     if when < now - SEND_AT_TOLERANCE:
@@ -447,8 +453,6 @@ def _visibility(send_at: Any) -> int | None:
         raise SendAtRefused(
             f"sendAt {send_at} is more than 7 days ahead: a queue message stays hidden 7 days at most; enqueue later"
         )
-    seconds = math.ceil((when - now).total_seconds())
-    return min(max(seconds, 0), int(MAX_SEND_AT_AHEAD.total_seconds())) or None
 
 
 def _container_from_queue_url(queue_url: str, credential: Any) -> tuple[str, str, Any] | None:

@@ -7,6 +7,7 @@ import json
 import shlex
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -64,8 +65,9 @@ def register(subparsers: Subparsers) -> None:
         description=(
             "Build a send request from flags (or read one with --json), check it against the contract, "
             "and put it on the relay's queue, base64-encoded as the Functions host reads it. Prints the "
-            "queue message id. Exit 1: the request breaks the contract or is too large; 2: usage; "
-            "3: the queue could not be reached."
+            "queue message id. With --send-at the relay records the request `scheduled` at once (`mailrelay status` "
+            "shows it, with its notBefore) and sends it at that time. Exit 1: the request breaks the contract or is "
+            "too large; 2: usage; 3: the queue could not be reached."
         ),
         epilog=(
             "example: mailrelay send --from alerts@contoso.com --to 'Ada <ada@contoso.com>' "
@@ -109,7 +111,8 @@ def register(subparsers: Subparsers) -> None:
     parser.add_argument(
         "--send-at",
         metavar="WHEN",
-        help="send later: ISO 8601 with a UTC offset (2026-12-24T09:00:00+01:00), at most 7 days ahead",
+        help="send later: ISO 8601 with a UTC offset (2026-12-24T09:00:00+01:00), at most 7 days ahead; enqueued at "
+        "once, and `mailrelay status KEY` shows it scheduled until then",
     )
     parser.add_argument(
         "--header", action="append", default=[], metavar="X-NAME=VALUE", help="a custom header; repeatable"
@@ -259,10 +262,18 @@ def run(args: argparse.Namespace) -> int:
         key = request_id if isinstance(request_id, str) and request_id else str(message_id)
         sender = request.get("from")
         of_app = f" --app {app}" if app != "default" else ""
-        print(
-            f"look it up: mailrelay status {shlex.quote(key)} --from {shlex.quote(str(sender))}{of_app}",
-            file=sys.stderr,
-        )
+        look_up = f"mailrelay status {shlex.quote(key)} --from {shlex.quote(str(sender))}{of_app}"
+        send_at = request.get("sendAt")
+        if isinstance(send_at, str):
+            # Validated by the contract (an offset is required): said in UTC, where the relay's records are.
+            when = datetime.fromisoformat(send_at).astimezone(UTC)
+            print(
+                f"scheduled for {when:%Y-%m-%d %H:%M:%S} UTC (sendAt {send_at}): the relay holds it until then; "
+                f"key {key}; look it up: {look_up}",
+                file=sys.stderr,
+            )
+        else:
+            print(f"look it up: {look_up}", file=sys.stderr)
         return EXIT_OK
 
     return run_with_queue("send", args, send)

@@ -23,6 +23,7 @@ from shared import bootstrap
 from shared.cli import main
 from shared.handlers import handle_status_cleanup
 from shared.payloads import PAYLOAD_CONTAINER
+from shared.queues import decode
 from tests.e2e.conftest import ALERTS, CLIENT, SECRET, TENANT, RelayEnv, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -242,8 +243,9 @@ def test_send_at_in_the_future_is_held_scheduled_and_the_past_and_too_far_are_re
     assert codes == ["SendAtInPast", "SendAtTooFar"]
 
 
-def test_the_client_enqueues_a_send_at_hidden_until_its_time(azurite: Azurite, relay_env: RelayEnv) -> None:
+def test_the_client_enqueues_a_send_at_visible_at_once(azurite: Azurite, relay_env: RelayEnv) -> None:
+    """The relay holds it (recorded scheduled, on its retry queue): hidden until its time, it looked lost."""
     when = datetime.now(UTC) + timedelta(minutes=30)
-    client(azurite, relay_env).send(relay_env.request("hidden", sendAt=when.isoformat()))
-    assert relay_env.queue.peek_messages(max_messages=5) == []  # invisible until then
-    assert json.loads(json.dumps(relay_env.queue_length())) == 1
+    client(azurite, relay_env).send(relay_env.request("scheduled", sendAt=when.isoformat()))
+    [message] = relay_env.queue.peek_messages(max_messages=5)
+    assert json.loads(decode(message.content) or "{}")["sendAt"] == when.isoformat()

@@ -361,3 +361,41 @@ def test_send_app_against_the_local_stack_names_the_apps_it_declares(
     assert main(["send", "--state-file", str(state), "--app", "hr", *SEND_ARGS]) == 2
     err = capsys.readouterr().err
     assert "declares billing, not 'hr'" in err and "mailrelay local --app hr=SENDER" in err
+
+
+def _fake_outbox(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """MailClient.from_connection_string on a queue that records each send's keyword arguments; ids id-1, id-2..."""
+    sends: list[dict[str, Any]] = []
+
+    class Queue:
+        def send_message(self, content: Any, **kwargs: Any) -> Any:
+            sends.append(kwargs)
+            return type("Sent", (), {"id": f"id-{len(sends)}"})()
+
+    from mailrelay_client import MailClient
+
+    def from_connection_string(conn: str, queue_name: str = "mail-outbox", app: str | None = None) -> MailClient:
+        return MailClient.from_queue_client(Queue(), app=app)
+
+    monkeypatch.setattr(MailClient, "from_connection_string", staticmethod(from_connection_string))
+    return sends
+
+
+REMOTE = AZURITE.replace("http://127.0.0.1:10001", "https://account.queue.core.windows.net")  # never dialled
+
+
+def test_send_at_prints_a_confirmation_naming_the_time_in_utc_and_the_key(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    sends = _fake_outbox(monkeypatch)
+    utc = (datetime.now(UTC) + timedelta(hours=2)).replace(microsecond=0)
+    offset = (utc + timedelta(hours=1)).replace(tzinfo=None).isoformat() + "+01:00"  # the same moment at +01:00
+    assert main(["send", "--connection-string", REMOTE, *SEND_ARGS, "--send-at", offset]) == 0
+    out, err = capsys.readouterr()
+    assert out == "id-1\n"
+    assert f"scheduled for {utc:%Y-%m-%d %H:%M:%S} UTC (sendAt {offset})" in err
+    assert "key id-1" in err and "mailrelay status id-1 --from billing@contoso.com" in err
+    assert sends == [{"time_to_live": -1}]  # visible at once: the relay records it scheduled now
+

@@ -44,7 +44,7 @@ def test_send_encodes_base64_of_utf8_json_and_never_expires() -> None:
     ((content, kwargs),) = queue.calls
     assert isinstance(content, str) and content.isascii()
     assert decode(content) == REQUEST
-    assert kwargs == {"time_to_live": -1, "visibility_timeout": None}
+    assert kwargs == {"time_to_live": -1}
 
 
 def test_an_invalid_request_raises_the_contract_error_and_sends_nothing() -> None:
@@ -155,7 +155,9 @@ def test_files_are_inline_when_small_and_streamed_to_a_blob_when_large(tmp_path:
     assert second["sha256"] == hashlib.sha256(large.read_bytes()).hexdigest() and second["size"] == 102_400
 
 
-def test_send_at_enqueues_hidden_until_then_and_refuses_the_past_and_beyond_7_days() -> None:
+def test_send_at_enqueues_visible_at_once_and_refuses_the_past_and_beyond_7_days() -> None:
+    """Visible, the relay records the request `scheduled` at once (status finds it, maxScheduled counts it) and holds
+    it on its retry queue; hidden until its time (as clients did before issue 21), it looked lost until then."""
     from datetime import UTC, datetime, timedelta
 
     from mailrelay_client import SendAtRefused
@@ -164,7 +166,8 @@ def test_send_at_enqueues_hidden_until_then_and_refuses_the_past_and_beyond_7_da
     client = MailClient.from_queue_client(queue)
     when = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
     client.send({**REQUEST, "sendAt": when})
-    assert 7190 <= queue.calls[0][1]["visibility_timeout"] <= 7200
+    ((content, kwargs),) = queue.calls
+    assert kwargs == {"time_to_live": -1} and decode(content)["sendAt"] == when  # no visibility_timeout
     for wrong, says in ((timedelta(hours=-1), "in the past"), (timedelta(days=7, minutes=1), "7 days")):
         with pytest.raises(SendAtRefused, match=says):
             client.send({**REQUEST, "sendAt": (datetime.now(UTC) + wrong).isoformat()})

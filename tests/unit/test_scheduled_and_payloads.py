@@ -58,7 +58,8 @@ def test_a_copy_of_a_scheduled_request_waits_for_the_time_too() -> None:
 
 
 def test_a_send_at_read_after_its_time_is_sent_now() -> None:
-    """The client enqueues hidden until sendAt; the relay reads it a little after, which is no mistake."""
+    """A client older than issue 21 enqueued hidden until sendAt; the relay reads it a little after, which is no
+    mistake (and still sends it)."""
     s = make()
     enqueued = s.clock.now - timedelta(hours=2)
     enqueue(s, {**REQUEST, "sendAt": (s.clock.now - timedelta(seconds=5)).isoformat()}, enqueued_at=enqueued)
