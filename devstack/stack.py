@@ -903,7 +903,7 @@ def sigterm_as_keyboard_interrupt() -> Iterator[None]:
 
 def start_console(stack: LocalStack) -> Any:
     """The web console (devstack/console.py) over this stack's emulator and queues, started."""
-    from devstack.console import Console
+    from devstack.console import Console, status_tables
     from shared.deadletters import open_queues
 
     return Console(
@@ -911,6 +911,8 @@ def start_console(stack: LocalStack) -> Any:
         faults=lambda: stack.emulator_get("faults"),
         emulator_post=stack.emulator_post,
         dead_letters=lambda: open_queues(stack.queue_name, connection_string=stack.storage_connection_string),
+        status=status_tables(stack.storage_connection_string, stack.queue_name),
+        queue_name=stack.queue_name,
         credential=stack.credential,
     ).start()
 

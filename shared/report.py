@@ -182,8 +182,8 @@ def waiting_scheduled(records: Iterable[StatusRecord]) -> list[StatusRecord]:
 
 
 def timeline(record: StatusRecord) -> list[tuple[str, datetime]]:
-    """The times a record keeps, in order: when the request was enqueued, first seen, tried, sent, and the earliest
-    next step of one still waiting (`not before`)."""
+    """The times a record keeps, in order: when the request was enqueued, first seen, tried, sent or dead-lettered,
+    and the earliest next step of one still waiting (`not before`)."""
     moments = [
         ("enqueued", record.enqueued_at),
         ("created", record.created_at),
@@ -191,6 +191,8 @@ def timeline(record: StatusRecord) -> list[tuple[str, datetime]]:
         ("last attempt", record.last_attempt_at),
         ("sent", record.sent_at),
         ("not before", record.not_before if record.state not in (SENT, DEAD_LETTERED) else None),
+        # The record keeps no time of its own for a dead letter: its last change is when it was dead-lettered.
+        ("dead-lettered", record.updated_at if record.state == DEAD_LETTERED else None),
     ]
     return sorted(((name, when) for name, when in moments if when is not None), key=lambda m: m[1])
 

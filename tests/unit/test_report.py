@@ -184,6 +184,8 @@ def test_the_scheduled_requests_soonest_first_and_a_timeline_in_time_order() -> 
     ]
     done = replace_state(retried, SENT, sent_at=created + timedelta(minutes=3))
     assert [name for name, _ in report.timeline(done)][-1] == "sent"  # a stale not-before is no longer a step
+    dead = replace_state(retried, DEAD_LETTERED, updated_at=created + timedelta(minutes=4))
+    assert report.timeline(dead)[-1] == ("dead-lettered", created + timedelta(minutes=4))
 
 
 def replace_state(record: StatusRecord, state: str, **fields: Any) -> StatusRecord:
