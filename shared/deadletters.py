@@ -67,6 +67,10 @@ class DeadLetterNotFound(LookupError):
     """No message with that id in the dead-letter queue (requeued or deleted meanwhile, or a typo)."""
 
 
+class AmbiguousKey(DeadLetterNotFound):
+    """A key that names several dead letters (one request id refused twice, say): their own ids tell them apart."""
+
+
 @dataclass(frozen=True)
 class DeadLetter:
     """One message of the dead-letter queue, whichever form it came in."""
@@ -92,11 +96,26 @@ class DeadLetter:
         sender = self.request.get("from") if isinstance(self.request, dict) else None
         return sender if isinstance(sender, str) else None
 
+    @property
+    def key(self) -> str:
+        """The request's key, as `mailrelay send` printed it and `mailrelay status` takes it: the request's `id`;
+        else the id of the queue message that first carried it (the relay's envelope keeps it as queueMessageId, a
+        retry wrapper as originalMessageId); else this dead letter's own id, for a message the host moved as it was
+        (its copy on the poison queue has a new id, and nothing of the first one's)."""
+        request_id = self.request.get("id") if isinstance(self.request, dict) else None
+        if isinstance(request_id, str) and request_id:
+            return request_id
+        for origin in (self.extra.get("queueMessageId"), self.extra.get("originalMessageId")):
+            if isinstance(origin, str) and origin:
+                return origin
+        return self.id
+
     def matches(self, key: str) -> bool:
         """Is this the dead letter `key` names: its own id, the queue message id that carried the request, or
         the request's `id` (the key `mailrelay status` takes)?"""
         request_id = self.request.get("id") if isinstance(self.request, dict) else None
-        return key in (self.id, self.extra.get("queueMessageId")) or (isinstance(request_id, str) and key == request_id)
+        origins = (self.id, self.extra.get("queueMessageId"), self.extra.get("originalMessageId"))
+        return key in origins or (isinstance(request_id, str) and key == request_id)
 
     def requeue_payload(self) -> dict[str, Any]:
         """The plain request to put back on the main queue; NotRequeueable says why there is none."""
@@ -143,6 +162,7 @@ class DeadLetter:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "key": self.key,
             "id": self.id,
             "form": self.form,
             "app": self.app,
@@ -294,6 +314,8 @@ class Requeued:
     dead_letter_id: str
     message_id: str  # the new message's id on its app's queue
     app: str = DEFAULT_APP  # whose queue it went back to (app_queue(<outbox>, app))
+    key: str = ""  # the dead letter's key (DeadLetter.key), the one `dead-letters list` showed
+    new_key: str = ""  # the request's key from now on: its `id`, or else the new message's id
 
 
 Visit = tuple[bool, bool]  # (consumed: deleted, so not to be made visible again; stop scanning)
@@ -466,23 +488,34 @@ class DeadLetterQueue:
                 continue
 
     def get(self, message_id: str) -> DeadLetter:
-        """The dead letter by its own id, by the id of the queue message that carried the request (the id
-        `mailrelay send` printed), or by the request's own `id` (the key `mailrelay status` takes)."""
-        for letter in self.peek():
-            if letter.matches(message_id):
-                return letter
-        for letter in self.scan():
-            if letter.matches(message_id):
-                return letter
-        raise DeadLetterNotFound(f"no dead letter with id {message_id} in the poison queue")
+        """The dead letter by its key (the one `mailrelay send` printed and `dead-letters list` shows: the request's
+        own `id`, else the id of the queue message that carried it), or by its own id. AmbiguousKey when the key
+        names several dead letters (their own ids tell them apart)."""
+        # Every letter, to see a key used twice: peek when it reached them all (fewer than its limit), else a scan.
+        letters = self.peek()
+        if len(letters) >= PEEK_LIMIT:
+            letters = self.scan()
+        own = [letter for letter in letters if letter.id == message_id]
+        if own:
+            return own[0]
+        found = [letter for letter in letters if letter.matches(message_id)]
+        if len(found) > 1:
+            ids = ", ".join(letter.id for letter in found)
+            raise AmbiguousKey(
+                f"the key {message_id} names {len(found)} dead letters: give one's own id instead ({ids}; "
+                "`dead-letters list --json` shows each one's id)"
+            )
+        if not found:
+            raise DeadLetterNotFound(f"no dead letter with key or id {message_id} in the poison queue")
+        return found[0]
 
     def requeue(self, message_id: str) -> Requeued:
-        """Put one dead letter's request back on the main queue, then delete the dead letter."""
-        results = self._requeue_where(
-            lambda letter: letter.matches(message_id), stop_after_first=True
-        )
+        """Put one dead letter's request back on the main queue, then delete the dead letter. `message_id`: its key
+        or its own id, as get() takes them."""
+        letter_id = self.get(message_id).id
+        results = self._requeue_where(lambda letter: letter.id == letter_id, stop_after_first=True)
         if not results:
-            raise DeadLetterNotFound(f"no dead letter with id {message_id} in the poison queue")
+            raise DeadLetterNotFound(f"no dead letter with key or id {message_id} in the poison queue")
         outcome = results[0]
         if isinstance(outcome, NotRequeueable):
             raise outcome
@@ -526,7 +559,9 @@ class DeadLetterQueue:
                 return False, stop_after_first
             self._poison.delete_message(message, pop_receipt=message.pop_receipt)
             self._forget_stored(letter)
-            results.append(Requeued(letter.id, str(sent.id), letter.app))
+            request_id = payload.get("id")
+            new_key = request_id if isinstance(request_id, str) and request_id else str(sent.id)
+            results.append(Requeued(letter.id, str(sent.id), letter.app, letter.key, new_key))
             return True, stop_after_first
 
         self.scan(visit)

@@ -30,7 +30,9 @@ def register(subparsers: Subparsers) -> None:
         help="list, show and requeue the dead-letter queue (<queue>-poison)",
         description=(
             "The dead-letter queue holds the relay's envelopes (request, error code, message, hint) and raw "
-            "messages the Functions host moved there. Fix the cause (the hint says how), then requeue."
+            "messages the Functions host moved there. Fix the cause (the hint says how), then requeue. Each is "
+            "named by its request's key, the one `mailrelay send` printed and `mailrelay status` takes: the "
+            "request's id, else the id of the queue message that carried it."
         ),
     )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
@@ -52,7 +54,11 @@ def register(subparsers: Subparsers) -> None:
     listing.set_defaults(handler=run_list)
 
     show = commands.add_parser("show", help="one dead letter in full: error, hint, and the request")
-    show.add_argument("id", metavar="ID", help="the dead letter's message id (from list)")
+    show.add_argument(
+        "id",
+        metavar="KEY",
+        help="the key `list` shows and `mailrelay send` printed (or the dead letter's own id, from list --json)",
+    )
     show.add_argument("--json", action="store_true", help="as JSON")
     _add_retries_flag(show)
     add_connection_args(show)
@@ -69,7 +75,9 @@ def register(subparsers: Subparsers) -> None:
         ),
     )
     which = requeue.add_mutually_exclusive_group(required=True)
-    which.add_argument("id", metavar="ID", nargs="?", help="the dead letter's message id")
+    which.add_argument(
+        "id", metavar="KEY", nargs="?", help="the key `list` shows (or the dead letter's own id, from list --json)"
+    )
     which.add_argument("--all", action="store_true", help="every dead letter that holds a valid request")
     _add_retries_flag(requeue)
     add_connection_args(requeue)
@@ -96,12 +104,13 @@ def _json(value: Any) -> str:
 
 
 def dead_letter_table(letters: Sequence[DeadLetter], hint_width: int = 60) -> str:
-    """The human list: one line per dead letter, no request content beyond the sender."""
-    rows = [("ID", "FAILED AT", "APP", "CODE", "SENDER", "HINT")]
+    """The human list: one line per dead letter, no request content beyond the sender. Each is named by its key,
+    the one `mailrelay send` printed (the poison queue's own message id is another, which nobody was shown)."""
+    rows = [("KEY", "FAILED AT", "APP", "CODE", "SENDER", "HINT")]
     for letter in letters:
         rows.append(
             (
-                shorten(letter.id, 64),
+                shorten(letter.key, 128),
                 shorten(letter.failed_at or "-", 32),
                 shorten(letter.app, 24),
                 shorten(letter.code, 48),
@@ -120,7 +129,8 @@ def dead_letter_details(letter: DeadLetter) -> str:
     from shared.logs import safe
 
     lines = [
-        f"id:           {safe(letter.id)}",
+        f"key:          {safe(letter.key)}",
+        f"id:           {safe(letter.id)} (the dead letter's own, on the poison queue)",
         f"app:          {safe(letter.app)}",
         f"form:         {letter.form}"
         + (" (the relay's envelope)" if letter.form == "envelope" else " (moved by the host as it was)"),
@@ -136,7 +146,7 @@ def dead_letter_details(letter: DeadLetter) -> str:
         lines.append(f"{key + ':':<13} {safe(json.dumps(value) if not isinstance(value, str) else value, 1000)}")
     try:
         letter.requeue_payload()
-        lines.append("requeue:      possible (`mailrelay dead-letters requeue " + letter.id + "`)")
+        lines.append("requeue:      possible (`mailrelay dead-letters requeue " + safe(letter.key) + "`)")
     except ValueError as exc:
         lines.append(f"requeue:      not possible: {safe(str(exc), 2000)}")
     lines.append("request:")
@@ -197,13 +207,13 @@ def run_requeue(args: argparse.Namespace) -> int:
                 done = queue.requeue(args.id)
             except (DeadLetterNotFound, NotRequeueable) as exc:
                 return fail("dead-letters requeue", str(exc), EXIT_INVALID)
-            print(f"requeued {done.dead_letter_id} as {done.message_id} on {_target(conn, done)}")
+            print(_requeued(conn, done))
             return EXIT_OK
         results = queue.requeue_all()
         requeued = [r for r in results if isinstance(r, Requeued)]
         refused = [r for r in results if isinstance(r, NotRequeueable)]
         for r in requeued:
-            print(f"requeued {r.dead_letter_id} as {r.message_id} on {_target(conn, r)}")
+            print(_requeued(conn, r))
         for reason in refused:
             print(f"not requeued: {reason}", file=sys.stderr)
         left_in = _poison_name(conn, args.retries, args.app)
@@ -211,6 +221,14 @@ def run_requeue(args: argparse.Namespace) -> int:
         return EXIT_INVALID if refused else EXIT_OK
 
     return run_with_queue("dead-letters requeue", args, run)
+
+
+def _requeued(conn: Connection, done: Requeued) -> str:
+    """One requeue, by the key `list` showed; a request without an id has a new key now (its new message's id)."""
+    from shared.logs import safe
+
+    line = f"requeued {safe(done.key)} on {_target(conn, done)}"
+    return line if done.new_key == done.key else f"{line} as {safe(done.new_key)} (its key from now on)"
 
 
 def _target(conn: Connection, done: Requeued) -> str:

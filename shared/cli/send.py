@@ -61,13 +61,14 @@ _FIELD_FLAGS: Final = (
 def register(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "send",
-        help="put a send request on the relay's queue; print the queue message id",
+        help="put a send request on the relay's queue; print its key",
         description=(
             "Build a send request from flags (or read one with --json), check it against the contract, "
             "and put it on the relay's queue, base64-encoded as the Functions host reads it. Prints the "
-            "queue message id. With --send-at the relay records the request `scheduled` at once (`mailrelay status` "
-            "shows it, with its notBefore) and sends it at that time. Exit 1: the request breaks the contract or is "
-            "too large; 2: usage; 3: the queue could not be reached."
+            "request's key: its --id, or else the queue message id. `mailrelay status KEY` and `mailrelay "
+            "dead-letters show KEY` take it, and `dead-letters list` shows it. With --send-at the relay records "
+            "the request `scheduled` at once (status shows it, with its notBefore) and sends it at that time. "
+            "Exit 1: the request breaks the contract or is too large; 2: usage; 3: the queue could not be reached."
         ),
         epilog=(
             "example: mailrelay send --from alerts@contoso.com --to 'Ada <ada@contoso.com>' "
@@ -256,10 +257,11 @@ def run(args: argparse.Namespace) -> int:
             return fail("send", str(exc), EXIT_UNAVAILABLE)
         except (RequestTooLarge, SendAtRefused) as exc:
             return fail("send", str(exc), EXIT_INVALID)
-        print(message_id)  # standard output: the queue message id alone, for scripts
-        # The status record's key is the request's id, or this message id for a request without one.
+        # The request's key, the one name status and dead-letters know it by: its id, or this message id for a
+        # request without one (with an id, the message id finds no status record: it is not printed alone).
         request_id = request.get("id")
         key = request_id if isinstance(request_id, str) and request_id else str(message_id)
+        print(key)  # standard output: the key alone, for scripts
         sender = request.get("from")
         of_app = f" --app {app}" if app != "default" else ""
         look_up = f"mailrelay status {shlex.quote(key)} --from {shlex.quote(str(sender))}{of_app}"

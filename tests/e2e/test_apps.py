@@ -230,7 +230,7 @@ def test_a_dead_letter_requeued_goes_back_to_its_apps_queue_and_is_delivered(
     assert letter is not None and (letter.code, letter.app) == ("ErrorAccessDenied", "billing")
     conn = ["--connection-string", stack.storage_connection_string, "--queue", stack.queue_name]
     assert main(["dead-letters", "list", "--all", *conn]) == 0
-    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(letter.id))
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(letter.key))
     assert " billing " in row and "ErrorAccessDenied" in row
     console = start_console(stack)
     try:

@@ -147,7 +147,7 @@ def test_cli_send_then_requeue_after_the_scope_is_fixed_delivers(
     # The admin fixes the Exchange scope, then requeues.
     relay_env.emulator.set_exchange_scope(OUT_OF_SCOPE, True)
     assert main(["dead-letters", "requeue", letter["id"], *conn]) == 0
-    assert capsys.readouterr().out.startswith(f"requeued {letter['id']} as ")
+    assert capsys.readouterr().out.startswith(f"requeued id-{subject} on {relay_env.queue_name}")
     wait_for(lambda: relay_env.subjects_sent()[subject] == 1, 15, "the requeued mail to be sent")
     assert relay_env.poison_messages() == []
     assert main(["dead-letters", "show", letter["id"], *conn]) == 1  # gone from the poison queue

@@ -34,7 +34,11 @@ def test_the_id_send_prints_finds_the_dead_letter(
     wait_for(lambda: len(relay_env.poison_messages()) == 1, 15, "the dead letter")
     assert main(["dead-letters", "show", sent_id, "--json", *conn(relay_env)]) == 0
     letter = json.loads(capsys.readouterr().out)
-    assert letter["error"]["code"] == "SenderNotAllowed" and letter["id"] != sent_id
+    assert letter["error"]["code"] == "SenderNotAllowed" and letter["key"] == sent_id
+    # The list names it by the key send printed (issue 21: it showed the poison queue's own message id).
+    assert main(["dead-letters", "list", *conn(relay_env)]) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split()[0] == "KEY" and row.split()[0] == sent_id and letter["id"] not in row
 
 
 def test_a_queue_name_typo_is_named_not_read_as_no_dead_letters(

@@ -399,3 +399,14 @@ def test_send_at_prints_a_confirmation_naming_the_time_in_utc_and_the_key(
     assert "key id-1" in err and "mailrelay status id-1 --from billing@contoso.com" in err
     assert sends == [{"time_to_live": -1}]  # visible at once: the relay records it scheduled now
 
+
+def test_send_prints_the_requests_key_the_one_status_and_dead_letters_know(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_outbox(monkeypatch)
+    assert main(["send", "--connection-string", REMOTE, *SEND_ARGS, "--id", "inv-1"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "inv-1\n"  # its id, not the queue message id (id-1), which no status record is kept under
+    assert "look it up: mailrelay status inv-1 --from billing@contoso.com" in err and "scheduled" not in err
+    assert main(["send", "--connection-string", REMOTE, *SEND_ARGS]) == 0
+    assert capsys.readouterr().out == "id-2\n"  # no id: the queue message id is its key

@@ -466,3 +466,38 @@ def test_open_queues_finds_an_apps_poison_queue_beside_the_outbox_keeping_a_sas(
     assert open_queues("mail-outbox", connection_string=conn, app="billing")._poison.queue_name == (
         "mail-outbox-billing-poison"
     )
+
+
+# --- the key: the name `mailrelay send` printed, `dead-letters list` shows and show/requeue take (issue 21) ---------
+
+
+def keyed(request: Any = REQUEST, origin: str | None = "sent-1") -> str:
+    failure = permanent("ErrorAccessDenied", "Access denied")
+    return encode(dead_letter_envelope(request, failure, attempts=1, queue_message_id=origin, now=WHEN))
+
+
+def test_a_dead_letters_key_is_the_request_id_else_the_message_that_carried_it_else_its_own_id() -> None:
+    assert parse_dead_letter("p1", keyed({**REQUEST, "id": "inv-1"})).key == "inv-1"
+    assert parse_dead_letter("p2", keyed()).key == "sent-1"  # the id `send` printed for a request without one
+    wrapper = {"$retry": {"originalMessageId": "sent-2", "reason": "retrying"}, "request": REQUEST}
+    assert parse_dead_letter("p3", encode(wrapper)).key == "sent-2"
+    assert parse_dead_letter("p4", encode(REQUEST)).key == "p4"  # the host's copy: nothing of the first id left
+    assert parse_dead_letter("p5", "not base64!").key == "p5"
+    data = parse_dead_letter("p2", keyed()).to_json()
+    assert data["key"] == "sent-1" and data["id"] == "p2"
+
+
+def test_get_and_requeue_find_a_letter_by_its_key_and_say_when_a_key_names_two() -> None:
+    dlq, poison, main = queues([keyed(origin="sent-1"), keyed({**REQUEST, "id": "inv-1"}, "sent-2"), keyed(origin="x")])
+    assert dlq.get("sent-1").id == "id-0" and dlq.get("inv-1").id == "id-1" and dlq.get("id-2").key == "x"
+    done = dlq.requeue("sent-1")
+    assert (done.dead_letter_id, done.key, done.new_key) == ("id-0", "sent-1", main.messages[0].id)
+    assert dlq.requeue("inv-1").new_key == "inv-1"  # its id stays its key
+    twice = [keyed({**REQUEST, "id": "dup"}, "a"), keyed({**REQUEST, "id": "dup", "subject": "other"}, "b")]
+    dlq, poison, main = queues(twice)
+    with pytest.raises(DeadLetterNotFound, match=r"names 2 dead letters.*id-0, id-1"):
+        dlq.get("dup")
+    with pytest.raises(DeadLetterNotFound, match="names 2 dead letters"):
+        dlq.requeue("dup")
+    assert main.messages == [] and len(poison.messages) == 2
+    assert dlq.requeue("id-1").dead_letter_id == "id-1"  # its own id tells it apart
