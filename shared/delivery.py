@@ -19,7 +19,8 @@ The steps, for a request that passed the contract and the allow-list (DESIGN.md,
    Right before every Graph call that can send or change the mailbox, the **fence** proves the claim is still
    this worker's (`_Fence`: by the clock, or by renewing the lease under the claim's ETag); a claim taken over
    meanwhile stops the call, and the copy looks again later.
-   A 429 gives its try back: throttling spends Retry-After, not the budget.
+   A 429 is counted in the record's `throttled` besides `attempts` (every call, as the log numbers them): the
+   budget counts only the tries that were not throttled, so throttling spends Retry-After, not the budget.
 4. **Record** the outcome: `sent`; `dead-lettered` with the envelope; `retrying` (nothing was accepted)
    or `unknown` (it may have been), with the request on the retry queue, hidden until its next step.
 
@@ -512,7 +513,7 @@ def _resolve(
     else:  # the lookup failed for now (Graph or Entra unavailable): stay unknown, look again later
         failure = lookup.failure
         assert isinstance(failure, Transient)
-        when = now + timedelta(seconds=rt.settings.retry_policy.delay(record.attempts, failure.retry_after))
+        when = now + timedelta(seconds=rt.settings.retry_policy.delay(record.budget_attempts, failure.retry_after))
         spent = _budget(rt, record, now)
         if spent:
             lost = permanent("SendOutcomeUnknown", f"the Sent Items lookup kept failing ({failure.code}); {spent}")
@@ -546,7 +547,10 @@ def _resolve(
 def _budget(rt: Runtime, record: StatusRecord, now: datetime) -> str | None:
     from shared.retries import budget_spent
 
-    return budget_spent(rt.settings.retry_policy, record.attempts, record.first_attempt_at, now)
+    spent = budget_spent(rt.settings.retry_policy, record.budget_attempts, record.first_attempt_at, now)
+    if spent and record.throttled:  # the record's attempts include them: say why it shows more
+        spent += f"; {record.throttled} more throttled (429), not counted"
+    return spent
 
 
 # --- 3b. The fence: the claim proven before every Graph call -----------------------------------------------
@@ -645,7 +649,7 @@ def _settle(
         _dead_letter(rt, checked.received, outcome, record, fields, freeing=freeing)
         return
     original = record.message_id
-    retry_at = now + timedelta(seconds=rt.settings.retry_policy.delay(record.attempts, outcome.retry_after))
+    retry_at = now + timedelta(seconds=rt.settings.retry_policy.delay(record.budget_attempts, outcome.retry_after))
     if outcome.maybe_sent:
         # Never given up on here: what happened must be found out first (the next delivery resolves it).
         settled = now + timedelta(seconds=rt.settings.graph_timeout_seconds + rt.settings.unknown_settle_seconds)
@@ -655,8 +659,9 @@ def _settle(
         return
     if outcome.throttled:
         fields["throttled"] = True  # a 429: counted as such (mailrelay.throttled), and the alert on their rate
-        # Throttling is the service's pace, not the request's fault: the try is given back, Retry-After kept.
-        record = replace(record, attempts=max(record.attempts - 1, 0))
+        # Throttling is the service's pace, not the request's fault: the try stays in `attempts` (the call was made,
+        # as the log says) and is marked throttled, which the budget does not count; Retry-After kept.
+        record = replace(record, throttled=min(record.throttled + 1, record.attempts))
     spent = _budget(rt, record, now)
     if spent:
         gave_up = Transient(outcome.code, f"{outcome.message} ({spent})", outcome.hint, outcome.retry_after)

@@ -168,7 +168,11 @@ class StatusRecord:
     key: StatusKey
     state: str
     fingerprint: str = ""  # a digest of the request's content: a redelivery is told from a reused id
-    attempts: int = 0  # sendMail calls made
+    attempts: int = 0  # tries made (a sendMail call, or the token it needed first), each as the log's `attempt`
+    # Of those, the throttled ones (Graph's 429, or a token request MSAL's throttle cache held back: outcomes.py): the
+    # retry budget does not count them (`budget_attempts`), since throttling is the service's pace, not the request's
+    # fault. Kept apart, rather than given back from `attempts`, so the record agrees with the log.
+    throttled: int = 0
     # Times the pacing put it back `queued` (shared/delivery.py `_pace`): the hint says so only while it waits, and
     # a later outcome overwrites it, so the delivery report (shared/report.py) counts paced requests from this.
     paced: int = 0
@@ -190,6 +194,11 @@ class StatusRecord:
     resolution: str | None = None  # how an unknown send was settled: found in Sent Items, resent, dead-lettered
     etag: str | None = None  # set by the store when read; a change names it
 
+    @property
+    def budget_attempts(self) -> int:
+        """The attempts SEND_MAX_ATTEMPTS counts: every try but the throttled ones."""
+        return max(self.attempts - self.throttled, 0)
+
     def to_json(self) -> dict[str, Any]:
         """The record as `mailrelay status --json` and the client show it."""
         out: dict[str, Any] = {
@@ -200,6 +209,8 @@ class StatusRecord:
             "state": self.state,
             "attempts": self.attempts,
         }
+        if self.throttled:
+            out["throttled"] = self.throttled
         if self.paced:
             out["paced"] = self.paced
         for name, value in (
@@ -390,6 +401,7 @@ def to_entity(record: StatusRecord) -> dict[str, Any]:
         "key": record.key.value,
         "state": record.state,
         "attempts": record.attempts,
+        "throttled": record.throttled,
         "paced": record.paced,
         "recipients": record.recipients,
     }
@@ -426,6 +438,8 @@ def from_entity(entity: Any) -> StatusRecord:
         key=key,
         state=str(entity["state"]),
         attempts=int(entity.get("attempts") or 0),
+        # Records written before it was kept gave a throttled try back from attempts instead: 0 counts them right.
+        throttled=int(entity.get("throttled") or 0),
         paced=int(entity.get("paced") or 0),  # records written before it was kept: 0
         recipients=int(entity.get("recipients") or 0),
         etag=metadata.get("etag"),

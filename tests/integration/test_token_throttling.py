@@ -116,7 +116,7 @@ def test_every_try_a_request_spends_reached_entra(delivery: Delivery, retry_afte
     assert delivery.emu.stats["graph.sendMail"] == 1
 
 
-def test_a_try_msal_answers_from_its_cache_gives_its_attempt_back(delivery: Delivery) -> None:
+def test_a_try_msal_answers_from_its_cache_is_counted_throttled_and_spends_no_budget(delivery: Delivery) -> None:
     # One try each (SEND_MAX_ATTEMPTS=1): the first request meets Entra's 503 and is dead-lettered, its budget
     # spent on a real call. The second, at once, is answered the same 503 by MSAL without a call to Entra: that
     # try is not the request's, so it waits out MSAL's window and is sent.
@@ -129,12 +129,12 @@ def test_a_try_msal_answers_from_its_cache_gives_its_attempt_back(delivery: Deli
     delivery.outbox("second")
     assert delivery.emu.stats["entra.token"] == 1  # MSAL answered from its cache
     waiting = delivery.record("second")
-    assert waiting.state == RETRYING and waiting.attempts == 0, waiting
+    assert waiting.state == RETRYING and (waiting.attempts, waiting.throttled) == (1, 1), waiting
     ((delay, calls_before),) = delivery.run_retries()
     assert delay >= 2 and calls_before == 1
 
     record = delivery.record("second")
-    assert record.state == SENT and record.attempts == 1
+    assert record.state == SENT and (record.attempts, record.throttled) == (2, 1)
     assert delivery.emu.stats["entra.token"] == 2
     (dead,) = delivery.dead.envelopes
     assert dead["request"]["id"] == "first" and dead["error"]["code"] == "EntraUnavailable"

@@ -536,19 +536,30 @@ def test_a_copy_that_lost_its_claim_leaves_a_draft_with_the_mark_alone() -> None
 # --- Transient failures and the retry queue --------------------------------------------------------------
 
 
-def test_a_throttled_try_is_retrying_on_the_relays_queue_with_retry_after_as_a_floor() -> None:
+def test_a_throttled_try_is_retrying_on_the_relays_queue_with_retry_after_as_a_floor(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     s = make()
     s.graph.replies.append(graph_error(429, "ApplicationThrottled", "slow down", retry_after="20"))
-    s.outbox()
+    with caplog.at_level(logging.INFO):
+        s.outbox()
     record = s.record()
-    # Throttling spends Retry-After, not the budget: the try is given back.
-    assert record.state == RETRYING and record.attempts == 0 and record.last_error_code == "ApplicationThrottled"
+    # Throttling spends Retry-After, not the budget: the try is counted, as the log numbers it, and marked throttled.
+    assert record.state == RETRYING and record.last_error_code == "ApplicationThrottled"
+    assert (record.attempts, record.throttled, record.budget_attempts) == (1, 1, 0)
+    [retry] = events(caplog, "mail.retry")
+    assert getattr(retry, "attempt", None) == record.attempts == 1 and getattr(retry, "throttled", None) is True
+    assert record.to_json()["attempts"] == 1 and record.to_json()["throttled"] == 1  # what `mailrelay status` shows
     ((payload, delay),) = s.retries.puts
     assert set(payload) == {"$retry", "request"} and "attempts" not in payload["$retry"]  # state is in the record
     assert delay >= 20 and record.not_before == s.clock.now + timedelta(seconds=delay)
     s.clock.advance(delay)
-    s.run_retries()
-    assert len(s.graph.calls) == 2 and s.record().state == SENT and s.record().attempts == 1
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        s.run_retries()
+    sent = s.record()
+    assert len(s.graph.calls) == 2 and sent.state == SENT and (sent.attempts, sent.throttled) == (2, 1)
+    assert getattr(events(caplog, "mail.sent")[0], "attempt", None) == 2  # the second call, in both
 
 
 def test_an_early_duplicate_keeps_to_the_records_schedule() -> None:
@@ -583,6 +594,34 @@ def test_a_429_storm_never_spends_the_budget() -> None:
         s.clock.advance(3600)
         s.run_retries()
     assert len(s.graph.calls) == 6 and s.dead.envelopes == [] and s.record().state == SENT
+    assert (s.record().attempts, s.record().throttled) == (6, 5)  # every call counted; the budget spent 1 of 2
+
+
+def test_the_throttled_count_is_kept_in_the_table_and_a_record_from_before_reads_as_none() -> None:
+    from shared.status import StatusKey, StatusRecord, from_entity, to_entity
+
+    record = StatusRecord(StatusKey(SENDER, "id", "order-42"), RETRYING, attempts=3, throttled=2)
+    entity = to_entity(record)
+    assert (entity["attempts"], entity["throttled"]) == (3, 2)
+    assert from_entity(entity).budget_attempts == 1
+    del entity["throttled"]  # written before issue 21: a throttled try was given back from attempts instead
+    assert (from_entity(entity).throttled, from_entity(entity).budget_attempts) == (0, 3)
+
+
+def test_throttled_tries_are_not_counted_by_the_budget_and_the_dead_letter_says_why_the_record_shows_more() -> None:
+    s = make(SEND_MAX_ATTEMPTS="2")
+    s.graph.replies.append(graph_error(429, "ApplicationThrottled", "slow down", retry_after="1"))
+    for _ in range(2):
+        s.graph.replies.append(graph_error(408, "RequestTimeout", "the server timed out waiting", retry_after="1"))
+    s.outbox()
+    for _ in range(3):
+        s.clock.advance(3600)
+        s.run_retries()
+    assert len(s.graph.calls) == 3  # the 429 spent none of the 2 tries
+    (envelope,) = s.dead.envelopes
+    assert envelope["attempts"] == 3 and s.record().attempts == 3 and s.record().throttled == 1
+    message = envelope["error"]["message"]
+    assert "gave up after 2 attempts (SEND_MAX_ATTEMPTS=2); 1 more throttled (429), not counted" in message
 
 
 def test_a_retry_wrapper_on_the_outbox_is_refused_never_trusted() -> None:
