@@ -733,7 +733,7 @@ def _dead_letter(
     from shared.outcomes import dead_letter_envelope
 
     attempts = record.attempts if record else 0
-    origin = (record.message_id if record else None) or fields.get("queueMessageId")
+    origin = (record.message_id if record else None) or fields.get("originalMessageId") or fields.get("queueMessageId")
     app = record.key.app if record else fields.get("app")
     rt.dead_letters.put(dead_letter_envelope(request, failure, attempts=attempts, queue_message_id=origin, app=app))
     if record is not None:

@@ -921,3 +921,16 @@ def test_cleanup_deletes_records_older_than_the_retention() -> None:
     s.clock.advance(86400 + 1)
     assert handle_status_cleanup(None, s.rt) == 1
     assert s.status.get(KEY) is None and s.status.get(StatusKey(SENDER, "id", "order-43")) is not None
+
+
+def test_a_retry_copy_refused_before_it_has_a_record_is_dead_lettered_under_its_first_messages_id() -> None:
+    """The key `mailrelay send` printed for a request without an id is its first queue message's id: a dead letter
+    of a retry copy (the relay's own queue message, another id) must carry that one, as dead-letters list shows."""
+    from shared.retries import wrap
+
+    s = make()
+    s.outbox()  # order-42 sent
+    s.pending.append((wrap({**REQUEST, "subject": "other content"}, "q-first", "transient"), s.clock.now))
+    s.run_retries()
+    (envelope,) = s.dead.envelopes
+    assert envelope["error"]["code"] == "DuplicateKey" and envelope["queueMessageId"] == "q-first"
