@@ -327,7 +327,7 @@ class Console:
     def _dead_letters_page(self, requeued: str | None = None) -> str:
         letters = self._dead_letters().peek()
         rows = "".join(
-            f"<tr><td>{esc(d.id)}</td><td>{esc(d.app)}</td>"
+            f"<tr><td>{esc(d.key)}</td><td>{esc(d.app)}</td>"
             f"<td><b>{esc(d.code)}</b><div class=hint>{esc(d.hint)}</div></td>"
             f"<td>{esc(d.sender or '-')}</td><td>{esc(d.attempts if d.attempts is not None else '?')}</td>"
             f'<td>{esc(d.failed_at or "-")}</td><td><form method=post action="/dead-letters/{esc(d.id)}/requeue">'
@@ -335,7 +335,7 @@ class Console:
             for d in letters
         )
         table = (
-            "<table><tr><th>Id</th><th>App</th><th>Code and hint</th><th>Sender</th><th>Attempts</th><th>Failed at</th>"
+            "<table><tr><th>Key</th><th>App</th><th>Code and hint</th><th>Sender</th><th>Attempts</th><th>Failed at</th>"
             "<th></th></tr>"
             f"{rows}</table>"
             if rows

@@ -213,6 +213,17 @@ class FakeDeadLetters:
         return Requeued(letter_id, "new-message-9", "billing")
 
 
+def test_dead_letters_are_listed_by_the_key_send_printed() -> None:
+    """mailrelay send prints a request's key (its id) and dead-letters list shows it: the console's page too, not
+    the poison message's own id."""
+    console = alone(dead_letters=FakeDeadLetters(), queue_name="mail-outbox")
+    try:
+        page = requests.get(console.url + "dead-letters", timeout=5).text
+        assert "<th>Key</th>" in page and "<td>payslip-7</td>" in page and "<td>dl-1</td>" not in page
+    finally:
+        console.stop()
+
+
 def test_requeue_says_what_it_requeued_and_where() -> None:
     console = alone(dead_letters=FakeDeadLetters(), queue_name="mail-outbox")
     try:
