@@ -92,14 +92,15 @@ def test_envelope_has_designs_shape() -> None:
     }
 
 
-def test_readme_quotes_the_access_denied_hints_the_code_gives() -> None:
+def test_the_docs_quote_the_access_denied_hints_the_code_gives() -> None:
     from pathlib import Path
 
     from shared.outcomes import ACCESS_DENIED_HINTS, hint_for
 
-    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    # The reference moved from README.md to docs/ (issue 21): docs/outcomes.md quotes the hints.
+    page = (Path(__file__).parents[2] / "docs" / "outcomes.md").read_text(encoding="utf-8")
     for model, hint in ACCESS_DENIED_HINTS.items():
-        assert hint in readme, f"README's quoted ErrorAccessDenied hint for {model} differs from the code's"
+        assert hint in page, f"docs/outcomes.md's quoted ErrorAccessDenied hint for {model} differs from the code's"
         assert hint_for("ErrorAccessDenied", "Access is denied. Check credentials and try again.", model) == hint
     assert "consent" in ACCESS_DENIED_HINTS["rbac"] and "send as anyone" in ACCESS_DENIED_HINTS["rbac"]
 
