@@ -335,8 +335,8 @@ class Console:
             for d in letters
         )
         table = (
-            "<table><tr><th>Key</th><th>App</th><th>Code and hint</th><th>Sender</th><th>Attempts</th><th>Failed at</th>"
-            "<th></th></tr>"
+            "<table><tr><th>Key</th><th>App</th><th>Code and hint</th><th>Sender</th><th>Attempts</th>"
+            "<th>Failed at</th><th></th></tr>"
             f"{rows}</table>"
             if rows
             else "<p>No dead letters.</p>"
