@@ -5,8 +5,8 @@
 // mail-outbox-retry and mail-outbox-retry-poison; tables expirywarnings and mailstatus, which holds the status
 // records of the outbox (the implicit app default) and one pace row per sender mailbox; the Flex deployment container, the relay's overflow container and mail-payloads, where apps put large attachments and
 // bodies for the relay to fetch (claim check); shared keys off), a Key Vault (RBAC, soft delete, purge protection) for the
-// Graph client secret or certificate (graphCredential: secret, certificate; federated and managed-identity store nothing), Log Analytics + Application Insights (Entra auth only), two log alerts and
-// an optional action group; per declared app (param apps) a queue, its poison queue, a payload container, a status
+// Graph client secret or certificate (graphCredential: secret, certificate; federated and managed-identity store nothing), Log Analytics + Application Insights (Entra auth only), log alerts on the
+// relay's telemetry dimensions, a workbook and an optional action group (app/monitoring.bicep); per declared app (param apps) a queue, its poison queue, a payload container, a status
 // table mailstatus<name without its hyphens> for its status records, and its principals' roles there
 // (app/app-access.bicep). The Entra app registration is optional (app/entra-app.bicep); the
 // Exchange Online scope is set by the scripts in infra/exchange/, never by this template.
@@ -209,8 +209,23 @@ param maxMessageSizeMb string = '35'
 @description('Days a claim-checked payload (a large attachment or body in the mail-payloads container) that nobody deleted is kept (PAYLOAD_RETENTION_DAYS), 8 to 3650 (at least 7 days of sendAt plus SEND_MAX_AGE_HOURS). The relay deletes a payload once its request is sent; a dead-lettered request keeps its payloads so it can be requeued, until this many days have passed. Default 30.')
 param payloadRetentionDays string = '30'
 
-@description('E-mail address that receives the Azure Monitor alerts (dead-lettered mail, expiring secret). Empty: the alerts are still created, without notification.')
+@description('E-mail address that receives the Azure Monitor alerts (app/monitoring.bicep: dead letters, poison queues, Graph throttling, unknown outcomes, the Graph credential, mailbox budgets, mail waiting). Empty: the alerts are still created, without notification.')
 param alertEmail string = ''
+
+// The alerts' thresholds (app/monitoring.bicep says why each default; infra/README.md, "Alerts").
+@minValue(1)
+@description('429 answers from Graph in 15 minutes, per app and sender mailbox, that raise the throttling alert. Default 10.')
+param throttledAlertThreshold int = 10
+
+@minValue(1)
+@maxValue(100)
+@description('Percent of a mailbox\'s daily recipient budget (gauge mailrelay.mailbox_recipients_used x 100) at which the budget alert fires, 1 to 100. Default 80 (a share of 0.8).')
+param mailboxRecipientsAlertPercent int = 80
+
+@minValue(15)
+@maxValue(60)
+@description('Minutes an app\'s outbox may hold mail with nothing sent for that app before the "mail waiting" alert fires, 15 to 60. Default 30.')
+param mailWaitingAlertMinutes int = 30
 
 // ---------------------------------------------------------------------------------------------
 // Capacity
@@ -767,11 +782,11 @@ module appAccess 'app/app-access.bicep' = [for (app, i) in apps: {
 }]
 
 // ---------------------------------------------------------------------------------------------
-// Alerts: dead-lettered mail, expiring client secret
+// Monitoring: alerts on the relay's telemetry dimensions, and a workbook (app/monitoring.bicep)
 // ---------------------------------------------------------------------------------------------
 
-module alerts 'app/alerts.bicep' = {
-  name: 'relay-alerts'
+module monitoring 'app/monitoring.bicep' = {
+  name: 'relay-monitoring'
   scope: rg
   params: {
     location: location
@@ -779,6 +794,9 @@ module alerts 'app/alerts.bicep' = {
     namePrefix: 'mailrelay-${resourceToken}'
     appInsightsId: appInsights.outputs.resourceId
     alertEmail: alertEmail
+    throttledAlertThreshold: throttledAlertThreshold
+    mailboxRecipientsAlertPercent: mailboxRecipientsAlertPercent
+    mailWaitingAlertMinutes: mailWaitingAlertMinutes
   }
 }
 

@@ -60,9 +60,32 @@ var storageSettings = {
 // Application Insights with Entra ID auth: the connection string names the resource, the
 // authentication string makes the host and the OpenTelemetry exporter use the identity
 // (Monitoring Metrics Publisher on the component; see rbac.bicep).
+//
+// The relay's telemetry as data (shared/telemetry.py; the alerts and the workbook in monitoring.bicep query its
+// dimensions). With host.json "telemetryMode": "OpenTelemetry" ("Use OpenTelemetry with Azure Functions",
+// https://learn.microsoft.com/azure/azure-functions/opentelemetry-howto), PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY
+// makes the Python worker call the Azure Monitor distro's configure_azure_monitor() itself at start-up, with
+// logger_name from PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME (azure-functions-python-worker, otel.py
+// initialize_azure_monitor, and the worker's utils/constants.py for both names), and tell the host it exports its
+// own telemetry (capability WorkerOpenTelemetryEnabled) so the host stops forwarding the log text a second time.
+// Without the setting only the message text arrives and customDimensions stays empty. The logger name keeps the
+// export to the relay's own "mailrelay" logger: the default (the root logger) would also export the Azure SDKs'
+// HTTP logging and the exporter's own records, whose export logs again.
+// Entra-only ingestion keeps working: the worker passes no credential, and the exporter then builds one from
+// APPLICATIONINSIGHTS_AUTHENTICATION_STRING itself ("Authorization=AAD;ClientId=<id>" becomes
+// ManagedIdentityCredential(client_id=<id>): azure-monitor-opentelemetry-exporter, export/_base.py
+// _get_authentication_credential, since 1.0.0b36, "Enabled Entra ID Credential configuration via env var"; the
+// distro 1.8.11 that requirements.txt resolves to today pins the exporter ~=1.0.0b58); the host in OpenTelemetry
+// mode reads it too (azure-functions-host, Diagnostics/OpenTelemetry/OpenTelemetryConfigurationExtensions.cs,
+// GetTokenCredential). Microsoft documents the setting's value for Functions in "Microsoft Entra authentication for
+// Application Insights" (https://learn.microsoft.com/azure/azure-monitor/app/azure-ad-authentication, "Environment
+// variable configuration"); that page's Python tab shows only configure_azure_monitor(credential=...), which the
+// worker does not pass, so the exporter's source above is what shows the Python side honours the setting.
 var monitoringSettings = {
   APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsightsConnectionString
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
+  PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'
+  PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME: 'mailrelay'
 }
 
 var identitySettings = {

@@ -36,12 +36,15 @@ class Captured:
     reader: InMemoryMetricReader = field(default_factory=InMemoryMetricReader)
 
     def events(self) -> dict[str, set[str]]:
-        """Each event emitted, with the union of the dimensions its records carried."""
+        """Each event emitted, with the union of the dimensions its records carried. A field logged as None is not
+        one: OpenTelemetry drops an attribute whose value is None, so it never reaches customDimensions."""
         out: dict[str, set[str]] = {}
         for r in self.records:
             event = r.__dict__.get("event")
             if event:
-                out.setdefault(event, set()).update(k for k in r.__dict__ if k not in STANDARD)
+                out.setdefault(event, set()).update(
+                    k for k, v in r.__dict__.items() if k not in STANDARD and v is not None
+                )
         return out
 
     def points(self) -> dict[str, list[tuple[dict[str, Any], Any]]]:
@@ -102,8 +105,40 @@ def run_scenarios() -> None:
     u.run_retries()
 
 
-def emitted() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
-    """What the relay emits in run_scenarios: events with their dimensions, metrics with their attributes."""
+def run_timer_scenarios() -> None:
+    """The timers' events, each once: the queue-depth timer over every kind of queue of the outbox and of a declared
+    app, and the expiry check's findings the credential alerts read, through the log channel the timer always has
+    (shared/bootstrap.py): a client secret inside a warning threshold, an expired one, and a secretless mode's
+    refused token."""
+    from dataclasses import replace
+
+    from shared.expiry import ExpiryCheck, LogChannel, MemoryWarningRecords
+    from shared.handlers import handle_queue_depths
+    from shared.outcomes import RelayFailure, permanent
+    from tests.fakes import ScriptedTokens
+    from tests.unit.test_expiry import CLIENT, TENANT, Clock, FakeProperties, secret
+
+    s = make(MAILRELAY_APPS=json.dumps([{"name": "billing", "senders": [SENDER]}]))
+    depths = {"mail-outbox": 7, "mail-outbox-poison": 2, "mail-outbox-retry-poison": 1, "mail-outbox-billing": 3}
+    s.rt = replace(s.rt, queue_depth=lambda name: depths.get(name, 0))
+    handle_queue_depths(None, s.rt)
+
+    common: dict[str, Any] = {
+        "records": MemoryWarningRecords(),
+        "channels": [LogChannel()],
+        "warn_days": (30, 14, 7, 3, 1),
+        "client_id": CLIENT,
+        "tenant_id": TENANT,
+        "clock": Clock(),
+    }
+    ExpiryCheck(secret=FakeProperties(secret(days=10)), **common).run()
+    ExpiryCheck(secret=FakeProperties(secret(days=-1, version="v2")), **common).run()
+    refused = permanent("CredentialUnavailable", "no managed identity answered")
+    tokens = ScriptedTokens(failure=RelayFailure(refused))
+    ExpiryCheck(secret=None, mode="managed-identity", tokens=tokens, **common).run()
+
+
+def _capture_all_scenarios() -> Captured:
     c = Captured()
 
     class Handler(logging.Handler):
@@ -116,11 +151,37 @@ def emitted() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
     telemetry.use_meter_provider(MeterProvider(metric_readers=[c.reader]))
     try:
         run_scenarios()
+        run_timer_scenarios()
     finally:
         logger.removeHandler(handler)
         telemetry.use_meter_provider(None)
+    return c
+
+
+def emitted() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """What the relay emits in run_scenarios and run_timer_scenarios: events with their dimensions, metrics with their
+    attributes."""
+    c = _capture_all_scenarios()
     metrics = {name: {k for attrs, _ in points for k in attrs} for name, points in c.points().items()}
     return c.events(), metrics
+
+
+def emitted_values() -> dict[str, set[str]]:
+    """The values each dimension took in those scenarios, records and metric attributes together (as text, as
+    customDimensions holds them): what a query may compare a dimension with, e.g. the queue kinds or the expiry
+    check's states."""
+    c = _capture_all_scenarios()
+    values: dict[str, set[str]] = {}
+    for r in c.records:
+        if r.__dict__.get("event"):
+            for k, v in r.__dict__.items():
+                if k not in STANDARD and v is not None:
+                    values.setdefault(k, set()).add(str(v))
+    for points in c.points().values():
+        for attrs, _ in points:
+            for k, v in attrs.items():
+                values.setdefault(k, set()).add(str(v))
+    return values
 
 
 def test_every_event_carries_only_the_fixed_dimensions_and_no_mail_content(captured: Captured) -> None:
@@ -200,6 +261,37 @@ def test_a_broken_meter_never_stops_a_send(captured: Captured) -> None:
 def test_the_catalog_is_what_the_scenarios_emit() -> None:
     events, metrics = emitted()
     assert "mail.sent" in events and "mailrelay.sent" in metrics and metrics["mailrelay.sent"] == {"app", "sender"}
+    assert metrics["mailrelay.queue_depth"] == {"app", "queue"} and "state" in events["secret.expiry"]
+
+
+def test_the_timers_events_carry_only_the_fixed_dimensions_and_what_the_credential_alerts_split_by(
+    captured: Captured,
+) -> None:
+    run_timer_scenarios()
+    events = captured.events()
+    for event, dimensions in events.items():
+        assert event in telemetry.EVENTS, event
+        assert dimensions <= set(telemetry.DIMENSIONS), (event, dimensions - set(telemetry.DIMENSIONS))
+    findings = [
+        (r.__dict__["state"], r.__dict__["kind"], r.__dict__["credential"], r.levelno)
+        for r in captured.records
+        if r.__dict__.get("event") == "secret.expiry"
+    ]
+    assert findings == [  # the ok one too: the alerts must match the state, not the event alone
+        ("warning", "threshold", "secret", logging.WARNING),
+        ("critical", "expired", "secret", logging.CRITICAL),
+        ("ok", "nothing-to-expire", "managed-identity", logging.INFO),
+        ("critical", "token-failed", "managed-identity", logging.CRITICAL),
+    ]
+    depths = {(a["app"], a["queue"]): v for a, v in captured.points()["mailrelay.queue_depth"]}
+    assert depths == {
+        ("default", "outbox"): 7,
+        ("default", "poison"): 2,
+        ("default", "retry"): 0,
+        ("default", "retry-poison"): 1,
+        ("billing", "outbox"): 3,
+        ("billing", "poison"): 0,
+    }
 
 
 def test_the_queue_depth_timer_records_every_watched_queue_and_logs_a_poison_queue_that_is_not_empty(
