@@ -19,7 +19,7 @@ The emulator and the host run in their own sessions, so a Ctrl-C in the terminal
 parent, which then stops them in order. On Linux they also get SIGTERM if the parent dies without
 cleaning up (PR_SET_PDEATHSIG), so a killed test run leaves nothing behind.
 
-Each GRAPH_CREDENTIAL mode runs here as in Azure (README, "Credentials"; `credential=`, `mailrelay local
+Each GRAPH_CREDENTIAL mode runs here as in Azure (docs/credentials.md; `credential=`, `mailrelay local
 --credential MODE`): the emulator is seeded with what the mode needs, and nothing else, and the hosts get the
 settings infra/ gives the Function.
 
@@ -28,7 +28,7 @@ settings infra/ gives the Function.
     with LocalStack(credential="certificate") as stack:
         stack.renew_certificate(register=True); stack.remove_old_certificate_keys()
 
-Apps (README, "Apps"; MAILRELAY_APPS) are declared as the relay's setting declares them, each on its own queue
+Apps (docs/apps.md; MAILRELAY_APPS) are declared as the relay's setting declares them, each on its own queue
 (<queue>-<name>, created here with its poison queue), its senders joining the allow-list and the Exchange scope:
 
     with LocalStack(apps=[{"name": "billing", "senders": ["billing@contoso.com"]}]) as stack:
@@ -98,7 +98,7 @@ TIMER_SCHEDULES = {
 EXCHANGE_ROLES = ("Application Mail.Send", "Application Mail.ReadBasic")
 READ_ROLE = "Application Mail.Read"
 # The large-message flow (draft, upload sessions, send) needs Mail.ReadWrite (shared/sending.py); granted with
-# read access, as README's permissions table advises.
+# read access, as docs/permissions.md advises.
 WRITE_ROLE = "Application Mail.ReadWrite"
 
 # Environment the host must not inherit: it would point the relay's identity or settings elsewhere.
@@ -186,7 +186,7 @@ class LocalStack:
         resolve an unknown send instead of following SEND_UNKNOWN_OUTCOME; `set_read_access` changes it.
 
         `credential`: GRAPH_CREDENTIAL, how the relay proves itself to Entra ID, and what the emulator is seeded
-        with for it (README, "Credentials"; contract of issue 19):
+        with for it (docs/credentials.md; contract of issue 19):
         - "secret": an app registration with a client secret, the secret in Key Vault (as before);
         - "certificate": an app registration with a self-signed certificate's public key (keyCredentials) and no
           secret; the certificate, key included, in Key Vault as CERTIFICATE_NAME (`renew_certificate`);
@@ -196,7 +196,7 @@ class LocalStack:
         `expires_in_days` (`secret_expires_in_days` is its older name): the secret's or the certificate's lifetime
         from now (default 365); nothing expires in the other two modes.
 
-        `apps`: the declaration's objects (MAILRELAY_APPS; README, "Apps"), e.g. [{"name": "billing", "senders":
+        `apps`: the declaration's objects (MAILRELAY_APPS; docs/apps.md), e.g. [{"name": "billing", "senders":
         ["billing@contoso.com"], "messagesPerMinute": 10}]. Each app gets its queue (<queue_name>-<name>) and its
         poison queue in Azurite, and the hosts a trigger on it; its senders join `allowed_senders`, and the Exchange
         scope unless `exchange_scope` is given or `mailboxes` names them. A declaration the relay would refuse is

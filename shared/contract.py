@@ -1,4 +1,4 @@
-"""The send request, version 1: what an app puts on the queue (see "The send request" in DESIGN.md).
+"""The send request, version 1: what an app puts on the queue (docs/request.md).
 
 The pydantic models below are the single source of the contract. The JSON Schema shipped at
 shared/schemas/send-request.v1.json is generated from them (`python -m shared.contract --write-schema`),

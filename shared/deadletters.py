@@ -1,6 +1,6 @@
 """The dead-letter queue `<queue>-poison`: read it, show one message, put requests back on the queue.
 
-Two kinds of message end up there (DESIGN.md, "Outcomes"):
+Two kinds of message end up there (docs/outcomes.md):
 - the relay's envelopes, base64 of `{"request", "error": {"code", "message", "hint"}, "attempts", "failedAt"}`,
   written for a permanent failure;
 - raw messages the Functions host (or the local host) moved there itself: the message text exactly as it

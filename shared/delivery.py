@@ -1,6 +1,6 @@
 """One request, sent at most once per key: the claim, the resolution of unknown sends, and what follows a try.
 
-The steps, for a request that passed the contract and the allow-list (DESIGN.md, "Trust and delivery"):
+The steps, for a request that passed the contract and the allow-list (docs/guarantees.md):
 
 1. **Claim** its status record (shared/status.py) before Graph is called: insert it if absent, or change
    it under the ETag just read, from a state that allows a try. Of two workers holding one key, exactly
@@ -176,8 +176,9 @@ def deliver(
 
 # --- 0. Scheduled sends ------------------------------------------------------------------------------------
 
-# A queue message stays hidden 7 days at most (DESIGN.md, "Limits to respect"), and a scheduled request waits
-# hidden on the relay's retry queue, or on the app's queue when the app enqueued it hidden (clients did, before 21).
+# A queue message stays hidden 7 days at most (docs/design.md, "Limits the relay respects"), and a scheduled
+# request waits hidden on the relay's retry queue, or on the app's queue when the app enqueued it hidden (clients did,
+# before 21).
 MAX_SEND_AT_AHEAD = timedelta(days=7)
 
 

@@ -448,7 +448,7 @@ def dead_letter_envelope(
     queue_message_id: str | None = None,
     app: str | None = None,
 ) -> dict[str, Any]:
-    """DESIGN.md's dead-letter envelope: the request as received, why it failed, and how often it was tried.
+    """The dead-letter envelope (docs/outcomes.md): the request as received, why it failed, and how often it was tried.
 
     `queueMessageId` is the id of the queue message that first carried the request: the id `mailrelay send`
     and the client print, so `mailrelay dead-letters show <that id>` finds the letter. `app`: whose queue it came

@@ -2,8 +2,9 @@
 
 Graph's Outlook limits hold per app and mailbox (4 concurrent requests, 10,000 per 10 minutes, 150 MB of uploads
 per 5 minutes), and Exchange Online holds each mailbox to 30 messages a minute and 10,000 recipients a day; past the
-last one the mailbox is blocked from sending for up to 24 hours (DESIGN.md, "Limits to respect"). So before each
-send the relay takes a slot in its mailbox's pace row, a Table entity changed under ETag like the status records:
+last one the mailbox is blocked from sending for up to 24 hours (docs/design.md, "Limits the relay respects"). So
+before each send the relay takes a slot in its mailbox's pace row, a Table entity changed under ETag like the status
+records:
 
 - `slots`: the sends in flight, each with a lease (a crashed worker's slot lapses with it), at most
   MAILBOX_MAX_CONCURRENT (4);

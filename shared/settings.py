@@ -95,7 +95,7 @@ class StorageSettings:
 
 
 CREDENTIAL_MODES: Final = ("secret", "certificate", "federated", "managed-identity")
-# What each mode needs beside GRAPH_TENANT_ID (README, "Credentials"): named at first use when missing.
+# What each mode needs beside GRAPH_TENANT_ID (docs/credentials.md): named at first use when missing.
 _MODE_NEEDS: Final = {
     "secret": ("GRAPH_CLIENT_ID", "KEY_VAULT_URI", "GRAPH_CLIENT_SECRET_NAME"),
     "certificate": ("GRAPH_CLIENT_ID", "KEY_VAULT_URI", "GRAPH_CERTIFICATE_NAME"),
@@ -498,7 +498,7 @@ def parse_registration(env: Mapping[str, str], name: str = "default") -> GraphRe
     mode = env.get("GRAPH_CREDENTIAL", "").strip().lower() or "secret"
     if mode not in CREDENTIAL_MODES:
         raise SettingsError(
-            f'Setting GRAPH_CREDENTIAL must be one of {", ".join(CREDENTIAL_MODES)} (README, "Credentials"), '
+            f'Setting GRAPH_CREDENTIAL must be one of {", ".join(CREDENTIAL_MODES)} (docs/credentials.md), '
             f"got {mode!r}."
         )
     tenant_id = _required(env, "GRAPH_TENANT_ID", "the directory (tenant) id of the app registration")

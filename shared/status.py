@@ -9,7 +9,7 @@ cannot suppress another mailbox's mail with an id it reuses), or, for a request 
 of the queue message that first carried it. A record holds states, counts, codes, hints, timestamps and
 Graph's request ids; never a subject, a body or a recipient's address (a count and the domains only).
 
-States (DESIGN.md, "Trust and delivery"):
+States (docs/guarantees.md):
 - `sending`: a worker holds the claim until `leaseUntil`; after that another may take it over (the worker
   died), and the try it made is then of unknown outcome;
 - `sent`: Graph accepted it (202), or the relay found its mark in the sender's Sent Items;
@@ -72,7 +72,7 @@ class RowWrite:
     """Another row of a record's partition, written in the same entity group transaction as the record.
 
     Table storage runs the operations of one transaction (one table, one partition, at most 100) all or nothing
-    (DESIGN.md, "Limits to respect"; https://learn.microsoft.com/rest/api/storageservices/performing-entity-group-transactions),
+    (docs/design.md, "Limits the relay respects"; https://learn.microsoft.com/rest/api/storageservices/performing-entity-group-transactions),
     so a record's change and this row's change land together or not at all. With `etag` the row is replaced under
     that ETag; without, `properties` are merged into it unconditionally (no read, and nothing of another writer's
     is overwritten but these properties)."""

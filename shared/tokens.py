@@ -310,7 +310,7 @@ class ManagedIdentityTokens:
     """GRAPH_CREDENTIAL=managed-identity: the Function's user-assigned identity is the Graph caller. Its tokens come
     from the identity endpoint through azure-identity, which caches them (for hours: a permission change reaches
     the relay only with a new token). Graph's roles are those assigned to the identity's service principal, and
-    Exchange's RBAC for Applications points at that principal (README, "Credentials")."""
+    Exchange's RBAC for Applications points at that principal (docs/credentials.md)."""
 
     def __init__(self, identity: Any):
         self._identity = identity  # a RelayCredential over the user-assigned identity, without the CLI fallback

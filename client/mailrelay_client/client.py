@@ -13,7 +13,7 @@ Why use it rather than the Storage SDK directly:
   `mailrelay status` show it, with its notBefore, and an app's maxScheduled counts it) and holds it on its own
   retry queue until then. A sendAt is checked here first: not in the past, at most 7 days ahead;
 - messages never expire (time-to-live -1): a mail waiting out an outage must not vanish after 7 days;
-- with `app=NAME` it enqueues on that app's own queue, `<outbox>-<NAME>` (the relay's README, "Apps"): the queue
+- with `app=NAME` it enqueues on that app's own queue, `<outbox>-<NAME>` (the relay's docs/apps.md): the queue
   is the app's identity, so the relay judges the request by that app's senders and ids.
 """
 

@@ -6,7 +6,7 @@ Two models restrict which mailboxes an app may act on, and Entra consent adds to
   "Permissions granted through Entra ID and RBAC for Applications are additive": with a tenant-wide
   `Mail.Send` consent, every mailbox is allowed whatever the scope says.
   (learn.microsoft.com/exchange/permissions-exo/application-rbac, "Limitations" and "Supported Application
-  Roles"; DESIGN.md "The Exchange scope".)
+  Roles"; docs/design.md "The Exchange scope".)
   A scope's `MemberOfGroup` filter matches only groups Exchange recognises (mail-enabled): an Entra-only
   security group matches nobody (same page, "Management scopes").
 - Application access policy (legacy): needs the Entra consent (the role in the token), then RestrictAccess
@@ -17,8 +17,8 @@ Two models restrict which mailboxes an app may act on, and Entra consent adds to
   not tell the two apart. Some tenants report a longer text, "Access to OData is disabled: [RAOP] : Blocked by
   tenant configured AppOnly AccessPolicy settings." (`POLICY_DENIED_RAOP`); the documented one is the default, and
   `policy_denial_text` switches to the other (admin API `POST exchange {"policyDenialText": ...}`).
-- The RBAC denial's text, "Access is denied. Check credentials and try again.", is as users report it (DESIGN.md,
-  "Real 403 messages"); assumed: no Microsoft page gives it for RBAC for Applications.
+- The RBAC denial's text, "Access is denied. Check credentials and try again.", is as users report it
+  (docs/outcomes.md); assumed: no Microsoft page gives it for RBAC for Applications.
 - With no model at all, the consent reaches every mailbox: the CEO's included.
 Per mailbox: it must exist in Exchange Online (a user without an Exchange Online mailbox gives 404
 `MailboxNotEnabledForRESTAPI`; a shared mailbox needs no licence), and EWS/REST must not be blocked on it

@@ -1,6 +1,6 @@
 """Graph's and Exchange's sending limits, enforced per app and mailbox, time-scaled for tests.
 
-The figures (DESIGN.md, "Limits to respect", checked against Microsoft's pages):
+The figures (docs/design.md, "Limits the relay respects", checked against Microsoft's pages):
 - Graph's Outlook service limits hold per app ID and mailbox (https://learn.microsoft.com/graph/throttling-limits,
   "Outlook service limits"): 4 concurrent requests and 10,000 requests per 10 minutes; over them Graph answers
   429 with Retry-After, code `ApplicationThrottled`, and for the concurrency one the message "Application is

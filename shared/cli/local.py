@@ -58,7 +58,7 @@ def register(subparsers: Subparsers) -> None:
         action="append",
         default=[],
         metavar="NAME=SENDER[,SENDER]",
-        help="declare an app (MAILRELAY_APPS; README, \"Apps\"): its own queue <queue>-NAME, sending only as these "
+        help="declare an app (MAILRELAY_APPS; docs/apps.md): its own queue <queue>-NAME, sending only as these "
         "senders, which join the allow-list and the Exchange scope; repeatable. `mailrelay send --app NAME` "
         "enqueues on it. None: the outbox is the one app, as before",
     )
@@ -69,7 +69,7 @@ def register(subparsers: Subparsers) -> None:
         help="GRAPH_CREDENTIAL, how the relay proves itself to Entra ID (default secret): secret (a client secret "
         "in Key Vault), certificate (a Key Vault certificate whose public key the app registration holds), "
         "federated (the app registration trusts a user-assigned managed identity: no secret anywhere), "
-        "managed-identity (the identity calls Graph itself: no app registration); README, \"Credentials\"",
+        "managed-identity (the identity calls Graph itself: no app registration); docs/credentials.md",
     )
     parser.add_argument(
         "--expires-in",
@@ -218,7 +218,8 @@ def run(args: argparse.Namespace) -> int:
     if bad:
         return fail("local", f"not an email address: {', '.join(repr(a) for a in bad)}", EXIT_USAGE)
     if not 1 <= args.instances <= 8:
-        return fail("local", f"--instances takes 1 to 8 (infra/ caps Azure at 4), got {args.instances}", EXIT_USAGE)
+        why = "several hosts play Azure's scale-out, which infra/ caps at 40 instances"
+        return fail("local", f"--instances takes 1 to 8 ({why}), got {args.instances}", EXIT_USAGE)
     # By default the allowed senders (the apps' included: they join the allow-list) are inside the Exchange scope,
     # except those named by --mailbox.
     outside_lower = {m.lower() for m in outside}

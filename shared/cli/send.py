@@ -123,7 +123,7 @@ def register(subparsers: Subparsers) -> None:
     parser.add_argument("--no-save", action="store_true", help="do not keep a copy in Sent Items")
     add_app_arg(
         parser,
-        "enqueue as app NAME, on its own queue <queue>-NAME (MAILRELAY_APPS; README, \"Apps\"): the relay sends only "
+        "enqueue as app NAME, on its own queue <queue>-NAME (MAILRELAY_APPS; docs/apps.md): the relay sends only "
         "as that app's senders; default: the outbox, the default app",
     )
     add_connection_args(parser)
