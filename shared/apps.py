@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Final
 if TYPE_CHECKING:
     from shared.settings import GraphRegistration
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"mailrelay.{__name__}")  # under the logger the worker's distro exports (shared/telemetry.py)
 
 DEFAULT_APP: Final = "default"
 # Names an app may not take: the implicit app, and those that would make an app's queue one of the relay's own

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from shared.settings import GraphRegistration
     from shared.tokens import TokenSource
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"mailrelay.{__name__}")  # under the logger the worker's distro exports (shared/telemetry.py)
 
 # The audience of a managed identity's token used as a federated credential, in Entra's public cloud (the page
 # above; Azure Government and Azure China use api://AzureADTokenExchangeUSGov and ...China).

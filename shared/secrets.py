@@ -18,7 +18,7 @@ from shared.outcomes import RelayFailure, parse_retry_after, permanent, transien
 if TYPE_CHECKING:
     from azure.keyvault.secrets import SecretClient
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"mailrelay.{__name__}")  # under the logger the worker's distro exports (shared/telemetry.py)
 
 
 class SecretSource(Protocol):

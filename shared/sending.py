@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from shared.graph import DraftSender
     from shared.payloads import PayloadError, PayloadStore, Reader
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"mailrelay.{__name__}")  # under the logger the worker's distro exports (shared/telemetry.py)
 
 # One sendMail carries the body and the attachments base64-encoded in a request Graph caps at 4 MB: 3,000,000
 # bytes become 4,000,000 characters, which leaves room for the rest of the JSON.

@@ -124,6 +124,7 @@ EVENTS: Final[dict[str, tuple[str, ...]]] = {
     "secret.rejected": (),
     "certificate.rejected": (),
     "token.renew": (),
+    "certificate.read": (),
     "queue.depth": (),
 }
 
@@ -189,7 +190,7 @@ def record(name: str, value: float, **fields: Any) -> None:
         else:
             instrument.set(value, attributes)
     except Exception:  # the metric is lost, the mail is not
-        logging.getLogger(__name__).debug("metric %s not recorded", name, exc_info=True)
+        LOGGER.debug("metric %s not recorded", name, exc_info=True)
 
 
 def count_event(event: str, fields: dict[str, Any]) -> None:

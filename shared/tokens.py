@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from shared.credentials import ClientCredential, MsalCredential
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"mailrelay.{__name__}")  # under the logger the worker's distro exports (shared/telemetry.py)
 
 GRAPH_SCOPES: Final = ["https://graph.microsoft.com/.default"]
 

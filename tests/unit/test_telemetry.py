@@ -352,3 +352,22 @@ def test_a_mailboxs_share_of_its_daily_recipients_is_a_gauge_updated_as_slots_ar
     p.outbox({**REQUEST, "id": "second"}, msg_id="q-2")
     ((attrs, value),) = captured.points()["mailrelay.mailbox_recipients_used"]
     assert attrs == {"sender": SENDER} and value == pytest.approx(6 / 30)  # two requests of 3 recipients
+
+
+def test_every_relay_logger_is_one_the_workers_distro_exports() -> None:
+    """infra/ sets PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME=mailrelay: the distro exports that logger and its children
+    only, so an event logged under another name (a module's __name__, "shared.tokens") never reaches the alerts."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "shared"
+    outside = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "getLogger" and node.args:
+                name = ast.unparse(node.args[0])
+                ours = name == "LOGGER_NAME" or name.lstrip("f").strip("'\"").startswith("mailrelay")
+                if not ours:
+                    outside.append(f"{path.relative_to(root)}: getLogger({name})")
+    # The one exception: channels.py quiets urllib3's own logger (it would print the webhook's URL), not ours.
+    assert outside == ['expiry/channels.py: getLogger(\'urllib3.connectionpool\')'], outside
