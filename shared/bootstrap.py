@@ -256,6 +256,7 @@ def build_expiry_runtime(
             mode=graph.mode,
             tokens=None if graph.expires else credentials.tokens,
             thumbprint=_certificate_in_use(credentials),
+            registration="relay" if graph.name == "default" else graph.name,  # parse_registration's name
             **({"clock": clock} if clock else {}),
         )
 

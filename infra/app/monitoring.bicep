@@ -124,8 +124,9 @@ traces
 | where tostring(customDimensions.event) == "secret.expiry"
 | extend state = tostring(customDimensions.state), kind = tostring(customDimensions.kind)
 | extend credential = tostring(customDimensions.credential), secretName = tostring(customDimensions.secretName)
+| extend registration = tostring(customDimensions.registration)
 | where state == "__STATE__"
-| project timestamp, kind, credential, secretName, findings = 1
+| project timestamp, registration, kind, credential, secretName, findings = 1
 '''
 
 // A mailbox near its daily recipient budget: the highest share any instance saw, per sender, in percent.
@@ -232,7 +233,7 @@ var alertRules = [
     aggregation: 'Total'
     operator: 'GreaterThan'
     threshold: 0
-    dimensions: ['kind', 'credential', 'secretName']
+    dimensions: ['registration', 'kind', 'credential', 'secretName']
   }
   {
     name: 'credential-warning'
@@ -246,7 +247,7 @@ var alertRules = [
     aggregation: 'Total'
     operator: 'GreaterThan'
     threshold: 0
-    dimensions: ['kind', 'credential', 'secretName']
+    dimensions: ['registration', 'kind', 'credential', 'secretName']
   }
   {
     name: 'recipient-budget'

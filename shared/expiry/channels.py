@@ -181,10 +181,8 @@ def _redact_in_logs(url: str, logger: logging.Logger) -> None:
 
 
 class LogChannel:
-    """A structured log line at WARNING, ERROR or CRITICAL; Application Insights alerts on it.
-
-    The message text starts with the event name too: with the Functions host's default log forwarding
-    only the text reaches Application Insights, and infra's alert query matches either.
+    """A structured log line at WARNING, ERROR or CRITICAL, whose dimensions (shared/telemetry.py) infra's credential
+    alerts read. The message text starts with the event name too, for a person reading the log; no alert reads it.
     """
 
     name = "log"
@@ -195,7 +193,9 @@ class LogChannel:
             "%s: %s",
             EVENT,
             alert.summary,
-            extra=log_fields(alert.secret, alert.days_left, alert.threshold, alert.state, alert.kind, alert.mode),
+            extra=log_fields(
+                alert.secret, alert.days_left, alert.threshold, alert.state, alert.kind, alert.mode, alert.registration
+            ),
         )
 
 

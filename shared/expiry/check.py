@@ -147,6 +147,7 @@ class ExpiryCheck:
         mode: str = "secret",
         tokens: GraphToken | None = None,
         thumbprint: Callable[[], tuple[str | None, str] | None] | None = None,
+        registration: str = "relay",
     ):
         if (secret is None) != (mode in SECRETLESS_MODES) or (mode in SECRETLESS_MODES and tokens is None):
             raise ValueError(
@@ -154,6 +155,7 @@ class ExpiryCheck:
                 "a token source in the secretless ones"
             )
         self._mode = mode
+        self._registration = registration  # whose: "relay", or a declared app's name (its own registration)
         self._tokens = tokens
         self._thumbprint = thumbprint
         self._secret = secret
@@ -260,7 +262,9 @@ class ExpiryCheck:
 
     def _deliver(self, report: Report, finding: Finding, secret: SecretInfo | None, now: datetime) -> None:
         left = days_left(secret.expires_on, now) if secret and secret.expires_on else None
-        fields = log_fields(secret, left, finding.threshold, finding.state, finding.kind, self._mode)
+        fields = log_fields(
+            secret, left, finding.threshold, finding.state, finding.kind, self._mode, self._registration
+        )
         if finding.state == "ok":
             if not report.dry_run:
                 log.info("%s: %s", EVENT, finding.message, extra=fields)
@@ -277,6 +281,7 @@ class ExpiryCheck:
             threshold=finding.threshold,
             at=now,
             mode=self._mode,
+            registration=self._registration,
             fix=finding.fix,
         )
         previously: frozenset[str] = frozenset()

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal, Protocol
 
-EVENT: Final = "secret.expiry"  # infra/app/alerts.bicep matches on this (customDimensions.event and message text)
+EVENT: Final = "secret.expiry"  # infra/app/monitoring.bicep's credential alerts match it exactly (customDimensions)
 TABLE_NAME: Final = "expirywarnings"  # created by infra/main.bicep; created on first use locally
 # Key Vault's exp and Entra's endDateTime are typed in by hand, in different portals and time zones.
 ENTRA_TOLERANCE: Final = timedelta(days=1)
@@ -137,6 +137,7 @@ class Alert:
     at: datetime
     mode: str = "secret"  # GRAPH_CREDENTIAL
     fix: tuple[str, ...] | None = None  # what to do, when it is not renewing the stored item (a token failure)
+    registration: str = "relay"  # whose Graph registration: the relay's, or a declared app's name (its own)
 
     @property
     def log_level(self) -> int:
@@ -258,11 +259,19 @@ def safe_reason(e: BaseException) -> str:
 
 
 def log_fields(
-    secret: SecretInfo | None, left: int | None, threshold: int | None, state: str, kind: str, mode: str = "secret"
+    secret: SecretInfo | None,
+    left: int | None,
+    threshold: int | None,
+    state: str,
+    kind: str,
+    mode: str = "secret",
+    registration: str = "relay",
 ) -> dict[str, Any]:
-    # The fields infra's alert rule and dashboards read; the secret's name and version are not secret.
+    # The dimensions infra's alerts and workbook read (shared/telemetry.py); the item's name and version are not
+    # secret.
     return {
         "event": "secret.expiry",  # EVENT, spelt out: infra's wiring test looks for this very text
+        "registration": registration,
         "credential": mode,
         "itemKind": secret.kind if secret else None,
         "secretName": secret.name if secret else None,

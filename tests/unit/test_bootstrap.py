@@ -85,6 +85,8 @@ def test_the_expiry_check_watches_each_apps_own_registration(
     assert billing._mode == "federated" and billing._secret is None  # nothing to expire: a fresh token instead
     assert billing._tokens is bootstrap.runtime().for_app("billing").relay._tokens
     assert billing._client_id == own["clientId"] and expiry.check._mode == "secret"
+    # Each finding says whose registration it is about (the dimension the credential alerts split by).
+    assert (expiry.check._registration, billing._registration) == ("relay", "billing")
 
 
 def test_the_timer_runs_every_registrations_check_even_when_one_fails(monkeypatch: pytest.MonkeyPatch) -> None:
