@@ -28,7 +28,6 @@ MAIN = INFRA / "main.bicep"
 API = INFRA / "app" / "api.bicep"
 RBAC = INFRA / "app" / "rbac.bicep"
 SECRET = INFRA / "app" / "secret.bicep"
-ALERTS = INFRA / "app" / "alerts.bicep"
 ENTRA = INFRA / "app" / "entra-app.bicep"
 EXCHANGE = INFRA / "exchange"
 
@@ -795,18 +794,6 @@ def test_azure_yaml_deploys_the_repository_root_as_a_python_function() -> None:
     api_module = top_level_pairs(block_after(top_level_pairs(declaration(source(MAIN), "module", "api"))["params"], 0))
     assert api_module["serviceName"] == f"'{service.group(1)}'"
     assert "'azd-service-name': serviceName" in source(API)
-
-
-def test_alerts_watch_the_relays_event_names() -> None:
-    text = ALERTS.read_text(encoding="utf-8")
-    assert 'customDimensions.event) == "mail.deadlettered"' in text
-    assert 'customDimensions.event) == "secret.expiry"' in text
-    assert "severityLevel >= 2" in text
-    assert "actionGroups: actionGroupIds" in text
-    # The Functions Python worker forwards only the message text by default: the queries match it too,
-    # and tests/unit/test_function_app.py checks that the relay's log line starts with the event name.
-    assert 'message has "mail.deadlettered"' in text
-    assert 'message has "secret.expiry"' in text
 
 
 def test_alert_on_secret_expiry_matches_the_code_once_it_exists() -> None:
