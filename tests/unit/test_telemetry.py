@@ -8,6 +8,7 @@ attributes); tests/infra/test_monitoring.py holds every name the alerts and the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Iterator
@@ -60,8 +61,9 @@ class Captured:
         return out
 
 
-@pytest.fixture
-def captured() -> Iterator[Captured]:
+@contextlib.contextmanager
+def capturing() -> Iterator[Captured]:
+    """The relay's log records and an in-memory metric reader, for the time of the block."""
     c = Captured()
 
     class Handler(logging.Handler):
@@ -77,6 +79,12 @@ def captured() -> Iterator[Captured]:
     finally:
         logger.removeHandler(handler)
         telemetry.use_meter_provider(None)
+
+
+@pytest.fixture
+def captured() -> Iterator[Captured]:
+    with capturing() as c:
+        yield c
 
 
 def run_scenarios() -> None:
@@ -139,22 +147,9 @@ def run_timer_scenarios() -> None:
 
 
 def _capture_all_scenarios() -> Captured:
-    c = Captured()
-
-    class Handler(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            c.records.append(record)
-
-    handler = Handler(level=logging.DEBUG)
-    logger = logging.getLogger(telemetry.LOGGER_NAME)
-    logger.addHandler(handler)
-    telemetry.use_meter_provider(MeterProvider(metric_readers=[c.reader]))
-    try:
+    with capturing() as c:
         run_scenarios()
         run_timer_scenarios()
-    finally:
-        logger.removeHandler(handler)
-        telemetry.use_meter_provider(None)
     return c
 
 
