@@ -119,7 +119,9 @@ def _process(
     rt = rt.for_app(app.name)  # its own Graph registration, if it has one
     checked = rt.relay.check(raw, app)
     if isinstance(checked, Attempt):  # the contract or the allow-list refused it: no record, no Graph
-        fields["sender"] = checked.sender
+        # What the app claimed, not a mailbox the relay sends as: its own dimension, so that no metric takes it as
+        # an attribute (any app could mint a new time series per request).
+        fields["claimedSender"] = checked.sender
         assert not isinstance(checked.outcome, Sent)
         _dead_letter(rt, checked.request, checked.outcome, fields)
         return

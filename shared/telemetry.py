@@ -44,7 +44,8 @@ METER_NAME: Final = "mailrelay"
 DIMENSIONS: Final[dict[str, str]] = {
     "event": "the event's name (EVENTS)",
     "app": "the app whose queue the request came from (default: the outbox)",
-    "sender": "the sending mailbox (one on ALLOWED_SENDERS, or what an app claimed, lower-cased)",
+    "sender": "the sending mailbox: one on ALLOWED_SENDERS (and the app's senders), lower-cased",
+    "claimedSender": "the sender a request refused before the allow-list named (app-written: never a metric attribute)",
     "code": "the outcome's code: a dead letter's or a retry's (Graph's error code or the relay's own)",
     "attempt": "the sendMail call's number for this request",
     "graphRequestId": "Graph's request-id response header",

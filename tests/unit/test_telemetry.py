@@ -366,3 +366,15 @@ def test_every_relay_logger_is_one_the_workers_distro_exports() -> None:
                     outside.append(f"{path.relative_to(root)}: getLogger({name})")
     # The one exception: channels.py quiets urllib3's own logger (it would print the webhook's URL), not ours.
     assert outside == ['expiry/channels.py: getLogger(\'urllib3.connectionpool\')'], outside
+
+
+def test_a_sender_the_allow_list_refused_is_no_metric_attribute(captured: Captured) -> None:
+    """An app writes any `from`: were a refused sender a metric attribute, each request could mint a time series."""
+    s = make()
+    for i in range(5):
+        s.outbox({**REQUEST, "id": f"forged-{i}", "from": f"ceo-{i}@contoso.com"}, msg_id=f"q-{i}")
+    (attrs, count), *rest = captured.points()["mailrelay.deadlettered"]
+    assert rest == [] and attrs == {"app": "default", "code": "SenderNotAllowed"} and count == 5
+    claimed = {r.__dict__.get("claimedSender") for r in captured.records}
+    assert {f"ceo-{i}@contoso.com" for i in range(5)} <= claimed  # still in the log, for the operator
+    assert all("sender" not in r.__dict__ for r in captured.records)
