@@ -237,7 +237,7 @@ def test_a_dead_letter_requeued_goes_back_to_its_apps_queue_and_is_delivered(
         page = requests.get(f"{console.url}dead-letters", timeout=10).text
     finally:
         console.stop()
-    assert f"<tr><td>{letter.id}</td><td>billing</td><td><b>ErrorAccessDenied</b>" in page
+    assert f"<tr><td>{letter.key}</td><td>billing</td><td><b>ErrorAccessDenied</b>" in page
 
     stack.set_exchange_scope(BILLING_OUTSIDE, True)  # the admin fixes the scope, then requeues
     assert main(["dead-letters", "requeue", request_id, *conn]) == 0
