@@ -67,8 +67,11 @@ class _Draft:
     message: dict[str, Any]  # the posted message, without attachment bytes
     attachments: list[dict[str, Any]] = field(default_factory=list)  # name, contentType, size, sha256, ...
     in_transport: bool = False  # sent, in Drafts until Exchange's transport is done with it (transport.py)
+    mime: bytes | None = None  # a draft created from MIME: the bytes as received
 
     def mime_size(self) -> int:
+        if self.mime is not None:
+            return len(self.mime) + sum(encoded_size(a["size"]) for a in self.attachments)
         body = (self.message.get("body") or {}).get("content") or ""
         return len(str(body).encode("utf-8")) + sum(encoded_size(a["size"]) for a in self.attachments)
 
@@ -145,9 +148,11 @@ class Drafts(Throttling):
 
     # --- The calls (authorised by graph.py) ----------------------------------------------------------------
 
-    def create_draft(self, mailbox: _Mailbox, message: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def create_draft(
+        self, mailbox: _Mailbox, message: dict[str, Any], mime: bytes | None = None
+    ) -> tuple[int, dict[str, Any]]:
         data_attachments = message.pop("attachments", None) or []
-        draft = _Draft(id="AAMkDraft" + uuid.uuid4().hex, mailbox=mailbox.address.lower(), message=message)
+        draft = _Draft(id="AAMkDraft" + uuid.uuid4().hex, mailbox=mailbox.address.lower(), message=message, mime=mime)
         for attachment in data_attachments:
             raw = base64.b64decode(attachment.get("contentBytes") or "")
             draft.attachments.append(attachment_summary(attachment, raw))
@@ -156,6 +161,21 @@ class Drafts(Throttling):
         with self._lock:
             self._drafts[draft.id] = draft
         return 201, {**message, "id": draft.id, "isDraft": True, "hasAttachments": bool(draft.attachments)}
+
+    def mark_draft(
+        self, mailbox: _Mailbox, draft_id: str, properties: list[dict[str, Any]]
+    ) -> tuple[int, dict[str, Any]]:
+        """PATCH a draft's single-value extended properties: each one set by its id; 200 and the message
+        (https://learn.microsoft.com/graph/api/singlevaluelegacyextendedproperty-post-singlevalueextendedproperties)."""
+        draft = self._draft(mailbox, draft_id)
+        if draft is None:
+            return 404, _not_found()
+        with self._lock:
+            current = {p.get("id"): p for p in draft.message.get("singleValueExtendedProperties") or []}
+            current.update({p.get("id"): dict(p) for p in properties})
+            draft.message["singleValueExtendedProperties"] = list(current.values())
+        shown = {k: v for k, v in draft.message.items() if k != "singleValueExtendedProperties"}
+        return 200, {**shown, "id": draft.id, "isDraft": True}
 
     def _draft(self, mailbox: _Mailbox, draft_id: str) -> _Draft | None:
         """The mailbox's draft, if it can still be changed: one in transport cannot (assumed: transport.py)."""
@@ -343,6 +363,91 @@ def _range_problem(request: _Request, session: _UploadSession) -> tuple[int, str
         # "You must upload bytes in a file in order" (outlook-large-attachments, step 2).
         return 416, "InvalidRange", f"The range starts at {start}; the next expected byte is {len(session.received)}."
     return None
+
+
+# --- MIME (https://learn.microsoft.com/graph/api/user-sendmail, user-post-messages, outlook-send-mime-message) ---
+
+# user-sendmail and user-post-messages: a body that is not base64 answers 400 ErrorMimeContentInvalidBase64String,
+# "Invalid base64 string for MIME content."
+MIME_BAD_BASE64 = ("ErrorMimeContentInvalidBase64String", "Invalid base64 string for MIME content.")
+# outlook-send-mime-message, "Error conditions and messages": malformed, missing or empty MIME answers 400 with this
+# text. Assumed: the code (the page gives the status and the text only).
+MIME_MALFORMED = (
+    "ErrorMimeContentInvalid",
+    "MIME content does not contain all required information, malformed formatting, or empty.",
+)
+
+
+def read_mime(body: bytes) -> tuple[tuple[str, str] | None, bytes, dict[str, Any]]:
+    """A MIME body as Graph reads it: (problem, the MIME's bytes, the message Graph makes of it). The body is the
+    MIME base64-encoded (line breaks allowed, as Microsoft's own examples wrap it at 76); the recipients come from the
+    To, CC and BCC headers ("Request body" of user-post-messages), the sender from From."""
+    import binascii
+    import email
+    from email import policy
+    from email.utils import getaddresses
+
+    text = b"".join(body.split())
+    try:
+        mime = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return MIME_BAD_BASE64, b"", {}
+    head, sep, _ = mime.replace(b"\r\n", b"\n").partition(b"\n\n")
+    if not mime.strip() or not sep or b":" not in head.split(b"\n", 1)[0]:
+        return MIME_MALFORMED, mime, {}
+    try:
+        parsed = email.message_from_bytes(mime, policy=policy.compat32)
+    except Exception:
+        return MIME_MALFORMED, mime, {}
+
+    def recipients(name: str) -> list[dict[str, Any]]:
+        return [
+            {"emailAddress": {"address": a, **({"name": n} if n else {})}}
+            for n, a in getaddresses(parsed.get_all(name) or [])
+            if a
+        ]
+
+    message: dict[str, Any] = {
+        "subject": str(parsed.get("Subject") or ""),
+        "toRecipients": recipients("To"),
+        "ccRecipients": recipients("Cc"),
+        "bccRecipients": recipients("Bcc"),
+    }
+    senders = recipients("From")
+    if senders:
+        message["from"] = senders[0]
+    return None, mime, message
+
+
+def without_bcc(mime: bytes) -> bytes:
+    """The MIME as the recipients receive it: the top-level Bcc header (and its folded lines) is not transmitted."""
+    crlf = mime.find(b"\r\n\r\n")
+    at, newline = (crlf, b"\r\n") if crlf != -1 else (mime.find(b"\n\n"), b"\n")
+    if at == -1:
+        return mime
+    head, rest = mime[: at + len(newline)], mime[at + len(newline) :]  # rest starts with the blank line
+    kept: list[bytes] = []
+    dropping = False
+    for line in head.splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t"):  # a folded line belongs to the header above it
+            if not dropping:
+                kept.append(line)
+            continue
+        dropping = line.lower().startswith(b"bcc:")
+        if not dropping:
+            kept.append(line)
+    return b"".join(kept) + rest
+
+
+def mime_summary(mime: bytes) -> dict[str, Any]:
+    """What the outbox keeps of a MIME message: as received and as delivered, each with its size and SHA-256."""
+    delivered = without_bcc(mime)
+    return {
+        "size": len(mime),
+        "sha256": hashlib.sha256(mime).hexdigest(),
+        "content": base64.b64encode(mime).decode("ascii"),
+        "delivered": {"size": len(delivered), "sha256": hashlib.sha256(delivered).hexdigest()},
+    }
 
 
 def _error(code: str, message: str) -> dict[str, Any]:

@@ -37,7 +37,14 @@ from devstack.emulator.common import (
     _retry_after_headers,
     _utcnow,
 )
-from devstack.emulator.drafts import SIZE_EXCEEDED, attachment_summary, encoded_size, parse_json
+from devstack.emulator.drafts import (
+    SIZE_EXCEEDED,
+    attachment_summary,
+    encoded_size,
+    mime_summary,
+    parse_json,
+    read_mime,
+)
 from devstack.emulator.exchange import READ_PERMISSIONS, ExchangeScope
 from devstack.emulator.extended_properties import check_extended_properties, parse_mark_filter
 from devstack.emulator.faults import Faults
@@ -322,6 +329,8 @@ class GraphMail(ExchangeScope, Faults, Transport):
         fault = self._next_fault("graph.sendMail")
         if fault is not None and not fault.accept:
             return self._fault_response(ids, fault)
+        if _content_type(request) == "text/plain":
+            return self._accept_mime_send_mail(request, ids, mailbox, app_id, fault)
         problem, parsed = _validate_send_mail(request, mailbox)
         if problem is not None:
             status, code, message = problem
@@ -340,6 +349,27 @@ class GraphMail(ExchangeScope, Faults, Transport):
                 attachment.pop("contentBytes", None)
         return self._accept(ids, mailbox, app_id, parsed, attachments, "sendMail", fault)
 
+    def _accept_mime_send_mail(
+        self, request: _Request, ids: _GraphIds, mailbox: _Mailbox, app_id: str, fault: Any
+    ) -> _Response:
+        """sendMail with MIME ("Content-Type: text/plain", the MIME base64-encoded: user-sendmail): the request's
+        4 MB, the base64, the MIME, then Exchange's checks on the message it makes of it (recipients, send-as)."""
+        if len(request.body) > GRAPH_MAX_REQUEST_BYTES:
+            return self._graph_error(ids, 413, "BadRequest", "The maximum request length supported is 4MB.")
+        problem, mime, message = read_mime(request.body)
+        if problem is not None:
+            return self._graph_error(ids, 400, *problem)
+        # Assumed: Exchange checks the message it makes of the MIME as it checks a JSON one (recipients resolved, at
+        # least one; From the mailbox, else ErrorSendAsDenied); the MIME pages show no such answers.
+        refused = _exchange_checks(message, mailbox)
+        if refused is not None:
+            return self._graph_error(ids, *refused)
+        if len(mime) > self.max_message_bytes:
+            return self._graph_error(ids, 400, "ErrorMessageSizeExceeded", SIZE_EXCEEDED)
+        # A MIME body has no saveToSentItems: sendMail "saves the message in the Sent Items folder" (user-sendmail).
+        parsed = {"message": message, "saveToSentItems": True}
+        return self._accept(ids, mailbox, app_id, parsed, [], "sendMail", fault, mime=mime)
+
     def _accept(
         self,
         ids: _GraphIds,
@@ -350,6 +380,7 @@ class GraphMail(ExchangeScope, Faults, Transport):
         via: str,
         fault: Any,
         draft_id: str | None = None,
+        mime: bytes | None = None,
     ) -> _Response:
         """Exchange takes a message (sendMail's, or a sent draft's): the outbox, its own pace, and transport, which
         moves it from Drafts to Sent Items or bounces it (transport.py)."""
@@ -371,6 +402,8 @@ class GraphMail(ExchangeScope, Faults, Transport):
                     "internetMessageId": internet_message_id,
                     "via": via,
                     "attachments": attachments,  # sizes and SHA-256 of what arrived, never the bytes
+                    # a MIME message as received, and as its recipients get it (no Bcc header), each with its hash
+                    **({"mime": mime_summary(mime)} if mime is not None else {}),
                     **exchange,  # deliveryDelaySeconds past 30 a minute; bounced past the daily recipients
                 }
             )
@@ -392,7 +425,9 @@ class GraphMail(ExchangeScope, Faults, Transport):
         ids = _GraphIds.of(request)
         lowered = [part.lower() for part in rest]
         sending = len(rest) == 2 and lowered[1] == "send"
-        if request.method not in ("POST", "DELETE") or (request.method == "DELETE" and len(rest) != 1):
+        if request.method not in ("POST", "DELETE", "PATCH") or (
+            request.method in ("DELETE", "PATCH") and len(rest) != 1
+        ):
             return self._graph_error(
                 ids, 405, "Request_BadRequest", f"The HTTP method '{request.method}' is not allowed."
             )
@@ -418,10 +453,28 @@ class GraphMail(ExchangeScope, Faults, Transport):
             return _Response(204, b"", ids.headers())
         if len(request.body) > GRAPH_MAX_REQUEST_BYTES:
             return self._graph_error(ids, 413, "BadRequest", "The maximum request length supported is 4MB.")
+        if not rest and request.method == "POST" and _content_type(request) == "text/plain":
+            # A draft from MIME (user-post-messages, "Request body" and Example 3): 201 and the draft.
+            problem, mime, message = read_mime(request.body)
+            if problem is not None:
+                return self._graph_error(ids, 400, *problem)
+            status, payload = self.create_draft(mailbox, message, mime=mime)
+            if status >= 400:
+                return self._graph_error(ids, status, payload["error"]["code"], payload["error"]["message"])
+            return _json_response(status, payload, ids.headers())
         body = parse_json(request.body)
         if not isinstance(body, dict):
             return self._graph_error(ids, *_UNREADABLE)
-        if not rest and request.method == "POST":
+        if request.method == "PATCH":
+            # Only what the relay PATCHes: a single-value extended property on an existing message (the mark).
+            unknown = [k for k in body if k != "singleValueExtendedProperties"]
+            if unknown:
+                return self._graph_error(ids, 400, "BadRequest", f"The emulator does not PATCH '{unknown[0]}'.")
+            problem = check_extended_properties(body.get("singleValueExtendedProperties") or [])
+            if problem is not None:
+                return self._graph_error(ids, *problem)
+            status, payload = self.mark_draft(mailbox, rest[0], body.get("singleValueExtendedProperties") or [])
+        elif not rest and request.method == "POST":
             problem = _read_message(body) or check_extended_properties(body.get("singleValueExtendedProperties") or [])
             if problem is not None:
                 return self._graph_error(ids, *problem)
@@ -460,7 +513,7 @@ class GraphMail(ExchangeScope, Faults, Transport):
             if problem is not None:
                 return self._graph_error(ids, *problem)
             parsed = {"message": {**taken.message, "attachments": taken.attachments}, "saveToSentItems": True}
-            return self._accept(ids, mailbox, app_id, parsed, taken.attachments, "draft", fault, taken.id)
+            return self._accept(ids, mailbox, app_id, parsed, taken.attachments, "draft", fault, taken.id, taken.mime)
 
         return self._throttled(ids, app_id, mailbox, send, len(request.body))
 
@@ -618,6 +671,10 @@ def _unknown_property(name: str, type_name: str) -> _Problem:
         "that are defined by the type or mark the type as open type."
     )
     return 400, "RequestBodyRead", message
+
+
+def _content_type(request: _Request) -> str:
+    return (request.header("Content-Type") or "").split(";")[0].strip().lower()
 
 
 def _validate_send_mail(request: _Request, mailbox: _Mailbox) -> tuple[_Problem | None, dict[str, Any] | None]:

@@ -609,8 +609,11 @@ def test_send_mail_body_errors(
 
 
 def test_send_mail_needs_a_json_content_type(emu: Emulator, http: requests.Session) -> None:
-    reply = send(emu, http, mail(), token_for(emu, http), **{"Content-Type": "text/plain"})
+    reply = send(emu, http, mail(), token_for(emu, http), **{"Content-Type": "application/xml"})
     assert graph_error(reply)[:2] == (400, "BadRequest")
+    # text/plain means MIME (user-sendmail): JSON sent as text/plain is read as base64 MIME, and is not base64.
+    reply = send(emu, http, mail(), token_for(emu, http), **{"Content-Type": "text/plain"})
+    assert graph_error(reply)[:2] == (400, "ErrorMimeContentInvalidBase64String")
 
 
 def test_send_mail_refuses_bodies_over_4_mb(emu: Emulator, http: requests.Session) -> None:
