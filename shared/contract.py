@@ -810,6 +810,173 @@ class SendRequest(_ContractModel):
         return self
 
 
+# --- The MIME form -------------------------------------------------------------------------------
+# An app that builds its own MIME (S/MIME, calendar invites, a device's mail) sends it as is: Graph takes MIME
+# on POST /users/{id}/messages (a draft) and on sendMail, "Content-Type: text/plain" and the MIME base64-encoded
+# in the body (https://learn.microsoft.com/graph/api/user-post-messages,
+# https://learn.microsoft.com/graph/api/user-sendmail). The request's to/cc/bcc are the envelope: docs/mime.md.
+
+# Graph reads a request body of at most 4 MB, and a MIME payload travels base64-encoded in it: 3,000,000 bytes
+# become 4,000,000 characters. Over it Graph answers 413 ("S/MIME message payloads are currently limited to 4 MB",
+# https://learn.microsoft.com/graph/api/user-post-messages); no documented MIME path is larger (an upload session
+# takes attachments, which would rebuild the MIME, not send it as is).
+MAX_MIME_BYTES: Final = 3_000_000
+# The fields of the JSON form that the MIME carries itself: a MIME request that sets one is refused, not merged.
+MIME_EXCLUDED: Final = ("subject", "body", "attachments", "replyTo", "headers", "importance", "saveToSentItems")
+
+
+def mime_problem(data: bytes) -> str | None:
+    """Why `data` is not a MIME message Graph can take as is, or None. Python's email package, policy default,
+    reads it; what it cannot read, or reads with a defect in the top-level header block, is refused, naming why.
+    Graph's own answer for malformed MIME is a bare 400 ("MIME content does not contain all required information,
+    malformed formatting, or empty", https://learn.microsoft.com/graph/outlook-send-mime-message): refusing here
+    says which part is wrong before the request waits on a queue."""
+    import email
+    from email import policy
+
+    if not data.strip():
+        return "is empty; a MIME message has headers, a blank line and a body"
+    head, sep, _ = data.replace(b"\r\n", b"\n").partition(b"\n\n")
+    if not sep:
+        return "has no blank line after its headers: it is not a MIME message (headers, a blank line, a body)"
+    first = head.split(b"\n", 1)[0]
+    if b":" not in first or first[:1] in (b" ", b"\t"):
+        return "does not start with a header line (Name: value): it is not a MIME message"
+    try:
+        message = email.message_from_bytes(data, policy=policy.default)
+        defects = list(message.defects)
+        for name in ("From", "To", "Cc", "Bcc", "Content-Type"):
+            for value in message.get_all(name) or []:
+                defects.extend(getattr(value, "defects", ()))
+    except Exception as exc:  # the email package raises many kinds on hostile input: every one is a refusal
+        return f"cannot be read as MIME ({type(exc).__name__})"
+    if defects:
+        return f"is not well-formed MIME: {type(defects[0]).__name__}" + (f" ({defects[0]})" if str(defects[0]) else "")
+    if message.get("From") is None:
+        return 'has no From header; the MIME names its sender (the relay checks it against "from")'
+    if len(message.get_all("From") or []) > 1:
+        return "has more than one From header"
+    return None
+
+
+def mime_base64_problem(value: str) -> str | None:
+    if not _BASE64_RE.fullmatch(value):
+        return _base64_problem(value)
+    return None
+
+
+def _check_mime_bytes(value: str) -> str:
+    problem = mime_base64_problem(value)
+    if problem:
+        _fail(problem)
+    data = base64.b64decode(value, validate=True)
+    if len(data) > MAX_MIME_BYTES:
+        _fail(f"decodes to {len(data)} bytes, over the {MAX_MIME_BYTES} bytes Graph takes as MIME (4 MB base64)")
+    problem = mime_problem(data)
+    if problem:
+        _fail(problem)
+    return value
+
+
+MimeBytes = Annotated[
+    str,
+    AfterValidator(_check_mime_bytes),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "contentEncoding": "base64",
+            "contentMediaType": "message/rfc822",
+            "pattern": BASE64_PATTERN,
+            "minLength": 1,
+            "description": "the MIME message (RFC 5322 headers, a blank line, the body) in standard base64 on one line",
+        }
+    ),
+]
+
+
+class Mime(_ContractModel):
+    """The MIME message of a MIME request: inline (`contentBytes`, base64) or claim-checked in a blob of the app's
+    payload container (`blob`, `size`, `sha256`), as an attachment is."""
+
+    model_config = ConfigDict(json_schema_extra=_claim_check_schema("contentBytes"))
+
+    content_bytes: MimeBytes | None = Field(default=None, alias="contentBytes")
+    blob: BlobName | None = None
+    size: Annotated[int, Field(ge=0, le=MAX_MIME_BYTES)] | None = Field(
+        default=None, description=f"the blob's length in bytes, at most {MAX_MIME_BYTES} (Graph's MIME limit)"
+    )
+    sha256: Sha256 | None = None
+
+    @model_validator(mode="after")
+    def _check_form(self) -> Mime:
+        _one_form(self, self.content_bytes, "contentBytes")
+        return self
+
+    @property
+    def stored(self) -> bool:
+        return self.blob is not None
+
+    @property
+    def byte_size(self) -> int:
+        if self.size is not None:
+            return self.size
+        assert self.content_bytes is not None
+        text = self.content_bytes
+        return len(text) // 4 * 3 - text[-2:].count("=")
+
+    def inline_bytes(self) -> bytes | None:
+        return None if self.content_bytes is None else base64.b64decode(self.content_bytes)
+
+
+class MimeRequest(_ContractModel):
+    """A request to send a MIME message as is: `to`, `cc` and `bcc` are the envelope (who receives it), the MIME
+    carries everything else. It has the JSON form's `from`, `id` and `sendAt`, and none of the fields the MIME
+    carries (MIME_EXCLUDED)."""
+
+    sender: Mailbox = Field(alias="from", description="the sending mailbox; must be on the relay's allow-list")
+    to: RecipientList = Field(default_factory=list)
+    cc: RecipientList = Field(default_factory=list)
+    bcc: RecipientList = Field(default_factory=list)
+    mime: Mime
+    id: IdempotencyKey | None = Field(default=None, description="idempotency key: one key is sent at most once")
+    send_at: SendAt | None = Field(default=None, alias="sendAt")
+
+    @property
+    def save_to_sent_items(self) -> bool:
+        """A sent draft is always saved to Sent Items (https://learn.microsoft.com/graph/api/message-send), which
+        is where the relay looks for an unknown outcome's mark."""
+        return True
+
+    def stored_parts(self) -> list[Mime]:
+        return [self.mime] if self.mime.blob is not None else []
+
+    def stored_blobs(self) -> list[str]:
+        return [self.mime.blob] if self.mime.blob is not None else []
+
+    def send_time(self) -> datetime | None:
+        return datetime.fromisoformat(self.send_at) if self.send_at else None
+
+    def recipient_count(self) -> int:
+        return len(self.to) + len(self.cc) + len(self.bcc)
+
+    def envelope(self) -> list[str]:
+        """The envelope's addresses, lower case, in order, without repeats."""
+        seen: dict[str, None] = {}
+        for r in (*self.to, *self.cc, *self.bcc):
+            seen.setdefault(r.address.lower(), None)
+        return list(seen)
+
+    @model_validator(mode="after")
+    def _check_recipient_count(self) -> MimeRequest:
+        rule = _recipient_count_problem(self.recipient_count())
+        if rule:
+            _fail(rule, field=RECIPIENTS_FIELD)
+        return self
+
+
+AnyRequest = SendRequest | MimeRequest
+
+
 def _recipient_count_problem(count: int) -> str | None:
     if count == 0:
         return "at least one recipient is required in to, cc or bcc"
@@ -829,18 +996,22 @@ _NESTED_MODELS: Final[dict[str, type[BaseModel]]] = {
     "bcc": Recipient,
     "replyTo": Recipient,
     "attachments": Attachment,
+    "mime": Mime,
 }
 
 
 # --- Parsing -------------------------------------------------------------------------------------
 
 
-def parse_request(raw: bytes | bytearray | str | Mapping[str, Any]) -> SendRequest:
-    """A valid send request from JSON (UTF-8 bytes or text) or an already parsed object.
+def parse_request(raw: bytes | bytearray | str | Mapping[str, Any]) -> SendRequest | MimeRequest:
+    """A valid send request from JSON (UTF-8 bytes or text) or an already parsed object: the JSON form, or the
+    MIME form when it has a "mime" field.
 
     Raises ContractError listing every violation found.
     """
     data = _load_object(raw)
+    if "mime" in data:
+        return _parse_mime_request(data)
     try:
         return SendRequest.model_validate(data, by_alias=True, by_name=False)
     except ValidationError as exc:
@@ -851,6 +1022,33 @@ def parse_request(raw: bytes | bytearray | str | Mapping[str, Any]) -> SendReque
             if rule:
                 violations.append(Violation(RECIPIENTS_FIELD, rule))
         raise ContractError(violations) from exc
+
+
+def _parse_mime_request(data: dict[str, Any]) -> MimeRequest:
+    """The MIME form: the fields the MIME carries are refused by name, with why, before the rest is read."""
+    excluded = [
+        Violation(name, "has no place in a MIME request: the MIME message carries it; set it in the MIME")
+        for name in MIME_EXCLUDED
+        if name in data
+    ]
+    rest = {k: v for k, v in data.items() if k not in MIME_EXCLUDED}
+    try:
+        request = MimeRequest.model_validate(rest, by_alias=True, by_name=False)
+    except ValidationError as exc:
+        violations = [
+            Violation(_field_path(error["loc"]), _unknown_field_rule(error["loc"], MimeRequest))
+            if error["type"] == "extra_forbidden"
+            else _violation(error)
+            for error in exc.errors(include_url=False)
+        ]
+        if not any(v.field == RECIPIENTS_FIELD for v in violations):
+            rule = _raw_recipient_count_problem(rest)
+            if rule:
+                violations.append(Violation(RECIPIENTS_FIELD, rule))
+        raise ContractError(excluded + violations) from exc
+    if excluded:
+        raise ContractError(excluded)
+    return request
 
 
 def _raw_recipient_count_problem(data: Mapping[str, Any]) -> str | None:
@@ -977,17 +1175,17 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return path or MESSAGE_FIELD
 
 
-def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel]:
-    model: type[BaseModel] = SendRequest
+def _model_at(loc: tuple[int | str, ...], root: type[BaseModel] | None = None) -> type[BaseModel]:
+    model: type[BaseModel] = root or SendRequest
     for part in loc:
         if isinstance(part, str):
             model = _NESTED_MODELS.get(part, model)
     return model
 
 
-def _unknown_field_rule(loc: tuple[int | str, ...]) -> str:
+def _unknown_field_rule(loc: tuple[int | str, ...], root: type[BaseModel] | None = None) -> str:
     unknown = str(loc[-1])
-    model = _model_at(loc[:-1])
+    model = _model_at(loc[:-1], root)
     allowed = {name: field.alias or name for name, field in model.model_fields.items()}
     json_names = list(allowed.values())
     if unknown in allowed and allowed[unknown] != unknown:
@@ -1079,7 +1277,9 @@ _SCHEMA_DESCRIPTION: Final = (
     "together (the schema limits each list alone to 500); 'from' must be on the relay's allow-list; "
     "one id is sent at most once; a sendAt names a date that exists (no 30 February) and lies at most 7 days after "
     "the request is enqueued; a claim check names a blob in the relay's mail-payloads container that holds exactly "
-    "size bytes with that SHA-256."
+    "size bytes with that SHA-256; a MIME request's (\"mime\") message is MIME that Python's email package reads "
+    "without a defect in its From, To, Cc, Bcc or Content-Type header, with one From, of at most 3,000,000 bytes "
+    "(docs/mime.md)."
 )
 
 
@@ -1108,6 +1308,17 @@ def json_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of the send request, generated from the models by JSON name."""
     generated = SendRequest.model_json_schema(by_alias=True, mode="validation")
     generated.pop("description", None)
+    # The MIME form shares the object: "mime" replaces subject, body and the other fields the MIME carries.
+    mime = MimeRequest.model_json_schema(by_alias=True, mode="validation", ref_template="#/$defs/{model}")
+    generated.setdefault("$defs", {}).update(mime.get("$defs", {}))
+    generated["properties"]["mime"] = {
+        "$ref": "#/$defs/Mime",
+        "description": "the MIME message to send as is; to, cc and bcc are then its envelope (docs/mime.md)",
+    }
+    generated["required"] = ["from"]
+    generated["if"] = {"required": ["mime"]}
+    generated["then"] = {"properties": dict.fromkeys(MIME_EXCLUDED, False)}
+    generated["else"] = {"required": ["subject", "body"]}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": SCHEMA_ID,

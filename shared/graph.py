@@ -140,6 +140,10 @@ class DraftSender(Protocol):
 
     def upload_range(self, url: str, data: bytes, start: int, total: int) -> GraphReply: ...
 
+    def create_mime_draft(self, sender: str, mime: bytes, token: str) -> GraphReply: ...
+
+    def mark_message(self, sender: str, message_id: str, mark: str, token: str) -> GraphReply: ...
+
     def send_draft(self, sender: str, draft_id: str, token: str) -> GraphReply: ...
 
     def delete_message(self, sender: str, message_id: str, token: str) -> GraphReply: ...
@@ -197,6 +201,29 @@ class GraphClient:
             "Content-Range": f"bytes {start}-{start + len(data) - 1}/{total}",
         }
         response = self._session.put(url, data=data, headers=headers, timeout=self._timeout)
+        return _reply(response)
+
+    def create_mime_draft(self, sender: str, mime: bytes, token: str) -> GraphReply:
+        """POST /users/{id}/messages with MIME: "Content-Type: text/plain" and the MIME base64-encoded as the body;
+        Graph takes the recipients from the MIME's To, CC and BCC headers and answers 201 with the draft
+        (https://learn.microsoft.com/graph/api/user-post-messages, "Request body" and Example 3)."""
+        import base64
+
+        headers = {**self._headers(token), "Content-Type": "text/plain"}
+        response = self._session.post(
+            f"{self._user(sender)}/messages", data=base64.b64encode(mime), headers=headers, timeout=self._timeout
+        )
+        return _reply(response)
+
+    def mark_message(self, sender: str, message_id: str, mark: str, token: str) -> GraphReply:
+        """PATCH the message with the relay's mark, a single-value extended property: the documented way to add one
+        to an existing message (https://learn.microsoft.com/graph/api/singlevaluelegacyextendedproperty-post-singlevalueextendedproperties,
+        "PATCH /users/{id}/messages/{id}"). A MIME draft cannot carry it at creation: the body is the MIME alone."""
+        from shared.status import MARK_PROPERTY_ID
+
+        url = f"{self._user(sender)}/messages/{quote(message_id, safe='')}"
+        body = {"singleValueExtendedProperties": [{"id": MARK_PROPERTY_ID, "value": mark}]}
+        response = self._session.patch(url, json=body, headers=self._headers(token), timeout=self._timeout)
         return _reply(response)
 
     def send_draft(self, sender: str, draft_id: str, token: str) -> GraphReply:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 if TYPE_CHECKING:
     from azure.storage.blob import ContainerClient
 
-    from shared.contract import Attachment, Body
+    from shared.contract import Attachment, Body, Mime
 
 PAYLOAD_CONTAINER: Final = "mail-payloads"
 
@@ -61,7 +61,7 @@ class Ref:
     sha256: str
 
     @classmethod
-    def of(cls, part: Attachment | Body) -> Ref:
+    def of(cls, part: Attachment | Body | Mime) -> Ref:
         assert part.blob is not None and part.size is not None and part.sha256 is not None
         return cls(part.blob, part.size, part.sha256)
 

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from shared.apps import App
-    from shared.contract import Attachment, Body, SendRequest
+    from shared.contract import Attachment, Body, Mime, MimeRequest, SendRequest
     from shared.graph import DraftSender
     from shared.payloads import PayloadError, PayloadStore, Reader
 
@@ -60,9 +60,14 @@ UPLOAD_SESSION_MIN_BYTES: Final = 3 * 1024 * 1024
 MB: Final = 1024 * 1024
 
 
-def mail_size(req: SendRequest) -> int:
+def mail_size(req: SendRequest | MimeRequest) -> int:
     """The message's size as Exchange measures it, near enough: the body, and the attachments base64-encoded
-    for mail, which makes them a third larger (Exchange Online limits, "Message size limits")."""
+    for mail, which makes them a third larger (Exchange Online limits, "Message size limits"); a MIME message's
+    own length (its parts are encoded already)."""
+    from shared.contract import MimeRequest
+
+    if isinstance(req, MimeRequest):
+        return req.mime.byte_size
     body = req.body.size if req.body.size is not None else len((req.body.content or "").encode("utf-8"))
     return body + sum(4 * -(-a.byte_size // 3) for a in req.attachments)
 
@@ -110,7 +115,7 @@ class Lookup:
 class Checked:
     """A request that passed the contract, the allow-list and its app's senders: ready for Graph."""
 
-    request: SendRequest
+    request: SendRequest | MimeRequest
     received: dict[str, Any]  # the JSON object as the app wrote it: kept whole for a dead letter
     app: str = DEFAULT_APP  # whose queue it came from (shared/apps.py): part of its key
     enqueued_at: datetime | None = None  # when the app enqueued it (the outbox message's insertion time), if known
@@ -175,10 +180,13 @@ class Relay:
     def send_as(self, sender: str, request: dict[str, Any]) -> Outcome:
         """Send past the allow-list: for `mailrelay doctor --send-test-to`, which must see what *Exchange*
         answers for a mailbox the allow-list would refuse. Never reachable from the queue."""
-        from shared.contract import parse_request
+        from shared.contract import SendRequest, parse_request
 
         try:
-            return self._post(sender, build_send_mail_body(parse_request(request)))
+            req = parse_request(request)
+            if not isinstance(req, SendRequest):
+                return permanent("InvalidRequest", "a test send is a JSON request, not a MIME one")
+            return self._post(sender, build_send_mail_body(req))
         except RelayFailure as e:
             return e.outcome
 
@@ -186,10 +194,13 @@ class Relay:
         """Send a checked request through Graph, marked with `mark` (shared/status.py), and classify the answer.
         `fence` runs right before every call that can send or change the mailbox (the module's docstring); the
         ClaimLost it raises, or any other error of its own, goes to the caller with nothing sent."""
+        from shared.contract import MimeRequest
         from shared.payloads import PayloadError
 
         req = checked.request
         replies: list[GraphReply] = []
+        if isinstance(req, MimeRequest):
+            return self._deliver_mime(checked, req, mark, fence)
         try:
             size = mail_size(req)
             if size > self._max_message_bytes:
@@ -301,9 +312,84 @@ class Relay:
             log.info("Graph answered 401; renewing the token", extra={"event": "token.renew"})
             token = renewals.pop(0)()
 
+    # --- The MIME form (docs/mime.md) ------------------------------------------------------------------------
+
+    def _deliver_mime(self, checked: Checked, req: MimeRequest, mark: str | None, fence: Fence | None) -> Attempt:
+        from shared.payloads import PayloadError
+
+        replies: list[GraphReply] = []
+        try:
+            outcome = self._send_mime(req, mark, replies, fence)
+        except RelayFailure as e:
+            outcome = e.outcome
+        except PayloadError as e:
+            outcome = _payload_failure(e)
+        last = replies[-1] if replies else None
+        return Attempt(
+            outcome,
+            checked.received,
+            req.sender,
+            last.request_id if last else None,
+            last.client_request_id if last else None,
+            sum(r.elapsed_ms for r in replies) if replies else None,
+        )
+
+    def _send_mime(
+        self, req: MimeRequest, mark: str | None, replies: list[GraphReply], fence: Fence | None = None
+    ) -> Outcome:
+        """A MIME message as is: a draft from the MIME, the relay's mark on it, then the draft's send.
+
+        Why a draft and not sendMail, which takes MIME too: sendMail's MIME body is the MIME alone, so it cannot
+        carry the mark (a single-value extended property) that finds an unknown outcome in Sent Items; a draft can
+        be given it by PATCH (https://learn.microsoft.com/graph/api/singlevaluelegacyextendedproperty-post-singlevalueextendedproperties),
+        and then takes the large-message flow's path: leftovers of an earlier try found by the mark and deleted, the
+        send fenced, a sent draft found in Sent Items. Like that flow it needs Mail.ReadWrite. A crash between the
+        draft's creation and its mark leaves an unmarked draft, never sent: clutter in Drafts, not a second copy."""
+        from shared.contract import MAX_MIME_BYTES
+
+        graph: DraftSender = self._graph  # type: ignore[assignment]  # GraphClient is both
+        sender = req.sender
+        stored = req.mime.blob is not None
+        data = self._reader(req.mime).read_all() if stored else req.mime.inline_bytes() or b""
+        mime = prepare_mime(data, req)
+        if len(mime) > min(MAX_MIME_BYTES, self._max_message_bytes):
+            limit = min(MAX_MIME_BYTES, self._max_message_bytes)
+            raise RelayFailure(
+                permanent(
+                    "MessageTooLarge",
+                    f"the MIME message comes to {len(mime)} bytes, over the {limit} bytes the relay can send as is: "
+                    "Graph takes MIME in a request of at most 4 MB, base64-encoded "
+                    "(https://learn.microsoft.com/graph/api/user-post-messages)",
+                )
+            )
+        if mark:
+            self._discard_leftovers(graph, sender, mark, replies, fence)
+        draft = self._step(
+            lambda t: graph.create_mime_draft(sender, mime, t), replies, "a draft from the MIME", fence=fence
+        )
+        draft_id = draft.value.get("id") if isinstance(draft.value, dict) else None
+        if not isinstance(draft_id, str) or not draft_id:
+            raise RelayFailure(transient("UnexpectedReply", "creating the MIME draft answered without an id"))
+        try:
+            if mark:
+                self._step(
+                    lambda t: graph.mark_message(sender, draft_id, mark, t), replies, "marking the draft", fence=fence
+                )
+            sent = self._step(
+                lambda t: graph.send_draft(sender, draft_id, t), replies, "sending the draft", sends=True, fence=fence
+            )
+        except ClaimLost:
+            self._discard(graph, sender, draft_id)
+            raise
+        except RelayFailure as e:
+            if not (isinstance(e.outcome, Transient) and e.outcome.maybe_sent):
+                self._discard(graph, sender, draft_id)
+            raise
+        return Sent(sent.status)
+
     # --- The large-message flow ----------------------------------------------------------------------------
 
-    def _reader(self, part: Body | Attachment) -> Reader:
+    def _reader(self, part: Body | Attachment | Mime) -> Reader:
         from shared.payloads import Reader, Ref
 
         if self._payloads is None:
@@ -490,6 +576,63 @@ class Relay:
     def _renewed_credential_token(self) -> str:
         self._tokens.renew_credential()
         return self._tokens.token(fresh=True)
+
+
+def prepare_mime(data: bytes, req: MimeRequest) -> bytes:
+    """The MIME to hand Graph: the app's bytes, with a Bcc header in front for the envelope's recipients the headers
+    do not name; or RelayFailure (permanent) when the MIME cannot be sent as the request says.
+
+    The envelope (the request's to, cc and bcc) wins, and the MIME stays as the app built it:
+    - Graph takes a MIME message's recipients from its To, CC and BCC headers
+      (https://learn.microsoft.com/graph/api/user-post-messages, "Request body"). An envelope recipient no header
+      names goes into a Bcc header, added at the top and nowhere else: every byte of the app's MIME follows it
+      unchanged. Exchange delivers a Bcc recipient without writing the Bcc header into the copies others receive
+      (the message resource: bccRecipients, "The Bcc: recipients for the message";
+      https://learn.microsoft.com/graph/outlook-send-mime-message lists CC and BCC among the MIME features sent).
+    - A header recipient the envelope lacks is refused, not dropped: Graph would deliver to it, and removing it would
+      rewrite headers the others see (and break a signature over them). A device that sends one copy per envelope
+      recipient with the full To header must send one request with the whole envelope instead.
+    - The MIME's From must be the request's "from": the allow-list checks "from", and Graph sends as the mailbox
+      in the URL; a MIME that claims another sender is refused before Graph is called.
+    Nothing here names an address in its text: the dead letter and the logs carry counts only."""
+    from email.utils import getaddresses
+
+    from shared.contract import mime_problem
+
+    problem = mime_problem(data)
+    if problem:
+        raise RelayFailure(permanent("InvalidMime", f"the MIME message {problem}"))
+    import email
+    from email import policy
+
+    message = email.message_from_bytes(data, policy=policy.compat32)  # raw values: no decoding needed here
+    senders = [a.lower() for _, a in getaddresses(message.get_all("From") or []) if a]
+    if senders != [req.sender.lower()]:
+        raise RelayFailure(
+            permanent(
+                "MimeSenderMismatch",
+                "the MIME's From header names another mailbox than the request's \"from\"; they must be the same",
+            )
+        )
+    named = {a.lower() for name in ("To", "Cc", "Bcc") for _, a in getaddresses(message.get_all(name) or []) if a}
+    envelope = req.envelope()
+    outside = named - set(envelope)
+    if outside:
+        raise RelayFailure(
+            permanent(
+                "MimeRecipientNotInEnvelope",
+                f"{len(outside)} recipient(s) in the MIME's To, Cc or Bcc headers are not in the request's to, cc or "
+                "bcc; Graph would deliver to them: add them to the envelope or remove them from the MIME",
+            )
+        )
+    missing = [a for a in envelope if a not in named]
+    if not missing:
+        return data
+    first_break = data.find(b"\n")
+    newline = b"\r\n" if first_break > 0 and data[first_break - 1 : first_break] == b"\r" else b"\n"  # the MIME's own
+    # One address per folded line keeps every line far under RFC 5322's 998 characters, whatever the count.
+    header = b"Bcc: " + (b"," + newline + b" ").join(a.encode("ascii") for a in missing) + newline
+    return header + data
 
 
 def _uploader(graph: DraftSender, url: str, data: bytes, start: int, total: int) -> Callable[[str], GraphReply]:

@@ -63,8 +63,9 @@ def violations(request: Mapping[str, Any]) -> list[Violation]:
     surrogate = _surrogates(request)
     if surrogate:
         return surrogate  # the relay refuses such text before it reads a field, and says only that
-    total = _cross_field_rules(request)
-    errors = _validator().iter_errors(dict(request))
+    total = _cross_field_rules(request) + _mime_excluded(request) + _mime_rules(request)
+    # The schema's "then" refuses the fields a MIME request may not hold; _mime_excluded names each of them.
+    errors = (e for e in _validator().iter_errors(dict(request)) if list(e.absolute_schema_path)[:1] != ["then"])
     if total:
         # One list over 500 is also over 500 in all: say that once, as the relay does.
         errors = (e for e in errors if not (e.validator == "maxItems" and list(e.absolute_path) in _RECIPIENT_LISTS))
@@ -92,6 +93,75 @@ def _cross_field_rules(request: Mapping[str, Any]) -> list[Violation]:
                 )
             ]
     return []
+
+
+# The JSON form's fields that the MIME message carries itself (the relay's MIME_EXCLUDED).
+MIME_EXCLUDED: Final = ("subject", "body", "attachments", "replyTo", "headers", "importance", "saveToSentItems")
+
+
+def _mime_excluded(request: Mapping[str, Any]) -> list[Violation]:
+    """A MIME request ("mime") names none of the fields its MIME carries: each one given is named."""
+    if "mime" not in request:
+        return []
+    rule = "has no place in a MIME request: the MIME message carries it; set it in the MIME"
+    return [Violation(name, rule) for name in MIME_EXCLUDED if name in request]
+
+
+MAX_MIME_BYTES: Final = 3_000_000  # the relay's: Graph takes MIME in a request of at most 4 MB, base64-encoded
+
+
+def _mime_rules(request: Mapping[str, Any]) -> list[Violation]:
+    """An inline MIME message is read as the relay reads it (its MIME_PROBLEM rule, the same code)."""
+    import base64
+    import binascii
+
+    mime = request.get("mime")
+    inline = mime.get("contentBytes") if isinstance(mime, Mapping) else None
+    if not isinstance(inline, str) or not _BASE64.fullmatch(inline):
+        return []  # not base64: the schema's pattern says so
+    try:
+        data = base64.b64decode(inline, validate=True)
+    except binascii.Error:
+        return []
+    if len(data) > MAX_MIME_BYTES:
+        rule = f"decodes to {len(data)} bytes, over the {MAX_MIME_BYTES} bytes Graph takes as MIME (4 MB base64)"
+        return [Violation("mime.contentBytes", rule)]
+    problem = mime_problem(data)
+    return [Violation("mime.contentBytes", problem)] if problem else []
+
+
+_BASE64: Final = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+
+
+def mime_problem(data: bytes) -> str | None:
+    """Why `data` is not a MIME message the relay sends as is, or None: a copy of the relay's
+    shared.contract.mime_problem (the client cannot import the relay); a test holds the two to the same answers."""
+    import email
+    from email import policy
+
+    if not data.strip():
+        return "is empty; a MIME message has headers, a blank line and a body"
+    head, sep, _ = data.replace(b"\r\n", b"\n").partition(b"\n\n")
+    if not sep:
+        return "has no blank line after its headers: it is not a MIME message (headers, a blank line, a body)"
+    first = head.split(b"\n", 1)[0]
+    if b":" not in first or first[:1] in (b" ", b"\t"):
+        return "does not start with a header line (Name: value): it is not a MIME message"
+    try:
+        message = email.message_from_bytes(data, policy=policy.default)
+        defects = list(message.defects)
+        for name in ("From", "To", "Cc", "Bcc", "Content-Type"):
+            for value in message.get_all(name) or []:
+                defects.extend(getattr(value, "defects", ()))
+    except Exception as exc:  # the email package raises many kinds on hostile input: every one is a refusal
+        return f"cannot be read as MIME ({type(exc).__name__})"
+    if defects:
+        return f"is not well-formed MIME: {type(defects[0]).__name__}" + (f" ({defects[0]})" if str(defects[0]) else "")
+    if message.get("From") is None:
+        return 'has no From header; the MIME names its sender (the relay checks it against "from")'
+    if len(message.get_all("From") or []) > 1:
+        return "has more than one From header"
+    return None
 
 
 def _surrogates(request: Mapping[str, Any]) -> list[Violation]:

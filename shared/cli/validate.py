@@ -34,7 +34,7 @@ def register(subparsers: Subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shared.contract import ContractError, parse_request
+    from shared.contract import ContractError, MimeRequest, parse_request
     from shared.graph import build_send_mail_body
 
     source: str = args.file
@@ -56,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
         for violation in exc.violations:
             print(violation, file=sys.stderr)
         return EXIT_INVALID
+    if isinstance(request, MimeRequest):  # the MIME goes to Graph as is: show the envelope and the MIME's size
+        print(json.dumps({"from": request.sender, "envelope": request.envelope(), "mime": request.mime.byte_size}))
+        return EXIT_OK
     print(json.dumps(build_send_mail_body(request), indent=2))
     if request.stored_parts():
         print(
