@@ -273,6 +273,53 @@ class MailClient:
             raise
         return str(message.id)
 
+    def send_mime(
+        self,
+        mime: bytes,
+        sender: str,
+        *,
+        to: Sequence[Any] = (),
+        cc: Sequence[Any] = (),
+        bcc: Sequence[Any] = (),
+        id: str | None = None,  # the request's own field name
+        send_at: str | None = None,
+    ) -> str:
+        """Send a MIME message as is (docs/mime.md); return the queue message id.
+
+        `to`, `cc` and `bcc` are the envelope: who receives it. The relay refuses a MIME whose To, Cc or Bcc headers
+        name anyone the envelope lacks, and adds the envelope's other recipients as Bcc (never written into the
+        headers others see). The MIME is stored as a claim-checked payload of the app (its blob, size and SHA-256)
+        before the request is enqueued; a request that could not be enqueued has its blob deleted again.
+
+        Raises ContractError (the MIME or the envelope breaks the contract, before anything is stored), RequestTooLarge,
+        SendAtRefused, QueueNotFound, or the Azure SDK's errors.
+        """
+        from mailrelay_client.validation import validate
+
+        if not isinstance(mime, bytes | bytearray):
+            raise TypeError(f"send_mime takes the MIME message's bytes, not {type(mime).__name__}")
+        data = bytes(mime)
+        request: dict[str, Any] = {"from": sender}
+        for name, values in (("to", to), ("cc", cc), ("bcc", bcc)):
+            if values:
+                request[name] = list(values)
+        if id is not None:
+            request["id"] = id
+        if send_at is not None:
+            request["sendAt"] = send_at
+        # Every rule, the MIME's own included, before anything is stored: inline, it is checked whole.
+        validate({**request, "mime": {"contentBytes": base64.b64encode(data).decode("ascii")}})
+        _check_send_at(send_at)
+        stored: list[str] = []
+        try:
+            request["mime"] = self._store_bytes("message.eml", data, stored)
+            text = encode_request(request)
+            message = self._queue.send_message(text, time_to_live=-1)  # never expires, as send()'s requests
+        except BaseException:
+            self._forget(stored)
+            raise
+        return str(message.id)
+
     # --- Claim checks -----------------------------------------------------------------------------------
 
     def _fit(self, request: dict[str, Any], stored: list[str]) -> str:

@@ -76,6 +76,15 @@ def register(subparsers: Subparsers) -> None:
         ),
     )
     parser.add_argument("--json", metavar="FILE", help="the whole request as JSON (- for standard input)")
+    parser.add_argument(
+        "--mime",
+        metavar="FILE",
+        type=Path,
+        help=(
+            "send FILE, a MIME message (.eml), as is (docs/mime.md): --from and --to/--cc/--bcc are its envelope; "
+            "stored as a claim check in the app's payload container"
+        ),
+    )
     parser.add_argument("--from", dest="sender", metavar="MAILBOX", help="the sending mailbox")
     for flag, dest in (("--to", "to"), ("--cc", "cc"), ("--bcc", "bcc"), ("--reply-to", "reply_to")):
         parser.add_argument(
@@ -128,6 +137,39 @@ def register(subparsers: Subparsers) -> None:
     )
     add_connection_args(parser)
     parser.set_defaults(handler=run)
+
+
+# What a MIME message carries itself: with --mime these flags have nothing to set.
+_NOT_WITH_MIME: Final = ("reply_to", "subject", "text", "html", "body_file", "attach", "inline", "header", "importance")
+
+
+def mime_request_from_args(args: argparse.Namespace) -> tuple[dict[str, Any], bytes]:
+    """(the envelope's request without its "mime", the MIME's bytes) for --mime. UsageError for what is missing,
+    what --mime cannot go with, or a file that cannot be read."""
+    if args.json is not None:
+        raise UsageError("--mime and --json are two ways to give the message: give one")
+    given = [name for name in _NOT_WITH_MIME if getattr(args, name, None) not in (None, [], False)]
+    if getattr(args, "no_save", False):
+        given.append("no_save")
+    if given:
+        flags = ", ".join("--" + n.replace("_", "-") for n in given)
+        raise UsageError(f"--mime sends the MIME message as is, which carries its own {flags}: drop them")
+    if args.sender is None:
+        raise UsageError("missing --from (the sending mailbox; the MIME's From must name it)")
+    path: Path = args.mime
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read --mime {path}: {exc.strerror or exc}") from None
+    request: dict[str, Any] = {"from": args.sender}
+    for key, values in (("to", args.to), ("cc", args.cc), ("bcc", args.bcc)):
+        if values:
+            request[key] = list(values)
+    if args.id is not None:
+        request["id"] = args.id
+    if args.send_at is not None:
+        request["sendAt"] = args.send_at
+    return request, data
 
 
 def request_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -223,6 +265,8 @@ def _headers(items: Sequence[str]) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "mime", None) is not None:
+        return _run_mime(args)
     try:
         request = request_from_args(args)
     except UsageError as exc:
@@ -276,6 +320,50 @@ def run(args: argparse.Namespace) -> int:
             )
         else:
             print(f"look it up: {look_up}", file=sys.stderr)
+        return EXIT_OK
+
+    return run_with_queue("send", args, send)
+
+
+def _run_mime(args: argparse.Namespace) -> int:
+    """`mailrelay send --mime FILE`: the MIME checked as the relay checks it, stored, then the request enqueued."""
+    import base64
+
+    try:
+        request, data = mime_request_from_args(args)
+    except UsageError as exc:
+        return fail("send", str(exc), EXIT_USAGE)
+    try:
+        from mailrelay_client import ContractError, QueueNotFound, RequestTooLarge, SendAtRefused, validate
+    except ModuleNotFoundError as exc:
+        if exc.name != "mailrelay_client":
+            raise
+        return fail("send", CLIENT_MISSING, EXIT_UNAVAILABLE)
+    try:  # before the connection: a bad MIME is reported with no stack running
+        validate({**request, "mime": {"contentBytes": base64.b64encode(data).decode("ascii")}})
+    except ContractError as exc:
+        for violation in exc.violations:
+            print(violation, file=sys.stderr)
+        return EXIT_INVALID
+    app = args.app or "default"
+
+    def send(conn: Connection) -> int:
+        check_declared(conn, app)
+        envelope = {k: request[k] for k in ("to", "cc", "bcc") if k in request}
+        try:
+            message_id = _mail_client(conn, app).send_mime(
+                data, request["from"], **envelope, id=request.get("id"), send_at=request.get("sendAt")
+            )
+        except QueueNotFound as exc:
+            return fail("send", str(exc), EXIT_UNAVAILABLE)
+        except (ContractError, RequestTooLarge, SendAtRefused) as exc:
+            return fail("send", str(exc), EXIT_INVALID)
+        request_id = request.get("id")
+        key = request_id if isinstance(request_id, str) and request_id else str(message_id)
+        print(key)
+        of_app = f" --app {app}" if app != "default" else ""
+        look_up = f"mailrelay status {shlex.quote(key)} --from {shlex.quote(str(request['from']))}{of_app}"
+        print(f"look it up: {look_up}", file=sys.stderr)
         return EXIT_OK
 
     return run_with_queue("send", args, send)
