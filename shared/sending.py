@@ -195,26 +195,21 @@ class Relay:
         `fence` runs right before every call that can send or change the mailbox (the module's docstring); the
         ClaimLost it raises, or any other error of its own, goes to the caller with nothing sent."""
         from shared.contract import MimeRequest
-        from shared.payloads import PayloadError
 
         req = checked.request
-        replies: list[GraphReply] = []
         if isinstance(req, MimeRequest):
-            return self._deliver_mime(checked, req, mark, fence)
+            mime = req
+            return self._attempt(checked, lambda replies: self._send_mime(mime, mark, replies, fence))
+        return self._attempt(checked, lambda replies: self._send_json(req, mark, replies, fence))
+
+    def _attempt(self, checked: Checked, send: Callable[[list[GraphReply]], Outcome]) -> Attempt:
+        """Run `send`, which records Graph's replies in the list it is given, and classify: a RelayFailure or a
+        PayloadError raised on the way is the outcome."""
+        from shared.payloads import PayloadError
+
+        replies: list[GraphReply] = []
         try:
-            size = mail_size(req)
-            if size > self._max_message_bytes:
-                outcome: Outcome = permanent(
-                    "MessageTooLarge",
-                    f"the message comes to {size / MB:.1f} MB encoded for mail, over MAX_MESSAGE_SIZE_MB "
-                    f"({self._max_message_bytes / MB:g})",
-                )
-            elif raw_size(req) < SEND_MAIL_MAX_BYTES:
-                stored = {str(p.blob): self._reader(p).read_all() for p in req.stored_parts()}
-                _check_text(req, stored)
-                outcome = self._post(req.sender, build_send_mail_body(req, mark, stored), replies, fence)
-            else:
-                outcome = self._send_large(req, mark, replies, fence)
+            outcome = send(replies)
         except RelayFailure as e:
             outcome = e.outcome
         except PayloadError as e:
@@ -223,11 +218,28 @@ class Relay:
         return Attempt(
             outcome,
             checked.received,
-            req.sender,
+            checked.request.sender,
             last.request_id if last else None,
             last.client_request_id if last else None,
             sum(r.elapsed_ms for r in replies) if replies else None,
         )
+
+    def _send_json(
+        self, req: SendRequest, mark: str | None, replies: list[GraphReply], fence: Fence | None
+    ) -> Outcome:
+        """A JSON request: sendMail when it fits one request, else the large-message flow."""
+        size = mail_size(req)
+        if size > self._max_message_bytes:
+            return permanent(
+                "MessageTooLarge",
+                f"the message comes to {size / MB:.1f} MB encoded for mail, over MAX_MESSAGE_SIZE_MB "
+                f"({self._max_message_bytes / MB:g})",
+            )
+        if raw_size(req) < SEND_MAIL_MAX_BYTES:
+            stored = {str(p.blob): self._reader(p).read_all() for p in req.stored_parts()}
+            _check_text(req, stored)
+            return self._post(req.sender, build_send_mail_body(req, mark, stored), replies, fence)
+        return self._send_large(req, mark, replies, fence)
 
     def find_sent(self, sender: str, mark: str) -> Lookup:
         """Is the message marked `mark` in the sender's Sent Items? Needs Mail.Read in the app's Exchange scope."""
@@ -313,26 +325,6 @@ class Relay:
             token = renewals.pop(0)()
 
     # --- The MIME form (docs/mime.md) ------------------------------------------------------------------------
-
-    def _deliver_mime(self, checked: Checked, req: MimeRequest, mark: str | None, fence: Fence | None) -> Attempt:
-        from shared.payloads import PayloadError
-
-        replies: list[GraphReply] = []
-        try:
-            outcome = self._send_mime(req, mark, replies, fence)
-        except RelayFailure as e:
-            outcome = e.outcome
-        except PayloadError as e:
-            outcome = _payload_failure(e)
-        last = replies[-1] if replies else None
-        return Attempt(
-            outcome,
-            checked.received,
-            req.sender,
-            last.request_id if last else None,
-            last.client_request_id if last else None,
-            sum(r.elapsed_ms for r in replies) if replies else None,
-        )
 
     def _send_mime(
         self, req: MimeRequest, mark: str | None, replies: list[GraphReply], fence: Fence | None = None
