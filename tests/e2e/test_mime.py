@@ -11,14 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from azure.storage.blob import ContainerClient
-from mailrelay_client import MailClient
 
 from devstack.azurite import Azurite
 from devstack.host import LocalHost
 from shared.cli import main
-from shared.payloads import PAYLOAD_CONTAINER
 from tests.e2e.conftest import ALERTS, CLIENT, SECRET, TENANT, RelayEnv, wait_for
+from tests.e2e.test_large_messages import client, delivered, payload_blobs
 
 pytestmark = pytest.mark.e2e
 
@@ -53,21 +51,6 @@ def draft_roles(relay_env: RelayEnv) -> None:
 
 def mime(subject: str) -> bytes:
     return MIME % subject.encode("ascii")
-
-
-def client(azurite: Azurite, relay_env: RelayEnv) -> MailClient:
-    return MailClient.from_connection_string(azurite.connection_string, relay_env.queue_name)
-
-
-def payload_blobs(azurite: Azurite) -> set[str]:
-    container = ContainerClient.from_connection_string(azurite.connection_string, PAYLOAD_CONTAINER)
-    return {b.name for b in container.list_blobs()} if container.exists() else set()
-
-
-def delivered(relay_env: RelayEnv, subject: str, timeout: float = 60) -> dict[str, Any]:
-    wait_for(lambda: relay_env.subjects_sent()[subject] >= 1, timeout, f"{subject!r} in the outbox")
-    (entry,) = [e for e in relay_env.emulator.outbox if e["message"]["message"]["subject"] == subject]
-    return entry
 
 
 def addresses(message: dict[str, Any], key: str) -> list[str]:
