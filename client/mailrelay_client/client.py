@@ -237,11 +237,10 @@ class MailClient:
         OSError (a file cannot be read), or the Azure SDK's errors for anything the service refuses. Blobs
         stored for a request that could not be enqueued are deleted again.
         """
-        from azure.core.exceptions import ResourceNotFoundError
-
         check_files(request, files)  # every rule before any upload: a bad request stores nothing
         _check_send_at(request.get("sendAt"))
         stored: list[str] = []
+        attempted = False  # the enqueue was tried: it may have happened even if it raised
         try:
             prepared = dict(request)
             if files:
@@ -249,27 +248,10 @@ class MailClient:
                 attachments += [self._file_attachment(_as_file(f), stored) for f in files]
                 prepared["attachments"] = attachments
             text = self._fit(prepared, stored)
-            try:
-                # time_to_live=-1: never expires; the service default (7 days) would drop mail silently. No
-                # visibility_timeout, even with a sendAt: a request hidden until its time is one the relay cannot
-                # see, so status() would answer "no record" and the app's maxScheduled would not count it until
-                # then. Visible, it is recorded `scheduled` at once and held on the relay's retry queue.
-                message = self._queue.send_message(text, time_to_live=-1)
-            except ResourceNotFoundError as exc:
-                if getattr(exc, "error_code", None) == "QueueNotFound":
-                    if self.app != DEFAULT_APP:
-                        raise QueueNotFound(
-                            f"app {self.app!r}'s queue does not exist on this storage account: is the app declared "
-                            "(MAILRELAY_APPS; `mailrelay local --app NAME=SENDER`), and the outbox's name right "
-                            "(MAIL_QUEUE_NAME, default mail-outbox)?"
-                        ) from None
-                    raise QueueNotFound(
-                        "the relay's queue does not exist on this storage account: check the queue name "
-                        "(MAIL_QUEUE_NAME, default mail-outbox) and the account"
-                    ) from None
-                raise
-        except BaseException:
-            self._forget(stored)
+            attempted = True
+            message = self._enqueue(text)
+        except BaseException as exc:
+            self._forget(stored, exc if attempted else None)
             raise
         return str(message.id)
 
@@ -294,7 +276,7 @@ class MailClient:
         Raises ContractError (the MIME or the envelope breaks the contract, before anything is stored), RequestTooLarge,
         SendAtRefused, QueueNotFound, or the Azure SDK's errors.
         """
-        from mailrelay_client.validation import validate
+        from mailrelay_client.validation import ContractError, Violation, envelope_problem, validate
 
         if not isinstance(mime, bytes | bytearray):
             raise TypeError(f"send_mime takes the MIME message's bytes, not {type(mime).__name__}")
@@ -309,16 +291,44 @@ class MailClient:
             request["sendAt"] = send_at
         # Every rule, the MIME's own included, before anything is stored: inline, it is checked whole.
         validate({**request, "mime": {"contentBytes": base64.b64encode(data).decode("ascii")}})
+        problem = envelope_problem(data, sender, [_address(r) for r in (*to, *cc, *bcc)])
+        if problem:
+            raise ContractError([Violation("mime", problem[1])])
         _check_send_at(send_at)
         stored: list[str] = []
+        attempted = False
         try:
             request["mime"] = self._store_bytes("message.eml", data, stored)
             text = encode_request(request)
-            message = self._queue.send_message(text, time_to_live=-1)  # never expires, as send()'s requests
-        except BaseException:
-            self._forget(stored)
+            attempted = True
+            message = self._enqueue(text)
+        except BaseException as exc:
+            self._forget(stored, exc if attempted else None)
             raise
         return str(message.id)
+
+    def _enqueue(self, text: str) -> Any:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            # time_to_live=-1: never expires; the service default (7 days) would drop mail silently. No
+            # visibility_timeout, even with a sendAt: a request hidden until its time is one the relay cannot
+            # see, so status() would answer "no record" and the app's maxScheduled would not count it until
+            # then. Visible, it is recorded `scheduled` at once and held on the relay's retry queue.
+            return self._queue.send_message(text, time_to_live=-1)
+        except ResourceNotFoundError as exc:
+            if getattr(exc, "error_code", None) == "QueueNotFound":
+                if self.app != DEFAULT_APP:
+                    raise QueueNotFound(
+                        f"app {self.app!r}'s queue does not exist on this storage account: is the app declared "
+                        "(MAILRELAY_APPS; `mailrelay local --app NAME=SENDER`), and the outbox's name right "
+                        "(MAIL_QUEUE_NAME, default mail-outbox)?"
+                    ) from None
+                raise QueueNotFound(
+                    "the relay's queue does not exist on this storage account: check the queue name "
+                    "(MAIL_QUEUE_NAME, default mail-outbox) and the account"
+                ) from None
+            raise
 
     # --- Claim checks -----------------------------------------------------------------------------------
 
@@ -398,9 +408,15 @@ class MailClient:
                 data.seek(0)
             container.upload_blob(name, data, length=size, overwrite=False)
 
-    def _forget(self, stored: list[str]) -> None:
-        """Delete the blobs of a request that was not enqueued (best effort; the relay's retention gets the rest)."""
-        if not stored:
+    def _forget(self, stored: list[str], enqueue_error: BaseException | None = None) -> None:
+        """Delete the blobs of a request that was not enqueued (best effort; the relay's retention gets the rest).
+
+        `enqueue_error`: the enqueue itself raised. Then the blobs are deleted only when the service refused it (a
+        4xx, or the queue is missing): a timeout or a dropped connection may come after the queue took the message
+        (and the SDK's own retries may have sent it again), and deleting its payload would turn a request that is on
+        the queue into a PayloadMissing dead letter. Kept, an orphan blob costs storage until the relay's
+        PAYLOAD_RETENTION_DAYS; the caller's retry of the same request (the same id) is sent once."""
+        if not stored or (enqueue_error is not None and not _refused(enqueue_error)):
             return
         with contextlib.suppress(Exception):  # the original error is the one to raise
             container = self._container()
@@ -426,6 +442,25 @@ class MailClient:
             container = ContainerClient(endpoint, name, credential=credential, **options)
         self._payloads = container
         return container
+
+
+def _refused(error: BaseException) -> bool:
+    """Did the queue service answer this enqueue with a refusal (so the message is certainly not on the queue)?"""
+    from azure.core.exceptions import HttpResponseError
+
+    if isinstance(error, QueueNotFound):
+        return True
+    status = getattr(error, "status_code", None) if isinstance(error, HttpResponseError) else None
+    return isinstance(status, int) and 400 <= status < 500 and status != 408
+
+
+def _address(recipient: Any) -> str:
+    """A recipient's address, as the contract writes one: "a@x", "Name <a@x>" or {"address": "a@x", ...}."""
+    from email.utils import parseaddr
+
+    if isinstance(recipient, Mapping):
+        return str(recipient.get("address", ""))
+    return parseaddr(str(recipient))[1] or str(recipient)
 
 
 _PLACEHOLDER: Final = {"blob": "0" * 32 + "/" + "x" * 40, "size": 0, "sha256": "0" * 64}

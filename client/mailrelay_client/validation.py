@@ -164,6 +164,38 @@ def mime_problem(data: bytes) -> str | None:
     return None
 
 
+def envelope_problem(data: bytes, sender: str, envelope: Sequence[str]) -> tuple[str, str] | None:
+    """(code, reason) when the relay would refuse to send the MIME `data` from `sender` to the addresses `envelope`
+    (to, cc and bcc together), or None: a copy of the relay's checks in shared.sending.prepare_mime (the client
+    cannot import the relay; a test holds the two to the same answers). Checked before anything is stored, so an app
+    (or the SMTP listener, before it answers 250) hears it at once instead of finding a dead letter later.
+
+    - The MIME's From must be `sender`: Graph sends as the mailbox in the URL, and the allow-list checks that one.
+    - Every address the To, Cc and Bcc headers name must be in the envelope: Graph delivers to the headers'
+      recipients, and the relay will not rewrite headers that others see (or that a signature covers).
+    The reasons name no address (they reach logs and dead letters), only counts."""
+    import email
+    from email import policy
+    from email.utils import getaddresses
+
+    message = email.message_from_bytes(data, policy=policy.compat32)  # raw values, as the relay reads them
+    senders = [a.lower() for _, a in getaddresses(message.get_all("From") or []) if a]
+    if senders != [sender.lower()]:
+        return (
+            "MimeSenderMismatch",
+            'the MIME\'s From header names another mailbox than the request\'s "from"; they must be the same',
+        )
+    named = {a.lower() for name in ("To", "Cc", "Bcc") for _, a in getaddresses(message.get_all(name) or []) if a}
+    outside = named - {a.lower() for a in envelope}
+    if outside:
+        return (
+            "MimeRecipientNotInEnvelope",
+            f"{len(outside)} recipient(s) in the MIME's To, Cc or Bcc headers are not in the request's to, cc or "
+            "bcc; Graph would deliver to them: add them to the envelope or remove them from the MIME",
+        )
+    return None
+
+
 def _surrogates(request: Mapping[str, Any]) -> list[Violation]:
     """A lone UTF-16 surrogate ("\\ud800") fits in a Python str but in no UTF-8 text: the relay refuses it."""
     stack: list[tuple[Any, str]] = [(request, "")]

@@ -118,16 +118,57 @@ def test_a_request_too_large_without_its_body_and_attachments_is_refused_and_sto
     assert queue.calls == [] and container.blobs == {}
 
 
-def test_blobs_of_a_request_that_could_not_be_enqueued_are_deleted() -> None:
-    class DownQueue(FakeQueue):
+def test_blobs_of_a_request_the_queue_refused_are_deleted() -> None:
+    from azure.core.exceptions import HttpResponseError
+
+    class RefusingQueue(FakeQueue):
         def send_message(self, content: Any, **kwargs: Any) -> Sent:
-            raise ConnectionError("queue down")
+            error = HttpResponseError("The request body is too large")
+            error.status_code = 413
+            raise error
 
     container = FakeContainer()
     big = {**REQUEST, "body": {"contentType": "text", "content": "z" * 70_000}}
-    with pytest.raises(ConnectionError):
-        MailClient.from_queue_client(DownQueue(), payloads=container).send(big)
+    with pytest.raises(HttpResponseError):
+        MailClient.from_queue_client(RefusingQueue(), payloads=container).send(big)
     assert len(container.deleted) == 1 and container.blobs == {}
+
+
+@pytest.mark.parametrize("error", [ConnectionError("reset after the request was written"), TimeoutError("read")])
+def test_blobs_of_a_request_whose_enqueue_may_have_happened_are_kept(error: Exception) -> None:
+    """A dropped connection or a timeout may come after the queue took the message: deleting its payload would make a
+    request on the queue a PayloadMissing dead letter. The caller's retry of the same id is sent once."""
+
+    class AmbiguousQueue(FakeQueue):
+        def send_message(self, content: Any, **kwargs: Any) -> Sent:
+            raise error
+
+    container = FakeContainer()
+    big = {**REQUEST, "body": {"contentType": "text", "content": "z" * 70_000}}
+    with pytest.raises(type(error)):
+        MailClient.from_queue_client(AmbiguousQueue(), payloads=container).send(big)
+    assert container.deleted == [] and len(container.blobs) == 1
+
+
+def test_blobs_stored_before_a_failure_that_stops_the_enqueue_are_deleted() -> None:
+    class FailingContainer(FakeContainer):
+        def upload_blob(self, name: str, data: Any, length: int | None = None, overwrite: bool = False) -> None:
+            if self.blobs:
+                raise ConnectionError("blob service down")
+            super().upload_blob(name, data, length, overwrite)
+
+    container, queue = FailingContainer(), FakeQueue()
+    big = {**REQUEST, "body": {"contentType": "text", "content": "z" * 70_000}}
+    big["attachments"] = [
+        {
+            "name": "a.bin",
+            "contentType": "application/octet-stream",
+            "contentBytes": base64.b64encode(b"a" * 60_000).decode(),
+        }
+    ]
+    with pytest.raises(ConnectionError):
+        MailClient.from_queue_client(queue, payloads=container).send(big)
+    assert queue.calls == [] and len(container.deleted) == 1 and container.blobs == {}
 
 
 def test_files_are_inline_when_small_and_streamed_to_a_blob_when_large(tmp_path: Any) -> None:
@@ -418,3 +459,24 @@ def test_an_apps_status_record_is_found_where_the_relay_writes_it_and_never_anot
     }
     assert (read_status(Table(), "order-42") or {}).get("sender") == "b@contoso.com"
     assert read_status(Table(), "order-42", app="payroll") is None
+
+
+MIME_SCAN = (
+    b"From: scanner@contoso.com\r\nTo: ada@contoso.com\r\nCc: bob@contoso.com\r\nSubject: Scan\r\n\r\nYour scan.\r\n"
+)
+
+
+def test_send_mime_refuses_a_mime_whose_headers_name_a_recipient_the_envelope_lacks_before_storing() -> None:
+    from mailrelay_client import ContractError
+
+    queue, container = FakeQueue(), FakeContainer()
+    client = MailClient.from_queue_client(queue, payloads=container)
+    with pytest.raises(ContractError) as caught:
+        client.send_mime(MIME_SCAN, "scanner@contoso.com", to=["ada@contoso.com"])
+    assert "1 recipient(s)" in str(caught.value) and "bob" not in str(caught.value)
+    with pytest.raises(ContractError, match="From header"):
+        client.send_mime(MIME_SCAN, "alerts@contoso.com", to=["ada@contoso.com", "bob@contoso.com"])
+    assert queue.calls == [] and container.blobs == {}
+    client.send_mime(MIME_SCAN, "Scanner@Contoso.com", to=["Ada <ada@contoso.com>", {"address": "bob@contoso.com"}])
+    ((text, _),) = queue.calls
+    assert container.blobs[decode(text)["mime"]["blob"]] == MIME_SCAN

@@ -345,3 +345,30 @@ def test_a_failed_mark_deletes_the_unmarked_draft_and_sends_nothing() -> None:
     outcome = deliver(relay, request())
     assert isinstance(outcome, Transient) and not outcome.maybe_sent
     assert graph.drafts == {} and graph.sent_drafts == []
+
+
+# --- The client checks the envelope as the relay does (mailrelay_client.validation.envelope_problem) ----------
+
+ENVELOPE_CASES = [
+    ("headers name the envelope", MIME, {}),
+    ("an envelope-only bcc", MIME, {"bcc": ["eve@contoso.com"]}),
+    ("a header recipient missing", MIME, {"cc": None}),
+    ("another From", MIME.replace(b"From: Scanner <scanner@contoso.com>", b"From: ceo@contoso.com"), {}),
+    ("From in another case", MIME.replace(b"scanner@contoso.com", b"SCANNER@Contoso.com", 1), {}),
+    ("two addresses in From", MIME.replace(b"From: Scanner <scanner@contoso.com>", b"From: a@x.com, b@x.com"), {}),
+    ("a Bcc header the envelope lacks", b"Bcc: eve@contoso.com\r\n" + MIME, {}),
+]
+
+
+@pytest.mark.parametrize(("mime", "overrides"), [c[1:] for c in ENVELOPE_CASES], ids=[c[0] for c in ENVELOPE_CASES])
+def test_the_client_refuses_the_envelopes_the_relay_refuses(mime: bytes, overrides: dict[str, Any]) -> None:
+    from mailrelay_client.validation import envelope_problem
+
+    req = mime_request(mime=inline(mime), **overrides)
+    try:
+        prepare_mime(mime, req)
+        relay = None
+    except RelayFailure as failure:
+        assert isinstance(failure.outcome, Permanent)
+        relay = (failure.outcome.code, failure.outcome.message)
+    assert envelope_problem(mime, req.sender, req.envelope()) == relay
