@@ -1,0 +1,112 @@
+"""The durable step: a mail received over SMTP becomes a MIME send request on its app's queue.
+
+The client library does the work (MailClient.send_mime): it checks the MIME and the envelope as the relay will, stores
+the MIME as a claim-checked payload of the app, then enqueues the request. Only when that returned does the listener
+answer 250; anything else is a 4xx (try again) or a 5xx (this mail can never be sent as it is), so a mail the device
+was told is accepted is on the queue, and a mail that is not was never acknowledged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from functools import cache
+from typing import Any
+
+from mailrelay_smtp.logins import Login
+from mailrelay_smtp.settings import Settings
+
+
+@dataclass(frozen=True)
+class Accepted:
+    id: str  # the request's id: its key in `mailrelay status --app <app>`
+
+
+class Refused(Exception):
+    """The mail can never be sent as it is (a 5xx): `reply` is the SMTP reply, with its reason."""
+
+    def __init__(self, reply: str) -> None:
+        super().__init__(reply)
+        self.reply = reply
+
+
+class Unavailable(Exception):
+    """The mail could not be stored and enqueued now (a 4xx): the device tries again."""
+
+
+def request_id(login: Login, sender: str, recipients: Sequence[str], data: bytes) -> str:
+    """The request's id (the relay sends one id once).
+
+    A MIME with a Message-ID gets an id made from the login, the envelope and its bytes: a device that retries a mail
+    after a 451 whose enqueue had in fact happened (a timeout after the queue took it) sends the same bytes again,
+    and the relay sends that id once. RFC 5322 3.6.4 makes a Message-ID unique to one message, so two mails with the
+    same bytes and Message-ID are one mail. Without a Message-ID, two identical mails (a printer's "toner low" twice)
+    are two mails: each gets a fresh id, and only that rare ambiguous retry could be sent twice.
+    The login's user is part of the id, so that `mailrelay status` shows which device sent it."""
+    headers = BytesHeaderParser(policy=compat32).parsebytes(data, headersonly=True)
+    if headers.get("Message-ID", "").strip():
+        digest = hashlib.sha256()
+        for part in (login.user, sender.lower(), *sorted(r.lower() for r in recipients)):
+            digest.update(part.encode("utf-8", "surrogateescape") + b"\0")
+        digest.update(data)
+        return f"smtp-{login.user}-{digest.hexdigest()[:32]}"
+    return f"smtp-{login.user}-{uuid.uuid4().hex}"
+
+
+class Intake:
+    """Submits mails through one MailClient per app (built on first use; the SDK's clients are thread-safe)."""
+
+    def __init__(self, client_for: Callable[[str], Any]) -> None:
+        self._client_for = cache(client_for)
+
+    def submit(self, login: Login, sender: str, recipients: Sequence[str], data: bytes) -> Accepted:
+        from mailrelay_client import ContractError, RequestTooLarge
+
+        id = request_id(login, sender, recipients, data)
+        try:
+            self._client_for(login.app).send_mime(data, sender, to=list(recipients), id=id)
+        except ContractError as exc:
+            # The reasons name fields and counts, never an address or the content (the client's rule).
+            reasons = "; ".join(str(v) for v in exc.violations)
+            raise Refused(f"554 5.6.0 The relay cannot send this mail as it is: {_one_line(reasons)}") from None
+        except RequestTooLarge as exc:
+            raise Refused(f"552 5.3.4 {_one_line(str(exc))}") from None
+        except Exception as exc:
+            # Storage down or slow, the queue missing, the identity refused: nothing is acknowledged, the device's
+            # own retry brings it again (and a retry of a mail whose enqueue did happen has the same id).
+            raise Unavailable(type(exc).__name__) from exc
+        return Accepted(id)
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    """An SMTP reply is one line of ASCII (a multi-line one needs the code on every line)."""
+    flat = " ".join(text.split())
+    flat = flat.encode("ascii", "replace").decode("ascii")
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def client_factory(settings: Settings) -> Callable[[str], Any]:
+    """How to build an app's MailClient from the settings: the connection string locally, the managed identity in
+    Azure (Storage Queue Data Message Sender on the app's queue, Blob Data Contributor on its payload container)."""
+    from mailrelay_client import MailClient
+
+    def build(app: str) -> Any:
+        if settings.connection_string:
+            return MailClient.from_connection_string(settings.connection_string, settings.queue_name, app=app)
+        from azure.identity import ManagedIdentityCredential
+
+        credential: Any
+        if settings.client_id:
+            credential = ManagedIdentityCredential(client_id=settings.client_id)
+        else:  # a developer's own sign-in, against a real account
+            from azure.identity import DefaultAzureCredential
+
+            credential = DefaultAzureCredential()
+        url = f"{(settings.queue_service_uri or '').rstrip('/')}/{settings.queue_name}"
+        return MailClient(url, credential=credential, app=app)
+
+    return build
