@@ -278,6 +278,51 @@ param storageSkuName string = 'Standard_LRS'
 param logRetentionInDays int = 30
 
 // ---------------------------------------------------------------------------------------------
+// SMTP listener (optional; issue 22, app/smtp.bicep, docs/smtp.md)
+// ---------------------------------------------------------------------------------------------
+
+// Devices and legacy apps that speak only SMTP log in to a listener that puts each mail on its app's queue before it
+// answers 250. Off by default. Before turning it on, store its two Key Vault secrets (the logins file and the TLS
+// certificate, names below) and push its image (smtp/Dockerfile); docs/smtp.md gives the order.
+@description('Deploy the SMTP listener (app/smtp.bicep): a virtual network, a Container Apps environment and a Container App with TCP ingress on 587 (STARTTLS) and 465 (implicit TLS), running as the relay\'s identity. Needs smtpImage, smtpAllowedSourceCidrs and the two Key Vault secrets first (docs/smtp.md).')
+param deploySmtpListener bool = false
+
+@description('The listener\'s image, built from smtp/Dockerfile (build context: the repository root) and pushed to your registry, e.g. myregistry.azurecr.io/mailrelay-smtp:0.1.0. Required with deploySmtpListener.')
+param smtpImage string = ''
+
+@description('Private registry the image is pulled from with the relay\'s identity (e.g. myregistry.azurecr.io), which needs AcrPull there (not assigned here: the registry is yours, wherever it is). Empty: a public image.')
+param smtpRegistryServer string = ''
+
+@description('IPv4 ranges in CIDR notation that may connect to the listener: the public addresses of the sites whose devices send (e.g. ["203.0.113.10/32"]). Required with deploySmtpListener: an empty list refuses the deployment. ["0.0.0.0/0"] opens it to the internet.')
+param smtpAllowedSourceCidrs array = []
+
+@description('Name the devices connect to and the TLS certificate is for (SMTP_HOSTNAME), e.g. smtp-relay.contoso.com, with a DNS record to SMTP_STATIC_IP. Empty: the Container App\'s own name (SMTP_FQDN).')
+param smtpHostname string = ''
+
+@minLength(1)
+@maxLength(127)
+@description('Key Vault secret holding the listener\'s logins file (JSON; docs/smtp.md).')
+param smtpLoginsSecretName string = 'smtp-logins'
+
+@minLength(1)
+@maxLength(127)
+@description('Key Vault certificate (or secret) holding the listener\'s TLS certificate chain and private key as PEM (content type application/x-pem-file).')
+param smtpTlsCertificateName string = 'smtp-tls'
+
+@description('Address space of the listener\'s virtual network (CIDR, /27 or larger; its one subnet takes all of it). Change it if it overlaps a network you peer with.')
+param smtpVnetAddressPrefix string = '10.42.0.0/24'
+
+@minValue(1)
+@maxValue(30)
+@description('Listener replicas always running, 1 or more: an SMTP server must answer, so it never scales to zero.')
+param smtpMinReplicas int = 1
+
+@minValue(1)
+@maxValue(30)
+@description('Most listener replicas the TCP scale rule may run.')
+param smtpMaxReplicas int = 3
+
+// ---------------------------------------------------------------------------------------------
 // Names
 // ---------------------------------------------------------------------------------------------
 
@@ -801,6 +846,50 @@ module monitoring 'app/monitoring.bicep' = {
 }
 
 // ---------------------------------------------------------------------------------------------
+// SMTP listener (optional): app/smtp.bicep
+// ---------------------------------------------------------------------------------------------
+
+// The relay's identity already holds what the listener needs on storage: Storage Queue Data Contributor and Storage Blob
+// Data Owner on the account (app/rbac.bicep), which cover every app's queue (enqueue) and payload container (the MIME's
+// claim check). The module adds Key Vault Secrets User on its two secrets only. MAILRELAY_APPS and ALLOWED_SENDERS are
+// the Function's own values, so the listener checks senders against the same lists the relay does.
+module smtpListener 'app/smtp.bicep' = if (deploySmtpListener) {
+  name: 'relay-smtp'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    vnetName: 'vnet-mailrelay-smtp-${resourceToken}'
+    vnetAddressPrefix: smtpVnetAddressPrefix
+    environmentName: 'cae-mailrelay-${resourceToken}'
+    workspaceResourceId: logAnalytics.outputs.resourceId
+    appName: 'ca-mailrelay-smtp-${resourceToken}'
+    image: smtpImage
+    registryServer: smtpRegistryServer
+    identityId: identity.outputs.resourceId
+    identityClientId: identity.outputs.clientId
+    identityPrincipalId: identity.outputs.principalId
+    keyVaultName: keyVault.outputs.name
+    keyVaultUri: keyVault.outputs.uri
+    loginsSecretName: smtpLoginsSecretName
+    tlsCertificateName: smtpTlsCertificateName
+    allowedSourceCidrs: smtpAllowedSourceCidrs
+    relayApps: string(relayApps)
+    allowedSenders: allowedSenders
+    mailQueueName: mailQueueName
+    queueServiceUri: 'https://${storage.outputs.name}.queue.${environment().suffixes.storage}'
+    hostname: smtpHostname
+    minReplicas: smtpMinReplicas
+    maxReplicas: smtpMaxReplicas
+  }
+  // The identity's storage roles before the first mail is enqueued; no app's queue before its name passed the checks.
+  dependsOn: [
+    rbac
+    appDeclarationCheck
+  ]
+}
+
+// ---------------------------------------------------------------------------------------------
 // Outputs (azd writes them to .azure/<env>/.env)
 // ---------------------------------------------------------------------------------------------
 
@@ -833,3 +922,8 @@ output ENTRA_APP_SERVICE_PRINCIPAL_ID string = deployEntraAppRegistration ? entr
 output GRAPH_CREDENTIAL string = graphCredential
 output GRAPH_CERTIFICATE_NAME string = graphCertificateName
 output GRAPH_CERTIFICATE_THUMBPRINT string = graphCredential == 'certificate' ? graphCertificate!.outputs.thumbprint : ''
+// The listener (empty without deploySmtpListener): the name devices use, the app's own name, and the environment's
+// address for a DNS record of your own name.
+output SMTP_HOSTNAME string = deploySmtpListener ? smtpListener!.outputs.greetingName : ''
+output SMTP_FQDN string = deploySmtpListener ? smtpListener!.outputs.fqdn : ''
+output SMTP_STATIC_IP string = deploySmtpListener ? smtpListener!.outputs.staticIp : ''
