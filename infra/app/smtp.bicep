@@ -22,7 +22,7 @@
 //   Check it after deployment from an address outside the list (docs/smtp.md): a TCP app's restriction was once
 //   reported not enforced (microsoft/azure-container-apps#1010, 2023, closed).
 // - Secrets from Key Vault: a secret with keyVaultUrl and identity (a user-assigned identity's resource id), which
-//   needs Key Vault Secrets User on the secret; without a version in the URL the app follows the latest version; and
+//   needs Key Vault Secrets User; without a version in the URL the app follows the latest version; and
 //   secrets mounted as files in a volume of storageType Secret
 //   (https://learn.microsoft.com/azure/container-apps/manage-secrets, "Reference secret from Key Vault", "Mounting
 //   secrets in a volume"). The listener reads its logins file and its certificate from that volume, never from an
@@ -235,7 +235,8 @@ resource tlsSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' existing = {
   name: tlsCertificateName
 }
 
-// Key Vault Secrets User on the logins secret only: Container Apps reads it with the identity. In the secret and
+// Key Vault Secrets User on the logins secret only: Container Apps reads it with the identity. Key Vault's RBAC takes a
+// single secret as a role's scope (https://learn.microsoft.com/azure/key-vault/general/rbac-guide). In the secret and
 // certificate modes the identity also holds this role on the whole vault (app/rbac.bicep), for the Graph credential;
 // in the federated and managed-identity modes it holds none there, and these two are all it reads.
 resource loginsSecretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
