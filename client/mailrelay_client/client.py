@@ -298,7 +298,12 @@ class MailClient:
         stored: list[str] = []
         attempted = False
         try:
-            request["mime"] = self._store_bytes("message.eml", data, stored)
+            # With an id, the blob's name comes from the app, the id and the MIME: a caller that retries after an
+            # enqueue that may have happened (an SMTP device after a 451) builds the very same request, which the relay
+            # then knows as the same one (its fingerprint) and sends once, instead of refusing a second request
+            # under the id (DuplicateKey). Without an id, every call is a new mail, with a fresh name.
+            name = _blob_name("message.eml", _payload_key(self.app, id, data) if id is not None else None)
+            request["mime"] = self._store_bytes("message.eml", data, stored, name)
             text = encode_request(request)
             attempted = True
             message = self._enqueue(text)
@@ -387,11 +392,19 @@ class MailClient:
         attachment.update(blob=name, size=size, sha256=digest.hexdigest())
         return attachment
 
-    def _store_bytes(self, label: str, data: bytes, stored: list[str]) -> dict[str, Any]:
-        name = _blob_name(label)
-        self._upload(name, data, len(data))
-        stored.append(name)
-        return {"blob": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    def _store_bytes(self, label: str, data: bytes, stored: list[str], name: str | None = None) -> dict[str, Any]:
+        """Upload `data` (under `name`, a name derived from its content and id, or a fresh one). A derived name that
+        exists already holds these bytes from an earlier try: it is used as it is, and not this call's to delete."""
+        from azure.core.exceptions import ResourceExistsError
+
+        blob = name or _blob_name(label)
+        try:
+            self._upload(blob, data, len(data))
+            stored.append(blob)
+        except ResourceExistsError:
+            if name is None:
+                raise
+        return {"blob": blob, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
     def _upload(self, name: str, data: Any, size: int) -> None:
         from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
@@ -515,11 +528,19 @@ def check_files(request: Mapping[str, Any], files: Sequence[File | Path | str] =
     encode_request(_claim_checked(whole))
 
 
-def _blob_name(label: str) -> str:
-    """A fresh blob name for a payload: a random folder (nobody can guess or overwrite one) and the file's name
-    reduced to the characters the relay's contract allows in a blob name."""
+def _blob_name(label: str, folder: str | None = None) -> str:
+    """A blob name for a payload: a random folder (nobody can guess or overwrite one), or `folder`, and the file's
+    name reduced to the characters the relay's contract allows in a blob name."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", label).lstrip("._-")[:200] or "payload"
-    return f"{uuid.uuid4().hex}/{safe}"
+    return f"{folder or uuid.uuid4().hex}/{safe}"
+
+
+def _payload_key(app: str, id: str, data: bytes) -> str:
+    """The folder of a payload sent under an id: one for one app, id and content, and no other (32 hex digits)."""
+    digest = hashlib.sha256()
+    for part in (app.encode(), id.encode("utf-8", "surrogatepass"), hashlib.sha256(data).digest()):
+        digest.update(len(part).to_bytes(4, "big") + part)
+    return digest.hexdigest()[:32]
 
 
 def _check_send_at(send_at: Any) -> None:

@@ -480,3 +480,35 @@ def test_send_mime_refuses_a_mime_whose_headers_name_a_recipient_the_envelope_la
     client.send_mime(MIME_SCAN, "Scanner@Contoso.com", to=["Ada <ada@contoso.com>", {"address": "bob@contoso.com"}])
     ((text, _),) = queue.calls
     assert container.blobs[decode(text)["mime"]["blob"]] == MIME_SCAN
+
+
+def test_a_retry_of_send_mime_with_its_id_after_an_ambiguous_enqueue_is_the_very_same_request() -> None:
+    """An SMTP device retries after a 451 whose enqueue had happened: the relay must see the same request (the same
+    fingerprint: sent once) rather than a second one under the id (refused DuplicateKey)."""
+    from azure.core.exceptions import ResourceExistsError
+
+    class Container(FakeContainer):
+        def upload_blob(self, name: str, data: Any, length: int | None = None, overwrite: bool = False) -> None:
+            if name in self.blobs:
+                raise ResourceExistsError("The specified blob already exists.")
+            super().upload_blob(name, data, length, overwrite)
+
+    class TookItThenTimedOut(FakeQueue):
+        def send_message(self, content: Any, **kwargs: Any) -> Sent:
+            super().send_message(content, **kwargs)
+            raise TimeoutError("the answer never came")
+
+    container, first, second = Container(), TookItThenTimedOut(), FakeQueue()
+    to = ["ada@contoso.com", "bob@contoso.com"]
+    with pytest.raises(TimeoutError):
+        MailClient.from_queue_client(first, payloads=container).send_mime(
+            MIME_SCAN, "scanner@contoso.com", to=to, id="s1"
+        )
+    MailClient.from_queue_client(second, payloads=container).send_mime(MIME_SCAN, "scanner@contoso.com", to=to, id="s1")
+    assert first.calls[0][0] == second.calls[0][0]  # byte for byte the same request
+    assert len(container.blobs) == 1 and container.deleted == []
+    # Another id, or no id, is another mail with a blob of its own, even with the same bytes.
+    MailClient.from_queue_client(second, payloads=container).send_mime(MIME_SCAN, "scanner@contoso.com", to=to, id="s2")
+    MailClient.from_queue_client(second, payloads=container).send_mime(MIME_SCAN, "scanner@contoso.com", to=to)
+    MailClient.from_queue_client(second, payloads=container).send_mime(MIME_SCAN, "scanner@contoso.com", to=to)
+    assert len(container.blobs) == 4
