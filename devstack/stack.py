@@ -34,6 +34,12 @@ Apps (docs/apps.md; MAILRELAY_APPS) are declared as the relay's setting declares
     with LocalStack(apps=[{"name": "billing", "senders": ["billing@contoso.com"]}]) as stack:
         stack.app_queue("billing")  # "mail-outbox-billing"
 
+With `smtp_port`, the SMTP listener (smtp/, docs/smtp.md) runs beside them as its own process, STARTTLS on that
+port (and implicit TLS on `smtps_port`), with a login per app (devstack/smtp.py):
+
+    with LocalStack(apps=[...], smtp_port=2587) as stack:
+        stack.smtp_state()  # {"host", "port", "starttls", "ca", "logins": [{"user", "password", "app", "device"}]}
+
 `run_foreground` is `mailrelay local`: it writes the state file the other `mailrelay` commands read.
 """
 
@@ -58,6 +64,7 @@ from types import FrameType, TracebackType
 from typing import IO, Any
 
 from devstack.azurite import Azurite, die_with_parent, owned_workdir, pid_alive, sweep_stale_workdirs
+from devstack.smtp import SMTP_PART
 from shared.apps import SETTING as APPS_SETTING
 from shared.apps import app_queue
 from shared.settings import (
@@ -172,6 +179,8 @@ class LocalStack:
         credential: str = "secret",
         expires_in_days: float | None = None,
         apps: Sequence[Mapping[str, Any]] = (),
+        smtp_port: int | None = None,
+        smtps_port: int | None = None,
     ) -> None:
         """`exchange_scope`: mailboxes inside the app's Exchange scope (default: the allowed senders not
         named in `mailboxes`); `mailboxes`: mailboxes that exist but are outside it. `lease_seconds`: the
@@ -200,7 +209,10 @@ class LocalStack:
         ["billing@contoso.com"], "messagesPerMinute": 10}]. Each app gets its queue (<queue_name>-<name>) and its
         poison queue in Azurite, and the hosts a trigger on it; its senders join `allowed_senders`, and the Exchange
         scope unless `exchange_scope` is given or `mailboxes` names them. A declaration the relay would refuse is
-        refused here, with the relay's words, before anything starts. None: the outbox alone, as before."""
+        refused here, with the relay's words, before anything starts. None: the outbox alone, as before.
+
+        `smtp_port`: run the SMTP listener too, STARTTLS on this port (implicit TLS on `smtps_port` if given), one
+        login per app (devstack/smtp.py); it starts last and stops first, as it enqueues into Azurite."""
         if isinstance(instances, bool) or not isinstance(instances, int) or instances < 1:
             raise StackError(f"instances must be a whole number, at least 1, got {instances!r}")
         if credential not in CREDENTIAL_MODES:
@@ -236,6 +248,7 @@ class LocalStack:
         self._workdir: Path | None = None
         self._azurite: Azurite | None = None
         self._emulator: subprocess.Popen[bytes] | None = None
+        self._smtp: subprocess.Popen[bytes] | None = None  # the SMTP listener, with smtp_port
         self._hosts: dict[str, subprocess.Popen[bytes]] = {}  # "host-1", "host-2", ...: one per instance
         self._killed: set[str] = set()  # instances stopped on purpose (kill_host): not a failure of the stack
         self._frozen = False  # Azurite stopped by freeze_storage (SIGSTOP)
@@ -244,6 +257,19 @@ class LocalStack:
         self._host_ready: dict[str, threading.Event] = {}
         self._ready: dict[str, Any] = {}
         self._stopped = False
+        self._smtp_ports = (smtp_port, smtps_port)
+        self._smtp_logins: list[Any] = []  # devstack.smtp.SmtpLogin, once started
+        self._smtp_ca: Path | None = None
+        if smtp_port is not None:
+            from devstack.smtp import SmtpError, check_installed, check_ports
+
+            try:
+                check_ports(smtp_port, smtps_port)
+                check_installed()
+            except SmtpError as e:
+                raise StackError(str(e)) from None
+        elif smtps_port is not None:
+            raise StackError("--smtps needs --smtp: STARTTLS is the listener's first port, implicit TLS its second")
         # A throwaway app registration, new for every stack: nothing here is a real credential.
         self.tenant_id = str(uuid.uuid4())
         self.client_id = str(uuid.uuid4())
@@ -295,6 +321,7 @@ class LocalStack:
         found = {
             "azurite": self._azurite.pid if self._azurite else None,
             "emulator": self._emulator.pid if self._emulator else None,
+            "smtp": self._smtp.pid if self._smtp and self._smtp.poll() is None else None,
             **{name: process.pid for name, process in self._hosts.items() if process.poll() is None},
         }
         return {name: pid for name, pid in found.items() if pid is not None}
@@ -319,7 +346,22 @@ class LocalStack:
             **self.credential_state(),
             # Only with apps declared: `mailrelay send --app NAME` checks the name and finds the queue here.
             **({"apps": self.app_state()} if self.apps else {}),
+            # Only with the SMTP listener: its port, CA and logins (passwords included: this file is the user's own).
+            **({"smtp": self.smtp_state()} if self._smtp_ports[0] is not None else {}),
         }
+
+    def smtp_state(self) -> dict[str, Any]:
+        """The SMTP listener's address, CA bundle and logins (devstack/smtp.py state)."""
+        from devstack.smtp import state
+
+        port, tls_port = self._smtp_ports
+        if port is None or self._smtp_ca is None:
+            raise StackError("the stack runs no SMTP listener (smtp_port), or it is not started")
+        return state(port, tls_port, self._smtp_ca, self._smtp_logins)
+
+    def smtp_devices(self) -> dict[str, str]:
+        """Each SMTP login's device name, by user: what the console shows beside a mail the listener took."""
+        return {login.user: login.device for login in self._smtp_logins}
 
     def app_queue(self, name: str) -> str:
         """The queue app `name` enqueues on (shared.apps.app_queue): <queue_name>-<name>; the outbox for default."""
@@ -532,6 +574,8 @@ class LocalStack:
             self._check_settings()
             for index in range(1, self.instances + 1):
                 self.start_host(index)
+            if self._smtp_ports[0] is not None:
+                self._start_smtp()
         except BaseException:
             # Ctrl-C or a failure half-way: stop what did start, then report.
             self.stop()
@@ -542,7 +586,8 @@ class LocalStack:
         """Stop the hosts, the emulator, then Azurite; remove the working directory. Safe to repeat."""
         self._stopped = True
         self.thaw_storage()  # a stopped Azurite would not act on the SIGTERM below until continued
-        for process in [*self._hosts.values(), self._emulator]:
+        # The listener first: it enqueues into Azurite, and a mail it answered 250 is already on the queue.
+        for process in [self._smtp, *self._hosts.values(), self._emulator]:
             if process is not None:
                 _terminate(process)
         if self._azurite is not None:
@@ -568,7 +613,8 @@ class LocalStack:
         not one: it was meant to die."""
         if self._azurite is not None and not self._azurite.running:
             return "azurite"
-        parts = [("emulator", self._emulator), *[(n, p) for n, p in self._hosts.items() if n not in self._killed]]
+        hosts = [(n, p) for n, p in self._hosts.items() if n not in self._killed]
+        parts = [("emulator", self._emulator), ("SMTP listener", self._smtp), *hosts]
         for name, process in parts:
             if process is not None and process.poll() is not None:
                 return name
@@ -625,6 +671,36 @@ class LocalStack:
                 raise StackError(f"{name} exited with {process.returncode}:\n{self.log_tail(name)}")
             if time.monotonic() > deadline:
                 raise StackError(f"{name} did not start within {self._startup_timeout:.0f} s")
+
+    def _start_smtp(self) -> None:
+        """The SMTP listener (`python -m mailrelay_smtp`): its logins and certificate in the working folder, then the
+        process; returns once it printed a listening line for each port, fails with its own words otherwise (a port
+        already taken, a setting it refuses)."""
+        from devstack.smtp import LISTENING, listener_environment, make_logins, write_certificate, write_logins_file
+
+        assert self._workdir is not None
+        port, tls_port = self._smtp_ports
+        assert port is not None
+        self._smtp_logins = make_logins(self.apps)
+        logins_file = write_logins_file(self._workdir / "smtp-logins.json", self._smtp_logins)
+        cert, self._smtp_ca = write_certificate(self._workdir, Path(self.ca_cert_path))
+        base = {k: v for k, v in os.environ.items() if k not in _INHERITED_BUT_DROPPED}
+        env = listener_environment(
+            base, self.host_settings(), logins_file=logins_file, cert_file=cert, port=port, tls_port=tls_port
+        )
+        ready = self._host_ready[SMTP_PART] = threading.Event()
+        expected = 2 if tls_port else 1
+        command = [sys.executable, "-m", "mailrelay_smtp", "serve"]
+        self._smtp = self._spawn(SMTP_PART, command, env, ready_marker=LISTENING, ready_count=expected)
+        deadline = time.monotonic() + self._startup_timeout
+        while not ready.wait(0.05):
+            if self._smtp.poll() is not None:
+                ports = f"{port}" + (f" and {tls_port}" if tls_port else "")
+                raise StackError(
+                    f"the SMTP listener (port {ports}) exited with {self._smtp.returncode}:\n{self.log_tail(SMTP_PART)}"
+                )
+            if time.monotonic() > deadline:
+                raise StackError(f"the SMTP listener did not start within {self._startup_timeout:.0f} s")
 
     def set_read_access(self, granted: bool) -> None:
         """Grant or withdraw the app's Exchange role "Application Mail.Read" over its scope, at once.
@@ -786,7 +862,12 @@ class LocalStack:
             raise StackError(f"the hosts' settings: {e}") from None
 
     def _spawn(
-        self, part: str, command: list[str], env: dict[str, str], ready_marker: str | None = None
+        self,
+        part: str,
+        command: list[str],
+        env: dict[str, str],
+        ready_marker: str | None = None,
+        ready_count: int = 1,
     ) -> subprocess.Popen[bytes]:
         assert self._workdir is not None
         # Appended to: a host started again after kill_host goes on in its own log.
@@ -804,24 +885,36 @@ class LocalStack:
         )
         # One reader per part: keeps its log file, echoes it to this terminal if asked, spots the ready line.
         reader = threading.Thread(
-            target=self._pump, args=(process, log, part, ready_marker), name=f"log-{part}", daemon=True
+            target=self._pump, args=(process, log, part, ready_marker, ready_count), name=f"log-{part}", daemon=True
         )
         reader.start()
         self._readers.append(reader)
         return process
 
-    def _pump(self, process: subprocess.Popen[bytes], log: IO[bytes], part: str, ready_marker: str | None) -> None:
+    def _pump(
+        self,
+        process: subprocess.Popen[bytes],
+        log: IO[bytes],
+        part: str,
+        ready_marker: str | None,
+        ready_count: int = 1,
+    ) -> None:
+        """Keep a part's output in its log; set its ready event once `ready_marker` was seen `ready_count` times
+        (the SMTP listener prints one listening line per port)."""
         assert process.stdout is not None
+        seen = 0
         for line in process.stdout:
             with contextlib.suppress(ValueError):  # the log was closed by stop()
                 log.write(line)
                 log.flush()
             # Only the host's lines: the emulator's ready line holds the managed-identity header value.
-            if self._inherit_output and part.startswith(HOST_PART):
+            if self._inherit_output and part.startswith((HOST_PART, SMTP_PART)):
                 sys.stderr.write(f"[{part}] {line.decode('utf-8', errors='replace')}")
                 sys.stderr.flush()
             if ready_marker is not None and ready_marker.encode() in line:
-                self._host_ready[part].set()
+                seen += 1
+                if seen >= ready_count:
+                    self._host_ready[part].set()
         process.stdout.close()
 
     def _running_azurite(self) -> Azurite:
@@ -914,6 +1007,7 @@ def start_console(stack: LocalStack) -> Any:
         status=status_tables(stack.storage_connection_string, stack.queue_name),
         queue_name=stack.queue_name,
         credential=stack.credential,
+        smtp_devices=stack.smtp_devices(),
     ).start()
 
 
@@ -970,6 +1064,15 @@ def credential_line(mode: str, facts: Mapping[str, Any]) -> str:
     return f"secret: the app registration's client secret, in Key Vault as {SECRET_NAME}"
 
 
+def smtp_lines(stack: LocalStack) -> str:
+    """The banner's lines on the SMTP listener (a stack started with smtp_port)."""
+    from devstack.smtp import DEFAULT_APP, banner_lines
+
+    smtp = stack.smtp_state()
+    senders = {DEFAULT_APP: stack.allowed_senders, **{app["name"]: app["senders"] for app in stack.app_state()}}
+    return banner_lines(smtp, senders, stack.read_access)
+
+
 def write_state(path: Path, state: Mapping[str, Any]) -> None:
     """Atomically, readable by this user only (it holds a connection string)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -1010,6 +1113,8 @@ def run_foreground(
     read_access: bool = True,
     credential: str = "secret",
     apps: Sequence[Mapping[str, Any]] = (),
+    smtp_port: int | None = None,
+    smtps_port: int | None = None,
 ) -> int:
     """`mailrelay local`: start the stack, write the state file, serve until Ctrl-C or SIGTERM."""
     out = sys.stdout
@@ -1035,6 +1140,8 @@ def run_foreground(
                 read_access=read_access,
                 credential=credential,
                 apps=apps,
+                smtp_port=smtp_port,
+                smtps_port=smtps_port,
             )
         except StackError as exc:  # a declaration the relay would refuse: nothing started
             print(f"mailrelay local: {exc}", file=sys.stderr, flush=True)
@@ -1043,7 +1150,10 @@ def run_foreground(
         console = None
         try:
             hosts = "the local host" if instances == 1 else f"{instances} local hosts"
-            print(f"mailrelay local: starting Azurite, the emulator and {hosts}...", file=out, flush=True)
+            parts = ["Azurite", "the emulator", hosts, *(["the SMTP listener"] if smtp_port is not None else [])]
+            print(
+                f"mailrelay local: starting {', '.join(parts[:-1])} and {parts[-1]}...", file=out, flush=True
+            )
             stack.start()
             console = start_console(stack)
             state = {**stack.state(), "consoleUrl": console.url}
@@ -1066,6 +1176,7 @@ def run_foreground(
                 "newBatchThreshold messages per queue function and runs PYTHON_THREADPOOL_THREAD_COUNT of them at "
                 "once in one worker thread pool, as in Azure)\n"
                 f"  Sent Items       {sent_items_line(stack.read_access, stack.unknown_outcome())}\n"
+                f"{smtp_lines(stack) if smtp_port is not None else ''}"
                 f"  state file       {state_file} (read by `mailrelay send`, `dead-letters` and `expiry check`)\n"
                 f"  processes        {pids}\n"
                 "Ctrl-C stops everything.",

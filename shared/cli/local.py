@@ -27,7 +27,8 @@ def register(subparsers: Subparsers) -> None:
         ),
         epilog=(
             "examples: mailrelay local --allowed-senders alerts@contoso.com,hr@contoso.com --mailbox hr@contoso.com; "
-            "mailrelay local --app billing=billing@contoso.com --app hr=hr-noreply@contoso.com"
+            "mailrelay local --app billing=billing@contoso.com --app hr=hr-noreply@contoso.com; "
+            "mailrelay local --smtp 2587 --app printers=scans@contoso.com"
         ),
     )
     parser.add_argument(
@@ -88,6 +89,22 @@ def register(subparsers: Subparsers) -> None:
         default=1,
         help="local hosts on the one queue, as Azure scales out (default 1); watch two of them race for one "
         "request and send it once",
+    )
+    parser.add_argument(
+        "--smtp",
+        metavar="PORT",
+        type=int,
+        default=None,
+        help="also run the SMTP listener (docs/smtp.md) on 127.0.0.1:PORT, STARTTLS, with a login for the default "
+        "app and one for each --app (user: the app's name, a random password); the state file and the banner "
+        "list them",
+    )
+    parser.add_argument(
+        "--smtps",
+        metavar="PORT",
+        type=int,
+        default=None,
+        help="with --smtp: implicit TLS (as port 465 in Azure) on this port too",
     )
     parser.add_argument(
         "--read-access",
@@ -236,5 +253,7 @@ def run(args: argparse.Namespace) -> int:
         read_access=args.read_access,
         credential=args.credential,
         apps=apps,
+        smtp_port=args.smtp,
+        smtps_port=args.smtps,
     )
     return result
