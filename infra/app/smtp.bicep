@@ -30,9 +30,9 @@
 //
 // The client IP: Container Apps' TCP ingress proxies each connection, and the container sees an address of the
 // environment, not the device's (microsoft/azure-container-apps#899, "Preserve Client IP address for TCP ingress",
-// open when read). So the allow-list is enforced here, at the ingress, and the listener's per-source limits
-// (connections per source, failed logins slowed per source) count the ingress's addresses, not the devices': its
-// per-user slowing still holds per login. docs/smtp.md says so.
+// open when read). So the allow-list is enforced here, at the ingress, and the listener is told the peer is not the
+// device (SMTP_PEER_IS_DEVICE=false): it slows failed logins per user only, so that one device's wrong password does
+// not slow every device, and keeps no per-source connection cap. docs/smtp.md says so.
 //
 // Syntax note: the same limits as main.bicep's header (pycep-parser): one-line expressions, no user-defined types,
 // no fail(), at most four comment lines in a row inside an object.
@@ -124,10 +124,6 @@ param maxReplicas int = 3
 @minValue(1)
 @description('Open connections per replica above which the TCP scale rule adds a replica.')
 param concurrentConnectionsPerReplica int = 50
-
-@minValue(1)
-@description('SMTP_MAX_CONNECTIONS_PER_SOURCE. Behind this ingress every device arrives from the ingress\'s own addresses (see the header), so this bounds the connections each replica takes from each of them, not per device.')
-param maxConnectionsPerSource int = 100
 
 // Built-in role definition (the same id in every tenant).
 var keyVaultSecretsUserRoleId = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', '4633458b-17de-408a-b874-0445c86b69e6') // Key Vault Secrets User
@@ -389,8 +385,8 @@ module listener 'br/public:avm/res/app/container-app:0.23.0' = {
             value: empty(hostname) ? '${appName}.${smtpEnvironment.outputs.defaultDomain}' : hostname
           }
           {
-            name: 'SMTP_MAX_CONNECTIONS_PER_SOURCE'
-            value: string(maxConnectionsPerSource)
+            name: 'SMTP_PEER_IS_DEVICE'
+            value: 'false'
           }
           {
             name: 'MAILRELAY_APPS'

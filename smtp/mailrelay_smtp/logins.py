@@ -190,9 +190,9 @@ class FailedLogins:
         self._clock = clock
         self._failures: dict[str, tuple[int, float]] = {}
 
-    def delay(self, source: str, user: str) -> float:
-        """Seconds to wait before answering a login attempt from `source` as `user`."""
-        return max(self._delay(f"source:{source}"), self._delay(f"user:{user}"))
+    def delay(self, source: str | None, user: str) -> float:
+        """Seconds to wait before answering a login attempt from `source` (None: unknown) as `user`."""
+        return max(self._delay(f"source:{source}") if source is not None else 0.0, self._delay(f"user:{user}"))
 
     def _delay(self, key: str) -> float:
         count, last = self._failures.get(key, (0, 0.0))
@@ -203,13 +203,13 @@ class FailedLogins:
             return 0.0
         return float(min(self.MAX_DELAY, 2.0 ** (count - self.FREE)))
 
-    def failed(self, source: str, user: str) -> None:
+    def failed(self, source: str | None, user: str) -> None:
         now = self._clock()
         if len(self._failures) >= self.MAX_KEYS:
             stale = [k for k, (_, last) in self._failures.items() if now - last > self.WINDOW]
             for key in stale or list(self._failures)[: self.MAX_KEYS // 10]:
                 del self._failures[key]
-        for key in (f"source:{source}", f"user:{user}"):
+        for key in (f"source:{source}", f"user:{user}") if source is not None else (f"user:{user}",):
             count, _ = self._failures.get(key, (0, 0.0))
             self._failures[key] = (count + 1, now)
 

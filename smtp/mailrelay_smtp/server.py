@@ -166,7 +166,7 @@ class _Session(SMTP):
         settings = self.listener.settings
         if self.kind == "plain" and not _listed(self.source, settings):
             self._refusal = "554 5.7.1 This port is only for the devices its admin listed; use 587 with STARTTLS"
-        elif self.listener.connections[self.source] >= settings.max_connections_per_source:
+        elif settings.per_source and self.listener.connections[self.source] >= settings.max_connections_per_source:
             self._refusal = "421 4.7.0 Too many connections from your address; try again later"
         else:
             self.listener.connections[self.source] += 1
@@ -259,14 +259,15 @@ class Handler:
         listener = self.listener
         name = user.decode("utf-8", "replace")
         shown = name if USER.match(name) else "(not a user name)"  # a log line never carries what an attacker typed
-        delay = listener.failed.delay(server.source, name)
+        source = server.source if listener.settings.per_source else None  # behind a proxy: every device's address
+        delay = listener.failed.delay(source, name)
         if delay:
             server.reset_timeout(delay + listener.settings.idle_timeout)
             await asyncio.sleep(delay)
         loop = asyncio.get_running_loop()
         login = await loop.run_in_executor(listener.auth_pool, listener.logins.verify, user, password)
         if login is None:
-            listener.failed.failed(server.source, name)
+            listener.failed.failed(source, name)
             log.warning("smtp.auth_failed", extra={"source": server.source, "user": shown, "waited": delay})
             return AuthResult(success=False, handled=False)
         listener.failed.succeeded(name)

@@ -43,6 +43,12 @@ class Settings:
     max_message_bytes: int = MAX_MIME_BYTES
     max_recipients: int = MAX_RECIPIENTS
     max_connections_per_source: int = 20
+    # Whether the peer address is the device's. Azure Container Apps' TCP ingress does not pass the client's address
+    # on (microsoft/azure-container-apps#899, open): every device arrives from the ingress's own addresses, and per
+    # source limits would make one device's wrong password slow every device. Off, the source is not used: logins
+    # are slowed per user only, there is no per-source connection cap, and the plain port cannot be opened (it
+    # trusts sources); the ingress's IP restrictions keep the sources out instead.
+    per_source: bool = True
     idle_timeout: float = 120.0
     session_timeout: float = 1800.0
     store_timeout: float = 30.0
@@ -85,6 +91,14 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     queue_name = text("MAIL_QUEUE_NAME") or DEFAULT_QUEUE
     starttls, implicit, plain = port("SMTP_STARTTLS_PORT", 587), port("SMTP_TLS_PORT", 465), port("SMTP_PLAIN_PORT", 0)
     sources = _networks(text("SMTP_PLAIN_SOURCES"))
+    per_source = text("SMTP_PEER_IS_DEVICE").lower() or "true"
+    if per_source not in ("true", "false"):
+        raise SettingsError(f"Setting SMTP_PEER_IS_DEVICE must be true or false, got {per_source[:20]!r}.")
+    if plain and per_source == "false":
+        raise SettingsError(
+            "Setting SMTP_PLAIN_PORT cannot be used with SMTP_PEER_IS_DEVICE=false: the plain port trusts the "
+            "devices' addresses (SMTP_PLAIN_SOURCES), which the listener cannot see behind a proxy."
+        )
     if plain and not sources:
         raise SettingsError(
             "Setting SMTP_PLAIN_SOURCES is missing: SMTP_PLAIN_PORT opens a port without TLS, so it needs the "
@@ -117,6 +131,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         hostname=text("SMTP_HOSTNAME") or socket.getfqdn(),
         host=text("SMTP_HOST"),
         max_recipients=int(number("SMTP_MAX_RECIPIENTS", MAX_RECIPIENTS, 1, MAX_RECIPIENTS)),
+        per_source=per_source == "true",
         max_connections_per_source=int(number("SMTP_MAX_CONNECTIONS_PER_SOURCE", 20, 1, 1000)),
         # RFC 5321 4.5.3.2.7 asks a server to wait 5 minutes for a command; devices on a LAN need far less, and a
         # shorter wait frees a slot held by a silent client sooner. The session's whole life is capped too, so a

@@ -253,3 +253,11 @@ def test_the_registry_modules_are_the_pinned_versions_the_comments_name() -> Non
     raw = SMTP.read_text(encoding="utf-8")
     for module, version in refs.items():
         assert f"avm/res/app/{module}/{version}" in raw, "the comment should name the tag the parameters were read at"
+
+
+def test_the_listener_is_told_the_peer_is_the_ingress_not_the_device() -> None:
+    """Container Apps' TCP ingress hides the client's address (microsoft/azure-container-apps#899): per-source limits
+    would count every device as one, and one device's wrong password would slow them all."""
+    text = (INFRA / "app" / "smtp.bicep").read_text()
+    assert "name: 'SMTP_PEER_IS_DEVICE'\n            value: 'false'" in text
+    assert "name: 'SMTP_PLAIN_PORT'\n            value: '0'" in text

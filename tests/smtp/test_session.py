@@ -304,3 +304,19 @@ def test_the_json_log_formatter_keeps_every_field_on_its_line() -> None:
     record.device = 'MFP\n{"level": "error", "event": "forged"}'
     (line,) = JsonLines().format(record).splitlines()
     assert json.loads(line)["device"] == record.device
+
+
+def test_behind_a_proxy_logins_are_slowed_per_user_only_and_connections_are_not_capped_per_source(
+    start_listener: Start,
+) -> None:
+    """Container Apps' TCP ingress hides the device's address: one device's wrong password must not slow the others."""
+    failed = FailedLogins()
+    running = start_listener(failed=failed, per_source=False, max_connections_per_source=1)
+    with running.smtp(login=False) as client:
+        for _ in range(FailedLogins.FREE + 1):
+            with pytest.raises(smtplib.SMTPAuthenticationError):
+                client.login("mfp-3f", "not the password")
+    assert failed.delay("127.0.0.1", "billing-app") == 0  # the shared address counted nothing
+    assert failed.delay(None, "mfp-3f") > 0
+    with running.smtp(user="billing-app") as first, running.smtp(user="billing-app") as second:
+        assert first.noop()[0] == second.noop()[0] == 250  # no cap by the (shared) address

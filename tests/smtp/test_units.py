@@ -227,3 +227,11 @@ def test_a_contract_refusal_is_554_with_its_reason_and_anything_else_is_unavaila
     for error in (ServiceRequestError("connection refused"), TimeoutError(), RuntimeError("queue not found")):
         with pytest.raises(Unavailable):
             Intake(lambda app, e=error: FakeClient(e)).submit(device, "scans@contoso.com", ["a@contoso.com"], mail())
+
+
+def test_the_plain_port_cannot_be_opened_when_the_peer_is_not_the_device() -> None:
+    proxy = {**BASE, "SMTP_STARTTLS_PORT": "0", "SMTP_TLS_PORT": "0", "SMTP_PEER_IS_DEVICE": "false"}
+    with pytest.raises(SettingsError, match="SMTP_PEER_IS_DEVICE"):
+        load({**proxy, "SMTP_PLAIN_PORT": "25", "SMTP_PLAIN_SOURCES": "10.0.0.0/8"})
+    with pytest.raises(SettingsError, match="true or false"):
+        load({**BASE, "SMTP_PEER_IS_DEVICE": "maybe"})
