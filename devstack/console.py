@@ -10,6 +10,9 @@ Pages (server-rendered, standard library only, no build step, nothing fetched fr
   came from), code, hint and attempts, and a requeue button (back to that app's queue) that says what it requeued
   and where;
 - `/faults`: the emulator's queued faults (throttling, outages), to add or clear.
+A mail the SMTP listener took (`mailrelay local --smtp`) says which device and app sent it, in the list and on its
+page: its mark (the relay's extended property) names its status record, whose key holds the app and the request id
+`smtp-<user>-<hex>` (smtp/mailrelay_smtp/intake.py), and the login `<user>` names the device.
 
 Everything an app wrote (subjects, addresses, names, bodies, codes) is HTML-escaped; the body frame is
 the only place HTML renders, and every response that carries a mail's HTML is sandboxed by its own CSP, whatever
@@ -92,12 +95,17 @@ class Console:
         host: str = "127.0.0.1",
         port: int = 0,
         credential: str | None = None,
+        smtp_devices: Mapping[str, str] | None = None,
     ) -> None:
         self._outbox = outbox
         self._status = status  # the status tables (status_tables): the Status page reads them
         self._queue_name = queue_name  # the outbox: requeue names the queue it put a letter back on
         self._credential = credential  # GRAPH_CREDENTIAL of the stack, shown in every page's header
         self._faults = faults
+        self._smtp_devices = dict(smtp_devices or {})  # SMTP login user -> its device's name
+        # A mail's mark -> (device, app) if the listener took it, None if not: a record's key never changes, so
+        # each mark is looked up once.
+        self._via: dict[str, tuple[str, str] | None] = {}
         self._emulator_post = emulator_post
         self._dead_letters = dead_letters
         # What each requeue did, under a random id its redirect carries: the page after it says so, and a link made
@@ -259,11 +267,38 @@ class Console:
             f"<main><h2>{esc(title)}</h2>{content}</main></body></html>"
         )
 
+    def _via_smtp(self, entries: Sequence[Mapping[str, Any]]) -> list[tuple[str, str] | None]:
+        """For each outbox entry, (device, app) when the SMTP listener took it, else None. Reads the status records
+        changed since the oldest entry not yet known (its record was written before Graph took it), once."""
+        marks = [_mark(e) for e in entries]
+        if not self._smtp_devices or self._status is None:
+            return [None] * len(entries)
+        unknown = [e for e, m in zip(entries, marks, strict=True) if m is not None and m not in self._via]
+        if unknown:
+            from shared.status import StatusKey
+
+            oldest = min(_received_at(e) for e in unknown) - timedelta(minutes=5)  # a margin for clock steps
+            found: dict[str, tuple[str, str]] = {}
+            for store in self._status():
+                for record in store.since(oldest):
+                    key: StatusKey = record.key
+                    user = _smtp_user(key.value) if key.kind == "id" else None
+                    if user in self._smtp_devices:
+                        found[key.mark] = (self._smtp_devices[user], key.app)
+            for entry in unknown:
+                mark = _mark(entry)
+                assert mark is not None
+                self._via[mark] = found.get(mark)
+        return [self._via.get(m) if m is not None else None for m in marks]
+
     def _outbox_page(self) -> str:
-        entries = list(enumerate(self._outbox()))
+        outbox = self._outbox()
+        via = self._via_smtp(outbox)
+        entries = list(enumerate(outbox))
         rows = "".join(
             f'<tr><td><a href="/message/{i}">{esc(_message(e).get("subject") or "(no subject)")}</a></td>'
-            f"<td>{esc(e.get('sender'))}</td><td>{esc(', '.join(_addresses(_message(e), 'toRecipients')))}</td>"
+            f"<td>{esc(e.get('sender'))}{_via_note(via[i])}</td>"
+            f"<td>{esc(', '.join(_addresses(_message(e), 'toRecipients')))}</td>"
             f"<td>{len(_message(e).get('attachments') or [])}</td><td>{esc(e.get('receivedAt', ''))}</td></tr>"
             for i, e in reversed(entries)
         )
@@ -283,8 +318,10 @@ class Console:
         entry = entries[index]
         message = _message(entry)
         body = message.get("body") or {}
+        (via,) = self._via_smtp([entry])
         fields = [
             ("From", entry.get("sender")),
+            ("Sent by", f"via SMTP: {via[0]} (app: {via[1]})" if via else None),
             ("To", ", ".join(_addresses(message, "toRecipients"))),
             ("Cc", ", ".join(_addresses(message, "ccRecipients"))),
             ("Bcc", ", ".join(_addresses(message, "bccRecipients"))),
@@ -611,6 +648,41 @@ def _timelines_table(
         "<table id=requests><tr><th>App</th><th>Sender</th><th>Key</th><th>State</th><th>Attempts</th>"
         f"<th>Timeline (UTC)</th><th>Last error and hint</th></tr>{''.join(rows)}</table>"
     )
+
+
+def _mark(entry: Mapping[str, Any]) -> str | None:
+    """The relay's mark on a mail (shared/status.py MARK_PROPERTY_ID), as the emulator kept it; None if unmarked."""
+    from shared.status import MARK_PROPERTY_ID
+
+    for prop in _message(entry).get("singleValueExtendedProperties") or []:
+        if isinstance(prop, dict) and str(prop.get("id", "")).lower() == MARK_PROPERTY_ID.lower():
+            value = prop.get("value")
+            return value if isinstance(value, str) else None
+    return None
+
+
+def _received_at(entry: Mapping[str, Any]) -> datetime:
+    try:
+        when = datetime.fromisoformat(str(entry.get("receivedAt")))
+    except ValueError:
+        return datetime.now(UTC) - SCHEDULED_LOOKBACK
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _smtp_user(request_id: str) -> str | None:
+    """The login in a listener's request id, `smtp-<user>-<hex>` (a user may hold dashes; the hex holds none)."""
+    if not request_id.startswith("smtp-"):
+        return None
+    user, sep, _ = request_id[len("smtp-") :].rpartition("-")
+    return user if sep and user else None
+
+
+def _via_note(via: tuple[str, str] | None) -> str:
+    if via is None:
+        return ""
+    device, app = via
+    shown = f"via SMTP: {esc(device)} (app: {esc(app)})"
+    return f'<div class=hint data-device="{esc(device)}" data-app="{esc(app)}">{shown}</div>'
 
 
 def _message(entry: Mapping[str, Any]) -> dict[str, Any]:
