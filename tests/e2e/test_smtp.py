@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import base64
 import smtplib
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +28,7 @@ from tests.e2e.smtp_fixtures import (
     USER,
     Sent,
     SmtpRelay,
+    elapsed,
     raw_session,
 )
 
@@ -202,3 +206,79 @@ def test_a_connection_dropped_mid_data_queues_nothing(smtp_relay: SmtpRelay) -> 
     assert smtp_relay.delivered_counts().get(mail.subject) is None
     wait_for(lambda: smtp_relay.payload_blobs() == set(), 30, "the delivered mail's blob deleted")
     smtp_relay.assert_nothing_queued()
+
+
+# --- f. swaks, Debian's SMTP test tool ------------------------------------------------------------------------------
+
+SWAKS = Path("/usr/bin/swaks")
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+def test_swaks_with_starttls_and_auth_delivers_one_mail(smtp_relay: SmtpRelay, mechanism: str) -> None:
+    if not SWAKS.exists():
+        pytest.skip("swaks is not installed (Debian's package `swaks`; .ci/run installs it)")
+    mail = smtp_relay.mail(f"swaks {mechanism}")
+    # fmt: off
+    command = [
+        str(SWAKS), "--server", "127.0.0.1", "--port", str(smtp_relay.starttls_port), "--ehlo", "mfp.contoso.com",
+        "--tls", "--tls-verify", "--tls-ca-path", str(smtp_relay.tls.ca_pem),
+        "--auth", mechanism, "--auth-user", USER, "--auth-password", PASSWORD,
+        "--from", mail.sender, "--to", RECIPIENT, "--data", "-",
+    ]
+    # fmt: on
+    # swaks ends DATA with CRLF . CRLF after whatever it read, so the mail's last line end is its own: given the mail
+    # without it, swaks puts on the wire exactly mail.wire.
+    run = subprocess.run(command, input=mail.wire[:-2], capture_output=True, timeout=120, check=False)
+    transcript = run.stdout.decode(errors="replace")
+    assert run.returncode == 0, transcript[-3000:]
+    assert f"AUTH {mechanism}" in transcript and "<~  250 2.0.0 Queued as smtp-mfp-3f-" in transcript, transcript
+    assert PASSWORD not in transcript  # swaks shows the AUTH exchange base64-encoded, never in clear
+    assert_byte_identical(smtp_relay.wait_delivered([mail], WAIT), [mail])
+
+
+# --- g. Thousands of mails, each its own request ------------------------------------------------------------------
+
+MANY = 1000
+PARALLEL = 20
+
+
+def send_many(relay: SmtpRelay, label: str, count: int) -> list[Sent]:
+    """`count` mails on one connection, their senders in turn (each a mailbox the relay paces on its own)."""
+    mails = []
+    with relay.connect() as client:
+        for n in range(count):
+            mail = relay.send(client, relay.mail(f"{label} {n}", sender=SENDERS[n % len(SENDERS)], body=f"mail {n}\n"))
+            assert accepted(mail), (n, mail.reply)
+            mails.append(mail)
+    return mails
+
+
+def test_1000_mails_over_one_connection_are_each_delivered_once_byte_identical(smtp_relay: SmtpRelay) -> None:
+    start = time.monotonic()
+    mails = send_many(smtp_relay, "one connection", MANY)
+    accepted_in = elapsed(start)
+    ids = {m.reply[1] for m in mails if m.reply}
+    assert len(ids) == MANY  # each mail its own request: the peer's defect (each overwrote the last) cannot be
+    delivered = smtp_relay.wait_delivered(mails, 600)
+    print(f"\n{MANY} mails over one connection: 250 for all in {accepted_in} s, all delivered in {elapsed(start)} s")
+    assert_byte_identical(delivered, mails)
+    assert smtp_relay.poison() == []
+
+
+def test_1000_mails_over_20_parallel_connections_are_each_delivered_once_byte_identical(
+    smtp_relay: SmtpRelay,
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        batches = list(pool.map(lambda c: send_many(smtp_relay, f"connection {c}", MANY // PARALLEL), range(PARALLEL)))
+    mails = [m for batch in batches for m in batch]
+    accepted_in = elapsed(start)
+    assert len({m.reply[1] for m in mails if m.reply}) == MANY
+    delivered = smtp_relay.wait_delivered(mails, 600)
+    print(
+        f"\n{MANY} mails over {PARALLEL} connections: 250 for all in {accepted_in} s, delivered in {elapsed(start)} s"
+    )
+    assert_byte_identical(delivered, mails)
+    assert smtp_relay.poison() == []
