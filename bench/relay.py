@@ -27,6 +27,9 @@ What it measures (each repeated, min / median / max):
 7. The fair share of a mailbox (issue 20, item 5): Storage round trips per message, COUNTED in the host as in 2,
    for two apps with shares on the same mailboxes (each request's mailbox used by both at once) against one app
    without a share: what counting each app's sends and recipients in the pace row costs.
+8. SMTP (issue 22; bench/smtp.py): N mails over one connection and over C at once, the 250s per second as a ratio
+   to the client library's send_mime called directly, every mail delivered once and byte-identical; beside the
+   peer's figure, measured outside the repository (bench/README.md).
 
 It is not a test: nothing here asserts a speed. CI runs `--smoke` so the script keeps working.
 """
@@ -656,6 +659,14 @@ def large_message(size_mb: int, repeat: int) -> list[tuple[str, str]]:
     ]
 
 
+def smtp(n: int, connections: int, repeat: int) -> list[tuple[str, str]]:
+    """Issue 22: mails over SMTP (bench/smtp.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from smtp import smtp_section  # bench/smtp.py, beside this script
+
+    return smtp_section(n, connections, repeat, spread)
+
+
 def write_markdown(path: Path, rows: list[tuple[str, str]], command: str, took: float) -> None:
     lines = [
         "# Benchmarks",
@@ -683,7 +694,7 @@ def main() -> int:
     parser.add_argument(
         "--only",
         help="run one section (send path, storage round trips, end to end, import, throttling, large, credentials, "
-        "fair share); writes nothing",
+        "fair share, smtp); writes nothing",
     )
     args = parser.parse_args()
     if args.smoke:
@@ -700,6 +711,7 @@ def main() -> int:
         ("large", lambda: large_message(4 if args.smoke else 25, args.repeat)),
         ("credentials", lambda: credential_modes(3 if args.smoke else 20, args.repeat)),
         ("fair share", lambda: fair_share(10 if args.smoke else 200, args.repeat)),
+        ("smtp", lambda: smtp(10 if args.smoke else 1000, 2 if args.smoke else 20, args.repeat)),
     ]
     if args.only:
         sections = [(name, run) for name, run in sections if name == args.only]
