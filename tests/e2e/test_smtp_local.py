@@ -260,3 +260,16 @@ def test_the_console_names_the_device_only_of_a_known_login_and_reads_each_mark_
     assert page.count("via SMTP") == 2
     assert "via SMTP: 2nd floor MFP (app: printers)" in page
     assert "via SMTP: Front &lt;desk&gt; (app: printers)" in page  # what a login names is escaped
+
+
+def test_the_outbox_still_shows_when_the_status_records_cannot_be_read() -> None:
+    def down() -> list[Store]:
+        raise ConnectionError("Azurite stopped")
+
+    key = StatusKey.of(SCANS, "smtp-printers-0a1b", None, "printers")
+    console: Console = alone([marked("still here", key)], status=down, smtp_devices={"printers": "MFP"})
+    try:
+        answer = requests.get(console.url, timeout=5)
+    finally:
+        console.stop()
+    assert answer.status_code == 200 and "still here" in answer.text and "via SMTP" not in answer.text
