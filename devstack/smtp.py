@@ -140,17 +140,6 @@ def listener_environment(
     return env
 
 
-def listening_ports(line: bytes) -> tuple[str, int] | None:
-    """(kind, port) of a listening line the listener printed, or None for any other line."""
-    try:
-        data = json.loads(line)
-    except ValueError:
-        return None
-    if isinstance(data, dict) and isinstance(data.get("listening"), str) and isinstance(data.get("port"), int):
-        return data["listening"], data["port"]
-    return None
-
-
 def state(port: int, tls_port: int | None, ca: Path, logins: Sequence[SmtpLogin]) -> dict[str, Any]:
     """The state file's `smtp`: where the listener is and each login, so that tools and tests can drive it."""
     return {
