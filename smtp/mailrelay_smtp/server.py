@@ -24,7 +24,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import logging
+import re
 import ssl
 import warnings
 from collections import Counter
@@ -304,6 +306,10 @@ class Handler:
         self, server: _Session, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
     ) -> str:
         limit = self.listener.settings.max_recipients
+        if not _address_rule().match(address):
+            # The relay's contract takes ASCII addresses (an internationalized domain in its xn-- form): refused
+            # here, by recipient, rather than the whole mail at the end of DATA.
+            return "553 5.1.3 Not an address the relay can send to (ASCII, an internationalized domain as xn--)"
         if len(envelope.rcpt_tos) >= limit:
             # RFC 5321 4.5.3.1.10: 452 for too many recipients; the client sends the rest in another transaction.
             return f"452 4.5.3 Too many recipients: at most {limit} per message"
@@ -336,6 +342,24 @@ class Handler:
             return "451 4.3.0 The relay could not store the mail now; please try again later"
         log.info("smtp.queued", extra={**facts, "id": accepted.id})
         return f"250 2.0.0 Queued as {accepted.id}"
+
+
+@functools.cache
+def _address_rule() -> re.Pattern[str]:
+    """The contract's pattern of an address, from the client library's copy of the relay's JSON Schema."""
+    from mailrelay_client.validation import schema
+
+    stack: list[Any] = [schema()]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            address = node.get("address")
+            if isinstance(address, dict) and isinstance(address.get("pattern"), str):
+                return re.compile(address["pattern"])
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    raise RuntimeError("the client library's schema has no address pattern")  # a test holds it there
 
 
 def _b64(text: str) -> bytes | None:

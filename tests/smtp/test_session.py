@@ -320,3 +320,25 @@ def test_behind_a_proxy_logins_are_slowed_per_user_only_and_connections_are_not_
     assert failed.delay(None, "mfp-3f") > 0
     with running.smtp(user="billing-app") as first, running.smtp(user="billing-app") as second:
         assert first.noop()[0] == second.noop()[0] == 250  # no cap by the (shared) address
+
+
+@pytest.mark.parametrize("address", ["ada", "ada@localhost", "a b@contoso.com"])
+def test_a_recipient_the_relay_cannot_send_to_is_553_at_rcpt(start_listener: Start, address: str) -> None:
+    running = start_listener()
+    with running.smtp() as client:
+        client.mail(SENDER)
+        code, _ = client.docmd("RCPT", f"TO:<{address}>")
+        assert code in (553, 501)
+        assert client.rcpt("ada@xn--bcher-kva.example")[0] == 250  # an internationalized domain, as the contract has it
+        assert client.data(mail(to="ada@xn--bcher-kva.example"))[0] == 250
+    assert running.intake.submitted[0].recipients == ["ada@xn--bcher-kva.example"]
+
+
+def test_non_ascii_addresses_are_refused_since_smtputf8_is_not_offered(start_listener: Start) -> None:
+    running = start_listener()
+    with running.smtp() as client:
+        assert "smtputf8" not in client.esmtp_features  # the relay's contract takes ASCII addresses only
+        client.mail(SENDER)
+        assert client.sock is not None
+        client.sock.sendall("RCPT TO:<zoë@contoso.com>\r\n".encode())  # smtplib itself refuses to send it
+        assert client.getreply()[0] == 500
