@@ -168,6 +168,10 @@ class _Session(SMTP):
         settings = self.listener.settings
         if self.kind == "plain" and not _listed(self.source, settings):
             self._refusal = "554 5.7.1 This port is only for the devices its admin listed; use 587 with STARTTLS"
+        elif self.listener.connections.total() >= settings.max_connections:
+            # Every session may hold a message of SIZE in memory: the cap bounds the listener's memory whatever the
+            # number of sources (behind a proxy there is only one).
+            self._refusal = "421 4.7.0 Too many connections; try again later"
         elif settings.per_source and self.listener.connections[self.source] >= settings.max_connections_per_source:
             self._refusal = "421 4.7.0 Too many connections from your address; try again later"
         else:

@@ -43,6 +43,7 @@ class Settings:
     max_message_bytes: int = MAX_MIME_BYTES
     max_recipients: int = MAX_RECIPIENTS
     max_connections_per_source: int = 20
+    max_connections: int = 400  # in all: each may hold a 3 MB message in memory (1.2 GB at most)
     # Whether the peer address is the device's. Azure Container Apps' TCP ingress does not pass the client's address
     # on (microsoft/azure-container-apps#899, open): every device arrives from the ingress's own addresses, and per
     # source limits would make one device's wrong password slow every device. Off, the source is not used: logins
@@ -132,6 +133,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         host=text("SMTP_HOST"),
         max_recipients=int(number("SMTP_MAX_RECIPIENTS", MAX_RECIPIENTS, 1, MAX_RECIPIENTS)),
         per_source=per_source == "true",
+        max_connections=int(number("SMTP_MAX_CONNECTIONS", 400, 1, 10_000)),
         max_connections_per_source=int(number("SMTP_MAX_CONNECTIONS_PER_SOURCE", 20, 1, 1000)),
         # RFC 5321 4.5.3.2.7 asks a server to wait 5 minutes for a command; devices on a LAN need far less, and a
         # shorter wait frees a slot held by a silent client sooner. The session's whole life is capped too, so a

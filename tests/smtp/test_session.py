@@ -342,3 +342,13 @@ def test_non_ascii_addresses_are_refused_since_smtputf8_is_not_offered(start_lis
         assert client.sock is not None
         client.sock.sendall("RCPT TO:<zoë@contoso.com>\r\n".encode())  # smtplib itself refuses to send it
         assert client.getreply()[0] == 500
+
+
+def test_connections_in_all_are_capped_whatever_their_sources(start_listener: Start) -> None:
+    running = start_listener(max_connections=2, per_source=False)
+    first, second = running.smtp(login=False), running.smtp(login=False)
+    with socket.create_connection(("127.0.0.1", running.ports["starttls"]), timeout=10) as third:
+        assert reply(third).startswith(b"421 4.7.0 Too many connections;")
+    first.quit()
+    second.quit()
+    assert wait_until(lambda: running.listener.connections.total() == 0)
