@@ -64,7 +64,7 @@ from types import FrameType, TracebackType
 from typing import IO, Any
 
 from devstack.azurite import Azurite, die_with_parent, owned_workdir, pid_alive, sweep_stale_workdirs
-from devstack.smtp import SMTP_PART
+from devstack.smtp import SMTP_PART, SmtpLogin
 from shared.apps import SETTING as APPS_SETTING
 from shared.apps import app_queue
 from shared.settings import (
@@ -258,7 +258,7 @@ class LocalStack:
         self._ready: dict[str, Any] = {}
         self._stopped = False
         self._smtp_ports = (smtp_port, smtps_port)
-        self._smtp_logins: list[Any] = []  # devstack.smtp.SmtpLogin, once started
+        self._smtp_logins: list[SmtpLogin] = []  # once started
         self._smtp_ca: Path | None = None
         if smtp_port is not None:
             from devstack.smtp import SmtpError, check_installed, check_ports
@@ -583,7 +583,8 @@ class LocalStack:
         return self
 
     def stop(self) -> None:
-        """Stop the hosts, the emulator, then Azurite; remove the working directory. Safe to repeat."""
+        """Stop the SMTP listener, the hosts, the emulator, then Azurite; remove the working directory. Safe to
+        repeat."""
         self._stopped = True
         self.thaw_storage()  # a stopped Azurite would not act on the SIGTERM below until continued
         # The listener first: it enqueues into Azurite, and a mail it answered 250 is already on the queue.
@@ -907,7 +908,8 @@ class LocalStack:
             with contextlib.suppress(ValueError):  # the log was closed by stop()
                 log.write(line)
                 log.flush()
-            # Only the host's lines: the emulator's ready line holds the managed-identity header value.
+            # Only the hosts' and the listener's lines (neither logs a secret): the emulator's ready line holds the
+            # managed-identity header value.
             if self._inherit_output and part.startswith((HOST_PART, SMTP_PART)):
                 sys.stderr.write(f"[{part}] {line.decode('utf-8', errors='replace')}")
                 sys.stderr.flush()
