@@ -515,6 +515,7 @@ def scope_checks(
         else:
             checks.append(Check(name, "unproven", f"{not_told.format(address=address)} ({detail})", unproven_hint))
     checks.extend(sent_items_checks(clients, [a for a in allowed if results[a][0] == "allowed"]))
+    checks.extend(draft_checks(clients, [a for a in allowed if results[a][0] == "allowed"]))
     for address in denied:
         verdict, detail = results[address]
         name = f"scope denies {address}"
@@ -574,6 +575,38 @@ def sent_items_checks(clients: Clients, senders: Sequence[str]) -> list[Check]:
             )
         else:
             checks.append(Check(name, "warn", f"the Sent Items look-up failed for now: {lookup.failure.code}"))
+    return checks
+
+
+def draft_checks(clients: Clients, senders: Sequence[str]) -> list[Check]:
+    """Can the relay send large messages and MIME (the SMTP listener's every mail) as each sender? Both go through a
+    draft, which needs "Application Mail.ReadWrite" in the Exchange scope. Probed by creating an empty draft and
+    deleting it at once: nothing is sent, and a draft left by a failed delete has no recipient."""
+    from shared.graph import GraphClient
+
+    graph = GraphClient(clients.session, clients.settings.graph_base_url)
+    token = clients.tokens.token()
+    checks = []
+    for sender in senders:
+        name = f"drafts as {sender}"
+        reply = graph.create_draft(sender, {"subject": "mailrelay doctor: draft test (deleted at once)"}, token)
+        draft_id = reply.value.get("id") if reply.status == 201 and isinstance(reply.value, dict) else None
+        if isinstance(draft_id, str):
+            graph.delete_message(sender, draft_id, token)
+            checks.append(Check(name, "ok", "large messages and MIME (SMTP) can be sent (Mail.ReadWrite in scope)"))
+        elif reply.status in (401, 403):
+            checks.append(
+                Check(
+                    name,
+                    "warn",
+                    f"cannot create a draft (HTTP {reply.status}): attachments over 3 MB and MIME requests, which "
+                    "are every mail of the SMTP listener, are dead-lettered",
+                    'grant "Application Mail.ReadWrite" on the same management scope (infra/exchange; '
+                    "docs/permissions.md)",
+                )
+            )
+        else:
+            checks.append(Check(name, "warn", f"the draft probe failed for now: HTTP {reply.status}"))
     return checks
 
 

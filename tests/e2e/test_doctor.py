@@ -250,3 +250,25 @@ def test_under_rbac_odata_disabled_still_means_ews_or_rest_blocked(relay_env: Re
     assert refused.status == "fail" and "EWS/REST blocked on the mailbox" in refused.detail
     assert "policy" not in refused.detail and "Test-ApplicationAccessPolicy" not in refused.hint
     assert "EwsEnabled" in refused.hint
+
+
+@pytest.mark.parametrize(
+    ("roles", "status", "words"),
+    [
+        ((*READS, "Application Mail.ReadWrite"), "ok", "MIME (SMTP) can be sent"),
+        (READS, "warn", "every mail of the SMTP listener"),
+    ],
+    ids=["Mail.ReadWrite", "no Mail.ReadWrite"],
+)
+def test_the_doctor_says_whether_large_messages_and_mime_can_be_sent(
+    relay_env: RelayEnv, roles: tuple[str, ...], status: str, words: str
+) -> None:
+    """Large messages and MIME requests (every mail of the SMTP listener) go through a draft: Mail.ReadWrite. Without
+    it, a device is told 250 and its mail is dead-lettered later: the doctor says so before."""
+    relay_env.emulator.add_app(TENANT, CLIENT, SECRET, exchange_roles=roles)
+    checks = diagnose(os.environ, allowed=[ALERTS], denied=[NOT_ALLOWED])
+    [check] = [c for c in checks if c.name == f"drafts as {ALERTS}"]
+    assert check.status == status and words in check.detail
+    if status == "warn":
+        assert "Application Mail.ReadWrite" in check.hint
+    assert relay_env.emulator.drafts_view() == [] and relay_env.emulator.outbox == []  # the probe left nothing
