@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from functools import cache
-from typing import Any
+from typing import Any, Final
 
 from mailrelay_smtp.logins import Login
 from mailrelay_smtp.settings import Settings
@@ -89,24 +89,53 @@ def _one_line(text: str, limit: int = 400) -> str:
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
+# The Storage SDK's default retries (ExponentialRetry: 15 s, then 3 x more; 20 s to connect) would outlast the
+# listener's store budget (Settings.store_timeout, 30 s): the device would wait the whole budget for its 451, and the
+# store would go on behind it. These end a failing store within about 10 s, well inside the budget, with a real error.
+SDK_OPTIONS: Final[dict[str, Any]] = {
+    "retry_total": 2,
+    "initial_backoff": 1,
+    "increment_base": 2,
+    "connection_timeout": 5,
+    "read_timeout": 20,
+}
+# As the client library builds its own container client: a 3 MB MIME in one request, larger ones by 4 MiB blocks.
+_BLOB_OPTIONS: Final[dict[str, Any]] = {"max_single_put_size": 4 * 1024 * 1024, "max_block_size": 4 * 1024 * 1024}
+
+
 def client_factory(settings: Settings) -> Callable[[str], Any]:
     """How to build an app's MailClient from the settings: the connection string locally, the managed identity in
-    Azure (Storage Queue Data Message Sender on the app's queue, Blob Data Contributor on its payload container)."""
+    Azure (Storage Queue Data Message Sender on the app's queue, Blob Data Contributor on its payload container), each
+    with the short retries above."""
+    from azure.storage.blob import ContainerClient
+    from azure.storage.queue import QueueClient
     from mailrelay_client import MailClient
+    from mailrelay_client.client import app_queue, payload_container
 
-    def build(app: str) -> Any:
-        if settings.connection_string:
-            return MailClient.from_connection_string(settings.connection_string, settings.queue_name, app=app)
-        from azure.identity import ManagedIdentityCredential
-
-        credential: Any
+    credential: Any = None
+    if not settings.connection_string:
         if settings.client_id:
+            from azure.identity import ManagedIdentityCredential
+
             credential = ManagedIdentityCredential(client_id=settings.client_id)
         else:  # a developer's own sign-in, against a real account
             from azure.identity import DefaultAzureCredential
 
             credential = DefaultAzureCredential()
-        url = f"{(settings.queue_service_uri or '').rstrip('/')}/{settings.queue_name}"
-        return MailClient(url, credential=credential, app=app)
+
+    def build(app: str) -> Any:
+        queue_name, container_name = app_queue(settings.queue_name, app), payload_container(app)
+        if settings.connection_string:
+            conn = settings.connection_string
+            queue = QueueClient.from_connection_string(conn, queue_name, **SDK_OPTIONS)
+            container = ContainerClient.from_connection_string(conn, container_name, **SDK_OPTIONS, **_BLOB_OPTIONS)
+        else:
+            service = (settings.queue_service_uri or "").rstrip("/")
+            blob_service = service.replace(".queue.", ".blob.", 1)
+            queue = QueueClient(service, queue_name, credential=credential, **SDK_OPTIONS)
+            container = ContainerClient(
+                blob_service, container_name, credential=credential, **SDK_OPTIONS, **_BLOB_OPTIONS
+            )
+        return MailClient.from_queue_client(queue, payloads=container, app=app)
 
     return build

@@ -79,6 +79,8 @@ class Listener:
         # The Storage SDK is synchronous: uploads and enqueues run beside the loop.
         self.store_pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="smtp-store")
         self.servers: list[asyncio.AbstractServer] = []
+        self.sessions: set[_Session] = set()
+        self.closing = False
         self.tls_context = _tls_context(settings) if settings.tls_cert_file else None
 
     def ports(self) -> list[Port]:
@@ -129,13 +131,22 @@ class Listener:
             command_call_limit={"AUTH": 10, "EHLO": 10, "HELO": 10, "STARTTLS": 2, "NOOP": 20, "*": 100_000},
         )
 
-    async def close(self) -> None:
+    async def close(self, grace: float | None = None) -> None:
+        """Stop without losing a 250: no new connection or mail is taken (a mail's DATA ending now is answered 421,
+        a temporary failure), each store under way finishes and its device gets its answer, then every session is
+        told 421 and closed. `grace`: how long to wait for the stores (default: their budget and a little)."""
+        self.closing = True
         for server in self.servers:
             server.close()
+        deadline = asyncio.get_running_loop().time() + (grace if grace is not None else self.settings.store_timeout + 5)
+        while any(session.storing for session in self.sessions) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)  # the loop keeps running: each finished store's answer is written
+        for session in list(self.sessions):
+            session.shut("421 4.3.2 The relay's SMTP service is restarting; please try again")
         for server in self.servers:
             await server.wait_closed()
         self.auth_pool.shutdown(wait=False, cancel_futures=True)
-        self.store_pool.shutdown(wait=True)  # a store under way finishes: its device is told by the next step
+        self.store_pool.shutdown(wait=False)
 
 
 def _tls_context(settings: Settings) -> ssl.SSLContext:
@@ -157,6 +168,7 @@ class _Session(SMTP):
         self._refusal: str | None = None
         self._counted = False
         self._lifetime: asyncio.TimerHandle | None = None
+        self.storing = False  # a mail's store is under way: its device waits for the answer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self.transport is None  # STARTTLS calls this again with the TLS transport
@@ -165,6 +177,7 @@ class _Session(SMTP):
             return
         peer = transport.get_extra_info("peername") or ("", 0)
         self.source = str(peer[0])
+        self.listener.sessions.add(self)
         settings = self.listener.settings
         if self.kind == "plain" and not _listed(self.source, settings):
             self._refusal = "554 5.7.1 This port is only for the devices its admin listed; use 587 with STARTTLS"
@@ -180,6 +193,7 @@ class _Session(SMTP):
         self._lifetime = self.loop.call_later(settings.session_timeout, self._expire)
 
     def connection_lost(self, error: Exception | None) -> None:
+        self.listener.sessions.discard(self)
         if self._counted:
             self._counted = False
             self.listener.connections[self.source] -= 1
@@ -200,11 +214,23 @@ class _Session(SMTP):
 
     def _expire(self) -> None:
         """The session's whole life is over: tell the client (a 421 is a temporary failure) and close."""
+        if self.transport is not None and not self.storing:
+            log.info("smtp.session_expired", extra={"source": self.source})
+        self.shut("421 4.4.2 Session too long; please reconnect")
+
+    def shut(self, reply: str) -> None:
+        """Tell the client `reply` and close; a session waiting for its store is left to get its answer first (its
+        lifetime or the listener's close comes back to it)."""
         if self.transport is None:
             return
-        log.info("smtp.session_expired", extra={"source": self.source})
+        if self.storing:
+            self._lifetime = self.loop.call_later(1.0, self.shut, reply)
+            return
         try:
-            self._writer.write(b"421 4.4.2 Session too long; please reconnect\r\n")
+            if not self.transport.is_closing():  # type: ignore[attr-defined]
+                self._writer.write(reply.encode("ascii") + b"\r\n")
+        except (OSError, RuntimeError, AttributeError):
+            pass  # the client is gone already (a TLS transport being torn down has no protocol left to write with)
         finally:
             self.transport.close()
 
@@ -327,6 +353,8 @@ class Handler:
         assert isinstance(login, Login)
         data = envelope.original_content
         assert isinstance(data, bytes) and envelope.mail_from is not None
+        if listener.closing:
+            return "421 4.3.2 The relay's SMTP service is restarting; please send this mail again"
         budget = listener.settings.store_timeout
         server.reset_timeout(budget + listener.settings.idle_timeout)  # the store's time is not the client's idling
         loop = asyncio.get_running_loop()
@@ -334,6 +362,7 @@ class Handler:
         store = loop.run_in_executor(
             listener.store_pool, listener.intake.submit, login, envelope.mail_from, list(envelope.rcpt_tos), data
         )
+        server.storing = True
         try:
             accepted = await asyncio.wait_for(store, budget)
         except Refused as exc:
@@ -344,6 +373,9 @@ class Handler:
             # timeout put the request on the queue anyway; the retry carries the same id and is sent once.
             log.error("smtp.store_failed", extra={**facts, "error": str(exc) or type(exc).__name__})
             return "451 4.3.0 The relay could not store the mail now; please try again later"
+        finally:
+            # aiosmtpd writes the reply this returns before it next yields: cleared here, the answer is on its way.
+            server.storing = False
         log.info("smtp.queued", extra={**facts, "id": accepted.id})
         return f"250 2.0.0 Queued as {accepted.id}"
 

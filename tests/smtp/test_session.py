@@ -352,3 +352,41 @@ def test_connections_in_all_are_capped_whatever_their_sources(start_listener: St
     first.quit()
     second.quit()
     assert wait_until(lambda: running.listener.connections.total() == 0)
+
+
+def test_closing_the_listener_answers_a_store_under_way_then_says_421(start_listener: Start) -> None:
+    """A restart (a new revision, a scale-in) must not leave a stored mail unanswered: its device would resend it."""
+    import asyncio
+    import threading
+
+    running = start_listener()
+    stored = threading.Event()
+
+    def slow_store() -> None:
+        stored.set()
+        time.sleep(1.0)
+
+    running.intake.fault = slow_store
+    client = running.smtp()
+    idle = running.smtp()
+    replies: list[int] = []
+
+    def send() -> None:
+        client.mail(SENDER)
+        client.rcpt("ada@contoso.com")
+        replies.append(client.data(mail())[0])
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    assert stored.wait(10)
+    loop = next(iter(running.listener.sessions)).loop
+    asyncio.run_coroutine_threadsafe(running.listener.close(), loop).result(30)
+    sender.join(10)
+    assert replies == [250]  # the fault returned None after its sleep: stored, and told so
+    assert len(running.intake.submitted) == 1
+    assert idle.getreply()[0] == 421  # the other session was told, then closed
+    with pytest.raises((smtplib.SMTPServerDisconnected, ConnectionError, OSError)):
+        client.noop()
+        client.noop()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", running.ports["starttls"]), timeout=5)
