@@ -95,14 +95,14 @@ class Console:
         host: str = "127.0.0.1",
         port: int = 0,
         credential: str | None = None,
-        smtp_devices: Mapping[str, str] | None = None,
+        smtp_devices: Mapping[str, tuple[str, str]] | None = None,
     ) -> None:
         self._outbox = outbox
         self._status = status  # the status tables (status_tables): the Status page reads them
         self._queue_name = queue_name  # the outbox: requeue names the queue it put a letter back on
         self._credential = credential  # GRAPH_CREDENTIAL of the stack, shown in every page's header
         self._faults = faults
-        self._smtp_devices = dict(smtp_devices or {})  # SMTP login user -> its device's name
+        self._smtp_devices = dict(smtp_devices or {})  # SMTP login user -> (its device's name, its app)
         # A mail's mark -> (device, app) if the listener took it, None if not: a record's key never changes, so
         # each mark is looked up once.
         self._via: dict[str, tuple[str, str] | None] = {}
@@ -284,8 +284,11 @@ class Console:
                     for record in store.since(oldest):
                         key: StatusKey = record.key
                         user = _smtp_user(key.value) if key.kind == "id" else None
-                        if user in self._smtp_devices:
-                            found[key.mark] = (self._smtp_devices[user], key.app)
+                        device, app = self._smtp_devices.get(user or "", ("", ""))
+                        # Only on the login's own app's queue: any app can choose an id like `smtp-printers-1`, but
+                        # only the listener (or printers' own principals) writes to printers' queue.
+                        if device and app == key.app:
+                            found[key.mark] = (device, key.app)
             except Exception:
                 # Storage stopped (a test of the relay's own, say): the outbox is the emulator's and still shows;
                 # the notes come back on a later read, since nothing was learnt from this one.

@@ -359,9 +359,9 @@ class LocalStack:
             raise StackError("the stack runs no SMTP listener (smtp_port), or it is not started")
         return state(port, tls_port, self._smtp_ca, self._smtp_logins)
 
-    def smtp_devices(self) -> dict[str, str]:
-        """Each SMTP login's device name, by user: what the console shows beside a mail the listener took."""
-        return {login.user: login.device for login in self._smtp_logins}
+    def smtp_devices(self) -> dict[str, tuple[str, str]]:
+        """Each SMTP login's device name and app, by user: what the console shows beside a mail the listener took."""
+        return {login.user: (login.device, login.app) for login in self._smtp_logins}
 
     def app_queue(self, name: str) -> str:
         """The queue app `name` enqueues on (shared.apps.app_queue): <queue_name>-<name>; the outbox for default."""

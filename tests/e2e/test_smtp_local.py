@@ -246,10 +246,12 @@ def test_the_console_names_the_device_only_of_a_known_login_and_reads_each_mark_
     scanner = StatusKey.of(SCANS, "smtp-printers-0a1b", None, "printers")
     front_desk = StatusKey.of(SCANS, "smtp-front-desk-2c3d", None, "printers")  # a user with a dash
     posing = StatusKey.of("alerts@contoso.com", "smtp-nobody-4e5f", None)  # `mailrelay send --id smtp-...`
+    other_app = StatusKey.of("billing@contoso.com", "smtp-printers-6a7b", None, "billing")  # billing posing as one
     plain = StatusKey.of("alerts@contoso.com", "invoice-7", None)
-    store = Store([StatusRecord(k, "sent") for k in (scanner, front_desk, posing, plain)])
-    entries = [marked("a", scanner), marked("b", front_desk), marked("c", posing), marked("d", plain)]
-    devices = {"printers": "2nd floor MFP", "front-desk": "Front <desk>"}
+    keys = (scanner, front_desk, posing, other_app, plain)
+    store = Store([StatusRecord(k, "sent") for k in keys])
+    entries = [marked(subject, k) for subject, k in zip("abcde", keys, strict=True)]
+    devices = {"printers": ("2nd floor MFP", "printers"), "front-desk": ("Front <desk>", "printers")}
     console: Console = alone(entries, status=lambda: [store], smtp_devices=devices)
     try:
         page = requests.get(console.url, timeout=5).text
@@ -267,7 +269,7 @@ def test_the_outbox_still_shows_when_the_status_records_cannot_be_read() -> None
         raise ConnectionError("Azurite stopped")
 
     key = StatusKey.of(SCANS, "smtp-printers-0a1b", None, "printers")
-    console: Console = alone([marked("still here", key)], status=down, smtp_devices={"printers": "MFP"})
+    console: Console = alone([marked("still here", key)], status=down, smtp_devices={"printers": ("MFP", "printers")})
     try:
         answer = requests.get(console.url, timeout=5)
     finally:
