@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import smtplib
 import subprocess
 import threading
@@ -375,3 +376,102 @@ class TestStorageDown:
         )
         assert_byte_identical(delivered, replies)
         assert smtp_relay.poison() == []
+
+
+# --- A listener killed --------------------------------------------------------------------------------------------
+
+
+class ListenerProcess:
+    """`python -m mailrelay_smtp` as a process of its own, with the in-process listener's settings, on a fixed port:
+    started again after a kill on the same one, as a restarted container is."""
+
+    def __init__(self, relay: SmtpRelay, port: int) -> None:
+        settings = relay.running.listener.settings
+        self.env = {
+            **os.environ,
+            "SMTP_LOGINS_FILE": str(settings.logins_file),
+            "AzureWebJobsStorage": relay.azurite.connection_string,
+            "MAILRELAY_APPS": relay.relay.env["MAILRELAY_APPS"],
+            "ALLOWED_SENDERS": relay.relay.env["ALLOWED_SENDERS"],
+            "MAIL_QUEUE_NAME": relay.relay.queue_name,
+            "SMTP_TLS_CERT_FILE": str(settings.tls_cert_file),
+            "SMTP_HOST": "127.0.0.1",
+            "SMTP_HOSTNAME": "localhost",
+            "SMTP_STARTTLS_PORT": str(port),
+            "SMTP_TLS_PORT": "0",
+        }
+        self.process: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        import sys
+
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mailrelay_smtp"],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()  # one line per port, once it is open
+        assert '"listening": "starttls"' in line, line
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()  # SIGKILL: no close(), no answer for what is under way
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(30)
+
+
+def test_a_listener_killed_mid_mail_loses_nothing_and_the_devices_retry_is_delivered_once(
+    smtp_relay: SmtpRelay,
+) -> None:
+    """The listener's process is killed right after a mail's final dot, while its store may be under way, and starts
+    again: the device, which saw no 250, sends that mail again, and goes on. Every mail is delivered exactly once,
+    whatever the kill interrupted (the store not begun, half done, or done and its 250 unsent: the same id)."""
+    import random
+
+    from devstack.azurite import free_port
+
+    smtp_relay.running.close()  # this test's listener is a process of its own
+    port = free_port()
+    process = ListenerProcess(smtp_relay, port)
+    process.start()
+    smtp_relay.running.ports["starttls"] = port
+    mails = [smtp_relay.mail(f"killed {n}", sender=SENDERS[n % len(SENDERS)]) for n in range(60)]
+    killed_at, retried = {20, 40}, []
+    try:
+        client = smtp_relay.connect()
+        for n, mail in enumerate(mails):
+            if n not in killed_at:
+                smtp_relay.send(client, mail)
+                assert accepted(mail), mail.reply
+                continue
+            assert client.mail(mail.sender)[0] == 250 and client.rcpt(RECIPIENT)[0] == 250
+            client.putcmd("data")
+            assert client.getreply()[0] == 354
+            stuffed = re.sub(rb"(?m)^\.", b"..", mail.wire)  # as smtplib's data() sends it
+            client.send(stuffed + (b"" if stuffed.endswith(b"\r\n") else b"\r\n") + b".\r\n")
+            time.sleep(0 if n == min(killed_at) else random.uniform(0, 0.02))
+            process.kill()
+            try:
+                mail.reply = client.getreply()  # the 250 may have left before the kill: then it is accepted
+            except (smtplib.SMTPServerDisconnected, OSError):
+                mail.reply = None
+            process.start()
+            client = smtp_relay.connect()
+            if not accepted(mail):
+                retried.append(n)
+                smtp_relay.send(client, mail)  # the device's retry: the same bytes
+                assert accepted(mail), mail.reply
+        client.quit()
+    finally:
+        process.stop()
+    delivered = smtp_relay.wait_delivered(mails, 120)
+    assert_byte_identical(delivered, mails)
+    assert smtp_relay.poison() == []
+    print(f"\nkilled at mails {sorted(killed_at)}; retried by the device: {retried}")
