@@ -99,6 +99,7 @@ SDK_OPTIONS: Final[dict[str, Any]] = {
     "connection_timeout": 5,
     "read_timeout": 20,
 }
+STORES_AT_ONCE: Final = 32  # the listener's store threads (server.Listener.store_pool)
 # As the client library builds its own container client: a 3 MB MIME in one request, larger ones by 4 MiB blocks.
 _BLOB_OPTIONS: Final[dict[str, Any]] = {"max_single_put_size": 4 * 1024 * 1024, "max_block_size": 4 * 1024 * 1024}
 
@@ -125,17 +126,26 @@ def client_factory(settings: Settings) -> Callable[[str], Any]:
 
     def build(app: str) -> Any:
         queue_name, container_name = app_queue(settings.queue_name, app), payload_container(app)
+        # One HTTP session for the app's queue and container, with a connection for each store the listener runs at
+        # once (Listener.store_pool): requests' default pool keeps 10, and closes the rest after each use.
+        import requests
+        from azure.core.pipeline.transport import RequestsTransport
+
+        session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=STORES_AT_ONCE)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        timeouts = {k: SDK_OPTIONS[k] for k in ("connection_timeout", "read_timeout")}  # the transport's own
+        options = {**SDK_OPTIONS, "transport": RequestsTransport(session=session, session_owner=False, **timeouts)}
         if settings.connection_string:
             conn = settings.connection_string
-            queue = QueueClient.from_connection_string(conn, queue_name, **SDK_OPTIONS)
-            container = ContainerClient.from_connection_string(conn, container_name, **SDK_OPTIONS, **_BLOB_OPTIONS)
+            queue = QueueClient.from_connection_string(conn, queue_name, **options)
+            container = ContainerClient.from_connection_string(conn, container_name, **options, **_BLOB_OPTIONS)
         else:
             service = (settings.queue_service_uri or "").rstrip("/")
             blob_service = service.replace(".queue.", ".blob.", 1)
-            queue = QueueClient(service, queue_name, credential=credential, **SDK_OPTIONS)
-            container = ContainerClient(
-                blob_service, container_name, credential=credential, **SDK_OPTIONS, **_BLOB_OPTIONS
-            )
+            queue = QueueClient(service, queue_name, credential=credential, **options)
+            container = ContainerClient(blob_service, container_name, credential=credential, **options, **_BLOB_OPTIONS)
         return MailClient.from_queue_client(queue, payloads=container, app=app)
 
     return build

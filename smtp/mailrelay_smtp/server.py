@@ -37,7 +37,7 @@ from typing import Any, Final
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
-from mailrelay_smtp.intake import Intake, Refused, Unavailable
+from mailrelay_smtp.intake import STORES_AT_ONCE, Intake, Refused, Unavailable
 from mailrelay_smtp.logins import USER, FailedLogins, Login, Logins
 from mailrelay_smtp.settings import Settings
 
@@ -77,7 +77,7 @@ class Listener:
         # event loop (every other session) free while one runs.
         self.auth_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="smtp-auth")
         # The Storage SDK is synchronous: uploads and enqueues run beside the loop.
-        self.store_pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="smtp-store")
+        self.store_pool = ThreadPoolExecutor(max_workers=STORES_AT_ONCE, thread_name_prefix="smtp-store")
         self.servers: list[asyncio.AbstractServer] = []
         self.sessions: set[_Session] = set()
         self.closing = False
