@@ -1,7 +1,7 @@
 """The SMTP section of the benchmark (bench/relay.py, "smtp"): mails over SMTP into the local stack, as a device sends.
 
 On one local stack (Azurite, the emulator, one host; pacing time-scaled so that Exchange's 30 a minute per mailbox
-does not bind), with the listener (smtp/) in this process on STARTTLS:
+does not bind), with the listener (smtp/) as its own process on STARTTLS, as `mailrelay local --smtp` runs it:
 - N mails over ONE connection, and N over C parallel connections: the rate of 250s the devices get, as a ratio to
   the same N MIME mails handed to the client library's send_mime directly (1 thread, then C threads): what SMTP
   itself costs over the durable step both share;
@@ -14,18 +14,15 @@ their date: SMTP2Graph, the SMTP-to-Graph relay in most use, before and after it
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import smtplib
 import ssl
-import tempfile
-import threading
+import statistics
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 # Measured outside the repository on 2026-12-06 against this local stack's emulator, and quoted (bench/README.md,
@@ -57,73 +54,22 @@ def mime(sender: str, tag: str, i: int) -> bytes:
     ).encode("ascii")
 
 
-class InProcessListener:
-    """The listener on a free port of 127.0.0.1, in a thread of this process, against the stack's Azurite."""
+class Devices:
+    """Logs in to the stack's SMTP listener (`LocalStack(smtp_port=...)`: its own process, as `mailrelay local --smtp`
+    runs it and as it is deployed) as the app's login from the stack's state, trusting the state's CA bundle."""
 
-    def __init__(self, stack: Any, senders: list[str], directory: Path) -> None:
-        import json
-
-        import trustme
-        from mailrelay_smtp.intake import Intake, client_factory
-        from mailrelay_smtp.logins import Logins, hash_password
-        from mailrelay_smtp.server import Listener
-        from mailrelay_smtp.settings import Settings
-
-        self.ca = trustme.CA()
-        pem = directory / "server.pem"
-        self.ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(pem))
-        self.password = uuid.uuid4().hex
-        logins = directory / "logins.json"
-        entry = {"user": "mfp-bench", "app": APP, "device": "bench MFP", "hash": hash_password(self.password)}
-        logins.write_text(json.dumps({"logins": [entry]}))
-        settings = Settings(
-            logins_file=logins,
-            senders={"default": frozenset(senders), APP: frozenset(senders)},
-            queue_name=stack.queue_name,
-            connection_string=stack.storage_connection_string,
-            tls_cert_file=pem,
-            starttls_port=_free_port(),
-            tls_port=0,
-            host="127.0.0.1",
-            hostname="relay.bench",
-            max_connections_per_source=100,
-        )
-        self.port = settings.starttls_port
-        self.listener = Listener(settings, Logins.load(logins, settings.senders), Intake(client_factory(settings)))
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
-            self.loop.run_until_complete(self.listener.start())
-            ready.set()
-            self.loop.run_forever()
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        if not ready.wait(30):
-            raise RuntimeError("the SMTP listener did not start")
+    def __init__(self, stack: Any) -> None:
+        state = stack.smtp_state()
+        self.port = int(state["port"])
+        self.ca = str(state["ca"])
+        (login,) = [x for x in state["logins"] if x["app"] == APP]
+        self.user, self.password = str(login["user"]), str(login["password"])
 
     def connect(self) -> smtplib.SMTP:
-        context = ssl.create_default_context()
-        self.ca.configure_trust(context)
         client = smtplib.SMTP("127.0.0.1", self.port, timeout=60)
-        client.starttls(context=context)
-        client.login("mfp-bench", self.password)
+        client.starttls(context=ssl.create_default_context(cafile=self.ca))
+        client.login(self.user, self.password)
         return client
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.listener.close(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(30)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _spread_over(
@@ -138,7 +84,7 @@ def _spread_over(
     return time.monotonic() - started
 
 
-def _run(stack: Any, listener: InProcessListener, senders: list[str], n: int, workers: int, via: str) -> dict[str, Any]:
+def _run(stack: Any, devices: Devices, senders: list[str], n: int, workers: int, via: str) -> dict[str, Any]:
     from mailrelay_client import MailClient
 
     tag = f"{via}{workers}-{uuid.uuid4().hex[:6]}"
@@ -147,7 +93,7 @@ def _run(stack: Any, listener: InProcessListener, senders: list[str], n: int, wo
     before = len(stack.emulator_get("outbox"))
 
     def over_smtp(share: list[tuple[str, bytes]]) -> None:
-        with listener.connect() as client:
+        with devices.connect() as client:
             for sender, data in share:
                 client.sendmail(sender, ["ada@contoso.com"], data)
 
@@ -183,24 +129,24 @@ def smtp_section(n: int, workers: int, repeat: int, spread: Callable[[list[float
     results: dict[tuple[str, int], list[dict[str, Any]]] = {}
     # Pacing time-scaled (a mailbox's minute lasts a second): the listener and the relay are measured, not Exchange's
     # 30 a minute, which the relay keeps whatever the intake (the "throttling" section measures that).
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        LocalStack(
-            allowed_senders=tuple(senders),
-            apps=[{"name": APP, "senders": senders}],
-            settings={"MAILBOX_RATE_WINDOW_SECONDS": "1"},
-        ) as stack,
-    ):
-        listener = InProcessListener(stack, senders, Path(tmp))
-        try:
-            for _ in range(repeat):
-                for via, count in (("direct", 1), ("smtp", 1), ("direct", workers), ("smtp", workers)):
-                    results.setdefault((via, count), []).append(_run(stack, listener, senders, n, count, via))
-        finally:
-            listener.close()
+    from devstack.azurite import free_port
+
+    with LocalStack(
+        allowed_senders=tuple(senders),
+        apps=[{"name": APP, "senders": senders}],
+        settings={"MAILBOX_RATE_WINDOW_SECONDS": "1"},
+        smtp_port=free_port(),
+    ) as stack:
+        devices = Devices(stack)
+        for _ in range(repeat):
+            for via, count in (("direct", 1), ("smtp", 1), ("direct", workers), ("smtp", workers)):
+                results.setdefault((via, count), []).append(_run(stack, devices, senders, n, count, via))
 
     def column(via: str, count: int, key: str) -> list[float]:
         return [float(r[key]) for r in results[(via, count)]]
+
+    def counts(values: list[float]) -> str:
+        return " / ".join(str(int(v)) for v in (min(values), statistics.median(values), max(values)))
 
     rows: list[tuple[str, str]] = []
     for count, label in ((1, "one connection"), (workers, f"{workers} connections")):
@@ -211,10 +157,7 @@ def smtp_section(n: int, workers: int, repeat: int, spread: Callable[[list[float
         rows += [
             (f"SMTP, {n} mails over {label}: 250s per second", spread(smtp_rates)),
             ("  / send_mime directly (the same durable step, no SMTP), same threads", spread(ratios)),
-            (
-                "  delivered exactly once and byte-identical (of N); extra copies",
-                f"{spread(once)} of {n}; {spread(extra)}",
-            ),
+            ("  delivered exactly once and byte-identical; extra copies", f"{counts(once)} of {n}; {counts(extra)}"),
             ("  first mail to last delivered, s", spread(column("smtp", count, "delivered_s"))),
         ]
     rows.extend(PEER_FIGURES)

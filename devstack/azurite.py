@@ -146,19 +146,11 @@ class Azurite:
             sweep_stale_workdirs()
             self._location = owned_workdir("azurite-")
             self._log = open(Path(self._location) / "azurite.out", "w+b")  # noqa: SIM115 (closed in stop())
-            # fmt: off
-            args = [
-                str(self.binary), "--silent", "--loose", "--inMemoryPersistence", "--skipApiVersionCheck",
-                "--disableTelemetry",
-                "--blobPort", str(self.blob_port), "--queuePort", str(self.queue_port),
-                "--tablePort", str(self.table_port),
-            ]
-            # fmt: on
             # Azurite 3.35 refuses `--location` together with `--inMemoryPersistence` ("not supported when
             # the --location option is set"), so the throwaway directory is its working directory instead:
             # whatever it writes there goes with stop().
             self._process = subprocess.Popen(
-                args,
+                self.arguments(),
                 cwd=self._location,
                 stdin=subprocess.DEVNULL,
                 stdout=self._log,
@@ -174,6 +166,17 @@ class Azurite:
             if "EADDRINUSE" not in output:
                 raise AzuriteError(f"Azurite did not start: {output.strip()[-2000:] or 'no output'}")
         raise AzuriteError("Azurite did not start: its ports were taken three times in a row")
+
+    def arguments(self, location: str | None = None) -> list[str]:
+        """Azurite's command line on this instance's ports: its data in memory, or kept in `location` (a folder)."""
+        persistence = ["--location", location] if location else ["--inMemoryPersistence"]
+        # fmt: off
+        return [
+            str(self.binary), "--silent", "--loose", *persistence, "--skipApiVersionCheck", "--disableTelemetry",
+            "--blobPort", str(self.blob_port), "--queuePort", str(self.queue_port),
+            "--tablePort", str(self.table_port),
+        ]
+        # fmt: on
 
     def _wait_ready(self) -> bool:
         assert self._process is not None

@@ -105,16 +105,8 @@ class RestartableAzurite(Azurite):
     def start(self) -> RestartableAzurite:
         if self._process:
             return self
-        # fmt: off
-        args = [
-            str(self.binary), "--silent", "--loose", "--skipApiVersionCheck", "--disableTelemetry",
-            "--location", self.data_dir,
-            "--blobPort", str(self.blob_port), "--queuePort", str(self.queue_port),
-            "--tablePort", str(self.table_port),
-        ]
-        # fmt: on
         self._process = subprocess.Popen(
-            args,
+            self.arguments(location=self.data_dir),
             cwd=self.data_dir,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
