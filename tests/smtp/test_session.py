@@ -390,3 +390,17 @@ def test_closing_the_listener_answers_a_store_under_way_then_says_421(start_list
         client.noop()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", running.ports["starttls"]), timeout=5)
+
+
+def test_a_connection_that_keeps_guessing_is_closed_after_ten_auth_commands(start_listener: Start) -> None:
+    class NoWait(FailedLogins):
+        def delay(self, source: str | None, user: str) -> float:
+            return 0.0
+
+    running = start_listener(failed=NoWait())
+    with running.smtp(login=False) as client:
+        codes = []
+        for n in range(11):
+            blob = base64.b64encode(f"\0mfp-3f\0guess {n}".encode()).decode()
+            codes.append(client.docmd("AUTH", f"PLAIN {blob}")[0])
+    assert codes == [535] * 10 + [421]
