@@ -94,7 +94,15 @@ def test_mailrelay_send_mime_sends_a_file_as_is(
 def test_a_header_recipient_outside_the_envelope_is_dead_lettered_and_nothing_sent(
     azurite: Azurite, relay_env: RelayEnv, local_host: Callable[..., LocalHost]
 ) -> None:
-    client(azurite, relay_env).send_mime(mime("not for ada"), ALERTS, to=["bob@contoso.com"])
+    from mailrelay_client import ContractError
+
+    before = payload_blobs(azurite)
+    with pytest.raises(ContractError, match="MIME's To, Cc or Bcc"):  # the client library refuses it first
+        client(azurite, relay_env).send_mime(mime("not for ada"), ALERTS, to=["bob@contoso.com"])
+    assert payload_blobs(azurite) == before and relay_env.queue_length() == 0
+    # An app that writes the queue itself is not stopped by the client: the relay refuses it again.
+    inline = {"contentBytes": base64.b64encode(mime("not for ada")).decode("ascii")}
+    relay_env.enqueue({"from": ALERTS, "to": ["bob@contoso.com"], "mime": inline})
     local_host()
     wait_for(lambda: bool(relay_env.poison_messages()), 30, "a dead letter")
     (letter,) = relay_env.poison_messages()
