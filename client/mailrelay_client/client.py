@@ -26,7 +26,7 @@ import json
 import mimetypes
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -239,21 +239,16 @@ class MailClient:
         """
         check_files(request, files)  # every rule before any upload: a bad request stores nothing
         _check_send_at(request.get("sendAt"))
-        stored: list[str] = []
-        attempted = False  # the enqueue was tried: it may have happened even if it raised
-        try:
+
+        def prepare(stored: list[str]) -> str:
             prepared = dict(request)
             if files:
                 attachments = list(prepared.get("attachments") or [])
                 attachments += [self._file_attachment(_as_file(f), stored) for f in files]
                 prepared["attachments"] = attachments
-            text = self._fit(prepared, stored)
-            attempted = True
-            message = self._enqueue(text)
-        except BaseException as exc:
-            self._forget(stored, exc if attempted else None)
-            raise
-        return str(message.id)
+            return self._fit(prepared, stored)
+
+        return self._store_then_enqueue(prepare)
 
     def send_mime(
         self,
@@ -271,7 +266,7 @@ class MailClient:
         `to`, `cc` and `bcc` are the envelope: who receives it. The relay refuses a MIME whose To, Cc or Bcc headers
         name anyone the envelope lacks, and adds the envelope's other recipients as Bcc (never written into the
         headers others see). The MIME is stored as a claim-checked payload of the app (its blob, size and SHA-256)
-        before the request is enqueued; a request that could not be enqueued has its blob deleted again.
+        before the request is enqueued; a request that was not enqueued has its blob deleted again.
 
         Raises ContractError (the MIME or the envelope breaks the contract, before anything is stored), RequestTooLarge,
         SendAtRefused, QueueNotFound, or the Azure SDK's errors.
@@ -295,16 +290,26 @@ class MailClient:
         if problem:
             raise ContractError([Violation("mime", problem[1])])
         _check_send_at(send_at)
-        stored: list[str] = []
-        attempted = False
-        try:
-            # With an id, the blob's name comes from the app, the id and the MIME: a caller that retries after an
-            # enqueue that may have happened (an SMTP device after a 451) builds the very same request, which the relay
-            # then knows as the same one (its fingerprint) and sends once, instead of refusing a second request
-            # under the id (DuplicateKey). Without an id, every call is a new mail, with a fresh name.
-            name = _blob_name("message.eml", _payload_key(self.app, id, data) if id is not None else None)
+        # With an id, the blob's name comes from the app, the id and the MIME: a caller that retries after an enqueue
+        # that may have happened (an SMTP device after a 451) builds the very same request, which the relay then knows
+        # as the same one (its fingerprint) and sends once, instead of refusing a second request under the id
+        # (DuplicateKey). Without an id, every call is a new mail, with a fresh name.
+        name = _blob_name("message.eml", _payload_key(self.app, id, data) if id is not None else None)
+
+        def prepare(stored: list[str]) -> str:
             request["mime"] = self._store_bytes("message.eml", data, stored, name)
-            text = encode_request(request)
+            return encode_request(request)
+
+        return self._store_then_enqueue(prepare)
+
+    def _store_then_enqueue(self, prepare: Callable[[list[str]], str]) -> str:
+        """Store a request's payloads and build its queue text (`prepare`, which lists each blob it stored), then
+        enqueue it; the queue message's id. When it raises, the blobs go again unless the enqueue may have happened
+        (_forget)."""
+        stored: list[str] = []
+        attempted = False  # the enqueue was tried: it may have happened even if it raised
+        try:
+            text = prepare(stored)
             attempted = True
             message = self._enqueue(text)
         except BaseException as exc:
